@@ -1,0 +1,54 @@
+"""Input validation and output shapes of the API. No business rules here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+
+from .models import Payment
+
+#: The largest amount a ``PositiveBigIntegerField`` holds on every database.
+MAX_PAISA = 2**63 - 1
+
+
+class PaisaField(serializers.IntegerField):
+    """A positive whole number of paisa: a JSON integer or a string of digits.
+
+    Stricter than ``IntegerField``: ``true``, ``100.0`` and ``"1e3"`` are refused,
+    since a payment amount must never be guessed from a float or a boolean.
+    """
+
+    default_error_messages = {
+        "invalid": _("Enter the amount in paisa as a whole number."),
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", MAX_PAISA)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not (
+            isinstance(data, int) or (isinstance(data, str) and data.strip().isdigit())
+        ):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class VerifySerializer(serializers.Serializer):
+    """The widget's ``onSuccess`` payload. Fields not named here are ignored."""
+
+    token = serializers.CharField(max_length=255)
+    amount = PaisaField()
+    product_identity = serializers.CharField(max_length=255)
+
+
+class PaymentSerializer(serializers.ModelSerializer):
+    """What the buyer's page may see of a payment: nothing of the payer or Khalti's record."""
+
+    class Meta:
+        model = Payment
+        fields = ["id", "product_identity", "amount", "status", "idx", "verified_at"]
+        read_only_fields = fields

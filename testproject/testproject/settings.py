@@ -1,0 +1,118 @@
+"""Settings of the project the tests and the demo run.
+
+The database comes from ``DATABASE_URL``: unset (or ``sqlite:///path``) for
+SQLite, ``postgres://root@127.0.0.1:5432/test`` or
+``mysql://root@127.0.0.1:3306/test`` for the other two.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = "testproject-not-secret"
+DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_khalti",
+    "shop",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "testproject.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def database_from_url(url: str) -> dict:
+    """A Django DATABASES entry from a ``scheme://user:password@host:port/name`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        name = unquote(parts.path[1:]) or str(BASE_DIR / "db.sqlite3")
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": name,
+            # A file, not memory, so that concurrent tests share one database.
+            "TEST": {"NAME": str(Path(name).with_suffix(".test.sqlite3"))},
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    engine = {
+        "postgres": "django.db.backends.postgresql",
+        "postgresql": "django.db.backends.postgresql",
+        "mysql": "django.db.backends.mysql",
+    }[parts.scheme]
+    entry = {
+        "ENGINE": engine,
+        "NAME": unquote(parts.path[1:]),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+    }
+    if engine.endswith("mysql"):
+        entry["OPTIONS"] = {"charset": "utf8mb4", "isolation_level": "read committed"}
+        entry["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+    return entry
+
+
+DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL", "sqlite://"))}
+
+AUTH_PASSWORD_VALIDATORS = []
+LANGUAGE_CODE = "en"
+TIME_ZONE = "Asia/Kathmandu"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+KHALTI = {
+    "SECRET_KEY": os.environ.get("KHALTI_SECRET_KEY", "test_secret_key_testproject"),
+    "PUBLIC_KEY": os.environ.get("KHALTI_PUBLIC_KEY", "test_public_key_testproject"),
+    "BASE_URL": os.environ.get("KHALTI_BASE_URL", "https://khalti.test/"),
+    "TIMEOUT": 5,
+    "AMOUNT_RESOLVER": "shop.khalti.order_amount",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_khalti": {"handlers": ["console"], "level": "INFO"}},
+}
+
+# The test project runs with a sandbox-style key by design.
+SILENCED_SYSTEM_CHECKS = ["django_khalti.W002"]
