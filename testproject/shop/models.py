@@ -11,3 +11,12 @@ class Order(models.Model):
 
     def __str__(self) -> str:
         return self.reference
+
+
+class OrderEvent(models.Model):
+    """The order's history, one row a payment signal received (tests count them)."""
+
+    order_reference = models.CharField(max_length=64, db_index=True)
+    kind = models.CharField(max_length=32)
+    payment_id = models.UUIDField()
+    created_at = models.DateTimeField(auto_now_add=True)

@@ -2,9 +2,9 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from django_khalti.models import Payment
-from django_khalti.signals import payment_verified
+from django_khalti.signals import payment_failed, payment_verified
 
-from .models import Order
+from .models import Order, OrderEvent
 
 
 @receiver(payment_verified, sender=Payment)
@@ -12,4 +12,14 @@ def mark_order_paid(sender, payment, **kwargs):
     # Idempotent: only an unpaid order is changed.
     Order.objects.filter(reference=payment.product_identity, paid=False).update(
         paid=True, paid_at=timezone.now()
+    )
+    OrderEvent.objects.create(
+        order_reference=payment.product_identity, kind="paid", payment_id=payment.pk
+    )
+
+
+@receiver(payment_failed, sender=Payment)
+def note_failed_payment(sender, payment, reason, **kwargs):
+    OrderEvent.objects.create(
+        order_reference=payment.product_identity, kind="payment_failed", payment_id=payment.pk
     )

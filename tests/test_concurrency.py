@@ -1,0 +1,141 @@
+"""Exactly once under real concurrency: real threads, each with its own database
+connection, posting at the same moment to the real view, on whatever database
+``DATABASE_URL`` names (SQLite, PostgreSQL or MariaDB in CI)."""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connections
+from django.test import Client
+from django.urls import reverse
+
+from django_khalti.models import Payment
+from shop.models import Order, OrderEvent
+
+from .conftest import transaction_record
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
+
+N = 12
+
+
+def post_all(payloads):
+    """POST every payload from its own thread, released together by a barrier."""
+    barrier = threading.Barrier(len(payloads))
+    url = reverse("django_khalti:verify")
+
+    def one(data):
+        try:
+            barrier.wait(timeout=10)
+            response = Client().post(url, json.dumps(data), content_type="application/json")
+            return response.status_code, response.json()
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        return list(pool.map(one, payloads))
+
+
+def slow_verify(khalti, calls, amount=1000):
+    """A verify endpoint that takes a while, so that the requests overlap."""
+
+    def callback(request):
+        calls.append(json.loads(request.body)["token"])
+        time.sleep(0.3)
+        return 200, {}, json.dumps(transaction_record(amount=amount, idx=f"idx-{len(calls)}"))
+
+    khalti.rsps.add_callback("POST", "https://khalti.test/api/v2/payment/verify/", callback)
+
+
+def test_simultaneous_identical_submissions_verify_once(khalti, payload, signals):
+    calls = []
+    slow_verify(khalti, calls)
+
+    results = post_all([payload] * N)
+
+    codes = sorted(code for code, _ in results)
+    assert calls == [payload["token"]], "Khalti's verify must be called exactly once"
+    assert Payment.objects.count() == 1
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    assert [name for name, _, _ in signals] == ["verified"]
+    assert set(codes) <= {200, 409}
+    assert 200 in codes
+    for code, body in results:
+        if code == 409:
+            assert body["code"] == "in_progress"
+    assert Order.objects.get(reference=payload["product_identity"]).paid
+
+
+def test_different_tokens_racing_for_one_order_reach_khalti_once(khalti, payload, signals):
+    calls = []
+    slow_verify(khalti, calls)
+
+    results = post_all([{**payload, "token": f"token-{i}"} for i in range(N)])
+
+    assert len(calls) == 1, "only one token of an order may reach Khalti's verify"
+    assert Payment.objects.count() == 1
+    assert Payment.objects.get().token == calls[0]
+    assert Payment.objects.verified().count() == 1
+    assert [name for name, _, _ in signals] == ["verified"]
+    codes = [code for code, _ in results]
+    assert codes.count(200) == 1
+    assert all(body["code"] in ("in_progress", "already_paid") for code, body in results if code != 200)
+
+
+def test_resubmissions_racing_after_unknown_outcome_settle_once(khalti, payload, signals):
+    # A pending payment whose first verify had an unknown outcome.
+    Payment.objects.create(
+        token=payload["token"], product_identity=payload["product_identity"], amount=1000,
+        order_claim=payload["product_identity"], attempts=1,
+    )
+    status_calls = []
+
+    def status(request):
+        status_calls.append(request.url)
+        time.sleep(0.3)
+        return 200, {}, json.dumps({"status": True, "state": "Complete", "detail": "ok"})
+
+    khalti.rsps.add_callback("GET", "https://khalti.test/api/v2/payment/status/", status)
+
+    results = post_all([payload] * N)
+
+    assert len(status_calls) == 1
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    assert [name for name, _, _ in signals] == ["verified"]
+    assert sorted({code for code, _ in results}) in ([200], [200, 409])
+
+
+def test_simultaneous_submissions_from_several_processes_verify_once(payload):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from django.db import connection
+
+    from . import procs
+    from .fake_khalti import FakeKhalti
+
+    workers = 4
+    with FakeKhalti(delay=0.3) as fake:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=procs.setup,
+            initargs=(connection.settings_dict["NAME"], fake.url),
+        ) as pool:
+            # Warm every worker up (Django set-up) before the race starts.
+            list(pool.map(time.sleep, [0.5] * workers))
+            start = time.time() + 1.0
+            results = list(pool.map(procs.post_at, [start] * (workers * 2), [payload] * (workers * 2)))
+
+        assert fake.count("verify") == 1, "Khalti's verify must be called exactly once"
+    codes = [code for code, _ in results]
+    assert codes.count(200) >= 1
+    assert set(codes) <= {200, 409}
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.VERIFIED
+    assert Order.objects.get(reference=payload["product_identity"]).paid
+    # The shop's receiver ran once, in whichever process won.
+    assert OrderEvent.objects.filter(kind="paid").count() == 1

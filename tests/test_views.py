@@ -1,0 +1,419 @@
+"""The verify endpoint, row by row of its response table."""
+
+import json
+
+import pytest
+import requests
+from django.db import DatabaseError
+from django.test import override_settings
+from django.urls import reverse
+
+from django_khalti.models import Payment
+from shop.models import Order
+
+from .conftest import fixture, transaction_record
+
+pytestmark = pytest.mark.django_db
+URL = reverse("django_khalti:verify")
+
+
+def post(client, data, **kwargs):
+    return client.post(URL, data=json.dumps(data), content_type="application/json", **kwargs)
+
+
+def test_url_is_named_and_prefixed():
+    assert URL == "/khalti/verify/"
+
+
+def test_verified_answers_200_marks_order_paid_and_fires_signal_once(
+    client, khalti, payload, order, signals, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, payload)
+
+    assert response.status_code == 200
+    body = response.json()
+    payment = Payment.objects.get()
+    assert body == {
+        "status": "verified",
+        "payment": {
+            "id": str(payment.id),
+            "product_identity": "ORD-1",
+            "amount": 1000,
+            "status": "verified",
+            "idx": "8xmeJnNXfoVjCvGcZiiGe7",
+            "verified_at": body["payment"]["verified_at"],
+        },
+    }
+    assert body["payment"]["verified_at"]
+    assert payment.status == Payment.Status.VERIFIED
+    assert payment.fee_amount == 30
+    assert payment.mobile == "98XXXXXXX9"
+    assert payment.khalti_response["idx"] == "8xmeJnNXfoVjCvGcZiiGe7"
+    assert [(name, kw["payment"].pk) for name, _, kw in signals] == [("verified", payment.pk)]
+    assert signals[0][1] is Payment
+    order.refresh_from_db()
+    assert order.paid
+
+
+def test_response_carries_no_payer_details_or_raw_record(client, khalti, payload):
+    khalti.verify(payload["token"], 1000)
+    text = post(client, payload).content.decode()
+    assert "Test User" not in text
+    assert "98XXXXXXX9" not in text
+    assert "merchant" not in text
+    assert "fee_amount" not in text
+
+
+def test_form_body_is_accepted(client, khalti, payload):
+    khalti.verify(payload["token"], 1000)
+    response = client.post(URL, data={**payload, "amount": "1000"})
+    assert response.status_code == 200
+    assert response.json()["status"] == "verified"
+
+
+def test_same_payload_again_is_200_without_calling_khalti_or_signalling_again(
+    client, khalti, payload, signals, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000)
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(client, payload)
+        second = post(client, payload)
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    assert len(khalti.calls) == 1
+    assert len(signals) == 1
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"token": None}, "token"),
+        ({"token": ""}, "token"),
+        ({"amount": None}, "amount"),
+        ({"amount": 0}, "amount"),
+        ({"amount": -1000}, "amount"),
+        ({"amount": 1000.0}, "amount"),
+        ({"amount": 999.5}, "amount"),
+        ({"amount": True}, "amount"),
+        ({"amount": "10e2"}, "amount"),
+        ({"amount": 2**64}, "amount"),
+        ({"amount": [1000]}, "amount"),
+        ({"product_identity": None}, "product_identity"),
+        ({"product_identity": {"id": 1}}, "product_identity"),
+        ({"token": "x" * 256}, "token"),
+    ],
+)
+def test_malformed_input_is_400_field_errors_and_never_reaches_khalti(
+    client, khalti, payload, change, field
+):
+    data = {**payload, **change}
+    data = {k: v for k, v in data.items() if v is not None}
+    response = post(client, data)
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not khalti.calls
+    assert not Payment.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "body, content_type, status",
+    [
+        ("{not json", "application/json", 400),
+        ("[1, 2]", "application/json", 400),
+        ("<xml/>", "application/xml", 415),
+    ],
+)
+def test_unparseable_bodies_are_4xx_json(client, khalti, body, content_type, status):
+    response = client.post(URL, data=body, content_type=content_type)
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/json"
+    assert response.json()
+    assert not khalti.calls
+
+
+def test_get_is_405(client):
+    response = client.get(URL)
+    assert response.status_code == 405
+    assert response.json()["detail"]
+
+
+def test_unknown_order_is_404(client, khalti, payload):
+    response = post(client, {**payload, "product_identity": "NOPE"})
+    assert response.status_code == 404
+    assert response.json()["code"] == "unknown_order"
+    assert response.json()["detail"]
+    assert not khalti.calls
+
+
+def test_amount_differing_from_the_shops_is_400_amount_mismatch(client, khalti, payload):
+    response = post(client, {**payload, "amount": 10})
+    assert response.status_code == 400
+    assert response.json()["code"] == "amount_mismatch"
+    assert not khalti.calls
+    assert not Payment.objects.exists()
+
+
+def test_token_replayed_on_another_order_is_409_token_used(client, khalti, payload):
+    Order.objects.create(reference="ORD-2", total=1000)
+    khalti.verify(payload["token"], 1000)
+    assert post(client, payload).status_code == 200
+
+    response = post(client, {**payload, "product_identity": "ORD-2"})
+    assert response.status_code == 409
+    assert response.json()["code"] == "token_used"
+    assert len(khalti.calls) == 1
+    assert not Order.objects.get(reference="ORD-2").paid
+
+
+def test_token_replayed_for_another_amount_is_409_token_used(client, khalti, payload, order):
+    khalti.verify(payload["token"], 1000)
+    assert post(client, payload).status_code == 200
+    # The shop changed the order's total since (or another order costs more).
+    Order.objects.create(reference="ORD-3", total=5000)
+    response = post(client, {**payload, "product_identity": "ORD-3", "amount": 5000})
+    assert response.status_code == 409
+    assert response.json()["code"] == "token_used"
+    assert len(khalti.calls) == 1
+
+
+def test_second_token_for_a_paid_order_is_409_already_paid_and_never_verified(
+    client, khalti, payload, order
+):
+    khalti.verify(payload["token"], 1000)
+    assert post(client, payload).status_code == 200
+    # The resolver of a real shop refuses paid orders; this one must not be asked.
+    order.paid = False
+    order.save()
+
+    response = post(client, {**payload, "token": "another-token"})
+    assert response.status_code == 409
+    assert response.json()["code"] == "already_paid"
+    assert len(khalti.calls) == 1
+    assert Payment.objects.count() == 1
+
+
+def test_second_token_while_first_is_pending_is_409_in_progress(client, khalti, payload):
+    Payment.objects.create(
+        token="first", product_identity="ORD-1", amount=1000, order_claim="ORD-1"
+    )
+    response = post(client, {**payload, "token": "second"})
+    assert response.status_code == 409
+    assert response.json()["code"] == "in_progress"
+    assert not khalti.calls
+
+
+def test_token_being_verified_right_now_is_409_in_progress(client, khalti, payload):
+    from django.utils import timezone
+
+    Payment.objects.create(
+        token=payload["token"], product_identity="ORD-1", amount=1000,
+        order_claim="ORD-1", claimed_at=timezone.now(), attempts=1,
+    )
+    response = post(client, payload)
+    assert response.status_code == 409
+    assert response.json()["code"] == "in_progress"
+    assert not khalti.calls
+
+
+def test_khalti_rejecting_the_token_is_400_and_payment_failed(
+    client, khalti, payload, order, signals, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000, status=400, json=fixture("verify_invalid_token"))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, payload)
+    assert response.status_code == 400
+    assert response.json()["code"] == "verification_failed"
+    assert "Invalid token." in response.json()["detail"]
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.FAILED
+    assert "Invalid token." in payment.failure_reason
+    assert payment.khalti_response == fixture("verify_invalid_token")
+    assert [name for name, _, _ in signals] == ["failed"]
+    assert "Invalid token." in signals[0][2]["reason"]
+    order.refresh_from_db()
+    assert not order.paid
+
+
+def test_failed_token_resubmitted_gives_the_same_answer_without_calling_khalti(
+    client, khalti, payload
+):
+    khalti.verify(payload["token"], 1000, status=400, json=fixture("verify_invalid_token"))
+    first = post(client, payload)
+    second = post(client, payload)
+    assert first.status_code == second.status_code == 400
+    assert first.json() == second.json()
+    assert len(khalti.calls) == 1
+
+
+def test_new_token_after_a_failed_one_can_pay_the_order(client, khalti, payload, order):
+    khalti.verify(payload["token"], 1000, status=400, json=fixture("verify_invalid_token"))
+    khalti.verify("second-token", 1000)
+    assert post(client, payload).status_code == 400
+    response = post(client, {**payload, "token": "second-token"})
+    assert response.status_code == 200
+    assert Payment.objects.verified().get().token == "second-token"
+
+
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        (transaction_record(state="Pending"), "Pending"),
+        (transaction_record(state="Refunded"), "Refunded"),
+        (transaction_record(amount=10), "10 paisa"),
+        (transaction_record(amount=100000), "100000 paisa"),
+    ],
+)
+def test_khalti_record_not_completed_or_for_another_amount_is_400_failed(
+    client, khalti, payload, order, record, reason
+):
+    khalti.verify(payload["token"], 1000, json=record)
+    response = post(client, payload)
+    assert response.status_code == 400
+    assert response.json()["code"] == "verification_failed"
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.FAILED
+    assert reason in payment.failure_reason
+    order.refresh_from_db()
+    assert not order.paid
+
+
+@pytest.mark.parametrize(
+    "mock, status",
+    [
+        ({"body": requests.exceptions.ConnectTimeout()}, 504),
+        ({"body": requests.exceptions.ReadTimeout()}, 504),
+        ({"body": requests.exceptions.ConnectionError("reset")}, 503),
+        ({"status": 500, "body": "<html>oops</html>"}, 502),
+        ({"status": 502, "body": "Bad gateway"}, 502),
+        ({"status": 503, "json": {"detail": "maintenance"}}, 502),
+        ({"status": 429, "json": {"detail": "slow down"}}, 502),
+        ({"status": 200, "body": "<html>not json</html>"}, 502),
+        ({"status": 200, "body": '{"idx": "abc", "state": '}, 502),
+        ({"status": 200, "json": {"state": {"name": "Completed"}, "amount": 1000}}, 502),
+        ({"status": 200, "json": {"idx": "a", "state": {"name": "Completed"}, "amount": "1000"}}, 502),
+        ({"status": 200, "json": {"idx": "a", "amount": 1000}}, 502),
+        ({"status": 200, "json": ["not", "an", "object"]}, 502),
+        ({"status": 401, "json": {"detail": "Invalid token."}}, 502),
+        ({"status": 403, "json": {"detail": "Forbidden"}}, 502),
+        ({"status": 400, "body": "<html>bad request</html>"}, 502),
+        ({"status": 400, "json": {"weird": {"shape": 1}}}, 502),
+        ({"status": 404, "json": {"detail": "Not found."}}, 502),
+    ],
+)
+def test_khalti_unavailable_or_unusable_is_5xx_and_payment_stays_pending(
+    client, khalti, payload, order, signals, django_capture_on_commit_callbacks, mock, status
+):
+    khalti.verify(payload["token"], 1000, **mock)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, payload)
+    assert response.status_code == status
+    assert response.json()["code"] == "khalti_unavailable"
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.PENDING
+    assert payment.claimed_at is None  # released: a resubmission need not wait
+    assert not signals
+    order.refresh_from_db()
+    assert not order.paid
+
+
+def test_resubmit_after_unknown_outcome_asks_status_and_never_verifies_blindly(
+    client, khalti, payload, signals, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000, body=requests.exceptions.ReadTimeout())
+    assert post(client, payload).status_code == 504
+    # Khalti did complete the payment; the answer was lost. A second verify
+    # would be wrong: the status endpoint tells the truth.
+    khalti.status(payload["token"], 1000, "status_complete")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, payload)
+    assert response.status_code == 200
+    assert response.json()["status"] == "verified"
+    assert len(khalti.calls_to("https://khalti.test/api/v2/payment/verify/")) == 1
+    assert len(signals) == 1
+
+
+def test_resubmit_after_unknown_outcome_verifies_when_khalti_awaits_it(client, khalti, payload):
+    khalti.verify(payload["token"], 1000, status=503, body="down")
+    assert post(client, payload).status_code == 502
+    khalti.status(payload["token"], 1000, "status_confirmed")
+    khalti.verify(payload["token"], 1000)
+    response = post(client, payload)
+    assert response.status_code == 200
+    assert Payment.objects.get().idx == "8xmeJnNXfoVjCvGcZiiGe7"
+
+
+def test_our_database_failing_after_khalti_answered_leaves_it_pending(
+    client, khalti, payload, monkeypatch, signals, django_capture_on_commit_callbacks
+):
+    from django_khalti import services
+
+    khalti.verify(payload["token"], 1000)
+    real_transition = services._transition
+
+    def broken(*args, **kwargs):
+        raise DatabaseError("connection lost")
+
+    monkeypatch.setattr(services, "_transition", broken)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, payload)
+    assert response.status_code == 502
+    assert response.json()["code"] == "khalti_unavailable"
+    assert Payment.objects.get().status == Payment.Status.PENDING
+    assert not signals
+
+    # Later, once the claim is stale, a resubmission settles it from Khalti's status.
+    monkeypatch.setattr(services, "_transition", real_transition)
+    Payment.objects.update(claimed_at=Payment.objects.get().created_at.replace(year=2000))
+    khalti.status(payload["token"], 1000, "status_complete")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, payload)
+    assert response.status_code == 200
+    assert len(signals) == 1
+
+
+def test_atomic_requests_project_still_commits_the_pending_row_first(
+    client, khalti, payload, settings
+):
+    settings.DATABASES["default"]["ATOMIC_REQUESTS"] = True
+    from django_khalti.views import VerifyView
+
+    assert "default" in getattr(VerifyView.as_view(), "_non_atomic_requests", set())
+    khalti.verify(payload["token"], 1000, body=requests.exceptions.ReadTimeout())
+    assert post(client, payload).status_code == 504
+    assert Payment.objects.get().status == Payment.Status.PENDING
+
+
+def test_receiver_that_raises_is_logged_and_payment_stays_verified(
+    client, khalti, payload, caplog, django_capture_on_commit_callbacks
+):
+    from django_khalti.signals import payment_verified
+
+    def broken_receiver(sender, payment, **kwargs):
+        raise RuntimeError("shop bug")
+
+    payment_verified.connect(broken_receiver)
+    try:
+        khalti.verify(payload["token"], 1000)
+        with django_capture_on_commit_callbacks(execute=True):
+            response = post(client, payload)
+    finally:
+        payment_verified.disconnect(broken_receiver)
+    assert response.status_code == 200
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    assert "shop bug" in caplog.text
+
+
+@override_settings(
+    KHALTI={"SECRET_KEY": "test_secret_key_testproject", "BASE_URL": "https://khalti.test/",
+            "AMOUNT_RESOLVER": "shop.khalti.order_amount"}
+)
+def test_secret_key_never_in_responses_or_logs(client, khalti, payload, caplog):
+    caplog.set_level("DEBUG")
+    khalti.verify(payload["token"], 1000, status=401, json=fixture("error_bad_key"))
+    response = post(client, payload)
+    assert response.status_code == 502
+    assert "test_secret_key_testproject" not in response.content.decode()
+    assert "test_secret_key_testproject" not in caplog.text
+    assert "SECRET_KEY" in caplog.text  # the log says what to check, not its value
