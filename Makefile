@@ -1,0 +1,35 @@
+# Two commands for a fresh machine with python3 and make:
+#   make test   create .venv, install, run the whole suite (DATABASE_URL picks the database)
+#   make demo   create .venv, migrate the test project on SQLite, serve it on 127.0.0.1:8000
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+PYTEST_ARGS ?=
+
+# The database driver DATABASE_URL needs, as a pyproject extra.
+ifneq (,$(filter postgres%,$(DATABASE_URL)))
+DB_EXTRA := ,postgres
+else ifneq (,$(filter mysql%,$(DATABASE_URL)))
+DB_EXTRA := ,mysql
+endif
+
+.PHONY: test demo install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(PIP) install --quiet --editable '.[test$(DB_EXTRA)]'
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install
+	cd testproject && ../$(BIN)/python manage.py migrate --noinput
+	cd testproject && ../$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info testproject/*.sqlite3*

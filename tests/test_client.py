@@ -1,0 +1,194 @@
+"""KhaltiClient: Khalti's wire format, timeouts, typed errors, secret hygiene."""
+
+import pytest
+import requests
+import responses
+from responses import matchers
+
+from django_khalti import __version__
+from django_khalti.client import KhaltiClient, error_message, get_session
+from django_khalti.exceptions import (
+    KhaltiBadResponse,
+    KhaltiConfigurationError,
+    KhaltiConnectionError,
+    KhaltiRejected,
+    KhaltiTimeout,
+    KhaltiUnavailable,
+)
+
+from .conftest import fixture
+
+SECRET = "test_secret_key_0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def client():
+    return KhaltiClient(SECRET, "https://khalti.test/", timeout=7)
+
+
+@pytest.fixture
+def rsps():
+    with responses.RequestsMock() as mock:
+        yield mock
+
+
+def test_verify_posts_token_and_amount_with_the_key_and_returns_the_record(client, rsps):
+    rsps.post(
+        "https://khalti.test/api/v2/payment/verify/",
+        json=fixture("verify_completed"),
+        match=[
+            matchers.header_matcher(
+                {"Authorization": f"Key {SECRET}", "User-Agent": f"dj-khalti/{__version__}"}
+            ),
+            matchers.json_params_matcher({"token": "tok", "amount": 1000}),
+        ],
+    )
+    record = client.verify("tok", 1000)
+    assert record.idx == "8xmeJnNXfoVjCvGcZiiGe7"
+    assert record.state == "Completed"
+    assert record.amount == 1000
+    assert record.fee_amount == 30
+    assert record.mobile == "98XXXXXXX9"
+    assert record.refunded is False
+    assert record.raw == fixture("verify_completed")
+
+
+def test_every_call_is_bounded_by_the_timeout(client, rsps):
+    rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
+    client.verify("tok", 1000)
+    kwargs = rsps.calls[0].request.req_kwargs
+    assert kwargs["timeout"] == (7.0, 7.0)
+
+
+@pytest.mark.parametrize(
+    "base_url, expected",
+    [
+        ("https://khalti.com/", "https://khalti.com/api/v2/payment/verify/"),
+        ("https://dev.khalti.com", "https://dev.khalti.com/api/v2/payment/verify/"),
+        ("http://127.0.0.1:8765/", "http://127.0.0.1:8765/api/v2/payment/verify/"),
+        ("http://127.0.0.1:8765/fake/", "http://127.0.0.1:8765/fake/api/v2/payment/verify/"),
+    ],
+)
+def test_endpoint_paths_are_joined_to_the_base_url(rsps, base_url, expected):
+    rsps.post(expected, json=fixture("verify_completed"))
+    KhaltiClient(SECRET, base_url, 5).verify("tok", 1000)
+    assert rsps.calls[0].request.url == expected
+
+
+def test_record_with_source_instead_of_user_still_gives_the_mobile(client, rsps):
+    body = fixture("verify_completed")
+    body["source"] = body.pop("user")
+    del body["fee_amount"]
+    rsps.post("https://khalti.test/api/v2/payment/verify/", json=body)
+    record = client.verify("tok", 1000)
+    assert record.mobile == "98XXXXXXX9"
+    assert record.fee_amount is None
+
+
+def test_status_asks_with_token_and_amount_and_reads_the_state(client, rsps):
+    rsps.get(
+        "https://khalti.test/api/v2/payment/status/",
+        json=fixture("status_confirmed"),
+        match=[
+            matchers.header_matcher({"Authorization": f"Key {SECRET}"}),
+            matchers.query_param_matcher({"token": "tok", "amount": "1000"}),
+        ],
+    )
+    answer = client.status("tok", 1000)
+    assert answer.state == "Confirmed"
+    assert answer.detail == "User has confirmed the transaction"
+
+
+def test_status_answer_is_read_whatever_the_http_code(client, rsps):
+    rsps.get("https://khalti.test/api/v2/payment/status/", status=400, json=fixture("status_error"))
+    assert client.status("tok", 1000).state == "Error"
+
+
+def test_status_without_a_state_is_a_bad_response(client, rsps):
+    rsps.get("https://khalti.test/api/v2/payment/status/", json={"status": True})
+    with pytest.raises(KhaltiBadResponse):
+        client.status("tok", 1000)
+
+
+def test_field_errors_on_400_are_a_rejection_with_the_message(client, rsps):
+    rsps.post(
+        "https://khalti.test/api/v2/payment/verify/",
+        status=400,
+        json=fixture("verify_invalid_token"),
+    )
+    with pytest.raises(KhaltiRejected) as info:
+        client.verify("tok", 1000)
+    assert info.value.detail == "token: Invalid token."
+    assert info.value.status_code == 400
+    assert info.value.body == fixture("verify_invalid_token")
+
+
+@pytest.mark.parametrize(
+    "mock, exc",
+    [
+        ({"body": requests.exceptions.ConnectTimeout()}, KhaltiTimeout),
+        ({"body": requests.exceptions.ReadTimeout()}, KhaltiTimeout),
+        ({"body": requests.exceptions.ConnectionError()}, KhaltiConnectionError),
+        ({"body": requests.exceptions.ChunkedEncodingError()}, KhaltiUnavailable),
+        ({"status": 500, "body": "<html/>"}, KhaltiUnavailable),
+        ({"status": 429, "json": {"detail": "Too many"}}, KhaltiUnavailable),
+        ({"status": 401, "json": {"detail": "Invalid token."}}, KhaltiBadResponse),
+        ({"status": 200, "body": "not json"}, KhaltiBadResponse),
+        ({"status": 200, "json": {"idx": "", "state": {"name": "Completed"}, "amount": 1}}, KhaltiBadResponse),
+        ({"status": 200, "json": {"idx": "a", "state": "Completed", "amount": 1}}, KhaltiBadResponse),
+        ({"status": 200, "json": {"idx": "a", "state": {"name": "Completed"}, "amount": True}}, KhaltiBadResponse),
+        ({"status": 302, "headers": {"Location": "https://elsewhere.test/"}, "body": ""}, KhaltiBadResponse),
+        ({"status": 400, "json": {"detail": {"nested": 1}}}, KhaltiBadResponse),
+        ({"status": 400, "json": {}}, KhaltiBadResponse),
+    ],
+)
+def test_every_failure_is_a_typed_exception_chained_to_its_cause(client, rsps, mock, exc):
+    rsps.post("https://khalti.test/api/v2/payment/verify/", **mock)
+    with pytest.raises(exc) as info:
+        client.verify("tok", 1000)
+    assert info.value.code == "khalti_unavailable"
+    if "body" in mock and isinstance(mock["body"], Exception):
+        assert info.value.__cause__ is mock["body"]
+
+
+def test_the_secret_is_in_no_exception_repr_or_log(client, rsps, caplog):
+    caplog.set_level("DEBUG")
+    rsps.post("https://khalti.test/api/v2/payment/verify/", status=401, json={"detail": "x"})
+    with pytest.raises(KhaltiBadResponse) as info:
+        client.verify("tok", 1000)
+    text = " ".join([str(info.value), repr(info.value), repr(client), caplog.text])
+    assert SECRET not in text
+    assert "Key" not in get_session().headers.get("Authorization", "")
+
+
+def test_one_pooled_session_is_reused_across_clients_and_calls(rsps):
+    rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
+    rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
+    first, second = KhaltiClient(SECRET, "https://khalti.test/", 5), KhaltiClient(SECRET, "https://khalti.test/", 5)
+    first.verify("a", 1000)
+    second.verify("b", 1000)
+    assert get_session() is get_session()
+    adapter = get_session().get_adapter("https://khalti.test/")
+    assert adapter._pool_maxsize >= 8
+    assert adapter.max_retries.total == 0
+
+
+def test_a_client_without_a_key_is_a_configuration_error():
+    with pytest.raises(KhaltiConfigurationError):
+        KhaltiClient("", "https://khalti.test/", 5)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"detail": "Not found."}, "Not found."),
+        ({"token": ["Invalid token."], "amount": ["Bad."]}, "token: Invalid token.; amount: Bad."),
+        ({"amount": "Too small", "error_key": "validation_error"}, "amount: Too small"),
+        ({"token": [{"code": 1}]}, None),
+        ([], None),
+        ("text", None),
+        ({}, None),
+    ],
+)
+def test_error_message_reads_both_documented_shapes_only(body, message):
+    assert error_message(body) == message
