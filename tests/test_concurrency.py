@@ -139,3 +139,30 @@ def test_simultaneous_submissions_from_several_processes_verify_once(payload):
     assert Order.objects.get(reference=payload["product_identity"]).paid
     # The shop's receiver ran once, in whichever process won.
     assert OrderEvent.objects.filter(kind="paid").count() == 1
+
+
+def test_pending_row_is_committed_before_khalti_is_called(khalti, payload):
+    seen_by_another_connection = []
+
+    def callback(request):
+        # What any other worker would see while Khalti is being asked.
+        def look():
+            try:
+                seen_by_another_connection.extend(
+                    Payment.objects.values_list("status", "claimed_at")
+                )
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=look)
+        thread.start()
+        thread.join()
+        return 200, {}, json.dumps(transaction_record())
+
+    khalti.rsps.add_callback("POST", "https://khalti.test/api/v2/payment/verify/", callback)
+    (code, _), = post_all([payload])
+    assert code == 200
+    assert len(seen_by_another_connection) == 1
+    status, claimed_at = seen_by_another_connection[0]
+    assert status == Payment.Status.PENDING
+    assert claimed_at is not None

@@ -6,6 +6,7 @@ SQLite, ``postgres://root@127.0.0.1:5432/test`` or
 """
 
 import os
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -62,8 +63,9 @@ def database_from_url(url: str) -> dict:
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": name,
-            # A file, not memory, so that concurrent tests share one database.
-            "TEST": {"NAME": str(Path(name).with_suffix(".test.sqlite3"))},
+            # A file, not memory, so that concurrent tests share one database;
+            # one per test run, so that two runs never share it.
+            "TEST": {"NAME": str(Path(tempfile.gettempdir()) / f"dj-khalti-test-{os.getpid()}.sqlite3")},
             "OPTIONS": {
                 "timeout": 30,
                 "transaction_mode": "IMMEDIATE",
