@@ -27,6 +27,8 @@ install: $(BIN)/python
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+demo: export DATABASE_URL = sqlite://
+demo: export DJANGO_DEBUG = 1
 demo: install
 	cd testproject && ../$(BIN)/python manage.py migrate --noinput
 	cd testproject && ../$(BIN)/python manage.py runserver 127.0.0.1:8000

@@ -15,6 +15,7 @@ class PaymentAdmin(admin.ModelAdmin):
     readonly_fields = [
         "id", "token", "product_identity", "amount", "status", "idx", "fee_amount", "mobile",
         "khalti_response", "failure_reason", "created_at", "updated_at", "verified_at",
+        "claimed_at", "attempts",
     ]
 
     @admin.display(description=_("amount (Rs)"), ordering="amount")

@@ -10,11 +10,11 @@ from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
-LOOPBACK_NAMES = {"localhost"}
+from .conf import DEFAULTS
 
 
 def _is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -22,31 +22,28 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-@checks.register("django_khalti")
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    config = getattr(settings, "KHALTI", None)
-    if not isinstance(config, dict):
-        config = {}
-    messages: list[checks.CheckMessage] = []
-
+def _check_secret_key(config: dict[str, Any]) -> list[checks.CheckMessage]:
     secret = config.get("SECRET_KEY")
-    if not secret or not isinstance(secret, str):
-        messages.append(
+    if not isinstance(secret, str) or not secret.strip():
+        return [
             checks.Error(
                 "KHALTI['SECRET_KEY'] is missing or empty.",
                 hint="Set it to your merchant secret key, e.g. from an environment variable.",
                 id="django_khalti.E001",
             )
-        )
-    elif secret.startswith("test_") and not settings.DEBUG:
-        messages.append(
+        ]
+    if secret.lower().startswith("test_") and not settings.DEBUG:
+        return [
             checks.Warning(
                 "KHALTI['SECRET_KEY'] is a test key while DEBUG is False.",
                 hint="Use your live secret key in production.",
                 id="django_khalti.W002",
             )
-        )
+        ]
+    return []
 
+
+def _check_resolver(config: dict[str, Any]) -> list[checks.CheckMessage]:
     resolver = config.get("AMOUNT_RESOLVER")
     problem = None
     if not resolver:
@@ -58,24 +55,72 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             problem = f"cannot be imported ({exc})"
     if problem is None and not callable(resolver):
         problem = "is not callable"
-    if problem:
-        messages.append(
-            checks.Error(
-                f"KHALTI['AMOUNT_RESOLVER'] {problem}.",
-                hint="Name a function order_amount(request, product_identity) -> int | None "
-                "that returns the amount in paisa your shop expects for the order.",
-                id="django_khalti.E002",
-            )
+    if not problem:
+        return []
+    return [
+        checks.Error(
+            f"KHALTI['AMOUNT_RESOLVER'] {problem}.",
+            hint="Name a function order_amount(request, product_identity) -> int | None "
+            "that returns the amount in paisa your shop expects for the order.",
+            id="django_khalti.E002",
         )
+    ]
 
-    base_url = config.get("BASE_URL", "https://khalti.com/")
-    parts = urlsplit(str(base_url))
-    if parts.scheme != "https" and not _is_loopback(parts.hostname or ""):
-        messages.append(
+
+def _check_base_url(config: dict[str, Any]) -> list[checks.CheckMessage]:
+    base_url = config.get("BASE_URL", DEFAULTS["BASE_URL"])
+    try:
+        parts = urlsplit(base_url) if isinstance(base_url, str) else None
+        host = parts.hostname if parts else None
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        return [
+            checks.Error(
+                "KHALTI['BASE_URL'] is not an http(s) URL with a host.",
+                hint="Use Khalti's host root, e.g. 'https://khalti.com/'.",
+                id="django_khalti.E003",
+            )
+        ]
+    if parts.scheme != "https" and not _is_loopback(host):
+        return [
             checks.Warning(
-                f"KHALTI['BASE_URL'] {base_url!r} does not use https.",
+                f"KHALTI['BASE_URL'] (host {host!r}) does not use https.",
                 hint="Khalti must be called over https: the secret key travels in every request.",
                 id="django_khalti.W001",
             )
+        ]
+    return []
+
+
+def _check_timeout(config: dict[str, Any]) -> list[checks.CheckMessage]:
+    timeout = config.get("TIMEOUT", DEFAULTS["TIMEOUT"])
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return []
+    return [
+        checks.Error(
+            "KHALTI['TIMEOUT'] must be a positive number of seconds.",
+            hint="Khalti's own clients use 30; the default is 10.",
+            id="django_khalti.E004",
         )
-    return messages
+    ]
+
+
+@checks.register("django_khalti")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    config = getattr(settings, "KHALTI", None)
+    if config is not None and not isinstance(config, dict):
+        return [
+            checks.Error(
+                "settings.KHALTI must be a dict.",
+                hint="KHALTI = {'SECRET_KEY': ..., 'AMOUNT_RESOLVER': ...}",
+                id="django_khalti.E001",
+            )
+        ]
+    config = config or {}
+    return [
+        *_check_secret_key(config),
+        *_check_resolver(config),
+        *_check_base_url(config),
+        *_check_timeout(config),
+    ]

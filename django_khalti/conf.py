@@ -43,7 +43,10 @@ class KhaltiSettings:
 
     @property
     def user_settings(self) -> dict[str, Any]:
-        return getattr(settings, "KHALTI", None) or {}
+        config = getattr(settings, "KHALTI", None) or {}
+        if not isinstance(config, dict):
+            raise KhaltiConfigurationError("settings.KHALTI must be a dict.")
+        return config
 
     @property
     def stale_after(self) -> float:

@@ -90,10 +90,17 @@ def verify_payment(request: Any, *, token: str, amount: int, product_identity: s
     and :class:`~django_khalti.exceptions.KhaltiUnavailable` when Khalti's
     answer is unknown (the payment then stays pending).
     """
-    expected = expected_amount(request, product_identity)
-    if amount != expected:
-        raise KhaltiAmountMismatch()
-    payment, created = _payment_for_token(token, product_identity, expected)
+    payment = Payment.objects.filter(token=token).first()
+    created = False
+    if payment is None:
+        expected = _expected_for_new_payment(request, product_identity)
+        if amount != expected:
+            raise KhaltiAmountMismatch()
+        payment, created = _payment_for_token(token, product_identity, expected)
+    # A token is bound to the order and amount it was first verified for. The
+    # amount stored is the shop's, so a known token needs no resolver.
+    if payment.product_identity != product_identity or payment.amount != amount:
+        raise KhaltiTokenUsed()
     if created:
         return _verified_or_raise(_settle(payment, _verify))
     if payment.status == Status.PENDING:
@@ -102,6 +109,16 @@ def verify_payment(request: Any, *, token: str, amount: int, product_identity: s
             return _verified_or_raise(_settle(payment, _ask_status))
         payment.refresh_from_db()
     return _verified_or_raise(payment)
+
+
+def _expected_for_new_payment(request: Any, product_identity: str) -> int:
+    """The shop's amount; a paid order the resolver no longer knows is ``already_paid``."""
+    try:
+        return expected_amount(request, product_identity)
+    except KhaltiUnknownOrder:
+        if Payment.objects.filter(order_claim=product_identity).exclude(status=Status.PENDING).exists():
+            raise KhaltiAlreadyPaid() from None
+        raise
 
 
 def reconcile(payment: Payment) -> Payment:
@@ -127,28 +144,24 @@ def _verified_or_raise(payment: Payment) -> Payment:
 
 
 def _payment_for_token(token: str, product_identity: str, amount: int) -> tuple[Payment, bool]:
-    """The payment row for ``token``, inserted (and so claimed) if new."""
+    """Insert (and so claim) the payment for a new token; or the row that beat us to it."""
     for _attempt in range(3):
-        payment = Payment.objects.filter(token=token).first()
-        if payment is None:
-            try:
-                with transaction.atomic():
-                    payment = Payment.objects.create(
-                        token=token,
-                        product_identity=product_identity,
-                        amount=amount,
-                        order_claim=product_identity,
-                        claimed_at=timezone.now(),
-                        attempts=1,
-                    )
-                return payment, True
-            except IntegrityError:
-                # The same token inserted concurrently, or the order is taken.
-                payment = Payment.objects.filter(token=token).first()
-        if payment is not None:
-            if payment.product_identity != product_identity or payment.amount != amount:
-                raise KhaltiTokenUsed()
-            return payment, False
+        try:
+            with transaction.atomic():
+                payment = Payment.objects.create(
+                    token=token,
+                    product_identity=product_identity,
+                    amount=amount,
+                    order_claim=product_identity,
+                    claimed_at=timezone.now(),
+                    attempts=1,
+                )
+            return payment, True
+        except IntegrityError:
+            pass  # The same token inserted concurrently, or the order is taken.
+        raced = Payment.objects.filter(token=token).first()
+        if raced is not None:
+            return raced, False
         holder = Payment.objects.filter(order_claim=product_identity).first()
         if holder is not None:
             if holder.status == Status.PENDING:

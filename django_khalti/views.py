@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import transaction
 from django.utils.decorators import method_decorator
+from django.utils.translation import gettext_lazy as _
 from rest_framework import status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
@@ -18,6 +20,7 @@ from . import services
 from .exceptions import (
     KhaltiAlreadyPaid,
     KhaltiAmountMismatch,
+    KhaltiConfigurationError,
     KhaltiConnectionError,
     KhaltiError,
     KhaltiInProgress,
@@ -28,6 +31,8 @@ from .exceptions import (
     KhaltiVerificationFailed,
 )
 from .serializers import PaymentSerializer, VerifySerializer
+
+logger = logging.getLogger(__name__)
 
 #: The one table from refusals to HTTP codes. The most specific class wins.
 HTTP_STATUS: dict[type[KhaltiError], int] = {
@@ -62,13 +67,18 @@ class KhaltiAPIView(APIView):
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, KhaltiError):
             return error_response(exc)
+        if isinstance(exc, KhaltiConfigurationError):
+            # The shop's bug, not the buyer's: loud in the logs, a clean 503 outside.
+            logger.error("dj-khalti is misconfigured: %s", exc, exc_info=exc)
+            return Response(
+                {"code": "not_configured", "detail": _("Payments are not available right now.")},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
         return super().handle_exception(exc)
 
 
 class VerifyView(KhaltiAPIView):
     """Verify a Khalti widget payment: POST the widget's ``onSuccess`` payload."""
-
-    throttle_scope = "khalti"
 
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = VerifySerializer(data=request.data)

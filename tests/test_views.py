@@ -74,11 +74,15 @@ def test_form_body_is_accepted(client, khalti, payload):
 
 
 def test_same_payload_again_is_200_without_calling_khalti_or_signalling_again(
-    client, khalti, payload, signals, django_capture_on_commit_callbacks
+    client, khalti, payload, order, signals, django_capture_on_commit_callbacks
 ):
     khalti.verify(payload["token"], 1000)
     with django_capture_on_commit_callbacks(execute=True):
         first = post(client, payload)
+    # The receiver has run: the shop's resolver no longer knows the (paid) order.
+    order.refresh_from_db()
+    assert order.paid
+    with django_capture_on_commit_callbacks(execute=True):
         second = post(client, payload)
     assert first.status_code == second.status_code == 200
     assert first.json() == second.json()
@@ -179,19 +183,30 @@ def test_token_replayed_for_another_amount_is_409_token_used(client, khalti, pay
 
 
 def test_second_token_for_a_paid_order_is_409_already_paid_and_never_verified(
-    client, khalti, payload, order
+    client, khalti, payload, order, django_capture_on_commit_callbacks
 ):
     khalti.verify(payload["token"], 1000)
-    assert post(client, payload).status_code == 200
-    # The resolver of a real shop refuses paid orders; this one must not be asked.
-    order.paid = False
-    order.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, payload).status_code == 200
+    order.refresh_from_db()
+    assert order.paid  # and so the shop's resolver answers None for it now
 
     response = post(client, {**payload, "token": "another-token"})
     assert response.status_code == 409
     assert response.json()["code"] == "already_paid"
     assert len(khalti.calls) == 1
     assert Payment.objects.count() == 1
+
+
+def test_second_token_for_a_paid_order_the_resolver_still_knows_is_409_already_paid(
+    client, khalti, payload, order
+):
+    khalti.verify(payload["token"], 1000)
+    assert post(client, payload).status_code == 200  # receiver not run: order unpaid
+    response = post(client, {**payload, "token": "another-token"})
+    assert response.status_code == 409
+    assert response.json()["code"] == "already_paid"
+    assert len(khalti.calls) == 1
 
 
 def test_second_token_while_first_is_pending_is_409_in_progress(client, khalti, payload):
@@ -417,3 +432,19 @@ def test_secret_key_never_in_responses_or_logs(client, khalti, payload, caplog):
     assert "test_secret_key_testproject" not in response.content.decode()
     assert "test_secret_key_testproject" not in caplog.text
     assert "SECRET_KEY" in caplog.text  # the log says what to check, not its value
+
+
+@pytest.mark.parametrize("resolver", [None, "shop.nowhere.resolver", "shop.models.Order.objects"])
+def test_a_misconfigured_shop_gets_503_json_and_a_logged_error(
+    client, khalti, payload, caplog, resolver
+):
+    with override_settings(
+        KHALTI={"SECRET_KEY": "test_secret_key_testproject", "BASE_URL": "https://khalti.test/",
+                "AMOUNT_RESOLVER": resolver}
+    ):
+        response = post(client, payload)
+    assert response.status_code == 503
+    assert response.json()["code"] == "not_configured"
+    assert "AMOUNT_RESOLVER" in caplog.text
+    assert "AMOUNT_RESOLVER" not in response.content.decode()
+    assert not khalti.calls

@@ -91,7 +91,7 @@ def database_from_url(url: str) -> dict:
     return entry
 
 
-DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL", "sqlite://"))}
+DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL") or "sqlite://")}
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en"

@@ -1,0 +1,351 @@
+"""System checks: every id, firing and not firing, and never touching the database.
+
+These tests carry no ``django_db`` mark on purpose: pytest-django then refuses any
+database access, so a check that ran a query would fail here.
+"""
+
+import functools
+from io import StringIO
+
+import pytest
+from django.core import checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from django_khalti.checks import check_settings
+from shop.khalti import order_amount
+from shop.models import Order
+
+#: Importable, but not a function: AMOUNT_RESOLVER must not accept it.
+NOT_A_FUNCTION = {"ORD-1": 1000}
+
+LIVE_KEY = "live_secret_key_0f9e8d7c"
+TEST_KEY = "test_secret_key_0f9e8d7c"
+MISSING = object()
+
+GOOD = {
+    "SECRET_KEY": LIVE_KEY,
+    "PUBLIC_KEY": "live_public_key_0f9e8d7c",
+    "BASE_URL": "https://khalti.com/",
+    "AMOUNT_RESOLVER": "shop.khalti.order_amount",
+}
+
+
+def khalti(**changes):
+    """The GOOD settings with ``changes``; a value of MISSING removes that key."""
+    config = {**GOOD, **changes}
+    return {key: value for key, value in config.items() if value is not MISSING}
+
+
+def messages_for(config, *, debug=False):
+    with override_settings(KHALTI=config, DEBUG=debug):
+        return check_settings()
+
+
+def ids_for(config, *, debug=False):
+    return [message.id for message in messages_for(config, debug=debug)]
+
+
+def only(messages, check_id):
+    found = [message for message in messages if message.id == check_id]
+    assert len(found) == 1, messages
+    return found[0]
+
+
+def test_database_access_is_really_refused_in_this_module():
+    # The guarantee the module docstring relies on: a query here fails loudly.
+    with pytest.raises(RuntimeError, match="Database access not allowed"):
+        Order.objects.count()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_good_live_settings_raise_nothing(debug):
+    assert ids_for(GOOD, debug=debug) == []
+
+
+def test_test_key_while_debugging_raises_nothing():
+    assert ids_for(khalti(SECRET_KEY=TEST_KEY), debug=True) == []
+
+
+# --- django_khalti.E001: the secret key -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [MISSING, None, "", 12345, b"live_secret_key_bytes", ["live_secret_key"]],
+    ids=["missing", "none", "empty", "int", "bytes", "list"],
+)
+def test_e001_secret_key_missing_empty_or_not_a_string(secret):
+    messages = messages_for(khalti(SECRET_KEY=secret))
+    assert [m.id for m in messages] == ["django_khalti.E001"]
+    error = only(messages, "django_khalti.E001")
+    assert error.level == checks.ERROR
+    assert error.is_serious()
+    assert "SECRET_KEY" in error.msg
+    assert error.hint
+
+
+@pytest.mark.parametrize("config", [MISSING, None, {}], ids=repr)
+def test_e001_and_e002_when_the_khalti_setting_is_absent_or_unusable(settings, config):
+    if config is MISSING:
+        del settings.KHALTI
+    else:
+        settings.KHALTI = config
+    settings.DEBUG = False
+    # The default BASE_URL is https: no W001 on top.
+    assert sorted(m.id for m in check_settings()) == ["django_khalti.E001", "django_khalti.E002"]
+
+
+@pytest.mark.parametrize("secret", [LIVE_KEY, TEST_KEY, "x"])
+def test_e001_quiet_for_any_non_empty_string(secret):
+    assert "django_khalti.E001" not in ids_for(khalti(SECRET_KEY=secret), debug=True)
+
+
+def test_e001_message_never_shows_the_key_it_rejects():
+    messages = messages_for(khalti(SECRET_KEY=["live_secret_key_in_a_list"]))
+    error = only(messages, "django_khalti.E001")
+    assert "live_secret_key_in_a_list" not in f"{error.msg} {error.hint}"
+
+
+# --- django_khalti.E002: the amount resolver --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "resolver, problem",
+    [
+        (MISSING, "is missing"),
+        (None, "is missing"),
+        ("", "is missing"),
+        ("shop.khalti.no_such_resolver", "cannot be imported"),
+        ("no_such_module_anywhere.order_amount", "cannot be imported"),
+        ("order_amount", "cannot be imported"),
+        ("tests.test_checks.NOT_A_FUNCTION", "is not callable"),
+        (1000, "is not callable"),
+    ],
+    ids=["missing", "none", "empty", "no-attribute", "no-module", "no-dot", "constant", "int"],
+)
+def test_e002_resolver_missing_unimportable_or_not_callable(resolver, problem):
+    messages = messages_for(khalti(AMOUNT_RESOLVER=resolver))
+    assert [m.id for m in messages] == ["django_khalti.E002"]
+    error = only(messages, "django_khalti.E002")
+    assert error.level == checks.ERROR
+    assert f"AMOUNT_RESOLVER'] {problem}" in error.msg
+    assert "order_amount(request, product_identity)" in error.hint
+
+
+class CallableResolver:
+    def __call__(self, request, product_identity):
+        return 1000
+
+
+@pytest.mark.parametrize(
+    "resolver",
+    [
+        "shop.khalti.order_amount",
+        order_amount,
+        CallableResolver(),
+        functools.partial(order_amount),
+        lambda request, product_identity: 1000,
+    ],
+    ids=["dotted-path", "function", "callable-object", "partial", "lambda"],
+)
+def test_e002_quiet_for_a_dotted_path_or_any_callable(resolver):
+    assert ids_for(khalti(AMOUNT_RESOLVER=resolver)) == []
+
+
+def test_checks_never_call_the_resolver():
+    # The shop's resolver reads orders from the database: a check must not run it.
+    calls = []
+
+    def resolver(request, product_identity):
+        calls.append(product_identity)
+        return 1000
+
+    assert ids_for(khalti(AMOUNT_RESOLVER=resolver)) == []
+    assert calls == []
+
+
+# --- django_khalti.W001: https -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://khalti.com/",
+        "http://a.khalti.com:8080/",
+        "http://10.0.0.5/",
+        "http://0.0.0.0:8000/",
+        "http://localhost.example.com/",
+        "http://127.0.0.1.nip.io/",
+    ],
+)
+def test_w001_base_url_without_https_on_a_public_host(base_url):
+    messages = messages_for(khalti(BASE_URL=base_url))
+    assert [m.id for m in messages] == ["django_khalti.W001"]
+    warning = only(messages, "django_khalti.W001")
+    assert warning.level == checks.WARNING
+    assert not warning.is_serious()
+    assert "does not use https" in warning.msg
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        MISSING,  # the default, https://khalti.com/
+        "https://khalti.com/",
+        "https://a.khalti.com:8443/",
+        "HTTPS://KHALTI.COM/",
+        "http://127.0.0.1:8765/",
+        "http://127.8.9.10/",
+        "http://localhost:8000/",
+        "http://LOCALHOST/",
+        "http://fake-khalti.localhost:8000/",
+        "http://[::1]:9000/",
+    ],
+)
+def test_w001_quiet_for_https_or_a_loopback_host(base_url):
+    assert ids_for(khalti(BASE_URL=base_url)) == []
+
+
+# --- django_khalti.W002: a test key in production ----------------------------------
+
+
+def test_w002_test_key_while_debug_is_false():
+    messages = messages_for(khalti(SECRET_KEY=TEST_KEY), debug=False)
+    assert [m.id for m in messages] == ["django_khalti.W002"]
+    warning = only(messages, "django_khalti.W002")
+    assert warning.level == checks.WARNING
+    assert TEST_KEY not in f"{warning.msg} {warning.hint}"
+
+
+@pytest.mark.parametrize(
+    "secret, debug",
+    [(TEST_KEY, True), (LIVE_KEY, False), (LIVE_KEY, True), ("my_test_key", False)],
+)
+def test_w002_quiet_while_debugging_or_for_a_live_key(secret, debug):
+    assert "django_khalti.W002" not in ids_for(khalti(SECRET_KEY=secret), debug=debug)
+
+
+def test_every_problem_at_once_is_reported_at_once():
+    config = {"SECRET_KEY": "", "BASE_URL": "http://khalti.com/"}
+    assert sorted(ids_for(config)) == [
+        "django_khalti.E001", "django_khalti.E002", "django_khalti.W001",
+    ]
+
+
+def test_no_message_ever_contains_the_secret_key():
+    config = khalti(SECRET_KEY=TEST_KEY, BASE_URL="http://khalti.com/", AMOUNT_RESOLVER="x.y")
+    messages = messages_for(config)
+    assert sorted(m.id for m in messages) == [
+        "django_khalti.E002", "django_khalti.W001", "django_khalti.W002",
+    ]
+    for message in messages:
+        assert TEST_KEY not in str(message)
+
+
+# --- Through Django's check framework ----------------------------------------------
+
+
+def test_run_checks_includes_every_id():
+    bad = {"SECRET_KEY": "", "BASE_URL": "http://khalti.com/"}
+    with override_settings(KHALTI=bad):
+        found = {m.id for m in checks.run_checks()}
+    assert {"django_khalti.E001", "django_khalti.E002", "django_khalti.W001"} <= found
+
+    with override_settings(KHALTI=khalti(SECRET_KEY=TEST_KEY), DEBUG=False):
+        found = {m.id for m in checks.run_checks()}
+    assert "django_khalti.W002" in found
+
+
+def test_checks_are_registered_under_the_django_khalti_tag():
+    with override_settings(KHALTI={}):
+        found = [m.id for m in checks.run_checks(tags=["django_khalti"])]
+    assert sorted(found) == ["django_khalti.E001", "django_khalti.E002"]
+    with override_settings(KHALTI=GOOD):
+        assert checks.run_checks(tags=["django_khalti"]) == []
+
+
+@override_settings(KHALTI=khalti(SECRET_KEY=TEST_KEY), DEBUG=False)
+def test_run_checks_returns_the_silenced_w002_marked_silenced():
+    # The testproject silences W002; run_checks() still returns it, marked as such.
+    from django.conf import settings
+
+    assert "django_khalti.W002" in settings.SILENCED_SYSTEM_CHECKS
+    w002 = only(checks.run_checks(tags=["django_khalti"]), "django_khalti.W002")
+    assert w002.is_silenced()
+
+
+@override_settings(KHALTI=khalti(SECRET_KEY=TEST_KEY), DEBUG=False)
+def test_manage_py_check_hides_the_silenced_w002():
+    stdout, stderr = StringIO(), StringIO()
+    call_command("check", stdout=stdout, stderr=stderr)
+    assert "django_khalti.W002" not in stdout.getvalue() + stderr.getvalue()
+    assert "no issues (1 silenced)" in stdout.getvalue()
+
+
+@override_settings(KHALTI=khalti(SECRET_KEY=TEST_KEY), DEBUG=False, SILENCED_SYSTEM_CHECKS=[])
+def test_manage_py_check_shows_w002_once_not_silenced():
+    stdout, stderr = StringIO(), StringIO()
+    call_command("check", stdout=stdout, stderr=stderr)  # a warning does not fail
+    assert "django_khalti.W002" in stderr.getvalue()
+
+
+@override_settings(KHALTI=khalti(SECRET_KEY="", BASE_URL="http://khalti.com/"))
+def test_manage_py_check_fails_on_e001_and_shows_w001():
+    with pytest.raises(SystemCheckError) as caught:
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+    assert "django_khalti.E001" in str(caught.value)
+    assert "django_khalti.W001" in str(caught.value)
+
+
+@pytest.mark.django_db
+def test_checks_run_no_query_even_with_database_access_allowed(django_assert_num_queries):
+    with override_settings(KHALTI=khalti(SECRET_KEY=TEST_KEY, BASE_URL="http://khalti.com/")):
+        with django_assert_num_queries(0):
+            ids = [m.id for m in check_settings()]
+            ids += [m.id for m in checks.run_checks(tags=["django_khalti"])]
+    assert sorted(ids) == sorted(["django_khalti.W001", "django_khalti.W002"] * 2)
+
+
+def test_e001_for_a_khalti_setting_that_is_not_a_dict(settings):
+    settings.KHALTI = "not a dict"
+    messages = check_settings()
+    assert [m.id for m in messages] == ["django_khalti.E001"]
+    assert "must be a dict" in messages[0].msg
+
+
+@pytest.mark.parametrize("secret", ["   ", "\t\n"])
+def test_e001_for_a_blank_secret_key(secret):
+    assert ids_for(khalti(SECRET_KEY=secret)) == ["django_khalti.E001"]
+
+
+def test_w002_whatever_the_case_of_the_test_prefix():
+    assert ids_for(khalti(SECRET_KEY="Test_secret_key_abc")) == ["django_khalti.W002"]
+
+
+@pytest.mark.parametrize(
+    "base_url", ["ftp://khalti.com/", "khalti.com", "https:///", "http://[::1", 42, None]
+)
+def test_e003_base_url_that_is_not_an_http_url_with_a_host(base_url):
+    messages = messages_for(khalti(BASE_URL=base_url))
+    assert [m.id for m in messages] == ["django_khalti.E003"]
+    assert messages[0].is_serious()
+
+
+def test_w001_message_never_shows_credentials_in_the_url():
+    messages = messages_for(khalti(BASE_URL="http://user:hunter2@khalti.example/"))
+    warning = only(messages, "django_khalti.W001")
+    assert "hunter2" not in warning.msg
+    assert "khalti.example" in warning.msg
+
+
+@pytest.mark.parametrize("timeout", [None, "abc", 0, -1, True, (3, 10)], ids=repr)
+def test_e004_timeout_that_is_not_a_positive_number(timeout):
+    messages = messages_for(khalti(TIMEOUT=timeout))
+    assert [m.id for m in messages] == ["django_khalti.E004"]
+
+
+@pytest.mark.parametrize("timeout", [MISSING, 10, 2.5, 30])
+def test_e004_quiet_for_a_positive_number(timeout):
+    assert ids_for(khalti(TIMEOUT=timeout)) == []
