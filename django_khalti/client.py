@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -38,6 +38,8 @@ POOL_MAXSIZE = 32
 
 VERIFY_PATH = "api/v2/payment/verify/"
 STATUS_PATH = "api/v2/payment/status/"
+TRANSACTION_PATH = "api/v2/merchant-transaction/{idx}/"
+REFUND_PATH = "api/merchant-transaction/{idx}/refund/"
 
 
 @functools.cache
@@ -150,6 +152,34 @@ class KhaltiClient:
             )
         raise self._refusal(status, body)
 
+    def transaction(self, idx: str) -> KhaltiTransaction:
+        """Khalti's record of one transaction, by its ``idx``. Read-only."""
+        status, body = self._request("GET", TRANSACTION_PATH.format(idx=quote(idx, safe="")))
+        if status != 200:
+            raise self._refusal(status, body)
+        return self._transaction(body, plain_state=True)
+
+    def refund(self, idx: str, amount: int | None = None, mobile: str | None = None) -> dict[str, Any]:
+        """Refund a transaction: all of it without ``amount``, else ``amount`` paisa.
+
+        Moves money back to the buyer: never call it twice blindly. ``mobile``
+        is the Khalti id to refund to, which Khalti wants for bank-funded
+        payments. Returns Khalti's answer; raises :class:`KhaltiRejected` when
+        Khalti refuses with a readable message, :class:`KhaltiUnavailable`
+        when the outcome is unknown.
+        """
+        body: dict[str, Any] = {}
+        if amount is not None:
+            body["amount"] = amount
+        if mobile:
+            body["mobile"] = mobile
+        status, answer = self._request(
+            "POST", REFUND_PATH.format(idx=quote(idx, safe="")), json=body
+        )
+        if status == 200 and isinstance(answer, dict):
+            return answer
+        raise self._refusal(status, answer, any_4xx=True)
+
     # --- plumbing ----------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
@@ -192,17 +222,25 @@ class KhaltiClient:
             raise KhaltiBadResponse() from exc
         return response.status_code, body
 
-    def _refusal(self, status: int, body: Any) -> Exception:
-        """A definitive refusal for a readable HTTP 400, an unknown outcome otherwise."""
+    def _refusal(self, status: int, body: Any, any_4xx: bool = False) -> Exception:
+        """A definitive refusal for a readable HTTP 400, an unknown outcome otherwise.
+
+        With ``any_4xx``, any readable 4xx answer is a refusal (refunds: Khalti
+        documents their failures only as "non-200 with a detail").
+        """
         message = error_message(body)
-        if status == 400 and message:
+        if message and (status == 400 or (any_4xx and 400 <= status < 500)):
             return KhaltiRejected(message, status_code=status, body=body)
         logger.warning("Khalti answered HTTP %s with a body of an unknown shape.", status)
         return KhaltiBadResponse()
 
-    def _transaction(self, body: Any) -> KhaltiTransaction:
+    def _transaction(self, body: Any, *, plain_state: bool = False) -> KhaltiTransaction:
         state = body.get("state") if isinstance(body, dict) else None
+        # Verify's answer nests the state ({"name": "Completed"}), as documented;
+        # transaction records have also been seen with a plain string.
         state_name = state.get("name") if isinstance(state, dict) else None
+        if plain_state and isinstance(state, str):
+            state_name = state
         if not (
             isinstance(body, dict)
             and isinstance(body.get("idx"), str)

@@ -96,3 +96,28 @@ class KhaltiBadResponse(KhaltiUnavailable):
     """Khalti answered, but not with anything we can trust (5xx, non-JSON, wrong shape, 401)."""
 
     http_status = 502
+
+
+# --- Refunds ---
+
+
+class KhaltiNotRefundable(KhaltiError):
+    code = "not_refundable"
+    default_detail = _("Only a payment Khalti confirmed can be refunded.")
+
+
+class KhaltiInvalidRefundAmount(KhaltiError):
+    code = "invalid_refund_amount"
+    default_detail = _("A refund must be more than nothing and no more than what remains.")
+
+
+class KhaltiRefundInProgress(KhaltiError):
+    code = "refund_in_progress"
+    default_detail = _(
+        "Another refund of this payment awaits Khalti's answer. Re-check it before refunding again."
+    )
+
+
+class KhaltiRefundFailed(KhaltiError):
+    code = "refund_failed"
+    default_detail = _("Khalti refused the refund.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -19,6 +20,10 @@ class PaymentQuerySet(models.QuerySet["Payment"]):
     def verified(self) -> PaymentQuerySet:
         return self.filter(status=Payment.Status.VERIFIED)
 
+    def paid(self) -> PaymentQuerySet:
+        """Payments Khalti confirmed, refunded since or not."""
+        return self.filter(status__in=Payment.PAID_STATUSES)
+
     def for_order(self, product_identity: str) -> PaymentQuerySet:
         return self.filter(product_identity=product_identity)
 
@@ -28,6 +33,13 @@ class Payment(models.Model):
         PENDING = "pending", _("Pending")
         VERIFIED = "verified", _("Verified")
         FAILED = "failed", _("Failed")
+        REFUNDED = "refunded", _("Refunded")
+        PARTIALLY_REFUNDED = "partially_refunded", _("Partially refunded")
+
+    #: Statuses of a payment Khalti confirmed: the order was paid.
+    PAID_STATUSES = (Status.VERIFIED, Status.PARTIALLY_REFUNDED, Status.REFUNDED)
+    #: Statuses from which money can still go back to the buyer.
+    REFUNDABLE_STATUSES = (Status.VERIFIED, Status.PARTIALLY_REFUNDED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     token = models.CharField(_("token"), max_length=255, unique=True)
@@ -43,6 +55,7 @@ class Payment(models.Model):
     mobile = models.CharField(_("payer mobile (masked by Khalti)"), max_length=32, blank=True)
     khalti_response = models.JSONField(_("Khalti's last answer"), null=True, blank=True)
     failure_reason = models.TextField(_("failure reason"), blank=True)
+    refunded_amount = models.PositiveBigIntegerField(_("refunded (paisa)"), default=0)
 
     created_at = models.DateTimeField(_("created"), auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -64,6 +77,7 @@ class Payment(models.Model):
         verbose_name = _("Khalti payment")
         verbose_name_plural = _("Khalti payments")
         ordering = ["-created_at"]
+        permissions = [("refund_payment", _("Can refund Khalti payments"))]
 
     def __str__(self) -> str:
         return f"{self.product_identity} · Rs {self.amount_rupees} · {self.get_status_display()}"
@@ -71,5 +85,59 @@ class Payment(models.Model):
     @property
     def amount_rupees(self) -> str:
         """The amount for display: paisa as rupees with two decimals."""
-        rupees, paisa = divmod(self.amount, 100)
-        return f"{rupees:,}.{paisa:02d}"
+        return rupees(self.amount)
+
+    @property
+    def refundable_amount(self) -> int:
+        """Paisa that can still be refunded (0 unless Khalti confirmed the payment)."""
+        if self.status not in self.REFUNDABLE_STATUSES:
+            return 0
+        return self.amount - self.refunded_amount
+
+
+class Refund(models.Model):
+    """One request to give money back to the buyer, and what Khalti said of it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        SUCCEEDED = "succeeded", _("Succeeded")
+        FAILED = "failed", _("Failed")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    payment = models.ForeignKey(
+        Payment, on_delete=models.PROTECT, related_name="refunds", verbose_name=_("payment")
+    )
+    amount = models.PositiveBigIntegerField(_("amount (paisa)"))
+    mobile = models.CharField(_("refund to Khalti id"), max_length=32, blank=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("requested by"),
+    )
+    khalti_response = models.JSONField(_("Khalti's answer"), null=True, blank=True)
+    failure_reason = models.TextField(_("failure reason"), blank=True)
+    created_at = models.DateTimeField(_("requested"), auto_now_add=True)
+    settled_at = models.DateTimeField(_("settled"), null=True, blank=True)
+    #: The payment's id while this refund is pending, NULL once settled: a unique
+    #: column, so a payment has at most one refund in flight on every database.
+    claim = models.UUIDField(unique=True, null=True, editable=False)
+
+    class Meta:
+        verbose_name = _("Khalti refund")
+        verbose_name_plural = _("Khalti refunds")
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"Rs {rupees(self.amount)} · {self.get_status_display()}"
+
+
+def rupees(paisa: int) -> str:
+    """Paisa as rupees for display: ``123456`` → ``"1,234.56"``."""
+    whole, rest = divmod(paisa, 100)
+    return f"{whole:,}.{rest:02d}"

@@ -27,7 +27,8 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from collections.abc import Iterator
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
 from django.dispatch import Signal
@@ -41,14 +42,18 @@ from .exceptions import (
     KhaltiAmountMismatch,
     KhaltiConfigurationError,
     KhaltiInProgress,
+    KhaltiInvalidRefundAmount,
+    KhaltiNotRefundable,
+    KhaltiRefundFailed,
+    KhaltiRefundInProgress,
     KhaltiRejected,
     KhaltiTokenUsed,
     KhaltiUnavailable,
     KhaltiUnknownOrder,
     KhaltiVerificationFailed,
 )
-from .models import Payment
-from .signals import payment_failed, payment_verified
+from .models import Payment, Refund
+from .signals import payment_failed, payment_refunded, payment_verified
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +109,7 @@ def verify_payment(request: Any, *, token: str, amount: int, product_identity: s
     if created:
         return _verified_or_raise(_settle(payment, _verify))
     if payment.status == Status.PENDING:
-        if _claim(payment):
+        if claim(payment):
             # An earlier attempt may have reached Khalti: ask before verifying again.
             return _verified_or_raise(_settle(payment, _ask_status))
         payment.refresh_from_db()
@@ -129,14 +134,42 @@ def reconcile(payment: Payment) -> Payment:
     :class:`~django_khalti.exceptions.KhaltiUnavailable` when Khalti could not
     be asked.
     """
-    if payment.status == Status.PENDING and _claim(payment):
-        return _settle(payment, _ask_status)
+    if payment.status == Status.PENDING and claim(payment):
+        return settle_claimed(payment)
     payment.refresh_from_db()
     return payment
 
 
+def pending_batch(created_before: Any, size: int, after: tuple[Any, Any] | None = None
+                  ) -> tuple[list[Payment], tuple[Any, Any] | None]:
+    """Up to ``size`` pending payments created before ``created_before``, oldest first.
+
+    Rows come after the ``(created_at, pk)`` cursor ``after``. Rows another
+    reconciler is selecting right now (``select_for_update(skip_locked=True)``)
+    or holds by a fresh claim are passed over, so several reconcilers on
+    several hosts share the work. Each payment must still be won with
+    :func:`claim` just before it is settled: the claim, not this selection,
+    makes sure no payment is settled twice. Returns the batch and the cursor
+    for the next one (None when there is none).
+    """
+    rows = Payment.objects.pending().filter(created_at__lt=created_before).filter(_claimable())
+    if after is not None:
+        created_at, pk = after
+        rows = rows.filter(Q(created_at__gt=created_at) | Q(created_at=created_at, pk__gt=pk))
+    with transaction.atomic():
+        batch = list(rows.order_by("created_at", "pk").select_for_update(skip_locked=True)[:size])
+    cursor = (batch[-1].created_at, batch[-1].pk) if len(batch) == size else None
+    return batch, cursor
+
+
+def settle_claimed(payment: Payment) -> Payment:
+    """Ask Khalti about a payment this worker has won with :func:`claim`, and record
+    the answer. Raises :class:`KhaltiUnavailable` when Khalti could not be asked."""
+    return _settle(payment, _ask_status)
+
+
 def _verified_or_raise(payment: Payment) -> Payment:
-    if payment.status == Status.VERIFIED:
+    if payment.status in Payment.PAID_STATUSES:
         return payment
     if payment.status == Status.FAILED:
         raise KhaltiVerificationFailed(payment.failure_reason or None)
@@ -173,18 +206,23 @@ def _payment_for_token(token: str, product_identity: str, amount: int) -> tuple[
     raise KhaltiInProgress()
 
 
-def _claim(payment: Payment) -> bool:
+def claim(payment: Payment) -> bool:
     """Take a pending payment to call Khalti about it; True for the one winner."""
     now = timezone.now()
-    stale = now - timedelta(seconds=khalti_settings.stale_after)
     won = (
         Payment.objects.filter(pk=payment.pk, status=Status.PENDING)
-        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale))
+        .filter(_claimable(now))
         .update(claimed_at=now, attempts=F("attempts") + 1, updated_at=now)
     )
     if won:
         payment.claimed_at = now
     return bool(won)
+
+
+def _claimable(now: Any = None) -> Q:
+    """Nobody holds the payment, or its holder's claim is stale (the worker died)."""
+    stale = (now or timezone.now()) - timedelta(seconds=khalti_settings.stale_after)
+    return Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale)
 
 
 def _release(payment: Payment) -> None:
@@ -235,20 +273,48 @@ def _ask_status(client: KhaltiClient, payment: Payment) -> None:
         # The buyer paid and Khalti waits for us: now verification is due.
         _verify(client, payment)
     elif state == "complete":
-        idx = answer.raw.get("idx")
+        _transition(payment, Status.VERIFIED, **_details(client, answer.raw, payment))
+    elif state in ("error", "failed"):
+        reason = _("Khalti reports the payment as %(state)s: %(detail)s") % {
+            "state": answer.state, "detail": answer.detail,
+        }
+        _fail(payment, reason, answer.raw)
+    elif state in ("refunded", "partially refunded"):
+        # Paid, then refunded outside this app before we ever verified it: the
+        # shop never fulfilled the order, so no signal is due.
+        full = state == "refunded"
         _transition(
             payment,
-            Status.VERIFIED,
-            idx=idx if isinstance(idx, str) and idx else payment.idx,
-            khalti_response=answer.raw,
+            Status.REFUNDED if full else Status.PARTIALLY_REFUNDED,
+            refunded_amount=payment.amount if full else payment.refunded_amount,
+            notify=False,
+            **_details(client, answer.raw, payment),
         )
-    elif state in ("error", "failed"):
-        _fail(payment, _("Khalti reports the payment as %(state)s: %(detail)s")
-              % {"state": answer.state, "detail": answer.detail}, answer.raw)
     else:
         # Initiated, or a state we do not know: not ours to decide yet.
         logger.info("Khalti reports payment %s as %r; it stays pending.", payment.pk, answer.state)
         _release(payment)
+
+
+def _details(client: KhaltiClient, raw: dict[str, Any], payment: Payment) -> dict[str, Any]:
+    """What to record of a paid transaction the status endpoint told us about.
+
+    The status answer has no fee or payer mobile; when it names the
+    transaction's ``idx``, its record is fetched for them. Failing to fetch it
+    does not hold up the settlement.
+    """
+    fields: dict[str, Any] = {"khalti_response": raw}
+    idx = raw.get("idx")
+    if not (isinstance(idx, str) and idx):
+        return fields
+    fields["idx"] = idx
+    try:
+        record = client.transaction(idx)
+    except (KhaltiUnavailable, KhaltiRejected):
+        logger.warning("Could not fetch Khalti's record %s for payment %s.", idx, payment.pk)
+        return fields
+    fields.update(fee_amount=record.fee_amount, mobile=record.mobile[:32])
+    return fields
 
 
 def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
@@ -278,17 +344,132 @@ def _fail(payment: Payment, reason: str, raw: Any = None, **fields: Any) -> None
     _transition(payment, Status.FAILED, failure_reason=reason, order_claim=None, **fields)
 
 
+# --- refunds -------------------------------------------------------------------------
+
+
+def refund_payment(payment: Payment, amount: int | None = None, mobile: str | None = None,
+                   by: Any = None) -> Refund:
+    """Give ``amount`` paisa of a confirmed payment back to the buyer (all that remains
+    without ``amount``); ``mobile`` is the Khalti id to refund to, which Khalti
+    wants for bank-funded payments; ``by`` is the user asking, who needs the
+    ``django_khalti.refund_payment`` permission.
+
+    One refund of a payment is in flight at a time. Khalti refusing raises
+    :class:`KhaltiRefundFailed` and nothing is refunded. An unknown outcome
+    raises :class:`KhaltiUnavailable` and leaves the refund pending: money may
+    have moved, so no other refund of the payment starts until
+    :func:`reconcile_refund` (or ``khalti_reconcile``) has settled it.
+    """
+    if by is not None and not by.has_perm("django_khalti.refund_payment"):
+        raise PermissionDenied
+    refund = _claim_refund(payment, amount, mobile or "", by)
+    whole = refund.amount == payment.amount  # nothing refunded before, all of it now
+    try:
+        answer = KhaltiClient.from_settings().refund(
+            payment.idx or "", amount=None if whole else refund.amount, mobile=mobile or None
+        )
+    except KhaltiRejected as exc:
+        _settle_refund(refund, succeeded=False, raw=exc.body, reason=str(exc.detail))
+        raise KhaltiRefundFailed(_("Khalti refused the refund: %s") % exc.detail) from exc
+    except KhaltiUnavailable as exc:
+        Refund.objects.filter(pk=refund.pk).update(failure_reason=str(exc.detail))
+        raise
+    _settle_refund(refund, succeeded=True, raw=answer)
+    payment.refresh_from_db()
+    refund.refresh_from_db()
+    return refund
+
+
+def reconcile_refund(refund: Refund) -> Refund:
+    """Settle a refund whose outcome was unknown, from the payment's state at Khalti.
+
+    A refund younger than the claim timeout may still be in flight and is left
+    alone. Raises :class:`KhaltiUnavailable` when Khalti could not be asked.
+    """
+    in_flight_since = timezone.now() - timedelta(seconds=khalti_settings.stale_after)
+    if refund.status != Refund.Status.PENDING or refund.created_at > in_flight_since:
+        return refund
+    payment = refund.payment
+    try:
+        answer = KhaltiClient.from_settings().status(payment.token or "", payment.amount)
+    except KhaltiRejected as exc:
+        raise KhaltiUnavailable() from exc
+    state = answer.state.strip().lower()
+    remaining = payment.amount - payment.refunded_amount
+    if state == "refunded" or (state == "partially refunded" and refund.amount < remaining):
+        _settle_refund(refund, succeeded=True, raw=answer.raw)
+    elif state == "complete" and payment.refunded_amount == 0:
+        _settle_refund(refund, succeeded=False, raw=answer.raw,
+                       reason=_("Khalti shows the payment complete and not refunded."))
+    else:
+        logger.info("Refund %s of payment %s stays pending: Khalti says %r.",
+                    refund.pk, payment.pk, answer.state)
+    refund.refresh_from_db()
+    return refund
+
+
+def _claim_refund(payment: Payment, amount: int | None, mobile: str, by: Any) -> Refund:
+    """Record a pending refund under the payment's row lock, after checking it is due."""
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if locked.status not in Payment.REFUNDABLE_STATUSES or not locked.idx:
+            raise KhaltiNotRefundable()
+        remaining = locked.refundable_amount
+        if amount is None:
+            amount = remaining
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= remaining:
+            raise KhaltiInvalidRefundAmount(
+                _("A refund must be between 1 and %(remaining)s paisa.") % {"remaining": remaining}
+            )
+        try:
+            with transaction.atomic():
+                return Refund.objects.create(
+                    payment=locked, amount=amount, mobile=mobile, requested_by=by, claim=locked.pk
+                )
+        except IntegrityError:
+            raise KhaltiRefundInProgress() from None
+
+
+def _settle_refund(refund: Refund, *, succeeded: bool, raw: Any, reason: str = "") -> None:
+    """Record a refund's outcome and, if money went back, the payment's new status."""
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
+        settled = Refund.objects.filter(pk=refund.pk, status=Refund.Status.PENDING).update(
+            status=Refund.Status.SUCCEEDED if succeeded else Refund.Status.FAILED,
+            claim=None,
+            settled_at=timezone.now(),
+            khalti_response=raw,
+            failure_reason=reason,
+        )
+        if settled and succeeded:
+            total = payment.refunded_amount + refund.amount
+            _transition(
+                payment,
+                Status.REFUNDED if total >= payment.amount else Status.PARTIALLY_REFUNDED,
+                source=payment.status,
+                refunded_amount=total,
+                refund_amount=refund.amount,
+            )
+
+
 # --- the one choke point ------------------------------------------------------------
 
-_SIGNALS: dict[str, Signal] = {Status.VERIFIED: payment_verified, Status.FAILED: payment_failed}
+_SIGNALS: dict[str, Signal] = {
+    Status.VERIFIED: payment_verified,
+    Status.FAILED: payment_failed,
+    Status.REFUNDED: payment_refunded,
+    Status.PARTIALLY_REFUNDED: payment_refunded,
+}
 
 
-def _transition(payment: Payment, to: str, *, source: str = Status.PENDING, **fields: Any) -> bool:
+def _transition(payment: Payment, to: str, *, source: str = Status.PENDING, notify: bool = True,
+                refund_amount: int | None = None, **fields: Any) -> bool:
     """Move ``payment`` from ``source`` to ``to``; True if this call made the change.
 
-    The ``UPDATE`` is guarded by the current status, so of any number of
-    concurrent callers exactly one changes the row and queues the signal.
-    The others see the row as the winner left it.
+    Every status change goes through here. The ``UPDATE`` is guarded by the
+    current status, so of any number of concurrent callers exactly one changes
+    the row and queues the signal for after the commit (unless ``notify`` is
+    False). The others see the row as the winner left it.
     """
     now = timezone.now()
     values = {"status": to, "claimed_at": None, "updated_at": now, **fields}
@@ -299,19 +480,20 @@ def _transition(payment: Payment, to: str, *, source: str = Status.PENDING, **fi
         if changed:
             for name, value in values.items():
                 setattr(payment, name, value)
-            _send_on_commit(to, payment)
+            if notify:
+                _send_on_commit(to, payment, refund_amount)
     if not changed:
         payment.refresh_from_db()
     return bool(changed)
 
 
-def _send_on_commit(status: str, payment: Payment) -> None:
-    signal = _SIGNALS.get(status)
-    if signal is None:
-        return
+def _send_on_commit(status: str, payment: Payment, refund_amount: int | None) -> None:
+    signal = _SIGNALS[status]
     kwargs: dict[str, Any] = {"payment": payment}
     if status == Status.FAILED:
         kwargs["reason"] = payment.failure_reason
+    if signal is payment_refunded:
+        kwargs["amount"] = refund_amount
 
     def send() -> None:
         for receiver, result in signal.send_robust(sender=Payment, **kwargs):

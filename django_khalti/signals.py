@@ -16,3 +16,7 @@ payment_verified = Signal()
 #: Khalti said the payment did not (and will not) go through.
 #: kwargs: ``payment`` (the failed :class:`Payment`), ``reason`` (str, for people).
 payment_failed = Signal()
+
+#: Money went back to the buyer (all of it, or part: see ``payment.status`` and
+#: ``payment.refunded_amount``). kwargs: ``payment``, ``amount`` (paisa, this refund).
+payment_refunded = Signal()

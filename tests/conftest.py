@@ -7,7 +7,7 @@ import responses
 from responses import matchers
 
 from django_khalti.models import Payment
-from django_khalti.signals import payment_failed, payment_verified
+from django_khalti.signals import payment_failed, payment_refunded, payment_verified
 from shop.models import Order
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -60,6 +60,23 @@ class KhaltiMock:
             ],
         )
 
+    def refund(self, idx, body=None, *, status=200, json=None):
+        """Khalti's refund endpoint for ``idx``, expecting exactly ``body`` (``{}``: full)."""
+        return self.rsps.post(
+            f"{BASE_URL}api/merchant-transaction/{idx}/refund/",
+            status=status,
+            json=fixture("refund_success") if json is None else json,
+            match=[KEY_HEADER, matchers.json_params_matcher(body or {})],
+        )
+
+    def transaction(self, idx, *, status=200, json=None):
+        return self.rsps.get(
+            f"{BASE_URL}api/v2/merchant-transaction/{idx}/",
+            status=status,
+            json=transaction_record(idx=idx) if json is None else json,
+            match=[KEY_HEADER],
+        )
+
     @property
     def calls(self):
         return self.rsps.calls
@@ -90,11 +107,16 @@ def signals():
     def on_failed(sender, **kwargs):
         sent.append(("failed", sender, kwargs))
 
+    def on_refunded(sender, **kwargs):
+        sent.append(("refunded", sender, kwargs))
+
     payment_verified.connect(on_verified, weak=False)
     payment_failed.connect(on_failed, weak=False)
+    payment_refunded.connect(on_refunded, weak=False)
     yield sent
     payment_verified.disconnect(on_verified)
     payment_failed.disconnect(on_failed)
+    payment_refunded.disconnect(on_refunded)
 
 
 @pytest.fixture

@@ -35,6 +35,9 @@ class FakeKhalti:
         self.delay = delay
         self.calls: Counter[tuple[str, str]] = Counter()
         self.verified: dict[str, int] = {}
+        #: The status endpoint's state per token; default: Complete once verified,
+        #: Confirmed (paid, awaiting verification) before.
+        self.states: dict[str, str] = {}
         self._lock = threading.Lock()
         fake = self
 
@@ -76,7 +79,7 @@ class FakeKhalti:
             with self._lock:
                 self.verified[token] = amount
             return self._send(handler, 200, completed_record(token, amount))
-        state = "Complete" if token in self.verified else "Confirmed"
+        state = self.states.get(token) or ("Complete" if token in self.verified else "Confirmed")
         return self._send(handler, 200, {"status": True, "state": state, "detail": state})
 
     def _send(self, handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:

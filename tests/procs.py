@@ -39,3 +39,23 @@ def post_at(start: float, payload: dict) -> tuple[int, dict]:
         return response.status_code, response.json()
     finally:
         connections.close_all()
+
+
+def reconcile_at(start: float, *args: str) -> str:
+    """Wait until ``start``, then run ``khalti_reconcile`` with ``args``; its output."""
+    import io
+    import time
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+    from django.db import connections
+
+    time.sleep(max(0.0, start - time.time()))
+    out = io.StringIO()
+    try:
+        call_command("khalti_reconcile", *args, stdout=out)
+    except CommandError as exc:
+        out.write(f"error: {exc}")
+    finally:
+        connections.close_all()
+    return out.getvalue()

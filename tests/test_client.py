@@ -192,3 +192,67 @@ def test_a_client_without_a_key_is_a_configuration_error():
 )
 def test_error_message_reads_both_documented_shapes_only(body, message):
     assert error_message(body) == message
+
+
+def test_transaction_fetches_the_record_by_idx(client, rsps):
+    body = fixture("verify_completed")
+    body["state"] = "Completed"  # older records give the state as a string
+    rsps.get(
+        "https://khalti.test/api/v2/merchant-transaction/8xmeJnNXfoVjCvGcZiiGe7/",
+        json=body,
+        match=[matchers.header_matcher({"Authorization": f"Key {SECRET}"})],
+    )
+    record = client.transaction("8xmeJnNXfoVjCvGcZiiGe7")
+    assert (record.idx, record.state, record.fee_amount, record.mobile) == (
+        "8xmeJnNXfoVjCvGcZiiGe7", "Completed", 30, "98XXXXXXX9"
+    )
+
+
+def test_transaction_idx_is_quoted_into_the_path(client, rsps):
+    rsps.get("https://khalti.test/api/v2/merchant-transaction/a%2F..%2Fb/", json=fixture("verify_completed"))
+    client.transaction("a/../b")
+    assert rsps.calls[0].request.url.endswith("/merchant-transaction/a%2F..%2Fb/")
+
+
+@pytest.mark.parametrize(
+    "kwargs, body",
+    [
+        ({}, {}),
+        ({"amount": 400}, {"amount": 400}),
+        ({"mobile": "9800000001"}, {"mobile": "9800000001"}),
+        ({"amount": 400, "mobile": "9800000001"}, {"amount": 400, "mobile": "9800000001"}),
+    ],
+)
+def test_refund_posts_to_the_unversioned_path_with_the_right_body(client, rsps, kwargs, body):
+    rsps.post(
+        "https://khalti.test/api/merchant-transaction/IDX/refund/",
+        json=fixture("refund_success"),
+        match=[
+            matchers.header_matcher({"Authorization": f"Key {SECRET}"}),
+            matchers.json_params_matcher(body),
+        ],
+    )
+    assert client.refund("IDX", **kwargs) == fixture("refund_success")
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_refund_refused_with_a_detail_is_a_rejection(client, rsps, status):
+    rsps.post("https://khalti.test/api/merchant-transaction/IDX/refund/", status=status,
+              json=fixture("refund_refused"))
+    with pytest.raises(KhaltiRejected, match="Refund period expired."):
+        client.refund("IDX")
+
+
+@pytest.mark.parametrize(
+    "mock, exc",
+    [
+        ({"status": 403, "json": {"detail": "Forbidden"}}, KhaltiBadResponse),
+        ({"status": 502, "body": "<html/>"}, KhaltiUnavailable),
+        ({"body": requests.exceptions.ReadTimeout()}, KhaltiTimeout),
+        ({"status": 200, "body": "OK"}, KhaltiBadResponse),
+    ],
+)
+def test_refund_with_an_unknown_outcome_is_unavailable(client, rsps, mock, exc):
+    rsps.post("https://khalti.test/api/merchant-transaction/IDX/refund/", **mock)
+    with pytest.raises(exc):
+        client.refund("IDX")

@@ -3,16 +3,24 @@
 from datetime import timedelta
 
 import pytest
+import requests
+from django.core.exceptions import PermissionDenied
 from django.test import RequestFactory, override_settings
 from django.utils import timezone
 
 from django_khalti import services
 from django_khalti.exceptions import (
     KhaltiConfigurationError,
+    KhaltiInvalidRefundAmount,
+    KhaltiNotRefundable,
+    KhaltiRefundFailed,
+    KhaltiRefundInProgress,
     KhaltiUnavailable,
     KhaltiUnknownOrder,
 )
-from django_khalti.models import Payment
+from django_khalti.models import Payment, Refund
+
+from .conftest import fixture
 
 pytestmark = pytest.mark.django_db
 
@@ -168,3 +176,207 @@ def test_signal_is_sent_only_after_commit(signals, django_capture_on_commit_call
     assert len(callbacks) == 1
     callbacks[0]()
     assert [name for name, _, _ in signals] == ["verified"]
+
+
+# --- reconcile: refunded states and transaction details ------------------------------
+
+
+def test_reconcile_complete_with_idx_fetches_fee_and_mobile_from_the_record(khalti, signals):
+    payment = pending()
+    khalti.status("tok", 1000, "status_complete_with_idx")
+    khalti.transaction("8xmeJnNXfoVjCvGcZiiGe7")
+    services.reconcile(payment)
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.VERIFIED
+    assert (payment.idx, payment.fee_amount, payment.mobile) == ("8xmeJnNXfoVjCvGcZiiGe7", 30, "98XXXXXXX9")
+
+
+def test_reconcile_complete_is_verified_even_if_the_record_cannot_be_fetched(khalti):
+    payment = pending()
+    khalti.status("tok", 1000, "status_complete_with_idx")
+    khalti.transaction("8xmeJnNXfoVjCvGcZiiGe7", status=500, json={})
+    assert services.reconcile(payment).status == Payment.Status.VERIFIED
+    assert payment.idx == "8xmeJnNXfoVjCvGcZiiGe7"
+    assert payment.fee_amount is None
+
+
+@pytest.mark.parametrize(
+    "fixture_name, status, refunded",
+    [
+        ("status_refunded", Payment.Status.REFUNDED, 1000),
+        ("status_partially_refunded", Payment.Status.PARTIALLY_REFUNDED, 0),
+    ],
+)
+def test_reconcile_refunded_states_take_the_matching_status_without_a_signal(
+    khalti, signals, django_capture_on_commit_callbacks, fixture_name, status, refunded
+):
+    payment = pending()
+    khalti.status("tok", 1000, fixture_name)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.reconcile(payment).status == status
+    assert payment.refunded_amount == refunded
+    assert not signals  # never verified here: the shop never fulfilled the order
+
+
+# --- refunds ----------------------------------------------------------------------------
+
+
+def verified(amount=1000, idx="IDX-1", token="tok-v"):
+    return Payment.objects.create(
+        token=token, product_identity="ORD-1", amount=amount, order_claim="ORD-1",
+        status=Payment.Status.VERIFIED, idx=idx, verified_at=timezone.now(),
+    )
+
+
+def test_full_refund_calls_khalti_with_an_empty_body_and_records_it(
+    khalti, signals, admin_user, django_capture_on_commit_callbacks
+):
+    payment = verified()
+    khalti.refund("IDX-1", {})
+    with django_capture_on_commit_callbacks(execute=True):
+        refund = services.refund_payment(payment, by=admin_user)
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.REFUNDED
+    assert payment.refunded_amount == 1000
+    assert refund.status == Refund.Status.SUCCEEDED
+    assert refund.amount == 1000
+    assert refund.requested_by == admin_user
+    assert refund.settled_at is not None
+    assert refund.khalti_response == {"detail": "Transaction refund successful."}
+    assert [(name, kw["amount"]) for name, _, kw in signals] == [("refunded", 1000)]
+
+
+def test_partial_refunds_then_the_rest(khalti, signals, django_capture_on_commit_callbacks):
+    payment = verified()
+    khalti.refund("IDX-1", {"amount": 400})
+    khalti.refund("IDX-1", {"amount": 600})
+    with django_capture_on_commit_callbacks(execute=True):
+        services.refund_payment(payment, amount=400)
+        payment.refresh_from_db()
+        assert payment.status == Payment.Status.PARTIALLY_REFUNDED
+        assert payment.refundable_amount == 600
+        services.refund_payment(payment)  # all that remains
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.REFUNDED
+    assert payment.refunded_amount == 1000
+    assert [kw["amount"] for _, _, kw in signals] == [400, 600]
+    assert list(payment.refunds.values_list("amount", "status")) == [
+        (400, "succeeded"), (600, "succeeded"),
+    ]
+
+
+def test_mobile_is_sent_for_bank_funded_payments(khalti):
+    payment = verified()
+    khalti.refund("IDX-1", {"mobile": "9800000001"})
+    assert services.refund_payment(payment, mobile="9800000001").mobile == "9800000001"
+
+
+@pytest.mark.parametrize("amount", [0, -1, 1001, True, 10.5])
+def test_refund_amount_must_be_within_what_remains(khalti, amount):
+    payment = verified()
+    with pytest.raises(KhaltiInvalidRefundAmount):
+        services.refund_payment(payment, amount=amount)
+    assert not khalti.calls
+    assert not Refund.objects.exists()
+
+
+@pytest.mark.parametrize("status", [Payment.Status.PENDING, Payment.Status.FAILED,
+                                    Payment.Status.REFUNDED])
+def test_only_a_confirmed_payment_with_money_left_can_be_refunded(khalti, status):
+    payment = verified()
+    Payment.objects.filter(pk=payment.pk).update(status=status)
+    with pytest.raises(KhaltiNotRefundable):
+        services.refund_payment(payment)
+    assert not khalti.calls
+
+
+def test_a_payment_without_khalti_idx_cannot_be_refunded(khalti):
+    payment = verified(idx=None)
+    with pytest.raises(KhaltiNotRefundable):
+        services.refund_payment(payment)
+    assert not khalti.calls
+
+
+def test_khalti_refusing_records_nothing_refunded(khalti, signals, django_capture_on_commit_callbacks):
+    payment = verified()
+    khalti.refund("IDX-1", {}, status=400, json=fixture("refund_refused"))
+    with django_capture_on_commit_callbacks(execute=True):
+        with pytest.raises(KhaltiRefundFailed, match="Refund period expired."):
+            services.refund_payment(payment)
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.VERIFIED
+    assert payment.refunded_amount == 0
+    refund = payment.refunds.get()
+    assert refund.status == Refund.Status.FAILED
+    assert "Refund period expired." in refund.failure_reason
+    assert not signals
+
+
+def test_refund_needs_the_permission_when_a_user_asks(khalti, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    payment = verified()
+    clerk = django_user_model.objects.create_user("clerk", is_staff=True)
+    with pytest.raises(PermissionDenied):
+        services.refund_payment(payment, by=clerk)
+    assert not khalti.calls
+    clerk.user_permissions.add(Permission.objects.get(codename="refund_payment"))
+    clerk = django_user_model.objects.get(pk=clerk.pk)  # fresh permission cache
+    khalti.refund("IDX-1", {})
+    assert services.refund_payment(payment, by=clerk).status == Refund.Status.SUCCEEDED
+
+
+def test_unknown_refund_outcome_blocks_another_refund_until_reconciled(
+    khalti, signals, django_capture_on_commit_callbacks
+):
+    payment = verified()
+    khalti.rsps.post("https://khalti.test/api/merchant-transaction/IDX-1/refund/",
+                     body=requests.exceptions.ReadTimeout())
+    with pytest.raises(KhaltiUnavailable):
+        services.refund_payment(payment)
+    refund = payment.refunds.get()
+    assert refund.status == Refund.Status.PENDING
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.VERIFIED
+
+    # Money may have moved: no second refund until the first is settled.
+    with pytest.raises(KhaltiRefundInProgress):
+        services.refund_payment(payment)
+    # Still within the claim timeout: it may be in flight, so it is left alone.
+    assert services.reconcile_refund(refund).status == Refund.Status.PENDING
+
+    Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    refund.refresh_from_db()
+    khalti.status("tok-v", 1000, "status_refunded")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.reconcile_refund(refund).status == Refund.Status.SUCCEEDED
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.REFUNDED
+    assert [(name, kw["amount"]) for name, _, kw in signals] == [("refunded", 1000)]
+
+
+def test_unknown_refund_that_khalti_shows_not_refunded_is_failed(khalti):
+    payment = verified()
+    refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
+    Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    refund.refresh_from_db()
+    khalti.status("tok-v", 1000, "status_complete")
+    assert services.reconcile_refund(refund).status == Refund.Status.FAILED
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.VERIFIED
+    # The payment is free for a new refund again.
+    khalti.refund("IDX-1", {})
+    assert services.refund_payment(payment).status == Refund.Status.SUCCEEDED
+
+
+def test_resubmitting_the_payload_of_a_refunded_payment_is_200_with_its_status(client, khalti):
+    verified(token="QUvsT4Y8aWd3zTVdLCbsNs")
+    Payment.objects.update(status=Payment.Status.REFUNDED, refunded_amount=1000)
+    response = client.post(
+        "/khalti/verify/",
+        {"token": "QUvsT4Y8aWd3zTVdLCbsNs", "amount": 1000, "product_identity": "ORD-1"},
+        content_type="application/json",
+    )
+    assert response.status_code == 200
+    assert response.json()["payment"]["status"] == "refunded"
+    assert not khalti.calls

@@ -85,9 +85,11 @@ def database_from_url(url: str) -> dict:
         "HOST": parts.hostname or "",
         "PORT": str(parts.port or ""),
     }
+    # One test database per run, so that two runs on one server never collide.
+    entry["TEST"] = {"NAME": f"test_{entry['NAME']}_{os.getpid()}"}
     if engine.endswith("mysql"):
         entry["OPTIONS"] = {"charset": "utf8mb4", "isolation_level": "read committed"}
-        entry["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+        entry["TEST"].update(CHARSET="utf8mb4", COLLATION="utf8mb4_unicode_ci")
     return entry
 
 

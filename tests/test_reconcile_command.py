@@ -1,0 +1,203 @@
+"""``manage.py khalti_reconcile``: what an operator running it from cron sees."""
+
+import io
+import json
+from datetime import timedelta
+
+import pytest
+import requests
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from django_khalti.models import Payment, Refund
+from shop.models import Order, OrderEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def pending(token, age=timedelta(minutes=10), amount=1000, reference=None):
+    reference = reference or f"ORD-{token}"
+    Order.objects.get_or_create(reference=reference, defaults={"total": amount})
+    payment = Payment.objects.create(
+        token=token, product_identity=reference, amount=amount, order_claim=reference
+    )
+    Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - age)
+    payment.refresh_from_db()
+    return payment
+
+
+def reconcile(*args):
+    out = io.StringIO()
+    call_command("khalti_reconcile", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_settles_every_old_pending_payment_and_prints_a_summary(
+    khalti, signals, django_capture_on_commit_callbacks
+):
+    paid, refused, waiting = pending("paid"), pending("refused"), pending("waiting")
+    khalti.status("paid", 1000, "status_complete")
+    khalti.status("refused", 1000, "status_error")
+    khalti.status("waiting", 1000, "status_initiated")
+    with django_capture_on_commit_callbacks(execute=True):
+        out = reconcile()
+    assert "checked 3: 1 verified, 1 failed, 1 still pending" in out
+    assert "batch 1: 3 pending payment(s)" in out
+    statuses = dict(Payment.objects.values_list("token", "status"))
+    assert statuses == {"paid": "verified", "refused": "failed", "waiting": "pending"}
+    assert sorted(name for name, _, _ in signals) == ["failed", "verified"]
+    assert Order.objects.get(reference=paid.product_identity).paid
+
+
+def test_confirmed_payment_is_verified_with_the_expected_amount(khalti):
+    pending("tok", amount=2500)
+    khalti.status("tok", 2500, "status_confirmed")
+    khalti.verify("tok", 2500)
+    assert "1 verified" in reconcile()
+    assert Payment.objects.get().idx == "8xmeJnNXfoVjCvGcZiiGe7"
+
+
+def test_fresh_payments_are_left_alone_until_older_than(khalti):
+    pending("fresh", age=timedelta(seconds=30))
+    assert "checked 0" in reconcile()
+    assert not khalti.calls
+    khalti.status("fresh", 1000, "status_complete")
+    assert "checked 1: 1 verified" in reconcile("--older-than", "10")
+
+
+def test_a_payment_held_by_a_live_worker_is_skipped(khalti):
+    payment = pending("held")
+    Payment.objects.filter(pk=payment.pk).update(claimed_at=timezone.now())
+    assert "checked 0" in reconcile()
+    assert not khalti.calls
+
+
+def test_limit_and_batches(khalti):
+    for i in range(5):
+        pending(f"t{i}", age=timedelta(minutes=10 - i))
+    for i in range(3):
+        khalti.status(f"t{i}", 1000, "status_complete")
+    out = reconcile("--limit", "3", "--batch-size", "2")
+    assert "batch 1: 2 pending payment(s)" in out
+    assert "batch 2: 1 pending payment(s)" in out
+    assert "checked 3: 3 verified" in out
+    # Oldest first: t0, t1, t2 settled; t3, t4 untouched.
+    assert set(Payment.objects.verified().values_list("token", flat=True)) == {"t0", "t1", "t2"}
+
+
+def test_batches_walk_past_payments_that_stay_pending(khalti):
+    for i in range(5):
+        pending(f"w{i}", age=timedelta(minutes=10 - i))
+        khalti.status(f"w{i}", 1000, "status_initiated")
+    out = reconcile("--batch-size", "2")
+    assert "checked 5: 0 verified, 0 failed, 5 still pending" in out
+    assert len(khalti.calls) == 5  # each asked once, no endless loop
+
+
+def test_dry_run_asks_khalti_nothing_and_changes_nothing(khalti):
+    payment = pending("tok")
+    out = reconcile("--dry-run")
+    assert f"would check {payment.pk} ORD-tok Rs 10.00 pending" in out
+    assert "dry run: 1 payment(s) would be checked, nothing changed" in out
+    assert not khalti.calls
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.PENDING and payment.attempts == 0
+
+
+def test_one_payment_by_id_whatever_its_age(khalti):
+    target = pending("target", age=timedelta(seconds=1))
+    pending("other")
+    khalti.status("target", 1000, "status_complete")
+    assert "checked 1: 1 verified" in reconcile("--payment", str(target.pk))
+    assert Payment.objects.get(token="other").status == Payment.Status.PENDING
+
+
+@pytest.mark.parametrize("bad", ["not-a-uuid", "00000000-0000-0000-0000-000000000000"])
+def test_unknown_payment_id_is_an_error(khalti, bad):
+    with pytest.raises(CommandError, match="No Khalti payment"):
+        reconcile("--payment", bad)
+
+
+def test_exits_non_zero_when_khalti_is_unreachable_after_settling_what_it_could(khalti):
+    pending("ok", age=timedelta(minutes=20))
+    pending("down", age=timedelta(minutes=10))
+    khalti.status("ok", 1000, "status_complete")
+    khalti.rsps.get("https://khalti.test/api/v2/payment/status/", body=requests.exceptions.ConnectTimeout())
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="could not be reached for 1"):
+        call_command("khalti_reconcile", stdout=out)
+    assert "checked 2: 1 verified, 0 failed, 1 still pending" in out.getvalue()
+    assert Payment.objects.get(token="down").status == Payment.Status.PENDING
+    assert Payment.objects.get(token="ok").status == Payment.Status.VERIFIED
+
+
+def test_a_timed_out_verification_is_settled_with_exactly_one_signal(
+    client, khalti, signals, django_capture_on_commit_callbacks
+):
+    Order.objects.create(reference="ORD-T", total=1000)
+    khalti.verify("tok-t", 1000, body=requests.exceptions.ReadTimeout())
+    response = client.post("/khalti/verify/", {"token": "tok-t", "amount": 1000, "product_identity": "ORD-T"},
+                           content_type="application/json")
+    assert response.status_code == 504
+    assert Payment.objects.get().status == Payment.Status.PENDING
+
+    khalti.status("tok-t", 1000, "status_complete")
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile("--older-than", "0")
+        reconcile("--older-than", "0")  # a second run finds nothing to do
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    assert [name for name, _, _ in signals] == ["verified"]
+    assert OrderEvent.objects.filter(kind="paid").count() == 1
+    assert len(khalti.calls_to("https://khalti.test/api/v2/payment/verify/")) == 1
+
+
+def test_settles_a_refund_of_unknown_outcome(khalti, signals, django_capture_on_commit_callbacks):
+    payment = Payment.objects.create(
+        token="tok-r", product_identity="ORD-R", amount=1000, order_claim="ORD-R",
+        status=Payment.Status.VERIFIED, idx="IDX-R",
+    )
+    refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
+    Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    khalti.status("tok-r", 1000, "status_refunded")
+    with django_capture_on_commit_callbacks(execute=True):
+        out = reconcile()
+    assert "refunds checked 1: 1 succeeded" in out
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.REFUNDED
+    assert [(n, kw["amount"]) for n, _, kw in signals] == [("refunded", 1000)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.concurrency
+def test_two_reconcilers_at_once_settle_each_payment_once():
+    """Two processes run the command over the same pending payments at the same moment."""
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from django.db import connection
+
+    from . import procs
+    from .fake_khalti import FakeKhalti
+
+    tokens = [f"c{i}" for i in range(12)]
+    for token in tokens:
+        pending(token)
+    with FakeKhalti(delay=0.1) as fake:
+        for token in tokens:
+            fake.states[token] = "Complete"
+        with ProcessPoolExecutor(
+            2, mp_context=multiprocessing.get_context("spawn"),
+            initializer=procs.setup, initargs=(connection.settings_dict["NAME"], fake.url),
+        ) as pool:
+            list(pool.map(time.sleep, [0.5, 0.5]))
+            start = time.time() + 1.0
+            outputs = list(pool.map(procs.reconcile_at, [start, start], ["--batch-size", "--batch-size"],
+                                    ["3", "3"]))
+        per_token = {t: fake.count("status", t) for t in tokens}
+    assert per_token == {t: 1 for t in tokens}, outputs
+    assert Payment.objects.verified().count() == 12
+    assert OrderEvent.objects.filter(kind="paid").count() == 12
+    checked = sum(int(out.split("checked ")[1].split(":")[0]) for out in outputs)
+    assert checked == 12, outputs
