@@ -19,6 +19,7 @@ from urllib.parse import quote, urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.util import Timeout
 
 from . import __version__
 from .conf import khalti_settings
@@ -34,6 +35,7 @@ from .exceptions import (
 logger = logging.getLogger(__name__)
 
 USER_AGENT = f"dj-khalti/{__version__}"
+MOBILE_MAX_LENGTH = 32  # Payment.mobile
 POOL_MAXSIZE = 32
 
 VERIFY_PATH = "api/v2/payment/verify/"
@@ -104,8 +106,12 @@ def error_message(body: Any) -> str | None:
 
 class KhaltiClient:
     def __init__(self, secret_key: str, base_url: str, timeout: float) -> None:
-        if not secret_key:
+        if not secret_key or not isinstance(secret_key, str):
             raise KhaltiConfigurationError("KHALTI['SECRET_KEY'] is not set.")
+        if not isinstance(base_url, str) or not base_url.startswith(("https://", "http://")):
+            raise KhaltiConfigurationError("KHALTI['BASE_URL'] must be an http(s) URL.")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise KhaltiConfigurationError("KHALTI['TIMEOUT'] must be a positive number.")
         self._secret_key = secret_key
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.timeout = float(timeout)
@@ -190,7 +196,9 @@ class KhaltiClient:
                 method,
                 url,
                 headers={"Authorization": f"Key {self._secret_key}"},
-                timeout=(self.timeout, self.timeout),
+                # Connect and each read within TIMEOUT, and the whole call too: a
+                # trickling answer cannot keep a worker (and a claim) past it.
+                timeout=Timeout(connect=self.timeout, read=self.timeout, total=self.timeout),
                 allow_redirects=False,
                 **kwargs,
             )
@@ -244,7 +252,7 @@ class KhaltiClient:
         if not (
             isinstance(body, dict)
             and isinstance(body.get("idx"), str)
-            and body["idx"]
+            and 0 < len(body["idx"]) <= 255
             and isinstance(state_name, str)
             and _is_int(body.get("amount"))
         ):
@@ -257,8 +265,9 @@ class KhaltiClient:
             idx=body["idx"],
             state=state_name,
             amount=body["amount"],
-            fee_amount=fee if _is_int(fee) else None,
-            mobile=mobile if isinstance(mobile, str) else "",
+            # Minor fields must never keep a paid transaction from being recorded.
+            fee_amount=fee if _is_int(fee) and fee >= 0 else None,
+            mobile=mobile[:MOBILE_MAX_LENGTH] if isinstance(mobile, str) else "",
             refunded=body.get("refunded") is True,
             raw=body,
         )

@@ -6,6 +6,7 @@ calls Khalti.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from django.conf import settings
@@ -62,10 +63,10 @@ class Payment(models.Model):
     verified_at = models.DateTimeField(_("verified"), null=True, blank=True)
 
     # Bookkeeping for exactly-once (see services.py).
-    #: Holds ``product_identity`` while this payment is pending or paid, NULL once
-    #: it failed: a unique column, so one order has at most one live payment on
-    #: every database (NULLs never collide).
-    order_claim = models.CharField(max_length=255, unique=True, null=True, editable=False)
+    #: ``order_key(product_identity)`` while this payment is pending or paid,
+    #: NULL once it failed: a unique column, so one order has at most one live
+    #: payment on every database (NULLs never collide).
+    order_claim = models.CharField(max_length=64, unique=True, null=True, editable=False)
     #: When a worker took this payment to call Khalti; NULL when nobody holds it.
     claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
     #: How many times a worker has taken this payment to call Khalti.
@@ -135,6 +136,15 @@ class Refund(models.Model):
 
     def __str__(self) -> str:
         return f"Rs {rupees(self.amount)} · {self.get_status_display()}"
+
+
+def order_key(product_identity: str) -> str:
+    """The value of ``Payment.order_claim`` for an order: a digest of its reference.
+
+    A digest, so that references differing only in case stay apart on
+    databases whose default collation ignores case (MariaDB).
+    """
+    return hashlib.sha256(product_identity.encode()).hexdigest()
 
 
 def rupees(paisa: int) -> str:

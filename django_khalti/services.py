@@ -30,6 +30,7 @@ from typing import Any
 from collections.abc import Iterator
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
+from django.http import Http404
 from django.db.models import F, Q
 from django.dispatch import Signal
 from django.utils import timezone
@@ -52,7 +53,7 @@ from .exceptions import (
     KhaltiUnknownOrder,
     KhaltiVerificationFailed,
 )
-from .models import Payment, Refund
+from .models import Payment, Refund, order_key
 from .signals import payment_failed, payment_refunded, payment_verified
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,14 @@ def expected_amount(request: Any, product_identity: str) -> int:
         raise KhaltiConfigurationError("KHALTI['AMOUNT_RESOLVER'] must name a callable.")
     try:
         amount = resolver(request, product_identity)
-    except (ObjectDoesNotExist, ValidationError, ValueError):
+    except (ObjectDoesNotExist, ValidationError, ValueError, Http404):
         # A malformed reference (``int("abc")``, a bad UUID) is an unknown order.
         logger.info("The amount resolver found no order for %r.", product_identity, exc_info=True)
         amount = None
+    except Exception as exc:
+        raise KhaltiConfigurationError(
+            f"KHALTI['AMOUNT_RESOLVER'] raised {type(exc).__name__}: {exc}"
+        ) from exc
     if amount is None:
         raise KhaltiUnknownOrder()
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
@@ -95,23 +100,24 @@ def verify_payment(request: Any, *, token: str, amount: int, product_identity: s
     and :class:`~django_khalti.exceptions.KhaltiUnavailable` when Khalti's
     answer is unknown (the payment then stays pending).
     """
+    client = KhaltiClient.from_settings()  # a broken configuration fails before any write
     payment = Payment.objects.filter(token=token).first()
     created = False
     if payment is None:
         expected = _expected_for_new_payment(request, product_identity)
         if amount != expected:
             raise KhaltiAmountMismatch()
-        payment, created = _payment_for_token(token, product_identity, expected)
+        payment, created = _payment_for_token(client, token, product_identity, expected)
     # A token is bound to the order and amount it was first verified for. The
     # amount stored is the shop's, so a known token needs no resolver.
     if payment.product_identity != product_identity or payment.amount != amount:
         raise KhaltiTokenUsed()
     if created:
-        return _verified_or_raise(_settle(payment, _verify))
+        return _verified_or_raise(_settle(client, payment, _verify))
     if payment.status == Status.PENDING:
         if claim(payment):
             # An earlier attempt may have reached Khalti: ask before verifying again.
-            return _verified_or_raise(_settle(payment, _ask_status))
+            return _verified_or_raise(_settle(client, payment, _ask_status))
         payment.refresh_from_db()
     return _verified_or_raise(payment)
 
@@ -121,7 +127,7 @@ def _expected_for_new_payment(request: Any, product_identity: str) -> int:
     try:
         return expected_amount(request, product_identity)
     except KhaltiUnknownOrder:
-        if Payment.objects.filter(order_claim=product_identity).exclude(status=Status.PENDING).exists():
+        if Payment.objects.filter(order_claim=order_key(product_identity), status__in=Payment.PAID_STATUSES).exists():
             raise KhaltiAlreadyPaid() from None
         raise
 
@@ -134,8 +140,9 @@ def reconcile(payment: Payment) -> Payment:
     :class:`~django_khalti.exceptions.KhaltiUnavailable` when Khalti could not
     be asked.
     """
+    client = KhaltiClient.from_settings()
     if payment.status == Status.PENDING and claim(payment):
-        return settle_claimed(payment)
+        return _settle(client, payment, _ask_status)
     payment.refresh_from_db()
     return payment
 
@@ -165,7 +172,7 @@ def pending_batch(created_before: Any, size: int, after: tuple[Any, Any] | None 
 def settle_claimed(payment: Payment) -> Payment:
     """Ask Khalti about a payment this worker has won with :func:`claim`, and record
     the answer. Raises :class:`KhaltiUnavailable` when Khalti could not be asked."""
-    return _settle(payment, _ask_status)
+    return _settle(KhaltiClient.from_settings(), payment, _ask_status)
 
 
 def _verified_or_raise(payment: Payment) -> Payment:
@@ -176,16 +183,22 @@ def _verified_or_raise(payment: Payment) -> Payment:
     raise KhaltiInProgress()
 
 
-def _payment_for_token(token: str, product_identity: str, amount: int) -> tuple[Payment, bool]:
-    """Insert (and so claim) the payment for a new token; or the row that beat us to it."""
+def _payment_for_token(client: KhaltiClient, token: str, product_identity: str, amount: int
+                       ) -> tuple[Payment, bool]:
+    """Insert (and so claim) the payment for a new token; or the row that beat us to it.
+
+    The order is claimed with the token: a second token for an order whose
+    payment is still pending first settles that payment with Khalti (if no
+    one else is at it), and goes on only if it failed.
+    """
     for _attempt in range(3):
         try:
-            with transaction.atomic():
+            with transaction.atomic(durable=True):
                 payment = Payment.objects.create(
                     token=token,
                     product_identity=product_identity,
                     amount=amount,
-                    order_claim=product_identity,
+                    order_claim=order_key(product_identity),
                     claimed_at=timezone.now(),
                     attempts=1,
                 )
@@ -195,25 +208,34 @@ def _payment_for_token(token: str, product_identity: str, amount: int) -> tuple[
         raced = Payment.objects.filter(token=token).first()
         if raced is not None:
             return raced, False
-        holder = Payment.objects.filter(order_claim=product_identity).first()
-        if holder is not None:
-            if holder.status == Status.PENDING:
-                raise KhaltiInProgress(
-                    _("Another payment for this order is being confirmed. Try again shortly.")
-                )
+        holder = Payment.objects.filter(order_claim=order_key(product_identity)).first()
+        if holder is None:
+            continue  # the holder failed and let go of the order in between
+        if holder.status == Status.PENDING and claim(holder):
+            try:
+                _settle(client, holder, _ask_status)
+            except KhaltiUnavailable:
+                pass
+        if holder.status in Payment.PAID_STATUSES:
             raise KhaltiAlreadyPaid()
-        # The holder failed and let go of the order in between: try again.
+        if holder.status == Status.PENDING:
+            raise KhaltiInProgress(
+                _("Another payment for this order is being confirmed. Try again shortly.")
+            )
     raise KhaltiInProgress()
 
 
 def claim(payment: Payment) -> bool:
     """Take a pending payment to call Khalti about it; True for the one winner."""
     now = timezone.now()
-    won = (
-        Payment.objects.filter(pk=payment.pk, status=Status.PENDING)
-        .filter(_claimable(now))
-        .update(claimed_at=now, attempts=F("attempts") + 1, updated_at=now)
-    )
+    # Durable: a claim inside a caller's transaction would not be seen by other
+    # workers before Khalti is called (Django raises RuntimeError instead).
+    with transaction.atomic(durable=True):
+        won = (
+            Payment.objects.filter(pk=payment.pk, status=Status.PENDING)
+            .filter(_claimable(now))
+            .update(claimed_at=now, attempts=F("attempts") + 1, updated_at=now)
+        )
     if won:
         payment.claimed_at = now
     return bool(won)
@@ -235,9 +257,8 @@ def _release(payment: Payment) -> None:
         logger.exception("Could not release the claim on payment %s.", payment.pk)
 
 
-def _settle(payment: Payment, ask: Any) -> Payment:
+def _settle(client: KhaltiClient, payment: Payment, ask: Any) -> Payment:
     """Call Khalti through ``ask`` while holding the claim, then record its answer."""
-    client = KhaltiClient.from_settings()
     try:
         ask(client, payment)
     except KhaltiUnavailable:
@@ -313,7 +334,7 @@ def _details(client: KhaltiClient, raw: dict[str, Any], payment: Payment) -> dic
     except (KhaltiUnavailable, KhaltiRejected):
         logger.warning("Could not fetch Khalti's record %s for payment %s.", idx, payment.pk)
         return fields
-    fields.update(fee_amount=record.fee_amount, mobile=record.mobile[:32])
+    fields.update(fee_amount=record.fee_amount, mobile=record.mobile)
     return fields
 
 
@@ -338,10 +359,18 @@ def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
         _transition(payment, Status.VERIFIED, **fields)
 
 
-def _fail(payment: Payment, reason: str, raw: Any = None, **fields: Any) -> None:
+def _fail(payment: Payment, reason: str, raw: Any = None, **fields: Any) -> bool:
+    """Fail a payment this worker still holds.
+
+    A worker whose claim went stale and was taken over must not fail the
+    payment: its successor may have seen Khalti complete it. (Verifying needs
+    no such guard: Khalti's completed record is proof whoever brings it.)
+    """
     if raw is not None:
         fields.setdefault("khalti_response", raw)
-    _transition(payment, Status.FAILED, failure_reason=reason, order_claim=None, **fields)
+    return _transition(
+        payment, Status.FAILED, held=True, failure_reason=reason, order_claim=None, **fields
+    )
 
 
 # --- refunds -------------------------------------------------------------------------
@@ -410,7 +439,7 @@ def reconcile_refund(refund: Refund) -> Refund:
 
 def _claim_refund(payment: Payment, amount: int | None, mobile: str, by: Any) -> Refund:
     """Record a pending refund under the payment's row lock, after checking it is due."""
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
         if locked.status not in Payment.REFUNDABLE_STATUSES or not locked.idx:
             raise KhaltiNotRefundable()
@@ -463,20 +492,24 @@ _SIGNALS: dict[str, Signal] = {
 
 
 def _transition(payment: Payment, to: str, *, source: str = Status.PENDING, notify: bool = True,
-                refund_amount: int | None = None, **fields: Any) -> bool:
+                held: bool = False, refund_amount: int | None = None, **fields: Any) -> bool:
     """Move ``payment`` from ``source`` to ``to``; True if this call made the change.
 
     Every status change goes through here. The ``UPDATE`` is guarded by the
     current status, so of any number of concurrent callers exactly one changes
     the row and queues the signal for after the commit (unless ``notify`` is
-    False). The others see the row as the winner left it.
+    False). The others see the row as the winner left it. With ``held``, the
+    row must also still carry this worker's claim.
     """
     now = timezone.now()
     values = {"status": to, "claimed_at": None, "updated_at": now, **fields}
     if to == Status.VERIFIED:
         values["verified_at"] = now
     with transaction.atomic():
-        changed = Payment.objects.filter(pk=payment.pk, status=source).update(**values)
+        rows = Payment.objects.filter(pk=payment.pk, status=source)
+        if held:
+            rows = rows.filter(claimed_at=payment.claimed_at)
+        changed = rows.update(**values)
         if changed:
             for name, value in values.items():
                 setattr(payment, name, value)

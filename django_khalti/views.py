@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext_lazy as _
 from rest_framework import status
@@ -72,6 +72,14 @@ class KhaltiAPIView(APIView):
             logger.error("dj-khalti is misconfigured: %s", exc, exc_info=exc)
             return Response(
                 {"code": "not_configured", "detail": _("Payments are not available right now.")},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        if isinstance(exc, DatabaseError):
+            # Our database failing is not the buyer's fault either; whatever was
+            # written stays pending for a retry or khalti_reconcile.
+            logger.error("dj-khalti could not reach its database: %s", exc, exc_info=exc)
+            return Response(
+                {"code": "unavailable", "detail": _("Payments are briefly unavailable. Try again shortly.")},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         return super().handle_exception(exc)

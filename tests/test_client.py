@@ -56,8 +56,8 @@ def test_verify_posts_token_and_amount_with_the_key_and_returns_the_record(clien
 def test_every_call_is_bounded_by_the_timeout(client, rsps):
     rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
     client.verify("tok", 1000)
-    kwargs = rsps.calls[0].request.req_kwargs
-    assert kwargs["timeout"] == (7.0, 7.0)
+    timeout = rsps.calls[0].request.req_kwargs["timeout"]
+    assert (timeout.connect_timeout, timeout.read_timeout, timeout.total) == (7.0, 7.0, 7.0)
 
 
 @pytest.mark.parametrize(
@@ -173,9 +173,41 @@ def test_one_pooled_session_is_reused_across_clients_and_calls(rsps):
     assert adapter.max_retries.total == 0
 
 
-def test_a_client_without_a_key_is_a_configuration_error():
+@pytest.mark.parametrize(
+    "key, base_url, timeout",
+    [
+        ("", "https://khalti.test/", 5),
+        (None, "https://khalti.test/", 5),
+        (SECRET, None, 5),
+        (SECRET, "khalti.test", 5),
+        (SECRET, "https://khalti.test/", "abc"),
+        (SECRET, "https://khalti.test/", 0),
+        (SECRET, "https://khalti.test/", None),
+        (SECRET, "https://khalti.test/", True),
+    ],
+)
+def test_a_client_with_broken_settings_is_a_configuration_error(key, base_url, timeout):
     with pytest.raises(KhaltiConfigurationError):
-        KhaltiClient("", "https://khalti.test/", 5)
+        KhaltiClient(key, base_url, timeout)
+
+
+def test_minor_fields_out_of_shape_never_block_a_completed_record(client, rsps):
+    body = fixture("verify_completed")
+    body["user"]["mobile"] = "9" * 100
+    body["fee_amount"] = -30
+    rsps.post("https://khalti.test/api/v2/payment/verify/", json=body)
+    record = client.verify("tok", 1000)
+    assert record.mobile == "9" * 32
+    assert record.fee_amount is None
+    assert record.state == "Completed"
+
+
+def test_an_idx_longer_than_we_can_store_is_a_bad_response(client, rsps):
+    body = fixture("verify_completed")
+    body["idx"] = "x" * 256
+    rsps.post("https://khalti.test/api/v2/payment/verify/", json=body)
+    with pytest.raises(KhaltiBadResponse):
+        client.verify("tok", 1000)
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 from django.db import connections
 from django.test import Client
 from django.urls import reverse
 
-from django_khalti.models import Payment
+from django_khalti.models import Payment, order_key
 from shop.models import Order, OrderEvent
 
-from .conftest import transaction_record
+from .conftest import SECRET, transaction_record
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
@@ -43,7 +44,10 @@ def slow_verify(khalti, calls, amount=1000):
     """A verify endpoint that takes a while, so that the requests overlap."""
 
     def callback(request):
-        calls.append(json.loads(request.body)["token"])
+        body = json.loads(request.body)
+        if request.headers.get("Authorization") != f"Key {SECRET}" or body["amount"] != amount:
+            return 400, {}, json.dumps({"detail": "Invalid token."})
+        calls.append(body["token"])
         time.sleep(0.3)
         return 200, {}, json.dumps(transaction_record(amount=amount, idx=f"idx-{len(calls)}"))
 
@@ -89,11 +93,13 @@ def test_resubmissions_racing_after_unknown_outcome_settle_once(khalti, payload,
     # A pending payment whose first verify had an unknown outcome.
     Payment.objects.create(
         token=payload["token"], product_identity=payload["product_identity"], amount=1000,
-        order_claim=payload["product_identity"], attempts=1,
+        order_claim=order_key(payload["product_identity"]), attempts=1,
     )
     status_calls = []
 
     def status(request):
+        assert request.headers.get("Authorization") == f"Key {SECRET}"
+        assert "amount=1000" in request.url
         status_calls.append(request.url)
         time.sleep(0.3)
         return 200, {}, json.dumps({"status": True, "state": "Complete", "detail": "ok"})
@@ -166,3 +172,42 @@ def test_pending_row_is_committed_before_khalti_is_called(khalti, payload):
     status, claimed_at = seen_by_another_connection[0]
     assert status == Payment.Status.PENDING
     assert claimed_at is not None
+
+
+def test_atomic_requests_project_still_commits_the_pending_row_first(khalti, payload, monkeypatch):
+    from django.db import connection
+
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    seen = []
+
+    def callback(request):
+        def look():
+            try:
+                seen.extend(Payment.objects.values_list("status", flat=True))
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=look)
+        thread.start()
+        thread.join()
+        raise requests.exceptions.ReadTimeout()
+
+    khalti.rsps.add_callback("POST", "https://khalti.test/api/v2/payment/verify/", callback)
+    response = Client().post(reverse("django_khalti:verify"), json.dumps(payload),
+                             content_type="application/json")
+    assert response.status_code == 504
+    assert seen == [Payment.Status.PENDING]
+    assert Payment.objects.get().status == Payment.Status.PENDING
+
+
+def test_services_refuse_to_run_inside_a_callers_transaction(khalti, payload):
+    from django.db import transaction
+
+    from django_khalti import services
+
+    with pytest.raises(RuntimeError, match="durable"):
+        with transaction.atomic():
+            services.verify_payment(None, token=payload["token"], amount=1000,
+                                    product_identity=payload["product_identity"])
+    assert not Payment.objects.exists()
+    assert not khalti.calls

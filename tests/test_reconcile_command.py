@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from django_khalti.models import Payment, Refund
+from django_khalti.models import Payment, Refund, order_key
 from shop.models import Order, OrderEvent
 
 pytestmark = pytest.mark.django_db
@@ -20,7 +20,7 @@ def pending(token, age=timedelta(minutes=10), amount=1000, reference=None):
     reference = reference or f"ORD-{token}"
     Order.objects.get_or_create(reference=reference, defaults={"total": amount})
     payment = Payment.objects.create(
-        token=token, product_identity=reference, amount=amount, order_claim=reference
+        token=token, product_identity=reference, amount=amount, order_claim=order_key(reference)
     )
     Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - age)
     payment.refresh_from_db()
@@ -154,7 +154,7 @@ def test_a_timed_out_verification_is_settled_with_exactly_one_signal(
 
 def test_settles_a_refund_of_unknown_outcome(khalti, signals, django_capture_on_commit_callbacks):
     payment = Payment.objects.create(
-        token="tok-r", product_identity="ORD-R", amount=1000, order_claim="ORD-R",
+        token="tok-r", product_identity="ORD-R", amount=1000, order_claim=order_key("ORD-R"),
         status=Payment.Status.VERIFIED, idx="IDX-R",
     )
     refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)

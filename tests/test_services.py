@@ -18,7 +18,7 @@ from django_khalti.exceptions import (
     KhaltiUnavailable,
     KhaltiUnknownOrder,
 )
-from django_khalti.models import Payment, Refund
+from django_khalti.models import Payment, Refund, order_key
 
 from .conftest import fixture
 
@@ -83,7 +83,7 @@ def test_resolver_not_configured_is_a_configuration_error():
 
 def pending(token="tok", claimed_at=None, attempts=1):
     return Payment.objects.create(
-        token=token, product_identity="ORD-1", amount=1000, order_claim="ORD-1",
+        token=token, product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1"),
         claimed_at=claimed_at, attempts=attempts,
     )
 
@@ -100,7 +100,7 @@ def test_reconcile_complete_verifies_and_signals_once(
     assert len(khalti.calls) == 1
     payment.refresh_from_db()
     assert payment.verified_at is not None
-    assert payment.order_claim == "ORD-1"
+    assert payment.order_claim == order_key("ORD-1")
 
 
 def test_reconcile_confirmed_verifies_with_the_expected_amount(khalti, signals):
@@ -223,7 +223,7 @@ def test_reconcile_refunded_states_take_the_matching_status_without_a_signal(
 
 def verified(amount=1000, idx="IDX-1", token="tok-v"):
     return Payment.objects.create(
-        token=token, product_identity="ORD-1", amount=amount, order_claim="ORD-1",
+        token=token, product_identity="ORD-1", amount=amount, order_claim=order_key("ORD-1"),
         status=Payment.Status.VERIFIED, idx=idx, verified_at=timezone.now(),
     )
 
@@ -380,3 +380,35 @@ def test_resubmitting_the_payload_of_a_refunded_payment_is_200_with_its_status(c
     assert response.status_code == 200
     assert response.json()["payment"]["status"] == "refunded"
     assert not khalti.calls
+
+
+def test_a_late_worker_cannot_fail_a_payment_another_worker_took_over(khalti, signals):
+    payment = pending(claimed_at=timezone.now() - timedelta(hours=1))  # worker A, stalled
+    late_a = Payment.objects.get(pk=payment.pk)
+    assert services.claim(payment)  # worker B takes the stale claim over
+    assert services._fail(late_a, "Khalti rejected the payment: token: Invalid token.") is False
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.PENDING
+    assert payment.order_claim == order_key("ORD-1")
+    assert not signals
+
+
+def test_release_only_lets_go_of_this_workers_own_claim():
+    payment = pending(claimed_at=timezone.now() - timedelta(hours=1))
+    late_a = Payment.objects.get(pk=payment.pk)
+    assert services.claim(payment)
+    services._release(late_a)  # A's stale claim is no longer the row's
+    payment.refresh_from_db()
+    assert payment.claimed_at is not None
+    services._release(Payment.objects.get(pk=payment.pk))
+    payment.refresh_from_db()
+    assert payment.claimed_at is None
+
+
+def test_settling_clears_the_claim(khalti):
+    payment = pending()
+    khalti.status("tok", 1000, "status_complete")
+    services.reconcile(payment)
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.VERIFIED
+    assert payment.claimed_at is None

@@ -28,7 +28,7 @@ class Migration(migrations.Migration):
                 ('created_at', models.DateTimeField(auto_now_add=True, db_index=True, verbose_name='created')),
                 ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
                 ('verified_at', models.DateTimeField(blank=True, null=True, verbose_name='verified')),
-                ('order_claim', models.CharField(editable=False, max_length=255, null=True, unique=True)),
+                ('order_claim', models.CharField(editable=False, max_length=64, null=True, unique=True)),
                 ('claimed_at', models.DateTimeField(blank=True, editable=False, null=True)),
                 ('attempts', models.PositiveIntegerField(default=0, editable=False)),
             ],
