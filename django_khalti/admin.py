@@ -64,6 +64,13 @@ class RefundInline(admin.TabularInline):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Refunds are part of the payment's record: whoever may see it sees them.
+        return bool(
+            request.user.has_perm("django_khalti.view_payment")
+            or request.user.has_perm("django_khalti.change_payment")
+        )
+
 
 class RefundForm(forms.Form):
     amount = forms.IntegerField(
@@ -132,6 +139,12 @@ class PaymentAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        # A payment's page is view-only: saving it would rewrite the row from a
+        # stale copy, around the guarded status changes. Changes go through the
+        # actions, which is what the change permission is for.
+        return obj is None and super().has_change_permission(request)
+
     def has_delete_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
         return bool(request.user.is_superuser)
 
@@ -139,7 +152,7 @@ class PaymentAdmin(admin.ModelAdmin):
         return bool(request.user.has_perm("django_khalti.refund_payment"))
 
     def has_recheck_permission(self, request: HttpRequest) -> bool:
-        return self.has_view_permission(request)
+        return bool(request.user.has_perm("django_khalti.change_payment"))
 
     # --- actions -------------------------------------------------------------
 
@@ -157,18 +170,21 @@ class PaymentAdmin(admin.ModelAdmin):
                 counts["refund " + services.reconcile_refund(refund).status] += 1
             except KhaltiError:
                 unreachable += 1
-        checked = sum(counts.values()) + unreachable
-        if not checked:
+        checked = sum(counts.values())
+        if not checked and not unreachable:
             self.message_user(request, _("None of the selected payments awaits Khalti."),
                               messages.WARNING)
             return
-        summary = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in sorted(counts.items()))
-        self.message_user(
-            request,
-            _("Re-checked %(checked)s with Khalti: %(summary)s.")
-            % {"checked": checked, "summary": summary or _("none settled")},
-            messages.SUCCESS,
-        )
+        if checked:
+            summary = ", ".join(
+                f"{n} {status.replace('_', ' ')}" for status, n in sorted(counts.items())
+            )
+            self.message_user(
+                request,
+                _("Re-checked %(checked)s with Khalti: %(summary)s.")
+                % {"checked": checked, "summary": summary},
+                messages.SUCCESS,
+            )
         if unreachable:
             self.message_user(
                 request,

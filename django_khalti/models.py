@@ -89,6 +89,10 @@ class Payment(models.Model):
         return rupees(self.amount)
 
     @property
+    def refundable_rupees(self) -> str:
+        return rupees(self.refundable_amount)
+
+    @property
     def refundable_amount(self) -> int:
         """Paisa that can still be refunded (0 unless Khalti confirmed the payment)."""
         if self.status not in self.REFUNDABLE_STATUSES:

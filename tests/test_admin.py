@@ -1,27 +1,45 @@
-"""The Payment admin: what a superuser and a view-only staff member can see and do."""
+"""The Payment admin, as a superuser and as staff members with and without the refund
+permission see it: the list, one payment, "Re-check with Khalti" and "Refund"."""
 
 import html
+import json
 import re
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from responses import matchers
 
-from django_khalti.models import Payment
+from django_khalti.conf import khalti_settings
+from django_khalti.models import Payment, Refund, order_key
+from django_khalti.signals import payment_failed, payment_refunded, payment_verified
+from shop.models import Order
+
+from .conftest import BASE_URL, KEY_HEADER, STATUS_URL, transaction_record
 
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = reverse("admin:django_khalti_payment_changelist")
 ADD = reverse("admin:django_khalti_payment_add")
 #: Every field a person may want to read on the change page, none of them editable.
-KHALTI_FIELDS = [
-    "id", "token", "product_identity", "amount", "status", "idx", "fee_amount", "mobile",
-    "khalti_response", "failure_reason", "created_at", "updated_at", "verified_at",
-    "claimed_at", "attempts",
+READONLY_FIELDS = [
+    "id", "product_identity", "amount_display", "status", "failure_reason", "token", "idx",
+    "fee_amount", "mobile", "refunded_display", "raw_response", "created_at", "updated_at",
+    "verified_at", "claimed_at", "attempts",
 ]
+#: Payment columns a change form could otherwise post.
+MODEL_FIELDS = [
+    "id", "token", "product_identity", "amount", "status", "idx", "fee_amount", "mobile",
+    "khalti_response", "failure_reason", "refunded_amount", "created_at", "updated_at",
+    "verified_at", "order_claim", "claimed_at", "attempts",
+]
+STATUSES = ["pending", "verified", "failed", "refunded", "partially_refunded"]
 
 
 def change_url(payment):
@@ -32,22 +50,31 @@ def delete_url(payment):
     return reverse("admin:django_khalti_payment_delete", args=[payment.pk])
 
 
+def refund_url(idx):
+    return f"{BASE_URL}api/merchant-transaction/{idx}/refund/"
+
+
+# --- Reading pages -----------------------------------------------------------------
+
+
 def _text(fragment):
     return html.unescape(re.sub(r"<[^>]+>", "", fragment)).strip()
 
 
-def rows(response):
-    """The changelist's result table as a list of {column: text}, top to bottom."""
+def cells(response):
+    """The changelist's result table as a list of {column: inner HTML}, top to bottom."""
     assert response.status_code == 200
     page = response.content.decode()
     match = re.search(r'<table id="result_list">.*?<tbody>(.*?)</tbody>', page, re.S)
     if match is None:  # no table at all when nothing matches
         return []
     cell = re.compile(r'class="field-(\w+)[^"]*">(.*?)</t[dh]>', re.S)
-    return [
-        {name: _text(text) for name, text in cell.findall(tr)}
-        for tr in re.findall(r"<tr>(.*?)</tr>", match.group(1), re.S)
-    ]
+    return [dict(cell.findall(tr)) for tr in re.findall(r"<tr>(.*?)</tr>", match.group(1), re.S)]
+
+
+def rows(response):
+    """The changelist's result table as a list of {column: text}, top to bottom."""
+    return [{name: _text(value) for name, value in row.items()} for row in cells(response)]
 
 
 def shown(response):
@@ -55,16 +82,17 @@ def shown(response):
     return [row["product_identity"] for row in rows(response)]
 
 
-def readonly_values(response):
-    """{field: displayed text} of the read-only fields on a change page."""
+def readonly_html(response):
+    """{field: inner HTML} of the read-only fields on a change page."""
     assert response.status_code == 200
     page = response.content.decode()
-    return {
-        name: _text(value)
-        for name, value in re.findall(
-            r'<div class="form-row field-(\w+)">.*?<div class="readonly">(.*?)</div>', page, re.S
-        )
-    }
+    field = r'<div class="form-row field-(\w+)">.*?<div class="readonly">(.*?)</div>'
+    return dict(re.findall(field, page, re.S))
+
+
+def readonly_values(response):
+    """{field: displayed text} of the read-only fields on a change page."""
+    return {name: _text(value) for name, value in readonly_html(response).items()}
 
 
 def form_control_names(response):
@@ -73,25 +101,55 @@ def form_control_names(response):
     return set(re.findall(r'<(?:input|textarea|select)\b[^>]*\bname="([^"]+)"', page))
 
 
-@pytest.fixture
-def payments():
-    verified = Payment.objects.create(
-        token="tok-verified-AAAA", product_identity="ORD-VERIFIED", amount=123456,
-        status=Payment.Status.VERIFIED, idx="idx-verified-1111", fee_amount=3000,
-        mobile="98XXXXXXX9",
-        khalti_response={"idx": "idx-verified-1111", "state": {"name": "Completed"}},
-        verified_at=timezone.now(), order_claim="ORD-VERIFIED",
-    )
-    pending = Payment.objects.create(
-        token="tok-pending-BBBB", product_identity="ORD-PENDING", amount=1000,
-        order_claim="ORD-PENDING",
-    )
-    failed = Payment.objects.create(
-        token="tok-failed-CCCC", product_identity="ORD-FAILED", amount=50005,
-        status=Payment.Status.FAILED, failure_reason="Invalid token.",
-        khalti_response={"detail": "Invalid token.", "error_key": "validation_error"},
-    )
-    return SimpleNamespace(verified=verified, pending=pending, failed=failed)
+def action_choices(response):
+    """The values offered in the changelist's action dropdown."""
+    page = response.content.decode()
+    assert response.status_code == 200
+    select = re.search(r'<select name="action"[^>]*>(.*?)</select>', page, re.S)
+    if select is None:  # no action this user may take
+        return []
+    return [value for value in re.findall(r'<option value="([^"]*)"', select.group(1)) if value]
+
+
+def refund_history(response):
+    """The refund inline's rows as {column: text}, oldest first."""
+    page = response.content.decode()
+    inline = r'<div class="js-inline-admin-formset inline-group" id="refunds-group".*?</table>'
+    group = re.search(inline, page, re.S)
+    if group is None:
+        return None
+    cell = re.compile(r'<td class="field-(\w+)">(.*?)</td>', re.S)
+    return [
+        {name: _text(value) for name, value in cell.findall(tr)}
+        for tr in re.findall(r'<tr class="form-row has_original".*?</tr>', group.group(0), re.S)
+    ]
+
+
+def filter_link(response, title, label):
+    """The query string of the filter ``label`` in the sidebar block ``title``."""
+    page = response.content.decode()
+    block = re.search(rf'<details data-filter-title="{title}".*?</details>', page, re.S)
+    assert block is not None, f"no {title!r} filter"
+    link = re.search(rf'<a href="([^"]+)">{label}</a>', block.group(0))
+    assert link is not None, f"no {label!r} in the {title!r} filter"
+    return html.unescape(link.group(1))
+
+
+def hierarchy_links(response):
+    """{label: query string} of the date_hierarchy navigation."""
+    page = response.content.decode()
+    nav = re.search(r'<nav class="toplinks">(.*?)</nav>', page, re.S)
+    assert nav is not None, "no date hierarchy"
+    return {_text(label): html.unescape(href)
+            for href, label in re.findall(r'<a href="([^"]+)"[^>]*>(.*?)</a>', nav.group(1), re.S)}
+
+
+def messages_of(response):
+    """The messages the admin shows after an action, as (level, text)."""
+    return [(m.level_tag, str(m)) for m in response.context["messages"]]
+
+
+# --- Users -------------------------------------------------------------------------
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +166,14 @@ def staff_client(django_user_model, username, *codenames):
     assert user.user_permissions.count() == len(codenames)
     client = Client()
     client.force_login(user)
+    client.user = user
     return client
+
+
+@pytest.fixture
+def superuser_client(admin_client, admin_user):
+    admin_client.user = admin_user
+    return admin_client
 
 
 @pytest.fixture
@@ -117,57 +182,285 @@ def viewer_client(django_user_model):
     return staff_client(django_user_model, "viewer", "view_payment")
 
 
-@pytest.fixture(params=["admin_client", "viewer_client"], ids=["superuser", "viewer"])
+@pytest.fixture
+def clerk_client(django_user_model):
+    """A support desk member who may view and change payments, but not refund them."""
+    return staff_client(django_user_model, "clerk", "view_payment", "change_payment")
+
+
+@pytest.fixture
+def refunder_client(django_user_model):
+    """A support desk member who may also refund."""
+    return staff_client(
+        django_user_model, "refunder", "view_payment", "change_payment", "refund_payment"
+    )
+
+
+@pytest.fixture(
+    params=["superuser_client", "viewer_client", "clerk_client", "refunder_client"],
+    ids=["superuser", "viewer", "clerk", "refunder"],
+)
 def any_client(request):
-    """Each test using it runs once as a superuser, once as a view-only staff member."""
+    """Each test using it runs as a superuser and as each kind of staff member."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(params=["superuser_client", "clerk_client", "refunder_client"],
+                ids=["superuser", "clerk", "refunder"])
+def support_client(request):
+    """Users who may change payments: with and without the refund permission."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(params=["superuser_client", "refunder_client"], ids=["superuser", "refunder"])
+def refunding_client(request):
+    """Users who may refund."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(params=["viewer_client", "clerk_client"], ids=["viewer", "clerk"])
+def non_refunding_client(request):
+    """Staff members without the refund permission."""
+    return request.getfixturevalue(request.param)
+
+
+# --- Data --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def payments():
+    now = timezone.now()
+    verified = Payment.objects.create(
+        token="tok-verified-AAAA", product_identity="ORD-VERIFIED", amount=123456,
+        status=Payment.Status.VERIFIED, idx="idx-verified-1111", fee_amount=3000,
+        mobile="98XXXXXXX9",
+        khalti_response={"idx": "idx-verified-1111", "state": {"name": "Completed"}},
+        verified_at=now, order_claim=order_key("ORD-VERIFIED"),
+    )
+    pending = Payment.objects.create(
+        token="tok-pending-BBBB", product_identity="ORD-PENDING", amount=1000,
+        order_claim=order_key("ORD-PENDING"),
+    )
+    failed = Payment.objects.create(
+        token="tok-failed-CCCC", product_identity="ORD-FAILED", amount=50005,
+        status=Payment.Status.FAILED, failure_reason="Invalid token.",
+        khalti_response={"detail": "Invalid token.", "error_key": "validation_error"},
+    )
+    refunded = Payment.objects.create(
+        token="tok-refunded-DDDD", product_identity="ORD-REFUNDED", amount=2000,
+        status=Payment.Status.REFUNDED, idx="idx-refunded-2222", mobile="97XXXXXXX7",
+        refunded_amount=2000, verified_at=now, order_claim=order_key("ORD-REFUNDED"),
+    )
+    partially_refunded = Payment.objects.create(
+        token="tok-partial-EEEE", product_identity="ORD-PARTIAL", amount=3000,
+        status=Payment.Status.PARTIALLY_REFUNDED, idx="idx-partial-3333",
+        refunded_amount=1000, verified_at=now, order_claim=order_key("ORD-PARTIAL"),
+    )
+    return SimpleNamespace(
+        verified=verified, pending=pending, failed=failed, refunded=refunded,
+        partially_refunded=partially_refunded,
+    )
+
+
+def pending_payment(n, amount=1000):
+    return Payment.objects.create(
+        token=f"tok-pending-{n}", product_identity=f"ORD-P{n}", amount=amount,
+        order_claim=order_key(f"ORD-P{n}"),
+    )
+
+
+def verified_payment(n="V", amount=1000, **fields):
+    fields.setdefault("status", Payment.Status.VERIFIED)
+    return Payment.objects.create(
+        token=f"tok-{n}", product_identity=f"ORD-{n}", amount=amount, idx=f"idx-{n}",
+        order_claim=order_key(f"ORD-{n}"), verified_at=timezone.now(), **fields,
+    )
+
+
+@pytest.fixture
+def sent():
+    """Every payment signal sent during the test, as (name, kwargs)."""
+    got = []
+    receivers = {}
+    for name, signal in [("verified", payment_verified), ("failed", payment_failed),
+                         ("refunded", payment_refunded)]:
+        def receiver(sender, _name=name, **kwargs):
+            # A receiver's exception would only be logged: record a wrong sender instead.
+            got.append((_name if sender is Payment else f"{_name} from {sender!r}", kwargs))
+        receivers[signal] = receiver
+        signal.connect(receiver, weak=False)
+    yield got
+    for signal, receiver in receivers.items():
+        signal.disconnect(receiver)
+
+
+# --- Talking to the admin ----------------------------------------------------------
+
+
+def run_action(client, action, payments, follow=True, **data):
+    """POST the changelist's action form for ``payments``, as the browser does."""
+    return client.post(
+        CHANGELIST,
+        {"action": action, "_selected_action": [str(p.pk) for p in payments], "index": "0", **data},
+        follow=follow,
+    )
+
+
+def confirmation_form(response):
+    """The hidden fields of the refund confirmation page's form, as the browser would post them."""
+    assert response.status_code == 200
+    page = response.content.decode()
+    form = re.search(r'<form method="post">(.*?)</form>', page, re.S)
+    assert form is not None, "no confirmation form"
+    data = {}
+    for tag in re.findall(r'<input\b[^>]*type="hidden"[^>]*>', form.group(1)):
+        name = re.search(r'name="([^"]+)"', tag).group(1)
+        value = html.unescape(re.search(r'value="([^"]*)"', tag).group(1))
+        data.setdefault(name, []).append(value)
+    return data
+
+
+def confirm_refund(client, payments, amount="", mobile=""):
+    """Choose "Refund" for ``payments``, then fill in and submit the confirmation page."""
+    page = run_action(client, "refund", payments, follow=False)
+    data = confirmation_form(page)
+    assert data["action"] == ["refund"]
+    assert sorted(data["_selected_action"]) == sorted(str(p.pk) for p in payments)
+    data.update(amount=amount, mobile=mobile, confirm="Yes, refund")
+    return client.post(CHANGELIST, data, follow=True)
+
+
+def mock_refund(khalti, idx, body, *, status=200, json=None):
+    """Khalti's refund endpoint for ``idx``, expecting exactly ``body`` ({} for a full refund)."""
+    return khalti.rsps.post(
+        refund_url(idx),
+        status=status,
+        json={"detail": "Transaction refund successful."} if json is None else json,
+        match=[KEY_HEADER, matchers.json_params_matcher(body)],
+    )
+
+
+def mock_status(khalti, payment, answer, *, status=200):
+    """Khalti's status endpoint for ``payment``, answering ``answer``."""
+    return khalti.rsps.get(
+        STATUS_URL,
+        status=status,
+        json=answer,
+        match=[
+            KEY_HEADER,
+            matchers.query_param_matcher({"token": payment.token, "amount": str(payment.amount)}),
+        ],
+    )
+
+
+def fresh(payment):
+    return Payment.objects.get(pk=payment.pk)
 
 
 # --- The list ----------------------------------------------------------------------
 
 
-def test_changelist_shows_identity_amount_in_rupees_status_and_idx(any_client, payments):
+def test_changelist_shows_every_column(any_client, payments):
     response = any_client.get(CHANGELIST)
+    page = response.content.decode()
+    for header in ["Product identity", "Amount (Rs)", "Status", "Khalti transaction id",
+                   "Payer mobile", "Created", "Verified"]:
+        assert f">{header}" in page
     by_identity = {row["product_identity"]: row for row in rows(response)}
-    assert set(by_identity) == {"ORD-VERIFIED", "ORD-PENDING", "ORD-FAILED"}
+    assert set(by_identity) == {
+        "ORD-VERIFIED", "ORD-PENDING", "ORD-FAILED", "ORD-REFUNDED", "ORD-PARTIAL",
+    }
     verified = by_identity["ORD-VERIFIED"]
     assert verified["amount_display"] == "1,234.56"
-    assert verified["status"] == "Verified"
+    assert verified["status_badge"] == "Verified"
     assert verified["idx"] == "idx-verified-1111"
-    assert verified["created_at"]
-    assert by_identity["ORD-PENDING"]["amount_display"] == "10.00"
-    assert by_identity["ORD-PENDING"]["status"] == "Pending"
-    assert by_identity["ORD-PENDING"]["idx"] == "-"  # no Khalti id yet
+    assert verified["mobile"] == "98XXXXXXX9"
+    assert verified["created_at"] not in ("", "-")
+    assert verified["verified_at"] not in ("", "-")
+    pending = by_identity["ORD-PENDING"]
+    assert pending["amount_display"] == "10.00"
+    assert pending["status_badge"] == "Pending"
+    assert pending["idx"] == "-"  # no Khalti id yet
+    assert pending["mobile"] == "-"
+    assert pending["verified_at"] == "-"
     assert by_identity["ORD-FAILED"]["amount_display"] == "500.05"
-    assert by_identity["ORD-FAILED"]["status"] == "Failed"
-    assert "Amount (Rs)" in response.content.decode()
+    assert by_identity["ORD-PARTIAL"]["status_badge"] == "Partially refunded"
 
 
-def test_changelist_never_shows_the_payers_mobile_or_the_token(any_client, payments):
-    page = any_client.get(CHANGELIST).content.decode()
-    assert "98XXXXXXX9" not in page
-    assert "tok-verified-AAAA" not in page
+def test_changelist_never_shows_the_token(any_client, payments):
+    assert "tok-verified-AAAA" not in any_client.get(CHANGELIST).content.decode()
 
 
-def test_amount_column_sorts_by_paisa(admin_client, payments):
-    ascending = rows(admin_client.get(CHANGELIST, {"o": "2"}))
-    assert [row["amount_display"] for row in ascending] == ["10.00", "500.05", "1,234.56"]
-    descending = rows(admin_client.get(CHANGELIST, {"o": "-2"}))
-    assert [row["amount_display"] for row in descending] == ["1,234.56", "500.05", "10.00"]
+def test_status_is_a_badge_of_its_own_colour(any_client, payments):
+    badges = {}
+    for row in cells(any_client.get(CHANGELIST)):
+        payment = Payment.objects.get(product_identity=_text(row["product_identity"]))
+        span = re.fullmatch(r'\s*<span class="([^"]+)" style="([^"]+)">(.*?)</span>\s*',
+                            row["status_badge"], re.S)
+        assert span is not None, row["status_badge"]
+        classes, style, label = span.groups()
+        assert f"khalti-status-{payment.status}" in classes.split()
+        assert label == payment.get_status_display()
+        badges[payment.status] = re.search(r"background:\s*([^;]+)", style).group(1)
+    assert set(badges) == set(STATUSES)
+    assert len(set(badges.values())) == len(STATUSES)  # one colour per status
+
+
+def test_amount_column_sorts_by_paisa(superuser_client, payments):
+    ascending = rows(superuser_client.get(CHANGELIST, {"o": "2"}))
+    assert [row["amount_display"] for row in ascending] == [
+        "10.00", "20.00", "30.00", "500.05", "1,234.56",
+    ]
+    descending = rows(superuser_client.get(CHANGELIST, {"o": "-2"}))
+    assert [row["amount_display"] for row in descending] == [
+        "1,234.56", "500.05", "30.00", "20.00", "10.00",
+    ]
 
 
 @pytest.mark.parametrize(
     "status, identity",
-    [("verified", "ORD-VERIFIED"), ("pending", "ORD-PENDING"), ("failed", "ORD-FAILED")],
+    [
+        ("verified", "ORD-VERIFIED"), ("pending", "ORD-PENDING"), ("failed", "ORD-FAILED"),
+        ("refunded", "ORD-REFUNDED"), ("partially_refunded", "ORD-PARTIAL"),
+    ],
 )
 def test_filter_by_status_shows_only_matching_rows(any_client, payments, status, identity):
+    page = any_client.get(CHANGELIST)
+    assert filter_link(page, "status", re.escape(str(Payment.Status(status).label))) == (
+        f"?status__exact={status}"
+    )
     assert shown(any_client.get(CHANGELIST, {"status__exact": status})) == [identity]
 
 
-def test_status_filter_offers_every_status(admin_client, payments):
-    page = admin_client.get(CHANGELIST).content.decode()
-    for status in ["pending", "verified", "failed"]:
-        assert f'href="?status__exact={status}"' in page
+def test_filter_by_created_date(any_client, payments):
+    Payment.objects.filter(pk=payments.failed.pk).update(
+        created_at=timezone.now() - timedelta(days=40)
+    )
+    page = any_client.get(CHANGELIST)
+    today = shown(any_client.get(CHANGELIST + filter_link(page, "created", "Today")))
+    assert sorted(today) == ["ORD-PARTIAL", "ORD-PENDING", "ORD-REFUNDED", "ORD-VERIFIED"]
+    week = shown(any_client.get(CHANGELIST + filter_link(page, "created", "Past 7 days")))
+    assert "ORD-FAILED" not in week
+
+
+def test_filter_by_verified_date(any_client, payments):
+    page = any_client.get(CHANGELIST)
+    never = shown(any_client.get(CHANGELIST + filter_link(page, "verified", "No date")))
+    assert sorted(never) == ["ORD-FAILED", "ORD-PENDING"]
+    today = shown(any_client.get(CHANGELIST + filter_link(page, "verified", "Today")))
+    assert sorted(today) == ["ORD-PARTIAL", "ORD-REFUNDED", "ORD-VERIFIED"]
+
+
+def test_date_hierarchy_drills_down_by_creation_date(any_client, payments):
+    now = timezone.now()
+    last_year = now - timedelta(days=400)
+    Payment.objects.filter(pk=payments.failed.pk).update(created_at=last_year)
+    links = hierarchy_links(any_client.get(CHANGELIST))
+    old, this = timezone.localtime(last_year).year, timezone.localtime(now).year
+    assert links[str(old)] == f"?created_at__year={old}"
+    assert links[str(this)] == f"?created_at__year={this}"
+    assert shown(any_client.get(CHANGELIST + links[str(old)])) == ["ORD-FAILED"]
+    assert "ORD-FAILED" not in shown(any_client.get(CHANGELIST + links[str(this)]))
 
 
 @pytest.mark.parametrize(
@@ -176,71 +469,147 @@ def test_status_filter_offers_every_status(admin_client, payments):
         ("tok-verified-AAAA", "ORD-VERIFIED"),
         ("tok-failed-CCCC", "ORD-FAILED"),
         ("idx-verified-1111", "ORD-VERIFIED"),
+        ("idx-partial-3333", "ORD-PARTIAL"),
         ("ORD-PENDING", "ORD-PENDING"),
         ("ord-failed", "ORD-FAILED"),
         ("FAILED", "ORD-FAILED"),
+        ("98XXXXXXX9", "ORD-VERIFIED"),
+        ("XXXXXXX7", "ORD-REFUNDED"),
     ],
 )
-def test_search_by_token_idx_or_product_identity_finds_only_that_row(
+def test_search_by_token_idx_product_identity_or_mobile_finds_only_that_row(
     any_client, payments, query, identity
 ):
     assert shown(any_client.get(CHANGELIST, {"q": query})) == [identity]
 
 
-@pytest.mark.parametrize("query", ["tok-verified", "AAAA", "idx-verified", "1111", "98XXXXXXX9"])
-def test_search_matches_token_and_idx_only_exactly(admin_client, payments, query):
+@pytest.mark.parametrize("query", ["tok-verified", "AAAA", "idx-verified", "1111"])
+def test_search_matches_token_and_idx_only_exactly(superuser_client, payments, query):
     # A partial token or Khalti id finds nothing: they are looked up with "=".
-    assert shown(admin_client.get(CHANGELIST, {"q": query})) == []
+    assert shown(superuser_client.get(CHANGELIST, {"q": query})) == []
+
+
+@pytest.mark.parametrize("client_fixture", ["superuser_client", "refunder_client"])
+def test_the_list_costs_the_same_queries_for_10_or_200_payments(request, client_fixture):
+    client = request.getfixturevalue(client_fixture)
+    user = client.user
+
+    def add(count, start):
+        made = Payment.objects.bulk_create(
+            Payment(
+                token=f"tok-{n}", product_identity=f"ORD-{n}", amount=1000 + n,
+                status=Payment.Status.VERIFIED if n % 2 else Payment.Status.PENDING,
+                idx=f"idx-{n}" if n % 2 else None, mobile="98XXXXXXX9" if n % 2 else "",
+                verified_at=timezone.now() if n % 2 else None, order_claim=order_key(f"ORD-{n}"),
+            )
+            for n in range(start, start + count)
+        )
+        # Refund history must not be fetched row by row either.
+        Refund.objects.bulk_create(
+            Refund(payment=p, amount=100, status=Refund.Status.SUCCEEDED, requested_by=user)
+            for p in made if p.status == Payment.Status.VERIFIED
+        )
+
+    def page_queries():
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(CHANGELIST)
+        return len(rows(response)), [q["sql"] for q in queries.captured_queries]
+
+    add(10, 0)
+    page_queries()  # warm caches (content types, sessions) before counting
+    ten_rows, ten = page_queries()
+    add(190, 10)
+    many_rows, many = page_queries()
+    assert (ten_rows, many_rows) == (10, 100)  # list_per_page
+    assert len(many) == len(ten), "\n".join(many)
 
 
 # --- One payment -------------------------------------------------------------------
 
 
-def test_change_page_shows_every_khalti_field_read_only(any_client, payments):
+def test_change_page_shows_every_field_read_only(any_client, payments):
     response = any_client.get(change_url(payments.verified))
     values = readonly_values(response)
-    assert set(values) == set(KHALTI_FIELDS)
+    assert set(values) == set(READONLY_FIELDS)
     assert values["id"] == str(payments.verified.pk)
     assert values["token"] == "tok-verified-AAAA"
     assert values["product_identity"] == "ORD-VERIFIED"
-    assert values["amount"] == "123456"
+    assert values["amount_display"] == "1,234.56"
     assert values["status"] == "Verified"
     assert values["idx"] == "idx-verified-1111"
     assert values["fee_amount"] == "3000"
     assert values["mobile"] == "98XXXXXXX9"
-    assert "Completed" in values["khalti_response"]
+    assert values["refunded_display"] == "0.00"
     assert values["verified_at"] != "-"
-    assert not set(KHALTI_FIELDS) & form_control_names(response)
+    assert not set(MODEL_FIELDS) & form_control_names(response)
+
+
+def test_change_page_pretty_prints_khaltis_answer(any_client, payments):
+    answer = readonly_html(any_client.get(change_url(payments.verified)))["raw_response"]
+    pre = re.fullmatch(r"\s*<pre>(.*)</pre>\s*", answer, re.S)
+    assert pre is not None, answer
+    text = html.unescape(pre.group(1))
+    assert json.loads(text) == payments.verified.khalti_response
+    assert '\n  "idx": "idx-verified-1111"' in text  # indented, one key a line
 
 
 def test_change_page_of_a_failed_payment_shows_why(any_client, payments):
-    values = readonly_values(any_client.get(change_url(payments.failed)))
+    response = any_client.get(change_url(payments.failed))
+    values = readonly_values(response)
     assert values["failure_reason"] == "Invalid token."
     assert values["status"] == "Failed"
-    assert "validation_error" in values["khalti_response"]
+    assert "validation_error" in values["raw_response"]
 
 
-def test_posting_the_change_form_changes_nothing(admin_client, payments):
+def test_change_page_shows_the_refund_history(any_client, payments, django_user_model):
+    payment = payments.partially_refunded
+    desk = django_user_model.objects.create_user("desk", is_staff=True)
+    Refund.objects.create(payment=payment, amount=1000, status=Refund.Status.SUCCEEDED,
+                          requested_by=desk, settled_at=timezone.now(),
+                          khalti_response={"detail": "Transaction refund successful."})
+    Refund.objects.create(payment=payment, amount=500, status=Refund.Status.FAILED,
+                          requested_by=desk, failure_reason="Refund period expired.",
+                          settled_at=timezone.now())
+    response = any_client.get(change_url(payment))
+    assert readonly_values(response)["refunded_display"] == "10.00"
+    history = refund_history(response)
+    assert history is not None, "the change page shows no refund history"
+    assert [(r["amount_display"], r["status"], r["requested_by"]) for r in history] == [
+        ("10.00", "Succeeded", "desk"),
+        ("5.00", "Failed", "desk"),
+    ]
+    assert history[1]["failure_reason"] == "Refund period expired."
+    assert "Transaction refund successful." in history[0]["answer"]
+    # History is read-only: no refund row can be added, changed or deleted from here.
+    names = form_control_names(response)
+    assert not {n for n in names if re.fullmatch(r"refunds-\d+-(amount|status|mobile|DELETE)", n)}
+    assert 'id="refunds-empty"' not in response.content.decode()  # no blank row to add
+
+
+def test_the_change_page_is_view_only_and_posting_it_changes_nothing(support_client, payments):
+    page = support_client.get(change_url(payments.pending)).content.decode()
+    assert 'name="_save"' not in page
     payment = payments.pending
-    response = admin_client.post(
+    response = support_client.post(
         change_url(payment),
         {
             "token": "forged", "product_identity": "ORD-OTHER", "amount": "1",
             "status": "verified", "idx": "forged-idx", "fee_amount": "0",
-            "failure_reason": "", "_save": "Save",
+            "refunded_amount": "1000", "failure_reason": "", "_save": "Save",
+            "refunds-TOTAL_FORMS": "0", "refunds-INITIAL_FORMS": "0",
+            "refunds-MIN_NUM_FORMS": "0", "refunds-MAX_NUM_FORMS": "0",
         },
     )
-    assert response.status_code == 302
-    fresh = Payment.objects.get(pk=payment.pk)
-    assert (fresh.token, fresh.product_identity, fresh.amount, fresh.status, fresh.idx) == (
-        "tok-pending-BBBB", "ORD-PENDING", 1000, "pending", None,
-    )
+    assert response.status_code == 403
+    row = fresh(payment)
+    assert (row.token, row.product_identity, row.amount, row.status, row.idx,
+            row.refunded_amount) == ("tok-pending-BBBB", "ORD-PENDING", 1000, "pending", None, 0)
 
 
 def test_viewer_cannot_post_the_change_form(viewer_client, payments):
     response = viewer_client.post(change_url(payments.pending), {"status": "verified"})
     assert response.status_code == 403
-    assert Payment.objects.get(pk=payments.pending.pk).status == Payment.Status.PENDING
+    assert fresh(payments.pending).status == Payment.Status.PENDING
 
 
 # --- Adding and deleting -----------------------------------------------------------
@@ -256,40 +625,37 @@ def test_nobody_can_add_a_payment(any_client, payments):
     assert f'href="{ADD}"' not in any_client.get(CHANGELIST).content.decode()
 
 
-def test_view_only_staff_cannot_delete(viewer_client, payments):
-    assert viewer_client.get(delete_url(payments.failed)).status_code == 403
-    assert viewer_client.post(delete_url(payments.failed), {"post": "yes"}).status_code == 403
+def test_staff_cannot_delete(non_refunding_client, payments):
+    client = non_refunding_client
+    assert client.get(delete_url(payments.failed)).status_code == 403
+    assert client.post(delete_url(payments.failed), {"post": "yes"}).status_code == 403
+    assert "delete_selected" not in action_choices(client.get(CHANGELIST))
     assert Payment.objects.filter(pk=payments.failed.pk).exists()
 
 
 def test_staff_with_delete_permission_still_cannot_delete(django_user_model, payments):
     # Only a superuser may delete a payment record, whatever the model permissions say.
     client = staff_client(
-        django_user_model, "clerk", "view_payment", "change_payment", "delete_payment"
+        django_user_model, "remover", "view_payment", "change_payment", "delete_payment",
+        "refund_payment",
     )
     assert client.get(delete_url(payments.failed)).status_code == 403
     assert client.post(delete_url(payments.failed), {"post": "yes"}).status_code == 403
-
-    changelist = client.get(CHANGELIST)
-    assert 'value="delete_selected"' not in changelist.content.decode()
-    client.post(
-        CHANGELIST,
-        {"action": "delete_selected", "_selected_action": [str(payments.failed.pk)], "post": "yes"},
-    )
-    assert Payment.objects.count() == 3
+    assert "delete_selected" not in action_choices(client.get(CHANGELIST))
+    run_action(client, "delete_selected", [payments.failed], post="yes")
+    assert Payment.objects.count() == 5
 
 
-def test_superuser_can_reach_the_delete_view_and_delete(admin_client, payments):
-    response = admin_client.get(delete_url(payments.failed))
+def test_superuser_can_reach_the_delete_view_and_delete(superuser_client, payments):
+    response = superuser_client.get(delete_url(payments.failed))
     assert response.status_code == 200
     assert "Are you sure" in response.content.decode()
-    assert 'value="delete_selected"' in admin_client.get(CHANGELIST).content.decode()
+    assert "delete_selected" in action_choices(superuser_client.get(CHANGELIST))
 
-    response = admin_client.post(delete_url(payments.failed), {"post": "yes"})
+    response = superuser_client.post(delete_url(payments.failed), {"post": "yes"})
     assert response.status_code == 302
-    assert set(Payment.objects.values_list("product_identity", flat=True)) == {
-        "ORD-VERIFIED", "ORD-PENDING",
-    }
+    assert not Payment.objects.filter(pk=payments.failed.pk).exists()
+    assert Payment.objects.count() == 4
 
 
 def test_anonymous_visitors_are_sent_to_the_login_page(client, payments):
@@ -297,4 +663,417 @@ def test_anonymous_visitors_are_sent_to_the_login_page(client, payments):
         response = client.get(url)
         assert response.status_code == 302
         assert response["Location"].startswith(reverse("admin:login"))
-    assert Payment.objects.count() == 3
+    response = run_action(client, "refund", [payments.verified], follow=False, confirm="yes")
+    assert response.status_code == 302
+    assert not Refund.objects.exists()
+
+
+# --- Action: Re-check with Khalti --------------------------------------------------
+
+
+def test_recheck_is_offered_to_support_staff(support_client, payments):
+    assert "recheck" in action_choices(support_client.get(CHANGELIST))
+    assert "Re-check with Khalti" in support_client.get(CHANGELIST).content.decode()
+
+
+def test_recheck_settles_each_pending_payment_from_khaltis_answer(
+    support_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    complete, error, initiated = pending_payment(1), pending_payment(2, 2000), pending_payment(3)
+    verified = verified_payment()
+    khalti.status(complete.token, complete.amount, "status_complete")
+    khalti.status(error.token, error.amount, "status_error")
+    khalti.status(initiated.token, initiated.amount, "status_initiated")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(support_client, "recheck", [complete, error, initiated, verified])
+
+    assert response.status_code == 200
+    assert messages_of(response) == [
+        ("success", "Re-checked 3 with Khalti: 1 failed, 1 pending, 1 verified.")
+    ]
+    assert fresh(complete).status == Payment.Status.VERIFIED
+    assert fresh(complete).verified_at is not None
+    assert fresh(error).status == Payment.Status.FAILED
+    assert "Transaction not found" in fresh(error).failure_reason
+    assert fresh(initiated).status == Payment.Status.PENDING
+    assert fresh(initiated).claimed_at is None  # free for the next re-check
+    assert fresh(verified).status == Payment.Status.VERIFIED
+    # The verified payment was not sent to Khalti: one status call per pending payment.
+    assert sorted(c.request.params["token"] for c in khalti.calls) == [
+        complete.token, error.token, initiated.token,
+    ]
+    assert sorted((name, kw["payment"].pk) for name, kw in sent) == [
+        ("failed", error.pk), ("verified", complete.pk),
+    ]
+
+
+def test_recheck_of_nothing_pending_says_so_and_asks_khalti_nothing(support_client, khalti):
+    verified = verified_payment()
+    response = run_action(support_client, "recheck", [verified])
+    assert messages_of(response) == [("warning", "None of the selected payments awaits Khalti.")]
+    assert len(khalti.calls) == 0
+
+
+def test_recheck_when_khalti_is_down_reports_it_and_leaves_the_payment_pending(
+    support_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    payment = pending_payment(1)
+    mock_status(khalti, payment, {"detail": "Internal server error"}, status=500)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(support_client, "recheck", [payment])
+    assert ("error", "Khalti could not be reached for 1 payment; it stays pending.") in (
+        messages_of(response)
+    )
+    row = fresh(payment)
+    assert row.status == Payment.Status.PENDING
+    assert row.claimed_at is None
+    assert sent == []
+
+
+def test_recheck_settles_a_refund_whose_outcome_was_unknown(
+    support_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    payment = verified_payment(amount=1000)
+    refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk,
+                                   failure_reason="Khalti did not answer in time.")
+    stale = timezone.now() - timedelta(seconds=khalti_settings.stale_after + 60)
+    Refund.objects.filter(pk=refund.pk).update(created_at=stale)
+    mock_status(khalti, payment,
+                {"status": True, "state": "Refunded", "detail": "Transaction is refunded"})
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(support_client, "recheck", [payment])
+
+    assert messages_of(response) == [("success", "Re-checked 1 with Khalti: 1 refund succeeded.")]
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.SUCCEEDED
+    assert refund.settled_at is not None
+    row = fresh(payment)
+    assert row.status == Payment.Status.REFUNDED
+    assert row.refunded_amount == 1000
+    assert [(name, kw["payment"].pk, kw["amount"]) for name, kw in sent] == [
+        ("refunded", payment.pk, 1000)
+    ]
+
+
+def test_recheck_leaves_a_refund_that_may_still_be_in_flight(support_client, khalti):
+    payment = verified_payment(amount=1000)
+    refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
+    run_action(support_client, "recheck", [payment])
+    assert len(khalti.calls) == 0
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING
+    assert fresh(payment).status == Payment.Status.VERIFIED
+
+
+def test_a_payment_left_pending_by_a_timed_out_verify_is_settled_and_refunded_from_the_admin(
+    refunder_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    # What issue 3 calls done: re-check settles it with exactly one payment_verified,
+    # then a staff member with the permission refunds it.
+    order = Order.objects.create(reference="ORD-1", total=1000)
+    payment = Payment.objects.create(token="tok-timed-out", product_identity="ORD-1", amount=1000,
+                                     order_claim=order_key("ORD-1"), attempts=1)
+    mock_status(khalti, payment, {"status": True, "state": "Complete",
+                                  "detail": "Transaction is complete", "idx": "idx-late"})
+    khalti.rsps.get(f"{BASE_URL}api/v2/merchant-transaction/idx-late/",
+                    json=transaction_record(amount=1000, idx="idx-late"), match=[KEY_HEADER])
+    with django_capture_on_commit_callbacks(execute=True):
+        run_action(refunder_client, "recheck", [payment])
+        run_action(refunder_client, "recheck", [payment])  # a second look changes nothing
+    row = fresh(payment)
+    assert (row.status, row.idx, row.fee_amount, row.mobile) == (
+        Payment.Status.VERIFIED, "idx-late", 30, "98XXXXXXX9",
+    )
+    order.refresh_from_db()
+    assert order.paid
+    assert [name for name, _ in sent] == ["verified"]
+
+    mock_refund(khalti, "idx-late", {})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunder_client, [payment])
+    assert ("success", "Refunded Rs 10.00 of ORD-1.") in messages_of(response)
+    assert fresh(payment).status == Payment.Status.REFUNDED
+    assert [name for name, _ in sent] == ["verified", "refunded"]
+
+
+# --- Action: Refund ----------------------------------------------------------------
+
+
+def test_refund_is_offered_only_to_users_with_the_permission(any_client):
+    choices = action_choices(any_client.get(CHANGELIST))
+    assert ("refund" in choices) == any_client.user.has_perm("django_khalti.refund_payment")
+
+
+def test_refund_action_first_asks_for_confirmation(refunding_client, khalti):
+    payment = verified_payment(amount=1000, mobile="98XXXXXXX9")
+    response = run_action(refunding_client, "refund", [payment], follow=False)
+    assert response.status_code == 200
+    assert "admin/django_khalti/payment/refund_confirmation.html" in [
+        t.name for t in response.templates
+    ]
+    page = response.content.decode()
+    candidates = re.findall(r'<tr class="refund-candidate">(.*?)</tr>', page, re.S)
+    assert len(candidates) == 1
+    assert "ORD-V" in candidates[0]
+    assert "idx-V" in candidates[0]
+    assert {"amount", "mobile", "confirm"} <= form_control_names(response)
+    assert confirmation_form(response)["_selected_action"] == [str(payment.pk)]
+    # Nothing happens before the user confirms.
+    assert len(khalti.calls) == 0
+    assert not Refund.objects.exists()
+    assert fresh(payment).status == Payment.Status.VERIFIED
+
+
+def test_confirmation_page_shows_the_refundable_amount_in_the_unit_it_names(
+    refunding_client, khalti
+):
+    payment = verified_payment(amount=1000, refunded_amount=400,
+                               status=Payment.Status.PARTIALLY_REFUNDED)
+    page = run_action(refunding_client, "refund", [payment], follow=False).content.decode()
+    headers = [_text(h) for h in re.findall(r"<th>(.*?)</th>", page, re.S)]
+    candidate = re.search(r'<tr class="refund-candidate">(.*?)</tr>', page, re.S).group(1)
+    columns = [_text(td) for td in re.findall(r"<td>(.*?)</td>", candidate, re.S)]
+    values = dict(zip(headers, columns))
+    assert values["Amount (Rs)"] == "10.00"
+    refundable = [h for h in headers if h.startswith("Refundable")]
+    assert len(refundable) == 1
+    # Rs 6.00 (600 paisa) remain: a column headed "(Rs)" must not read "600".
+    if "(Rs)" in refundable[0]:
+        assert values[refundable[0]] == "6.00"
+    else:
+        assert "paisa" in refundable[0] and values[refundable[0]] in ("600", "600 paisa")
+    assert "Total refundable: Rs 6.00" in page
+
+
+def test_full_refund(refunding_client, khalti, sent, django_capture_on_commit_callbacks):
+    payment = verified_payment(amount=1000)
+    mock_refund(khalti, "idx-V", {})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunding_client, [payment])
+
+    assert messages_of(response) == [("success", "Refunded Rs 10.00 of ORD-V.")]
+    row = fresh(payment)
+    assert row.status == Payment.Status.REFUNDED
+    assert row.refunded_amount == row.amount == 1000
+    refund = row.refunds.get()
+    assert (refund.amount, refund.status, refund.requested_by) == (
+        1000, Refund.Status.SUCCEEDED, refunding_client.user,
+    )
+    assert refund.settled_at is not None
+    assert refund.khalti_response == {"detail": "Transaction refund successful."}
+    assert [(name, kw["payment"].pk, kw["amount"]) for name, kw in sent] == [
+        ("refunded", payment.pk, 1000)
+    ]
+
+
+def test_partial_refund_then_the_rest(refunding_client, khalti, sent,
+                                      django_capture_on_commit_callbacks):
+    payment = verified_payment(amount=1000)
+    mock_refund(khalti, "idx-V", {"amount": 400})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunding_client, [payment], amount="400")
+    assert messages_of(response) == [("success", "Refunded Rs 4.00 of ORD-V.")]
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
+
+    mock_refund(khalti, "idx-V", {"amount": 600})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunding_client, [payment], amount="600")
+    assert messages_of(response) == [("success", "Refunded Rs 6.00 of ORD-V.")]
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.REFUNDED, 1000)
+    assert list(row.refunds.values_list("amount", "status", "requested_by")) == [
+        (400, Refund.Status.SUCCEEDED, refunding_client.user.pk),
+        (600, Refund.Status.SUCCEEDED, refunding_client.user.pk),
+    ]
+    assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 400), ("refunded", 600)]
+
+
+def test_refund_without_amount_after_a_partial_one_refunds_what_remains(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    payment = verified_payment(amount=1000, refunded_amount=400,
+                               status=Payment.Status.PARTIALLY_REFUNDED)
+    mock_refund(khalti, "idx-V", {"amount": 600})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunding_client, [payment])
+    assert messages_of(response) == [("success", "Refunded Rs 6.00 of ORD-V.")]
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.REFUNDED, 1000)
+    assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 600)]
+
+
+@pytest.mark.parametrize("refunded_before, amount", [(0, "1001"), (400, "601")])
+def test_refund_of_more_than_remains_is_refused_before_asking_khalti(
+    refunding_client, khalti, sent, refunded_before, amount
+):
+    payment = verified_payment(
+        amount=1000, refunded_amount=refunded_before,
+        status=Payment.Status.PARTIALLY_REFUNDED if refunded_before else Payment.Status.VERIFIED,
+    )
+    response = confirm_refund(refunding_client, [payment], amount=amount)
+    remaining = 1000 - refunded_before
+    assert messages_of(response) == [
+        ("error", f"ORD-V was not refunded: A refund must be between 1 and {remaining} paisa.")
+    ]
+    assert len(khalti.calls) == 0
+    assert not Refund.objects.exists()
+    assert fresh(payment).refunded_amount == refunded_before
+    assert sent == []
+
+
+@pytest.mark.parametrize("amount", ["0", "-5", "ten", "4.5"])
+def test_a_malformed_amount_is_a_form_error(refunding_client, khalti, amount):
+    payment = verified_payment(amount=1000)
+    page = run_action(refunding_client, "refund", [payment], follow=False)
+    data = {**confirmation_form(page), "amount": amount, "mobile": "", "confirm": "Yes, refund"}
+    response = refunding_client.post(CHANGELIST, data)
+    assert response.status_code == 200
+    assert 'class="errorlist' in response.content.decode()
+    assert len(khalti.calls) == 0
+    assert not Refund.objects.exists()
+
+
+def test_refund_to_a_khalti_id_sends_the_mobile(refunding_client, khalti, sent,
+                                                django_capture_on_commit_callbacks):
+    payment = verified_payment(amount=1000)
+    mock_refund(khalti, "idx-V", {"mobile": "9800000001"})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunding_client, [payment], mobile="9800000001")
+    assert messages_of(response) == [("success", "Refunded Rs 10.00 of ORD-V.")]
+    assert fresh(payment).refunds.get().mobile == "9800000001"
+    assert fresh(payment).status == Payment.Status.REFUNDED
+
+
+def test_partial_refund_to_a_khalti_id_sends_both(refunding_client, khalti):
+    payment = verified_payment(amount=1000)
+    mock_refund(khalti, "idx-V", {"amount": 250, "mobile": "9800000001"})
+    confirm_refund(refunding_client, [payment], amount="250", mobile="9800000001")
+    assert fresh(payment).refunded_amount == 250
+
+
+def test_khalti_refusing_a_refund_shows_why_and_records_nothing_refunded(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    payment = verified_payment(amount=1000)
+    mock_refund(khalti, "idx-V", {}, status=400, json={"detail": "Refund period expired."})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunding_client, [payment])
+    [(level, text)] = messages_of(response)
+    assert level == "error"
+    assert text.startswith("ORD-V was not refunded:")
+    assert "Refund period expired." in text
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.VERIFIED, 0)
+    refund = row.refunds.get()
+    assert refund.status == Refund.Status.FAILED
+    assert "Refund period expired." in refund.failure_reason
+    assert refund.requested_by == refunding_client.user
+    assert sent == []
+
+
+def test_khalti_unreachable_leaves_the_refund_pending_and_blocks_another(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    payment = verified_payment(amount=1000)
+    mock_refund(khalti, "idx-V", {}, status=503, json={"detail": "Service unavailable"})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunding_client, [payment])
+    [(level, text)] = messages_of(response)
+    assert level == "error" and text.startswith("ORD-V was not refunded:")
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.VERIFIED, 0)
+    assert row.refunds.get().status == Refund.Status.PENDING  # money may have moved
+    assert sent == []
+
+    # Until a re-check settles it, no second refund reaches Khalti.
+    response = confirm_refund(refunding_client, [payment])
+    [(level, text)] = messages_of(response)
+    assert level == "error" and "Another refund of this payment awaits Khalti" in text
+    assert len(khalti.calls) == 1
+
+
+def test_a_partial_amount_for_several_payments_is_refused(refunding_client, khalti):
+    first, second = verified_payment("A"), verified_payment("B")
+    page = run_action(refunding_client, "refund", [first, second], follow=False)
+    assert len(re.findall(r'<tr class="refund-candidate">', page.content.decode())) == 2
+    data = {**confirmation_form(page), "amount": "400", "mobile": "", "confirm": "Yes, refund"}
+    response = refunding_client.post(CHANGELIST, data)
+    assert response.status_code == 200
+    assert "A partial amount refunds one payment at a time." in response.content.decode()
+    assert len(khalti.calls) == 0
+    assert not Refund.objects.exists()
+    assert {fresh(first).status, fresh(second).status} == {Payment.Status.VERIFIED}
+
+
+def test_several_payments_are_refunded_in_full_together(refunding_client, khalti):
+    first, second = verified_payment("A", amount=1000), verified_payment("B", amount=2500)
+    mock_refund(khalti, "idx-A", {})
+    mock_refund(khalti, "idx-B", {})
+    response = confirm_refund(refunding_client, [first, second])
+    assert sorted(messages_of(response)) == [
+        ("success", "Refunded Rs 10.00 of ORD-A."), ("success", "Refunded Rs 25.00 of ORD-B."),
+    ]
+    assert {fresh(first).status, fresh(second).status} == {Payment.Status.REFUNDED}
+
+
+@pytest.mark.parametrize("status", ["pending", "failed", "refunded"])
+def test_a_payment_khalti_never_confirmed_or_fully_refunded_is_not_refundable(
+    refunding_client, khalti, payments, status
+):
+    payment = {"pending": payments.pending, "failed": payments.failed,
+               "refunded": payments.refunded}[status]
+    response = confirm_refund(refunding_client, [payment])
+    [(level, text)] = messages_of(response)
+    assert level == "error"
+    assert text == (
+        f"{payment.product_identity} was not refunded: "
+        "Only a payment Khalti confirmed can be refunded."
+    )
+    assert len(khalti.calls) == 0
+    assert not Refund.objects.exists()
+    assert fresh(payment).status == status
+
+
+def test_staff_without_the_permission_cannot_refund(non_refunding_client, khalti, sent,
+                                                    django_capture_on_commit_callbacks):
+    payment = verified_payment(amount=1000)
+    assert "refund" not in action_choices(non_refunding_client.get(CHANGELIST))
+    with django_capture_on_commit_callbacks(execute=True):
+        # Neither the confirmation page...
+        asked = run_action(non_refunding_client, "refund", [payment], follow=False)
+        # ...nor a forged confirmation refunds anything.
+        forged = run_action(non_refunding_client, "refund", [payment], follow=False,
+                            amount="", mobile="", confirm="Yes, refund")
+    for response in (asked, forged):
+        # 302 back with "No action selected."; the plain changelist (200) for a
+        # user who has no action at all.
+        assert response.status_code in (200, 302, 403)
+        assert 'name="confirm"' not in response.content.decode()
+    if action_choices(non_refunding_client.get(CHANGELIST)):
+        followed = run_action(non_refunding_client, "refund", [payment], confirm="Yes, refund")
+        assert ("warning", "No action selected.") in messages_of(followed)
+    assert len(khalti.calls) == 0
+    assert not Refund.objects.exists()
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.VERIFIED, 0)
+    assert sent == []
+
+
+def test_granting_the_permission_lets_a_clerk_refund(clerk_client, khalti):
+    payment = verified_payment(amount=1000)
+    clerk_client.user.user_permissions.add(Permission.objects.get(codename="refund_payment"))
+    assert "refund" in action_choices(clerk_client.get(CHANGELIST))
+    mock_refund(khalti, "idx-V", {})
+    response = confirm_refund(clerk_client, [payment])
+    assert messages_of(response) == [("success", "Refunded Rs 10.00 of ORD-V.")]
+    assert fresh(payment).refunds.get().requested_by == clerk_client.user
+
+
+def test_view_only_staff_may_not_recheck(viewer_client, payments, khalti):
+    assert "recheck" not in action_choices(viewer_client.get(CHANGELIST))
+    viewer_client.post(CHANGELIST, {"action": "recheck", "_selected_action": [payments.pending.pk]})
+    assert not khalti.calls
+    assert fresh(payments.pending).status == Payment.Status.PENDING
