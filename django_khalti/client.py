@@ -14,10 +14,12 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urljoin
 
 import requests
+from django.utils.dateparse import parse_datetime
 from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout
 
@@ -33,6 +35,7 @@ from .exceptions import (
 )
 
 logger = logging.getLogger(__name__)
+UTC = timezone.utc
 
 USER_AGENT = f"dj-khalti/{__version__}"
 MOBILE_MAX_LENGTH = 32  # Payment.mobile
@@ -42,6 +45,8 @@ VERIFY_PATH = "api/v2/payment/verify/"
 STATUS_PATH = "api/v2/payment/status/"
 TRANSACTION_PATH = "api/v2/merchant-transaction/{idx}/"
 REFUND_PATH = "api/merchant-transaction/{idx}/refund/"
+INITIATE_PATH = "api/v2/epayment/initiate/"
+LOOKUP_PATH = "api/v2/epayment/lookup/"
 
 
 @functools.cache
@@ -75,6 +80,40 @@ class KhaltiStatus:
     state: str
     detail: str
     raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class KhaltiInitiation:
+    """An ePayment Khalti has started: where to send the buyer, and until when."""
+
+    pidx: str
+    payment_url: str
+    expires_at: datetime | None
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class KhaltiLookup:
+    """What ePayment lookup says of a ``pidx``. ``status`` is as Khalti spells it."""
+
+    pidx: str
+    status: str
+    total_amount: int | None
+    transaction_id: str | None
+    fee: int | None
+    refunded: bool
+    raw: dict[str, Any]
+
+
+def _aware(value: Any) -> datetime | None:
+    """An ISO 8601 timestamp from Khalti as an aware datetime, or None."""
+    try:
+        parsed = parse_datetime(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    if parsed is not None and parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 def _is_int(value: Any) -> bool:
@@ -185,6 +224,56 @@ class KhaltiClient:
         if status == 200 and isinstance(answer, dict):
             return answer
         raise self._refusal(status, answer, any_4xx=True)
+
+    def initiate(self, *, return_url: str, website_url: str, amount: int,
+                 purchase_order_id: str, purchase_order_name: str,
+                 customer_info: dict[str, Any] | None = None,
+                 amount_breakdown: list[dict[str, Any]] | None = None,
+                 product_details: list[dict[str, Any]] | None = None) -> KhaltiInitiation:
+        """Start an ePayment. Raises :class:`KhaltiRejected` with Khalti's field
+        messages (``exc.body``) when it refuses the request."""
+        body: dict[str, Any] = {
+            "return_url": return_url,
+            "website_url": website_url,
+            "amount": amount,
+            "purchase_order_id": purchase_order_id,
+            "purchase_order_name": purchase_order_name,
+        }
+        optional = {"customer_info": customer_info, "amount_breakdown": amount_breakdown,
+                    "product_details": product_details}
+        body.update({key: value for key, value in optional.items() if value})
+        status, answer = self._request("POST", INITIATE_PATH, json=body)
+        if status != 200:
+            raise self._refusal(status, answer)
+        if not (
+            isinstance(answer, dict)
+            and isinstance(answer.get("pidx"), str)
+            and 0 < len(answer["pidx"]) <= 255
+            and isinstance(answer.get("payment_url"), str)
+            and answer["payment_url"].startswith(("https://", "http://"))
+        ):
+            logger.warning("Khalti's initiate answer lacks pidx or payment_url.")
+            raise KhaltiBadResponse()
+        return KhaltiInitiation(pidx=answer["pidx"], payment_url=answer["payment_url"],
+                                expires_at=_aware(answer.get("expires_at")), raw=answer)
+
+    def lookup(self, pidx: str) -> KhaltiLookup:
+        """What became of an ePayment. Read-only: safe to ask at any time."""
+        status, body = self._request("POST", LOOKUP_PATH, json={"pidx": pidx})
+        # Khalti answers Expired and User canceled with HTTP 400 and the same body.
+        if isinstance(body, dict) and isinstance(body.get("status"), str) and status in (200, 400):
+            total, fee, transaction_id = (body.get(k) for k in ("total_amount", "fee", "transaction_id"))
+            return KhaltiLookup(
+                pidx=body.get("pidx") if isinstance(body.get("pidx"), str) else pidx,
+                status=body["status"],
+                total_amount=total if _is_int(total) else None,
+                transaction_id=transaction_id if isinstance(transaction_id, str)
+                and 0 < len(transaction_id) <= 255 else None,
+                fee=fee if _is_int(fee) and fee >= 0 else None,
+                refunded=body.get("refunded") is True,
+                raw=body,
+            )
+        raise self._refusal(status, body, any_4xx=True)
 
     # --- plumbing ----------------------------------------------------------
 

@@ -25,6 +25,10 @@ class KhaltiError(Exception):
         self.detail = detail if detail is not None else self.default_detail
         super().__init__(str(self.detail))
 
+    def extra(self) -> dict[str, Any]:
+        """More of the refusal for the API's answer, beside ``code`` and ``detail``."""
+        return {}
+
 
 # --- Refusals decided by the shop's rules, before or instead of calling Khalti ---
 
@@ -52,6 +56,25 @@ class KhaltiAlreadyPaid(KhaltiError):
 class KhaltiInProgress(KhaltiError):
     code = "in_progress"
     default_detail = _("This payment is being confirmed right now. Try again in a moment.")
+
+
+class KhaltiAmountTooSmall(KhaltiError):
+    code = "amount_too_small"
+    default_detail = _("Khalti takes online payments of Rs 10 or more.")
+
+
+class KhaltiInitiationRejected(KhaltiError):
+    """Khalti refused to start an ePayment; ``errors`` holds its field messages."""
+
+    code = "initiation_rejected"
+    default_detail = _("Khalti refused to start the payment.")
+
+    def __init__(self, detail: Any = None, errors: dict[str, Any] | None = None) -> None:
+        self.errors = errors or {}
+        super().__init__(detail)
+
+    def extra(self) -> dict[str, Any]:
+        return {"errors": self.errors}
 
 
 class KhaltiVerificationFailed(KhaltiError):

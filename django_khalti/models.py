@@ -42,15 +42,30 @@ class Payment(models.Model):
     #: Statuses from which money can still go back to the buyer.
     REFUNDABLE_STATUSES = (Status.VERIFIED, Status.PARTIALLY_REFUNDED)
 
+    class Flow(models.TextChoices):
+        WIDGET = "widget", _("Widget (KPG-1)")
+        EPAYMENT = "epayment", _("ePayment (KPG-2)")
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    token = models.CharField(_("token"), max_length=255, unique=True)
+    flow = models.CharField(
+        _("flow"), max_length=16, choices=Flow.choices, default=Flow.WIDGET, db_index=True
+    )
+    #: The widget's token (widget flow only).
+    token = models.CharField(_("token"), max_length=255, unique=True, null=True, blank=True)
+    #: Khalti's payment id (ePayment flow only).
+    pidx = models.CharField(_("pidx"), max_length=255, unique=True, null=True, blank=True)
     product_identity = models.CharField(_("product identity"), max_length=255, db_index=True)
     amount = models.PositiveBigIntegerField(_("amount (paisa)"))
+    purchase_order_name = models.CharField(_("purchase order name"), max_length=255, blank=True)
+    payment_url = models.URLField(_("Khalti payment URL"), max_length=1000, blank=True)
+    expires_at = models.DateTimeField(_("payment link expires"), null=True, blank=True)
     status = models.CharField(
         _("status"), max_length=32, choices=Status.choices, default=Status.PENDING, db_index=True
     )
 
     # What Khalti told us.
+    #: Khalti's transaction id: the widget record's ``idx``, or ePayment
+    #: lookup's ``transaction_id``. Refunds use it.
     idx = models.CharField(_("Khalti transaction id"), max_length=255, unique=True, null=True, blank=True)
     fee_amount = models.PositiveBigIntegerField(_("fee (paisa)"), null=True, blank=True)
     mobile = models.CharField(_("payer mobile (masked by Khalti)"), max_length=32, blank=True)

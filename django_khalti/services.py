@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from collections.abc import Callable
 from typing import Any
 
-from collections.abc import Iterator
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
 from django.http import Http404
@@ -107,7 +107,7 @@ def verify_payment(request: Any, *, token: str, amount: int, product_identity: s
         expected = _expected_for_new_payment(request, product_identity)
         if amount != expected:
             raise KhaltiAmountMismatch()
-        payment, created = _payment_for_token(client, token, product_identity, expected)
+        payment, created = _claim_order(client, product_identity, expected, token=token)
     # A token is bound to the order and amount it was first verified for. The
     # amount stored is the shop's, so a known token needs no resolver.
     if payment.product_identity != product_identity or payment.amount != amount:
@@ -117,7 +117,7 @@ def verify_payment(request: Any, *, token: str, amount: int, product_identity: s
     if payment.status == Status.PENDING:
         if claim(payment):
             # An earlier attempt may have reached Khalti: ask before verifying again.
-            return _verified_or_raise(_settle(client, payment, _ask_status))
+            return _verified_or_raise(_settle(client, payment, _ask_khalti))
         payment.refresh_from_db()
     return _verified_or_raise(payment)
 
@@ -142,7 +142,7 @@ def reconcile(payment: Payment) -> Payment:
     """
     client = KhaltiClient.from_settings()
     if payment.status == Status.PENDING and claim(payment):
-        return _settle(client, payment, _ask_status)
+        return _settle(client, payment, _ask_khalti)
     payment.refresh_from_db()
     return payment
 
@@ -172,7 +172,7 @@ def pending_batch(created_before: Any, size: int, after: tuple[Any, Any] | None 
 def settle_claimed(payment: Payment) -> Payment:
     """Ask Khalti about a payment this worker has won with :func:`claim`, and record
     the answer. Raises :class:`KhaltiUnavailable` when Khalti could not be asked."""
-    return _settle(KhaltiClient.from_settings(), payment, _ask_status)
+    return _settle(KhaltiClient.from_settings(), payment, _ask_khalti)
 
 
 def _verified_or_raise(payment: Payment) -> Payment:
@@ -183,37 +183,44 @@ def _verified_or_raise(payment: Payment) -> Payment:
     raise KhaltiInProgress()
 
 
-def _payment_for_token(client: KhaltiClient, token: str, product_identity: str, amount: int
-                       ) -> tuple[Payment, bool]:
-    """Insert (and so claim) the payment for a new token; or the row that beat us to it.
+def _claim_order(client: KhaltiClient, product_identity: str, amount: int, *,
+                 reuse: Callable[[Payment], bool] | None = None, **fields: Any
+                 ) -> tuple[Payment, bool]:
+    """Insert (and so claim) a new payment for the order; or the row that beat us to it.
 
-    The order is claimed with the token: a second token for an order whose
-    payment is still pending first settles that payment with Khalti (if no
-    one else is at it), and goes on only if it failed.
+    The insert claims the order (``order_claim``) and, for the widget, the
+    token. When the order is taken by a pending payment, that payment is
+    settled with Khalti first (if no one else is at it): only if it failed
+    does the new one go on. ``reuse`` may accept the holder as the answer
+    (an ePayment whose link is still good). Returns the payment and whether
+    it was created.
     """
+    token = fields.get("token")
     for _attempt in range(3):
         try:
             with transaction.atomic(durable=True):
                 payment = Payment.objects.create(
-                    token=token,
                     product_identity=product_identity,
                     amount=amount,
                     order_claim=order_key(product_identity),
                     claimed_at=timezone.now(),
                     attempts=1,
+                    **fields,
                 )
             return payment, True
         except IntegrityError:
             pass  # The same token inserted concurrently, or the order is taken.
-        raced = Payment.objects.filter(token=token).first()
+        raced = Payment.objects.filter(token=token).first() if token else None
         if raced is not None:
             return raced, False
         holder = Payment.objects.filter(order_claim=order_key(product_identity)).first()
         if holder is None:
             continue  # the holder failed and let go of the order in between
+        if reuse is not None and reuse(holder):
+            return holder, False
         if holder.status == Status.PENDING and claim(holder):
             try:
-                _settle(client, holder, _ask_status)
+                _settle(client, holder, _ask_khalti)
             except KhaltiUnavailable:
                 pass
         if holder.status in Payment.PAID_STATUSES:
@@ -283,6 +290,14 @@ def _verify(client: KhaltiClient, payment: Payment) -> None:
     _record_transaction(payment, record)
 
 
+def _ask_khalti(client: KhaltiClient, payment: Payment) -> None:
+    """Settle a claimed payment from Khalti's read-only answer for its flow."""
+    if payment.flow == Payment.Flow.EPAYMENT:
+        _lookup(client, payment)
+    else:
+        _ask_status(client, payment)
+
+
 def _ask_status(client: KhaltiClient, payment: Payment) -> None:
     try:
         answer = client.status(payment.token, payment.amount)
@@ -314,6 +329,48 @@ def _ask_status(client: KhaltiClient, payment: Payment) -> None:
     else:
         # Initiated, or a state we do not know: not ours to decide yet.
         logger.info("Khalti reports payment %s as %r; it stays pending.", payment.pk, answer.state)
+        _release(payment)
+
+
+def _lookup(client: KhaltiClient, payment: Payment) -> None:
+    if not payment.pidx:
+        # Its initiation never finished: the buyer was never given a payment
+        # link, so no money can have moved.
+        _fail(payment, _("The payment was never started with Khalti."))
+        return
+    try:
+        answer = client.lookup(payment.pidx)
+    except KhaltiRejected as exc:
+        # "Not found" for a pidx Khalti gave us says nothing sure.
+        raise KhaltiUnavailable() from exc
+    status = answer.status.strip().lower()
+    fields: dict[str, Any] = {"khalti_response": answer.raw}
+    if answer.transaction_id:
+        fields["idx"] = answer.transaction_id  # what refunds need
+    if answer.fee is not None:
+        fields["fee_amount"] = answer.fee
+    if status == "completed" and answer.total_amount == payment.amount:
+        _transition(payment, Status.VERIFIED, **fields)
+    elif status == "completed":
+        reason = _("Khalti's payment is for %(got)s paisa, the order is for %(want)s paisa.") % {
+            "got": answer.total_amount, "want": payment.amount,
+        }
+        _fail(payment, reason, **fields)
+    elif status in ("expired", "user canceled", "user cancelled"):
+        _fail(payment, _("Khalti reports the payment as %(status)s.") % {"status": answer.status},
+              **fields)
+    elif status in ("refunded", "partially refunded"):
+        full = status == "refunded"
+        _transition(
+            payment,
+            Status.REFUNDED if full else Status.PARTIALLY_REFUNDED,
+            refunded_amount=payment.amount if full else payment.refunded_amount,
+            notify=False,
+            **fields,
+        )
+    else:
+        # Pending (hold: do not fulfil, do not fail), Initiated, or unknown.
+        logger.info("Khalti reports ePayment %s as %r; it stays pending.", payment.pk, answer.status)
         _release(payment)
 
 

@@ -561,7 +561,7 @@ def test_our_database_failing_before_khalti_is_503_json(client, khalti, payload,
     def broken(*args, **kwargs):
         raise DatabaseError("database is locked")
 
-    monkeypatch.setattr(services, "_payment_for_token", broken)
+    monkeypatch.setattr(services, "_claim_order", broken)
     response = post(client, payload)
     assert response.status_code == 503
     assert response.json()["code"] == "unavailable"
