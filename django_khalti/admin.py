@@ -90,26 +90,28 @@ class RefundForm(forms.Form):
 @admin.register(Payment)
 class PaymentAdmin(admin.ModelAdmin):
     list_display = [
-        "product_identity", "amount_display", "status_badge", "idx", "mobile",
+        "product_identity", "amount_display", "status_badge", "flow", "idx", "mobile",
         "created_at", "verified_at",
     ]
-    list_filter = ["status", "created_at", "verified_at"]
+    list_filter = ["status", "flow", "created_at", "verified_at"]
     date_hierarchy = "created_at"
-    search_fields = ["=token", "=idx", "product_identity", "mobile"]
+    search_fields = ["=token", "=idx", "=pidx", "product_identity", "mobile"]
     show_full_result_count = False
     actions = ["recheck", "refund"]
     inlines = [RefundInline]
     fieldsets = [
-        (None, {"fields": ["id", "product_identity", "amount_display", "status", "failure_reason"]}),
-        (_("Khalti"), {"fields": ["token", "idx", "fee_amount", "mobile", "refunded_display",
-                                  "raw_response"]}),
-        (_("Times"), {"fields": ["created_at", "updated_at", "verified_at"]}),
+        (None, {"fields": ["id", "product_identity", "purchase_order_name", "amount_display",
+                           "status", "failure_reason"]}),
+        (_("Khalti"), {"fields": ["flow", "token", "pidx", "payment_url", "idx", "fee_amount",
+                                  "mobile", "refunded_display", "raw_response"]}),
+        (_("Times"), {"fields": ["created_at", "updated_at", "verified_at", "expires_at"]}),
         (_("Processing"), {"fields": ["claimed_at", "attempts"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
-        "id", "product_identity", "amount_display", "status", "failure_reason", "token", "idx",
-        "fee_amount", "mobile", "refunded_display", "raw_response", "created_at", "updated_at",
-        "verified_at", "claimed_at", "attempts",
+        "id", "product_identity", "purchase_order_name", "amount_display", "status",
+        "failure_reason", "flow", "token", "pidx", "payment_url", "idx", "fee_amount", "mobile",
+        "refunded_display", "raw_response", "created_at", "updated_at", "verified_at",
+        "expires_at", "claimed_at", "attempts",
     ]
 
     @admin.display(description=_("amount (Rs)"), ordering="amount")

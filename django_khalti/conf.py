@@ -19,6 +19,9 @@ DEFAULTS: dict[str, Any] = {
     "BASE_URL": "https://khalti.com/",
     "TIMEOUT": 10,
     "AMOUNT_RESOLVER": None,
+    "WEBSITE_URL": None,
+    "SUCCESS_URL": None,
+    "FAILURE_URL": None,
 }
 
 #: Settings holding a dotted path, resolved with ``import_string`` on access.

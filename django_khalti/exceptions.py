@@ -38,6 +38,11 @@ class KhaltiUnknownOrder(KhaltiError):
     default_detail = _("No order with this product identity is awaiting payment.")
 
 
+class KhaltiUnknownPayment(KhaltiError):
+    code = "unknown_payment"
+    default_detail = _("No payment of ours has this Khalti payment id.")
+
+
 class KhaltiAmountMismatch(KhaltiError):
     code = "amount_mismatch"
     default_detail = _("The amount does not match the order's amount.")

@@ -52,3 +52,26 @@ class PaymentSerializer(serializers.ModelSerializer):
         model = Payment
         fields = ["id", "product_identity", "amount", "status", "idx", "verified_at"]
         read_only_fields = fields
+
+
+class CustomerInfoSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=255, required=False)
+    email = serializers.EmailField(max_length=255, required=False)
+    phone = serializers.CharField(max_length=32, required=False)
+
+
+class EpaymentInitiateSerializer(serializers.Serializer):
+    """What a page sends to start an ePayment. The amount is never among it."""
+
+    product_identity = serializers.CharField(max_length=255)
+    product_name = serializers.CharField(max_length=255)
+    customer_info = CustomerInfoSerializer(required=False)
+
+
+class EpaymentSerializer(serializers.Serializer):
+    """Where to send the buyer: Khalti's payment page for this payment."""
+
+    payment = serializers.UUIDField(source="id")
+    pidx = serializers.CharField()
+    payment_url = serializers.URLField()
+    expires_at = serializers.DateTimeField(allow_null=True)

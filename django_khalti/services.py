@@ -33,6 +33,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.http import Http404
 from django.db.models import F, Q
 from django.dispatch import Signal
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -41,6 +42,9 @@ from .conf import khalti_settings
 from .exceptions import (
     KhaltiAlreadyPaid,
     KhaltiAmountMismatch,
+    KhaltiAmountTooSmall,
+    KhaltiInitiationRejected,
+    KhaltiUnknownPayment,
     KhaltiConfigurationError,
     KhaltiInProgress,
     KhaltiInvalidRefundAmount,
@@ -430,6 +434,96 @@ def _fail(payment: Payment, reason: str, raw: Any = None, **fields: Any) -> bool
     )
 
 
+# --- ePayment flow ---------------------------------------------------------------------
+
+#: Khalti's smallest ePayment, in paisa (Rs 10).
+MIN_EPAYMENT_AMOUNT = 1000
+
+
+def start_epayment(request: Any, product_identity: str, product_name: str,
+                   customer_info: dict[str, Any] | None = None,
+                   amount_breakdown: list[dict[str, Any]] | None = None,
+                   product_details: list[dict[str, Any]] | None = None) -> Payment:
+    """Start an ePayment for the order and return its pending :class:`Payment`,
+    whose ``payment_url`` the buyer is sent to.
+
+    The amount is the resolver's, never the client's. While the order's
+    ePayment link is still good, asking again returns that same payment.
+    """
+    client = KhaltiClient.from_settings()
+    expected = _expected_for_new_payment(request, product_identity)
+    if expected < MIN_EPAYMENT_AMOUNT:
+        raise KhaltiAmountTooSmall()
+    payment, created = _claim_order(
+        client, product_identity, expected,
+        flow=Payment.Flow.EPAYMENT, purchase_order_name=product_name,
+        reuse=lambda holder: _link_still_good(holder, expected),
+    )
+    if not created:
+        return payment
+    try:
+        started = client.initiate(
+            return_url=request.build_absolute_uri(reverse("django_khalti:epayment-return")),
+            website_url=khalti_settings.WEBSITE_URL or f"{request.scheme}://{request.get_host()}",
+            amount=expected,
+            purchase_order_id=product_identity,
+            purchase_order_name=product_name,
+            customer_info=customer_info,
+            amount_breakdown=amount_breakdown,
+            product_details=product_details,
+        )
+    except KhaltiRejected as exc:
+        _fail(payment, _("Khalti refused to start the payment: %s") % exc.detail, exc.body)
+        errors = {k: v for k, v in (exc.body or {}).items() if k != "error_key"}
+        raise KhaltiInitiationRejected(exc.detail, errors=errors) from exc
+    except KhaltiUnavailable:
+        # Whatever Khalti made of it, the buyer never got a link to pay.
+        _fail(payment, _("Khalti could not be reached to start the payment."))
+        raise
+    now = timezone.now()
+    fields = {"pidx": started.pidx, "payment_url": started.payment_url,
+              "expires_at": started.expires_at, "khalti_response": started.raw}
+    Payment.objects.filter(pk=payment.pk, status=Status.PENDING).update(
+        claimed_at=None, updated_at=now, **fields
+    )
+    for name, value in fields.items():
+        setattr(payment, name, value)
+    payment.claimed_at = None
+    return payment
+
+
+def _link_still_good(payment: Payment, amount: int) -> bool:
+    """A pending ePayment for this amount whose link the buyer can still use."""
+    margin = timezone.now() + timedelta(minutes=1)
+    return bool(
+        payment.flow == Payment.Flow.EPAYMENT
+        and payment.status == Status.PENDING
+        and payment.amount == amount
+        and payment.payment_url
+        and payment.expires_at is not None
+        and payment.expires_at > margin
+    )
+
+
+def settle_epayment_return(pidx: str) -> Payment:
+    """Settle the ePayment the buyer came back from, by asking Khalti's lookup.
+
+    Only the ``pidx`` is taken from the return URL; everything else in it is
+    the browser's word. Returns the payment as it stands afterwards (still
+    pending if Khalti says so, or another worker is settling it right now).
+    Raises :class:`KhaltiUnknownPayment` for a pidx we never started and
+    :class:`KhaltiUnavailable` when Khalti could not be asked.
+    """
+    payment = Payment.objects.filter(pidx=pidx, flow=Payment.Flow.EPAYMENT).first()
+    if payment is None:
+        raise KhaltiUnknownPayment()
+    client = KhaltiClient.from_settings()
+    if payment.status == Status.PENDING and claim(payment):
+        return _settle(client, payment, _lookup)
+    payment.refresh_from_db()
+    return payment
+
+
 # --- refunds -------------------------------------------------------------------------
 
 
@@ -476,20 +570,26 @@ def reconcile_refund(refund: Refund) -> Refund:
     if refund.status != Refund.Status.PENDING or refund.created_at > in_flight_since:
         return refund
     payment = refund.payment
+    client = KhaltiClient.from_settings()
     try:
-        answer = KhaltiClient.from_settings().status(payment.token or "", payment.amount)
+        if payment.flow == Payment.Flow.EPAYMENT:
+            looked_up = client.lookup(payment.pidx or "")
+            state, raw = looked_up.status, looked_up.raw
+        else:
+            status = client.status(payment.token or "", payment.amount)
+            state, raw = status.state, status.raw
     except KhaltiRejected as exc:
         raise KhaltiUnavailable() from exc
-    state = answer.state.strip().lower()
+    state = state.strip().lower()
     remaining = payment.amount - payment.refunded_amount
     if state == "refunded" or (state == "partially refunded" and refund.amount < remaining):
-        _settle_refund(refund, succeeded=True, raw=answer.raw)
-    elif state == "complete" and payment.refunded_amount == 0:
-        _settle_refund(refund, succeeded=False, raw=answer.raw,
+        _settle_refund(refund, succeeded=True, raw=raw)
+    elif state in ("complete", "completed") and payment.refunded_amount == 0:
+        _settle_refund(refund, succeeded=False, raw=raw,
                        reason=_("Khalti shows the payment complete and not refunded."))
     else:
         logger.info("Refund %s of payment %s stays pending: Khalti says %r.",
-                    refund.pk, payment.pk, answer.state)
+                    refund.pk, payment.pk, state)
     refund.refresh_from_db()
     return refund
 

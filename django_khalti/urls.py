@@ -6,4 +6,7 @@ app_name = "django_khalti"
 
 urlpatterns = [
     path("verify/", views.VerifyView.as_view(), name="verify"),
+    path("epayment/initiate/", views.EpaymentInitiateView.as_view(), name="epayment-initiate"),
+    path("epayment/start/<str:product_identity>/", views.epayment_start, name="epayment-start"),
+    path("epayment/return/", views.epayment_return, name="epayment-return"),
 ]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from urllib.parse import urlencode
+
 from django.db import DatabaseError, transaction
+from django.db.transaction import non_atomic_requests
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render, resolve_url
+from django.views.decorators.http import require_GET
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext_lazy as _
 from rest_framework import status
@@ -20,6 +26,9 @@ from . import services
 from .exceptions import (
     KhaltiAlreadyPaid,
     KhaltiAmountMismatch,
+    KhaltiAmountTooSmall,
+    KhaltiInitiationRejected,
+    KhaltiUnknownPayment,
     KhaltiConfigurationError,
     KhaltiConnectionError,
     KhaltiError,
@@ -30,14 +39,24 @@ from .exceptions import (
     KhaltiUnknownOrder,
     KhaltiVerificationFailed,
 )
-from .serializers import PaymentSerializer, VerifySerializer
+from .conf import khalti_settings
+from .models import Payment
+from .serializers import (
+    EpaymentInitiateSerializer,
+    EpaymentSerializer,
+    PaymentSerializer,
+    VerifySerializer,
+)
 
 logger = logging.getLogger(__name__)
 
 #: The one table from refusals to HTTP codes. The most specific class wins.
 HTTP_STATUS: dict[type[KhaltiError], int] = {
     KhaltiUnknownOrder: status.HTTP_404_NOT_FOUND,
+    KhaltiUnknownPayment: status.HTTP_404_NOT_FOUND,
     KhaltiAmountMismatch: status.HTTP_400_BAD_REQUEST,
+    KhaltiAmountTooSmall: status.HTTP_400_BAD_REQUEST,
+    KhaltiInitiationRejected: status.HTTP_400_BAD_REQUEST,
     KhaltiTokenUsed: status.HTTP_409_CONFLICT,
     KhaltiAlreadyPaid: status.HTTP_409_CONFLICT,
     KhaltiInProgress: status.HTTP_409_CONFLICT,
@@ -48,12 +67,16 @@ HTTP_STATUS: dict[type[KhaltiError], int] = {
 }
 
 
-def error_response(exc: KhaltiError) -> Response:
-    code = next(
+def http_status(exc: KhaltiError) -> int:
+    return next(
         (HTTP_STATUS[cls] for cls in type(exc).__mro__ if cls in HTTP_STATUS),
         status.HTTP_400_BAD_REQUEST,
     )
-    return Response({"code": exc.code, "detail": str(exc.detail)}, status=code)
+
+
+def error_response(exc: KhaltiError) -> Response:
+    return Response({"code": exc.code, "detail": str(exc.detail), **exc.extra()},
+                    status=http_status(exc))
 
 
 # The payment row must be committed before Khalti is called, even in a project
@@ -93,3 +116,80 @@ class VerifyView(KhaltiAPIView):
         serializer.is_valid(raise_exception=True)
         payment = services.verify_payment(request, **serializer.validated_data)
         return Response({"status": "verified", "payment": PaymentSerializer(payment).data})
+
+
+class EpaymentInitiateView(KhaltiAPIView):
+    """Start a Khalti ePayment for an order; answers where to send the buyer."""
+
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = EpaymentInitiateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        payment = services.start_epayment(request, **serializer.validated_data)
+        return Response(EpaymentSerializer(payment).data, status=status.HTTP_201_CREATED)
+
+
+# --- plain Django views for the browser (no JavaScript needed) ------------------------
+
+
+def _result_page(request: HttpRequest, *, payment: Payment | None = None,
+                 error: KhaltiError | None = None, http: int = 200) -> HttpResponse:
+    """The result page: ``django_khalti/epayment_result.html``, overridable."""
+    state = (payment.status if payment is not None else "error") if error is None else "error"
+    return render(request, "django_khalti/epayment_result.html",
+                  {"payment": payment, "state": state, "error": error,
+                   "paid": payment is not None and payment.status in Payment.PAID_STATUSES},
+                  status=http)
+
+
+@non_atomic_requests
+@require_GET
+def epayment_start(request: HttpRequest, product_identity: str) -> HttpResponse:
+    """Start an ePayment for the order and send the browser to Khalti (302)."""
+    product_name = (request.GET.get("product_name") or product_identity)[:255]
+    try:
+        payment = services.start_epayment(request, product_identity, product_name)
+    except KhaltiError as exc:
+        return _result_page(request, error=exc, http=http_status(exc))
+    except KhaltiConfigurationError as exc:
+        logger.error("dj-khalti is misconfigured: %s", exc, exc_info=exc)
+        return _result_page(request, error=KhaltiUnavailable(_("Payments are not available right now.")),
+                            http=status.HTTP_503_SERVICE_UNAVAILABLE)
+    return redirect(payment.payment_url)
+
+
+#: Parameters of Khalti's return URL worth logging. They are the browser's word,
+#: never proof of anything; the payer's mobile is left out on purpose.
+UNTRUSTED_RETURN_PARAMS = ("status", "purchase_order_id", "amount", "total_amount", "transaction_id")
+
+
+@non_atomic_requests
+@require_GET
+def epayment_return(request: HttpRequest) -> HttpResponse:
+    """Where Khalti sends the buyer back: settle by lookup, then show the outcome."""
+    pidx = request.GET.get("pidx", "")
+    logger.info(
+        "ePayment return for pidx %r; the browser claims %s", pidx,
+        {key: request.GET[key] for key in UNTRUSTED_RETURN_PARAMS if key in request.GET},
+    )
+    payment = None
+    try:
+        if not pidx or len(pidx) > 255:
+            raise KhaltiUnknownPayment()
+        payment = services.settle_epayment_return(pidx)
+    except KhaltiUnknownPayment as exc:
+        return _result_page(request, error=exc, http=status.HTTP_404_NOT_FOUND)
+    except KhaltiUnavailable:
+        # The payment stays pending; khalti_reconcile or a reload settles it.
+        payment = Payment.objects.get(pidx=pidx)
+    except KhaltiConfigurationError as exc:
+        logger.error("dj-khalti is misconfigured: %s", exc, exc_info=exc)
+        payment = Payment.objects.get(pidx=pidx)
+    target = None
+    if payment.status in Payment.PAID_STATUSES:
+        target = khalti_settings.SUCCESS_URL
+    elif payment.status == Payment.Status.FAILED:
+        target = khalti_settings.FAILURE_URL
+    if target:
+        url = resolve_url(target)
+        return redirect(f"{url}{'&' if '?' in url else '?'}{urlencode({'payment': payment.pk})}")
+    return _result_page(request, payment=payment)

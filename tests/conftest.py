@@ -31,6 +31,14 @@ def transaction_record(amount=1000, state="Completed", idx="8xmeJnNXfoVjCvGcZiiG
     return record
 
 
+def epayment_started(**changes):
+    """Khalti's answer to initiate, with a link good for the next 30 minutes."""
+    from datetime import datetime, timedelta, timezone
+
+    expires = datetime.now(timezone(timedelta(hours=5, minutes=45))) + timedelta(minutes=30)
+    return {**fixture("epayment_initiate"), "expires_at": expires.isoformat(), **changes}
+
+
 class KhaltiMock:
     """``responses`` set up for Khalti: every expected call is matched on key and body."""
 
@@ -75,6 +83,33 @@ class KhaltiMock:
             status=status,
             json=transaction_record(idx=idx) if json is None else json,
             match=[KEY_HEADER],
+        )
+
+    def initiate(self, amount, purchase_order_id, *, status=200, json=None, body=None, **extra):
+        """ePayment initiate for this amount and order (matched on key and body)."""
+        if json is None and body is None:
+            json = epayment_started()
+        expected = {"amount": amount, "purchase_order_id": purchase_order_id, **extra}
+        return self.rsps.post(
+            f"{BASE_URL}api/v2/epayment/initiate/",
+            status=status,
+            json=json,
+            body=body,
+            match=[KEY_HEADER, matchers.json_params_matcher(expected, strict_match=False)],
+        )
+
+    def lookup(self, pidx, fixture_name=None, *, status=None, json=None, body=None, **changes):
+        """ePayment lookup of ``pidx``: a canned body; Expired/User canceled come as HTTP 400."""
+        if json is None and body is None:
+            json = {**fixture(fixture_name), "pidx": pidx, **changes}
+            if status is None:
+                status = 400 if json["status"] in ("Expired", "User canceled") else 200
+        return self.rsps.post(
+            f"{BASE_URL}api/v2/epayment/lookup/",
+            status=status or 200,
+            json=json,
+            body=body,
+            match=[KEY_HEADER, matchers.json_params_matcher({"pidx": pidx})],
         )
 
     @property

@@ -29,9 +29,10 @@ CHANGELIST = reverse("admin:django_khalti_payment_changelist")
 ADD = reverse("admin:django_khalti_payment_add")
 #: Every field a person may want to read on the change page, none of them editable.
 READONLY_FIELDS = [
-    "id", "product_identity", "amount_display", "status", "failure_reason", "token", "idx",
-    "fee_amount", "mobile", "refunded_display", "raw_response", "created_at", "updated_at",
-    "verified_at", "claimed_at", "attempts",
+    "id", "product_identity", "purchase_order_name", "amount_display", "status",
+    "failure_reason", "flow", "token", "pidx", "payment_url", "idx", "fee_amount", "mobile",
+    "refunded_display", "raw_response", "created_at", "updated_at", "verified_at",
+    "expires_at", "claimed_at", "attempts",
 ]
 #: Payment columns a change form could otherwise post.
 MODEL_FIELDS = [

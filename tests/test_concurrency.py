@@ -211,3 +211,50 @@ def test_services_refuse_to_run_inside_a_callers_transaction(khalti, payload):
                                     product_identity=payload["product_identity"])
     assert not Payment.objects.exists()
     assert not khalti.calls
+
+
+def test_return_callbacks_racing_reconcile_settle_an_epayment_once(khalti, order, signals):
+    from django_khalti import services
+
+    payment = Payment.objects.create(
+        flow=Payment.Flow.EPAYMENT, pidx="pidx-race", product_identity=order.reference,
+        amount=1000, order_claim=order_key(order.reference),
+    )
+    lookups = []
+
+    def lookup(request):
+        assert request.headers.get("Authorization") == f"Key {SECRET}"
+        assert json.loads(request.body) == {"pidx": "pidx-race"}
+        lookups.append(1)
+        time.sleep(0.3)
+        return 200, {}, json.dumps({"pidx": "pidx-race", "total_amount": 1000, "status": "Completed",
+                                    "transaction_id": "txn-race", "fee": 0, "refunded": False})
+
+    khalti.rsps.add_callback("POST", "https://khalti.test/api/v2/epayment/lookup/", lookup)
+    barrier = threading.Barrier(8)
+
+    def come_back():
+        try:
+            barrier.wait(timeout=10)
+            return Client().get(reverse("django_khalti:epayment-return"), {"pidx": "pidx-race"}).status_code
+        finally:
+            connections.close_all()
+
+    def reconcile():
+        try:
+            barrier.wait(timeout=10)
+            return services.reconcile(Payment.objects.get(pk=payment.pk)).status
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(come_back) for _ in range(4)] + [pool.submit(reconcile) for _ in range(4)]
+        results = [f.result() for f in futures]
+
+    assert len(lookups) == 1, "lookup must be asked once"
+    assert results[:4] == [200] * 4
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.VERIFIED
+    assert payment.idx == "txn-race"
+    assert [name for name, _, _ in signals] == ["verified"]
+    assert OrderEvent.objects.filter(kind="paid").count() == 1

@@ -1,0 +1,473 @@
+"""Khalti's ePayment (KPG-2) flow: initiate → redirect → return → lookup."""
+
+import io
+import json
+from datetime import timedelta
+
+import pytest
+import requests
+from django.core.management import call_command
+from django.test import override_settings
+from django.urls import reverse
+from django.utils import timezone
+
+from django_khalti import services
+from django_khalti.models import Payment, order_key
+from shop.models import Order, OrderEvent
+
+from .conftest import epayment_started, fixture
+
+pytestmark = pytest.mark.django_db
+
+INITIATE = reverse("django_khalti:epayment-initiate")
+RETURN = reverse("django_khalti:epayment-return")
+PIDX = "bZQLD9wRVWo4CdESSfuSsB"
+SETTINGS = {
+    "SECRET_KEY": "test_secret_key_testproject",
+    "BASE_URL": "https://khalti.test/",
+    "AMOUNT_RESOLVER": "shop.khalti.order_amount",
+}
+
+
+def initiate(client, **data):
+    body = {"product_identity": "ORD-1", "product_name": "Dragon", **data}
+    return client.post(INITIATE, json.dumps(body), content_type="application/json")
+
+
+def started(client, khalti, order):
+    """An ePayment started for ``order`` (Khalti answered with PIDX)."""
+    khalti.initiate(order.total, order.reference)
+    assert initiate(client, product_identity=order.reference).status_code == 201
+    return Payment.objects.get(pidx=PIDX)
+
+
+def come_back(client, pidx=PIDX, **params):
+    return client.get(RETURN, {"pidx": pidx, **params})
+
+
+def test_urls_are_named_as_documented():
+    assert INITIATE == "/khalti/epayment/initiate/"
+    assert RETURN == "/khalti/epayment/return/"
+    assert reverse("django_khalti:epayment-start", args=["ORD-1"]) == "/khalti/epayment/start/ORD-1/"
+
+
+# --- starting a payment -------------------------------------------------------------------
+
+
+def test_initiate_answers_201_with_where_to_send_the_buyer(client, khalti, order):
+    khalti.initiate(
+        1000, "ORD-1",
+        return_url="http://testserver/khalti/epayment/return/",
+        website_url="http://testserver",
+        purchase_order_name="Dragon",
+        customer_info={"name": "Ram Bahadur", "email": "ram@example.com", "phone": "9800000001"},
+    )
+    response = initiate(client, customer_info={"name": "Ram Bahadur", "email": "ram@example.com",
+                                               "phone": "9800000001"})
+    assert response.status_code == 201
+    payment = Payment.objects.get()
+    assert response.json() == {
+        "payment": str(payment.pk),
+        "pidx": PIDX,
+        "payment_url": fixture("epayment_initiate")["payment_url"],
+        "expires_at": response.json()["expires_at"],
+    }
+    assert payment.expires_at > timezone.now() + timedelta(minutes=29)
+    assert payment.flow == Payment.Flow.EPAYMENT
+    assert payment.status == Payment.Status.PENDING
+    assert (payment.amount, payment.purchase_order_name, payment.token) == (1000, "Dragon", None)
+    assert payment.expires_at is not None and payment.claimed_at is None
+    assert "Ram Bahadur" not in response.content.decode()
+
+
+def test_the_amount_is_the_resolvers_never_the_clients(client, khalti, order):
+    khalti.initiate(1000, "ORD-1")
+    response = initiate(client, amount=10, total_amount=10)
+    assert response.status_code == 201
+    sent = json.loads(khalti.calls[0].request.body)
+    assert sent["amount"] == 1000
+    assert Payment.objects.get().amount == 1000
+
+
+@override_settings(KHALTI={**SETTINGS, "WEBSITE_URL": "https://shop.example.com"})
+def test_website_url_setting_is_sent_when_set(client, khalti, order):
+    khalti.initiate(1000, "ORD-1", website_url="https://shop.example.com")
+    assert initiate(client).status_code == 201
+
+
+def test_asking_again_while_the_link_is_good_returns_the_same_payment(client, khalti, order):
+    khalti.initiate(1000, "ORD-1")
+    first, second = initiate(client), initiate(client)
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json()
+    assert len(khalti.calls) == 1
+    assert Payment.objects.count() == 1
+
+
+def test_an_expired_link_is_settled_and_a_new_payment_started(client, khalti, order):
+    payment = started(client, khalti, order)
+    Payment.objects.filter(pk=payment.pk).update(expires_at=timezone.now() - timedelta(minutes=5))
+    khalti.lookup(PIDX, "epayment_lookup_expired")
+    khalti.initiate(1000, "ORD-1", json=epayment_started(pidx="second-pidx"))
+    response = initiate(client)
+    assert response.status_code == 201
+    assert response.json()["pidx"] == "second-pidx"
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.FAILED
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"product_identity": None}, "product_identity"),
+        ({"product_name": ""}, "product_name"),
+        ({"customer_info": {"email": "not-an-email"}}, "customer_info"),
+        ({"customer_info": "Ram"}, "customer_info"),
+    ],
+)
+def test_malformed_input_is_400_and_never_reaches_khalti(client, khalti, order, data, field):
+    body = {"product_identity": "ORD-1", "product_name": "Dragon", **data}
+    body = {k: v for k, v in body.items() if v is not None}
+    response = client.post(INITIATE, json.dumps(body), content_type="application/json")
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not khalti.calls
+
+
+def test_unknown_order_is_404(client, khalti, order):
+    response = initiate(client, product_identity="NOPE")
+    assert response.status_code == 404
+    assert response.json()["code"] == "unknown_order"
+    assert not khalti.calls
+
+
+def test_paid_order_is_409_already_paid(client, khalti, order):
+    Payment.objects.create(token="t", product_identity="ORD-1", amount=1000,
+                           order_claim=order_key("ORD-1"), status=Payment.Status.VERIFIED)
+    Order.objects.filter(pk=order.pk).update(paid=True)
+    response = initiate(client)
+    assert response.status_code == 409
+    assert response.json()["code"] == "already_paid"
+    assert not khalti.calls
+
+
+def test_below_rs_10_is_refused_before_khalti_is_called(client, khalti):
+    Order.objects.create(reference="CHEAP", total=999)
+    response = initiate(client, product_identity="CHEAP")
+    assert response.status_code == 400
+    assert response.json()["code"] == "amount_too_small"
+    assert not khalti.calls
+    assert not Payment.objects.exists()
+
+
+def test_khaltis_validation_errors_are_passed_on_as_400(client, khalti, order, signals):
+    khalti.initiate(1000, "ORD-1", status=400, json=fixture("epayment_initiate_validation_error"))
+    response = initiate(client)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "initiation_rejected"
+    assert body["errors"] == {"amount": ["Amount should be greater than Rs. 10, that is 1000 paisa."]}
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.FAILED
+    assert payment.order_claim is None  # the order is free for another try
+
+
+@pytest.mark.parametrize(
+    "mock, status",
+    [
+        ({"body": requests.exceptions.ReadTimeout()}, 504),
+        ({"body": requests.exceptions.ConnectionError()}, 503),
+        ({"status": 500, "body": "oops"}, 502),
+        ({"status": 200, "json": {"pidx": "x"}}, 502),
+    ],
+)
+def test_khalti_unavailable_while_starting_is_5xx_and_frees_the_order(client, khalti, order, mock, status):
+    khalti.initiate(1000, "ORD-1", **mock)
+    response = initiate(client)
+    assert response.status_code == status
+    assert response.json()["code"] == "khalti_unavailable"
+    # The buyer never got a link: nothing can have been paid, the order is free.
+    assert Payment.objects.get().status == Payment.Status.FAILED
+    khalti.initiate(1000, "ORD-1")
+    assert initiate(client).status_code == 201
+
+
+def test_a_pending_widget_payment_blocks_a_new_epayment(client, khalti, order):
+    Payment.objects.create(token="w", product_identity="ORD-1", amount=1000,
+                           order_claim=order_key("ORD-1"), claimed_at=timezone.now())
+    response = initiate(client)
+    assert response.status_code == 409
+    assert response.json()["code"] == "in_progress"
+    assert not khalti.calls
+
+
+# --- the no-JavaScript start view -------------------------------------------------------------
+
+
+def test_start_view_redirects_the_browser_to_khalti(client, khalti, order):
+    khalti.initiate(1000, "ORD-1", purchase_order_name="Dragon")
+    response = client.get(reverse("django_khalti:epayment-start", args=["ORD-1"]),
+                          {"product_name": "Dragon"})
+    assert response.status_code == 302
+    assert response["Location"] == fixture("epayment_initiate")["payment_url"]
+    assert Payment.objects.get().pidx == PIDX
+
+
+@pytest.mark.parametrize("reference, status", [("NOPE", 404), ("CHEAP", 400)])
+def test_start_view_shows_a_page_for_refusals(client, khalti, reference, status):
+    Order.objects.create(reference="CHEAP", total=500)
+    response = client.get(reverse("django_khalti:epayment-start", args=[reference]))
+    assert response.status_code == status
+    assert "Payment not completed" in response.content.decode()
+    assert not khalti.calls
+
+
+def test_start_view_is_get_only(client, order):
+    assert client.post(reverse("django_khalti:epayment-start", args=["ORD-1"])).status_code == 405
+
+
+# --- coming back ----------------------------------------------------------------------------------
+
+
+def test_completed_return_verifies_with_one_signal_and_shows_success(
+    client, khalti, order, signals, django_capture_on_commit_callbacks
+):
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = come_back(client, status="Completed", transaction_id="GFq9PFS7b2iYvL8Lir9oXe",
+                             mobile="98XXXXXXX9")
+    assert response.status_code == 200
+    assert "Payment received" in response.content.decode()
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.VERIFIED
+    assert payment.idx == "GFq9PFS7b2iYvL8Lir9oXe"  # the refund id
+    assert [name for name, _, _ in signals] == ["verified"]
+    order.refresh_from_db()
+    assert order.paid
+
+
+@override_settings(KHALTI={**SETTINGS, "SUCCESS_URL": "/thanks/", "FAILURE_URL": "admin:index"})
+@pytest.mark.parametrize(
+    "lookup, location",
+    [
+        ("epayment_lookup_completed", "/thanks/?payment={id}"),
+        ("epayment_lookup_canceled", "/admin/?payment={id}"),
+    ],
+)
+def test_redirects_to_success_or_failure_url_with_the_payment(client, khalti, order, lookup, location):
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, lookup)
+    response = come_back(client)
+    assert response.status_code == 302
+    assert response["Location"] == location.format(id=payment.pk)
+
+
+@override_settings(KHALTI={**SETTINGS, "SUCCESS_URL": "https://shop.example.com/done?from=khalti"})
+def test_success_url_may_be_absolute_with_a_query(client, khalti, order):
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    assert come_back(client)["Location"] == f"https://shop.example.com/done?from=khalti&payment={payment.pk}"
+
+
+@pytest.mark.parametrize(
+    "lookup, status, page",
+    [
+        ("epayment_lookup_pending", Payment.Status.PENDING, "Confirming your payment"),
+        ("epayment_lookup_initiated", Payment.Status.PENDING, "Confirming your payment"),
+        ("epayment_lookup_expired", Payment.Status.FAILED, "Payment not completed"),
+        ("epayment_lookup_canceled", Payment.Status.FAILED, "Payment not completed"),
+        ("epayment_lookup_refunded", Payment.Status.REFUNDED, "Payment received"),
+        ("epayment_lookup_partially_refunded", Payment.Status.PARTIALLY_REFUNDED, "Payment received"),
+    ],
+)
+def test_every_lookup_status_settles_as_it_should(client, khalti, order, signals,
+                                                  django_capture_on_commit_callbacks, lookup, status, page):
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, lookup)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = come_back(client)
+    assert response.status_code == 200
+    assert page in response.content.decode()
+    payment.refresh_from_db()
+    assert payment.status == status
+    if status == Payment.Status.FAILED:
+        assert fixture(lookup)["status"] in payment.failure_reason
+        assert [name for name, _, _ in signals] == ["failed"]
+    if status == Payment.Status.PENDING:
+        assert payment.claimed_at is None
+        assert not signals
+    assert not order.__class__.objects.get(pk=order.pk).paid
+
+
+def test_completed_for_another_amount_is_failed(client, khalti, order):
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed", total_amount=10)
+    come_back(client, amount="1000", total_amount="1000")
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.FAILED
+    assert "10 paisa" in payment.failure_reason
+
+
+def test_the_browsers_word_is_never_taken(client, khalti, order):
+    """A return URL claiming Completed is settled by what lookup says."""
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_canceled")
+    come_back(client, status="Completed", amount="1000", total_amount="1000",
+              purchase_order_id="ORD-1", transaction_id="forged")
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.FAILED
+    assert payment.idx is None
+
+
+def test_a_cheap_paid_pidx_cannot_pay_an_expensive_order(client, khalti, signals,
+                                                         django_capture_on_commit_callbacks):
+    cheap = Order.objects.create(reference="CHEAP", total=1000)
+    dear = Order.objects.create(reference="DEAR", total=500000)
+    started(client, khalti, cheap)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    with django_capture_on_commit_callbacks(execute=True):
+        come_back(client, purchase_order_id="DEAR", amount="500000", total_amount="500000")
+    dear.refresh_from_db()
+    cheap.refresh_from_db()
+    assert not dear.paid
+    assert cheap.paid
+    assert Payment.objects.get().product_identity == "CHEAP"
+    assert [kw["payment"].product_identity for _, _, kw in signals] == ["CHEAP"]
+
+
+def test_reloading_the_return_page_settles_once(client, khalti, order, signals,
+                                                 django_capture_on_commit_callbacks):
+    started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    with django_capture_on_commit_callbacks(execute=True):
+        first, second = come_back(client), come_back(client)
+    assert first.status_code == second.status_code == 200
+    assert len(khalti.calls_to("https://khalti.test/api/v2/epayment/lookup/")) == 1
+    assert len(signals) == 1
+
+
+@pytest.mark.parametrize("params", [{"pidx": "never-ours"}, {"pidx": ""}, {}, {"pidx": "x" * 300}])
+def test_unknown_pidx_is_404_without_asking_khalti(client, khalti, params):
+    response = client.get(RETURN, params)
+    assert response.status_code == 404
+    assert not khalti.calls
+
+
+@pytest.mark.parametrize(
+    "mock",
+    [
+        {"body": requests.exceptions.ReadTimeout()},
+        {"status": 502, "body": "<html/>"},
+        {"status": 404, "json": fixture("epayment_lookup_not_found")},
+    ],
+)
+def test_khalti_unreachable_on_return_shows_being_confirmed_and_stays_pending(
+    client, khalti, order, mock
+):
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, **mock)
+    response = come_back(client, status="Completed")
+    assert response.status_code == 200
+    assert "Confirming your payment" in response.content.decode()
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.PENDING
+    assert payment.claimed_at is None
+
+
+def test_return_page_is_overridable_and_shows_no_payer_details(client, khalti, order):
+    started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    page = come_back(client, mobile="9800000001").content.decode()
+    assert "9800000001" not in page
+
+
+def test_the_payers_mobile_from_the_return_url_is_never_logged(client, khalti, order, caplog):
+    caplog.set_level("DEBUG")
+    started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    come_back(client, mobile="9800000001", status="Completed")
+    assert "9800000001" not in caplog.text
+    assert "Completed" in caplog.text  # the untrusted status is logged
+
+
+# --- reconciliation and refunds ------------------------------------------------------------------
+
+
+def test_reconcile_settles_a_buyer_who_never_came_back(client, khalti, order, signals,
+                                                       django_capture_on_commit_callbacks):
+    payment = started(client, khalti, order)
+    Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(minutes=10))
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    out = io.StringIO()
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("khalti_reconcile", stdout=out)
+    assert "checked 1: 1 verified" in out.getvalue()
+    assert OrderEvent.objects.filter(kind="paid").count() == 1
+
+
+def test_reconcile_fails_an_expired_link(client, khalti, order):
+    payment = started(client, khalti, order)
+    Payment.objects.filter(pk=payment.pk).update(
+        created_at=timezone.now() - timedelta(hours=2), expires_at=timezone.now() - timedelta(hours=1)
+    )
+    khalti.lookup(PIDX, "epayment_lookup_expired")
+    out = io.StringIO()
+    call_command("khalti_reconcile", stdout=out)
+    assert "1 failed" in out.getvalue()
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.FAILED
+    assert "Expired" in payment.failure_reason
+
+
+def test_an_initiation_that_died_midway_is_failed_by_reconcile(khalti, order):
+    """A worker killed between writing the row and getting a pidx: no link, no money."""
+    payment = Payment.objects.create(
+        flow=Payment.Flow.EPAYMENT, product_identity="ORD-1", amount=1000,
+        order_claim=order_key("ORD-1"), claimed_at=timezone.now() - timedelta(hours=1),
+    )
+    Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    call_command("khalti_reconcile", stdout=io.StringIO())
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.FAILED
+    assert not khalti.calls
+
+
+def test_epayments_are_refunded_by_their_transaction_id(client, khalti, order):
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    come_back(client)
+    khalti.refund("GFq9PFS7b2iYvL8Lir9oXe", {"amount": 400})
+    payment.refresh_from_db()
+    services.refund_payment(payment, amount=400)
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.PARTIALLY_REFUNDED
+
+
+def test_an_unknown_epayment_refund_is_settled_by_lookup(client, khalti, order):
+    from django_khalti.models import Refund
+
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    come_back(client)
+    payment.refresh_from_db()
+    refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
+    Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    refund.refresh_from_db()
+    khalti.lookup(PIDX, "epayment_lookup_refunded")
+    assert services.reconcile_refund(refund).status == Refund.Status.SUCCEEDED
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.REFUNDED
+
+
+def test_admin_shows_flow_pidx_and_link_and_filters_by_flow(admin_client, client, khalti, order):
+    started(client, khalti, order)
+    Payment.objects.create(token="w", product_identity="W-1", amount=1000)
+    changelist = reverse("admin:django_khalti_payment_changelist")
+    page = admin_client.get(changelist, {"flow__exact": "epayment"}).content.decode()
+    assert "ORD-1" in page and "W-1" not in page
+    assert admin_client.get(changelist, {"q": PIDX}).content.decode().count("ORD-1") >= 1
+    change = admin_client.get(reverse("admin:django_khalti_payment_change",
+                                      args=[Payment.objects.get(pidx=PIDX).pk])).content.decode()
+    assert PIDX in change
+    assert fixture("epayment_initiate")["payment_url"].replace("&", "&amp;") in change
