@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -22,7 +24,12 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import services
-from .exceptions import KhaltiError
+from .exceptions import (
+    KhaltiConfigurationError,
+    KhaltiError,
+    KhaltiRefundUnknown,
+    KhaltiUnavailable,
+)
 from .models import Payment, Refund, rupees
 
 #: The colour of each status badge in the changelist.
@@ -73,11 +80,13 @@ class RefundInline(admin.TabularInline):
 
 
 class RefundForm(forms.Form):
-    amount = forms.IntegerField(
-        label=_("Amount (paisa)"),
-        min_value=1,
+    amount = forms.DecimalField(
+        label=_("Amount (Rs)"),
+        min_value=Decimal("0.01"),
+        max_digits=17,
+        decimal_places=2,
         required=False,
-        help_text=_("Leave empty to refund all that remains. Rs 1 = 100 paisa."),
+        help_text=_("In rupees, e.g. 400 or 400.50. Leave empty to refund all that remains."),
     )
     mobile = forms.CharField(
         label=_("Refund to Khalti id"),
@@ -85,6 +94,28 @@ class RefundForm(forms.Form):
         required=False,
         help_text=_("Only for payments funded from a bank: the buyer's Khalti id (mobile)."),
     )
+    #: What had been refunded of the selection when the page was shown: a second
+    #: submit of the same page (or a colleague's refund meanwhile) is refused.
+    refunded_before = forms.IntegerField(widget=forms.HiddenInput)
+
+    def amount_paisa(self) -> int | None:
+        amount = self.cleaned_data["amount"]
+        return None if amount is None else int(amount * 100)
+
+
+class ResolveRefundForm(forms.Form):
+    outcome = forms.ChoiceField(
+        label=_("What Khalti's dashboard shows"),
+        choices=[("succeeded", _("The money went back to the buyer")),
+                 ("failed", _("Nothing was refunded"))],
+        widget=forms.RadioSelect,
+    )
+    note = forms.CharField(label=_("Note"), max_length=500, required=False)
+
+
+#: The most payments one "Re-check with Khalti" asks about: each may take up to
+#: TIMEOUT, and a web request must stay short. khalti_reconcile has no limit.
+RECHECK_LIMIT = 20
 
 
 @admin.register(Payment)
@@ -97,7 +128,7 @@ class PaymentAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     search_fields = ["=token", "=idx", "=pidx", "product_identity", "mobile"]
     show_full_result_count = False
-    actions = ["recheck", "refund"]
+    actions = ["recheck", "refund", "resolve_refund"]
     inlines = [RefundInline]
     fieldsets = [
         (None, {"fields": ["id", "product_identity", "purchase_order_name", "amount_display",
@@ -153,25 +184,49 @@ class PaymentAdmin(admin.ModelAdmin):
     def has_refund_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("django_khalti.refund_payment"))
 
+    def has_resolve_refund_permission(self, request: HttpRequest) -> bool:
+        return self.has_refund_permission(request)
+
     def has_recheck_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("django_khalti.change_payment"))
 
     # --- actions -------------------------------------------------------------
 
+    # The actions call Khalti: like the API views, they must not run inside the
+    # request's transaction (ATOMIC_REQUESTS), or claims would not be committed
+    # before Khalti is called.
+    def get_urls(self) -> list[Any]:
+        urls = super().get_urls()
+        for pattern in urls:
+            if getattr(pattern, "name", None) == f"{self.opts.app_label}_{self.opts.model_name}_changelist":
+                pattern.callback = transaction.non_atomic_requests(pattern.callback)
+        return urls
+
     @admin.action(description=_("Re-check with Khalti"), permissions=["recheck"])
     def recheck(self, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
+        pending = list(queryset.filter(status=Payment.Status.PENDING)[: RECHECK_LIMIT + 1])
+        refunds = list(Refund.objects.filter(payment__in=queryset, status=Refund.Status.PENDING)
+                       .select_related("payment")[:RECHECK_LIMIT])
+        if len(pending) > RECHECK_LIMIT:
+            pending = pending[:RECHECK_LIMIT]
+            self.message_user(
+                request,
+                _("Only the first %(n)s pending payments were re-checked; run khalti_reconcile "
+                  "for more.") % {"n": RECHECK_LIMIT},
+                messages.WARNING,
+            )
         counts: Counter[str] = Counter()
         unreachable = 0
-        for payment in queryset.filter(status=Payment.Status.PENDING):
-            try:
+        try:
+            for payment in pending:
                 counts[services.reconcile(payment).status] += 1
-            except KhaltiError:
-                unreachable += 1
-        for refund in Refund.objects.filter(payment__in=queryset, status=Refund.Status.PENDING):
-            try:
+            for refund in refunds:
                 counts["refund " + services.reconcile_refund(refund).status] += 1
-            except KhaltiError:
-                unreachable += 1
+        except KhaltiUnavailable:
+            unreachable = 1  # stop at the first: the rest would wait for it too
+        except KhaltiConfigurationError as exc:
+            self.message_user(request, _("dj-khalti is misconfigured: %s") % exc, messages.ERROR)
+            return
         checked = sum(counts.values())
         if not checked and not unreachable:
             self.message_user(request, _("None of the selected payments awaits Khalti."),
@@ -190,23 +245,22 @@ class PaymentAdmin(admin.ModelAdmin):
         if unreachable:
             self.message_user(
                 request,
-                ngettext(
-                    "Khalti could not be reached for %(n)s payment; it stays pending.",
-                    "Khalti could not be reached for %(n)s payments; they stay pending.",
-                    unreachable,
-                ) % {"n": unreachable},
+                _("Khalti could not be reached; the payments not re-checked stay pending."),
                 messages.ERROR,
             )
 
     @admin.action(description=_("Refund with Khalti…"), permissions=["refund"])
     def refund(self, request: HttpRequest, queryset: QuerySet[Payment]) -> HttpResponse | None:
-        if not self.has_refund_permission(request):
-            raise PermissionDenied
         payments = list(queryset)
-        form = RefundForm(request.POST if "confirm" in request.POST else None)
-        if form.is_bound and form.is_valid():
-            amount = form.cleaned_data["amount"]
-            if amount and len(payments) > 1:
+        refunded_before = sum(p.refunded_amount for p in payments)
+        confirming = "confirm" in request.POST
+        form = RefundForm(request.POST if confirming else None,
+                          initial={"refunded_before": refunded_before})
+        if confirming and form.is_valid():
+            amount = form.amount_paisa()
+            if form.cleaned_data["refunded_before"] != refunded_before:
+                form.add_error(None, _("These payments were refunded meanwhile: review them again."))
+            elif amount and len(payments) > 1:
                 form.add_error("amount", _("A partial amount refunds one payment at a time."))
             else:
                 for payment in payments:
@@ -229,6 +283,14 @@ class PaymentAdmin(admin.ModelAdmin):
         try:
             refund = services.refund_payment(payment, amount=amount, mobile=mobile or None,
                                              by=request.user)
+        except KhaltiRefundUnknown as exc:
+            self.message_user(
+                request,
+                _("The refund of %(payment)s may have gone through: %(detail)s")
+                % {"payment": payment.product_identity, "detail": exc.detail},
+                messages.WARNING,
+            )
+            return
         except KhaltiError as exc:
             self.message_user(
                 request,
@@ -243,3 +305,32 @@ class PaymentAdmin(admin.ModelAdmin):
                                                            "payment": payment.product_identity},
             messages.SUCCESS,
         )
+
+    @admin.action(description=_("Resolve an unknown refund by hand…"), permissions=["refund"])
+    def resolve_refund(self, request: HttpRequest, queryset: QuerySet[Payment]) -> HttpResponse | None:
+        """For a refund Khalti's API cannot settle: a person records what the dashboard shows."""
+        refunds = list(Refund.objects.filter(payment__in=queryset, status=Refund.Status.PENDING)
+                       .select_related("payment"))
+        if not refunds:
+            self.message_user(request, _("None of the selected payments has a refund of unknown "
+                                         "outcome."), messages.WARNING)
+            return None
+        confirming = "confirm" in request.POST
+        form = ResolveRefundForm(request.POST if confirming else None)
+        if confirming and form.is_valid():
+            for refund in refunds:
+                services.resolve_refund(refund, succeeded=form.cleaned_data["outcome"] == "succeeded",
+                                        by=request.user, note=form.cleaned_data["note"])
+            self.message_user(request, ngettext("Resolved %(n)s refund.", "Resolved %(n)s refunds.",
+                                                len(refunds)) % {"n": len(refunds)}, messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Resolve an unknown refund"),
+            "opts": self.model._meta,
+            "refunds": refunds,
+            "form": form,
+            "payments": [refund.payment for refund in refunds],
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/django_khalti/payment/resolve_refund.html", context)

@@ -39,6 +39,8 @@ UTC = timezone.utc
 
 USER_AGENT = f"dj-khalti/{__version__}"
 MOBILE_MAX_LENGTH = 32  # Payment.mobile
+#: 4xx answers that say nothing final about a request (timeout, conflict, too early).
+UNSETTLED_4XX = {408, 409, 425}
 POOL_MAXSIZE = 32
 
 VERIFY_PATH = "api/v2/payment/verify/"
@@ -221,8 +223,13 @@ class KhaltiClient:
         status, answer = self._request(
             "POST", REFUND_PATH.format(idx=quote(idx, safe="")), json=body
         )
-        if status == 200 and isinstance(answer, dict):
+        detail = answer.get("detail") if isinstance(answer, dict) else None
+        if status == 200 and isinstance(detail, str) and "success" in detail.lower():
             return answer
+        if status == 200:
+            # Not the documented success: whether money went back is unknown.
+            logger.warning("Khalti answered a refund with HTTP 200 but no success message.")
+            raise KhaltiBadResponse()
         raise self._refusal(status, answer, any_4xx=True)
 
     def initiate(self, *, return_url: str, website_url: str, amount: int,
@@ -326,7 +333,8 @@ class KhaltiClient:
         documents their failures only as "non-200 with a detail").
         """
         message = error_message(body)
-        if message and (status == 400 or (any_4xx and 400 <= status < 500)):
+        if message and (status == 400 or (any_4xx and 400 <= status < 500
+                                          and status not in UNSETTLED_4XX)):
             return KhaltiRejected(message, status_code=status, body=body)
         logger.warning("Khalti answered HTTP %s with a body of an unknown shape.", status)
         return KhaltiBadResponse()

@@ -149,3 +149,12 @@ class KhaltiRefundInProgress(KhaltiError):
 class KhaltiRefundFailed(KhaltiError):
     code = "refund_failed"
     default_detail = _("Khalti refused the refund.")
+
+
+class KhaltiRefundUnknown(KhaltiUnavailable):
+    """The refund's outcome is unknown: the money may have gone back."""
+
+    default_detail = _(
+        "Khalti did not answer the refund: it may have gone through. It stays pending until "
+        "a re-check (or khalti_reconcile) settles it; do not refund it again by hand meanwhile."
+    )

@@ -67,6 +67,10 @@ class Payment(models.Model):
     #: Khalti's transaction id: the widget record's ``idx``, or ePayment
     #: lookup's ``transaction_id``. Refunds use it.
     idx = models.CharField(_("Khalti transaction id"), max_length=255, unique=True, null=True, blank=True)
+    #: The ``idx`` the widget handed the buyer's page: the browser's word, used
+    #: only to find Khalti's record when Khalti's status answer names none, and
+    #: copied to ``idx`` only once that record matches.
+    claimed_idx = models.CharField(max_length=255, blank=True, editable=False)
     fee_amount = models.PositiveBigIntegerField(_("fee (paisa)"), null=True, blank=True)
     mobile = models.CharField(_("payer mobile (masked by Khalti)"), max_length=32, blank=True)
     khalti_response = models.JSONField(_("Khalti's last answer"), null=True, blank=True)
@@ -109,8 +113,10 @@ class Payment(models.Model):
 
     @property
     def refundable_amount(self) -> int:
-        """Paisa that can still be refunded (0 unless Khalti confirmed the payment)."""
-        if self.status not in self.REFUNDABLE_STATUSES:
+        """Paisa that can still be refunded (0 unless this app saw Khalti confirm it:
+        a payment refunded outside the app before we verified it has an unknown
+        refunded amount)."""
+        if self.status not in self.REFUNDABLE_STATUSES or self.verified_at is None:
             return 0
         return self.amount - self.refunded_amount
 

@@ -43,6 +43,8 @@ class VerifySerializer(serializers.Serializer):
     token = serializers.CharField(max_length=255)
     amount = PaisaField()
     product_identity = serializers.CharField(max_length=255)
+    #: Khalti's transaction id as the widget reported it: a hint, never trusted.
+    idx = serializers.CharField(max_length=255, required=False, allow_blank=True)
 
 
 class PaymentSerializer(serializers.ModelSerializer):

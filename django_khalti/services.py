@@ -51,6 +51,7 @@ from .exceptions import (
     KhaltiNotRefundable,
     KhaltiRefundFailed,
     KhaltiRefundInProgress,
+    KhaltiRefundUnknown,
     KhaltiRejected,
     KhaltiTokenUsed,
     KhaltiUnavailable,
@@ -96,13 +97,15 @@ def expected_amount(request: Any, product_identity: str) -> int:
 # --- widget flow ----------------------------------------------------------------
 
 
-def verify_payment(request: Any, *, token: str, amount: int, product_identity: str) -> Payment:
+def verify_payment(request: Any, *, token: str, amount: int, product_identity: str,
+                   idx: str = "") -> Payment:
     """Verify a widget payment for ``product_identity`` exactly once.
 
     Returns the verified :class:`Payment` (also when it was verified before).
     Raises a :class:`~django_khalti.exceptions.KhaltiError` for every refusal,
     and :class:`~django_khalti.exceptions.KhaltiUnavailable` when Khalti's
-    answer is unknown (the payment then stays pending).
+    answer is unknown (the payment then stays pending). ``idx`` is the
+    transaction id the widget reported: only a hint (see ``Payment.claimed_idx``).
     """
     client = KhaltiClient.from_settings()  # a broken configuration fails before any write
     payment = Payment.objects.filter(token=token).first()
@@ -111,7 +114,8 @@ def verify_payment(request: Any, *, token: str, amount: int, product_identity: s
         expected = _expected_for_new_payment(request, product_identity)
         if amount != expected:
             raise KhaltiAmountMismatch()
-        payment, created = _claim_order(client, product_identity, expected, token=token)
+        payment, created = _claim_order(client, product_identity, expected, token=token,
+                                        claimed_idx=idx)
     # A token is bound to the order and amount it was first verified for. The
     # amount stored is the shop's, so a known token needs no resolver.
     if payment.product_identity != product_identity or payment.amount != amount:
@@ -381,22 +385,33 @@ def _lookup(client: KhaltiClient, payment: Payment) -> None:
 def _details(client: KhaltiClient, raw: dict[str, Any], payment: Payment) -> dict[str, Any]:
     """What to record of a paid transaction the status endpoint told us about.
 
-    The status answer has no fee or payer mobile; when it names the
-    transaction's ``idx``, its record is fetched for them. Failing to fetch it
-    does not hold up the settlement.
+    Khalti's status answer names no transaction id, fee or payer. The record is
+    fetched by the ``idx`` the answer gives, or else by the one the buyer's
+    page reported (``claimed_idx``), which is kept only if Khalti's record
+    matches: completed, for this amount, and no other payment's. Failing to
+    fetch it does not hold up the settlement; the payment is then verified
+    without an ``idx`` (and cannot be refunded from the app).
     """
     fields: dict[str, Any] = {"khalti_response": raw}
-    idx = raw.get("idx")
-    if not (isinstance(idx, str) and idx):
+    given = raw.get("idx")
+    idx = given if isinstance(given, str) and given else payment.claimed_idx
+    if not idx:
         return fields
-    fields["idx"] = idx
     try:
         record = client.transaction(idx)
     except (KhaltiUnavailable, KhaltiRejected):
         logger.warning("Could not fetch Khalti's record %s for payment %s.", idx, payment.pk)
+        return {**fields, "idx": given} if idx == given else fields
+    matches = (
+        record.idx == idx
+        and record.state.strip().lower() in ("completed", "complete")
+        and record.amount == payment.amount
+        and not Payment.objects.filter(idx=idx).exclude(pk=payment.pk).exists()
+    )
+    if not matches:
+        logger.warning("Khalti's record %s does not match payment %s; not recorded.", idx, payment.pk)
         return fields
-    fields.update(fee_amount=record.fee_amount, mobile=record.mobile)
-    return fields
+    return {**fields, "idx": idx, "fee_amount": record.fee_amount, "mobile": record.mobile}
 
 
 def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
@@ -536,24 +551,27 @@ def refund_payment(payment: Payment, amount: int | None = None, mobile: str | No
 
     One refund of a payment is in flight at a time. Khalti refusing raises
     :class:`KhaltiRefundFailed` and nothing is refunded. An unknown outcome
-    raises :class:`KhaltiUnavailable` and leaves the refund pending: money may
-    have moved, so no other refund of the payment starts until
-    :func:`reconcile_refund` (or ``khalti_reconcile``) has settled it.
+    raises :class:`KhaltiRefundUnknown` (a :class:`KhaltiUnavailable`) and
+    leaves the refund pending: money may have moved, so no other refund of the
+    payment starts until :func:`reconcile_refund` (or ``khalti_reconcile``, or
+    a person in the admin) has settled it.
     """
     if by is not None and not by.has_perm("django_khalti.refund_payment"):
         raise PermissionDenied
-    refund = _claim_refund(payment, amount, mobile or "", by)
-    whole = refund.amount == payment.amount  # nothing refunded before, all of it now
+    client = KhaltiClient.from_settings()
+    refund, locked = _claim_refund(payment, amount, mobile or "", by)
+    whole = refund.amount == locked.amount  # nothing refunded before, all of it now
     try:
-        answer = KhaltiClient.from_settings().refund(
-            payment.idx or "", amount=None if whole else refund.amount, mobile=mobile or None
+        answer = client.refund(
+            locked.idx or "", amount=None if whole else refund.amount, mobile=mobile or None
         )
     except KhaltiRejected as exc:
         _settle_refund(refund, succeeded=False, raw=exc.body, reason=str(exc.detail))
         raise KhaltiRefundFailed(_("Khalti refused the refund: %s") % exc.detail) from exc
     except KhaltiUnavailable as exc:
-        Refund.objects.filter(pk=refund.pk).update(failure_reason=str(exc.detail))
-        raise
+        unknown = KhaltiRefundUnknown()
+        Refund.objects.filter(pk=refund.pk).update(failure_reason=str(unknown.detail))
+        raise unknown from exc
     _settle_refund(refund, succeeded=True, raw=answer)
     payment.refresh_from_db()
     refund.refresh_from_db()
@@ -582,20 +600,45 @@ def reconcile_refund(refund: Refund) -> Refund:
         raise KhaltiUnavailable() from exc
     state = state.strip().lower()
     remaining = payment.amount - payment.refunded_amount
-    if state == "refunded" or (state == "partially refunded" and refund.amount < remaining):
+    first = payment.refunded_amount == 0
+    # Settle only on an answer that proves what became of *this* refund.
+    if state == "refunded" and refund.amount == remaining:
         _settle_refund(refund, succeeded=True, raw=raw)
-    elif state in ("complete", "completed") and payment.refunded_amount == 0:
+    elif state == "partially refunded" and first and refund.amount < remaining:
+        _settle_refund(refund, succeeded=True, raw=raw)
+    elif state in ("complete", "completed") and first:
         _settle_refund(refund, succeeded=False, raw=raw,
                        reason=_("Khalti shows the payment complete and not refunded."))
     else:
-        logger.info("Refund %s of payment %s stays pending: Khalti says %r.",
-                    refund.pk, payment.pk, state)
+        # E.g. "Partially refunded" after an earlier partial refund: Khalti's
+        # state cannot tell whether this one went through. A person decides
+        # (admin: "Resolve unknown refund"), after a look at Khalti's dashboard.
+        logger.warning("Refund %s of payment %s stays pending: Khalti says %r, which does not "
+                       "tell whether this refund went through.", refund.pk, payment.pk, state)
     refund.refresh_from_db()
     return refund
 
 
-def _claim_refund(payment: Payment, amount: int | None, mobile: str, by: Any) -> Refund:
-    """Record a pending refund under the payment's row lock, after checking it is due."""
+def resolve_refund(refund: Refund, *, succeeded: bool, by: Any, note: str = "") -> Refund:
+    """Record what a person found in Khalti's dashboard about a refund of unknown outcome.
+
+    For the cases Khalti's API cannot settle. ``by`` needs the
+    ``django_khalti.refund_payment`` permission.
+    """
+    if not by.has_perm("django_khalti.refund_payment"):
+        raise PermissionDenied
+    reason = "" if succeeded else (note or _("Not refunded, as checked in Khalti's dashboard."))
+    _settle_refund(refund, succeeded=succeeded, raw={"resolved_by": str(by), "note": note},
+                   reason=reason)
+    refund.refresh_from_db()
+    return refund
+
+
+def _claim_refund(payment: Payment, amount: int | None, mobile: str, by: Any
+                  ) -> tuple[Refund, Payment]:
+    """Record a pending refund under the payment's row lock, after checking it is due.
+
+    Returns the refund and the payment row as it was under the lock."""
     with transaction.atomic(durable=True):
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
         if locked.status not in Payment.REFUNDABLE_STATUSES or not locked.idx:
@@ -609,9 +652,10 @@ def _claim_refund(payment: Payment, amount: int | None, mobile: str, by: Any) ->
             )
         try:
             with transaction.atomic():
-                return Refund.objects.create(
+                refund = Refund.objects.create(
                     payment=locked, amount=amount, mobile=mobile, requested_by=by, claim=locked.pk
                 )
+            return refund, locked
         except IntegrityError:
             raise KhaltiRefundInProgress() from None
 

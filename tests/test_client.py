@@ -288,3 +288,36 @@ def test_refund_with_an_unknown_outcome_is_unavailable(client, rsps, mock, exc):
     rsps.post("https://khalti.test/api/merchant-transaction/IDX/refund/", **mock)
     with pytest.raises(exc):
         client.refund("IDX")
+
+
+@pytest.mark.parametrize(
+    "mock",
+    [
+        {"status": 200, "json": {}},
+        {"status": 200, "json": {"detail": "Queued."}},
+        {"status": 200, "json": ["ok"]},
+        {"status": 408, "json": {"detail": "Request timeout"}},
+        {"status": 409, "json": {"detail": "Conflict"}},
+    ],
+)
+def test_refund_answers_that_prove_nothing_are_an_unknown_outcome(client, rsps, mock):
+    rsps.post("https://khalti.test/api/merchant-transaction/IDX/refund/", **mock)
+    with pytest.raises(KhaltiUnavailable):
+        client.refund("IDX")
+
+
+@pytest.mark.parametrize(
+    "call, method, url",
+    [
+        (lambda c: c.status("tok", 1000), "GET", "https://khalti.test/api/v2/payment/status/"),
+        (lambda c: c.transaction("IDX"), "GET", "https://khalti.test/api/v2/merchant-transaction/IDX/"),
+        (lambda c: c.refund("IDX"), "POST", "https://khalti.test/api/merchant-transaction/IDX/refund/"),
+        (lambda c: c.lookup("P"), "POST", "https://khalti.test/api/v2/epayment/lookup/"),
+    ],
+)
+def test_every_endpoint_is_bounded_by_the_timeout(client, rsps, call, method, url):
+    rsps.add(method, url, body=requests.exceptions.ReadTimeout())
+    with pytest.raises(KhaltiTimeout):
+        call(client)
+    timeout = rsps.calls[0].request.req_kwargs["timeout"]
+    assert (timeout.connect_timeout, timeout.read_timeout, timeout.total) == (7.0, 7.0, 7.0)

@@ -258,3 +258,85 @@ def test_return_callbacks_racing_reconcile_settle_an_epayment_once(khalti, order
     assert payment.idx == "txn-race"
     assert [name for name, _, _ in signals] == ["verified"]
     assert OrderEvent.objects.filter(kind="paid").count() == 1
+
+
+def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(khalti, signals):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_khalti import services
+    from django_khalti.models import Refund
+
+    payment = Payment.objects.create(
+        token="tok-r", product_identity="ORD-R", amount=1000, status=Payment.Status.VERIFIED,
+        idx="IDX-R", verified_at=timezone.now(), order_claim=order_key("ORD-R"),
+    )
+    refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
+    Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
+
+    def status(request):
+        time.sleep(0.2)
+        return 200, {}, json.dumps({"status": True, "state": "Refunded", "detail": "refunded"})
+
+    khalti.rsps.add_callback("GET", "https://khalti.test/api/v2/payment/status/", status)
+    barrier = threading.Barrier(4)
+
+    def settle():
+        try:
+            barrier.wait(timeout=10)
+            return services.reconcile_refund(Refund.objects.get(pk=refund.pk)).status
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: settle(), range(4)))
+    assert set(results) == {Refund.Status.SUCCEEDED}
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == (Payment.Status.REFUNDED, 1000)
+    assert [(n, kw["amount"]) for n, _, kw in signals] == [("refunded", 1000)]
+
+
+def test_a_batch_passes_over_rows_another_reconciler_holds(khalti):
+    """PostgreSQL and MariaDB: a row another reconciler has locked right now is
+    skipped (SKIP LOCKED). SQLite has no row locks: there the other
+    reconciler's claim, which every database has, is what keeps it out."""
+    from datetime import timedelta
+
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from django_khalti import services
+
+    old = timezone.now() - timedelta(minutes=10)
+    for token in ("held", "free"):
+        p = Payment.objects.create(token=token, product_identity=f"ORD-{token}", amount=1000,
+                                   order_claim=order_key(f"ORD-{token}"))
+        Payment.objects.filter(pk=p.pk).update(created_at=old)
+
+    if not connection.features.has_select_for_update_skip_locked:
+        Payment.objects.filter(token="held").update(claimed_at=timezone.now())
+        batch, _ = services.pending_batch(timezone.now(), 10)
+        assert [p.token for p in batch] == ["free"]
+        return
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_lock():
+        try:
+            with transaction.atomic():
+                list(Payment.objects.select_for_update().filter(token="held"))
+                holding.set()
+                release.wait(timeout=10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=hold_lock)
+    thread.start()
+    try:
+        assert holding.wait(timeout=10)
+        batch, _ = services.pending_batch(timezone.now(), 10)
+        assert [p.token for p in batch] == ["free"]
+    finally:
+        release.set()
+        thread.join()

@@ -201,3 +201,88 @@ def test_two_reconcilers_at_once_settle_each_payment_once():
     assert OrderEvent.objects.filter(kind="paid").count() == 12
     checked = sum(int(out.split("checked ")[1].split(":")[0]) for out in outputs)
     assert checked == 12, outputs
+
+
+@pytest.mark.parametrize("args", [["--batch-size", "0"], ["--limit", "0"], ["--older-than", "-1"],
+                                  ["--limit", "many"]])
+def test_nonsense_options_are_refused(args):
+    with pytest.raises(CommandError):
+        reconcile(*args)
+
+
+def test_gives_up_after_three_unanswered_calls_in_a_row(khalti):
+    for i in range(6):
+        pending(f"d{i}", age=timedelta(minutes=10 - i))
+    khalti.rsps.get("https://khalti.test/api/v2/payment/status/", body=requests.exceptions.ConnectTimeout())
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="3 times in a row"):
+        call_command("khalti_reconcile", stdout=out)
+    assert len(khalti.calls) == 3
+    assert "checked 3: 0 verified, 0 failed, 3 still pending" in out.getvalue()
+    assert Payment.objects.pending().count() == 6
+
+
+def test_progress_line_per_batch_counts_what_was_settled(khalti):
+    for i in range(3):
+        pending(f"p{i}", age=timedelta(minutes=10 - i))
+        khalti.status(f"p{i}", 1000, "status_complete" if i < 2 else "status_error")
+    out = reconcile("--batch-size", "2")
+    assert "batch 1: 2 pending payment(s) read; so far 2 verified, 0 failed, 0 still pending" in out
+    assert "batch 2: 1 pending payment(s) read; so far 2 verified, 1 failed, 0 still pending" in out
+
+
+def test_one_payment_that_is_not_pending_says_so(khalti):
+    payment = pending("done")
+    Payment.objects.filter(pk=payment.pk).update(status=Payment.Status.VERIFIED)
+    out = reconcile("--payment", str(payment.pk))
+    assert f"payment {payment.pk} is verified: nothing to settle" in out
+    assert "checked 0" in out
+    assert not khalti.calls
+
+
+def test_done_when_timed_out_verify_reconciled_then_refunded_with_documented_answers(
+    client, khalti, signals, django_capture_on_commit_callbacks
+):
+    """The issue's "done when", with Khalti's status answer as documented (no idx):
+    the transaction is found by the idx the widget reported, once Khalti's record
+    for it matches, and the payment can then be refunded."""
+    from django_khalti.services import refund_payment
+
+    Order.objects.create(reference="ORD-D", total=1000)
+    khalti.verify("tok-d", 1000, body=requests.exceptions.ReadTimeout())
+    payload = {"token": "tok-d", "amount": 1000, "product_identity": "ORD-D", "idx": "IDX-D"}
+    assert client.post("/khalti/verify/", payload, content_type="application/json").status_code == 504
+
+    khalti.status("tok-d", 1000, "status_complete")  # {"status", "state", "detail"} only
+    khalti.transaction("IDX-D")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert "1 verified" in reconcile("--older-than", "0")
+    payment = Payment.objects.get()
+    assert (payment.status, payment.idx, payment.fee_amount) == ("verified", "IDX-D", 30)
+    assert [name for name, _, _ in signals] == ["verified"]
+
+    khalti.refund("IDX-D", {"amount": 400})
+    with django_capture_on_commit_callbacks(execute=True):
+        refund_payment(payment, amount=400)
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.PARTIALLY_REFUNDED
+
+
+@pytest.mark.parametrize(
+    "record_changes, held_elsewhere",
+    [({"amount": 99900}, False), ({"state": {"name": "Pending"}}, False), ({}, True)],
+)
+def test_a_reported_idx_is_kept_only_if_khaltis_record_matches(khalti, record_changes, held_elsewhere):
+    from .conftest import transaction_record
+
+    payment = pending("tok-h")
+    Payment.objects.filter(pk=payment.pk).update(claimed_idx="IDX-H")
+    if held_elsewhere:
+        Payment.objects.create(token="other", product_identity="OTHER", amount=1000, idx="IDX-H",
+                               status=Payment.Status.VERIFIED)
+    khalti.status("tok-h", 1000, "status_complete")
+    khalti.transaction("IDX-H", json={**transaction_record(idx="IDX-H"), **record_changes})
+    reconcile()
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.VERIFIED
+    assert payment.idx is None

@@ -412,3 +412,114 @@ def test_settling_clears_the_claim(khalti):
     payment.refresh_from_db()
     assert payment.status == Payment.Status.VERIFIED
     assert payment.claimed_at is None
+
+
+def stale_refund(payment, amount):
+    refund = Refund.objects.create(payment=payment, amount=amount, claim=payment.pk)
+    Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    refund.refresh_from_db()
+    return refund
+
+
+def test_a_second_partial_refund_of_unknown_outcome_is_not_taken_as_done(khalti, signals):
+    """After one partial refund, "Partially refunded" proves nothing about the next."""
+    payment = verified()
+    Payment.objects.filter(pk=payment.pk).update(status=Payment.Status.PARTIALLY_REFUNDED,
+                                                 refunded_amount=300)
+    payment.refresh_from_db()
+    refund = stale_refund(payment, 200)
+    khalti.status("tok-v", 1000, "status_partially_refunded")
+    assert services.reconcile_refund(refund).status == Refund.Status.PENDING
+    payment.refresh_from_db()
+    assert payment.refunded_amount == 300
+    assert not signals
+
+
+def test_refunded_for_less_than_what_remains_is_not_taken_as_this_refund(khalti):
+    payment = verified()
+    refund = stale_refund(payment, 400)
+    khalti.status("tok-v", 1000, "status_refunded")
+    assert services.reconcile_refund(refund).status == Refund.Status.PENDING
+
+
+def test_a_first_partial_refund_is_proven_by_partially_refunded(khalti):
+    payment = verified()
+    refund = stale_refund(payment, 400)
+    khalti.status("tok-v", 1000, "status_partially_refunded")
+    assert services.reconcile_refund(refund).status == Refund.Status.SUCCEEDED
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
+
+
+def test_reconcile_refund_when_khalti_is_down_raises_and_stays_pending(khalti):
+    refund = stale_refund(verified(), 1000)
+    khalti.rsps.get("https://khalti.test/api/v2/payment/status/", status=503)
+    with pytest.raises(KhaltiUnavailable):
+        services.reconcile_refund(refund)
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING
+
+
+def test_a_person_resolves_what_khalti_cannot_tell(khalti, signals, admin_user, django_user_model,
+                                                   django_capture_on_commit_callbacks):
+    payment = verified()
+    refund = stale_refund(payment, 1000)
+    clerk = django_user_model.objects.create_user("clerk2", is_staff=True)
+    with pytest.raises(PermissionDenied):
+        services.resolve_refund(refund, succeeded=True, by=clerk)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.resolve_refund(refund, succeeded=True, by=admin_user, note="seen in dashboard")
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.REFUNDED
+    assert refund.khalti_response == {"resolved_by": str(admin_user), "note": "seen in dashboard"}
+    assert [(n, kw["amount"]) for n, _, kw in signals] == [("refunded", 1000)]
+    assert not khalti.calls
+
+
+def test_refund_uses_the_rows_idx_not_a_stale_copy(khalti):
+    payment = verified(idx="IDX-ROW")
+    stale_copy = Payment.objects.get(pk=payment.pk)
+    stale_copy.idx = None
+    khalti.refund("IDX-ROW", {})
+    assert services.refund_payment(stale_copy).status == Refund.Status.SUCCEEDED
+
+
+def test_a_payment_refunded_before_we_verified_it_is_not_refundable_from_the_app(khalti):
+    payment = pending()
+    khalti.status("tok", 1000, "status_partially_refunded")
+    services.reconcile(payment)
+    assert payment.status == Payment.Status.PARTIALLY_REFUNDED
+    assert payment.refundable_amount == 0
+    with pytest.raises(KhaltiNotRefundable):
+        services.refund_payment(payment, amount=100)
+    assert len(khalti.calls) == 1
+
+
+def test_reconcile_status_failed_fails_the_payment(khalti, signals, django_capture_on_commit_callbacks):
+    payment = pending()
+    khalti.status("tok", 1000, "status_failed")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.reconcile(payment).status == Payment.Status.FAILED
+    assert "Payment failed" in payment.failure_reason
+    assert [n for n, _, _ in signals] == ["failed"]
+
+
+@pytest.mark.parametrize(
+    "verify, status",
+    [
+        ({"body": requests.exceptions.ReadTimeout()}, Payment.Status.PENDING),
+        ({"status": 400, "json": {"token": ["Invalid token."]}}, Payment.Status.FAILED),
+    ],
+)
+def test_confirmed_then_verify_times_out_or_is_rejected(khalti, verify, status):
+    payment = pending()
+    khalti.status("tok", 1000, "status_confirmed")
+    khalti.verify("tok", 1000, **verify)
+    if status == Payment.Status.PENDING:
+        with pytest.raises(KhaltiUnavailable):
+            services.reconcile(payment)
+    else:
+        services.reconcile(payment)
+    payment.refresh_from_db()
+    assert payment.status == status
+    assert payment.claimed_at is None

@@ -8,6 +8,7 @@ won by one worker (a guarded claim) before Khalti is asked about it.
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -31,6 +32,19 @@ SUMMARY = [
     (Status.PARTIALLY_REFUNDED, "partially refunded"),
     (Status.PENDING, "still pending"),
 ]
+#: After this many unanswered calls in a row, Khalti is down: stop, so that a
+#: cron run does not wait out every timeout in turn.
+GIVE_UP_AFTER = 3
+
+
+def _count(minimum: int) -> Any:
+    def parse(value: str) -> int:
+        number = int(value)
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return number
+
+    return parse
 
 
 class Command(BaseCommand):
@@ -38,12 +52,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--older-than", type=int, default=120, metavar="SECONDS",
+            "--older-than", type=_count(0), default=120, metavar="SECONDS",
             help="Only payments created at least this long ago (default: 120; a fresher "
             "one may still be in flight).",
         )
-        parser.add_argument("--limit", type=int, metavar="N", help="Check at most N payments.")
-        parser.add_argument("--batch-size", type=int, default=100, metavar="N",
+        parser.add_argument("--limit", type=_count(1), metavar="N",
+                            help="Check at most N payments (and N refunds).")
+        parser.add_argument("--batch-size", type=_count(1), default=100, metavar="N",
                             help="Payments read from the database at a time (default: 100).")
         parser.add_argument("--dry-run", action="store_true",
                             help="List what would be checked; ask Khalti nothing, change nothing.")
@@ -53,39 +68,54 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         cutoff = timezone.now() - timedelta(seconds=options["older_than"])
         if options["payment"]:
-            candidates: Iterator[Payment] = iter([self._one(options["payment"])])
+            one = self._one(options["payment"])
+            if one.status != Status.PENDING:
+                self.stdout.write(f"payment {one.pk} is {one.status}: nothing to settle")
+            batches: Iterator[list[Payment]] = iter([[one]])
         else:
-            candidates = self._batches(cutoff, options["batch_size"], options["limit"])
+            batches = self._batches(cutoff, options["batch_size"], options["limit"])
         if options["dry_run"]:
-            return self._dry_run(candidates)
+            return self._dry_run(batches)
 
         counts: Counter[str] = Counter()
-        unreachable = 0
-        for payment in candidates:
-            if payment.status != Status.PENDING or not services.claim(payment):
-                continue  # settled meanwhile, or another worker holds it
-            try:
-                counts[services.settle_claimed(payment).status] += 1
-            except KhaltiUnavailable:
-                unreachable += 1
-                counts[Status.PENDING] += 1
-        refunds = Counter()
-        for refund in self._pending_refunds(cutoff, options["payment"]):
-            try:
-                refunds[services.reconcile_refund(refund).status] += 1
-            except KhaltiUnavailable:
-                unreachable += 1
-                refunds[Refund.Status.PENDING] += 1
+        unreachable = in_a_row = 0
+        for number, batch in enumerate(batches, start=1):
+            for payment in batch:
+                if in_a_row >= GIVE_UP_AFTER:
+                    break
+                if payment.status != Status.PENDING or not services.claim(payment):
+                    continue  # settled meanwhile, or another worker holds it
+                try:
+                    counts[services.settle_claimed(payment).status] += 1
+                    in_a_row = 0
+                except KhaltiUnavailable:
+                    unreachable += 1
+                    in_a_row += 1
+                    counts[Status.PENDING] += 1
+            self.stdout.write(f"batch {number}: {len(batch)} pending payment(s) read; "
+                              f"so far {self._summary(counts)}")
+            if in_a_row >= GIVE_UP_AFTER:
+                break
 
-        summary = ", ".join(
-            f"{counts[status]} {label}" for status, label in SUMMARY
-            if counts[status] or status not in (Status.REFUNDED, Status.PARTIALLY_REFUNDED)
-        )
-        self.stdout.write(f"checked {sum(counts.values())}: {summary}")
+        refunds: Counter[str] = Counter()
+        if in_a_row < GIVE_UP_AFTER:
+            for refund in self._pending_refunds(cutoff, options["payment"], options["limit"]):
+                try:
+                    refunds[services.reconcile_refund(refund).status] += 1
+                except KhaltiUnavailable:
+                    unreachable += 1
+                    refunds[Refund.Status.PENDING] += 1
+
+        self.stdout.write(f"checked {sum(counts.values())}: {self._summary(counts)}")
         if refunds:
             self.stdout.write(
                 f"refunds checked {sum(refunds.values())}: "
                 + ", ".join(f"{n} {status}" for status, n in sorted(refunds.items()))
+            )
+        if in_a_row >= GIVE_UP_AFTER:
+            raise CommandError(
+                f"Khalti did not answer {GIVE_UP_AFTER} times in a row: stopped. What was not "
+                "checked stays pending for the next run."
             )
         if unreachable:
             raise CommandError(
@@ -93,26 +123,35 @@ class Command(BaseCommand):
                 "they stay pending."
             )
 
-    def _batches(self, cutoff: datetime, size: int, limit: int | None) -> Iterator[Payment]:
-        """Pending payments older than ``cutoff``, read a batch at a time, with progress."""
+    @staticmethod
+    def _summary(counts: Counter[str]) -> str:
+        return ", ".join(
+            f"{counts[status]} {label}" for status, label in SUMMARY
+            if counts[status] or status not in (Status.REFUNDED, Status.PARTIALLY_REFUNDED)
+        )
+
+    def _batches(self, cutoff: datetime, size: int, limit: int | None) -> Iterator[list[Payment]]:
+        """Pending payments older than ``cutoff``, a batch at a time, oldest first."""
         cursor = None
-        seen = number = 0
+        seen = 0
         while limit is None or seen < limit:
             batch, cursor = services.pending_batch(
                 cutoff, size if limit is None else min(size, limit - seen), after=cursor
             )
-            number += 1
             seen += len(batch)
-            self.stdout.write(f"batch {number}: {len(batch)} pending payment(s)")
-            yield from batch
+            yield batch
             if cursor is None:
                 break
 
-    def _pending_refunds(self, cutoff: datetime, payment_id: str | None) -> Iterator[Refund]:
-        refunds = Refund.objects.filter(status=Refund.Status.PENDING, created_at__lt=cutoff)
+    def _pending_refunds(self, cutoff: datetime, payment_id: str | None,
+                         limit: int | None) -> list[Refund]:
+        refunds = Refund.objects.filter(status=Refund.Status.PENDING).select_related("payment")
         if payment_id:
-            refunds = Refund.objects.filter(status=Refund.Status.PENDING, payment_id=payment_id)
-        return refunds.select_related("payment").iterator()
+            refunds = refunds.filter(payment_id=payment_id)
+        else:
+            refunds = refunds.filter(created_at__lt=cutoff)
+        # A list, not a cursor: no database cursor stays open while Khalti is asked.
+        return list(refunds.order_by("created_at")[: limit or 1000])
 
     def _one(self, pk: str) -> Payment:
         try:
@@ -120,12 +159,14 @@ class Command(BaseCommand):
         except (Payment.DoesNotExist, ValidationError, ValueError):
             raise CommandError(f"No Khalti payment with id {pk!r}.") from None
 
-    def _dry_run(self, candidates: Iterator[Payment]) -> None:
+    def _dry_run(self, batches: Iterator[list[Payment]]) -> None:
         count = 0
-        for payment in candidates:
-            count += 1
-            self.stdout.write(
-                f"would check {payment.pk} {payment.product_identity} Rs {payment.amount_rupees} "
-                f"{payment.status}, created {payment.created_at:%Y-%m-%d %H:%M:%S}"
-            )
+        for batch in batches:
+            for payment in batch:
+                count += 1
+                self.stdout.write(
+                    f"would check {payment.pk} {payment.product_identity} "
+                    f"Rs {payment.amount_rupees} {payment.status}, "
+                    f"created {payment.created_at:%Y-%m-%d %H:%M:%S}"
+                )
         self.stdout.write(f"dry run: {count} payment(s) would be checked, nothing changed")
