@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,11 +20,13 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import services
+from .conf import khalti_settings
 from .exceptions import (
     KhaltiConfigurationError,
     KhaltiError,
@@ -204,11 +207,13 @@ class PaymentAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Re-check with Khalti"), permissions=["recheck"])
     def recheck(self, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
+        # One budget of Khalti calls for payments and refunds together.
         pending = list(queryset.filter(status=Payment.Status.PENDING)[: RECHECK_LIMIT + 1])
         refunds = list(Refund.objects.filter(payment__in=queryset, status=Refund.Status.PENDING)
-                       .select_related("payment")[:RECHECK_LIMIT])
-        if len(pending) > RECHECK_LIMIT:
+                       .select_related("payment")[: RECHECK_LIMIT + 1])
+        if len(pending) + len(refunds) > RECHECK_LIMIT:
             pending = pending[:RECHECK_LIMIT]
+            refunds = refunds[: RECHECK_LIMIT - len(pending)]
             self.message_user(
                 request,
                 _("Only the first %(n)s pending payments were re-checked; run khalti_reconcile "
@@ -259,6 +264,11 @@ class PaymentAdmin(admin.ModelAdmin):
         if confirming and form.is_valid():
             amount = form.amount_paisa()
             if form.cleaned_data["refunded_before"] != refunded_before:
+                # Shown again with what stands now, so that it can be confirmed anew.
+                data = request.POST.copy()
+                data["refunded_before"] = str(refunded_before)
+                form = RefundForm(data)
+                form.is_valid()
                 form.add_error(None, _("These payments were refunded meanwhile: review them again."))
             elif amount and len(payments) > 1:
                 form.add_error("amount", _("A partial amount refunds one payment at a time."))
@@ -309,7 +319,10 @@ class PaymentAdmin(admin.ModelAdmin):
     @admin.action(description=_("Resolve an unknown refund by hand…"), permissions=["refund"])
     def resolve_refund(self, request: HttpRequest, queryset: QuerySet[Payment]) -> HttpResponse | None:
         """For a refund Khalti's API cannot settle: a person records what the dashboard shows."""
-        refunds = list(Refund.objects.filter(payment__in=queryset, status=Refund.Status.PENDING)
+        # A refund younger than the claim timeout may still be in flight: not yet.
+        in_flight_since = timezone.now() - timedelta(seconds=khalti_settings.stale_after)
+        refunds = list(Refund.objects.filter(payment__in=queryset, status=Refund.Status.PENDING,
+                                             created_at__lt=in_flight_since)
                        .select_related("payment"))
         if not refunds:
             self.message_user(request, _("None of the selected payments has a refund of unknown "

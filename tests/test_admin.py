@@ -1,5 +1,6 @@
 """The Payment admin, as a superuser and as staff members with and without the refund
-permission see it: the list, one payment, "Re-check with Khalti" and "Refund"."""
+permission see it: the list, one payment, "Re-check with Khalti", "Refund" and "Resolve
+an unknown refund by hand"."""
 
 import html
 import json
@@ -8,6 +9,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+import requests
 from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
@@ -16,12 +18,14 @@ from django.urls import reverse
 from django.utils import timezone
 from responses import matchers
 
+from django_khalti.admin import RECHECK_LIMIT
 from django_khalti.conf import khalti_settings
+from django_khalti.exceptions import KhaltiRefundUnknown
 from django_khalti.models import Payment, Refund, order_key
 from django_khalti.signals import payment_failed, payment_refunded, payment_verified
 from shop.models import Order
 
-from .conftest import BASE_URL, KEY_HEADER, STATUS_URL, transaction_record
+from .conftest import BASE_URL, KEY_HEADER, STATUS_URL, fixture, transaction_record
 
 pytestmark = pytest.mark.django_db
 
@@ -308,7 +312,7 @@ def run_action(client, action, payments, follow=True, **data):
 
 
 def confirmation_form(response):
-    """The hidden fields of the refund confirmation page's form, as the browser would post them."""
+    """The hidden fields of an action's confirmation page's form, as the browser would post them."""
     assert response.status_code == 200
     page = response.content.decode()
     form = re.search(r'<form method="post">(.*?)</form>', page, re.S)
@@ -321,14 +325,51 @@ def confirmation_form(response):
     return data
 
 
-def confirm_refund(client, payments, amount="", mobile=""):
-    """Choose "Refund" for ``payments``, then fill in and submit the confirmation page."""
+def refund_confirmation(client, payments):
+    """Choose "Refund" for ``payments``: the confirmation page's hidden fields, as the
+    browser would post them (the selection, and what was refunded when it was shown)."""
     page = run_action(client, "refund", payments, follow=False)
     data = confirmation_form(page)
     assert data["action"] == ["refund"]
     assert sorted(data["_selected_action"]) == sorted(str(p.pk) for p in payments)
-    data.update(amount=amount, mobile=mobile, confirm="Yes, refund")
+    assert len(data["refunded_before"]) == 1
+    return data
+
+
+def submit_refund(client, data, amount="", mobile="", follow=True):
+    """Fill in the confirmation page's form (``amount`` in rupees) and submit it."""
+    return client.post(
+        CHANGELIST, {**data, "amount": amount, "mobile": mobile, "confirm": "Yes, refund"},
+        follow=follow,
+    )
+
+
+def confirm_refund(client, payments, amount="", mobile=""):
+    """Choose "Refund" for ``payments``, then fill in (``amount`` in rupees) and submit the
+    confirmation page."""
+    return submit_refund(client, refund_confirmation(client, payments), amount, mobile)
+
+
+def confirm_resolve(client, payments, outcome, note=""):
+    """Choose "Resolve an unknown refund by hand" for ``payments``, then record ``outcome``."""
+    page = run_action(client, "resolve_refund", payments, follow=False)
+    data = confirmation_form(page)
+    assert data["action"] == ["resolve_refund"]
+    data.update(outcome=outcome, note=note, confirm="Record it")
     return client.post(CHANGELIST, data, follow=True)
+
+
+def unknown_refund(payment, amount=None, stale=False):
+    """A refund of ``payment`` whose outcome Khalti never told (what a timeout leaves)."""
+    refund = Refund.objects.create(
+        payment=payment, amount=payment.refundable_amount if amount is None else amount,
+        claim=payment.pk, failure_reason=str(KhaltiRefundUnknown.default_detail),
+    )
+    if stale:  # old enough for a re-check to ask Khalti about it
+        created = timezone.now() - timedelta(seconds=khalti_settings.stale_after + 60)
+        Refund.objects.filter(pk=refund.pk).update(created_at=created)
+        refund.refresh_from_db()
+    return refund
 
 
 def mock_refund(khalti, idx, body, *, status=200, json=None):
@@ -723,9 +764,9 @@ def test_recheck_when_khalti_is_down_reports_it_and_leaves_the_payment_pending(
     mock_status(khalti, payment, {"detail": "Internal server error"}, status=500)
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(support_client, "recheck", [payment])
-    assert ("error", "Khalti could not be reached for 1 payment; it stays pending.") in (
-        messages_of(response)
-    )
+    assert messages_of(response) == [
+        ("error", "Khalti could not be reached; the payments not re-checked stay pending.")
+    ]
     row = fresh(payment)
     assert row.status == Payment.Status.PENDING
     assert row.claimed_at is None
@@ -766,6 +807,85 @@ def test_recheck_leaves_a_refund_that_may_still_be_in_flight(support_client, kha
     refund.refresh_from_db()
     assert refund.status == Refund.Status.PENDING
     assert fresh(payment).status == Payment.Status.VERIFIED
+
+@pytest.mark.parametrize("selected", [RECHECK_LIMIT, RECHECK_LIMIT + 5])
+def test_one_recheck_asks_khalti_about_at_most_20_pending_payments(support_client, khalti,
+                                                                   selected):
+    # Each call may take up to TIMEOUT: a click must not hold the request for minutes.
+    assert RECHECK_LIMIT == 20
+    chosen = [pending_payment(n) for n in range(selected)]
+    khalti.rsps.get(STATUS_URL, json=fixture("status_initiated"), match=[KEY_HEADER])
+    response = run_action(support_client, "recheck", chosen)
+
+    assert len(khalti.calls) == 20
+    asked = {c.request.params["token"] for c in khalti.calls}
+    assert len(asked) == 20  # each one once
+    expected = [("success", "Re-checked 20 with Khalti: 20 pending.")]
+    if selected > RECHECK_LIMIT:
+        expected.insert(0, ("warning", "Only the first 20 pending payments were re-checked; "
+                                       "run khalti_reconcile for more."))
+    assert messages_of(response) == expected
+    # The ones left over were not even claimed: the next click or khalti_reconcile takes them.
+    untouched = {p.token for p in Payment.objects.filter(attempts=0)}
+    assert untouched == {p.token for p in chosen} - asked
+    assert len(untouched) == selected - 20
+    assert all(
+        (p.status, p.claimed_at) == (Payment.Status.PENDING, None)
+        for p in Payment.objects.filter(pk__in=[p.pk for p in chosen])
+    )
+
+
+def test_recheck_stops_at_the_first_payment_khalti_does_not_answer(
+    support_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    chosen = [pending_payment(n) for n in range(3)]
+    # A refund of unknown outcome in the selection is not asked about either.
+    refunded = verified_payment(amount=1000)
+    refund = unknown_refund(refunded, stale=True)
+    khalti.rsps.get(STATUS_URL, status=500, json={"detail": "Internal server error"},
+                    match=[KEY_HEADER])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(support_client, "recheck", [*chosen, refunded])
+
+    # The others would only wait for Khalti's timeout too.
+    assert len(khalti.calls) == 1
+    assert messages_of(response) == [
+        ("error", "Khalti could not be reached; the payments not re-checked stay pending.")
+    ]
+    for payment in chosen:
+        row = fresh(payment)
+        assert (row.status, row.claimed_at) == (Payment.Status.PENDING, None)
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING
+    assert fresh(refunded).status == Payment.Status.VERIFIED
+    assert sent == []
+
+
+def test_recheck_reports_what_it_settled_before_khalti_stopped_answering(
+    support_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    chosen = [pending_payment(n) for n in range(3)]
+    answers = iter([(200, fixture("status_complete")),
+                    (500, {"detail": "Internal server error"})])
+
+    def answer(request):
+        status, body = next(answers)
+        return status, {}, json.dumps(body)
+
+    khalti.rsps.add_callback("GET", STATUS_URL, callback=answer,
+                             content_type="application/json", match=[KEY_HEADER])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(support_client, "recheck", chosen)
+
+    assert len(khalti.calls) == 2
+    assert messages_of(response) == [
+        ("success", "Re-checked 1 with Khalti: 1 verified."),
+        ("error", "Khalti could not be reached; the payments not re-checked stay pending."),
+    ]
+    statuses = sorted(fresh(p).status for p in chosen)
+    assert statuses == [Payment.Status.PENDING, Payment.Status.PENDING, Payment.Status.VERIFIED]
+    assert all(fresh(p).claimed_at is None for p in chosen)
+    assert [name for name, _ in sent] == ["verified"]
 
 
 def test_a_payment_left_pending_by_a_timed_out_verify_is_settled_and_refunded_from_the_admin(
@@ -820,7 +940,12 @@ def test_refund_action_first_asks_for_confirmation(refunding_client, khalti):
     assert "ORD-V" in candidates[0]
     assert "idx-V" in candidates[0]
     assert {"amount", "mobile", "confirm"} <= form_control_names(response)
-    assert confirmation_form(response)["_selected_action"] == [str(payment.pk)]
+    label = re.search(r'<label for="id_amount"[^>]*>(.*?)</label>', page, re.S)
+    assert label is not None and "(Rs)" in _text(label.group(1))
+    hidden = confirmation_form(response)
+    assert hidden["_selected_action"] == [str(payment.pk)]
+    assert hidden["refunded_before"] == ["0"]  # hidden: nothing to type in
+    assert not re.search(r'<input\b(?![^>]*type="hidden")[^>]*name="refunded_before"', page)
     # Nothing happens before the user confirms.
     assert len(khalti.calls) == 0
     assert not Refund.objects.exists()
@@ -846,6 +971,10 @@ def test_confirmation_page_shows_the_refundable_amount_in_the_unit_it_names(
     else:
         assert "paisa" in refundable[0] and values[refundable[0]] in ("600", "600 paisa")
     assert "Total refundable: Rs 6.00" in page
+    # What was refunded when the page was shown, in paisa, for the guard.
+    assert confirmation_form(
+        run_action(refunding_client, "refund", [payment], follow=False)
+    )["refunded_before"] == ["400"]
 
 
 def test_full_refund(refunding_client, khalti, sent, django_capture_on_commit_callbacks):
@@ -874,14 +1003,14 @@ def test_partial_refund_then_the_rest(refunding_client, khalti, sent,
     payment = verified_payment(amount=1000)
     mock_refund(khalti, "idx-V", {"amount": 400})
     with django_capture_on_commit_callbacks(execute=True):
-        response = confirm_refund(refunding_client, [payment], amount="400")
+        response = confirm_refund(refunding_client, [payment], amount="4")  # rupees
     assert messages_of(response) == [("success", "Refunded Rs 4.00 of ORD-V.")]
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
 
     mock_refund(khalti, "idx-V", {"amount": 600})
     with django_capture_on_commit_callbacks(execute=True):
-        response = confirm_refund(refunding_client, [payment], amount="600")
+        response = confirm_refund(refunding_client, [payment], amount="6.00")
     assert messages_of(response) == [("success", "Refunded Rs 6.00 of ORD-V.")]
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (Payment.Status.REFUNDED, 1000)
@@ -906,7 +1035,7 @@ def test_refund_without_amount_after_a_partial_one_refunds_what_remains(
     assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 600)]
 
 
-@pytest.mark.parametrize("refunded_before, amount", [(0, "1001"), (400, "601")])
+@pytest.mark.parametrize("refunded_before, amount", [(0, "10.01"), (400, "6.01")])
 def test_refund_of_more_than_remains_is_refused_before_asking_khalti(
     refunding_client, khalti, sent, refunded_before, amount
 ):
@@ -925,14 +1054,18 @@ def test_refund_of_more_than_remains_is_refused_before_asking_khalti(
     assert sent == []
 
 
-@pytest.mark.parametrize("amount", ["0", "-5", "ten", "4.5"])
+@pytest.mark.parametrize("amount", ["0", "0.00", "0.001", "-5", "ten", "4.555", "Rs 4"])
 def test_a_malformed_amount_is_a_form_error(refunding_client, khalti, amount):
     payment = verified_payment(amount=1000)
-    page = run_action(refunding_client, "refund", [payment], follow=False)
-    data = {**confirmation_form(page), "amount": amount, "mobile": "", "confirm": "Yes, refund"}
-    response = refunding_client.post(CHANGELIST, data)
+    response = submit_refund(refunding_client, refund_confirmation(refunding_client, [payment]),
+                             amount=amount, follow=False)
     assert response.status_code == 200
-    assert 'class="errorlist' in response.content.decode()
+    page = response.content.decode()
+    errors = re.search(r'<ul class="errorlist[^"]*"[^>]*>(.*?)</ul>', page, re.S)
+    assert errors is not None
+    # The page is shown again, ready for a corrected amount.
+    assert 'name="confirm"' in page
+    assert confirmation_form(response)["refunded_before"] == ["0"]
     assert len(khalti.calls) == 0
     assert not Refund.objects.exists()
 
@@ -951,8 +1084,138 @@ def test_refund_to_a_khalti_id_sends_the_mobile(refunding_client, khalti, sent,
 def test_partial_refund_to_a_khalti_id_sends_both(refunding_client, khalti):
     payment = verified_payment(amount=1000)
     mock_refund(khalti, "idx-V", {"amount": 250, "mobile": "9800000001"})
-    confirm_refund(refunding_client, [payment], amount="250", mobile="9800000001")
+    confirm_refund(refunding_client, [payment], amount="2.50", mobile="9800000001")
     assert fresh(payment).refunded_amount == 250
+
+@pytest.mark.parametrize("typed, paisa, shown", [
+    ("4.50", 450, "4.50"), ("4.5", 450, "4.50"), ("4", 400, "4.00"), ("0.01", 1, "0.01"),
+    ("9.99", 999, "9.99"),
+])
+def test_the_amount_is_typed_in_rupees_and_refunded_in_paisa(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks, typed, paisa, shown
+):
+    payment = verified_payment(amount=1000)
+    mock_refund(khalti, "idx-V", {"amount": paisa})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunding_client, [payment], amount=typed)
+    assert messages_of(response) == [("success", f"Refunded Rs {shown} of ORD-V.")]
+    assert len(khalti.calls) == 1
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, paisa)
+    assert row.refunds.get().amount == paisa
+    assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", paisa)]
+
+
+@pytest.mark.parametrize("typed", ["10", "10.00"])
+def test_typing_the_whole_amount_in_rupees_refunds_it_all(refunding_client, khalti, typed):
+    payment = verified_payment(amount=1000)
+    mock_refund(khalti, "idx-V", {})  # all of it: Khalti is sent no amount
+    response = confirm_refund(refunding_client, [payment], amount=typed)
+    assert messages_of(response) == [("success", "Refunded Rs 10.00 of ORD-V.")]
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.REFUNDED, 1000)
+
+
+def nonfield_errors(response):
+    """The texts of the form's errors that belong to no field."""
+    assert response.status_code == 200
+    page = response.content.decode()
+    return [_text(item) for block in
+            re.findall(r'<ul class="errorlist nonfield"[^>]*>(.*?)</ul>', page, re.S)
+            for item in re.findall(r"<li>(.*?)</li>", block, re.S)]
+
+
+def test_submitting_the_same_confirmation_page_twice_refunds_once(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    payment = verified_payment(amount=1000)
+    mock_refund(khalti, "idx-V", {"amount": 400})
+    page = refund_confirmation(refunding_client, [payment])
+    assert page["refunded_before"] == ["0"]
+    with django_capture_on_commit_callbacks(execute=True):
+        first = submit_refund(refunding_client, page, amount="4")
+        # A double click, or the browser's back button and "Yes, refund" again.
+        second = submit_refund(refunding_client, page, amount="4", follow=False)
+
+    assert messages_of(first) == [("success", "Refunded Rs 4.00 of ORD-V.")]
+    assert nonfield_errors(second) == ["These payments were refunded meanwhile: review them again."]
+    assert messages_of(second) == []
+    assert len(khalti.calls) == 1
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
+    assert row.refunds.count() == 1
+    assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 400)]
+
+
+def test_a_refund_made_since_the_page_was_shown_makes_it_refuse(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    payment = verified_payment(amount=1000)
+    stale_page = refund_confirmation(refunding_client, [payment])
+    # Meanwhile a colleague (or another tab) refunds Rs 4.
+    mock_refund(khalti, "idx-V", {"amount": 400})
+    with django_capture_on_commit_callbacks(execute=True):
+        confirm_refund(refunding_client, [payment], amount="4")
+        refused = submit_refund(refunding_client, stale_page, amount="6", follow=False)
+    assert nonfield_errors(refused) == ["These payments were refunded meanwhile: review them again."]
+    assert len(khalti.calls) == 1
+    assert fresh(payment).refunded_amount == 400
+
+    # Choosing the action again shows what was refunded since, and goes through.
+    mock_refund(khalti, "idx-V", {"amount": 600})
+    with django_capture_on_commit_callbacks(execute=True):
+        page = refund_confirmation(refunding_client, [payment])
+        assert page["refunded_before"] == ["400"]
+        response = submit_refund(refunding_client, page, amount="6")
+    assert messages_of(response) == [("success", "Refunded Rs 6.00 of ORD-V.")]
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.REFUNDED, 1000)
+    assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 400), ("refunded", 600)]
+
+
+def test_the_guard_covers_every_selected_payment(refunding_client, khalti):
+    first, second = verified_payment("A", amount=1000), verified_payment("B", amount=2500)
+    mock_refund(khalti, "idx-A", {})
+    mock_refund(khalti, "idx-B", {})
+    page = refund_confirmation(refunding_client, [first, second])
+    response = submit_refund(refunding_client, page)
+    assert sorted(messages_of(response)) == [
+        ("success", "Refunded Rs 10.00 of ORD-A."), ("success", "Refunded Rs 25.00 of ORD-B."),
+    ]
+    again = submit_refund(refunding_client, page, follow=False)
+    assert nonfield_errors(again) == ["These payments were refunded meanwhile: review them again."]
+    assert len(khalti.calls) == 2
+    assert Refund.objects.count() == 2
+
+
+def test_a_confirmation_without_the_guard_refunds_nothing(refunding_client, khalti):
+    payment = verified_payment(amount=1000)
+    page = refund_confirmation(refunding_client, [payment])
+    del page["refunded_before"]  # a page from before the guard, or a hand-made post
+    response = submit_refund(refunding_client, page, follow=False)
+    assert response.status_code == 200
+    assert 'name="confirm"' in response.content.decode()  # shown again
+    assert len(khalti.calls) == 0
+    assert not Refund.objects.exists()
+
+
+def test_an_unknown_outcome_is_a_warning_beside_the_other_results(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    lost, done = verified_payment("A", amount=1000), verified_payment("B", amount=2500)
+    khalti.rsps.post(refund_url("idx-A"), body=requests.exceptions.ReadTimeout("read timed out"))
+    mock_refund(khalti, "idx-B", {})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunding_client, [lost, done])
+    assert sorted(messages_of(response)) == [
+        ("success", "Refunded Rs 25.00 of ORD-B."),
+        ("warning", f"The refund of ORD-A may have gone through: "
+                    f"{KhaltiRefundUnknown.default_detail}"),
+    ]
+    assert lost.refunds.get().status == Refund.Status.PENDING
+    assert fresh(lost).status == Payment.Status.VERIFIED
+    assert fresh(done).status == Payment.Status.REFUNDED
+    assert [(name, kw["payment"].pk) for name, kw in sent] == [("refunded", done.pk)]
 
 
 def test_khalti_refusing_a_refund_shows_why_and_records_nothing_refunded(
@@ -975,15 +1238,25 @@ def test_khalti_refusing_a_refund_shows_why_and_records_nothing_refunded(
     assert sent == []
 
 
+@pytest.mark.parametrize("failure", ["503", "timeout", "connection"])
 def test_khalti_unreachable_leaves_the_refund_pending_and_blocks_another(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks, failure
 ):
     payment = verified_payment(amount=1000)
-    mock_refund(khalti, "idx-V", {}, status=503, json={"detail": "Service unavailable"})
+    if failure == "503":
+        mock_refund(khalti, "idx-V", {}, status=503, json={"detail": "Service unavailable"})
+    else:
+        khalti.rsps.post(refund_url("idx-V"), body={
+            "timeout": requests.exceptions.ReadTimeout("read timed out"),
+            "connection": requests.exceptions.ConnectionError("connection refused"),
+        }[failure])
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment])
-    [(level, text)] = messages_of(response)
-    assert level == "error" and text.startswith("ORD-V was not refunded:")
+    # Not "was not refunded": the money may well have gone back.
+    assert messages_of(response) == [
+        ("warning", f"The refund of ORD-V may have gone through: "
+                    f"{KhaltiRefundUnknown.default_detail}"),
+    ]
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (Payment.Status.VERIFIED, 0)
     assert row.refunds.get().status == Refund.Status.PENDING  # money may have moved
@@ -1000,7 +1273,7 @@ def test_a_partial_amount_for_several_payments_is_refused(refunding_client, khal
     first, second = verified_payment("A"), verified_payment("B")
     page = run_action(refunding_client, "refund", [first, second], follow=False)
     assert len(re.findall(r'<tr class="refund-candidate">', page.content.decode())) == 2
-    data = {**confirmation_form(page), "amount": "400", "mobile": "", "confirm": "Yes, refund"}
+    data = {**confirmation_form(page), "amount": "4", "mobile": "", "confirm": "Yes, refund"}
     response = refunding_client.post(CHANGELIST, data)
     assert response.status_code == 200
     assert "A partial amount refunds one payment at a time." in response.content.decode()
@@ -1078,3 +1351,245 @@ def test_view_only_staff_may_not_recheck(viewer_client, payments, khalti):
     viewer_client.post(CHANGELIST, {"action": "recheck", "_selected_action": [payments.pending.pk]})
     assert not khalti.calls
     assert fresh(payments.pending).status == Payment.Status.PENDING
+
+
+# --- Action: Resolve an unknown refund by hand ---------------------------------------
+
+
+def radio_values(response, name):
+    page = response.content.decode()
+    return [re.search(r'value="([^"]*)"', tag).group(1)
+            for tag in re.findall(r'<input\b[^>]*type="radio"[^>]*>', page)
+            if f'name="{name}"' in tag]
+
+
+def test_resolve_refund_is_offered_only_to_users_with_the_refund_permission(any_client):
+    response = any_client.get(CHANGELIST)
+    allowed = any_client.user.has_perm("django_khalti.refund_payment")
+    assert ("resolve_refund" in action_choices(response)) == allowed
+    assert ("Resolve an unknown refund by hand" in response.content.decode()) == allowed
+
+
+def test_resolve_refund_first_shows_the_refunds_of_unknown_outcome(refunding_client, khalti,
+                                                                   sent):
+    unknown = verified_payment("A", amount=1000)
+    refund = unknown_refund(unknown, amount=400, stale=True)
+    settled = verified_payment("B", amount=1000, refunded_amount=1000,
+                               status=Payment.Status.REFUNDED)
+    Refund.objects.create(payment=settled, amount=1000, status=Refund.Status.SUCCEEDED,
+                          settled_at=timezone.now())
+    untouched = verified_payment("C", amount=1000)
+
+    response = run_action(refunding_client, "resolve_refund", [unknown, settled, untouched],
+                          follow=False)
+    assert response.status_code == 200
+    assert "admin/django_khalti/payment/resolve_refund.html" in [
+        t.name for t in response.templates
+    ]
+    page = response.content.decode()
+    listed = re.findall(r'<tr class="unknown-refund">(.*?)</tr>', page, re.S)
+    assert len(listed) == 1  # only the refund whose outcome is unknown
+    assert "ORD-A" in listed[0] and "idx-A" in listed[0]
+    assert "Rs 4.00" in _text(listed[0])
+    assert {"outcome", "note", "confirm"} <= form_control_names(response)
+    assert sorted(radio_values(response, "outcome")) == ["failed", "succeeded"]
+    hidden = confirmation_form(response)
+    assert hidden["action"] == ["resolve_refund"]
+    assert hidden["_selected_action"] == [str(unknown.pk)]
+    # Nothing is settled before the person confirms, and Khalti is not asked.
+    assert len(khalti.calls) == 0
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING
+    assert fresh(unknown).status == Payment.Status.VERIFIED
+    assert sent == []
+
+
+def test_resolve_refund_with_nothing_unknown_says_so(refunding_client, khalti, payments):
+    response = run_action(refunding_client, "resolve_refund",
+                          [payments.verified, payments.partially_refunded])
+    assert messages_of(response) == [
+        ("warning", "None of the selected payments has a refund of unknown outcome.")
+    ]
+    assert 'name="outcome"' not in response.content.decode()
+
+
+@pytest.mark.parametrize("refunded_before, amount, status", [
+    (0, 1000, Payment.Status.REFUNDED),
+    (0, 400, Payment.Status.PARTIALLY_REFUNDED),
+    (400, 600, Payment.Status.REFUNDED),
+    (400, 200, Payment.Status.PARTIALLY_REFUNDED),
+])
+def test_resolving_an_unknown_refund_as_succeeded_refunds_the_payment(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks,
+    refunded_before, amount, status
+):
+    payment = verified_payment(
+        amount=1000, refunded_amount=refunded_before,
+        status=Payment.Status.PARTIALLY_REFUNDED if refunded_before else Payment.Status.VERIFIED,
+    )
+    refund = unknown_refund(payment, amount=amount, stale=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_resolve(refunding_client, [payment], "succeeded",
+                                   note="Shown as refunded in the dashboard.")
+    assert messages_of(response) == [("success", "Resolved 1 refund.")]
+    assert len(khalti.calls) == 0
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.SUCCEEDED
+    assert refund.settled_at is not None
+    assert refund.failure_reason == ""
+    assert refund.khalti_response == {"resolved_by": str(refunding_client.user),
+                                      "note": "Shown as refunded in the dashboard."}
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (status, refunded_before + amount)
+    assert [(name, kw["payment"].pk, kw["amount"]) for name, kw in sent] == [
+        ("refunded", payment.pk, amount)
+    ]
+
+
+@pytest.mark.parametrize("note, reason", [
+    ("Not in the dashboard.", "Not in the dashboard."),
+    ("", "Not refunded, as checked in Khalti's dashboard."),
+])
+def test_resolving_an_unknown_refund_as_failed_leaves_the_payment_and_allows_a_new_refund(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks, note, reason
+):
+    payment = verified_payment(amount=1000)
+    refund = unknown_refund(payment, stale=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_resolve(refunding_client, [payment], "failed", note=note)
+    assert messages_of(response) == [("success", "Resolved 1 refund.")]
+    assert len(khalti.calls) == 0
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.FAILED
+    assert refund.settled_at is not None
+    assert refund.failure_reason == reason
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.VERIFIED, 0)
+    assert sent == []
+
+    # The payment is free for a new refund.
+    mock_refund(khalti, "idx-V", {"amount": 400})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunding_client, [payment], amount="4")
+    assert messages_of(response) == [("success", "Refunded Rs 4.00 of ORD-V.")]
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
+    assert list(row.refunds.values_list("amount", "status")) == [
+        (1000, Refund.Status.FAILED), (400, Refund.Status.SUCCEEDED),
+    ]
+    assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 400)]
+
+
+def test_resolve_refund_settles_every_selected_unknown_refund(refunding_client, khalti, sent,
+                                                              django_capture_on_commit_callbacks):
+    first, second = verified_payment("A", amount=1000), verified_payment("B", amount=2500)
+    unknown_refund(first, stale=True), unknown_refund(second, amount=500, stale=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_resolve(refunding_client, [first, second], "succeeded")
+    assert messages_of(response) == [("success", "Resolved 2 refunds.")]
+    assert (fresh(first).status, fresh(first).refunded_amount) == (Payment.Status.REFUNDED, 1000)
+    assert (fresh(second).status, fresh(second).refunded_amount) == (
+        Payment.Status.PARTIALLY_REFUNDED, 500,
+    )
+    assert sorted((kw["payment"].pk, kw["amount"]) for _, kw in sent) == sorted(
+        [(first.pk, 1000), (second.pk, 500)]
+    )
+    assert not Refund.objects.filter(status=Refund.Status.PENDING).exists()
+
+
+def test_resolve_refund_without_an_outcome_settles_nothing(refunding_client, khalti, sent):
+    payment = verified_payment(amount=1000)
+    refund = unknown_refund(payment, stale=True)
+    page = run_action(refunding_client, "resolve_refund", [payment], follow=False)
+    data = {**confirmation_form(page), "note": "", "confirm": "Record it"}
+    response = refunding_client.post(CHANGELIST, data)
+    assert response.status_code == 200
+    assert 'class="errorlist' in response.content.decode()
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING
+    assert fresh(payment).status == Payment.Status.VERIFIED
+    assert sent == []
+
+
+def test_staff_without_the_permission_cannot_resolve_a_refund(
+    non_refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    payment = verified_payment(amount=1000)
+    refund = unknown_refund(payment, stale=True)
+    assert "resolve_refund" not in action_choices(non_refunding_client.get(CHANGELIST))
+    with django_capture_on_commit_callbacks(execute=True):
+        asked = run_action(non_refunding_client, "resolve_refund", [payment], follow=False)
+        forged = run_action(non_refunding_client, "resolve_refund", [payment], follow=False,
+                            outcome="succeeded", note="", confirm="Record it")
+    for response in (asked, forged):
+        assert response.status_code in (200, 302, 403)
+        assert 'name="outcome"' not in response.content.decode()
+    if action_choices(non_refunding_client.get(CHANGELIST)):
+        followed = run_action(non_refunding_client, "resolve_refund", [payment],
+                              outcome="succeeded", confirm="Record it")
+        assert ("warning", "No action selected.") in messages_of(followed)
+    assert len(khalti.calls) == 0
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.VERIFIED, 0)
+    assert sent == []
+
+
+# --- ATOMIC_REQUESTS -----------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_actions_work_in_a_project_with_atomic_requests(refunder_client, khalti, sent,
+                                                            monkeypatch):
+    # The actions claim payments in durable transactions before calling Khalti: they
+    # must not run inside the request's transaction.
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    pending = pending_payment(1)
+    khalti.status(pending.token, pending.amount, "status_complete")
+    response = run_action(refunder_client, "recheck", [pending])
+    assert response.status_code == 200
+    assert messages_of(response) == [("success", "Re-checked 1 with Khalti: 1 verified.")]
+    assert fresh(pending).status == Payment.Status.VERIFIED
+
+    payment = verified_payment(amount=1000)
+    mock_refund(khalti, "idx-V", {"amount": 400})
+    response = confirm_refund(refunder_client, [payment], amount="4")
+    assert response.status_code == 200
+    assert messages_of(response) == [("success", "Refunded Rs 4.00 of ORD-V.")]
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
+    assert row.refunds.get().status == Refund.Status.SUCCEEDED
+    # The signals went out once each, after the commit.
+    assert [(name, kw["payment"].pk) for name, kw in sent] == [
+        ("verified", pending.pk), ("refunded", payment.pk),
+    ]
+
+
+def test_resolve_refund_leaves_a_refund_that_may_still_be_in_flight(refunding_client, khalti):
+    payment = verified_payment(amount=1000)
+    unknown_refund(payment)  # just now: its call to Khalti may still be running
+    response = run_action(refunding_client, "resolve_refund", [payment])
+    assert ("warning", "None of the selected payments has a refund of unknown outcome.") in (
+        messages_of(response)
+    )
+    assert Refund.objects.get().status == Refund.Status.PENDING
+
+
+def test_a_refused_page_shows_what_stands_now_and_can_be_confirmed_anew(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    payment = verified_payment(amount=1000)
+    stale_page = refund_confirmation(refunding_client, [payment])
+    mock_refund(khalti, "idx-V", {"amount": 400})
+    with django_capture_on_commit_callbacks(execute=True):
+        confirm_refund(refunding_client, [payment], amount="4")
+        refused = submit_refund(refunding_client, stale_page, amount="6", follow=False)
+    assert nonfield_errors(refused) == ["These payments were refunded meanwhile: review them again."]
+    reshown = confirmation_form(refused)
+    assert reshown["refunded_before"] == ["400"]
+    mock_refund(khalti, "idx-V", {"amount": 600})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = submit_refund(refunding_client, reshown, amount="6")
+    assert messages_of(response) == [("success", "Refunded Rs 6.00 of ORD-V.")]
+    assert fresh(payment).refunded_amount == 1000
