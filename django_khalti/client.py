@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, urljoin
 
@@ -126,23 +126,36 @@ def error_message(body: Any) -> str | None:
     """The human message of a Khalti error body, or None for an unknown shape.
 
     Khalti answers errors as ``{"detail": "..."}`` or as DRF field errors
-    ``{"token": ["Invalid token."]}``.
+    ``{"token": ["Invalid token."]}``, nested for nested fields
+    (``{"customer_info": {"phone": ["..."]}}``).
     """
     if not isinstance(body, dict) or not body:
         return None
     detail = body.get("detail")
     if isinstance(detail, str):
         return detail
-    messages = []
-    for field, errors in body.items():
-        if field == "error_key":
-            continue
-        if isinstance(errors, str):
-            errors = [errors]
-        if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
-            return None
-        messages.append(f"{field}: {' '.join(errors)}")
-    return "; ".join(messages) or None
+    messages = _field_messages(body, "")
+    return "; ".join(messages) if messages else None
+
+
+def _field_messages(errors: Any, prefix: str) -> list[str] | None:
+    """``["field: message", ...]`` from DRF-style errors, or None for another shape."""
+    if isinstance(errors, str):
+        return [f"{prefix}: {errors}" if prefix else errors]
+    if isinstance(errors, list) and errors and all(isinstance(e, str) for e in errors):
+        return [f"{prefix}: {' '.join(errors)}" if prefix else " ".join(errors)]
+    if isinstance(errors, (dict, list)) and errors:
+        items = errors.items() if isinstance(errors, dict) else enumerate(errors)
+        messages: list[str] = []
+        for key, value in items:
+            if key == "error_key" or (isinstance(errors, list) and not value):
+                continue
+            found = _field_messages(value, f"{prefix}.{key}" if prefix else str(key))
+            if found is None:
+                return None
+            messages.extend(found)
+        return messages or None
+    return None
 
 
 class KhaltiClient:
@@ -261,8 +274,11 @@ class KhaltiClient:
         ):
             logger.warning("Khalti's initiate answer lacks pidx or payment_url.")
             raise KhaltiBadResponse()
+        expires_at = _aware(answer.get("expires_at"))
+        if expires_at is None and _is_int(answer.get("expires_in")):
+            expires_at = datetime.now(UTC) + timedelta(seconds=answer["expires_in"])
         return KhaltiInitiation(pidx=answer["pidx"], payment_url=answer["payment_url"],
-                                expires_at=_aware(answer.get("expires_at")), raw=answer)
+                                expires_at=expires_at, raw=answer)
 
     def lookup(self, pidx: str) -> KhaltiLookup:
         """What became of an ePayment. Read-only: safe to ask at any time."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from collections.abc import Callable
+from urllib.parse import urljoin
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
@@ -43,6 +44,7 @@ from .exceptions import (
     KhaltiAlreadyPaid,
     KhaltiAmountMismatch,
     KhaltiAmountTooSmall,
+    KhaltiBadResponse,
     KhaltiInitiationRejected,
     KhaltiUnknownPayment,
     KhaltiConfigurationError,
@@ -340,23 +342,40 @@ def _ask_status(client: KhaltiClient, payment: Payment) -> None:
         _release(payment)
 
 
+#: How long after its link expired a Khalti answer of "not found" or "Initiated"
+#: means the buyer can no longer pay: no money can move on a dead link.
+EXPIRY_MARGIN = timedelta(minutes=15)
+
+
 def _lookup(client: KhaltiClient, payment: Payment) -> None:
     if not payment.pidx:
         # Its initiation never finished: the buyer was never given a payment
         # link, so no money can have moved.
-        _fail(payment, _("The payment was never started with Khalti."))
+        _fail(payment, _("The payment was never started with Khalti."), notify=False)
         return
+    expires_at = payment.expires_at or payment.created_at + timedelta(minutes=60)
+    dead = timezone.now() > expires_at + EXPIRY_MARGIN
     try:
         answer = client.lookup(payment.pidx)
     except KhaltiRejected as exc:
-        # "Not found" for a pidx Khalti gave us says nothing sure.
+        if dead:
+            _fail(payment, _("Khalti does not know this payment (%(detail)s) and its link "
+                             "expired.") % {"detail": exc.detail}, exc.body)
+            return
+        # "Not found" for a live pidx Khalti gave us says nothing sure.
         raise KhaltiUnavailable() from exc
+    if answer.pidx != payment.pidx:
+        logger.warning("Khalti's lookup for %s answered about another pidx.", payment.pidx)
+        raise KhaltiBadResponse()
     status = answer.status.strip().lower()
     fields: dict[str, Any] = {"khalti_response": answer.raw}
     if answer.transaction_id:
         fields["idx"] = answer.transaction_id  # what refunds need
     if answer.fee is not None:
         fields["fee_amount"] = answer.fee
+    if status == "completed" and answer.total_amount is None:
+        logger.warning("Khalti's lookup for %s is Completed without an amount.", payment.pidx)
+        raise KhaltiBadResponse()
     if status == "completed" and answer.total_amount == payment.amount:
         _transition(payment, Status.VERIFIED, **fields)
     elif status == "completed":
@@ -364,7 +383,7 @@ def _lookup(client: KhaltiClient, payment: Payment) -> None:
             "got": answer.total_amount, "want": payment.amount,
         }
         _fail(payment, reason, **fields)
-    elif status in ("expired", "user canceled", "user cancelled"):
+    elif status in ("expired", "user canceled", "user cancelled") or (status == "initiated" and dead):
         _fail(payment, _("Khalti reports the payment as %(status)s.") % {"status": answer.status},
               **fields)
     elif status in ("refunded", "partially refunded"):
@@ -435,7 +454,8 @@ def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
         _transition(payment, Status.VERIFIED, **fields)
 
 
-def _fail(payment: Payment, reason: str, raw: Any = None, **fields: Any) -> bool:
+def _fail(payment: Payment, reason: str, raw: Any = None, notify: bool = True,
+          **fields: Any) -> bool:
     """Fail a payment this worker still holds.
 
     A worker whose claim went stale and was taken over must not fail the
@@ -445,7 +465,8 @@ def _fail(payment: Payment, reason: str, raw: Any = None, **fields: Any) -> bool
     if raw is not None:
         fields.setdefault("khalti_response", raw)
     return _transition(
-        payment, Status.FAILED, held=True, failure_reason=reason, order_claim=None, **fields
+        payment, Status.FAILED, held=True, notify=notify, failure_reason=reason,
+        order_claim=None, **fields
     )
 
 
@@ -466,6 +487,9 @@ def start_epayment(request: Any, product_identity: str, product_name: str,
     ePayment link is still good, asking again returns that same payment.
     """
     client = KhaltiClient.from_settings()
+    # Everything that can fail on our side, before the order is claimed.
+    website_url = khalti_settings.WEBSITE_URL or f"{request.scheme}://{request.get_host()}"
+    return_url = urljoin(website_url, reverse("django_khalti:epayment-return"))
     expected = _expected_for_new_payment(request, product_identity)
     if expected < MIN_EPAYMENT_AMOUNT:
         raise KhaltiAmountTooSmall()
@@ -478,8 +502,8 @@ def start_epayment(request: Any, product_identity: str, product_name: str,
         return payment
     try:
         started = client.initiate(
-            return_url=request.build_absolute_uri(reverse("django_khalti:epayment-return")),
-            website_url=khalti_settings.WEBSITE_URL or f"{request.scheme}://{request.get_host()}",
+            return_url=return_url,
+            website_url=website_url,
             amount=expected,
             purchase_order_id=product_identity,
             purchase_order_name=product_name,
@@ -488,19 +512,27 @@ def start_epayment(request: Any, product_identity: str, product_name: str,
             product_details=product_details,
         )
     except KhaltiRejected as exc:
-        _fail(payment, _("Khalti refused to start the payment: %s") % exc.detail, exc.body)
+        # Never started: the buyer paid nothing, so no payment_failed is sent.
+        _fail(payment, _("Khalti refused to start the payment: %s") % exc.detail, exc.body,
+              notify=False)
         errors = {k: v for k, v in (exc.body or {}).items() if k != "error_key"}
         raise KhaltiInitiationRejected(exc.detail, errors=errors) from exc
     except KhaltiUnavailable:
         # Whatever Khalti made of it, the buyer never got a link to pay.
-        _fail(payment, _("Khalti could not be reached to start the payment."))
+        _fail(payment, _("Khalti could not be reached to start the payment."), notify=False)
         raise
     now = timezone.now()
     fields = {"pidx": started.pidx, "payment_url": started.payment_url,
-              "expires_at": started.expires_at, "khalti_response": started.raw}
-    Payment.objects.filter(pk=payment.pk, status=Status.PENDING).update(
-        claimed_at=None, updated_at=now, **fields
-    )
+              "expires_at": started.expires_at or now + timedelta(minutes=60),
+              "khalti_response": started.raw}
+    # The pidx is a fact about this row, stored whatever became of it meanwhile...
+    Payment.objects.filter(pk=payment.pk).update(updated_at=now, **fields)
+    # ...but the link goes to the buyer only if the row is still ours and pending.
+    still_ours = Payment.objects.filter(
+        pk=payment.pk, status=Status.PENDING, claimed_at=payment.claimed_at
+    ).update(claimed_at=None)
+    if not still_ours:
+        raise KhaltiInProgress()
     for name, value in fields.items():
         setattr(payment, name, value)
     payment.claimed_at = None

@@ -11,7 +11,9 @@ from django.db import DatabaseError, transaction
 from django.db.transaction import non_atomic_requests
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render, resolve_url
-from django.views.decorators.http import require_GET
+from django.urls import NoReverseMatch
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext_lazy as _
 from rest_framework import status
@@ -130,30 +132,67 @@ class EpaymentInitiateView(KhaltiAPIView):
 
 # --- plain Django views for the browser (no JavaScript needed) ------------------------
 
+#: How often the "being confirmed" page reloads itself before it stops asking.
+MAX_REFRESHES = 12
+
 
 def _result_page(request: HttpRequest, *, payment: Payment | None = None,
-                 error: KhaltiError | None = None, http: int = 200) -> HttpResponse:
-    """The result page: ``django_khalti/epayment_result.html``, overridable."""
-    state = (payment.status if payment is not None else "error") if error is None else "error"
+                 error: Exception | None = None, state: str | None = None,
+                 http: int = 200) -> HttpResponse:
+    """The result page: ``django_khalti/epayment_result.html``, overridable.
+
+    ``state`` is one of ``verified``, ``pending``, ``failed``, ``refunded``
+    or ``error``; a pending page reloads itself a few times.
+    """
+    if state is None:
+        state = "error" if error is not None else _page_state(payment)
+    refresh_url = None
+    tries = request.GET.get("tries", "0")
+    tries_done = int(tries) if tries.isdigit() else MAX_REFRESHES
+    if state == "pending" and tries_done < MAX_REFRESHES:
+        query = request.GET.copy()
+        query["tries"] = str(tries_done + 1)
+        refresh_url = f"{request.path}?{query.urlencode()}"
     return render(request, "django_khalti/epayment_result.html",
                   {"payment": payment, "state": state, "error": error,
-                   "paid": payment is not None and payment.status in Payment.PAID_STATUSES},
+                   "refresh_url": refresh_url},
                   status=http)
 
 
+def _page_state(payment: Payment | None) -> str:
+    if payment is None:
+        return "error"
+    if payment.status in (Payment.Status.REFUNDED, Payment.Status.PARTIALLY_REFUNDED):
+        return "refunded"
+    return str(payment.status)
+
+
+def _unavailable_page(request: HttpRequest, exc: Exception) -> HttpResponse:
+    logger.error("dj-khalti could not serve %s: %s", request.path, exc, exc_info=exc)
+    return _result_page(request, error=KhaltiUnavailable(_("Payments are not available right now.")),
+                        http=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
 @non_atomic_requests
-@require_GET
+@never_cache
+@require_http_methods(["GET", "POST"])
 def epayment_start(request: HttpRequest, product_identity: str) -> HttpResponse:
-    """Start an ePayment for the order and send the browser to Khalti (302)."""
-    product_name = (request.GET.get("product_name") or product_identity)[:255]
+    """Start an ePayment for the order and send the browser to Khalti (302).
+
+    A link (GET) or a form (POST, with the CSRF token) works. The product name
+    shown on Khalti's page is the order's reference: nothing is taken from the
+    browser but the reference, which the resolver checks.
+    """
     try:
-        payment = services.start_epayment(request, product_identity, product_name)
+        payment = services.start_epayment(request, product_identity, product_identity)
+    except KhaltiInProgress:
+        # A double click while the first request is still getting the link:
+        # the page reloads, and the reload is sent to the link once it is ready.
+        return _result_page(request, state="pending", http=status.HTTP_409_CONFLICT)
     except KhaltiError as exc:
         return _result_page(request, error=exc, http=http_status(exc))
-    except KhaltiConfigurationError as exc:
-        logger.error("dj-khalti is misconfigured: %s", exc, exc_info=exc)
-        return _result_page(request, error=KhaltiUnavailable(_("Payments are not available right now.")),
-                            http=status.HTTP_503_SERVICE_UNAVAILABLE)
+    except (KhaltiConfigurationError, DatabaseError) as exc:
+        return _unavailable_page(request, exc)
     return redirect(payment.payment_url)
 
 
@@ -163,6 +202,7 @@ UNTRUSTED_RETURN_PARAMS = ("status", "purchase_order_id", "amount", "total_amoun
 
 
 @non_atomic_requests
+@never_cache
 @require_GET
 def epayment_return(request: HttpRequest) -> HttpResponse:
     """Where Khalti sends the buyer back: settle by lookup, then show the outcome."""
@@ -171,25 +211,31 @@ def epayment_return(request: HttpRequest) -> HttpResponse:
         "ePayment return for pidx %r; the browser claims %s", pidx,
         {key: request.GET[key] for key in UNTRUSTED_RETURN_PARAMS if key in request.GET},
     )
-    payment = None
+    if not pidx or len(pidx) > 255 or not pidx.isprintable():
+        return _result_page(request, error=KhaltiUnknownPayment(), http=status.HTTP_404_NOT_FOUND)
     try:
-        if not pidx or len(pidx) > 255:
-            raise KhaltiUnknownPayment()
-        payment = services.settle_epayment_return(pidx)
+        try:
+            payment = services.settle_epayment_return(pidx)
+        except (KhaltiUnavailable, KhaltiConfigurationError) as exc:
+            if isinstance(exc, KhaltiConfigurationError):
+                logger.error("dj-khalti is misconfigured: %s", exc, exc_info=exc)
+            # The payment stays pending; a reload or khalti_reconcile settles it.
+            payment = Payment.objects.get(pidx=pidx)
     except KhaltiUnknownPayment as exc:
         return _result_page(request, error=exc, http=status.HTTP_404_NOT_FOUND)
-    except KhaltiUnavailable:
-        # The payment stays pending; khalti_reconcile or a reload settles it.
-        payment = Payment.objects.get(pidx=pidx)
-    except KhaltiConfigurationError as exc:
-        logger.error("dj-khalti is misconfigured: %s", exc, exc_info=exc)
-        payment = Payment.objects.get(pidx=pidx)
-    target = None
-    if payment.status in Payment.PAID_STATUSES:
-        target = khalti_settings.SUCCESS_URL
-    elif payment.status == Payment.Status.FAILED:
-        target = khalti_settings.FAILURE_URL
+    except DatabaseError as exc:
+        return _unavailable_page(request, exc)
+    target = {
+        Payment.Status.VERIFIED: khalti_settings.SUCCESS_URL,
+        Payment.Status.FAILED: khalti_settings.FAILURE_URL,
+        Payment.Status.REFUNDED: khalti_settings.FAILURE_URL,
+        Payment.Status.PARTIALLY_REFUNDED: khalti_settings.FAILURE_URL,
+    }.get(payment.status)
     if target:
-        url = resolve_url(target)
-        return redirect(f"{url}{'&' if '?' in url else '?'}{urlencode({'payment': payment.pk})}")
+        try:
+            url = resolve_url(target)
+        except NoReverseMatch:
+            logger.error("KHALTI success/failure URL %r cannot be resolved.", target)
+        else:
+            return redirect(f"{url}{'&' if '?' in url else '?'}{urlencode({'payment': payment.pk})}")
     return _result_page(request, payment=payment)

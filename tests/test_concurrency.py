@@ -340,3 +340,65 @@ def test_a_batch_passes_over_rows_another_reconciler_holds(khalti):
     finally:
         release.set()
         thread.join()
+
+
+def test_epayment_views_work_in_an_atomic_requests_project(khalti, order, monkeypatch):
+    from django.db import connection
+
+    from .conftest import epayment_started
+
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    khalti.initiate(1000, order.reference, json=epayment_started())
+    client = Client()
+    start = client.get(reverse("django_khalti:epayment-start", args=[order.reference]))
+    assert start.status_code == 302
+    khalti.lookup("bZQLD9wRVWo4CdESSfuSsB", "epayment_lookup_completed")
+    back = client.get(reverse("django_khalti:epayment-return"), {"pidx": "bZQLD9wRVWo4CdESSfuSsB"})
+    assert back.status_code == 200
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    assert OrderEvent.objects.filter(kind="paid").count() == 1
+
+
+def test_return_callbacks_racing_the_reconcile_command_settle_once(khalti, order, signals):
+    import io
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    payment = Payment.objects.create(
+        flow=Payment.Flow.EPAYMENT, pidx="pidx-cmd", product_identity=order.reference,
+        amount=1000, order_claim=order_key(order.reference),
+    )
+    Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(minutes=10))
+    lookups = []
+
+    def lookup(request):
+        lookups.append(1)
+        time.sleep(0.3)
+        return 200, {}, json.dumps({"pidx": "pidx-cmd", "total_amount": 1000, "status": "Completed",
+                                    "transaction_id": "txn-cmd", "fee": 0, "refunded": False})
+
+    khalti.rsps.add_callback("POST", "https://khalti.test/api/v2/epayment/lookup/", lookup)
+    barrier = threading.Barrier(4)
+
+    def come_back():
+        try:
+            barrier.wait(timeout=10)
+            return Client().get(reverse("django_khalti:epayment-return"), {"pidx": "pidx-cmd"}).status_code
+        finally:
+            connections.close_all()
+
+    def command():
+        try:
+            barrier.wait(timeout=10)
+            call_command("khalti_reconcile", stdout=io.StringIO())
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(come_back) for _ in range(2)] + [pool.submit(command) for _ in range(2)]
+        [f.result() for f in futures]
+    assert len(lookups) == 1
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    assert [name for name, _, _ in signals] == ["verified"]

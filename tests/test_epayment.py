@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from django_khalti import services
 from django_khalti.models import Payment, order_key
@@ -66,12 +67,11 @@ def test_initiate_answers_201_with_where_to_send_the_buyer(client, khalti, order
                                                "phone": "9800000001"})
     assert response.status_code == 201
     payment = Payment.objects.get()
-    assert response.json() == {
-        "payment": str(payment.pk),
-        "pidx": PIDX,
-        "payment_url": fixture("epayment_initiate")["payment_url"],
-        "expires_at": response.json()["expires_at"],
-    }
+    body = response.json()
+    assert set(body) == {"payment", "pidx", "payment_url", "expires_at"}
+    assert (body["payment"], body["pidx"], body["payment_url"]) == (
+        str(payment.pk), PIDX, fixture("epayment_initiate")["payment_url"])
+    assert parse_datetime(body["expires_at"]) == payment.expires_at
     assert payment.expires_at > timezone.now() + timedelta(minutes=29)
     assert payment.flow == Payment.Flow.EPAYMENT
     assert payment.status == Payment.Status.PENDING
@@ -204,11 +204,14 @@ def test_a_pending_widget_payment_blocks_a_new_epayment(client, khalti, order):
 # --- the no-JavaScript start view -------------------------------------------------------------
 
 
-def test_start_view_redirects_the_browser_to_khalti(client, khalti, order):
-    khalti.initiate(1000, "ORD-1", purchase_order_name="Dragon")
-    response = client.get(reverse("django_khalti:epayment-start", args=["ORD-1"]),
-                          {"product_name": "Dragon"})
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_start_view_redirects_the_browser_to_khalti(client, khalti, order, method):
+    # The name on Khalti's page is the order's reference: nothing else comes from the browser.
+    khalti.initiate(1000, "ORD-1", purchase_order_name="ORD-1")
+    response = getattr(client, method)(reverse("django_khalti:epayment-start", args=["ORD-1"]),
+                                       {"product_name": "Forged name"})
     assert response.status_code == 302
+    assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
     assert response["Location"] == fixture("epayment_initiate")["payment_url"]
     assert Payment.objects.get().pidx == PIDX
 
@@ -222,8 +225,8 @@ def test_start_view_shows_a_page_for_refusals(client, khalti, reference, status)
     assert not khalti.calls
 
 
-def test_start_view_is_get_only(client, order):
-    assert client.post(reverse("django_khalti:epayment-start", args=["ORD-1"])).status_code == 405
+def test_start_view_takes_only_get_and_post(client, order):
+    assert client.put(reverse("django_khalti:epayment-start", args=["ORD-1"])).status_code == 405
 
 
 # --- coming back ----------------------------------------------------------------------------------
@@ -277,8 +280,8 @@ def test_success_url_may_be_absolute_with_a_query(client, khalti, order):
         ("epayment_lookup_initiated", Payment.Status.PENDING, "Confirming your payment"),
         ("epayment_lookup_expired", Payment.Status.FAILED, "Payment not completed"),
         ("epayment_lookup_canceled", Payment.Status.FAILED, "Payment not completed"),
-        ("epayment_lookup_refunded", Payment.Status.REFUNDED, "Payment received"),
-        ("epayment_lookup_partially_refunded", Payment.Status.PARTIALLY_REFUNDED, "Payment received"),
+        ("epayment_lookup_refunded", Payment.Status.REFUNDED, "Payment refunded"),
+        ("epayment_lookup_partially_refunded", Payment.Status.PARTIALLY_REFUNDED, "Payment refunded"),
     ],
 )
 def test_every_lookup_status_settles_as_it_should(client, khalti, order, signals,
@@ -471,3 +474,227 @@ def test_admin_shows_flow_pidx_and_link_and_filters_by_flow(admin_client, client
                                       args=[Payment.objects.get(pidx=PIDX).pk])).content.decode()
     assert PIDX in change
     assert fixture("epayment_initiate")["payment_url"].replace("&", "&amp;") in change
+
+
+# --- review: answers of the wrong shape, dead links, lost links --------------------------
+
+
+@pytest.mark.parametrize("total_amount", [None, "1000", 1000.0, True])
+def test_completed_without_a_usable_amount_stays_pending_never_failed(client, khalti, order, signals,
+                                                                      total_amount):
+    payment = started(client, khalti, order)
+    body = {**fixture("epayment_lookup_completed"), "pidx": PIDX, "total_amount": total_amount}
+    if total_amount is None:
+        del body["total_amount"]
+    khalti.lookup(PIDX, json=body)
+    response = come_back(client)
+    assert "Confirming your payment" in response.content.decode()
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.PENDING
+    assert not signals
+
+
+def test_lookup_about_another_pidx_is_not_believed(client, khalti, order):
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, json={**fixture("epayment_lookup_completed"), "pidx": "someone-else"})
+    come_back(client)
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.PENDING
+
+
+@pytest.mark.parametrize(
+    "answer", [{"status": 404, "json": fixture("epayment_lookup_not_found")},
+               {"json": {**fixture("epayment_lookup_initiated"), "pidx": PIDX}}],
+    ids=["not-found", "initiated"],
+)
+def test_a_dead_link_khalti_no_longer_knows_or_still_calls_initiated_is_failed(
+    client, khalti, order, answer
+):
+    payment = started(client, khalti, order)
+    Payment.objects.filter(pk=payment.pk).update(expires_at=timezone.now() - timedelta(hours=1))
+    khalti.lookup(PIDX, **answer)
+    come_back(client)
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.FAILED
+    assert payment.order_claim is None  # the order can be paid again
+
+
+def test_the_link_is_never_handed_out_if_the_row_was_taken_over_meanwhile(client, khalti, order,
+                                                                          monkeypatch):
+    """A stall longer than the claim timeout after the insert: another worker
+    failed the row (no pidx yet); the buyer must not get a link stored nowhere."""
+    real_initiate = services.KhaltiClient.initiate
+
+    def slow_initiate(self, **kwargs):
+        answer = real_initiate(self, **kwargs)
+        payment = Payment.objects.get()
+        Payment.objects.filter(pk=payment.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+        services.reconcile(Payment.objects.get())  # the other worker: no pidx → failed
+        return answer
+
+    monkeypatch.setattr(services.KhaltiClient, "initiate", slow_initiate)
+    khalti.initiate(1000, "ORD-1")
+    response = initiate(client)
+    assert response.status_code == 409
+    assert "payment_url" not in response.json()
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.FAILED
+    assert payment.pidx == PIDX  # stored anyway: a fact about the row
+
+
+def test_nested_validation_errors_from_khalti_are_400_with_the_fields(client, khalti, order):
+    body = {"customer_info": {"phone": ["Enter a valid phone."]}, "error_key": "validation_error"}
+    khalti.initiate(1000, "ORD-1", status=400, json=body)
+    response = initiate(client, customer_info={"phone": "12"})
+    assert response.status_code == 400
+    assert response.json()["code"] == "initiation_rejected"
+    assert response.json()["errors"] == {"customer_info": {"phone": ["Enter a valid phone."]}}
+    assert "customer_info.phone: Enter a valid phone." in response.json()["detail"]
+
+
+@pytest.mark.parametrize("mock", [{"status": 400, "json": fixture("epayment_initiate_validation_error")},
+                                  {"body": requests.exceptions.ReadTimeout()}])
+def test_a_payment_that_never_started_sends_no_payment_failed(client, khalti, order, signals,
+                                                              django_capture_on_commit_callbacks, mock):
+    khalti.initiate(1000, "ORD-1", **mock)
+    with django_capture_on_commit_callbacks(execute=True):
+        initiate(client)
+    assert Payment.objects.get().status == Payment.Status.FAILED
+    assert not signals
+
+
+def test_expires_in_stands_in_for_a_missing_expires_at(client, khalti, order):
+    answer = epayment_started()
+    del answer["expires_at"]
+    khalti.initiate(1000, "ORD-1", json=answer)
+    first, second = initiate(client), initiate(client)
+    assert first.json() == second.json()  # the link is reused: it has an expiry
+    payment = Payment.objects.get()
+    assert timezone.now() + timedelta(minutes=29) < payment.expires_at < timezone.now() + timedelta(minutes=31)
+
+
+@override_settings(KHALTI={**SETTINGS, "WEBSITE_URL": "https://shop.example.com"})
+def test_return_url_is_built_on_website_url_when_set(client, khalti, order):
+    khalti.initiate(1000, "ORD-1", return_url="https://shop.example.com/khalti/epayment/return/")
+    assert initiate(client).status_code == 201
+
+
+def test_a_new_order_total_is_not_paid_by_the_old_link(client, khalti, order):
+    started(client, khalti, order)
+    Order.objects.filter(pk=order.pk).update(total=50000)
+    khalti.lookup(PIDX, "epayment_lookup_initiated")  # the old link, still unpaid
+    response = initiate(client)
+    assert response.status_code == 409
+    assert response.json()["code"] == "in_progress"
+    assert Payment.objects.count() == 1
+
+
+def test_the_link_is_not_reused_in_its_last_minute(client, khalti, order):
+    payment = started(client, khalti, order)
+    Payment.objects.filter(pk=payment.pk).update(expires_at=timezone.now() + timedelta(seconds=30))
+    khalti.lookup(PIDX, "epayment_lookup_initiated")
+    assert initiate(client).json()["code"] == "in_progress"
+
+
+def test_user_cancelled_spelt_the_british_way_also_fails(client, khalti, order):
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, json={**fixture("epayment_lookup_canceled"), "pidx": PIDX,
+                              "status": "User cancelled"}, status=400)
+    come_back(client)
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.FAILED
+
+
+@override_settings(KHALTI={**SETTINGS, "SUCCESS_URL": "/thanks/", "FAILURE_URL": "/sorry/"})
+def test_refunded_at_first_lookup_is_not_shown_as_success(client, khalti, order, signals):
+    payment = started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_refunded")
+    assert come_back(client)["Location"] == f"/sorry/?payment={payment.pk}"
+    assert not signals
+
+
+@override_settings(KHALTI={**SETTINGS, "SUCCESS_URL": "no-such-url-name"})
+def test_an_unresolvable_success_url_falls_back_to_the_page(client, khalti, order, caplog):
+    started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    response = come_back(client)
+    assert response.status_code == 200
+    assert "Payment received" in response.content.decode()
+    assert "cannot be resolved" in caplog.text
+
+
+@pytest.mark.parametrize("pidx", ["abc\x00def", "abc\ndef"])
+def test_control_characters_in_pidx_are_404(client, khalti, pidx):
+    assert client.get(RETURN, {"pidx": pidx}).status_code == 404
+    assert not khalti.calls
+
+
+def test_our_database_failing_on_return_is_a_503_page(client, khalti, order, monkeypatch):
+    from django.db import DatabaseError
+
+    started(client, khalti, order)
+
+    def broken(pidx):
+        raise DatabaseError("connection lost")
+
+    monkeypatch.setattr(services, "settle_epayment_return", broken)
+    response = come_back(client)
+    assert response.status_code == 503
+    assert "connection lost" not in response.content.decode()
+
+
+@pytest.mark.parametrize("mock, status", [({"body": requests.exceptions.ReadTimeout()}, 504),
+                                          ({"status": 500, "body": "x"}, 502)])
+def test_start_view_when_khalti_is_unavailable_shows_a_page(client, khalti, order, mock, status):
+    khalti.initiate(1000, "ORD-1", **mock)
+    response = client.get(reverse("django_khalti:epayment-start", args=["ORD-1"]))
+    assert response.status_code == status
+    assert "Payment not completed" in response.content.decode()
+
+
+@override_settings(KHALTI={**SETTINGS, "AMOUNT_RESOLVER": "shop.nowhere.resolver"})
+def test_start_view_with_a_broken_configuration_is_a_503_page(client, khalti, order, caplog):
+    response = client.get(reverse("django_khalti:epayment-start", args=["ORD-1"]))
+    assert response.status_code == 503
+    assert "AMOUNT_RESOLVER" not in response.content.decode()
+    assert "AMOUNT_RESOLVER" in caplog.text
+
+
+@override_settings(KHALTI={**SETTINGS, "SECRET_KEY": ""})
+def test_return_view_with_a_broken_configuration_leaves_the_payment_pending(client, khalti, order):
+    payment = Payment.objects.create(flow=Payment.Flow.EPAYMENT, pidx=PIDX, product_identity="ORD-1",
+                                     amount=1000, order_claim=order_key("ORD-1"))
+    response = come_back(client)
+    assert response.status_code == 200
+    assert "Confirming your payment" in response.content.decode()
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.PENDING
+
+
+def test_a_double_click_on_start_gets_a_page_that_reloads_into_the_link(client, khalti, order):
+    Payment.objects.create(flow=Payment.Flow.EPAYMENT, product_identity="ORD-1", amount=1000,
+                           order_claim=order_key("ORD-1"), claimed_at=timezone.now())
+    url = reverse("django_khalti:epayment-start", args=["ORD-1"])
+    response = client.get(url)
+    assert response.status_code == 409
+    page = response.content.decode()
+    assert "Confirming your payment" in page
+    assert f'content="5; url={url}?tries=1"' in page
+    assert not khalti.calls
+
+
+def test_the_pending_page_stops_reloading_after_a_while(client, khalti, order):
+    started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_pending")
+    page = client.get(RETURN, {"pidx": PIDX, "tries": "12"}).content.decode()
+    assert 'http-equiv="refresh"' not in page
+    assert "come back to your order later" in page
+
+
+def test_the_result_page_is_overridable(client, khalti, order, settings, tmp_path):
+    (tmp_path / "django_khalti").mkdir()
+    (tmp_path / "django_khalti" / "epayment_result.html").write_text("SHOP PAGE {{ state }}")
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [str(tmp_path)]}]
+    started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    assert come_back(client).content.decode() == "SHOP PAGE verified"
