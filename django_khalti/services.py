@@ -326,16 +326,8 @@ def _ask_status(client: KhaltiClient, payment: Payment) -> None:
         }
         _fail(payment, reason, answer.raw)
     elif state in ("refunded", "partially refunded"):
-        # Paid, then refunded outside this app before we ever verified it: the
-        # shop never fulfilled the order, so no signal is due.
-        full = state == "refunded"
-        _transition(
-            payment,
-            Status.REFUNDED if full else Status.PARTIALLY_REFUNDED,
-            refunded_amount=payment.amount if full else payment.refunded_amount,
-            notify=False,
-            **_details(client, answer.raw, payment),
-        )
+        _refunded_elsewhere(payment, full=state == "refunded",
+                            **_details(client, answer.raw, payment))
     else:
         # Initiated, or a state we do not know: not ours to decide yet.
         logger.info("Khalti reports payment %s as %r; it stays pending.", payment.pk, answer.state)
@@ -387,18 +379,26 @@ def _lookup(client: KhaltiClient, payment: Payment) -> None:
         _fail(payment, _("Khalti reports the payment as %(status)s.") % {"status": answer.status},
               **fields)
     elif status in ("refunded", "partially refunded"):
-        full = status == "refunded"
-        _transition(
-            payment,
-            Status.REFUNDED if full else Status.PARTIALLY_REFUNDED,
-            refunded_amount=payment.amount if full else payment.refunded_amount,
-            notify=False,
-            **fields,
-        )
+        _refunded_elsewhere(payment, full=status == "refunded", **fields)
     else:
         # Pending (hold: do not fulfil, do not fail), Initiated, or unknown.
         logger.info("Khalti reports ePayment %s as %r; it stays pending.", payment.pk, answer.status)
         _release(payment)
+
+
+def _refunded_elsewhere(payment: Payment, *, full: bool, **fields: Any) -> None:
+    """A pending payment Khalti reports paid and then refunded outside this app.
+
+    The shop never fulfilled the order, so no signal is due; what was refunded
+    of a partial refund is unknown, so the app refunds nothing more of it.
+    """
+    _transition(
+        payment,
+        Status.REFUNDED if full else Status.PARTIALLY_REFUNDED,
+        refunded_amount=payment.amount if full else payment.refunded_amount,
+        notify=False,
+        **fields,
+    )
 
 
 def _details(client: KhaltiClient, raw: dict[str, Any], payment: Payment) -> dict[str, Any]:
