@@ -1,12 +1,16 @@
 # Two commands for a fresh machine with python3 and make:
 #   make test   create .venv, install, run the whole suite (DATABASE_URL picks the database)
-#   make demo   create .venv, migrate the test project on SQLite, serve it on 127.0.0.1:8000
+#   make demo   create .venv, migrate the test project on SQLite, seed demo orders and an
+#               admin/admin superuser, serve the shop and its local Khalti sandbox on
+#               http://127.0.0.1:8000/ (DEMO_ADDR=host:port to change; KHALTI_SECRET_KEY and
+#               KHALTI_PUBLIC_KEY in the environment: Khalti's real sandbox instead)
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
+DEMO_ADDR ?= 127.0.0.1:8000
 
 # The database driver DATABASE_URL needs, as a pyproject extra.
 ifneq (,$(filter postgres%,$(DATABASE_URL)))
@@ -29,9 +33,12 @@ test: install
 
 demo: export DATABASE_URL = sqlite://
 demo: export DJANGO_DEBUG = 1
+demo: export DJANGO_DEMO = 1
+demo: export DJANGO_DEMO_ADDR = $(DEMO_ADDR)
 demo: install
 	cd testproject && ../$(BIN)/python manage.py migrate --noinput
-	cd testproject && ../$(BIN)/python manage.py runserver 127.0.0.1:8000
+	cd testproject && ../$(BIN)/python manage.py seed_demo --url http://$(DEMO_ADDR)/
+	cd testproject && ../$(BIN)/python manage.py runserver $(DEMO_ADDR)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info testproject/*.sqlite3*

@@ -186,8 +186,10 @@ def settle_claimed(payment: Payment) -> Payment:
 
 
 def _verified_or_raise(payment: Payment) -> Payment:
-    if payment.status in Payment.PAID_STATUSES:
+    if payment.status in Payment.PAID_STATUSES and payment.verified_at is not None:
         return payment
+    if payment.status in Payment.PAID_STATUSES:
+        raise KhaltiVerificationFailed(_("Khalti reports this payment refunded."))
     if payment.status == Status.FAILED:
         raise KhaltiVerificationFailed(payment.failure_reason or None)
     raise KhaltiInProgress()
@@ -440,7 +442,10 @@ def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
         "mobile": record.mobile,
         "khalti_response": record.raw,
     }
-    if record.state != "Completed":
+    if record.state == "Completed" and record.refunded:
+        # Paid, then refunded before we verified it: not paid for the shop.
+        _refunded_elsewhere(payment, full=True, **fields)
+    elif record.state != "Completed":
         _fail(payment, _("Khalti's record is %(state)s, not Completed.") % {"state": record.state},
               **fields)
     elif record.amount != payment.amount:

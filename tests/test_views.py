@@ -600,3 +600,20 @@ def test_verified_through_the_status_endpoint_may_have_no_idx(client, khalti, pa
     response = post(client, payload)
     assert response.status_code == 200
     assert response.json()["payment"]["idx"] is None
+
+
+def test_a_record_khalti_already_refunded_is_not_paid(client, khalti, payload, order, signals,
+                                                      django_capture_on_commit_callbacks):
+    record = transaction_record()
+    record["refunded"] = True
+    khalti.verify(payload["token"], 1000, json=record)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, payload)
+    assert response.status_code == 400
+    assert response.json()["code"] == "verification_failed"
+    assert Payment.objects.get().status == Payment.Status.REFUNDED
+    assert not signals
+    order.refresh_from_db()
+    assert not order.paid
+    # The same payload again gives the same answer.
+    assert post(client, payload).status_code == 400

@@ -1,16 +1,28 @@
 from django.db import models
 
+from django_khalti.models import rupees
+
 
 class Order(models.Model):
     """A shop's order: what the buyer owes, in paisa."""
 
     reference = models.CharField(max_length=64, unique=True)
+    #: What was bought, for the demo's pages (Khalti's ``product_name``).
+    name = models.CharField(max_length=255, blank=True, default="")
     total = models.PositiveBigIntegerField(help_text="paisa")
     paid = models.BooleanField(default=False)
     paid_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.reference
+
+    @property
+    def total_rupees(self) -> str:
+        return rupees(self.total)
+
+    @property
+    def title(self) -> str:
+        return self.name or f"Order {self.reference}"
 
 
 class OrderEvent(models.Model):

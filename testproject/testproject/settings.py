@@ -1,5 +1,13 @@
 """Settings of the project the tests and the demo run.
 
+``DJANGO_DEMO=1`` (set by ``make demo``) turns on the demo: DEBUG, dj-khalti
+talking to the Khalti sandbox this project serves under ``/sandbox/`` (or to
+Khalti's real sandbox when ``KHALTI_SECRET_KEY`` is set), and the shop's
+success and failure pages. Without it, ``KHALTI`` is what the tests expect;
+the sandbox app and the shop's pages are installed either way, inert unless
+``KHALTI["BASE_URL"]`` is pointed at ``<server>/sandbox/`` (as a live-server
+test may do).
+
 The database comes from ``DATABASE_URL``: unset (or ``sqlite:///path``) for
 SQLite, ``postgres://root@127.0.0.1:5432/test`` or
 ``mysql://root@127.0.0.1:3306/test`` for the other two.
@@ -26,6 +34,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_khalti",
     "shop",
+    # Khalti's part, played on this server for the demo (see khalti_sandbox/__init__.py).
+    "khalti_sandbox",
 ]
 
 MIDDLEWARE = [
@@ -120,3 +130,31 @@ LOGGING = {
 
 # The test project runs with a sandbox-style key by design.
 SILENCED_SYSTEM_CHECKS = ["django_khalti.W002"]
+
+
+# --- the demo (``make demo``) ---------------------------------------------------------
+
+#: Khalti's widget script; the shop's order page loads it when Khalti's real
+#: sandbox is used, and the local stand-in (``khalti_sandbox:checkout-js``) otherwise.
+KHALTI_CHECKOUT_JS_URL = (
+    "https://khalti.s3.ap-south-1.amazonaws.com/KPG/dist/2020.12.17.0.0.0/khalti-checkout.iffe.js"
+)
+SHOP_KHALTI_CHECKOUT_JS = None
+
+DEMO = os.environ.get("DJANGO_DEMO", "") == "1"
+if DEMO:
+    DEBUG = True
+    #: Where the demo is served; the local sandbox lives under /sandbox/ there.
+    DEMO_ADDR = os.environ.get("DJANGO_DEMO_ADDR", "127.0.0.1:8000")
+    if os.environ.get("KHALTI_SECRET_KEY"):
+        # Khalti's real sandbox, with the keys of your sandbox merchant account.
+        KHALTI["BASE_URL"] = os.environ.get("KHALTI_BASE_URL", "https://dev.khalti.com/")
+        KHALTI["TIMEOUT"] = 15  # Khalti's sandbox over the internet, not a local fake
+        SHOP_KHALTI_CHECKOUT_JS = KHALTI_CHECKOUT_JS_URL
+    else:
+        KHALTI.update(
+            SECRET_KEY="test_secret_key_dj_khalti_demo_sandbox",
+            PUBLIC_KEY="test_public_key_dj_khalti_demo_sandbox",
+            BASE_URL=os.environ.get("KHALTI_BASE_URL", f"http://{DEMO_ADDR}/sandbox/"),
+        )
+    KHALTI.update(SUCCESS_URL="shop:payment-success", FAILURE_URL="shop:payment-failure")

@@ -1,0 +1,215 @@
+"""What the sandbox knows, as Khalti would: transactions and ePayments.
+
+Amounts are paisa. Ids look like Khalti's (22 characters of base 57).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django.db import models
+from django.utils import timezone
+
+#: The alphabet of Khalti's ids (no 0/O, 1/l/I).
+ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+#: Khalti's fee in the sandbox: 3 % (Rs 0.30 of Rs 10, as in Khalti's example).
+FEE_PERCENT = 3
+#: How long an ePayment link is good for (Khalti's sandbox answers 1800).
+EPAYMENT_LIFETIME = timedelta(minutes=30)
+#: The sandbox's test Khalti ids and MPIN (those of Khalti's own sandbox).
+TEST_MOBILES = [f"980000000{n}" for n in range(6)]
+TEST_MPIN = "1111"
+
+
+def new_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(22))
+
+
+def rupees(paisa: int) -> str:
+    """Paisa as rupees for display: ``123456`` → ``"1,234.56"``."""
+    whole, rest = divmod(paisa, 100)
+    return f"{whole:,}.{rest:02d}"
+
+
+def mask_mobile(mobile: str) -> str:
+    """The payer's Khalti id as Khalti shows it to merchants: ``98XXXXXXX1``."""
+    if len(mobile) < 4:
+        return mobile
+    return mobile[:2] + "X" * (len(mobile) - 3) + mobile[-1]
+
+
+class SandboxTransaction(models.Model):
+    """A payment the sandbox took: a widget payment (with its token) or an ePayment's."""
+
+    class Kind(models.TextChoices):
+        WIDGET = "widget", "Widget (KPG-1)"
+        EPAYMENT = "epayment", "ePayment (KPG-2)"
+
+    class State(models.TextChoices):
+        #: Widget: the buyer paid, the merchant has not verified the token yet.
+        CONFIRMED = "Confirmed"
+        #: Verified by the merchant (widget), or paid (ePayment).
+        COMPLETED = "Completed"
+
+    idx = models.CharField(max_length=32, unique=True, default=new_id)
+    token = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    state = models.CharField(max_length=16, choices=State.choices)
+    amount = models.PositiveBigIntegerField(help_text="paisa")
+    fee_amount = models.PositiveBigIntegerField(help_text="paisa")
+    refunded_amount = models.PositiveBigIntegerField(default=0, help_text="paisa")
+    mobile = models.CharField("payer's Khalti id", max_length=16)
+    product_identity = models.CharField(max_length=255)
+    product_name = models.CharField(max_length=255)
+    product_url = models.CharField(max_length=1000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "sandbox transaction"
+
+    def __str__(self) -> str:
+        return f"{self.idx} · {self.amount} paisa · {self.khalti_state()}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.fee_amount is None:
+            self.fee_amount = self.amount * FEE_PERCENT // 100
+        super().save(*args, **kwargs)
+
+    @property
+    def refundable_amount(self) -> int:
+        if self.state != self.State.COMPLETED:
+            return 0
+        return self.amount - self.refunded_amount
+
+    def khalti_state(self) -> str:
+        """The state as the status endpoint names it."""
+        if self.state == self.State.CONFIRMED:
+            return "Confirmed"
+        if self.refunded_amount >= self.amount:
+            return "Refunded"
+        if self.refunded_amount:
+            return "Partially refunded"
+        return "Complete"
+
+    def record(self) -> dict[str, Any]:
+        """Khalti's transaction record (the answer of verify and of merchant-transaction)."""
+        return {
+            "idx": self.idx,
+            "type": {"idx": "e476BL6jt9kgagEmsakyTL", "name": "Wallet payment"},
+            "state": {
+                "idx": "DhvMj9hdRufLqkP8ZY4d8g" if self.state == self.State.COMPLETED else "a2dfnRvkUqaSTjPWnWqnNo",
+                "name": self.state,
+                "template": "is complete" if self.state == self.State.COMPLETED else "is confirmed",
+            },
+            "amount": self.amount,
+            "fee_amount": self.fee_amount,
+            "refunded": self.refunded_amount > 0,
+            "created_on": timezone.localtime(self.created_at).isoformat(),
+            "ebanker": None,
+            "user": {"idx": "cCaPkRPQGn5D8StkiqqMJg", "name": "Test User",
+                     "mobile": mask_mobile(self.mobile)},
+            "merchant": {"idx": "UM75Gm2gWmZvA4TPwkwZye", "name": "dj-khalti demo shop",
+                         "mobile": "merchant@example.com"},
+        }
+
+    def widget_payload(self, widget_id: str) -> dict[str, Any]:
+        """What Khalti's widget hands ``onSuccess``."""
+        return {
+            "idx": self.idx,
+            "token": self.token,
+            "amount": self.amount,
+            "mobile": mask_mobile(self.mobile),
+            "product_identity": self.product_identity,
+            "product_name": self.product_name,
+            "product_url": self.product_url,
+            "widget_id": widget_id,
+        }
+
+
+def _expiry() -> Any:
+    return timezone.now() + EPAYMENT_LIFETIME
+
+
+class SandboxEpayment(models.Model):
+    """An ePayment a merchant initiated, and what the buyer did with it."""
+
+    class Status(models.TextChoices):
+        INITIATED = "Initiated"
+        COMPLETED = "Completed"
+        USER_CANCELED = "User canceled"
+
+    pidx = models.CharField(max_length=32, unique=True, default=new_id)
+    amount = models.PositiveBigIntegerField(help_text="paisa")
+    purchase_order_id = models.CharField(max_length=255)
+    purchase_order_name = models.CharField(max_length=255)
+    return_url = models.CharField(max_length=1000)
+    website_url = models.CharField(max_length=1000)
+    #: The merchant's whole initiate request (customer_info, amount_breakdown, ...).
+    request = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.INITIATED)
+    mobile = models.CharField("payer's Khalti id", max_length=16, blank=True)
+    transaction = models.OneToOneField(
+        SandboxTransaction, on_delete=models.PROTECT, null=True, blank=True, related_name="epayment"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(default=_expiry)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "sandbox ePayment"
+
+    def __str__(self) -> str:
+        return f"{self.pidx} · {self.purchase_order_id} · {self.lookup_status()}"
+
+    @property
+    def amount_rupees(self) -> str:
+        return rupees(self.amount)
+
+    @property
+    def expired(self) -> bool:
+        return self.status == self.Status.INITIATED and self.expires_at <= timezone.now()
+
+    def lookup_status(self) -> str:
+        """The status as lookup names it (Khalti capitalises ``Partially Refunded`` here)."""
+        if self.expired:
+            return "Expired"
+        if self.status == self.Status.COMPLETED and self.transaction is not None:
+            refunded = self.transaction.refunded_amount
+            if refunded >= self.amount:
+                return "Refunded"
+            if refunded:
+                return "Partially Refunded"
+        return self.status
+
+    def lookup(self) -> dict[str, Any]:
+        """Khalti's answer to lookup."""
+        transaction = self.transaction
+        return {
+            "pidx": self.pidx,
+            "total_amount": self.amount,
+            "status": self.lookup_status(),
+            "transaction_id": transaction.idx if transaction else None,
+            "fee": transaction.fee_amount if transaction else 0,
+            "refunded": bool(transaction and transaction.refunded_amount),
+        }
+
+    def return_url_with_result(self) -> str:
+        """The merchant's return URL with the query Khalti adds when it sends the buyer back."""
+        transaction_id = self.transaction.idx if self.transaction else ""
+        query = urlencode({
+            "pidx": self.pidx,
+            "transaction_id": transaction_id,
+            "tidx": transaction_id,
+            "amount": self.amount,
+            "total_amount": self.amount,
+            "mobile": mask_mobile(self.mobile) if self.mobile else "",
+            "status": self.lookup_status(),
+            "purchase_order_id": self.purchase_order_id,
+            "purchase_order_name": self.purchase_order_name,
+        })
+        return f"{self.return_url}{'&' if '?' in self.return_url else '?'}{query}"
