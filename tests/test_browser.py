@@ -1,0 +1,160 @@
+"""The demo, clicked through in real headless Chromium (Debian's, driven by Playwright).
+
+The demo server runs as `make demo` runs it (DJANGO_DEMO=1: the shop, dj-khalti
+and the offline Khalti sandbox on one server), in a subprocess on a free
+loopback port with a database of its own. Screenshots go to artifacts/browser/
+(git-ignored). `.ci/run` installs Chromium; elsewhere, without it, these tests
+are skipped, never in CI.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "artifacts" / "browser"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the browser tests: install Debian's chromium")
+    pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)
+
+pytestmark = pytest.mark.browser
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo server, seeded; yields its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_DEMO": "1",
+        "DJANGO_DEMO_ADDR": f"127.0.0.1:{port}",
+        "DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('demo') / 'demo.sqlite3'}",
+        "DJANGO_SETTINGS_MODULE": "testproject.settings",
+    }
+    for key in ("KHALTI_SECRET_KEY", "KHALTI_PUBLIC_KEY", "KHALTI_BASE_URL"):
+        env.pop(key, None)  # always the offline sandbox here
+    manage = [sys.executable, str(ROOT / "testproject" / "manage.py")]
+    for command in (["migrate", "--noinput"], ["seed_demo"]):
+        subprocess.run(manage + command, env=env, check=True, capture_output=True, timeout=120)
+    server = subprocess.Popen(
+        manage + ["runserver", "--noreload", f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("the demo server did not start")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def new_order(page, demo, button):
+    page.goto(demo + "/")
+    page.click(button)
+    page.wait_for_url("**/orders/*/")
+    return page.locator("#order").get_attribute("data-reference")
+
+
+def test_widget_payment_marks_the_order_paid(page, demo):
+    reference = new_order(page, demo, "#buy-momo")
+    expect(page.locator("#order-status")).to_have_text("Not paid")
+    page.click("#pay-widget")
+    expect(page.locator("#sandbox-khalti-dialog")).to_be_visible()
+    page.screenshot(path=SHOTS / "widget-dialog.png")
+    page.click("#sandbox-pay")  # Khalti id and MPIN come prefilled
+    expect(page.locator("#order-status")).to_have_text("Paid")
+    expect(page.locator("#order-payments tr[data-status=verified]")).to_have_count(1)
+    page.screenshot(path=SHOTS / "widget-paid.png", full_page=True)
+    page.reload()  # the shop's record, not the page's memory
+    expect(page.locator("#order-status")).to_have_text("Paid")
+    assert reference
+
+
+def test_epayment_payment_lands_on_the_success_page_with_the_order_paid(page, demo):
+    new_order(page, demo, "#buy-tea")
+    page.click("#pay-epayment")
+    page.wait_for_url("**/sandbox/pay/?pidx=*")
+    page.screenshot(path=SHOTS / "epayment-khalti-page.png")
+    page.click("#sandbox-pay")
+    page.wait_for_url("**/payment/success/?payment=*")
+    expect(page.locator("#payment-result")).to_have_attribute("data-status", "verified")
+    page.screenshot(path=SHOTS / "epayment-success.png")
+    page.click("#back-to-order")
+    expect(page.locator("#order-status")).to_have_text("Paid")
+
+
+def test_epayment_cancel_lands_on_the_failure_page_with_the_payment_failed(page, demo):
+    new_order(page, demo, "#buy-dhaka-topi")
+    page.click("#pay-epayment")
+    page.wait_for_url("**/sandbox/pay/?pidx=*")
+    page.click("#sandbox-cancel")
+    page.wait_for_url("**/payment/failure/?payment=*")
+    expect(page.locator("#payment-result")).to_have_attribute("data-status", "failed")
+    page.screenshot(path=SHOTS / "epayment-failure.png")
+    page.click("#back-to-order")
+    expect(page.locator("#order-status")).to_have_text("Not paid")
+    expect(page.locator("#order-payments tr[data-status=failed]")).to_have_count(1)
+
+
+def test_the_payment_is_visible_in_the_admin(page, demo):
+    reference = new_order(page, demo, "#buy-lokta-notebook")
+    page.click("#pay-widget")
+    page.click("#sandbox-pay")
+    expect(page.locator("#order-status")).to_have_text("Paid")
+    page.goto(demo + "/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "admin")
+    page.click("input[type=submit]")
+    page.goto(f"{demo}/admin/django_khalti/payment/?q={reference}")
+    expect(page.locator("#result_list")).to_contain_text(reference)
+    expect(page.locator("#result_list .khalti-status-verified")).to_have_count(1)
+    page.screenshot(path=SHOTS / "admin.png", full_page=True)
