@@ -12,11 +12,13 @@ PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 DEMO_ADDR ?= 127.0.0.1:8000
 
-# The database driver DATABASE_URL needs, as a pyproject extra.
+# The extras `make test` installs: the test tools, and the driver DATABASE_URL needs.
 ifneq (,$(filter postgres%,$(DATABASE_URL)))
-DB_EXTRA := ,postgres
+TEST_EXTRAS := test,postgres
 else ifneq (,$(filter mysql%,$(DATABASE_URL)))
-DB_EXTRA := ,mysql
+TEST_EXTRAS := test,mysql
+else
+TEST_EXTRAS := test
 endif
 
 .PHONY: test demo install clean
@@ -25,17 +27,26 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-install: $(BIN)/python
-	$(PIP) install --quiet --editable '.[test$(DB_EXTRA)]'
+# The demo needs nothing but the app (the "demo" stamp installs no extra).
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet --editable .
+	touch $@
 
-test: install
+# One stamp per set of extras: once installed, a re-run needs no network.
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet --editable '.[$*]'
+	touch $@
+
+install: $(VENV)/.installed-$(TEST_EXTRAS)
+
+test: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: export DATABASE_URL = sqlite://
 demo: export DJANGO_DEBUG = 1
 demo: export DJANGO_DEMO = 1
 demo: export DJANGO_DEMO_ADDR = $(DEMO_ADDR)
-demo: install
+demo: $(VENV)/.installed-demo
 	cd testproject && ../$(BIN)/python manage.py migrate --noinput
 	cd testproject && ../$(BIN)/python manage.py seed_demo --url http://$(DEMO_ADDR)/
 	cd testproject && ../$(BIN)/python manage.py runserver $(DEMO_ADDR)

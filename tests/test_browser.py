@@ -53,20 +53,25 @@ def demo(tmp_path_factory):
     manage = [sys.executable, str(ROOT / "testproject" / "manage.py")]
     for command in (["migrate", "--noinput"], ["seed_demo"]):
         subprocess.run(manage + command, env=env, check=True, capture_output=True, timeout=120)
-    server = subprocess.Popen(
-        manage + ["runserver", "--noreload", f"127.0.0.1:{port}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    log = SHOTS / "server.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            manage + ["runserver", "--noreload", f"127.0.0.1:{port}"],
+            env=env, stdout=output, stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
+        for _ in range(150):
+            if server.poll() is not None:
+                raise RuntimeError(f"the demo server exited:\n{log.read_text()[-3000:]}")
             try:
                 urllib.request.urlopen(base + "/", timeout=1)
                 break
             except OSError:
                 time.sleep(0.1)
         else:
-            raise RuntimeError("the demo server did not start")
+            raise RuntimeError(f"the demo server did not start:\n{log.read_text()[-3000:]}")
         yield base
     finally:
         server.terminate()
@@ -87,14 +92,27 @@ def browser():
 
 
 @pytest.fixture
-def page(browser):
+def page(browser, request):
     context = browser.new_context()
+    outside = []
+
+    def only_loopback(route):
+        # The demo works offline: anything but this machine is a bug.
+        if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_loopback)
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     yield page
+    page.screenshot(path=SHOTS / f"last-{request.node.name}.png", full_page=True)
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not outside, f"the demo reached outside this machine: {outside}"
 
 
 def new_order(page, demo, button):
@@ -154,7 +172,25 @@ def test_the_payment_is_visible_in_the_admin(page, demo):
     page.fill("#id_username", "admin")
     page.fill("#id_password", "admin")
     page.click("input[type=submit]")
+    expect(page.locator("#user-tools")).to_be_visible()  # logged in
     page.goto(f"{demo}/admin/django_khalti/payment/?q={reference}")
     expect(page.locator("#result_list")).to_contain_text(reference)
     expect(page.locator("#result_list .khalti-status-verified")).to_have_count(1)
     page.screenshot(path=SHOTS / "admin.png", full_page=True)
+
+
+def test_an_open_epayment_link_is_continued_not_paid_twice(page, demo):
+    """While the order's ePayment link is out, the widget is not offered: a
+    second payment of the order could not be verified (one live payment an order)."""
+    reference = new_order(page, demo, "#buy-momo")
+    page.click("#pay-epayment")
+    page.wait_for_url("**/sandbox/pay/?pidx=*")
+    page.goto(f"{demo}/orders/{reference}/")  # the buyer comes back without paying
+    expect(page.locator("#pay-widget")).to_have_count(0)
+    expect(page.locator("#continue-epayment")).to_be_visible()
+    page.click("#continue-epayment")
+    page.wait_for_url("**/sandbox/pay/?pidx=*")
+    page.click("#sandbox-pay")
+    page.wait_for_url("**/payment/success/?payment=*")
+    page.click("#back-to-order")
+    expect(page.locator("#order-status")).to_have_text("Paid")

@@ -148,6 +148,13 @@ if DEMO:
     DEMO_ADDR = os.environ.get("DJANGO_DEMO_ADDR", "127.0.0.1:8000")
     if os.environ.get("KHALTI_SECRET_KEY"):
         # Khalti's real sandbox, with the keys of your sandbox merchant account.
+        if not os.environ.get("KHALTI_PUBLIC_KEY"):
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                "The demo against Khalti's sandbox needs KHALTI_PUBLIC_KEY as well as "
+                "KHALTI_SECRET_KEY (the widget runs with the public key)."
+            )
         KHALTI["BASE_URL"] = os.environ.get("KHALTI_BASE_URL", "https://dev.khalti.com/")
         KHALTI["TIMEOUT"] = 15  # Khalti's sandbox over the internet, not a local fake
         SHOP_KHALTI_CHECKOUT_JS = KHALTI_CHECKOUT_JS_URL
