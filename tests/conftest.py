@@ -3,8 +3,9 @@ import json
 from pathlib import Path
 
 import pytest
-import responses
-from responses import matchers
+import requests
+
+from django_khalti.testing import KhaltiFake
 
 from django_khalti.models import Payment
 from django_khalti.signals import payment_failed, payment_refunded, payment_verified
@@ -15,7 +16,6 @@ BASE_URL = "https://khalti.test/"
 SECRET = "test_secret_key_testproject"
 VERIFY_URL = BASE_URL + "api/v2/payment/verify/"
 STATUS_URL = BASE_URL + "api/v2/payment/status/"
-KEY_HEADER = matchers.header_matcher({"Authorization": f"Key {SECRET}"})
 
 
 def fixture(name):
@@ -39,64 +39,118 @@ def epayment_started(**changes):
     return {**fixture("epayment_initiate"), "expires_at": expires.isoformat(), **changes}
 
 
-class KhaltiMock:
-    """``responses`` set up for Khalti: every expected call is matched on key and body."""
+def _outcome_of(exc):
+    """The kit's outcome for a ``requests`` exception, or None (then it is raised as is)."""
+    if isinstance(exc, requests.exceptions.Timeout):  # ReadTimeout, ConnectTimeout
+        return "timeout"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "connection_error"
+    return None
 
-    def __init__(self, rsps):
-        self.rsps = rsps
+
+class Expectation:
+    """A call the app must make: answered once (``times``) by the kit's ``choice``, and
+    checked at teardown against the parameters the app must have sent."""
+
+    def __init__(self, endpoint, key, params, *, subset=False, times=1):
+        self.endpoint, self.key, self.params, self.subset, self.times = (
+            endpoint, key, params, subset, times)
+        self.choice = None
+
+    def __repr__(self):
+        return f"<expected {self.endpoint} {self.key or '(any)'} {self.params}>"
+
+    def problems(self):
+        calls = self.choice.calls
+        if self.times is None and not calls:
+            yield f"{self!r} was never called"
+        elif self.times is not None and len(calls) != self.times:
+            yield f"{self!r} was called {len(calls)} time(s), not {self.times}"
+        for call in calls:
+            if not call.authorized:
+                yield f"{self!r}: called without the Key header of {SECRET!r}"
+            if self.params is None:
+                continue
+            sent = {k: v for k, v in call.params.items() if k != "idx" or self.endpoint not in (
+                "refund", "transaction")}
+            if self.subset:
+                wrong = {k: (sent.get(k, "(missing)"), v) for k, v in self.params.items()
+                         if sent.get(k, object()) != v}
+                if wrong:
+                    yield f"{self!r}: sent (got, expected) {wrong}"
+            elif sent != self.params:
+                yield f"{self!r}: sent {sent}"
+
+
+class KhaltiMock:
+    """The project's canned-answer helpers over the testing kit's :class:`KhaltiFake`.
+
+    Each helper call is one answer of the fake Khalti (``answer_next``, ``fail_next``
+    or ``on_next``, for that endpoint and payment) *and* an expectation: at teardown
+    every expectation must have been used exactly once (``times``), with exactly
+    the parameters named and the right ``Authorization: Key`` header, and no call
+    may have reached the fake without an expectation (``strict``).
+    """
+
+    def __init__(self, fake):
+        self.fake = fake
+        self.expectations = []
+        #: Whether a call no expectation answered fails the test at teardown.
+        self.strict = True
+
+    def expect(self, endpoint, key=None, params=None, *, status=200, json=None, body=None,
+               subset=False, times=1, delay=0, callback=None):
+        """Expect a call to ``endpoint`` for ``key`` (token, idx, pidx or purchase order
+        id) sending ``params`` (None: anything), answered with ``json`` / ``body`` (a
+        text, or a ``requests`` exception) or by ``callback(request)`` (see
+        ``KhaltiFake.on_next``)."""
+        expectation = Expectation(endpoint, key, params, subset=subset, times=times)
+        choose = dict(key=key, times=times, delay=delay)
+        if callback is not None:
+            expectation.choice = self.fake.on_next(endpoint, callback, **choose)
+        elif isinstance(body, BaseException):
+            outcome = _outcome_of(body)
+            if outcome is None:
+                def raise_it(request, exc=body):
+                    return exc
+                expectation.choice = self.fake.on_next(endpoint, raise_it, **choose)
+            else:
+                expectation.choice = self.fake.fail_next(endpoint, outcome, **choose)
+        else:
+            expectation.choice = self.fake.answer_next(endpoint, status=status, json=json,
+                                                       body=body, **choose)
+        self.expectations.append(expectation)
+        return expectation
 
     def verify(self, token, amount, *, status=200, json=None, body=None, **kwargs):
         if json is None and body is None:
             json = transaction_record(amount=amount)
-        return self.rsps.post(
-            VERIFY_URL,
-            status=status,
-            json=json,
-            body=body,
-            match=[KEY_HEADER, matchers.json_params_matcher({"token": token, "amount": amount})],
-            **kwargs,
-        )
+        return self.expect("verify", token, {"token": token, "amount": amount},
+                           status=status, json=json, body=body, **kwargs)
 
-    def status(self, token, amount, state_fixture, *, status=200):
-        return self.rsps.get(
-            STATUS_URL,
-            status=status,
-            json=fixture(state_fixture),
-            match=[
-                KEY_HEADER,
-                matchers.query_param_matcher({"token": token, "amount": str(amount)}),
-            ],
-        )
+    def status(self, token, amount, state_fixture=None, *, status=200, json=None, **kwargs):
+        """Khalti's status endpoint for this token and amount: a canned state, or ``json``."""
+        if json is None and kwargs.get("body") is None:
+            json = fixture(state_fixture)
+        return self.expect("status", token, {"token": token, "amount": str(amount)},
+                           status=status, json=json, **kwargs)
 
-    def refund(self, idx, body=None, *, status=200, json=None):
+    def refund(self, idx, body=None, *, status=200, json=None, **kwargs):
         """Khalti's refund endpoint for ``idx``, expecting exactly ``body`` (``{}``: full)."""
-        return self.rsps.post(
-            f"{BASE_URL}api/merchant-transaction/{idx}/refund/",
-            status=status,
-            json=fixture("refund_success") if json is None else json,
-            match=[KEY_HEADER, matchers.json_params_matcher(body or {})],
-        )
+        return self.expect("refund", idx, body or {}, status=status,
+                           json=fixture("refund_success") if json is None else json, **kwargs)
 
-    def transaction(self, idx, *, status=200, json=None):
-        return self.rsps.get(
-            f"{BASE_URL}api/v2/merchant-transaction/{idx}/",
-            status=status,
-            json=transaction_record(idx=idx) if json is None else json,
-            match=[KEY_HEADER],
-        )
+    def transaction(self, idx, *, status=200, json=None, **kwargs):
+        return self.expect("transaction", idx, {}, status=status,
+                           json=transaction_record(idx=idx) if json is None else json, **kwargs)
 
     def initiate(self, amount, purchase_order_id, *, status=200, json=None, body=None, **extra):
-        """ePayment initiate for this amount and order (matched on key and body)."""
+        """ePayment initiate for this amount and order (checked on key and these fields)."""
         if json is None and body is None:
             json = epayment_started()
         expected = {"amount": amount, "purchase_order_id": purchase_order_id, **extra}
-        return self.rsps.post(
-            f"{BASE_URL}api/v2/epayment/initiate/",
-            status=status,
-            json=json,
-            body=body,
-            match=[KEY_HEADER, matchers.json_params_matcher(expected, strict_match=False)],
-        )
+        return self.expect("initiate", str(purchase_order_id), expected, subset=True,
+                           status=status, json=json, body=body)
 
     def lookup(self, pidx, fixture_name=None, *, status=None, json=None, body=None, **changes):
         """ePayment lookup of ``pidx``: a canned body; Expired/User canceled come as HTTP 400."""
@@ -104,26 +158,33 @@ class KhaltiMock:
             json = {**fixture(fixture_name), "pidx": pidx, **changes}
             if status is None:
                 status = 400 if json["status"] in ("Expired", "User canceled") else 200
-        return self.rsps.post(
-            f"{BASE_URL}api/v2/epayment/lookup/",
-            status=status or 200,
-            json=json,
-            body=body,
-            match=[KEY_HEADER, matchers.json_params_matcher({"pidx": pidx})],
-        )
+        return self.expect("lookup", pidx, {"pidx": pidx}, status=status or 200, json=json,
+                           body=body)
 
     @property
     def calls(self):
-        return self.rsps.calls
+        """Every call the app made to Khalti (the kit's ``KhaltiCall`` records)."""
+        return self.fake.calls
 
     def calls_to(self, url):
-        return [c for c in self.rsps.calls if c.request.url.split("?")[0] == url]
+        return [c for c in self.fake.calls if c.url.split("?")[0] == url]
+
+    def check(self):
+        """Every expectation met, and (``strict``) no call without one."""
+        problems = [p for e in self.expectations for p in e.problems()]
+        if self.strict:
+            ours = {id(e.choice) for e in self.expectations}
+            problems += [f"unexpected call to Khalti: {c.method} {c.url} {c.params}"
+                         for c in self.fake.calls if id(c.choice) not in ours]
+        assert not problems, "Khalti was not called as expected:\n  " + "\n  ".join(problems)
 
 
 @pytest.fixture
 def khalti():
-    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
-        yield KhaltiMock(rsps)
+    with KhaltiFake() as fake:
+        mock = KhaltiMock(fake)
+        yield mock
+    mock.check()
 
 
 @pytest.fixture

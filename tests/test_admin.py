@@ -16,7 +16,6 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
-from responses import matchers
 
 from django_khalti.admin import RECHECK_LIMIT
 from django_khalti.conf import khalti_settings
@@ -25,7 +24,7 @@ from django_khalti.models import Payment, Refund, order_key
 from django_khalti.signals import payment_failed, payment_refunded, payment_verified
 from shop.models import Order
 
-from .conftest import BASE_URL, KEY_HEADER, STATUS_URL, fixture, transaction_record
+from .conftest import fixture, transaction_record
 
 pytestmark = pytest.mark.django_db
 
@@ -53,10 +52,6 @@ def change_url(payment):
 
 def delete_url(payment):
     return reverse("admin:django_khalti_payment_delete", args=[payment.pk])
-
-
-def refund_url(idx):
-    return f"{BASE_URL}api/merchant-transaction/{idx}/refund/"
 
 
 # --- Reading pages -----------------------------------------------------------------
@@ -374,25 +369,15 @@ def unknown_refund(payment, amount=None, stale=False):
 
 def mock_refund(khalti, idx, body, *, status=200, json=None):
     """Khalti's refund endpoint for ``idx``, expecting exactly ``body`` ({} for a full refund)."""
-    return khalti.rsps.post(
-        refund_url(idx),
-        status=status,
+    return khalti.refund(
+        idx, body, status=status,
         json={"detail": "Transaction refund successful."} if json is None else json,
-        match=[KEY_HEADER, matchers.json_params_matcher(body)],
     )
 
 
 def mock_status(khalti, payment, answer, *, status=200):
     """Khalti's status endpoint for ``payment``, answering ``answer``."""
-    return khalti.rsps.get(
-        STATUS_URL,
-        status=status,
-        json=answer,
-        match=[
-            KEY_HEADER,
-            matchers.query_param_matcher({"token": payment.token, "amount": str(payment.amount)}),
-        ],
-    )
+    return khalti.status(payment.token, payment.amount, status=status, json=answer)
 
 
 def fresh(payment):
@@ -742,7 +727,7 @@ def test_recheck_settles_each_pending_payment_from_khaltis_answer(
     assert fresh(initiated).claimed_at is None  # free for the next re-check
     assert fresh(verified).status == Payment.Status.VERIFIED
     # The verified payment was not sent to Khalti: one status call per pending payment.
-    assert sorted(c.request.params["token"] for c in khalti.calls) == [
+    assert sorted(c.params["token"] for c in khalti.calls) == [
         complete.token, error.token, initiated.token,
     ]
     assert sorted((name, kw["payment"].pk) for name, kw in sent) == [
@@ -814,11 +799,11 @@ def test_one_recheck_asks_khalti_about_at_most_20_pending_payments(support_clien
     # Each call may take up to TIMEOUT: a click must not hold the request for minutes.
     assert RECHECK_LIMIT == 20
     chosen = [pending_payment(n) for n in range(selected)]
-    khalti.rsps.get(STATUS_URL, json=fixture("status_initiated"), match=[KEY_HEADER])
+    khalti.expect("status", json=fixture("status_initiated"), times=20)  # 20 calls, no more
     response = run_action(support_client, "recheck", chosen)
 
     assert len(khalti.calls) == 20
-    asked = {c.request.params["token"] for c in khalti.calls}
+    asked = {c.params["token"] for c in khalti.calls}
     assert len(asked) == 20  # each one once
     expected = [("success", "Re-checked 20 with Khalti: 20 pending.")]
     if selected > RECHECK_LIMIT:
@@ -842,8 +827,7 @@ def test_recheck_stops_at_the_first_payment_khalti_does_not_answer(
     # A refund of unknown outcome in the selection is not asked about either.
     refunded = verified_payment(amount=1000)
     refund = unknown_refund(refunded, stale=True)
-    khalti.rsps.get(STATUS_URL, status=500, json={"detail": "Internal server error"},
-                    match=[KEY_HEADER])
+    khalti.expect("status", status=500, json={"detail": "Internal server error"})  # whichever first
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(support_client, "recheck", [*chosen, refunded])
 
@@ -865,15 +849,9 @@ def test_recheck_reports_what_it_settled_before_khalti_stopped_answering(
     support_client, khalti, sent, django_capture_on_commit_callbacks
 ):
     chosen = [pending_payment(n) for n in range(3)]
-    answers = iter([(200, fixture("status_complete")),
-                    (500, {"detail": "Internal server error"})])
-
-    def answer(request):
-        status, body = next(answers)
-        return status, {}, json.dumps(body)
-
-    khalti.rsps.add_callback("GET", STATUS_URL, callback=answer,
-                             content_type="application/json", match=[KEY_HEADER])
+    # Whichever payment is asked first is complete; Khalti fails on the next one.
+    khalti.expect("status", status=200, json=fixture("status_complete"))
+    khalti.expect("status", status=500, json={"detail": "Internal server error"})
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(support_client, "recheck", chosen)
 
@@ -898,8 +876,7 @@ def test_a_payment_left_pending_by_a_timed_out_verify_is_settled_and_refunded_fr
                                      order_claim=order_key("ORD-1"), attempts=1)
     mock_status(khalti, payment, {"status": True, "state": "Complete",
                                   "detail": "Transaction is complete", "idx": "idx-late"})
-    khalti.rsps.get(f"{BASE_URL}api/v2/merchant-transaction/idx-late/",
-                    json=transaction_record(amount=1000, idx="idx-late"), match=[KEY_HEADER])
+    khalti.transaction("idx-late", json=transaction_record(amount=1000, idx="idx-late"))
     with django_capture_on_commit_callbacks(execute=True):
         run_action(refunder_client, "recheck", [payment])
         run_action(refunder_client, "recheck", [payment])  # a second look changes nothing
@@ -1203,7 +1180,7 @@ def test_an_unknown_outcome_is_a_warning_beside_the_other_results(
     refunding_client, khalti, sent, django_capture_on_commit_callbacks
 ):
     lost, done = verified_payment("A", amount=1000), verified_payment("B", amount=2500)
-    khalti.rsps.post(refund_url("idx-A"), body=requests.exceptions.ReadTimeout("read timed out"))
+    khalti.expect("refund", "idx-A", {}, body=requests.exceptions.ReadTimeout("read timed out"))
     mock_refund(khalti, "idx-B", {})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [lost, done])
@@ -1246,7 +1223,7 @@ def test_khalti_unreachable_leaves_the_refund_pending_and_blocks_another(
     if failure == "503":
         mock_refund(khalti, "idx-V", {}, status=503, json={"detail": "Service unavailable"})
     else:
-        khalti.rsps.post(refund_url("idx-V"), body={
+        khalti.expect("refund", "idx-V", {}, body={
             "timeout": requests.exceptions.ReadTimeout("read timed out"),
             "connection": requests.exceptions.ConnectionError("connection refused"),
         }[failure])

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django_khalti.models import Payment, order_key
 from shop.models import Order, OrderEvent
 
-from .conftest import SECRET, transaction_record
+from .conftest import transaction_record
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
@@ -41,17 +41,14 @@ def post_all(payloads):
 
 
 def slow_verify(khalti, calls, amount=1000):
-    """A verify endpoint that takes a while, so that the requests overlap."""
+    """A verify endpoint that takes a while, so that the requests overlap: one call,
+    for ``amount``, with whichever token (the fake checks the key)."""
 
     def callback(request):
-        body = json.loads(request.body)
-        if request.headers.get("Authorization") != f"Key {SECRET}" or body["amount"] != amount:
-            return 400, {}, json.dumps({"detail": "Invalid token."})
-        calls.append(body["token"])
-        time.sleep(0.3)
-        return 200, {}, json.dumps(transaction_record(amount=amount, idx=f"idx-{len(calls)}"))
+        calls.append(request.params["token"])
+        return 200, transaction_record(amount=amount, idx=f"idx-{len(calls)}")
 
-    khalti.rsps.add_callback("POST", "https://khalti.test/api/v2/payment/verify/", callback)
+    khalti.expect("verify", None, {"amount": amount}, subset=True, callback=callback, delay=0.3)
 
 
 def test_simultaneous_identical_submissions_verify_once(khalti, payload, signals):
@@ -95,20 +92,12 @@ def test_resubmissions_racing_after_unknown_outcome_settle_once(khalti, payload,
         token=payload["token"], product_identity=payload["product_identity"], amount=1000,
         order_claim=order_key(payload["product_identity"]), attempts=1,
     )
-    status_calls = []
-
-    def status(request):
-        assert request.headers.get("Authorization") == f"Key {SECRET}"
-        assert "amount=1000" in request.url
-        status_calls.append(request.url)
-        time.sleep(0.3)
-        return 200, {}, json.dumps({"status": True, "state": "Complete", "detail": "ok"})
-
-    khalti.rsps.add_callback("GET", "https://khalti.test/api/v2/payment/status/", status)
+    khalti.status(payload["token"], 1000, json={"status": True, "state": "Complete", "detail": "ok"},
+                  delay=0.3)
 
     results = post_all([payload] * N)
 
-    assert len(status_calls) == 1
+    assert len(khalti.fake.status_calls) == 1
     assert Payment.objects.get().status == Payment.Status.VERIFIED
     assert [name for name, _, _ in signals] == ["verified"]
     assert sorted({code for code, _ in results}) in ([200], [200, 409])
@@ -163,9 +152,9 @@ def test_pending_row_is_committed_before_khalti_is_called(khalti, payload):
         thread = threading.Thread(target=look)
         thread.start()
         thread.join()
-        return 200, {}, json.dumps(transaction_record())
+        return 200, transaction_record()
 
-    khalti.rsps.add_callback("POST", "https://khalti.test/api/v2/payment/verify/", callback)
+    khalti.verify(payload["token"], 1000, callback=callback)
     (code, _), = post_all([payload])
     assert code == 200
     assert len(seen_by_another_connection) == 1
@@ -192,7 +181,7 @@ def test_atomic_requests_project_still_commits_the_pending_row_first(khalti, pay
         thread.join()
         raise requests.exceptions.ReadTimeout()
 
-    khalti.rsps.add_callback("POST", "https://khalti.test/api/v2/payment/verify/", callback)
+    khalti.verify(payload["token"], 1000, callback=callback)
     response = Client().post(reverse("django_khalti:verify"), json.dumps(payload),
                              content_type="application/json")
     assert response.status_code == 504
@@ -220,17 +209,9 @@ def test_return_callbacks_racing_reconcile_settle_an_epayment_once(khalti, order
         flow=Payment.Flow.EPAYMENT, pidx="pidx-race", product_identity=order.reference,
         amount=1000, order_claim=order_key(order.reference),
     )
-    lookups = []
-
-    def lookup(request):
-        assert request.headers.get("Authorization") == f"Key {SECRET}"
-        assert json.loads(request.body) == {"pidx": "pidx-race"}
-        lookups.append(1)
-        time.sleep(0.3)
-        return 200, {}, json.dumps({"pidx": "pidx-race", "total_amount": 1000, "status": "Completed",
-                                    "transaction_id": "txn-race", "fee": 0, "refunded": False})
-
-    khalti.rsps.add_callback("POST", "https://khalti.test/api/v2/epayment/lookup/", lookup)
+    khalti.lookup("pidx-race", json={"pidx": "pidx-race", "total_amount": 1000,
+                                     "status": "Completed", "transaction_id": "txn-race",
+                                     "fee": 0, "refunded": False}, delay=0.3)
     barrier = threading.Barrier(8)
 
     def come_back():
@@ -251,7 +232,7 @@ def test_return_callbacks_racing_reconcile_settle_an_epayment_once(khalti, order
         futures = [pool.submit(come_back) for _ in range(4)] + [pool.submit(reconcile) for _ in range(4)]
         results = [f.result() for f in futures]
 
-    assert len(lookups) == 1, "lookup must be asked once"
+    assert len(khalti.fake.lookup_calls) == 1, "lookup must be asked once"
     assert results[:4] == [200] * 4
     payment.refresh_from_db()
     assert payment.status == Payment.Status.VERIFIED
@@ -275,11 +256,9 @@ def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(khalti, signa
     refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
     Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
 
-    def status(request):
-        time.sleep(0.2)
-        return 200, {}, json.dumps({"status": True, "state": "Refunded", "detail": "refunded"})
-
-    khalti.rsps.add_callback("GET", "https://khalti.test/api/v2/payment/status/", status)
+    # Each reconciler may ask Khalti (times=None: every call); the refund settles once.
+    khalti.status("tok-r", 1000, json={"status": True, "state": "Refunded", "detail": "refunded"},
+                  delay=0.2, times=None)
     barrier = threading.Barrier(4)
 
     def settle():
@@ -371,15 +350,9 @@ def test_return_callbacks_racing_the_reconcile_command_settle_once(khalti, order
         amount=1000, order_claim=order_key(order.reference),
     )
     Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(minutes=10))
-    lookups = []
-
-    def lookup(request):
-        lookups.append(1)
-        time.sleep(0.3)
-        return 200, {}, json.dumps({"pidx": "pidx-cmd", "total_amount": 1000, "status": "Completed",
-                                    "transaction_id": "txn-cmd", "fee": 0, "refunded": False})
-
-    khalti.rsps.add_callback("POST", "https://khalti.test/api/v2/epayment/lookup/", lookup)
+    khalti.lookup("pidx-cmd", json={"pidx": "pidx-cmd", "total_amount": 1000,
+                                    "status": "Completed", "transaction_id": "txn-cmd",
+                                    "fee": 0, "refunded": False}, delay=0.3)
     barrier = threading.Barrier(4)
 
     def come_back():
@@ -399,6 +372,6 @@ def test_return_callbacks_racing_the_reconcile_command_settle_once(khalti, order
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(come_back) for _ in range(2)] + [pool.submit(command) for _ in range(2)]
         [f.result() for f in futures]
-    assert len(lookups) == 1
+    assert len(khalti.fake.lookup_calls) == 1
     assert Payment.objects.get().status == Payment.Status.VERIFIED
     assert [name for name, _, _ in signals] == ["verified"]

@@ -136,7 +136,7 @@ def test_reconcile_initiated_stays_pending_and_unclaimed(khalti, signals):
 
 def test_reconcile_when_khalti_is_down_raises_and_stays_pending(khalti):
     payment = pending()
-    khalti.rsps.get("https://khalti.test/api/v2/payment/status/", status=500)
+    khalti.status(payment.token, payment.amount, status=500, body="")
     with pytest.raises(KhaltiUnavailable):
         services.reconcile(payment)
     payment.refresh_from_db()
@@ -330,8 +330,7 @@ def test_unknown_refund_outcome_blocks_another_refund_until_reconciled(
     khalti, signals, django_capture_on_commit_callbacks
 ):
     payment = verified()
-    khalti.rsps.post("https://khalti.test/api/merchant-transaction/IDX-1/refund/",
-                     body=requests.exceptions.ReadTimeout())
+    khalti.expect("refund", "IDX-1", {}, body=requests.exceptions.ReadTimeout())
     with pytest.raises(KhaltiUnavailable):
         services.refund_payment(payment)
     refund = payment.refunds.get()
@@ -453,7 +452,7 @@ def test_a_first_partial_refund_is_proven_by_partially_refunded(khalti):
 
 def test_reconcile_refund_when_khalti_is_down_raises_and_stays_pending(khalti):
     refund = stale_refund(verified(), 1000)
-    khalti.rsps.get("https://khalti.test/api/v2/payment/status/", status=503)
+    khalti.status(refund.payment.token, refund.payment.amount, status=503, body="")
     with pytest.raises(KhaltiUnavailable):
         services.reconcile_refund(refund)
     refund.refresh_from_db()

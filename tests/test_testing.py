@@ -1,8 +1,9 @@
 """``django_khalti.testing``: the fake Khalti a shop's tests use, proven against the real app.
 
 Here the kit's fixture is used under the name shops use, ``khalti`` (this
-project's own ``tests/conftest.py`` has an older fixture of that name, which
-the module-level fixture below overrides for this file).
+project's own ``tests/conftest.py`` has a fixture of that name, canned answers
+and expectations over the kit, which the module-level fixture below overrides
+for this file).
 """
 
 import json
@@ -24,10 +25,13 @@ from django.utils import timezone
 from django_khalti import services
 from django_khalti.client import KhaltiClient
 from django_khalti.exceptions import (
+    KhaltiBadResponse,
+    KhaltiConnectionError,
     KhaltiNotRefundable,
     KhaltiRefundFailed,
     KhaltiRefundUnknown,
     KhaltiRejected,
+    KhaltiTimeout,
 )
 from django_khalti.models import Payment, Refund
 from django_khalti.testing import OUTCOMES, KhaltiFake
@@ -192,7 +196,7 @@ def test_a_wrong_secret_key_gets_401_from_khalti_and_502_from_the_app(
     client, khalti, order, settings
 ):
     payment = khalti.add_payment(amount=1000)
-    settings.KHALTI = {**settings.KHALTI, "SECRET_KEY": "test_secret_key_not_ours"}
+    khalti.secret_key = "test_secret_key_khalti_knows"  # the shop is configured with another
 
     response = verify(client, payment.payload("ORD-1"))
 
@@ -432,6 +436,116 @@ def test_fail_next_counts_calls_and_answer_next_gives_any_answer(khalti):
     assert khalti.calls == [] and khalti.status_calls == []
 
 
+def test_each_choice_tells_which_calls_it_answered(khalti):
+    client = KhaltiClient.from_settings()
+    payment = khalti.add_payment(amount=1000)
+    down = khalti.fail_next("status", "server_error", key=payment.token)
+    bogus = khalti.answer_next("status", json={"status": True, "state": "Bogus", "detail": ""})
+    assert (down.used, down.spent, bogus.used) == (False, False, False)
+
+    with pytest.raises(Exception, match="could not be reached"):
+        client.status(payment.token, 1000)
+    assert client.status(payment.token, 1000).state == "Bogus"
+    assert client.status(payment.token, 1000).state == "Confirmed"  # Khalti's state again
+
+    assert down.calls == [khalti.calls[0]] and bogus.calls == [khalti.calls[1]]
+    assert (down.spent, bogus.spent) == (True, True)
+    assert [c.choice for c in khalti.calls] == [down, bogus, None]
+
+
+def test_on_next_lets_a_callback_answer(khalti):
+    client = KhaltiClient.from_settings()
+    payment = khalti.add_payment(amount=1000)
+    seen = []
+
+    def watch(request):  # None: Khalti answers by its state
+        seen.append(request)
+
+    khalti.on_next("verify", watch)
+    khalti.on_next("status", lambda request: "rejected")
+    khalti.on_next("status", lambda request: (200, {"status": True, "state": "Odd",
+                                                     "detail": request.params["token"]}))
+    khalti.on_next("status", lambda request: (200, "<html>maintenance</html>"))
+    khalti.on_next("status", lambda request: requests.exceptions.ReadTimeout("slow"))
+
+    def boom(request):
+        raise requests.exceptions.ConnectionError("refused")
+
+    khalti.on_next("status", boom)
+
+    assert client.verify(payment.token, 1000).idx == payment.idx
+    (request,) = seen
+    assert (request.endpoint, request.method, request.authorized) == ("verify", "POST", True)
+    assert request.params == {"token": payment.token, "amount": 1000}
+    assert request.headers["Authorization"] == "Key test_secret_key_testproject"
+    assert client.status(payment.token, 1000).state == "Error"
+    status = client.status(payment.token, 1000)
+    assert (status.state, status.detail) == ("Odd", payment.token)
+    with pytest.raises(KhaltiBadResponse):
+        client.status(payment.token, 1000)
+    with pytest.raises(KhaltiTimeout):
+        client.status(payment.token, 1000)
+    with pytest.raises(KhaltiConnectionError):
+        client.status(payment.token, 1000)
+    assert [(c.outcome, c.status_code) for c in khalti.calls] == [
+        (None, 200), ("rejected", 200), ("answer", 200), ("answer", 200), ("callback", None),
+        ("callback", None)]
+    assert client.status(payment.token, 1000).state == "Complete"  # all used up
+
+
+def test_on_next_is_not_reached_by_a_wrong_key_and_refuses_nonsense(khalti):
+    payment = khalti.add_payment(amount=1000)
+    called = []
+    choice = khalti.on_next("verify", called.append)
+    khalti.secret_key = "test_secret_key_other"
+    with pytest.raises(KhaltiBadResponse):
+        KhaltiClient.from_settings().verify(payment.token, 1000)  # 401 from Khalti
+    assert called == [] and not choice.used
+    with pytest.raises(TypeError, match="callable"):
+        khalti.on_next("verify", "rejected")
+    with pytest.raises(ValueError, match="delay"):
+        khalti.answer_next("verify", json={}, delay=-1)
+
+    khalti.secret_key = "test_secret_key_testproject"
+    khalti.on_next("status", lambda request: "slow")
+    with pytest.raises(ValueError, match="unknown outcome 'slow'"):
+        KhaltiClient.from_settings().status(payment.token, 1000)
+    khalti.on_next("status", lambda request: 42)
+    with pytest.raises(TypeError, match="must return"):
+        KhaltiClient.from_settings().status(payment.token, 1000)
+
+
+def test_a_delayed_answer_lets_other_calls_through_meanwhile(khalti):
+    import threading
+    import time
+
+    slow, quick = khalti.add_payment(amount=1000), khalti.add_payment(amount=2000)
+    khalti.answer_next("status", key=slow.token, delay=0.5,
+                       json={"status": True, "state": "Initiated", "detail": "slow"})
+    khalti.fail_next("status", "timeout", key=quick.token, delay=0.1)
+    client = KhaltiClient.from_settings()
+    answers = {}
+
+    def ask(payment):
+        started = time.monotonic()
+        try:
+            answers[payment.token] = client.status(payment.token, payment.amount).detail
+        except Exception as exc:
+            answers[payment.token] = type(exc).__name__
+        answers[payment.token, "took"] = time.monotonic() - started
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in (slow, quick)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)  # the slow one is asked first
+    for thread in threads:
+        thread.join()
+    assert answers[slow.token] == "slow" and answers[quick.token] == "KhaltiTimeout"
+    assert answers[slow.token, "took"] >= 0.5
+    assert answers[quick.token, "took"] < 0.4  # not held up behind the slow answer
+    assert [c.params["token"] for c in khalti.calls] == [quick.token, slow.token]
+
+
 def test_bad_choices_are_refused_at_once(khalti):
     with pytest.raises(ValueError, match="Unknown outcome"):
         khalti.fail_next("verify", "slow")
@@ -569,3 +683,57 @@ def test_the_plugin_never_breaks_a_run_without_responses(tmp_path):
 
     assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
     assert 'pip install "dj-khalti[testing]"' in result.stdout
+
+
+# --- the project's own canned-answer fixture (tests/conftest.py) over the kit ------------
+
+
+@pytest.mark.parametrize("mistake", ["amount", "token", "key", "twice", "never", "unexpected"])
+def test_the_suites_khalti_mock_fails_a_test_whose_calls_are_not_the_expected_ones(mistake):
+    with KhaltiFake() as fake:
+        mock = KhaltiMock(fake)
+        mock.verify("tok", 1000)
+        client = KhaltiClient.from_settings()
+        if mistake == "key":
+            fake.secret_key = "test_secret_key_other"
+        if mistake != "never":
+            try:
+                client.verify({"amount": "tok", "token": "other"}.get(mistake, "tok"),
+                              1001 if mistake == "amount" else 1000)
+            except Exception:
+                pass
+        if mistake == "twice":
+            with pytest.raises(KhaltiRejected):  # no answer left: Khalti's own refusal
+                client.verify("tok", 1000)
+        if mistake == "unexpected":
+            client.status("tok", 1000)
+    with pytest.raises(AssertionError, match="not called as expected"):
+        mock.check()
+
+
+def test_the_suites_khalti_mock_passes_calls_made_as_expected():
+    with KhaltiFake() as fake:
+        mock = KhaltiMock(fake)
+        mock.verify("tok", 1000, body=requests.exceptions.ConnectTimeout())
+        mock.verify("tok", 1000)
+        mock.expect("status", json={"status": True, "state": "Initiated", "detail": ""}, times=2)
+        client = KhaltiClient.from_settings()
+        with pytest.raises(Exception, match="did not answer in time"):
+            client.verify("tok", 1000)
+        assert client.verify("tok", 1000).amount == 1000
+        client.status("a", 1000)
+        client.status("b", 1000)
+    mock.check()
+    assert [c.outcome for c in mock.calls] == ["timeout", "answer", "answer", "answer"]
+
+
+def test_the_key_khalti_knows_follows_settings_changed_after_the_fake_started(client, khalti, settings):
+    """A test applying override_settings (or pytest-django's settings) after the
+    fixture started: the fake knows the key the app is configured with."""
+    from shop.models import Order
+
+    Order.objects.create(reference="ORD-K", total=1000)
+    settings.KHALTI = {**settings.KHALTI, "SECRET_KEY": "live_secret_key_changed_in_the_test"}
+    payment = khalti.add_payment(amount=1000)
+    response = verify(client, payment.payload("ORD-K"))
+    assert response.status_code == 200

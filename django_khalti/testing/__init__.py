@@ -33,10 +33,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .fake import (
         OUTCOMES,
         KhaltiCall,
+        KhaltiChoice,
         KhaltiFake,
         KhaltiFakeEpayment,
         KhaltiFakePayment,
         KhaltiRefundCall,
+        KhaltiRequest,
         KhaltiStatusCall,
         KhaltiVerifyCall,
     )
@@ -45,10 +47,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "OUTCOMES",
     "KhaltiCall",
+    "KhaltiChoice",
     "KhaltiFake",
     "KhaltiFakeEpayment",
     "KhaltiFakePayment",
     "KhaltiRefundCall",
+    "KhaltiRequest",
     "KhaltiStatusCall",
     "KhaltiVerifyCall",
     "khalti",

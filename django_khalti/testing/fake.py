@@ -18,6 +18,10 @@ Quick reference (``khalti`` is a started :class:`KhaltiFake`)::
     khalti.add_payment(token="t", amount=1000, outcome="timeout")  # its first verify times out
     khalti.fail_next("refund", "server_error")        # the next refund gets an HTML 500
     khalti.fail_next("any", "connection_error", times=None)        # Khalti is down
+    khalti.answer_next("status", json={...}, delay=0.3)   # a slow answer (others go on meanwhile)
+    khalti.on_next("verify", lambda request: ...)          # compute the answer per request
+    choice = khalti.answer_next("lookup", json={...})      # each returns a KhaltiChoice:
+    assert len(choice.calls) == 1                          # ... the calls it answered
 
 Outcomes (:data:`OUTCOMES`), for :meth:`KhaltiFake.fail_next` and the
 ``outcome`` of :meth:`~KhaltiFake.add_payment` / :meth:`~KhaltiFake.add_epayment`:
@@ -56,7 +60,10 @@ a pending, expired, cancelled or refunded payment is registered in that state
 (``add_epayment(status="Pending")``, ``add_payment(state="Refunded")``) or
 moved there (:meth:`~KhaltiFake.pay`, :meth:`~KhaltiFake.cancel`,
 :meth:`~KhaltiFake.expire`, :meth:`~KhaltiFake.set_state`, a refund through
-the app). Any other answer: :meth:`~KhaltiFake.answer_next`.
+the app). Any other answer: :meth:`~KhaltiFake.answer_next`, or a callback that
+computes it from the request: :meth:`~KhaltiFake.on_next`. All three choices
+take ``delay=seconds`` (a slow Khalti) and return a :class:`KhaltiChoice`
+whose ``calls`` are the calls it answered.
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ import json
 import re
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -292,6 +301,24 @@ class KhaltiCall:
     outcome: str | None
     #: The HTTP status answered; ``None`` when the call raised (timeout, connection error).
     status_code: int | None
+    #: The choice (:meth:`~KhaltiFake.answer_next`, :meth:`~KhaltiFake.fail_next`,
+    #: :meth:`~KhaltiFake.on_next`) that answered it; ``None``: Khalti's state did.
+    choice: KhaltiChoice | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class KhaltiRequest:
+    """A request to the fake Khalti, as an :meth:`~KhaltiFake.on_next` callback sees it."""
+
+    endpoint: str
+    method: str
+    url: str
+    #: The JSON or form body sent, or the query string for GET (plus ``idx`` taken
+    #: from the URL for refund and transaction).
+    params: dict[str, Any]
+    headers: dict[str, str]
+    #: Whether the ``Authorization`` header carried the right key.
+    authorized: bool
 
 
 class KhaltiVerifyCall(NamedTuple):
@@ -311,13 +338,51 @@ class KhaltiRefundCall(NamedTuple):
     mobile: Any
 
 
-@dataclass
-class _Override:
+#: What an :meth:`~KhaltiFake.on_next` callback may return (see there).
+CallbackResult = Any
+
+
+@dataclass(eq=False)
+class KhaltiChoice:
+    """An answer chosen ahead with :meth:`~KhaltiFake.answer_next`,
+    :meth:`~KhaltiFake.fail_next` or :meth:`~KhaltiFake.on_next` (which return
+    it): which calls it answered, and how many more it will answer."""
+
     endpoint: str
     key: str | None
+    #: How many more calls it answers; ``None``: every call.
     times: int | None
     outcome: str | None = None
     answer: tuple[int, dict[str, str], str] | None = None
+    callback: Callable[[KhaltiRequest], CallbackResult] | None = None
+    #: Seconds the fake waits before answering (outside its lock, so that other
+    #: calls go on meanwhile).
+    delay: float = 0
+    #: The calls it answered, in order.
+    calls: list[KhaltiCall] = field(default_factory=list)
+
+    @property
+    def used(self) -> bool:
+        """Whether it answered a call."""
+        return bool(self.calls)
+
+    @property
+    def spent(self) -> bool:
+        """Whether it will answer no more calls."""
+        return self.times == 0
+
+
+_Override = KhaltiChoice
+
+
+@dataclass
+class _Received:
+    endpoint: str
+    request: Any
+    params: dict[str, Any]
+    authorized: bool
+    authorization: str | None
+    choice: KhaltiChoice | None
 
 
 def _as_int(value: Any) -> Any:
@@ -337,7 +402,7 @@ class KhaltiFake:
     pytest-django's ``settings`` work whenever they are applied.
 
     ``secret_key``: the key Khalti knows. By default ``KHALTI["SECRET_KEY"]``
-    when the fake starts. A request with another key (or none) gets HTTP 401,
+    as it is when each request is made (like ``base_url``). A request with another key (or none) gets HTTP 401,
     as from Khalti, before any outcome chosen with :meth:`fail_next` or
     :meth:`answer_next` (except ``timeout`` and ``connection_error``, which
     happen before Khalti reads the request). Set :attr:`secret_key` to play a
@@ -357,7 +422,6 @@ class KhaltiFake:
 
     def __init__(self, *, base_url: str | None = None, secret_key: str | None = None) -> None:
         self._base_url = self._normalise(base_url) if base_url else None
-        self._given_key = secret_key
         self.secret_key: str | None = secret_key
         #: Widget payments by token.
         self.payments: dict[str, KhaltiFakePayment] = {}
@@ -365,7 +429,7 @@ class KhaltiFake:
         self.epayments: dict[str, KhaltiFakeEpayment] = {}
         #: Every request made to the fake Khalti, in order.
         self.calls: list[KhaltiCall] = []
-        self._overrides: list[_Override] = []
+        self._overrides: list[KhaltiChoice] = []
         self._lock = threading.RLock()
         self.mock = responses.RequestsMock(assert_all_requests_are_fired=False)
         for name, (method, path) in ENDPOINTS.items():
@@ -381,11 +445,9 @@ class KhaltiFake:
     # --- running -------------------------------------------------------------------------
 
     def start(self) -> KhaltiFake:
-        """Start answering (and read ``KHALTI["SECRET_KEY"]`` unless one was given)."""
+        """Start answering."""
         if self._started:
             raise RuntimeError("This KhaltiFake is already started.")
-        if self._given_key is None:
-            self.secret_key = khalti_settings.SECRET_KEY
         self.mock.start()
         self._started = True
         return self
@@ -579,7 +641,7 @@ class KhaltiFake:
     # --- outcomes ------------------------------------------------------------------------
 
     def fail_next(self, endpoint: str, outcome: str, *, key: str | None = None,
-                  times: int | None = 1) -> None:
+                  times: int | None = 1, delay: float = 0) -> KhaltiChoice:
         """Answer the next ``times`` calls to ``endpoint`` with ``outcome``.
 
         ``endpoint``: ``verify``, ``status``, ``transaction``, ``refund``,
@@ -587,36 +649,69 @@ class KhaltiFake:
         :data:`OUTCOMES` (see the module's docstring). ``key`` limits it to one
         payment: a token, idx, pidx, transaction id or (initiate) purchase
         order id. ``times=None``: every call from now on. The first choice
-        that fits a call is used.
+        that fits a call is used. ``delay``: seconds to wait before answering
+        (a slow Khalti; other calls are answered meanwhile). Returns the
+        :class:`KhaltiChoice`, whose ``calls`` are the calls it answered.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"Unknown outcome {outcome!r}; one of {', '.join(sorted(OUTCOMES))}.")
         if outcome == "wrong_amount" and endpoint in ("refund", "initiate"):
             raise ValueError("wrong_amount is an answer of verify, status, transaction or lookup.")
-        self._override(_Override(endpoint, key, times, outcome=outcome))
+        return self._override(KhaltiChoice(endpoint, key, times, outcome=outcome, delay=delay))
 
     def answer_next(self, endpoint: str, *, status: int = 200, json: Any = None,
                     body: str | None = None, headers: dict[str, str] | None = None,
-                    key: str | None = None, times: int | None = 1) -> None:
+                    key: str | None = None, times: int | None = 1,
+                    delay: float = 0) -> KhaltiChoice:
         """Answer the next ``times`` calls to ``endpoint`` with this HTTP answer
         instead of Khalti's (``json``, or a raw ``body``). Nothing changes at
-        the fake Khalti. ``endpoint``, ``key`` and ``times`` as for :meth:`fail_next`."""
-        content_type = "application/json" if body is None else "text/html; charset=utf-8"
-        text = body if body is not None else _dumps(json)
-        answer = (status, {"Content-Type": content_type, **(headers or {})}, text)
-        self._override(_Override(endpoint, key, times, answer=answer))
+        the fake Khalti. ``endpoint``, ``key``, ``times`` and ``delay`` as for
+        :meth:`fail_next`; returns the :class:`KhaltiChoice`."""
+        return self._override(KhaltiChoice(endpoint, key, times,
+                                           answer=_http_answer(status, json, body, headers),
+                                           delay=delay))
 
-    def _override(self, override: _Override) -> None:
+    def on_next(self, endpoint: str, callback: Callable[[KhaltiRequest], CallbackResult], *,
+                key: str | None = None, times: int | None = 1,
+                delay: float = 0) -> KhaltiChoice:
+        """Let ``callback`` answer the next ``times`` calls to ``endpoint``.
+
+        The callback gets a :class:`KhaltiRequest` (params, headers, whether
+        the key was right) and returns:
+
+        * ``None``: Khalti answers as usual, by its state (a callback that only
+          watches, or waits: it runs outside the fake's lock, so other calls
+          are answered meanwhile);
+        * an outcome name (:data:`OUTCOMES`);
+        * ``(status, json)``, or ``(status, text)`` for a non-JSON body:
+          that HTTP answer, and nothing changes at the fake Khalti;
+        * an exception (returned or raised), which reaches the app as
+          ``requests`` would raise it, e.g. ``requests.ReadTimeout()``.
+
+        A request with a wrong key gets HTTP 401 without reaching the callback,
+        as for :meth:`answer_next`. ``endpoint``, ``key``, ``times`` and
+        ``delay`` (waited before the callback runs) as for :meth:`fail_next`;
+        returns the :class:`KhaltiChoice`.
+        """
+        if not callable(callback):
+            raise TypeError("on_next needs a callable: callback(request) -> answer.")
+        return self._override(KhaltiChoice(endpoint, key, times, callback=callback, delay=delay))
+
+    def _override(self, override: KhaltiChoice) -> KhaltiChoice:
         if override.endpoint != "any" and override.endpoint not in ENDPOINTS:
             raise ValueError(f"Unknown endpoint {override.endpoint!r}; one of "
                              f"{', '.join(ENDPOINTS)} or 'any'.")
         if override.times is not None and override.times < 1:
             raise ValueError("times must be at least 1, or None for every call.")
+        if isinstance(override.delay, bool) or not isinstance(override.delay, (int, float)) \
+                or override.delay < 0:
+            raise ValueError("delay must be a number of seconds, 0 or more.")
         with self._lock:
             self._overrides.append(override)
+        return override
 
     def _take_override(self, endpoint: str, keys: set[str], transport_only: bool
-                       ) -> _Override | None:
+                       ) -> KhaltiChoice | None:
         for override in self._overrides:
             if override.endpoint not in ("any", endpoint):
                 continue
@@ -689,10 +784,25 @@ class KhaltiFake:
     def _callback(self, endpoint: str, path: re.Pattern[str]) -> Any:
         def callback(request: Any) -> Any:
             with self._lock:
-                return self._answer(endpoint, path, request)
+                received = self._receive(endpoint, path, request)
+            choice = received.choice
+            chosen: Any = None
+            if choice is not None and choice.delay:
+                time.sleep(choice.delay)
+            if choice is not None and choice.callback is not None:
+                try:
+                    chosen = choice.callback(KhaltiRequest(
+                        endpoint=endpoint, method=request.method, url=request.url,
+                        params=received.params, headers=dict(request.headers),
+                        authorized=received.authorized,
+                    ))
+                except Exception as exc:
+                    chosen = exc
+            with self._lock:
+                return self._respond(received, chosen)
         return callback
 
-    def _answer(self, endpoint: str, path: re.Pattern[str], request: Any) -> Any:
+    def _receive(self, endpoint: str, path: re.Pattern[str], request: Any) -> _Received:
         url = urlsplit(request.url)
         params = self._params(request)
         if not isinstance(params, dict):
@@ -702,19 +812,45 @@ class KhaltiFake:
             params = {**params, "idx": unquote(matched["idx"])}
         keys = self._keys(params)
         authorization = request.headers.get("Authorization")
-        authorized = bool(self.secret_key) and authorization == f"Key {self.secret_key}"
+        known = self.secret_key if self.secret_key is not None else khalti_settings.SECRET_KEY
+        authorized = bool(known) and authorization == f"Key {known}"
+        choice = self._take_override(endpoint, keys, transport_only=not authorized)
+        return _Received(endpoint, request, params, authorized, authorization, choice)
 
-        override = self._take_override(endpoint, keys, transport_only=not authorized)
-        outcome = override.outcome if override else None
-        result: Any
-        if override is not None and override.answer is not None:
-            result = override.answer
+    def _respond(self, received: _Received, chosen: Any) -> Any:
+        endpoint, request, params = received.endpoint, received.request, received.params
+        choice, authorized = received.choice, received.authorized
+        outcome = choice.outcome if choice else None
+        answer = choice.answer if choice else None
+        result: Any = None
+        if choice is not None and choice.callback is not None:
+            if isinstance(chosen, BaseException):
+                result, outcome = chosen, "callback"
+            elif isinstance(chosen, str):
+                if chosen not in OUTCOMES:
+                    result, outcome = ValueError(
+                        f"on_next callback returned an unknown outcome {chosen!r}; one of "
+                        f"{', '.join(sorted(OUTCOMES))}."), "callback"
+                else:
+                    outcome = chosen
+            elif isinstance(chosen, tuple) and len(chosen) == 2:
+                status, content = chosen
+                answer = (_http_answer(status, None, content) if isinstance(content, str)
+                          else _http_answer(status, content, None))
+            elif chosen is not None:
+                result, outcome = TypeError(
+                    "on_next callback must return None, an outcome, (status, json) or "
+                    f"an exception, not {chosen!r}."), "callback"
+        if result is not None:
+            pass
+        elif answer is not None:
+            result = answer
         elif outcome == "connection_error":
             result = requests.exceptions.ConnectionError("Connection refused (fake Khalti).")
         elif outcome == "timeout":
             result = requests.exceptions.ReadTimeout("Read timed out (fake Khalti).")
         elif not authorized:
-            result = _json(401, {"detail": "Invalid token." if authorization
+            result = _json(401, {"detail": "Invalid token." if received.authorization
                                  else "Authentication credentials were not provided."})
         elif outcome == "unauthorized":
             result = _json(401, {"detail": "Invalid token."})
@@ -726,15 +862,21 @@ class KhaltiFake:
             result = getattr(self, f"_{endpoint}")(params, outcome)
             if outcome == "timeout_after_processing":
                 result = requests.exceptions.ReadTimeout("Read timed out (fake Khalti).")
-        self.calls.append(KhaltiCall(
+        call = KhaltiCall(
             endpoint=endpoint,
             method=request.method,
             url=request.url,
             params=params,
             authorized=authorized,
-            outcome=outcome if override is None or override.answer is None else "answer",
-            status_code=None if isinstance(result, Exception) else result[0],
-        ))
+            outcome="answer" if answer is not None else outcome,
+            status_code=None if isinstance(result, BaseException) else result[0],
+            choice=choice,
+        )
+        self.calls.append(call)
+        if choice is not None:
+            choice.calls.append(call)
+        if isinstance(result, BaseException):
+            raise result
         return result
 
     @staticmethod
@@ -906,3 +1048,10 @@ def _dumps(value: Any) -> str:
 
 def _json(status: int, body: Any) -> tuple[int, dict[str, str], str]:
     return status, {"Content-Type": "application/json"}, _dumps(body)
+
+
+def _http_answer(status: int, json: Any, body: str | None,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    content_type = "application/json" if body is None else "text/html; charset=utf-8"
+    text = body if body is not None else _dumps(json)
+    return status, {"Content-Type": content_type, **(headers or {})}, text
