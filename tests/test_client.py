@@ -18,7 +18,7 @@ from django_khalti.exceptions import (
 
 from .conftest import fixture
 
-SECRET = "test_secret_key_0123456789abcdef0123456789abcdef"
+SECRET = "test_secret_key_for_the_client_tests_only"
 
 
 @pytest.fixture
