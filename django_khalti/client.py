@@ -20,6 +20,8 @@ from urllib.parse import quote, urljoin
 
 import requests
 from django.utils.dateparse import parse_datetime
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_variables
 from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout
 
@@ -300,6 +302,9 @@ class KhaltiClient:
 
     # --- plumbing ----------------------------------------------------------
 
+    # The key sits in this frame (and requests' below it): Django's error
+    # reports must not show any of their variables.
+    @method_decorator(sensitive_variables())
     def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         url = urljoin(self.base_url, path)
         started = time.monotonic()

@@ -7,6 +7,7 @@ from typing import Any
 
 from urllib.parse import urlencode
 
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import DatabaseError, transaction
 from django.db.transaction import non_atomic_requests
 from django.http import HttpRequest, HttpResponse
@@ -17,11 +18,14 @@ from django.views.decorators.http import require_GET, require_http_methods
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext_lazy as _
 from rest_framework import status
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from . import services
@@ -81,6 +85,32 @@ def error_response(exc: KhaltiError) -> Response:
                     status=http_status(exc))
 
 
+class KhaltiRateThrottle(SimpleRateThrottle):
+    """Throttles dj-khalti's API at ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["khalti"]``
+    (e.g. ``"30/min"``), per user or else per client address; without that rate, not at all.
+
+    The rate is read on each request, so a project need not configure it (DRF's
+    own scoped throttle would fail without it) and ``override_settings`` works.
+    """
+
+    scope = "khalti"
+
+    def __init__(self) -> None:
+        pass  # SimpleRateThrottle reads the rate here, once; it is read per request instead.
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        self.rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+        if self.rate is None:
+            return True
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        return super().allow_request(request, view)
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        user = request.user
+        ident = user.pk if user and user.is_authenticated else self.get_ident(request)
+        return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
 # The payment row must be committed before Khalti is called, even in a project
 # with ATOMIC_REQUESTS: these views manage their own transactions.
 @method_decorator(transaction.non_atomic_requests, name="dispatch")
@@ -89,7 +119,16 @@ class KhaltiAPIView(APIView):
     renderer_classes = [JSONRenderer]
     parser_classes = [JSONParser, FormParser, MultiPartParser]
 
+    def get_throttles(self) -> list[Any]:
+        # The project's throttles as its settings are now (APIView's class attribute
+        # froze them at import), unless a subclass named its own; then ours.
+        classes = (api_settings.DEFAULT_THROTTLE_CLASSES
+                   if self.throttle_classes is APIView.throttle_classes else self.throttle_classes)
+        return [throttle() for throttle in classes] + [KhaltiRateThrottle()]
+
     def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent, RecursionError)):
+            exc = ParseError(_("The request is too large or too deeply nested."))  # JSON, not Django's HTML 400
         if isinstance(exc, KhaltiError):
             return error_response(exc)
         if isinstance(exc, KhaltiConfigurationError):
@@ -148,7 +187,8 @@ def _result_page(request: HttpRequest, *, payment: Payment | None = None,
         state = "error" if error is not None else _page_state(payment)
     refresh_url = None
     tries = request.GET.get("tries", "0")
-    tries_done = int(tries) if tries.isdigit() else MAX_REFRESHES
+    # The browser's word: "²" is a digit to isdigit(), and 5000 digits are too many for int().
+    tries_done = int(tries) if tries.isascii() and tries.isdigit() and len(tries) <= 3 else MAX_REFRESHES
     if state == "pending" and tries_done < MAX_REFRESHES:
         query = request.GET.copy()
         query["tries"] = str(tries_done + 1)
@@ -183,6 +223,8 @@ def epayment_start(request: HttpRequest, product_identity: str) -> HttpResponse:
     shown on Khalti's page is the order's reference: nothing is taken from the
     browser but the reference, which the resolver checks.
     """
+    if len(product_identity) > 255 or not product_identity.isprintable():  # e.g. a NUL: no order's
+        return _result_page(request, error=KhaltiUnknownOrder(), http=status.HTTP_404_NOT_FOUND)
     try:
         payment = services.start_epayment(request, product_identity, product_identity)
     except KhaltiInProgress:

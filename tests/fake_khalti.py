@@ -1,21 +1,68 @@
 """A fake Khalti on a real loopback socket, for tests that cross processes.
 
 ``responses`` patches ``requests`` inside one process only; when several
-worker processes verify at once, they need a real server to talk to. This one
-answers the verify and status endpoints like Khalti does, counts the calls it
-receives per token, and can be told to answer slowly.
+worker processes verify at once (gunicorn workers, spawned processes), they
+need a real server to talk to, so that the app's real client, connection pool
+and timeouts are exercised. This one answers the verify and status endpoints
+like Khalti does, on 127.0.0.1 only, from a daemon thread that stops at the
+end of its ``with`` block.
+
+What it knows, like Khalti:
+
+- ``issue(token, amount)``: the buyer paid ``amount`` with ``token``. Verifying
+  an issued token for another amount is refused (400), as Khalti does; a token
+  never issued is accepted for any amount (the older tests' behaviour).
+- ``completions[token]``: how many times Khalti actually *completed* (moved the
+  money for) a verification. More than one for a token is a double
+  verification; the fake answers a second one with Khalti's refusal.
+- the status endpoint answers ``Complete`` once a token's verification was
+  completed and ``Confirmed`` (paid, awaiting verification) before, unless
+  ``states[token]`` says otherwise.
+
+Faults, switched per token with ``fault(token, mode)`` and cleared with
+``clear(token)`` (they apply to every endpoint asked about the token):
+
+==============  ================================================================
+``reject``       400 ``{"token": ["Invalid token."]}``
+``wrong_amount`` verify completes and answers a record for ``amount`` (default:
+                 the issued amount, else the asked amount - 100)
+``slow``         sleeps ``slow_for`` seconds (longer than the app's TIMEOUT)
+                 before answering; the verification is completed at once:
+                 Khalti did it, the answer is lost
+``reset``        closes the socket with a TCP reset, no answer (``complete``
+                 says whether Khalti completed the verification first)
+``html_5xx``     502 with an HTML page
+``truncated``    200 whose JSON body is cut short
+``amount_str``   200 with ``"amount": "1000"`` (a string)
+``no_state``     200 without ``state``
+``unauthorized`` 401 ``{"detail": "Invalid token."}``
+``hold``         completes (if ``complete``), sets ``holding``, then waits for
+                 ``release`` (bounded) before answering
+==============  ================================================================
+
+Every call is counted per endpoint and token (``count``), with the caller's
+address (``peers``), so a test can find the worker process that is asking.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 SECRET = "test_secret_key_testproject"
+
+FAULTS = ("reject", "wrong_amount", "slow", "reset", "html_5xx", "truncated", "amount_str",
+          "no_state", "unauthorized", "hold")
+#: How long a held answer waits for ``release`` at most: the fake stops by itself.
+HOLD_LIMIT = 30.0
 
 
 def completed_record(token: str, amount: int) -> dict:
@@ -30,32 +77,62 @@ def completed_record(token: str, amount: int) -> dict:
     }
 
 
+@dataclass
+class Fault:
+    mode: str
+    #: Whether Khalti completed the verification before the fault hit (verify only).
+    complete: bool = True
+    amount: int | None = None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Many gunicorn workers may connect at once.
+    request_queue_size = 256
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a reset or a caller that gave up: expected here, not worth a traceback
+
+
 class FakeKhalti:
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, slow_for: float = 3.5) -> None:
+        #: Seconds every verify call takes before Khalti acts on it.
         self.delay = delay
+        self.slow_for = slow_for
         self.calls: Counter[tuple[str, str]] = Counter()
         self.verified: dict[str, int] = {}
+        self.completions: Counter[str] = Counter()
+        self.issued: dict[str, int] = {}
+        self.faults: dict[str, Fault] = {}
+        self.peers: defaultdict[str, list[tuple[str, int]]] = defaultdict(list)
         #: The status endpoint's state per token; default: Complete once verified,
         #: Confirmed (paid, awaiting verification) before.
         self.states: dict[str, str] = {}
+        self.holding = threading.Event()
+        self.release = threading.Event()
         self._lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as Khalti: the app's pool is used
+            disable_nagle_algorithm = True  # headers and body go out at once
+
             def log_message(self, *args: object) -> None:
                 pass
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                fake.answer(self, "verify", body)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    body = {}
+                fake.answer(self, "verify", body if isinstance(body, dict) else {})
 
             def do_GET(self) -> None:
                 query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
                 fake.answer(self, "status", query)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -64,31 +141,146 @@ class FakeKhalti:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+    # --- the test's controls ------------------------------------------------------
+
+    def issue(self, token: str, amount: int) -> str:
+        """The buyer paid ``amount`` with ``token``: only that amount verifies."""
+        self.issued[token] = amount
+        return token
+
+    def fault(self, token: str, mode: str, *, complete: bool = True, amount: int | None = None) -> None:
+        if mode not in FAULTS:
+            raise ValueError(f"unknown fault {mode!r}")
+        self.faults[token] = Fault(mode, complete, amount)
+
+    def clear(self, token: str | None = None) -> None:
+        """Khalti is well again: for ``token``, or for every token."""
+        if token is None:
+            self.faults.clear()
+        else:
+            self.faults.pop(token, None)
+
+    def reset(self) -> None:
+        """Forget every call, token and fault (between tests sharing one fake)."""
+        with self._lock:
+            for record in (self.calls, self.verified, self.completions, self.issued,
+                           self.faults, self.peers, self.states):
+                record.clear()
+        self.holding.clear()
+        self.release.clear()
+
+    def count(self, endpoint: str, token: str | None = None) -> int:
+        return sum(n for (e, t), n in self.calls.items() if e == endpoint and token in (None, t))
+
+    # --- the server's side ----------------------------------------------------------
 
     def answer(self, handler: BaseHTTPRequestHandler, endpoint: str, params: dict) -> None:
         token = str(params.get("token", ""))
         with self._lock:
             self.calls[(endpoint, token)] += 1
+            self.peers[token].append(handler.client_address)
         if handler.headers.get("Authorization") != f"Key {SECRET}":
             return self._send(handler, 401, {"detail": "Invalid token."})
-        time.sleep(self.delay)
-        amount = int(params.get("amount", 0))
         if endpoint == "verify":
-            with self._lock:
-                self.verified[token] = amount
-            return self._send(handler, 200, completed_record(token, amount))
+            time.sleep(self.delay)  # verify takes a while; the status endpoint answers at once
+        try:
+            amount = int(params.get("amount", 0))
+        except (TypeError, ValueError):
+            amount = 0
+        fault = self.faults.get(token)
+        mode = fault.mode if fault else None
+
+        if mode == "reject":
+            return self._send(handler, 400, {"token": ["Invalid token."]})
+        if mode == "unauthorized":
+            return self._send(handler, 401, {"detail": "Invalid token."})
+        if mode == "html_5xx":
+            return self._send_raw(handler, 502, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                                  "text/html")
+        if mode == "reset" and not (endpoint == "verify" and fault.complete):
+            return self._reset(handler)
+
+        if endpoint == "status":
+            return self._status(handler, token, mode)
+
+        # verify: refuse what Khalti would refuse, else complete it (once).
+        issued = self.issued.get(token)
+        if issued is not None and issued != amount and mode != "wrong_amount":
+            return self._send(handler, 400, {"amount": ["Amount does not match."]})
+        with self._lock:
+            if self.completions[token] and mode is None:
+                self.completions[token] += 1  # a double verification: the test will see it
+                refuse = True
+            else:
+                refuse = False
+                if not (mode in ("hold",) and not fault.complete):
+                    self.completions[token] += 1
+                    self.verified[token] = amount
+        if refuse:
+            return self._send(handler, 400, {"token": ["Token already used."]})
+        record = completed_record(token, amount)
+        if mode == "wrong_amount":
+            record["amount"] = fault.amount if fault.amount is not None else (
+                issued if issued is not None else amount - 100)
+        elif mode == "slow":
+            time.sleep(self.slow_for)
+        elif mode == "reset":
+            return self._reset(handler)
+        elif mode == "hold":
+            # Without ``complete``, Khalti never got to it: nothing is completed.
+            self.holding.set()
+            self.release.wait(HOLD_LIMIT)
+        elif mode == "truncated":
+            text = json.dumps(record).encode()
+            return self._send_raw(handler, 200, text[: len(text) // 2], "application/json")
+        elif mode == "amount_str":
+            record["amount"] = str(amount)
+        elif mode == "no_state":
+            del record["state"]
+        return self._send(handler, 200, record)
+
+    def _status(self, handler: BaseHTTPRequestHandler, token: str, mode: str | None) -> None:
+        if mode == "slow":
+            time.sleep(self.slow_for)
+        elif mode == "hold":
+            self.holding.set()
+            self.release.wait(HOLD_LIMIT)
         state = self.states.get(token) or ("Complete" if token in self.verified else "Confirmed")
-        return self._send(handler, 200, {"status": True, "state": state, "detail": state})
+        body: dict = {"status": True, "state": state, "detail": state}
+        if mode == "truncated":
+            text = json.dumps(body).encode()
+            return self._send_raw(handler, 200, text[: len(text) // 2], "application/json")
+        if mode == "no_state":
+            del body["state"]
+        return self._send(handler, 200, body)
 
     def _send(self, handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        self._send_raw(handler, status, json.dumps(body).encode(), "application/json")
 
-    def count(self, endpoint: str, token: str | None = None) -> int:
-        return sum(n for (e, t), n in self.calls.items() if e == endpoint and token in (None, t))
+    @staticmethod
+    def _send_raw(handler: BaseHTTPRequestHandler, status: int, data: bytes, content_type: str) -> None:
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", content_type)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        except OSError:
+            handler.close_connection = True  # the caller gave up (timeout, killed worker)
+
+    @staticmethod
+    def _reset(handler: BaseHTTPRequestHandler) -> None:
+        """Drop the connection with a TCP reset, answering nothing."""
+        handler.close_connection = True
+        sock = handler.connection
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # close(2) now, with linger 0: a reset. (sock.close() would wait for the
+            # handler's file objects to let go of the socket.)
+            os.close(sock.detach())
+        except OSError:
+            pass

@@ -104,6 +104,10 @@ def database_from_url(url: str) -> dict:
 
 
 DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL") or "sqlite://")}
+# A server started by the tests (tests/rig.py: gunicorn) runs on the database
+# pytest-django created: DJANGO_DATABASE_NAME names it (the test database's NAME).
+if os.environ.get("DJANGO_DATABASE_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["DJANGO_DATABASE_NAME"]
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en"
@@ -117,7 +121,8 @@ KHALTI = {
     "SECRET_KEY": os.environ.get("KHALTI_SECRET_KEY", "test_secret_key_testproject"),
     "PUBLIC_KEY": os.environ.get("KHALTI_PUBLIC_KEY", "test_public_key_testproject"),
     "BASE_URL": os.environ.get("KHALTI_BASE_URL", "https://khalti.test/"),
-    "TIMEOUT": 5,
+    # KHALTI_TIMEOUT: the rig (tests/rig.py) runs with a short one.
+    "TIMEOUT": float(os.environ["KHALTI_TIMEOUT"]) if os.environ.get("KHALTI_TIMEOUT") else 5,
     "AMOUNT_RESOLVER": "shop.khalti.order_amount",
 }
 
@@ -127,6 +132,28 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"django_khalti": {"handlers": ["console"], "level": "INFO"}},
 }
+
+# DJANGO_LOG_FILE: everything at DEBUG into this file as well (the rig's servers).
+if os.environ.get("DJANGO_LOG_FILE"):
+    LOGGING["handlers"]["file"] = {
+        "class": "logging.FileHandler",
+        "filename": os.environ["DJANGO_LOG_FILE"],
+        "level": "DEBUG",
+        "formatter": "process",
+    }
+    LOGGING["formatters"] = {
+        "process": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"},
+    }
+    LOGGING["root"] = {"handlers": ["file"], "level": "DEBUG"}
+    LOGGING["loggers"]["django_khalti"].update(handlers=["console", "file"], level="DEBUG",
+                                               propagate=False)
+
+# Test-only fault injection (tests/test_reliability.py): with
+# TESTPROJECT_FAIL_SETTLE_IF=<path>, while that file exists, every UPDATE that
+# changes a payment's status fails with OperationalError, as if the database
+# went away after Khalti answered (see testproject/faults.py). Never set otherwise.
+if os.environ.get("TESTPROJECT_FAIL_SETTLE_IF"):
+    MIDDLEWARE = ["testproject.faults.FailPaymentSettleMiddleware", *MIDDLEWARE]
 
 # The test project runs with a sandbox-style key by design.
 SILENCED_SYSTEM_CHECKS = ["django_khalti.W002"]

@@ -1,0 +1,410 @@
+"""Proof under load and faults: the testproject under gunicorn with 4 worker
+processes, on the test database (SQLite file, PostgreSQL or MariaDB, as
+``DATABASE_URL`` says), verifying against a fake Khalti on a real loopback socket
+(tests/rig.py, tests/fake_khalti.py).
+
+Everything is asserted from the database (``Payment`` rows; the shop's
+``OrderEvent`` rows, which its ``payment_verified`` receiver writes, count the
+signals) and from the calls the fake Khalti received. ``khalti_reconcile`` runs
+as a subprocess with the server's environment, as cron would run it.
+
+Marked ``reliability``: ``make test PYTEST_ARGS="-m 'not reliability'"`` (or
+``make test SKIP_RELIABILITY=1``) skips them; ``.ci/run`` always runs them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+import requests
+from django.utils import timezone
+
+from django_khalti.models import Payment
+from shop.models import Order, OrderEvent
+
+from .fake_khalti import FakeKhalti
+from .rig import TIMEOUT, WORKERS, Rig
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reliability]
+
+#: A claim older than this is stale (conf.KhaltiSettings.stale_after, with the rig's TIMEOUT).
+STALE_AFTER = TIMEOUT * 2 + 10
+_serial = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeKhalti(slow_for=TIMEOUT + 1.5) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def rig(django_db_setup, django_db_blocker, fake, tmp_path_factory):
+    from django.conf import settings
+
+    # pytest-django has put the test database's name here.
+    name = settings.DATABASES["default"]["NAME"]
+    with Rig(name, fake.url, tmp_path_factory.mktemp("rig")) as rig:
+        yield rig
+
+
+@pytest.fixture(autouse=True)
+def fresh(rig, fake):
+    fake.reset()
+    rig.fail_settle_marker.unlink(missing_ok=True)
+    yield
+    fake.release.set()
+    fake.clear()
+    rig.fail_settle_marker.unlink(missing_ok=True)
+
+
+def new_order(total: int) -> Order:
+    return Order.objects.create(reference=f"REL-{os.getpid()}-{next(_serial)}", total=total)
+
+
+def widget(order: Order, token: str, amount: int | None = None) -> dict:
+    """The widget's onSuccess payload for ``order``."""
+    return {"token": token, "amount": order.total if amount is None else amount,
+            "product_identity": order.reference}
+
+
+def in_parallel(calls):
+    """Run every call from its own thread, all released at once; their results in order."""
+    barrier = threading.Barrier(len(calls))
+
+    def one(call):
+        barrier.wait(timeout=30)
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(one, calls))
+
+
+def paid_events(order: Order) -> int:
+    return OrderEvent.objects.filter(order_reference=order.reference, kind="paid").count()
+
+
+def assert_nothing_double_verified(fake):
+    assert not [t for t, n in fake.completions.items() if n > 1], "a token was verified twice"
+
+
+def stale(payment: Payment) -> None:
+    """Let time pass for a claim: date it back beyond the stale limit, as if the
+    ``STALE_AFTER`` seconds a dead worker's claim must wait had gone by."""
+    Payment.objects.filter(pk=payment.pk).update(
+        claimed_at=timezone.now() - timedelta(seconds=STALE_AFTER + 1))
+
+
+# --- load ---------------------------------------------------------------------------
+
+
+def test_fifty_identical_submissions_verify_once(rig, fake):
+    order = new_order(1000)
+    token = fake.issue("tok-fifty", 1000)
+    fake.delay = 0.3  # long enough for the submissions to overlap
+    try:
+        results = in_parallel([lambda: rig.post(widget(order, token))] * 50)
+    finally:
+        fake.delay = 0.0
+
+    codes = Counter(code for code, _, _ in results)
+    assert set(codes) <= {200, 409}, codes
+    assert codes[200] >= 1
+    assert all(body["code"] == "in_progress" for code, body, _ in results if code == 409)
+    assert fake.count("verify", token) == 1, "Khalti's verify must be called exactly once"
+    assert fake.completions[token] == 1
+    payment = Payment.objects.get()
+    assert (payment.status, payment.token, payment.amount) == (Payment.Status.VERIFIED, token, 1000)
+    assert paid_events(order) == 1
+    assert OrderEvent.objects.count() == 1
+    order.refresh_from_db()
+    assert order.paid
+
+
+GARBAGE = [
+    (b"not json", "application/json"),
+    (b"{", "application/json"),
+    (b"[]", "application/json"),
+    (b"null", "application/json"),
+    (b'{"token": 5}', "application/json"),
+    (b'{"token": "t", "amount": "abc", "product_identity": "x"}', "application/json"),
+    (b'{"token": "t", "amount": -5, "product_identity": "x"}', "application/json"),
+    (b'{"token": "t", "amount": 1.5, "product_identity": "x"}', "application/json"),
+    (b'{"token": "t", "amount": true, "product_identity": "x"}', "application/json"),
+    (b'{"token": "t", "amount": 1000, "product_identity": "NO-SUCH-ORDER"}', "application/json"),
+    (b'{"token": {"a": [1]}, "amount": 1000, "product_identity": ["x"]}', "application/json"),
+    (json.dumps({"token": "x" * 20000, "amount": 1000, "product_identity": "y"}).encode(),
+     "application/json"),
+    (b"token=&amount=&product_identity=", "application/x-www-form-urlencoded"),
+    (b"token=t&amount=1000", "text/plain"),
+    ("{\"token\": \"\u0928\u0947\u092a\u093e\u0932\", \"amount\": 10}".encode(), "application/json"),
+    (b"\xff\xfe\x00garbage", "application/json"),
+]
+
+
+def test_two_hundred_mixed_submissions_verify_only_what_was_paid(rig, fake):
+    # Every order has its own total: a token Khalti issued for one amount cannot
+    # verify another order's (Khalti checks the amount it is asked for).
+    orders = [new_order(1000 + 10 * i) for i in range(40)]
+    token_order: dict[str, Order] = {}
+
+    def issue(token, order, amount=None):
+        fake.issue(token, order.total if amount is None else amount)
+        token_order[token] = order
+        return token
+
+    honest = [issue(f"honest-{i}", o) for i, o in enumerate(orders)]
+    cheap = {i: issue(f"cheap-{i}", orders[i], orders[i].total // 10) for i in range(20, 30)}
+    # Half of the cheap tokens get Khalti's record (for the cheap amount) back.
+    for i in range(20, 25):
+        fake.fault(cheap[i], "wrong_amount")
+    second = {i: issue(f"second-{i}", orders[i]) for i in range(30, 40)}
+
+    posts = []  # (kind, callable)
+    for i in range(20):  # clean orders: the honest payload, three times
+        posts += [("honest", lambda o=orders[i], t=honest[i]: rig.post(widget(o, t)))] * 3
+    for i in range(20, 40):
+        posts.append(("honest", lambda o=orders[i], t=honest[i]: rig.post(widget(o, t))))
+    for i in range(20, 30):
+        o = orders[i]
+        # The client lies about the amount of a real payment...
+        posts.append(("tampered", lambda o=o, t=honest[i]: rig.post(widget(o, t, o.total + 100))))
+        # ...or paid a tenth and claims the order's total.
+        posts.append(("tampered", lambda o=o, t=cheap[i]: rig.post(widget(o, t))))
+        # A token replayed on another order (for that order's amount).
+        posts.append(("replayed", lambda o=orders[i + 10], t=honest[i]: rig.post(widget(o, t))))
+    for i in range(30, 40):  # a second token for the same order
+        posts.append(("second", lambda o=orders[i], t=second[i]: rig.post(widget(o, t))))
+    garbage = itertools.cycle(GARBAGE)
+    while len(posts) < 200:
+        raw, content_type = next(garbage)
+        posts.append(("garbage", lambda raw=raw, ct=content_type: rig.post(None, raw=raw, content_type=ct)))
+    assert len(posts) == 200
+    random.Random(6).shuffle(posts)
+
+    started = time.monotonic()
+    results = in_parallel([call for _, call in posts])
+    took = time.monotonic() - started
+
+    by_kind: dict[str, Counter] = {}
+    for (kind, _), (code, body, _) in zip(posts, results):
+        by_kind.setdefault(kind, Counter())[code] += 1
+        assert code < 500, (kind, code, body)
+        if code >= 400:
+            assert isinstance(body, dict) and body.get("code") or kind == "garbage", (kind, code, body)
+    assert set(by_kind["garbage"]) <= {400, 404, 409, 415}, by_kind["garbage"]
+    assert 200 not in by_kind["tampered"] and 200 not in by_kind["replayed"], by_kind
+
+    verified = list(Payment.objects.filter(status__in=Payment.PAID_STATUSES))
+    for payment in verified:
+        order = token_order[payment.token]
+        assert payment.product_identity == order.reference, "a replayed token was verified"
+        assert payment.amount == order.total == fake.issued[payment.token]
+        assert not payment.token.startswith("cheap-"), "a tampered payment was verified"
+    per_order = Counter(p.product_identity for p in verified)
+    assert max(per_order.values()) == 1, "an order was paid twice"
+    # Two tokens paying an order in full never both moved the buyer's money. (A
+    # cheap token Khalti completed for its own amount is then failed, and lets go
+    # of the order.)
+    completed_per_order = Counter(token_order[t].reference for t, n in fake.completions.items()
+                                  if n and fake.issued[t] == token_order[t].total)
+    assert max(completed_per_order.values()) == 1
+    assert_nothing_double_verified(fake)
+    for order in orders:
+        assert paid_events(order) == per_order[order.reference]
+    # The clean orders, untouched by any attack, are all paid with their token.
+    for i in range(20):
+        assert Payment.objects.get(product_identity=orders[i].reference, status=Payment.Status.VERIFIED
+                                   ).token == honest[i]
+    assert OrderEvent.objects.filter(kind="paid").count() == len(verified)
+    print(f"200 mixed submissions in {took:.1f} s: {by_kind}")
+
+
+# --- Khalti's faults ------------------------------------------------------------------
+
+#: fault -> (what the buyer's client gets, whether Khalti completed the verification).
+FAULTS = {
+    "slow": (504, True),  # Khalti did it; the answer came after TIMEOUT
+    "reset_after": (503, True),  # Khalti did it; the connection was reset before the answer
+    "reset_before": (503, False),
+    "html_5xx": (502, False),
+    "truncated": (502, True),
+    "amount_str": (502, True),
+    "no_state": (502, True),
+    "unauthorized": (502, False),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_khalti_fault_leaves_the_payment_pending_and_is_settled_once(rig, fake, fault):
+    expected_code, completed = FAULTS[fault]
+    mode = fault.split("_")[0] if fault.startswith("reset") else fault
+    # Two orders: one settled by the buyer's resubmission, one by khalti_reconcile.
+    resubmitted, reconciled = new_order(1500), new_order(2500)
+    tokens = {o.pk: fake.issue(f"{fault}-{o.pk}", o.total) for o in (resubmitted, reconciled)}
+    for token in tokens.values():
+        fake.fault(token, mode, complete=completed)
+
+    results = in_parallel([lambda o=o: rig.post(widget(o, tokens[o.pk]))
+                           for o in (resubmitted, reconciled)])
+
+    for code, body, took in results:
+        assert code == expected_code, (code, body)
+        assert body["code"] == "khalti_unavailable"
+        assert took <= TIMEOUT + 1, f"the request took {took:.2f} s"
+    assert set(Payment.objects.values_list("status", flat=True)) == {Payment.Status.PENDING}
+    assert not OrderEvent.objects.exists()
+
+    fake.clear()  # Khalti is well again
+    code, body, _ = rig.post(widget(resubmitted, tokens[resubmitted.pk]))
+    assert (code, body["status"]) == (200, "verified"), body
+    result = rig.reconcile()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 verified" in result.stdout
+
+    for order in (resubmitted, reconciled):
+        payment = Payment.objects.get(product_identity=order.reference)
+        assert payment.status == Payment.Status.VERIFIED, payment.failure_reason
+        assert payment.amount == order.total
+        assert paid_events(order) == 1
+        token = tokens[order.pk]
+        assert fake.completions[token] == 1
+        # A verification Khalti completed is never asked for again: its status is.
+        assert fake.count("verify", token) == (1 if completed else 2)
+        assert fake.count("status", token) == 1
+    assert not OrderEvent.objects.exclude(kind="paid").exists()
+    assert_nothing_double_verified(fake)
+
+
+@pytest.mark.parametrize("answer", ["reject", "wrong_amount"])
+def test_khaltis_refusal_fails_the_payment_once(rig, fake, answer):
+    order = new_order(1200)
+    token = fake.issue(f"{answer}-tok", 1200)
+    fake.fault(token, answer, amount=120)
+
+    code, body, took = rig.post(widget(order, token))
+
+    assert (code, body["code"]) == (400, "verification_failed"), body
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.FAILED
+    assert not paid_events(order)
+    assert OrderEvent.objects.filter(kind="payment_failed").count() == 1
+    assert fake.count("verify", token) == 1
+    order.refresh_from_db()
+    assert not order.paid
+
+
+# --- our side failing ------------------------------------------------------------------
+
+
+def test_the_database_failing_after_khalti_answered_loses_nothing(rig, fake):
+    """The settle UPDATE fails (testproject/faults.py) after Khalti verified."""
+    order = new_order(1700)
+    token = fake.issue("db-fails", 1700)
+    rig.fail_settle_marker.touch()
+
+    code, body, took = rig.post(widget(order, token))
+
+    assert code in (502, 503), body
+    assert took <= TIMEOUT + 1
+    assert fake.completions[token] == 1  # Khalti moved the money
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.PENDING and payment.claimed_at is not None
+
+    rig.fail_settle_marker.unlink()  # the database is back
+    # The claim is not stale yet: a resubmission waits instead of asking Khalti again...
+    code, body, _ = rig.post(widget(order, token))
+    assert (code, body["code"]) == (409, "in_progress"), body
+    # ...and so does reconciliation.
+    result = rig.reconcile()
+    assert result.returncode == 0, result.stderr
+    assert Payment.objects.get().status == Payment.Status.PENDING
+    assert fake.count("status", token) == 0
+
+    stale(payment)
+    result = rig.reconcile()
+    assert result.returncode == 0, result.stdout + result.stderr
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.VERIFIED
+    assert paid_events(order) == 1
+    assert fake.count("verify", token) == 1
+    assert fake.count("status", token) == 1
+    assert_nothing_double_verified(fake)
+
+
+@pytest.mark.parametrize("completed", [True, False], ids=["khalti-completed", "khalti-did-not"])
+def test_a_worker_killed_mid_verification_leaves_a_pending_payment_reconciliation_settles(
+        rig, fake, completed):
+    order = new_order(1900)
+    token = fake.issue(f"killed-{completed}", 1900)
+    fake.fault(token, "hold", complete=completed)
+    outcome: list[object] = []
+
+    def buyer():
+        try:
+            outcome.append(rig.post(widget(order, token), timeout=20)[0])
+        except requests.RequestException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=buyer)
+    thread.start()
+    try:
+        assert fake.holding.wait(10), "the verification never reached Khalti"
+        port = fake.peers[token][-1][1]
+        worker = rig.worker_with_connection_from(port)
+        assert worker is not None, "no gunicorn worker holds the connection to Khalti"
+        os.kill(worker, signal.SIGKILL)
+        thread.join(10)
+    finally:
+        fake.clear()
+        fake.release.set()
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], requests.ConnectionError), outcome
+
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.PENDING and payment.claimed_at is not None
+    # The dead worker's claim is fresh: nobody takes it over yet.
+    result = rig.reconcile()
+    assert result.returncode == 0, result.stderr
+    assert Payment.objects.get().status == Payment.Status.PENDING
+
+    stale(payment)
+    result = rig.reconcile()
+    assert result.returncode == 0, result.stdout + result.stderr
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.VERIFIED
+    assert paid_events(order) == 1
+    assert fake.completions[token] == 1
+    assert fake.count("verify", token) == (1 if completed else 2)
+    assert_nothing_double_verified(fake)
+
+    # gunicorn replaces the worker; the next test has all four again.
+    deadline = time.monotonic() + 20
+    while len(rig.worker_pids()) < WORKERS and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker not in rig.worker_pids()
+
+
+# --- secrets, after everything above has run with DEBUG logging ------------------------------
+
+
+def test_zz_the_whole_run_logged_at_debug_and_never_the_secret_key(rig):
+    """Every test above ran against these 4 workers with every logger at DEBUG:
+    their log (and gunicorn's) holds the traffic, but never the secret key."""
+    from .fake_khalti import SECRET
+
+    django_log = rig.log_file.read_text()
+    assert "django_khalti" in django_log and "DEBUG" in django_log  # it did log, at DEBUG
+    assert "api/v2/payment/verify/" in django_log
+    for log in (django_log, rig.server_log.read_text()):
+        assert SECRET not in log
