@@ -16,7 +16,8 @@ MAX_PAISA = 2**63 - 1
 class PaisaField(serializers.IntegerField):
     """A positive whole number of paisa: a JSON integer or a string of digits.
 
-    Stricter than ``IntegerField``: ``true``, ``100.0`` and ``"1e3"`` are refused,
+    Stricter than ``IntegerField``: ``true``, ``100.0``, ``"1e3"``, ``" 100"`` and
+    ``"１００"`` (digits of another script) are refused,
     since a payment amount must never be guessed from a float or a boolean.
     """
 
@@ -31,7 +32,7 @@ class PaisaField(serializers.IntegerField):
 
     def to_internal_value(self, data: Any) -> int:
         if isinstance(data, bool) or not (
-            isinstance(data, int) or (isinstance(data, str) and data.strip().isdigit())
+            isinstance(data, int) or (isinstance(data, str) and data.isascii() and data.isdigit())
         ):
             self.fail("invalid")
         return super().to_internal_value(data)

@@ -85,6 +85,16 @@ def error_response(exc: KhaltiError) -> Response:
                     status=http_status(exc))
 
 
+class KhaltiJSONParser(JSONParser):
+    """DRF's JSON parser, with a body nested too deep for Python a parse error."""
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError(_("The JSON body is nested too deeply.")) from None
+
+
 class KhaltiRateThrottle(SimpleRateThrottle):
     """Throttles dj-khalti's API at ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["khalti"]``
     (e.g. ``"30/min"``), per user or else per client address; without that rate, not at all.
@@ -117,7 +127,7 @@ class KhaltiRateThrottle(SimpleRateThrottle):
 class KhaltiAPIView(APIView):
     permission_classes = [AllowAny]
     renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    parser_classes = [KhaltiJSONParser, FormParser, MultiPartParser]
 
     def get_throttles(self) -> list[Any]:
         # The project's throttles as its settings are now (APIView's class attribute
@@ -127,8 +137,8 @@ class KhaltiAPIView(APIView):
         return [throttle() for throttle in classes] + [KhaltiRateThrottle()]
 
     def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent, RecursionError)):
-            exc = ParseError(_("The request is too large or too deeply nested."))  # JSON, not Django's HTML 400
+        if isinstance(exc, (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent)):
+            exc = ParseError(_("The request is too large."))  # JSON, not Django's HTML 400
         if isinstance(exc, KhaltiError):
             return error_response(exc)
         if isinstance(exc, KhaltiConfigurationError):

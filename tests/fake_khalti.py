@@ -205,7 +205,7 @@ class FakeKhalti:
             return self._reset(handler)
 
         if endpoint == "status":
-            return self._status(handler, token, mode)
+            return self._status(handler, token, mode, amount)
 
         # verify: refuse what Khalti would refuse, else complete it (once).
         issued = self.issued.get(token)
@@ -243,12 +243,18 @@ class FakeKhalti:
             del record["state"]
         return self._send(handler, 200, record)
 
-    def _status(self, handler: BaseHTTPRequestHandler, token: str, mode: str | None) -> None:
+    def _status(self, handler: BaseHTTPRequestHandler, token: str, mode: str | None,
+                amount: int | None = None) -> None:
         if mode == "slow":
             time.sleep(self.slow_for)
         elif mode == "hold":
             self.holding.set()
             self.release.wait(HOLD_LIMIT)
+        known = self.verified.get(token, self.issued.get(token))
+        if known is not None and amount is not None and amount != known:
+            # Khalti: "Transaction not found" for an unknown token *or a wrong amount*.
+            return self._send(handler, 200, {"status": False, "state": "Error",
+                                             "detail": "Transaction not found."})
         state = self.states.get(token) or ("Complete" if token in self.verified else "Confirmed")
         body: dict = {"status": True, "state": state, "detail": state}
         if mode == "truncated":

@@ -28,6 +28,15 @@ TIMEOUT = 2.0
 WORKERS = 4
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when pytest dies, however it dies (Linux)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Rig:
     """A running gunicorn serving the testproject; ``post`` talks to it."""
 
@@ -75,6 +84,7 @@ class Rig:
                 ],
                 env=self.env, pass_fds=[listener.fileno()], stdout=log, stderr=log,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         listener.close()
         try:

@@ -599,3 +599,24 @@ def test_an_error_report_of_a_crash_inside_a_khalti_call_shows_no_secret_key(set
     reporter = ExceptionReporter(None, raised.type, raised.value, raised.tb, is_email=True)
     assert SECRET not in reporter.get_traceback_text()
     assert SECRET not in reporter.get_traceback_html()
+
+
+@HOSTILE
+@given(amount=st.one_of(
+    st.booleans(), st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: f != int(f)),
+    st.floats().filter(lambda f: f != f or f in (float("inf"), float("-inf"))),
+    st.just(1000.0), st.integers(max_value=0), st.integers(min_value=2**63, max_value=10**40),
+    st.sampled_from(["1000.0", "1e3", "10e2", "+1000", "-1000", "0x3e8", "1_000", "１０００"]),
+))
+def test_an_amount_that_is_not_whole_positive_paisa_is_always_a_400(khalti, shop, amount):
+    """The spec, not the app's serializer, is the oracle here: a boolean, a
+    float (even 1000.0), a non-positive or huge number, or a numeral in any
+    other form is refused, for an order whose amount it may even equal."""
+    data = {"token": "fresh-token", "product_identity": "ORD-1", "amount": amount}
+    response = hostile_client().post(VERIFY, data=encode_json(data, True),
+                                     content_type="application/json")
+    assert response.status_code == 400, (amount, response.content[:200])
+    body = response.json()
+    # NaN and infinities are not even JSON (DRF's parser refuses them).
+    assert "amount" in body or body.get("detail", "").startswith("JSON parse error"), body
+    assert_untouched(khalti, shop)
