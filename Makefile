@@ -21,7 +21,7 @@ else
 TEST_EXTRAS := test
 endif
 
-.PHONY: test demo install clean
+.PHONY: test demo bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ demo: $(VENV)/.installed-demo
 	cd testproject && ../$(BIN)/python manage.py migrate --noinput
 	cd testproject && ../$(BIN)/python manage.py seed_demo --url http://$(DEMO_ADDR)/
 	cd testproject && ../$(BIN)/python manage.py runserver $(DEMO_ADDR)
+
+# The speed report (issue 7): the app and a naive baseline under gunicorn against an
+# HTTPS fake Khalti, queries, admin over 100k payments, khalti_reconcile; prints a table
+# and writes bench/results.md. PostgreSQL at BENCH_DATABASE_URL (default
+# postgres://root@127.0.0.1:5432/bench, dropped and recreated), else SQLite.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info testproject/*.sqlite3*

@@ -108,6 +108,9 @@ DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL") or "sql
 # pytest-django created: DJANGO_DATABASE_NAME names it (the test database's NAME).
 if os.environ.get("DJANGO_DATABASE_NAME"):
     DATABASES["default"]["NAME"] = os.environ["DJANGO_DATABASE_NAME"]
+# DJANGO_CONN_MAX_AGE: persistent connections (the benchmark, bench/run.py, as in production).
+if os.environ.get("DJANGO_CONN_MAX_AGE"):
+    DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ["DJANGO_CONN_MAX_AGE"])
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en"

@@ -1,0 +1,64 @@
+"""The bench's Khalti: ``tests.fake_khalti.FakeKhalti`` over HTTPS, in its own process.
+
+Run by ``bench/run.py``: ``python bench/fake_server.py CERT KEY DELAY``. Prints the
+base URL on its first line of output, then serves until its standard input closes
+(the bench ending, however it ends) or SIGTERM. Its own process, so that the load
+generator's threads do not share a GIL with it.
+
+The status endpoint answers ``Complete`` for every token (``khalti_reconcile``'s
+bench); verify accepts any fresh token for any amount, after ``DELAY`` seconds.
+"""
+
+from __future__ import annotations
+
+import signal
+import ssl
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fake_khalti import FakeKhalti  # noqa: E402
+from tests.rig import _die_with_parent  # noqa: E402
+
+
+class AlwaysComplete(dict):
+    """``FakeKhalti.states``: Khalti reports every payment Complete."""
+
+    def get(self, key, default=None):  # noqa: ARG002
+        return super().get(key, "Complete")
+
+
+def main() -> None:
+    cert, key, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    _die_with_parent()
+    fake = FakeKhalti(delay=delay)
+    fake.states = AlwaysComplete()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = fake.server
+    # The handshake happens in each connection's own thread, not in the accept loop.
+    server.socket = context.wrap_socket(server.socket, server_side=True,
+                                        do_handshake_on_connect=False)
+    plain_finish = server.finish_request
+
+    def finish_request(request, client_address):
+        request.settimeout(10)
+        request.do_handshake()
+        request.settimeout(None)
+        plain_finish(request, client_address)
+
+    server.finish_request = finish_request
+    url = fake.url.replace("http://", "https://")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with fake:
+        print(url, flush=True)
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,640 @@
+"""``make bench``: dj-khalti's speed, measured side by side in one run (issue 7).
+
+1. The verify endpoint at 1, 8 and 32 concurrent clients: the testproject under
+   gunicorn against (b) a naive baseline (bench/baseline.py) under the same gunicorn
+   settings, both talking to one fake Khalti over HTTPS with an added latency.
+2. The app's overhead: its p50 at one client minus the fake's latency.
+3. Queries per verification and per idempotent resubmission (in process).
+4. The admin's changelist, search and status filter over 100,000 payments, with EXPLAIN.
+5. ``khalti_reconcile`` over 10,000 pending payments: settled per second, peak memory.
+
+The report goes to stdout and to bench/results.md. Everything listens on 127.0.0.1
+and stops at the end. The database is PostgreSQL's ``bench`` database on
+BENCH_DATABASE_URL (default postgres://root@127.0.0.1:5432/bench), dropped and
+created anew; SQLite in a temporary directory when PostgreSQL cannot be reached.
+
+Knobs (environment): BENCH_DELAY_MS (20), BENCH_REQUESTS per level and target (300),
+BENCH_LEVELS ("1,8,32"), BENCH_WORKERS (4), BENCH_ADMIN_ROWS (100000),
+BENCH_RECONCILE_ROWS (10000).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+TESTPROJECT = ROOT / "testproject"
+BIN = Path(sys.executable).parent
+sys.path[:0] = [str(TESTPROJECT), str(ROOT)]
+
+from tests.rig import _die_with_parent  # noqa: E402
+
+DELAY_MS = float(os.environ.get("BENCH_DELAY_MS", "20"))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "300"))
+LEVELS = [int(n) for n in os.environ.get("BENCH_LEVELS", "1,8,32").split(",")]
+WORKERS = int(os.environ.get("BENCH_WORKERS", "4"))
+ADMIN_ROWS = int(os.environ.get("BENCH_ADMIN_ROWS", "100000"))
+RECONCILE_ROWS = int(os.environ.get("BENCH_RECONCILE_ROWS", "10000"))
+WARMUP = 4 * WORKERS
+DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://root@127.0.0.1:5432/bench")
+KHALTI_TIMEOUT = "5"
+
+STARTED = time.monotonic()
+WORKDIR = Path(tempfile.mkdtemp(prefix="dj-khalti-bench-"))
+report: list[str] = []
+
+
+def say(line: str = "") -> None:
+    """A line of the report: printed now, written to results.md at the end."""
+    print(line, flush=True)
+    report.append(line)
+
+
+def note(line: str) -> None:
+    """Progress, on stderr only."""
+    print(f"[{time.monotonic() - STARTED:6.1f}s] {line}", file=sys.stderr, flush=True)
+
+
+def table(header: list[str], rows: list[list[object]]) -> None:
+    say("| " + " | ".join(header) + " |")
+    say("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        say("| " + " | ".join(str(cell) for cell in row) + " |")
+    say()
+
+
+# --- the certificate ---------------------------------------------------------------------
+
+def make_certificate() -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: (cert.pem, key.pem)."""
+    cert, key = WORKDIR / "cert.pem", WORKDIR / "key.pem"
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert),
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+            check=True, capture_output=True,
+        )
+        return cert, key
+    import ipaddress
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dj-khalti bench fake Khalti")])
+    now = dt.datetime.now(dt.timezone.utc)
+    public = private.public_key()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                    x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False),
+                       critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return cert, key
+
+
+# --- processes -------------------------------------------------------------------------
+
+children: list[subprocess.Popen] = []
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=8)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+def start_fake(cert: Path, key: Path) -> str:
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / "fake_server.py"), str(cert), str(key), str(DELAY_MS / 1000)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(WORKDIR / "fake.log", "wb"),
+        text=True, start_new_session=True,
+    )
+    children.append(process)
+    url = process.stdout.readline().strip()
+    if not url.startswith("https://127.0.0.1:"):
+        raise RuntimeError(f"the fake Khalti did not start: {(WORKDIR / 'fake.log').read_text()}")
+    return url
+
+
+def start_gunicorn(name: str, app: str, chdir: Path, env: dict[str, str]) -> str:
+    """gunicorn (WORKERS sync workers, as tests/rig.py) on a socket bound here: its URL."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(512)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    log = open(WORKDIR / f"{name}.log", "ab")
+    process = subprocess.Popen(
+        [str(BIN / "gunicorn"), app, "--chdir", str(chdir), "--bind", f"fd://{listener.fileno()}",
+         "--workers", str(WORKERS), "--worker-class", "sync", "--timeout", "60",
+         "--graceful-timeout", "3", "--preload", "--log-level", "warning"],
+        env=env, pass_fds=[listener.fileno()], stdout=log, stderr=log,
+        start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    children.append(process)
+    listener.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited: {(WORKDIR / f'{name}.log').read_text()[-3000:]}")
+        try:
+            requests.get(url + "/khalti/verify/", timeout=2)
+            return url
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{name} did not start")
+
+
+# --- the database ----------------------------------------------------------------------
+
+def prepare_database() -> str:
+    """DATABASE_URL of a fresh, empty bench database: PostgreSQL, else SQLite."""
+    try:
+        import psycopg
+
+        parts = urlsplit(DATABASE_URL)
+        name = parts.path.lstrip("/") or "bench"
+        admin_url = urlunsplit(("postgresql", parts.netloc, "/postgres", "", ""))
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return DATABASE_URL
+    except Exception as exc:  # noqa: BLE001 - any failure: the fallback
+        note(f"PostgreSQL unavailable ({exc.__class__.__name__}: {exc}); SQLite instead")
+        return f"sqlite:///{WORKDIR / 'bench.sqlite3'}"
+
+
+def drop_database(url: str) -> None:
+    if not url.startswith("postgres"):
+        return
+    import psycopg
+
+    parts = urlsplit(url)
+    admin_url = urlunsplit(("postgresql", parts.netloc, "/postgres", "", ""))
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+
+
+# --- 1. load ---------------------------------------------------------------------------
+
+_serial = itertools.count()
+
+
+def new_orders(n: int, prefix: str) -> list[tuple[str, int]]:
+    from shop.models import Order
+
+    orders = [Order(reference=f"{prefix}-{next(_serial)}", total=1000 + 10 * (i % 1000))
+              for i in range(n)]
+    Order.objects.bulk_create(orders, batch_size=1000)
+    return [(o.reference, o.total) for o in orders]
+
+
+def load(url: str, orders: list[tuple[str, int]], clients: int) -> dict:
+    """POST one fresh token per order, ``clients`` at a time: latencies and throughput."""
+    local = threading.local()
+
+    def one(order: tuple[str, int]) -> tuple[float, int]:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        reference, total = order
+        payload = {"token": f"tok-{uuid.uuid4().hex}", "amount": total, "product_identity": reference}
+        started = time.perf_counter()
+        try:
+            response = session.post(url + "/khalti/verify/", json=payload, timeout=30)
+            code = response.status_code
+        except requests.RequestException:
+            code = 0
+        return time.perf_counter() - started, code
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        results = list(pool.map(one, orders))
+    wall = time.perf_counter() - started
+    latencies = sorted(t for t, _ in results)
+    ok = sum(1 for _, code in results if code == 200)
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(round(p * (len(latencies) - 1))))] * 1000
+
+    return {"n": len(results), "ok": ok, "rps": len(results) / wall, "p50": pct(0.50),
+            "p99": pct(0.99), "codes": sorted({code for _, code in results})}
+
+
+def bench_verify(server_env: dict[str, str]) -> dict:
+    app_url = start_gunicorn("app", "testproject.wsgi:application", TESTPROJECT, server_env)
+    base_url = start_gunicorn("baseline", "baseline:application", BENCH, server_env)
+    note(f"app on {app_url}, baseline on {base_url}")
+    # Warm-up: every worker imports what it needs (and the app opens its pool).
+    load(app_url, new_orders(WARMUP, "WARM"), WORKERS)
+    load(base_url, new_orders(WARMUP, "WARMB"), WORKERS)
+    results = {}
+    for clients in LEVELS:
+        for name, url in (("app", app_url), ("baseline", base_url)):
+            orders = new_orders(REQUESTS, f"L{clients}{name[0]}")
+            results[(name, clients)] = result = load(url, orders, clients)
+            note(f"{name} @ {clients}: {result['rps']:.1f} req/s p50 {result['p50']:.1f} ms "
+                 f"p99 {result['p99']:.1f} ms, {result['ok']}/{result['n']} ok {result['codes']}")
+    return results
+
+
+def report_verify(results: dict) -> None:
+    say(f"## 1. Verify endpoint: app vs naive baseline ({REQUESTS} requests per level and target, "
+        f"fake Khalti latency {DELAY_MS:g} ms, HTTPS)")
+    say()
+    rows = []
+    for clients in LEVELS:
+        app, base = results[("app", clients)], results[("baseline", clients)]
+        rows.append([clients,
+                     f"{app['rps']:.1f}", f"{app['p50']:.1f}", f"{app['p99']:.1f}", f"{app['ok']}/{app['n']}",
+                     f"{base['rps']:.1f}", f"{base['p50']:.1f}", f"{base['p99']:.1f}", f"{base['ok']}/{base['n']}",
+                     f"{app['p50'] / base['p50']:.2f}x", f"{app['p99'] / base['p99']:.2f}x"])
+    table(["clients", "app req/s", "app p50 ms", "app p99 ms", "app ok",
+           "baseline req/s", "baseline p50 ms", "baseline p99 ms", "baseline ok",
+           "p50 app/baseline", "p99 app/baseline"], rows)
+    for clients in LEVELS:
+        ratio = results[("app", clients)]["p50"] / results[("baseline", clients)]["p50"]
+        goal = 1.1 if clients == 1 else 1.0
+        wording = "at most 1.1x the baseline's p50" if clients == 1 else "faster than the baseline (p50 < 1.0x)"
+        if (ratio <= goal) if clients == 1 else (ratio < goal):
+            verdict = f"**met** ({ratio:.2f}x)"
+        else:
+            verdict = f"**missed** by {(ratio - goal) / goal * 100:.0f}% ({ratio:.2f}x vs {goal:.1f}x)"
+        say(f"- Goal at {clients} client(s), app p50 {wording}: {verdict}")
+    say()
+    say("The baseline (bench/baseline.py) is a Django view under the same gunicorn settings "
+        f"({WORKERS} sync workers, --preload) that calls `requests.post` per verification: a new "
+        "TCP+TLS connection each time, no database, no amount check, no idempotency. Every "
+        "request of either target is a fresh token for a fresh order.")
+    say()
+
+
+# --- 3. queries --------------------------------------------------------------------------
+
+def bench_queries() -> list[list[object]]:
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    client = Client()
+
+    def post(reference: str, total: int, token: str) -> tuple[int, list[str]]:
+        payload = {"token": token, "amount": total, "product_identity": reference}
+        with CaptureQueriesContext(connection) as ctx:
+            response = client.post("/khalti/verify/", payload, content_type="application/json")
+        return response.status_code, [q["sql"] for q in ctx.captured_queries]
+
+    rows = []
+    for attempt in range(3):  # the first warms up caches; the last is reported
+        (reference, total), = new_orders(1, "Q")
+        token = f"tok-q-{uuid.uuid4().hex}"
+        first_status, first = post(reference, total, token)
+        again_status, again = post(reference, total, token)
+    def control(s: str) -> bool:  # transaction control, not a query
+        return bool(re.match(r"\s*(BEGIN|COMMIT|ROLLBACK)\b", s))
+
+    def receivers(s: str) -> bool:  # the shop's payment_verified receivers write
+        return bool(re.match(r'\s*(UPDATE|INSERT INTO) "shop_', s))
+
+    def breakdown(sqls: list[str]) -> str:
+        shop_reads = sum(1 for s in sqls if '"shop_' in s and not receivers(s))
+        ours = sum(1 for s in sqls if '"shop_' not in s and not control(s))
+        return (f"{ours} dj-khalti, {shop_reads} resolver, {sum(map(receivers, sqls))} receivers, "
+                f"{sum(map(control, sqls))} BEGIN/COMMIT")
+
+    for label, status, sqls, goal in (("successful verification", first_status, first, 4),
+                                      ("idempotent resubmission", again_status, again, 2)):
+        # The goal's path: dj-khalti's queries and the resolver's, without the receivers.
+        counted = len([s for s in sqls if not control(s) and not receivers(s)])
+        verdict = "met" if counted <= goal else f"missed by {counted - goal}"
+        rows.append([label, status, len(sqls), counted, breakdown(sqls), f"<= {goal}", verdict])
+    return rows, first, again
+
+
+def report_queries(rows: list, first: list[str], again: list[str]) -> None:
+    say("## 3. Database queries per request (in process, django.test.Client, CaptureQueriesContext)")
+    say()
+    table(["request", "HTTP", "all statements", "counted", "breakdown", "goal", "verdict"], rows)
+    say("Counted: dj-khalti's queries and the shop's amount resolver (one SELECT on shop_order), "
+        "the receiver-free path; not the shop's payment_verified receivers (UPDATE shop_order, "
+        "INSERT shop_orderevent) nor BEGIN/COMMIT, which psycopg logs as statements.")
+    say()
+    for label, sqls in (("verification", first), ("resubmission", again)):
+        say(f"<details><summary>{label}: {len(sqls)} statements</summary>")
+        say()
+        for s in sqls:
+            say(f"    {s[:300]}")
+        say()
+        say("</details>")
+        say()
+
+
+# --- 4. admin ----------------------------------------------------------------------------
+
+def bench_admin(rows_wanted: int) -> None:
+    import random
+
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from django_khalti.models import Payment, order_key
+
+    note(f"bulk-creating {rows_wanted} payments")
+    started = time.perf_counter()
+    rng = random.Random(7)
+    statuses = ([Payment.Status.VERIFIED] * 80 + [Payment.Status.FAILED] * 10
+                + [Payment.Status.PENDING] * 8 + [Payment.Status.REFUNDED] * 2)
+    batch: list[Payment] = []
+    sample = {}
+    for i in range(rows_wanted):
+        status = rng.choice(statuses)
+        paid = status != Payment.Status.PENDING and status != Payment.Status.FAILED
+        reference = f"ORD-{i:07d}"
+        payment = Payment(
+            token=f"adm-{uuid.uuid4().hex}", product_identity=reference, amount=1000 + i % 5000,
+            status=status, idx=f"idx-adm-{i:07d}" if paid else None,
+            order_claim=order_key(reference) if status != Payment.Status.FAILED else None,
+            mobile="98XXXXXXX9" if paid else "",
+            khalti_response={"idx": f"idx-adm-{i:07d}", "state": {"name": "Completed"}} if paid else None,
+            failure_reason="Khalti rejected the payment" if status == Payment.Status.FAILED else "",
+        )
+        if i == rows_wanted // 2:
+            sample = {"token": payment.token, "idx": payment.idx or f"idx-adm-{i:07d}",
+                      "product_identity": reference}
+            if payment.idx is None:
+                payment.idx, payment.status, payment.order_claim = sample["idx"], Payment.Status.VERIFIED, order_key(reference)
+        batch.append(payment)
+        if len(batch) == 5000:
+            Payment.objects.bulk_create(batch)
+            batch = []
+    if batch:
+        Payment.objects.bulk_create(batch)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("UPDATE django_khalti_payment SET created_at = created_at - "
+                           "random() * interval '730 days' WHERE token LIKE 'adm-%%'")
+        else:
+            cursor.execute("UPDATE django_khalti_payment SET created_at = datetime(created_at, "
+                           "'-' || abs(random() %% 63072000) || ' seconds') WHERE token LIKE 'adm-%%'")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE django_khalti_payment")
+    created = time.perf_counter() - started
+    total = Payment.objects.count()
+    note(f"{rows_wanted} payments in {created:.1f}s; {total} in the table")
+
+    User = get_user_model()
+    User.objects.create_superuser("bench", "bench@example.com", "bench")
+    client = Client()
+    client.force_login(User.objects.get(username="bench"))
+    base = "/admin/django_khalti/payment/"
+    cases = [
+        ("changelist", base),
+        ("search by token (=token)", f"{base}?q={sample['token']}"),
+        ("search by idx (=idx)", f"{base}?q={sample['idx']}"),
+        ("search by product_identity", f"{base}?q={sample['product_identity']}"),
+        ("filter status=pending", f"{base}?status__exact=pending"),
+    ]
+    rows, plans = [], []
+    for label, path in cases:
+        client.get(path)  # warm
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            response = client.get(path)
+            times.append((time.perf_counter() - started) * 1000)
+        with CaptureQueriesContext(connection) as ctx:
+            client.get(path)
+        payment_sqls = [q["sql"] for q in ctx.captured_queries
+                        if "django_khalti_payment" in q["sql"] and q["sql"].lstrip().upper().startswith("SELECT")]
+        scans = []
+        for sql in payment_sqls:
+            plan = explain(connection, sql)
+            kinds = sorted(set(re.findall(r"(Seq Scan|Parallel Seq Scan|Index Only Scan|Index Scan|"
+                                          r"Bitmap Index Scan|SCAN|SEARCH)(?: Backward)?(?: (?:using|on) (\S+))?", plan)))
+            scans.append(", ".join(f"{k}{' ' + i if i else ''}" for k, i in kinds))
+            plans.append((label, sql, plan))
+        seq = any("Seq Scan" in s or re.search(r"\bSCAN\b", s) for s in scans)
+        rows.append([label, response.status_code, f"{statistics.median(times):.0f}", f"{max(times):.0f}",
+                     len(ctx.captured_queries), "; ".join(scans) or "-",
+                     "**no: sequential scan**" if seq else "yes"])
+
+    say(f"## 4. Admin over {total:,} payments ({rows_wanted:,} bulk-created in {created:.0f} s; "
+        f"{connection.vendor}), superuser, median of 5 GETs")
+    say()
+    table(["page", "HTTP", "median ms", "max ms", "queries", "scans of django_khalti_payment (EXPLAIN)",
+           "index scans only?"], rows)
+    say("Plans (the payment-table SELECTs of each page):")
+    say()
+    for label, sql, plan in plans:
+        say(f"<details><summary>{label}</summary>")
+        say()
+        say(f"    {sql[:600]}")
+        say()
+        for line in plan.splitlines():
+            say(f"    {line}")
+        say()
+        say("</details>")
+        say()
+
+
+def explain(connection, sql: str) -> str:
+    with connection.cursor() as cursor:
+        prefix = "EXPLAIN " if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
+        # The captured SQL has its parameters inlined; run without parameters, a
+        # literal % stays as it is.
+        cursor.execute(prefix + sql)
+        return "\n".join(" ".join(str(c) for c in row) for row in cursor.fetchall())
+
+
+# --- 5. reconcile --------------------------------------------------------------------------
+
+def bench_reconcile(server_env: dict[str, str], n: int) -> None:
+    from django_khalti.models import Payment
+
+    new = new_orders(n, "REC")
+    Payment.objects.bulk_create(
+        [Payment(token=f"rec-{uuid.uuid4().hex}", product_identity=reference, amount=total)
+         for reference, total in new], batch_size=5000)
+    pending = Payment.objects.pending().count()
+    note(f"reconciling {pending} pending payments")
+
+    def run(*args: str) -> tuple[int, float, int, str]:
+        out = open(WORKDIR / "reconcile.out", "w+")
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, str(TESTPROJECT / "manage.py"), *args],
+                                   env=server_env, cwd=TESTPROJECT, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        children.append(process)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        took = time.perf_counter() - started
+        out.seek(0)
+        return process.returncode, took, usage.ru_maxrss, out.read()
+
+    _, _, idle_rss, _ = run("check")
+    code, took, rss, output = run("khalti_reconcile", "--older-than", "0")
+    settled = Payment.objects.filter(token__startswith="rec-", status=Payment.Status.VERIFIED).count()
+    left = Payment.objects.filter(token__startswith="rec-", status=Payment.Status.PENDING).count()
+    summary = [line for line in output.splitlines() if line.startswith("checked")]
+    say(f"## 5. khalti_reconcile --older-than 0 over {pending:,} pending payments "
+        "(fake answers status Complete)")
+    say()
+    table(["pending", "settled (verified)", "still pending", "exit", "seconds", "settled/s",
+           "peak RSS MiB", "peak RSS of `manage.py check` MiB"],
+          [[pending, settled, left, code, f"{took:.1f}", f"{settled / took:.0f}", f"{rss / 1024:.0f}",
+            f"{idle_rss / 1024:.0f}"]])
+    say(f"Command's summary: `{summary[-1] if summary else output[-300:]}`")
+    say()
+
+
+# --- the machine ------------------------------------------------------------------------
+
+def machine(database_url: str) -> list[str]:
+    import django
+    from django.db import connection
+
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
+    mem = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW server_version")
+            db = f"PostgreSQL {cursor.fetchone()[0]}"
+        else:
+            cursor.execute("SELECT sqlite_version()")
+            db = f"SQLite {cursor.fetchone()[0]}"
+    import gunicorn
+
+    return [
+        f"- Date: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"- CPUs: {os.cpu_count()} × {model.group(1).strip() if model else 'unknown'}",
+        f"- Memory: {int(mem.group(1)) / 1024 / 1024:.1f} GiB" if mem else "- Memory: unknown",
+        f"- Python {platform.python_version()}, Django {django.get_version()}, "
+        f"gunicorn {gunicorn.__version__}, requests {requests.__version__}, {db} "
+        f"({urlsplit(database_url).scheme} database created by the bench)",
+        f"- Settings: {WORKERS} gunicorn sync workers per target; fake Khalti latency {DELAY_MS:g} ms "
+        f"(verify), HTTPS with a self-signed certificate trusted through REQUESTS_CA_BUNDLE; "
+        f"load generator, fake Khalti, both servers and the database on this one machine",
+    ]
+
+
+def main() -> None:
+    cert, key = make_certificate()
+    fake_url = start_fake(cert, key)
+    note(f"fake Khalti on {fake_url}")
+    database_url = prepare_database()
+    env = {
+        **os.environ,
+        "REQUESTS_CA_BUNDLE": str(cert),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "testproject.settings",
+        "KHALTI_BASE_URL": fake_url,
+        "KHALTI_TIMEOUT": KHALTI_TIMEOUT,
+        # Persistent database connections, as a production deployment would use.
+        "DJANGO_CONN_MAX_AGE": "60",
+        "PYTHONPATH": os.pathsep.join([str(TESTPROJECT), str(ROOT)]),
+    }
+    for name in ("DJANGO_DEMO", "KHALTI_SECRET_KEY", "KHALTI_PUBLIC_KEY", "DJANGO_DATABASE_NAME",
+                 "DJANGO_LOG_FILE", "TESTPROJECT_FAIL_SETTLE_IF", "DJANGO_DEBUG", "HTTPS_PROXY",
+                 "https_proxy", "HTTP_PROXY", "http_proxy"):
+        env.pop(name, None)
+    os.environ.clear()
+    os.environ.update(env)
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    say("# dj-khalti benchmark")
+    say()
+    for line in machine(database_url):
+        say(line)
+    say()
+    try:
+        results = bench_verify(env)
+    finally:
+        for process in children[1:]:
+            stop(process)
+    report_verify(results)
+    app1 = results[("app", LEVELS[0])]["p50"]
+    say("## 2. Overhead")
+    say()
+    say(f"App p50 at {LEVELS[0]} client(s) minus the fake's latency: {app1:.1f} - {DELAY_MS:g} = "
+        f"**{app1 - DELAY_MS:.1f} ms** (the baseline's: "
+        f"{results[('baseline', LEVELS[0])]['p50'] - DELAY_MS:.1f} ms)")
+    say()
+    note("queries")
+    report_queries(*bench_queries())
+    note("reconcile")
+    bench_reconcile(env, RECONCILE_ROWS)
+    note("admin")
+    bench_admin(ADMIN_ROWS)
+    say(f"Total bench runtime: {time.monotonic() - STARTED:.0f} s. Counts used: {REQUESTS} requests per "
+        f"level and target at {LEVELS} clients, {ADMIN_ROWS:,} admin payments, {RECONCILE_ROWS:,} "
+        "reconciled payments.")
+    from django.db import connections
+
+    connections.close_all()
+    drop_database(database_url)
+    (BENCH / "results.md").write_text("\n".join(report) + "\n")
+    print(f"\nwritten to {BENCH / 'results.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for process in reversed(children):
+            stop(process)

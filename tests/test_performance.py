@@ -1,0 +1,288 @@
+"""Guards for speed: the queries a verification, a resubmission, an ePayment return and
+the admin's list cost; the indexes the admin's search and status filter use; and the one
+pooled HTTP session every call to Khalti goes through.
+
+These are not timing tests: they pin counts and plans, which do not depend on the
+machine. Counts are taken in ``transaction=True`` tests, where the app's transactions
+are real (not savepoints inside the test's own transaction), and without the shop's
+signal receivers (their queries are the shop's, not dj-khalti's).
+"""
+
+import json
+from datetime import timedelta
+
+import pytest
+import requests
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from django_khalti import client as khalti_client
+from django_khalti.client import KhaltiClient, get_session
+from django_khalti.models import Payment, order_key
+from django_khalti.signals import payment_failed, payment_verified
+from shop import receivers
+
+from .fake_khalti import FakeKhalti
+from .test_epayment import PIDX, come_back, started
+
+VERIFY = reverse("django_khalti:verify")
+CHANGELIST = reverse("admin:django_khalti_payment_changelist")
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+def statements(queries):
+    """The SQL statements run, without BEGIN/COMMIT (which cost no query of their own
+    on every backend)."""
+    return [q["sql"] for q in queries.captured_queries
+            if not q["sql"].lstrip().upper().startswith(TRANSACTION_CONTROL)]
+
+
+def commits(queries):
+    return sum(q["sql"].strip().upper() == "COMMIT" for q in queries.captured_queries)
+
+
+def kinds(sql_list):
+    """``["SELECT django_khalti_payment", "INSERT django_khalti_payment", ...]``."""
+    out = []
+    for sql in sql_list:
+        verb = sql.split()[0].upper()
+        table = sql.split(" FROM ", 1)[-1] if verb == "SELECT" else sql.split()[2 if verb != "UPDATE" else 1]
+        out.append(f"{verb} {table.split()[0].strip(chr(34) + '`')}")
+    return out
+
+
+@pytest.fixture
+def no_shop_receivers():
+    """The shop's receivers off: what is counted is dj-khalti's own work."""
+    payment_verified.disconnect(receivers.mark_order_paid, sender=Payment)
+    payment_failed.disconnect(receivers.note_failed_payment, sender=Payment)
+    yield
+    payment_verified.connect(receivers.mark_order_paid, sender=Payment)
+    payment_failed.connect(receivers.note_failed_payment, sender=Payment)
+
+
+def post(client, payload):
+    return client.post(VERIFY, data=json.dumps(payload), content_type="application/json")
+
+
+# --- the verify endpoint -------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_successful_verification_costs_four_queries_in_two_short_transactions(
+    client, khalti, payload, no_shop_receivers
+):
+    khalti.verify(payload["token"], 1000)
+    with CaptureQueriesContext(connection) as queries:
+        response = post(client, payload)
+    assert response.status_code == 200, response.content
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    # Goal: at most 4. Is the token known? The shop's amount (its resolver); the
+    # claim (insert, committed before Khalti is called); the settlement.
+    assert kinds(statements(queries)) == [
+        "SELECT django_khalti_payment",
+        "SELECT shop_order",
+        "INSERT django_khalti_payment",
+        "UPDATE django_khalti_payment",
+    ], "\n".join(statements(queries))
+    assert commits(queries) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idempotent_resubmission_costs_one_query(client, khalti, payload, no_shop_receivers):
+    khalti.verify(payload["token"], 1000)
+    assert post(client, payload).status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        response = post(client, payload)
+    assert response.status_code == 200
+    assert response.json()["status"] == "verified"
+    # Goal: at most 2. The stored payment answers; neither Khalti nor the resolver is asked.
+    assert kinds(statements(queries)) == ["SELECT django_khalti_payment"]
+    assert commits(queries) == 0
+    assert len(khalti.calls) == 1
+
+
+# --- the ePayment return ------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_return_of_a_completed_epayment_costs_three_queries(
+    client, khalti, order, no_shop_receivers
+):
+    started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_completed")
+    with CaptureQueriesContext(connection) as queries:
+        response = come_back(client, status="Completed")
+    assert response.status_code == 200
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    # The payment by pidx; the claim; the settlement.
+    assert kinds(statements(queries)) == [
+        "SELECT django_khalti_payment",
+        "UPDATE django_khalti_payment",
+        "UPDATE django_khalti_payment",
+    ], "\n".join(statements(queries))
+    assert commits(queries) == 2
+
+    # Reloading the page: read only, Khalti not asked again.
+    with CaptureQueriesContext(connection) as queries:
+        assert come_back(client, status="Completed").status_code == 200
+    assert len(statements(queries)) == 2
+    assert commits(queries) == 0
+    assert len(khalti.calls_to("https://khalti.test/api/v2/epayment/lookup/")) == 1
+
+
+# --- the admin's list ---------------------------------------------------------------
+
+
+def add_payments(count, start=0):
+    now = timezone.now()
+    Payment.objects.bulk_create(
+        Payment(
+            token=f"tok-{n}", product_identity=f"ORD-{n}", amount=1000 + n,
+            status=Payment.Status.VERIFIED if n % 2 else Payment.Status.PENDING,
+            idx=f"idx-{n}" if n % 2 else None, mobile="98XXXXXXX9" if n % 2 else "",
+            verified_at=now if n % 2 else None, order_claim=order_key(f"ORD-{n}"),
+        )
+        for n in range(start, start + count)
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("params", [{}, {"q": "ORD-1"}, {"status__exact": "pending"}],
+                         ids=["all", "search", "status"])
+def test_the_changelist_costs_six_queries_for_10_or_200_payments(admin_client, params):
+    def page_queries():
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get(CHANGELIST, params)
+        assert response.status_code == 200
+        return statements(queries)
+
+    add_payments(10)
+    page_queries()  # warm caches (content types) before counting
+    ten = page_queries()
+    add_payments(190, start=10)
+    many = page_queries()
+    # The session and the user; then the payments: the count, the page, and the date
+    # hierarchy's first/last and days. Nothing row by row.
+    assert len(ten) == len(many) == 6, "\n".join(many)
+    assert kinds(many)[:2] == ["SELECT django_session", "SELECT auth_user"]
+    assert all(k == "SELECT django_khalti_payment" for k in kinds(many)[2:]), "\n".join(many)
+
+
+# --- indexes ------------------------------------------------------------------------
+
+
+def explain(sql):
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+@pytest.fixture
+def many_payments(db):
+    """3,000 payments like a shop's: most verified, a few pending, failed or refunded,
+    each with Khalti's answer stored; then the statistics the planner uses."""
+    answer = {"idx": "x" * 22, "type": {"idx": "t" * 22, "name": "Wallet payment"},
+              "state": {"idx": "s" * 22, "name": "Completed", "template": "is complete"},
+              "amount": 1000, "fee_amount": 30, "refunded": False,
+              "user": {"idx": "u" * 22, "name": "Test User", "mobile": "98XXXXXXX9"},
+              "merchant": {"idx": "m" * 22, "name": "Test Merchant", "mobile": "98XXXXXXX0"}}
+    statuses = ([Payment.Status.PENDING] * 5 + [Payment.Status.FAILED] * 3
+                + [Payment.Status.REFUNDED] * 2 + [Payment.Status.VERIFIED] * 90)
+    now = timezone.now()
+    rows = []
+    for n in range(3000):
+        status = statuses[n % len(statuses)]
+        rows.append(Payment(
+            token=f"tok-{n:06d}-{'k' * 14}", product_identity=f"ORD-{n:06d}", amount=1000 + n,
+            status=status, idx=f"idx-{n:06d}-{'i' * 14}" if status != "pending" else None,
+            mobile=f"98XXXX{n:04d}", khalti_response=answer,
+            verified_at=now if status != "pending" else None,
+            order_claim=order_key(f"ORD-{n:06d}") if status != "failed" else None,
+        ))
+    Payment.objects.bulk_create(rows, batch_size=500)
+    # Spread over two years, as years of payments would be (8 hours apart).
+    Payment.objects.update(created_at=now - timedelta(days=730))
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("UPDATE django_khalti_payment SET created_at = created_at + "
+                           "(substring(product_identity from 5)::int * interval '8 hours')")
+            cursor.execute("ANALYZE django_khalti_payment")
+        elif connection.vendor == "mysql":
+            cursor.execute("ANALYZE TABLE django_khalti_payment")
+        else:
+            cursor.execute("ANALYZE")
+
+
+SEARCHES = {
+    "token": "tok-000123-kkkkkkkkkkkkkk",
+    "idx": "idx-000124-iiiiiiiiiiiiii",
+    "order reference": "ORD-000125",
+    "order reference prefix": "ORD-00012",
+    "mobile": "98XXXX0127",
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "params", [{"q": q} for q in SEARCHES.values()] + [{"status__exact": "pending"},
+                                                       {"status__exact": "failed"}],
+    ids=list(SEARCHES) + ["status pending", "status failed"],
+)
+def test_the_changelists_search_and_status_filter_read_indexes(
+    admin_client, many_payments, params
+):
+    """Every query of the list reads an index, not the whole table: the search's lookups
+    (exact ids and mobile, the reference's beginning) are each answered by an index and
+    OR-ed in a bitmap; the status filter reads the status index. (Filtering by the
+    status most payments have is rightly a scan of the table for its count.)"""
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(CHANGELIST, params)
+    assert response.status_code == 200
+    ours = [sql for sql in statements(queries) if "django_khalti_payment" in sql
+            and "WHERE" in sql]
+    assert len(ours) == 4, "\n".join(ours)  # count, page, date hierarchy's min/max and days
+    if connection.vendor != "postgresql":
+        return  # query plans are pinned on PostgreSQL, the production database; the count above holds everywhere
+    for sql in ours:
+        plan = explain(sql)
+        assert "Seq Scan" not in plan, f"{sql}\n{plan}"
+        assert "Index" in plan, f"{sql}\n{plan}"
+
+
+# --- one pooled session ----------------------------------------------------------------
+
+
+def test_the_client_uses_one_pooled_session_per_process():
+    session = get_session()
+    assert isinstance(session, requests.Session)
+    assert get_session() is session
+    # A client is made per call and cheap: it holds no session of its own.
+    client = KhaltiClient.from_settings()
+    assert not any(isinstance(value, requests.Session) for value in vars(client).values())
+    adapter = session.get_adapter("https://khalti.com/")
+    assert adapter is session.get_adapter("http://127.0.0.1/")
+    assert adapter._pool_maxsize == khalti_client.POOL_MAXSIZE >= 8
+    assert adapter.max_retries.total == 0  # a retried verify could move money twice
+
+
+def test_calls_in_a_row_reuse_one_kept_alive_connection(settings):
+    get_session().close()  # start from no open connection
+    with FakeKhalti() as fake:
+        settings.KHALTI = {**settings.KHALTI, "BASE_URL": fake.url}
+        client = KhaltiClient.from_settings()
+        for n in range(3):
+            fake.issue(f"tok-{n}", 1000)
+            assert client.verify(f"tok-{n}", 1000).amount == 1000
+        client.status("tok-0", 1000)
+        # One TCP connection (one client port) served every call.
+        peers = {peer for token in fake.peers for peer in fake.peers[token]}
+        assert len(peers) == 1, peers
+        manager = get_session().get_adapter(fake.url).poolmanager
+        pools = [manager.pools[key] for key in manager.pools.keys()]
+        [pool] = [p for p in pools if p.port == int(fake.url.rsplit(":", 1)[1].strip("/"))]
+        assert (pool.num_connections, pool.num_requests) == (1, 4)
+    get_session().close()
+
