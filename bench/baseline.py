@@ -23,8 +23,10 @@ settings.configure(
     SECRET_KEY="bench-baseline-not-secret",
     ALLOWED_HOSTS=["127.0.0.1", "localhost"],
     ROOT_URLCONF=__name__,
-    MIDDLEWARE=["django.middleware.security.SecurityMiddleware",
-                "django.middleware.common.CommonMiddleware"],
+    MIDDLEWARE=[
+        "django.middleware.security.SecurityMiddleware",
+        "django.middleware.common.CommonMiddleware",
+    ],
     INSTALLED_APPS=[],
     DATABASES={},
     USE_TZ=True,

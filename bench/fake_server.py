@@ -27,7 +27,7 @@ from tests.rig import _die_with_parent  # noqa: E402
 class AlwaysComplete(dict):
     """``FakeKhalti.states``: Khalti reports every payment Complete."""
 
-    def get(self, key, default=None):  # noqa: ARG002
+    def get(self, key, default=None):
         return super().get(key, "Complete")
 
 
@@ -40,8 +40,9 @@ def main() -> None:
     context.load_cert_chain(cert, key)
     server = fake.server
     # The handshake happens in each connection's own thread, not in the accept loop.
-    server.socket = context.wrap_socket(server.socket, server_side=True,
-                                        do_handshake_on_connect=False)
+    server.socket = context.wrap_socket(
+        server.socket, server_side=True, do_handshake_on_connect=False
+    )
     plain_finish = server.finish_request
 
     def finish_request(request, client_address):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 import os
 import platform
 import re
@@ -85,6 +84,7 @@ def table(header: list[str], rows: list[list[object]]) -> None:
 
 # --- the certificate ---------------------------------------------------------------------
 
+
 def make_certificate() -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1: (cert.pem, key.pem)."""
     cert, key = WORKDIR / "cert.pem", WORKDIR / "key.pem"
@@ -95,10 +95,28 @@ def make_certificate() -> tuple[Path, Path]:
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
     except ImportError:
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert),
-             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-addext",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            ],
+            check=True,
+            capture_output=True,
         )
         return cert, key
     import ipaddress
@@ -109,25 +127,46 @@ def make_certificate() -> tuple[Path, Path]:
     public = private.public_key()
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(public)
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                    x509.DNSName("localhost")]), critical=False)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False),
-                       critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
         .sign(private, hashes.SHA256())
     )
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert, key
 
 
@@ -152,8 +191,11 @@ def stop(process: subprocess.Popen) -> None:
 def start_fake(cert: Path, key: Path) -> str:
     process = subprocess.Popen(
         [sys.executable, str(BENCH / "fake_server.py"), str(cert), str(key), str(DELAY_MS / 1000)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(WORKDIR / "fake.log", "wb"),
-        text=True, start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=open(WORKDIR / "fake.log", "wb"),  # noqa: SIM115 (the child process holds it)
+        text=True,
+        start_new_session=True,
     )
     children.append(process)
     url = process.stdout.readline().strip()
@@ -169,13 +211,33 @@ def start_gunicorn(name: str, app: str, chdir: Path, env: dict[str, str]) -> str
     listener.bind(("127.0.0.1", 0))
     listener.listen(512)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    log = open(WORKDIR / f"{name}.log", "ab")
+    log = open(WORKDIR / f"{name}.log", "ab")  # noqa: SIM115 (the child process holds it)
     process = subprocess.Popen(
-        [str(BIN / "gunicorn"), app, "--chdir", str(chdir), "--bind", f"fd://{listener.fileno()}",
-         "--workers", str(WORKERS), "--worker-class", "sync", "--timeout", "60",
-         "--graceful-timeout", "3", "--preload", "--log-level", "warning"],
-        env=env, pass_fds=[listener.fileno()], stdout=log, stderr=log,
-        start_new_session=True, preexec_fn=_die_with_parent,
+        [
+            str(BIN / "gunicorn"),
+            app,
+            "--chdir",
+            str(chdir),
+            "--bind",
+            f"fd://{listener.fileno()}",
+            "--workers",
+            str(WORKERS),
+            "--worker-class",
+            "sync",
+            "--timeout",
+            "60",
+            "--graceful-timeout",
+            "3",
+            "--preload",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        pass_fds=[listener.fileno()],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     children.append(process)
     listener.close()
@@ -193,6 +255,7 @@ def start_gunicorn(name: str, app: str, chdir: Path, env: dict[str, str]) -> str
 
 # --- the database ----------------------------------------------------------------------
 
+
 def prepare_database() -> str:
     """DATABASE_URL of a fresh, empty bench database: PostgreSQL, else SQLite."""
     try:
@@ -205,7 +268,7 @@ def prepare_database() -> str:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         return DATABASE_URL
-    except Exception as exc:  # noqa: BLE001 - any failure: the fallback
+    except Exception as exc:
         note(f"PostgreSQL unavailable ({exc.__class__.__name__}: {exc}); SQLite instead")
         return f"sqlite:///{WORKDIR / 'bench.sqlite3'}"
 
@@ -229,8 +292,9 @@ _serial = itertools.count()
 def new_orders(n: int, prefix: str) -> list[tuple[str, int]]:
     from shop.models import Order
 
-    orders = [Order(reference=f"{prefix}-{next(_serial)}", total=1000 + 10 * (i % 1000))
-              for i in range(n)]
+    orders = [
+        Order(reference=f"{prefix}-{next(_serial)}", total=1000 + 10 * (i % 1000)) for i in range(n)
+    ]
     Order.objects.bulk_create(orders, batch_size=1000)
     return [(o.reference, o.total) for o in orders]
 
@@ -244,7 +308,11 @@ def load(url: str, orders: list[tuple[str, int]], clients: int) -> dict:
         if session is None:
             session = local.session = requests.Session()
         reference, total = order
-        payload = {"token": f"tok-{uuid.uuid4().hex}", "amount": total, "product_identity": reference}
+        payload = {
+            "token": f"tok-{uuid.uuid4().hex}",
+            "amount": total,
+            "product_identity": reference,
+        }
         started = time.perf_counter()
         try:
             response = session.post(url + "/khalti/verify/", json=payload, timeout=30)
@@ -261,10 +329,16 @@ def load(url: str, orders: list[tuple[str, int]], clients: int) -> dict:
     ok = sum(1 for _, code in results if code == 200)
 
     def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(round(p * (len(latencies) - 1))))] * 1000
+        return latencies[min(len(latencies) - 1, round(p * (len(latencies) - 1)))] * 1000
 
-    return {"n": len(results), "ok": ok, "rps": len(results) / wall, "p50": pct(0.50),
-            "p99": pct(0.99), "codes": sorted({code for _, code in results})}
+    return {
+        "n": len(results),
+        "ok": ok,
+        "rps": len(results) / wall,
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+        "codes": sorted({code for _, code in results}),
+    }
 
 
 def bench_verify(server_env: dict[str, str]) -> dict:
@@ -279,43 +353,80 @@ def bench_verify(server_env: dict[str, str]) -> dict:
         for name, url in (("app", app_url), ("baseline", base_url)):
             orders = new_orders(REQUESTS, f"L{clients}{name[0]}")
             results[(name, clients)] = result = load(url, orders, clients)
-            note(f"{name} @ {clients}: {result['rps']:.1f} req/s p50 {result['p50']:.1f} ms "
-                 f"p99 {result['p99']:.1f} ms, {result['ok']}/{result['n']} ok {result['codes']}")
+            note(
+                f"{name} @ {clients}: {result['rps']:.1f} req/s p50 {result['p50']:.1f} ms "
+                f"p99 {result['p99']:.1f} ms, {result['ok']}/{result['n']} ok {result['codes']}"
+            )
     return results
 
 
 def report_verify(results: dict) -> None:
-    say(f"## 1. Verify endpoint: app vs naive baseline ({REQUESTS} requests per level and target, "
-        f"fake Khalti latency {DELAY_MS:g} ms, HTTPS)")
+    say(
+        f"## 1. Verify endpoint: app vs naive baseline ({REQUESTS} requests per level and target, "
+        f"fake Khalti latency {DELAY_MS:g} ms, HTTPS)"
+    )
     say()
     rows = []
     for clients in LEVELS:
         app, base = results[("app", clients)], results[("baseline", clients)]
-        rows.append([clients,
-                     f"{app['rps']:.1f}", f"{app['p50']:.1f}", f"{app['p99']:.1f}", f"{app['ok']}/{app['n']}",
-                     f"{base['rps']:.1f}", f"{base['p50']:.1f}", f"{base['p99']:.1f}", f"{base['ok']}/{base['n']}",
-                     f"{app['p50'] / base['p50']:.2f}x", f"{app['p99'] / base['p99']:.2f}x"])
-    table(["clients", "app req/s", "app p50 ms", "app p99 ms", "app ok",
-           "baseline req/s", "baseline p50 ms", "baseline p99 ms", "baseline ok",
-           "p50 app/baseline", "p99 app/baseline"], rows)
+        rows.append(
+            [
+                clients,
+                f"{app['rps']:.1f}",
+                f"{app['p50']:.1f}",
+                f"{app['p99']:.1f}",
+                f"{app['ok']}/{app['n']}",
+                f"{base['rps']:.1f}",
+                f"{base['p50']:.1f}",
+                f"{base['p99']:.1f}",
+                f"{base['ok']}/{base['n']}",
+                f"{app['p50'] / base['p50']:.2f}x",
+                f"{app['p99'] / base['p99']:.2f}x",
+            ]
+        )
+    table(
+        [
+            "clients",
+            "app req/s",
+            "app p50 ms",
+            "app p99 ms",
+            "app ok",
+            "baseline req/s",
+            "baseline p50 ms",
+            "baseline p99 ms",
+            "baseline ok",
+            "p50 app/baseline",
+            "p99 app/baseline",
+        ],
+        rows,
+    )
     for clients in LEVELS:
         ratio = results[("app", clients)]["p50"] / results[("baseline", clients)]["p50"]
         goal = 1.1 if clients == 1 else 1.0
-        wording = "at most 1.1x the baseline's p50" if clients == 1 else "faster than the baseline (p50 < 1.0x)"
+        wording = (
+            "at most 1.1x the baseline's p50"
+            if clients == 1
+            else "faster than the baseline (p50 < 1.0x)"
+        )
         if (ratio <= goal) if clients == 1 else (ratio < goal):
             verdict = f"**met** ({ratio:.2f}x)"
         else:
-            verdict = f"**missed** by {(ratio - goal) / goal * 100:.0f}% ({ratio:.2f}x vs {goal:.1f}x)"
+            verdict = (
+                f"**missed** by {(ratio - goal) / goal * 100:.0f}% ({ratio:.2f}x vs {goal:.1f}x)"
+            )
         say(f"- Goal at {clients} client(s), app p50 {wording}: {verdict}")
     say()
-    say("The baseline (bench/baseline.py) is a Django view under the same gunicorn settings "
+    say(
+        "The baseline (bench/baseline.py) is a Django view under the same gunicorn settings "
         f"({WORKERS} sync workers, --preload) that calls `requests.post` per verification: a new "
         "TCP+TLS connection each time, no database, no amount check, no idempotency. Every "
-        "request of either target is a fresh token for a fresh order.")
+        "request of either target is a fresh token for a fresh order."
+    )
     say()
 
 
 # --- 3. queries --------------------------------------------------------------------------
+
 
 def bench_queries() -> list[list[object]]:
     from django.db import connection
@@ -331,11 +442,12 @@ def bench_queries() -> list[list[object]]:
         return response.status_code, [q["sql"] for q in ctx.captured_queries]
 
     rows = []
-    for attempt in range(3):  # the first warms up caches; the last is reported
-        (reference, total), = new_orders(1, "Q")
+    for _attempt in range(3):  # the first warms up caches; the last is reported
+        ((reference, total),) = new_orders(1, "Q")
         token = f"tok-q-{uuid.uuid4().hex}"
         first_status, first = post(reference, total, token)
         again_status, again = post(reference, total, token)
+
     def control(s: str) -> bool:  # transaction control, not a query
         return bool(re.match(r"\s*(BEGIN|COMMIT|ROLLBACK)\b", s))
 
@@ -345,11 +457,15 @@ def bench_queries() -> list[list[object]]:
     def breakdown(sqls: list[str]) -> str:
         shop_reads = sum(1 for s in sqls if '"shop_' in s and not receivers(s))
         ours = sum(1 for s in sqls if '"shop_' not in s and not control(s))
-        return (f"{ours} dj-khalti, {shop_reads} resolver, {sum(map(receivers, sqls))} receivers, "
-                f"{sum(map(control, sqls))} BEGIN/COMMIT")
+        return (
+            f"{ours} dj-khalti, {shop_reads} resolver, {sum(map(receivers, sqls))} receivers, "
+            f"{sum(map(control, sqls))} BEGIN/COMMIT"
+        )
 
-    for label, status, sqls, goal in (("successful verification", first_status, first, 4),
-                                      ("idempotent resubmission", again_status, again, 2)):
+    for label, status, sqls, goal in (
+        ("successful verification", first_status, first, 4),
+        ("idempotent resubmission", again_status, again, 2),
+    ):
         # The goal's path: dj-khalti's queries and the resolver's, without the receivers.
         counted = len([s for s in sqls if not control(s) and not receivers(s)])
         verdict = "met" if counted <= goal else f"missed by {counted - goal}"
@@ -358,12 +474,16 @@ def bench_queries() -> list[list[object]]:
 
 
 def report_queries(rows: list, first: list[str], again: list[str]) -> None:
-    say("## 3. Database queries per request (in process, django.test.Client, CaptureQueriesContext)")
+    say(
+        "## 3. Database queries per request (in process, django.test.Client, CaptureQueriesContext)"
+    )
     say()
     table(["request", "HTTP", "all statements", "counted", "breakdown", "goal", "verdict"], rows)
-    say("Counted: dj-khalti's queries and the shop's amount resolver (one SELECT on shop_order), "
+    say(
+        "Counted: dj-khalti's queries and the shop's amount resolver (one SELECT on shop_order), "
         "the receiver-free path; not the shop's payment_verified receivers (UPDATE shop_order, "
-        "INSERT shop_orderevent) nor BEGIN/COMMIT, which psycopg logs as statements.")
+        "INSERT shop_orderevent) nor BEGIN/COMMIT, which psycopg logs as statements."
+    )
     say()
     for label, sqls in (("verification", first), ("resubmission", again)):
         say(f"<details><summary>{label}: {len(sqls)} statements</summary>")
@@ -376,6 +496,7 @@ def report_queries(rows: list, first: list[str], again: list[str]) -> None:
 
 
 # --- 4. admin ----------------------------------------------------------------------------
+
 
 def bench_admin(rows_wanted: int) -> None:
     import random
@@ -390,8 +511,12 @@ def bench_admin(rows_wanted: int) -> None:
     note(f"bulk-creating {rows_wanted} payments")
     started = time.perf_counter()
     rng = random.Random(7)
-    statuses = ([Payment.Status.VERIFIED] * 80 + [Payment.Status.FAILED] * 10
-                + [Payment.Status.PENDING] * 8 + [Payment.Status.REFUNDED] * 2)
+    statuses = (
+        [Payment.Status.VERIFIED] * 80
+        + [Payment.Status.FAILED] * 10
+        + [Payment.Status.PENDING] * 8
+        + [Payment.Status.REFUNDED] * 2
+    )
     batch: list[Payment] = []
     sample = {}
     for i in range(rows_wanted):
@@ -399,18 +524,30 @@ def bench_admin(rows_wanted: int) -> None:
         paid = status != Payment.Status.PENDING and status != Payment.Status.FAILED
         reference = f"ORD-{i:07d}"
         payment = Payment(
-            token=f"adm-{uuid.uuid4().hex}", product_identity=reference, amount=1000 + i % 5000,
-            status=status, idx=f"idx-adm-{i:07d}" if paid else None,
+            token=f"adm-{uuid.uuid4().hex}",
+            product_identity=reference,
+            amount=1000 + i % 5000,
+            status=status,
+            idx=f"idx-adm-{i:07d}" if paid else None,
             order_claim=order_key(reference) if status != Payment.Status.FAILED else None,
             mobile="98XXXXXXX9" if paid else "",
-            khalti_response={"idx": f"idx-adm-{i:07d}", "state": {"name": "Completed"}} if paid else None,
+            khalti_response={"idx": f"idx-adm-{i:07d}", "state": {"name": "Completed"}}
+            if paid
+            else None,
             failure_reason="Khalti rejected the payment" if status == Payment.Status.FAILED else "",
         )
         if i == rows_wanted // 2:
-            sample = {"token": payment.token, "idx": payment.idx or f"idx-adm-{i:07d}",
-                      "product_identity": reference}
+            sample = {
+                "token": payment.token,
+                "idx": payment.idx or f"idx-adm-{i:07d}",
+                "product_identity": reference,
+            }
             if payment.idx is None:
-                payment.idx, payment.status, payment.order_claim = sample["idx"], Payment.Status.VERIFIED, order_key(reference)
+                payment.idx, payment.status, payment.order_claim = (
+                    sample["idx"],
+                    Payment.Status.VERIFIED,
+                    order_key(reference),
+                )
         batch.append(payment)
         if len(batch) == 5000:
             Payment.objects.bulk_create(batch)
@@ -419,11 +556,15 @@ def bench_admin(rows_wanted: int) -> None:
         Payment.objects.bulk_create(batch)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("UPDATE django_khalti_payment SET created_at = created_at - "
-                           "random() * interval '730 days' WHERE token LIKE 'adm-%%'")
+            cursor.execute(
+                "UPDATE django_khalti_payment SET created_at = created_at - "
+                "random() * interval '730 days' WHERE token LIKE 'adm-%%'"
+            )
         else:
-            cursor.execute("UPDATE django_khalti_payment SET created_at = datetime(created_at, "
-                           "'-' || abs(random() %% 63072000) || ' seconds') WHERE token LIKE 'adm-%%'")
+            cursor.execute(
+                "UPDATE django_khalti_payment SET created_at = datetime(created_at, "
+                "'-' || abs(random() %% 63072000) || ' seconds') WHERE token LIKE 'adm-%%'"
+            )
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE django_khalti_payment")
@@ -453,25 +594,56 @@ def bench_admin(rows_wanted: int) -> None:
             times.append((time.perf_counter() - started) * 1000)
         with CaptureQueriesContext(connection) as ctx:
             client.get(path)
-        payment_sqls = [q["sql"] for q in ctx.captured_queries
-                        if "django_khalti_payment" in q["sql"] and q["sql"].lstrip().upper().startswith("SELECT")]
+        payment_sqls = [
+            q["sql"]
+            for q in ctx.captured_queries
+            if "django_khalti_payment" in q["sql"]
+            and q["sql"].lstrip().upper().startswith("SELECT")
+        ]
         scans = []
         for sql in payment_sqls:
             plan = explain(connection, sql)
-            kinds = sorted(set(re.findall(r"(Seq Scan|Parallel Seq Scan|Index Only Scan|Index Scan|"
-                                          r"Bitmap Index Scan|SCAN|SEARCH)(?: Backward)?(?: (?:using|on) (\S+))?", plan)))
+            kinds = sorted(
+                set(
+                    re.findall(
+                        r"(Seq Scan|Parallel Seq Scan|Index Only Scan|Index Scan|"
+                        r"Bitmap Index Scan|SCAN|SEARCH)(?: Backward)?(?: (?:using|on) (\S+))?",
+                        plan,
+                    )
+                )
+            )
             scans.append(", ".join(f"{k}{' ' + i if i else ''}" for k, i in kinds))
             plans.append((label, sql, plan))
         seq = any("Seq Scan" in s or re.search(r"\bSCAN\b", s) for s in scans)
-        rows.append([label, response.status_code, f"{statistics.median(times):.0f}", f"{max(times):.0f}",
-                     len(ctx.captured_queries), "; ".join(scans) or "-",
-                     "**no: sequential scan**" if seq else "yes"])
+        rows.append(
+            [
+                label,
+                response.status_code,
+                f"{statistics.median(times):.0f}",
+                f"{max(times):.0f}",
+                len(ctx.captured_queries),
+                "; ".join(scans) or "-",
+                "**no: sequential scan**" if seq else "yes",
+            ]
+        )
 
-    say(f"## 4. Admin over {total:,} payments ({rows_wanted:,} bulk-created in {created:.0f} s; "
-        f"{connection.vendor}), superuser, median of 5 GETs")
+    say(
+        f"## 4. Admin over {total:,} payments ({rows_wanted:,} bulk-created in {created:.0f} s; "
+        f"{connection.vendor}), superuser, median of 5 GETs"
+    )
     say()
-    table(["page", "HTTP", "median ms", "max ms", "queries", "scans of django_khalti_payment (EXPLAIN)",
-           "index scans only?"], rows)
+    table(
+        [
+            "page",
+            "HTTP",
+            "median ms",
+            "max ms",
+            "queries",
+            "scans of django_khalti_payment (EXPLAIN)",
+            "index scans only?",
+        ],
+        rows,
+    )
     say("Plans (the payment-table SELECTs of each page):")
     say()
     for label, sql, plan in plans:
@@ -497,22 +669,32 @@ def explain(connection, sql: str) -> str:
 
 # --- 5. reconcile --------------------------------------------------------------------------
 
+
 def bench_reconcile(server_env: dict[str, str], n: int) -> None:
     from django_khalti.models import Payment
 
     new = new_orders(n, "REC")
     Payment.objects.bulk_create(
-        [Payment(token=f"rec-{uuid.uuid4().hex}", product_identity=reference, amount=total)
-         for reference, total in new], batch_size=5000)
+        [
+            Payment(token=f"rec-{uuid.uuid4().hex}", product_identity=reference, amount=total)
+            for reference, total in new
+        ],
+        batch_size=5000,
+    )
     pending = Payment.objects.pending().count()
     note(f"reconciling {pending} pending payments")
 
     def run(*args: str) -> tuple[int, float, int, str]:
-        out = open(WORKDIR / "reconcile.out", "w+")
+        out = open(WORKDIR / "reconcile.out", "w+")  # noqa: SIM115 (the child process holds it)
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, str(TESTPROJECT / "manage.py"), *args],
-                                   env=server_env, cwd=TESTPROJECT, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, str(TESTPROJECT / "manage.py"), *args],
+            env=server_env,
+            cwd=TESTPROJECT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         children.append(process)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -522,21 +704,46 @@ def bench_reconcile(server_env: dict[str, str], n: int) -> None:
 
     _, _, idle_rss, _ = run("check")
     code, took, rss, output = run("khalti_reconcile", "--older-than", "0")
-    settled = Payment.objects.filter(token__startswith="rec-", status=Payment.Status.VERIFIED).count()
+    settled = Payment.objects.filter(
+        token__startswith="rec-", status=Payment.Status.VERIFIED
+    ).count()
     left = Payment.objects.filter(token__startswith="rec-", status=Payment.Status.PENDING).count()
     summary = [line for line in output.splitlines() if line.startswith("checked")]
-    say(f"## 5. khalti_reconcile --older-than 0 over {pending:,} pending payments "
-        "(fake answers status Complete)")
+    say(
+        f"## 5. khalti_reconcile --older-than 0 over {pending:,} pending payments "
+        "(fake answers status Complete)"
+    )
     say()
-    table(["pending", "settled (verified)", "still pending", "exit", "seconds", "settled/s",
-           "peak RSS MiB", "peak RSS of `manage.py check` MiB"],
-          [[pending, settled, left, code, f"{took:.1f}", f"{settled / took:.0f}", f"{rss / 1024:.0f}",
-            f"{idle_rss / 1024:.0f}"]])
+    table(
+        [
+            "pending",
+            "settled (verified)",
+            "still pending",
+            "exit",
+            "seconds",
+            "settled/s",
+            "peak RSS MiB",
+            "peak RSS of `manage.py check` MiB",
+        ],
+        [
+            [
+                pending,
+                settled,
+                left,
+                code,
+                f"{took:.1f}",
+                f"{settled / took:.0f}",
+                f"{rss / 1024:.0f}",
+                f"{idle_rss / 1024:.0f}",
+            ]
+        ],
+    )
     say(f"Command's summary: `{summary[-1] if summary else output[-300:]}`")
     say()
 
 
 # --- the machine ------------------------------------------------------------------------
+
 
 def machine(database_url: str) -> list[str]:
     import django
@@ -584,9 +791,19 @@ def main() -> None:
         "DJANGO_CONN_MAX_AGE": "60",
         "PYTHONPATH": os.pathsep.join([str(TESTPROJECT), str(ROOT)]),
     }
-    for name in ("DJANGO_DEMO", "KHALTI_SECRET_KEY", "KHALTI_PUBLIC_KEY", "DJANGO_DATABASE_NAME",
-                 "DJANGO_LOG_FILE", "TESTPROJECT_FAIL_SETTLE_IF", "DJANGO_DEBUG", "HTTPS_PROXY",
-                 "https_proxy", "HTTP_PROXY", "http_proxy"):
+    for name in (
+        "DJANGO_DEMO",
+        "KHALTI_SECRET_KEY",
+        "KHALTI_PUBLIC_KEY",
+        "DJANGO_DATABASE_NAME",
+        "DJANGO_LOG_FILE",
+        "TESTPROJECT_FAIL_SETTLE_IF",
+        "DJANGO_DEBUG",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+    ):
         env.pop(name, None)
     os.environ.clear()
     os.environ.update(env)
@@ -611,9 +828,11 @@ def main() -> None:
     app1 = results[("app", LEVELS[0])]["p50"]
     say("## 2. Overhead")
     say()
-    say(f"App p50 at {LEVELS[0]} client(s) minus the fake's latency: {app1:.1f} - {DELAY_MS:g} = "
+    say(
+        f"App p50 at {LEVELS[0]} client(s) minus the fake's latency: {app1:.1f} - {DELAY_MS:g} = "
         f"**{app1 - DELAY_MS:.1f} ms** (the baseline's: "
-        f"{results[('baseline', LEVELS[0])]['p50'] - DELAY_MS:.1f} ms)")
+        f"{results[('baseline', LEVELS[0])]['p50'] - DELAY_MS:.1f} ms)"
+    )
     say()
     note("queries")
     report_queries(*bench_queries())
@@ -621,9 +840,11 @@ def main() -> None:
     bench_reconcile(env, RECONCILE_ROWS)
     note("admin")
     bench_admin(ADMIN_ROWS)
-    say(f"Total bench runtime: {time.monotonic() - STARTED:.0f} s. Counts used: {REQUESTS} requests per "
+    say(
+        f"Total bench runtime: {time.monotonic() - STARTED:.0f} s. Counts used: {REQUESTS} requests per "
         f"level and target at {LEVELS} clients, {ADMIN_ROWS:,} admin payments, {RECONCILE_ROWS:,} "
-        "reconciled payments.")
+        "reconciled payments."
+    )
     from django.db import connections
 
     connections.close_all()

@@ -15,7 +15,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -48,15 +47,25 @@ STATUS_COLOURS = {
 def pretty_json(value: Any) -> str:
     if value is None:
         return "-"
-    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+    return format_html(
+        "<pre>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    )
 
 
 class RefundInline(admin.TabularInline):
     model = Refund
     extra = 0
     can_delete = False
-    fields = ["created_at", "amount_display", "status", "requested_by", "mobile", "settled_at",
-              "failure_reason", "answer"]
+    fields = [
+        "created_at",
+        "amount_display",
+        "status",
+        "requested_by",
+        "mobile",
+        "settled_at",
+        "failure_reason",
+        "answer",
+    ]
     readonly_fields = fields
     verbose_name_plural = _("refund history")
 
@@ -109,8 +118,10 @@ class RefundForm(forms.Form):
 class ResolveRefundForm(forms.Form):
     outcome = forms.ChoiceField(
         label=_("What Khalti's dashboard shows"),
-        choices=[("succeeded", _("The money went back to the buyer")),
-                 ("failed", _("Nothing was refunded"))],
+        choices=[
+            ("succeeded", _("The money went back to the buyer")),
+            ("failed", _("Nothing was refunded")),
+        ],
         widget=forms.RadioSelect,
     )
     note = forms.CharField(label=_("Note"), max_length=500, required=False)
@@ -124,8 +135,14 @@ RECHECK_LIMIT = 20
 @admin.register(Payment)
 class PaymentAdmin(admin.ModelAdmin):
     list_display = [
-        "product_identity", "amount_display", "status_badge", "flow", "idx", "mobile",
-        "created_at", "verified_at",
+        "product_identity",
+        "amount_display",
+        "status_badge",
+        "flow",
+        "idx",
+        "mobile",
+        "created_at",
+        "verified_at",
     ]
     list_filter = ["status", "flow", "created_at", "verified_at"]
     date_hierarchy = "created_at"
@@ -133,24 +150,71 @@ class PaymentAdmin(admin.ModelAdmin):
     # Khalti's ids and the masked mobile exactly, the order reference by its
     # beginning. "contains" or a case-insensitive lookup (the admin's "=" and "^")
     # would read the whole table on PostgreSQL, where case then matters.
-    search_fields = ["token__exact", "idx__exact", "pidx__exact", "product_identity__startswith",
-                     "mobile__exact"]
+    search_fields = [
+        "token__exact",
+        "idx__exact",
+        "pidx__exact",
+        "product_identity__startswith",
+        "mobile__exact",
+    ]
     show_full_result_count = False
     actions = ["recheck", "refund", "resolve_refund"]
     inlines = [RefundInline]
     fieldsets = [
-        (None, {"fields": ["id", "product_identity", "purchase_order_name", "amount_display",
-                           "status", "failure_reason"]}),
-        (_("Khalti"), {"fields": ["flow", "token", "pidx", "payment_url", "idx", "fee_amount",
-                                  "mobile", "refunded_display", "raw_response"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "id",
+                    "product_identity",
+                    "purchase_order_name",
+                    "amount_display",
+                    "status",
+                    "failure_reason",
+                ]
+            },
+        ),
+        (
+            _("Khalti"),
+            {
+                "fields": [
+                    "flow",
+                    "token",
+                    "pidx",
+                    "payment_url",
+                    "idx",
+                    "fee_amount",
+                    "mobile",
+                    "refunded_display",
+                    "raw_response",
+                ]
+            },
+        ),
         (_("Times"), {"fields": ["created_at", "updated_at", "verified_at", "expires_at"]}),
         (_("Processing"), {"fields": ["claimed_at", "attempts"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
-        "id", "product_identity", "purchase_order_name", "amount_display", "status",
-        "failure_reason", "flow", "token", "pidx", "payment_url", "idx", "fee_amount", "mobile",
-        "refunded_display", "raw_response", "created_at", "updated_at", "verified_at",
-        "expires_at", "claimed_at", "attempts",
+        "id",
+        "product_identity",
+        "purchase_order_name",
+        "amount_display",
+        "status",
+        "failure_reason",
+        "flow",
+        "token",
+        "pidx",
+        "payment_url",
+        "idx",
+        "fee_amount",
+        "mobile",
+        "refunded_display",
+        "raw_response",
+        "created_at",
+        "updated_at",
+        "verified_at",
+        "expires_at",
+        "claimed_at",
+        "attempts",
     ]
 
     @admin.display(description=_("amount (Rs)"), ordering="amount")
@@ -206,7 +270,10 @@ class PaymentAdmin(admin.ModelAdmin):
     def get_urls(self) -> list[Any]:
         urls = super().get_urls()
         for pattern in urls:
-            if getattr(pattern, "name", None) == f"{self.opts.app_label}_{self.opts.model_name}_changelist":
+            if (
+                getattr(pattern, "name", None)
+                == f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+            ):
                 pattern.callback = transaction.non_atomic_requests(pattern.callback)
         return urls
 
@@ -214,15 +281,21 @@ class PaymentAdmin(admin.ModelAdmin):
     def recheck(self, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
         # One budget of Khalti calls for payments and refunds together.
         pending = list(queryset.filter(status=Payment.Status.PENDING)[: RECHECK_LIMIT + 1])
-        refunds = list(Refund.objects.filter(payment__in=queryset, status=Refund.Status.PENDING)
-                       .select_related("payment")[: RECHECK_LIMIT + 1])
+        refunds = list(
+            Refund.objects.filter(
+                payment__in=queryset, status=Refund.Status.PENDING
+            ).select_related("payment")[: RECHECK_LIMIT + 1]
+        )
         if len(pending) + len(refunds) > RECHECK_LIMIT:
             pending = pending[:RECHECK_LIMIT]
             refunds = refunds[: RECHECK_LIMIT - len(pending)]
             self.message_user(
                 request,
-                _("Only the first %(n)s pending payments were re-checked; run khalti_reconcile "
-                  "for more.") % {"n": RECHECK_LIMIT},
+                _(
+                    "Only the first %(n)s pending payments were re-checked; run khalti_reconcile "
+                    "for more."
+                )
+                % {"n": RECHECK_LIMIT},
                 messages.WARNING,
             )
         counts: Counter[str] = Counter()
@@ -239,8 +312,9 @@ class PaymentAdmin(admin.ModelAdmin):
             return
         checked = sum(counts.values())
         if not checked and not unreachable:
-            self.message_user(request, _("None of the selected payments awaits Khalti."),
-                              messages.WARNING)
+            self.message_user(
+                request, _("None of the selected payments awaits Khalti."), messages.WARNING
+            )
             return
         if checked:
             summary = ", ".join(
@@ -264,8 +338,9 @@ class PaymentAdmin(admin.ModelAdmin):
         payments = list(queryset)
         refunded_before = sum(p.refunded_amount for p in payments)
         confirming = "confirm" in request.POST
-        form = RefundForm(request.POST if confirming else None,
-                          initial={"refunded_before": refunded_before})
+        form = RefundForm(
+            request.POST if confirming else None, initial={"refunded_before": refunded_before}
+        )
         if confirming and form.is_valid():
             amount = form.amount_paisa()
             if form.cleaned_data["refunded_before"] != refunded_before:
@@ -274,7 +349,9 @@ class PaymentAdmin(admin.ModelAdmin):
                 data["refunded_before"] = str(refunded_before)
                 form = RefundForm(data)
                 form.is_valid()
-                form.add_error(None, _("These payments were refunded meanwhile: review them again."))
+                form.add_error(
+                    None, _("These payments were refunded meanwhile: review them again.")
+                )
             elif amount and len(payments) > 1:
                 form.add_error("amount", _("A partial amount refunds one payment at a time."))
             else:
@@ -290,14 +367,17 @@ class PaymentAdmin(admin.ModelAdmin):
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
             "total_refundable": rupees(sum(p.refundable_amount for p in payments)),
         }
-        return TemplateResponse(request, "admin/django_khalti/payment/refund_confirmation.html",
-                                context)
+        return TemplateResponse(
+            request, "admin/django_khalti/payment/refund_confirmation.html", context
+        )
 
-    def _refund_one(self, request: HttpRequest, payment: Payment, amount: int | None,
-                    mobile: str) -> None:
+    def _refund_one(
+        self, request: HttpRequest, payment: Payment, amount: int | None, mobile: str
+    ) -> None:
         try:
-            refund = services.refund_payment(payment, amount=amount, mobile=mobile or None,
-                                             by=request.user)
+            refund = services.refund_payment(
+                payment, amount=amount, mobile=mobile or None, by=request.user
+            )
         except KhaltiRefundUnknown as exc:
             self.message_user(
                 request,
@@ -309,38 +389,53 @@ class PaymentAdmin(admin.ModelAdmin):
         except KhaltiError as exc:
             self.message_user(
                 request,
-                _("%(payment)s was not refunded: %(detail)s") % {"payment": payment.product_identity,
-                                                                 "detail": exc.detail},
+                _("%(payment)s was not refunded: %(detail)s")
+                % {"payment": payment.product_identity, "detail": exc.detail},
                 messages.ERROR,
             )
             return
         self.message_user(
             request,
-            _("Refunded Rs %(amount)s of %(payment)s.") % {"amount": rupees(refund.amount),
-                                                           "payment": payment.product_identity},
+            _("Refunded Rs %(amount)s of %(payment)s.")
+            % {"amount": rupees(refund.amount), "payment": payment.product_identity},
             messages.SUCCESS,
         )
 
     @admin.action(description=_("Resolve an unknown refund by hand…"), permissions=["refund"])
-    def resolve_refund(self, request: HttpRequest, queryset: QuerySet[Payment]) -> HttpResponse | None:
+    def resolve_refund(
+        self, request: HttpRequest, queryset: QuerySet[Payment]
+    ) -> HttpResponse | None:
         """For a refund Khalti's API cannot settle: a person records what the dashboard shows."""
         # A refund younger than the claim timeout may still be in flight: not yet.
         in_flight_since = timezone.now() - timedelta(seconds=khalti_settings.stale_after)
-        refunds = list(Refund.objects.filter(payment__in=queryset, status=Refund.Status.PENDING,
-                                             created_at__lt=in_flight_since)
-                       .select_related("payment"))
+        refunds = list(
+            Refund.objects.filter(
+                payment__in=queryset, status=Refund.Status.PENDING, created_at__lt=in_flight_since
+            ).select_related("payment")
+        )
         if not refunds:
-            self.message_user(request, _("None of the selected payments has a refund of unknown "
-                                         "outcome."), messages.WARNING)
+            self.message_user(
+                request,
+                _("None of the selected payments has a refund of unknown outcome."),
+                messages.WARNING,
+            )
             return None
         confirming = "confirm" in request.POST
         form = ResolveRefundForm(request.POST if confirming else None)
         if confirming and form.is_valid():
             for refund in refunds:
-                services.resolve_refund(refund, succeeded=form.cleaned_data["outcome"] == "succeeded",
-                                        by=request.user, note=form.cleaned_data["note"])
-            self.message_user(request, ngettext("Resolved %(n)s refund.", "Resolved %(n)s refunds.",
-                                                len(refunds)) % {"n": len(refunds)}, messages.SUCCESS)
+                services.resolve_refund(
+                    refund,
+                    succeeded=form.cleaned_data["outcome"] == "succeeded",
+                    by=request.user,
+                    note=form.cleaned_data["note"],
+                )
+            self.message_user(
+                request,
+                ngettext("Resolved %(n)s refund.", "Resolved %(n)s refunds.", len(refunds))
+                % {"n": len(refunds)},
+                messages.SUCCESS,
+            )
             return None
         context = {
             **self.admin_site.each_context(request),

@@ -191,18 +191,14 @@ class KhaltiClient:
         Raises :class:`KhaltiRejected` when Khalti refuses the token (HTTP 400),
         :class:`KhaltiUnavailable` when the outcome is unknown.
         """
-        status, body = self._request(
-            "POST", VERIFY_PATH, json={"token": token, "amount": amount}
-        )
+        status, body = self._request("POST", VERIFY_PATH, json={"token": token, "amount": amount})
         if status != 200:
             raise self._refusal(status, body)
         return self._transaction(body)
 
     def status(self, token: str, amount: int) -> KhaltiStatus:
         """Ask what became of a widget payment. Read-only: safe after an unknown outcome."""
-        status, body = self._request(
-            "GET", STATUS_PATH, params={"token": token, "amount": amount}
-        )
+        status, body = self._request("GET", STATUS_PATH, params={"token": token, "amount": amount})
         # The status endpoint's HTTP codes are undocumented: a body of the right
         # shape is the answer, whatever the code.
         if isinstance(body, dict) and isinstance(body.get("state"), str):
@@ -221,7 +217,9 @@ class KhaltiClient:
             raise self._refusal(status, body)
         return self._transaction(body, plain_state=True)
 
-    def refund(self, idx: str, amount: int | None = None, mobile: str | None = None) -> dict[str, Any]:
+    def refund(
+        self, idx: str, amount: int | None = None, mobile: str | None = None
+    ) -> dict[str, Any]:
         """Refund a transaction: all of it without ``amount``, else ``amount`` paisa.
 
         Moves money back to the buyer: never call it twice blindly. ``mobile``
@@ -247,11 +245,18 @@ class KhaltiClient:
             raise KhaltiBadResponse()
         raise self._refusal(status, answer, any_4xx=True)
 
-    def initiate(self, *, return_url: str, website_url: str, amount: int,
-                 purchase_order_id: str, purchase_order_name: str,
-                 customer_info: dict[str, Any] | None = None,
-                 amount_breakdown: list[dict[str, Any]] | None = None,
-                 product_details: list[dict[str, Any]] | None = None) -> KhaltiInitiation:
+    def initiate(
+        self,
+        *,
+        return_url: str,
+        website_url: str,
+        amount: int,
+        purchase_order_id: str,
+        purchase_order_name: str,
+        customer_info: dict[str, Any] | None = None,
+        amount_breakdown: list[dict[str, Any]] | None = None,
+        product_details: list[dict[str, Any]] | None = None,
+    ) -> KhaltiInitiation:
         """Start an ePayment. Raises :class:`KhaltiRejected` with Khalti's field
         messages (``exc.body``) when it refuses the request."""
         body: dict[str, Any] = {
@@ -261,8 +266,11 @@ class KhaltiClient:
             "purchase_order_id": purchase_order_id,
             "purchase_order_name": purchase_order_name,
         }
-        optional = {"customer_info": customer_info, "amount_breakdown": amount_breakdown,
-                    "product_details": product_details}
+        optional = {
+            "customer_info": customer_info,
+            "amount_breakdown": amount_breakdown,
+            "product_details": product_details,
+        }
         body.update({key: value for key, value in optional.items() if value})
         status, answer = self._request("POST", INITIATE_PATH, json=body)
         if status != 200:
@@ -279,21 +287,28 @@ class KhaltiClient:
         expires_at = _aware(answer.get("expires_at"))
         if expires_at is None and _is_int(answer.get("expires_in")):
             expires_at = datetime.now(UTC) + timedelta(seconds=answer["expires_in"])
-        return KhaltiInitiation(pidx=answer["pidx"], payment_url=answer["payment_url"],
-                                expires_at=expires_at, raw=answer)
+        return KhaltiInitiation(
+            pidx=answer["pidx"],
+            payment_url=answer["payment_url"],
+            expires_at=expires_at,
+            raw=answer,
+        )
 
     def lookup(self, pidx: str) -> KhaltiLookup:
         """What became of an ePayment. Read-only: safe to ask at any time."""
         status, body = self._request("POST", LOOKUP_PATH, json={"pidx": pidx})
         # Khalti answers Expired and User canceled with HTTP 400 and the same body.
         if isinstance(body, dict) and isinstance(body.get("status"), str) and status in (200, 400):
-            total, fee, transaction_id = (body.get(k) for k in ("total_amount", "fee", "transaction_id"))
+            total, fee, transaction_id = (
+                body.get(k) for k in ("total_amount", "fee", "transaction_id")
+            )
             return KhaltiLookup(
                 pidx=body.get("pidx") if isinstance(body.get("pidx"), str) else pidx,
                 status=body["status"],
                 total_amount=total if _is_int(total) else None,
-                transaction_id=transaction_id if isinstance(transaction_id, str)
-                and 0 < len(transaction_id) <= 255 else None,
+                transaction_id=transaction_id
+                if isinstance(transaction_id, str) and 0 < len(transaction_id) <= 255
+                else None,
                 fee=fee if _is_int(fee) and fee >= 0 else None,
                 refunded=body.get("refunded") is True,
                 raw=body,
@@ -354,8 +369,9 @@ class KhaltiClient:
         documents their failures only as "non-200 with a detail").
         """
         message = error_message(body)
-        if message and (status == 400 or (any_4xx and 400 <= status < 500
-                                          and status not in UNSETTLED_4XX)):
+        if message and (
+            status == 400 or (any_4xx and 400 <= status < 500 and status not in UNSETTLED_4XX)
+        ):
             return KhaltiRejected(message, status_code=status, body=body)
         logger.warning("Khalti answered HTTP %s with a body of an unknown shape.", status)
         return KhaltiBadResponse()

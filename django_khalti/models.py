@@ -66,7 +66,9 @@ class Payment(models.Model):
     # What Khalti told us.
     #: Khalti's transaction id: the widget record's ``idx``, or ePayment
     #: lookup's ``transaction_id``. Refunds use it.
-    idx = models.CharField(_("Khalti transaction id"), max_length=255, unique=True, null=True, blank=True)
+    idx = models.CharField(
+        _("Khalti transaction id"), max_length=255, unique=True, null=True, blank=True
+    )
     #: The ``idx`` the widget handed the buyer's page: the browser's word, used
     #: only to find Khalti's record when Khalti's status answer names none, and
     #: copied to ``idx`` only once that record matches.
@@ -85,7 +87,9 @@ class Payment(models.Model):
     #: ``order_key(product_identity)`` while this payment is pending or paid,
     #: NULL once it failed: a unique column, so one order has at most one live
     #: payment on every database (NULLs never collide).
-    order_claim = models.CharField(max_length=64, unique=True, null=True, editable=False)
+    order_claim = models.CharField(  # noqa: DJ001 (NULL is what lets failed payments not collide)
+        max_length=64, unique=True, null=True, editable=False
+    )
     #: When a worker took this payment to call Khalti; NULL when nobody holds it.
     claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
     #: How many times a worker has taken this payment to call Khalti.

@@ -23,17 +23,18 @@ How a verification runs, and why it is safe under concurrency:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from datetime import timedelta
 from collections.abc import Callable
-from urllib.parse import urljoin
+from datetime import timedelta
 from typing import Any
+from urllib.parse import urljoin
 
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
-from django.http import Http404
 from django.db.models import F, Q
 from django.dispatch import Signal
+from django.http import Http404
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -45,9 +46,8 @@ from .exceptions import (
     KhaltiAmountMismatch,
     KhaltiAmountTooSmall,
     KhaltiBadResponse,
-    KhaltiInitiationRejected,
-    KhaltiUnknownPayment,
     KhaltiConfigurationError,
+    KhaltiInitiationRejected,
     KhaltiInProgress,
     KhaltiInvalidRefundAmount,
     KhaltiNotRefundable,
@@ -58,6 +58,7 @@ from .exceptions import (
     KhaltiTokenUsed,
     KhaltiUnavailable,
     KhaltiUnknownOrder,
+    KhaltiUnknownPayment,
     KhaltiVerificationFailed,
 )
 from .models import Payment, Refund, order_key
@@ -90,8 +91,7 @@ def expected_amount(request: Any, product_identity: str) -> int:
         raise KhaltiUnknownOrder()
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise KhaltiConfigurationError(
-            f"KHALTI['AMOUNT_RESOLVER'] must return a positive int (paisa) or None, "
-            f"not {amount!r}."
+            f"KHALTI['AMOUNT_RESOLVER'] must return a positive int (paisa) or None, not {amount!r}."
         )
     return amount
 
@@ -99,8 +99,9 @@ def expected_amount(request: Any, product_identity: str) -> int:
 # --- widget flow ----------------------------------------------------------------
 
 
-def verify_payment(request: Any, *, token: str, amount: int, product_identity: str,
-                   idx: str = "") -> Payment:
+def verify_payment(
+    request: Any, *, token: str, amount: int, product_identity: str, idx: str = ""
+) -> Payment:
     """Verify a widget payment for ``product_identity`` exactly once.
 
     Returns the verified :class:`Payment` (also when it was verified before).
@@ -116,8 +117,9 @@ def verify_payment(request: Any, *, token: str, amount: int, product_identity: s
         expected = _expected_for_new_payment(request, product_identity)
         if amount != expected:
             raise KhaltiAmountMismatch()
-        payment, created = _claim_order(client, product_identity, expected, token=token,
-                                        claimed_idx=idx)
+        payment, created = _claim_order(
+            client, product_identity, expected, token=token, claimed_idx=idx
+        )
     # A token is bound to the order and amount it was first verified for. The
     # amount stored is the shop's, so a known token needs no resolver.
     if payment.product_identity != product_identity or payment.amount != amount:
@@ -137,7 +139,9 @@ def _expected_for_new_payment(request: Any, product_identity: str) -> int:
     try:
         return expected_amount(request, product_identity)
     except KhaltiUnknownOrder:
-        if Payment.objects.filter(order_claim=order_key(product_identity), status__in=Payment.PAID_STATUSES).exists():
+        if Payment.objects.filter(
+            order_claim=order_key(product_identity), status__in=Payment.PAID_STATUSES
+        ).exists():
             raise KhaltiAlreadyPaid() from None
         raise
 
@@ -157,8 +161,9 @@ def reconcile(payment: Payment) -> Payment:
     return payment
 
 
-def pending_batch(created_before: Any, size: int, after: tuple[Any, Any] | None = None
-                  ) -> tuple[list[Payment], tuple[Any, Any] | None]:
+def pending_batch(
+    created_before: Any, size: int, after: tuple[Any, Any] | None = None
+) -> tuple[list[Payment], tuple[Any, Any] | None]:
     """Up to ``size`` pending payments created before ``created_before``, oldest first.
 
     Rows come after the ``(created_at, pk)`` cursor ``after``. Rows another
@@ -195,9 +200,14 @@ def _verified_or_raise(payment: Payment) -> Payment:
     raise KhaltiInProgress()
 
 
-def _claim_order(client: KhaltiClient, product_identity: str, amount: int, *,
-                 reuse: Callable[[Payment], bool] | None = None, **fields: Any
-                 ) -> tuple[Payment, bool]:
+def _claim_order(
+    client: KhaltiClient,
+    product_identity: str,
+    amount: int,
+    *,
+    reuse: Callable[[Payment], bool] | None = None,
+    **fields: Any,
+) -> tuple[Payment, bool]:
     """Insert (and so claim) a new payment for the order; or the row that beat us to it.
 
     The insert claims the order (``order_claim``) and, for the widget, the
@@ -231,10 +241,8 @@ def _claim_order(client: KhaltiClient, product_identity: str, amount: int, *,
         if reuse is not None and reuse(holder):
             return holder, False
         if holder.status == Status.PENDING and claim(holder):
-            try:
+            with contextlib.suppress(KhaltiUnavailable):
                 _settle(client, holder, _ask_khalti)
-            except KhaltiUnavailable:
-                pass
         if holder.status in Payment.PAID_STATUSES:
             raise KhaltiAlreadyPaid()
         if holder.status == Status.PENDING:
@@ -324,12 +332,14 @@ def _ask_status(client: KhaltiClient, payment: Payment) -> None:
         _transition(payment, Status.VERIFIED, **_details(client, answer.raw, payment))
     elif state in ("error", "failed"):
         reason = _("Khalti reports the payment as %(state)s: %(detail)s") % {
-            "state": answer.state, "detail": answer.detail,
+            "state": answer.state,
+            "detail": answer.detail,
         }
         _fail(payment, reason, answer.raw)
     elif state in ("refunded", "partially refunded"):
-        _refunded_elsewhere(payment, full=state == "refunded",
-                            **_details(client, answer.raw, payment))
+        _refunded_elsewhere(
+            payment, full=state == "refunded", **_details(client, answer.raw, payment)
+        )
     else:
         # Initiated, or a state we do not know: not ours to decide yet.
         logger.info("Khalti reports payment %s as %r; it stays pending.", payment.pk, answer.state)
@@ -353,8 +363,12 @@ def _lookup(client: KhaltiClient, payment: Payment) -> None:
         answer = client.lookup(payment.pidx)
     except KhaltiRejected as exc:
         if dead:
-            _fail(payment, _("Khalti does not know this payment (%(detail)s) and its link "
-                             "expired.") % {"detail": exc.detail}, exc.body)
+            _fail(
+                payment,
+                _("Khalti does not know this payment (%(detail)s) and its link expired.")
+                % {"detail": exc.detail},
+                exc.body,
+            )
             return
         # "Not found" for a live pidx Khalti gave us says nothing sure.
         raise KhaltiUnavailable() from exc
@@ -374,17 +388,25 @@ def _lookup(client: KhaltiClient, payment: Payment) -> None:
         _transition(payment, Status.VERIFIED, **fields)
     elif status == "completed":
         reason = _("Khalti's payment is for %(got)s paisa, the order is for %(want)s paisa.") % {
-            "got": answer.total_amount, "want": payment.amount,
+            "got": answer.total_amount,
+            "want": payment.amount,
         }
         _fail(payment, reason, **fields)
-    elif status in ("expired", "user canceled", "user cancelled") or (status == "initiated" and dead):
-        _fail(payment, _("Khalti reports the payment as %(status)s.") % {"status": answer.status},
-              **fields)
+    elif status in ("expired", "user canceled", "user cancelled") or (
+        status == "initiated" and dead
+    ):
+        _fail(
+            payment,
+            _("Khalti reports the payment as %(status)s.") % {"status": answer.status},
+            **fields,
+        )
     elif status in ("refunded", "partially refunded"):
         _refunded_elsewhere(payment, full=status == "refunded", **fields)
     else:
         # Pending (hold: do not fulfil, do not fail), Initiated, or unknown.
-        logger.info("Khalti reports ePayment %s as %r; it stays pending.", payment.pk, answer.status)
+        logger.info(
+            "Khalti reports ePayment %s as %r; it stays pending.", payment.pk, answer.status
+        )
         _release(payment)
 
 
@@ -430,7 +452,9 @@ def _details(client: KhaltiClient, raw: dict[str, Any], payment: Payment) -> dic
         and not Payment.objects.filter(idx=idx).exclude(pk=payment.pk).exists()
     )
     if not matches:
-        logger.warning("Khalti's record %s does not match payment %s; not recorded.", idx, payment.pk)
+        logger.warning(
+            "Khalti's record %s does not match payment %s; not recorded.", idx, payment.pk
+        )
         return fields
     return {**fields, "idx": idx, "fee_amount": record.fee_amount, "mobile": record.mobile}
 
@@ -446,8 +470,11 @@ def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
         # Paid, then refunded before we verified it: not paid for the shop.
         _refunded_elsewhere(payment, full=True, **fields)
     elif record.state != "Completed":
-        _fail(payment, _("Khalti's record is %(state)s, not Completed.") % {"state": record.state},
-              **fields)
+        _fail(
+            payment,
+            _("Khalti's record is %(state)s, not Completed.") % {"state": record.state},
+            **fields,
+        )
     elif record.amount != payment.amount:
         _fail(
             payment,
@@ -459,8 +486,9 @@ def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
         _transition(payment, Status.VERIFIED, **fields)
 
 
-def _fail(payment: Payment, reason: str, raw: Any = None, notify: bool = True,
-          **fields: Any) -> bool:
+def _fail(
+    payment: Payment, reason: str, raw: Any = None, notify: bool = True, **fields: Any
+) -> bool:
     """Fail a payment this worker still holds.
 
     A worker whose claim went stale and was taken over must not fail the
@@ -470,8 +498,13 @@ def _fail(payment: Payment, reason: str, raw: Any = None, notify: bool = True,
     if raw is not None:
         fields.setdefault("khalti_response", raw)
     return _transition(
-        payment, Status.FAILED, held=True, notify=notify, failure_reason=reason,
-        order_claim=None, **fields
+        payment,
+        Status.FAILED,
+        held=True,
+        notify=notify,
+        failure_reason=reason,
+        order_claim=None,
+        **fields,
     )
 
 
@@ -481,10 +514,14 @@ def _fail(payment: Payment, reason: str, raw: Any = None, notify: bool = True,
 MIN_EPAYMENT_AMOUNT = 1000
 
 
-def start_epayment(request: Any, product_identity: str, product_name: str,
-                   customer_info: dict[str, Any] | None = None,
-                   amount_breakdown: list[dict[str, Any]] | None = None,
-                   product_details: list[dict[str, Any]] | None = None) -> Payment:
+def start_epayment(
+    request: Any,
+    product_identity: str,
+    product_name: str,
+    customer_info: dict[str, Any] | None = None,
+    amount_breakdown: list[dict[str, Any]] | None = None,
+    product_details: list[dict[str, Any]] | None = None,
+) -> Payment:
     """Start an ePayment for the order and return its pending :class:`Payment`,
     whose ``payment_url`` the buyer is sent to.
 
@@ -499,8 +536,11 @@ def start_epayment(request: Any, product_identity: str, product_name: str,
     if expected < MIN_EPAYMENT_AMOUNT:
         raise KhaltiAmountTooSmall()
     payment, created = _claim_order(
-        client, product_identity, expected,
-        flow=Payment.Flow.EPAYMENT, purchase_order_name=product_name,
+        client,
+        product_identity,
+        expected,
+        flow=Payment.Flow.EPAYMENT,
+        purchase_order_name=product_name,
         reuse=lambda holder: _link_still_good(holder, expected),
     )
     if not created:
@@ -518,8 +558,12 @@ def start_epayment(request: Any, product_identity: str, product_name: str,
         )
     except KhaltiRejected as exc:
         # Never started: the buyer paid nothing, so no payment_failed is sent.
-        _fail(payment, _("Khalti refused to start the payment: %s") % exc.detail, exc.body,
-              notify=False)
+        _fail(
+            payment,
+            _("Khalti refused to start the payment: %s") % exc.detail,
+            exc.body,
+            notify=False,
+        )
         errors = {k: v for k, v in (exc.body or {}).items() if k != "error_key"}
         raise KhaltiInitiationRejected(exc.detail, errors=errors) from exc
     except KhaltiUnavailable:
@@ -527,9 +571,12 @@ def start_epayment(request: Any, product_identity: str, product_name: str,
         _fail(payment, _("Khalti could not be reached to start the payment."), notify=False)
         raise
     now = timezone.now()
-    fields = {"pidx": started.pidx, "payment_url": started.payment_url,
-              "expires_at": started.expires_at or now + timedelta(minutes=60),
-              "khalti_response": started.raw}
+    fields = {
+        "pidx": started.pidx,
+        "payment_url": started.payment_url,
+        "expires_at": started.expires_at or now + timedelta(minutes=60),
+        "khalti_response": started.raw,
+    }
     # The pidx is a fact about this row, stored whatever became of it meanwhile...
     Payment.objects.filter(pk=payment.pk).update(updated_at=now, **fields)
     # ...but the link goes to the buyer only if the row is still ours and pending.
@@ -579,8 +626,9 @@ def settle_epayment_return(pidx: str) -> Payment:
 # --- refunds -------------------------------------------------------------------------
 
 
-def refund_payment(payment: Payment, amount: int | None = None, mobile: str | None = None,
-                   by: Any = None) -> Refund:
+def refund_payment(
+    payment: Payment, amount: int | None = None, mobile: str | None = None, by: Any = None
+) -> Refund:
     """Give ``amount`` paisa of a confirmed payment back to the buyer (all that remains
     without ``amount``); ``mobile`` is the Khalti id to refund to, which Khalti
     wants for bank-funded payments; ``by`` is the user asking, who needs the
@@ -639,19 +687,28 @@ def reconcile_refund(refund: Refund) -> Refund:
     remaining = payment.amount - payment.refunded_amount
     first = payment.refunded_amount == 0
     # Settle only on an answer that proves what became of *this* refund.
-    if state == "refunded" and refund.amount == remaining:
-        _settle_refund(refund, succeeded=True, raw=raw)
-    elif state == "partially refunded" and first and refund.amount < remaining:
+    if (state == "refunded" and refund.amount == remaining) or (
+        state == "partially refunded" and first and refund.amount < remaining
+    ):
         _settle_refund(refund, succeeded=True, raw=raw)
     elif state in ("complete", "completed") and first:
-        _settle_refund(refund, succeeded=False, raw=raw,
-                       reason=_("Khalti shows the payment complete and not refunded."))
+        _settle_refund(
+            refund,
+            succeeded=False,
+            raw=raw,
+            reason=_("Khalti shows the payment complete and not refunded."),
+        )
     else:
         # E.g. "Partially refunded" after an earlier partial refund: Khalti's
         # state cannot tell whether this one went through. A person decides
         # (admin: "Resolve unknown refund"), after a look at Khalti's dashboard.
-        logger.warning("Refund %s of payment %s stays pending: Khalti says %r, which does not "
-                       "tell whether this refund went through.", refund.pk, payment.pk, state)
+        logger.warning(
+            "Refund %s of payment %s stays pending: Khalti says %r, which does not "
+            "tell whether this refund went through.",
+            refund.pk,
+            payment.pk,
+            state,
+        )
     refund.refresh_from_db()
     return refund
 
@@ -665,14 +722,16 @@ def resolve_refund(refund: Refund, *, succeeded: bool, by: Any, note: str = "") 
     if not by.has_perm("django_khalti.refund_payment"):
         raise PermissionDenied
     reason = "" if succeeded else (note or _("Not refunded, as checked in Khalti's dashboard."))
-    _settle_refund(refund, succeeded=succeeded, raw={"resolved_by": str(by), "note": note},
-                   reason=reason)
+    _settle_refund(
+        refund, succeeded=succeeded, raw={"resolved_by": str(by), "note": note}, reason=reason
+    )
     refund.refresh_from_db()
     return refund
 
 
-def _claim_refund(payment: Payment, amount: int | None, mobile: str, by: Any
-                  ) -> tuple[Refund, Payment]:
+def _claim_refund(
+    payment: Payment, amount: int | None, mobile: str, by: Any
+) -> tuple[Refund, Payment]:
     """Record a pending refund under the payment's row lock, after checking it is due.
 
     Returns the refund and the payment row as it was under the lock."""
@@ -729,8 +788,16 @@ _SIGNALS: dict[str, Signal] = {
 }
 
 
-def _transition(payment: Payment, to: str, *, source: str = Status.PENDING, notify: bool = True,
-                held: bool = False, refund_amount: int | None = None, **fields: Any) -> bool:
+def _transition(
+    payment: Payment,
+    to: str,
+    *,
+    source: str = Status.PENDING,
+    notify: bool = True,
+    held: bool = False,
+    refund_amount: int | None = None,
+    **fields: Any,
+) -> bool:
     """Move ``payment`` from ``source`` to ``to``; True if this call made the change.
 
     Every status change goes through here. The ``UPDATE`` is guarded by the
@@ -771,7 +838,10 @@ def _send_on_commit(status: str, payment: Payment, refund_amount: int | None) ->
             if isinstance(result, Exception):
                 logger.error(
                     "A receiver of %s failed for payment %s: %r",
-                    status, payment.pk, receiver, exc_info=result,
+                    status,
+                    payment.pk,
+                    receiver,
+                    exc_info=result,
                 )
 
     transaction.on_commit(send)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-
 from urllib.parse import urlencode
 
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
@@ -13,10 +12,10 @@ from django.db.transaction import non_atomic_requests
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import NoReverseMatch
-from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods
 from rest_framework import status
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -29,23 +28,23 @@ from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from . import services
+from .conf import khalti_settings
 from .exceptions import (
     KhaltiAlreadyPaid,
     KhaltiAmountMismatch,
     KhaltiAmountTooSmall,
-    KhaltiInitiationRejected,
-    KhaltiUnknownPayment,
     KhaltiConfigurationError,
     KhaltiConnectionError,
     KhaltiError,
+    KhaltiInitiationRejected,
     KhaltiInProgress,
     KhaltiTimeout,
     KhaltiTokenUsed,
     KhaltiUnavailable,
     KhaltiUnknownOrder,
+    KhaltiUnknownPayment,
     KhaltiVerificationFailed,
 )
-from .conf import khalti_settings
 from .models import Payment
 from .serializers import (
     EpaymentInitiateSerializer,
@@ -81,8 +80,9 @@ def http_status(exc: KhaltiError) -> int:
 
 
 def error_response(exc: KhaltiError) -> Response:
-    return Response({"code": exc.code, "detail": str(exc.detail), **exc.extra()},
-                    status=http_status(exc))
+    return Response(
+        {"code": exc.code, "detail": str(exc.detail), **exc.extra()}, status=http_status(exc)
+    )
 
 
 class KhaltiJSONParser(JSONParser):
@@ -132,8 +132,11 @@ class KhaltiAPIView(APIView):
     def get_throttles(self) -> list[Any]:
         # The project's throttles as its settings are now (APIView's class attribute
         # froze them at import), unless a subclass named its own; then ours.
-        classes = (api_settings.DEFAULT_THROTTLE_CLASSES
-                   if self.throttle_classes is APIView.throttle_classes else self.throttle_classes)
+        classes = (
+            api_settings.DEFAULT_THROTTLE_CLASSES
+            if self.throttle_classes is APIView.throttle_classes
+            else self.throttle_classes
+        )
         return [throttle() for throttle in classes] + [KhaltiRateThrottle()]
 
     def handle_exception(self, exc: Exception) -> Response:
@@ -153,7 +156,10 @@ class KhaltiAPIView(APIView):
             # written stays pending for a retry or khalti_reconcile.
             logger.error("dj-khalti could not reach its database: %s", exc, exc_info=exc)
             return Response(
-                {"code": "unavailable", "detail": _("Payments are briefly unavailable. Try again shortly.")},
+                {
+                    "code": "unavailable",
+                    "detail": _("Payments are briefly unavailable. Try again shortly."),
+                },
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         return super().handle_exception(exc)
@@ -185,9 +191,14 @@ class EpaymentInitiateView(KhaltiAPIView):
 MAX_REFRESHES = 12
 
 
-def _result_page(request: HttpRequest, *, payment: Payment | None = None,
-                 error: Exception | None = None, state: str | None = None,
-                 http: int = 200) -> HttpResponse:
+def _result_page(
+    request: HttpRequest,
+    *,
+    payment: Payment | None = None,
+    error: Exception | None = None,
+    state: str | None = None,
+    http: int = 200,
+) -> HttpResponse:
     """The result page: ``django_khalti/epayment_result.html``, overridable.
 
     ``state`` is one of ``verified``, ``pending``, ``failed``, ``refunded``
@@ -198,15 +209,19 @@ def _result_page(request: HttpRequest, *, payment: Payment | None = None,
     refresh_url = None
     tries = request.GET.get("tries", "0")
     # The browser's word: "²" is a digit to isdigit(), and 5000 digits are too many for int().
-    tries_done = int(tries) if tries.isascii() and tries.isdigit() and len(tries) <= 3 else MAX_REFRESHES
+    tries_done = (
+        int(tries) if tries.isascii() and tries.isdigit() and len(tries) <= 3 else MAX_REFRESHES
+    )
     if state == "pending" and tries_done < MAX_REFRESHES:
         query = request.GET.copy()
         query["tries"] = str(tries_done + 1)
         refresh_url = f"{request.path}?{query.urlencode()}"
-    return render(request, "django_khalti/epayment_result.html",
-                  {"payment": payment, "state": state, "error": error,
-                   "refresh_url": refresh_url},
-                  status=http)
+    return render(
+        request,
+        "django_khalti/epayment_result.html",
+        {"payment": payment, "state": state, "error": error, "refresh_url": refresh_url},
+        status=http,
+    )
 
 
 def _page_state(payment: Payment | None) -> str:
@@ -219,8 +234,11 @@ def _page_state(payment: Payment | None) -> str:
 
 def _unavailable_page(request: HttpRequest, exc: Exception) -> HttpResponse:
     logger.error("dj-khalti could not serve %s: %s", request.path, exc, exc_info=exc)
-    return _result_page(request, error=KhaltiUnavailable(_("Payments are not available right now.")),
-                        http=status.HTTP_503_SERVICE_UNAVAILABLE)
+    return _result_page(
+        request,
+        error=KhaltiUnavailable(_("Payments are not available right now.")),
+        http=status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
 
 
 @non_atomic_requests
@@ -250,7 +268,13 @@ def epayment_start(request: HttpRequest, product_identity: str) -> HttpResponse:
 
 #: Parameters of Khalti's return URL worth logging. They are the browser's word,
 #: never proof of anything; the payer's mobile is left out on purpose.
-UNTRUSTED_RETURN_PARAMS = ("status", "purchase_order_id", "amount", "total_amount", "transaction_id")
+UNTRUSTED_RETURN_PARAMS = (
+    "status",
+    "purchase_order_id",
+    "amount",
+    "total_amount",
+    "transaction_id",
+)
 
 
 @non_atomic_requests
@@ -260,7 +284,8 @@ def epayment_return(request: HttpRequest) -> HttpResponse:
     """Where Khalti sends the buyer back: settle by lookup, then show the outcome."""
     pidx = request.GET.get("pidx", "")
     logger.info(
-        "ePayment return for pidx %r; the browser claims %s", pidx,
+        "ePayment return for pidx %r; the browser claims %s",
+        pidx,
         {key: request.GET[key] for key in UNTRUSTED_RETURN_PARAMS if key in request.GET},
     )
     if not pidx or len(pidx) > 255 or not pidx.isprintable():
@@ -289,5 +314,7 @@ def epayment_return(request: HttpRequest) -> HttpResponse:
         except NoReverseMatch:
             logger.error("KHALTI success/failure URL %r cannot be resolved.", target)
         else:
-            return redirect(f"{url}{'&' if '?' in url else '?'}{urlencode({'payment': payment.pk})}")
+            return redirect(
+                f"{url}{'&' if '?' in url else '?'}{urlencode({'payment': payment.pk})}"
+            )
     return _result_page(request, payment=payment)

@@ -5,10 +5,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from django_khalti.testing import KhaltiFake
-
 from django_khalti.models import Payment
 from django_khalti.signals import payment_failed, payment_refunded, payment_verified
+from django_khalti.testing import KhaltiFake
 from shop.models import Order
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -54,7 +53,12 @@ class Expectation:
 
     def __init__(self, endpoint, key, params, *, subset=False, times=1):
         self.endpoint, self.key, self.params, self.subset, self.times = (
-            endpoint, key, params, subset, times)
+            endpoint,
+            key,
+            params,
+            subset,
+            times,
+        )
         self.choice = None
 
     def __repr__(self):
@@ -71,11 +75,17 @@ class Expectation:
                 yield f"{self!r}: called without the Key header of {SECRET!r}"
             if self.params is None:
                 continue
-            sent = {k: v for k, v in call.params.items() if k != "idx" or self.endpoint not in (
-                "refund", "transaction")}
+            sent = {
+                k: v
+                for k, v in call.params.items()
+                if k != "idx" or self.endpoint not in ("refund", "transaction")
+            }
             if self.subset:
-                wrong = {k: (sent.get(k, "(missing)"), v) for k, v in self.params.items()
-                         if sent.get(k, object()) != v}
+                wrong = {
+                    k: (sent.get(k, "(missing)"), v)
+                    for k, v in self.params.items()
+                    if sent.get(k, object()) != v
+                }
                 if wrong:
                     yield f"{self!r}: sent (got, expected) {wrong}"
             elif sent != self.params:
@@ -98,59 +108,106 @@ class KhaltiMock:
         #: Whether a call no expectation answered fails the test at teardown.
         self.strict = True
 
-    def expect(self, endpoint, key=None, params=None, *, status=200, json=None, body=None,
-               subset=False, times=1, delay=0, callback=None):
+    def expect(
+        self,
+        endpoint,
+        key=None,
+        params=None,
+        *,
+        status=200,
+        json=None,
+        body=None,
+        subset=False,
+        times=1,
+        delay=0,
+        callback=None,
+    ):
         """Expect a call to ``endpoint`` for ``key`` (token, idx, pidx or purchase order
         id) sending ``params`` (None: anything), answered with ``json`` / ``body`` (a
         text, or a ``requests`` exception) or by ``callback(request)`` (see
         ``KhaltiFake.on_next``)."""
         expectation = Expectation(endpoint, key, params, subset=subset, times=times)
-        choose = dict(key=key, times=times, delay=delay)
+        choose = {"key": key, "times": times, "delay": delay}
         if callback is not None:
             expectation.choice = self.fake.on_next(endpoint, callback, **choose)
         elif isinstance(body, BaseException):
             outcome = _outcome_of(body)
             if outcome is None:
+
                 def raise_it(request, exc=body):
                     return exc
+
                 expectation.choice = self.fake.on_next(endpoint, raise_it, **choose)
             else:
                 expectation.choice = self.fake.fail_next(endpoint, outcome, **choose)
         else:
-            expectation.choice = self.fake.answer_next(endpoint, status=status, json=json,
-                                                       body=body, **choose)
+            expectation.choice = self.fake.answer_next(
+                endpoint, status=status, json=json, body=body, **choose
+            )
         self.expectations.append(expectation)
         return expectation
 
     def verify(self, token, amount, *, status=200, json=None, body=None, **kwargs):
         if json is None and body is None:
             json = transaction_record(amount=amount)
-        return self.expect("verify", token, {"token": token, "amount": amount},
-                           status=status, json=json, body=body, **kwargs)
+        return self.expect(
+            "verify",
+            token,
+            {"token": token, "amount": amount},
+            status=status,
+            json=json,
+            body=body,
+            **kwargs,
+        )
 
     def status(self, token, amount, state_fixture=None, *, status=200, json=None, **kwargs):
         """Khalti's status endpoint for this token and amount: a canned state, or ``json``."""
         if json is None and kwargs.get("body") is None:
             json = fixture(state_fixture)
-        return self.expect("status", token, {"token": token, "amount": str(amount)},
-                           status=status, json=json, **kwargs)
+        return self.expect(
+            "status",
+            token,
+            {"token": token, "amount": str(amount)},
+            status=status,
+            json=json,
+            **kwargs,
+        )
 
     def refund(self, idx, body=None, *, status=200, json=None, **kwargs):
         """Khalti's refund endpoint for ``idx``, expecting exactly ``body`` (``{}``: full)."""
-        return self.expect("refund", idx, body or {}, status=status,
-                           json=fixture("refund_success") if json is None else json, **kwargs)
+        return self.expect(
+            "refund",
+            idx,
+            body or {},
+            status=status,
+            json=fixture("refund_success") if json is None else json,
+            **kwargs,
+        )
 
     def transaction(self, idx, *, status=200, json=None, **kwargs):
-        return self.expect("transaction", idx, {}, status=status,
-                           json=transaction_record(idx=idx) if json is None else json, **kwargs)
+        return self.expect(
+            "transaction",
+            idx,
+            {},
+            status=status,
+            json=transaction_record(idx=idx) if json is None else json,
+            **kwargs,
+        )
 
     def initiate(self, amount, purchase_order_id, *, status=200, json=None, body=None, **extra):
         """ePayment initiate for this amount and order (checked on key and these fields)."""
         if json is None and body is None:
             json = epayment_started()
         expected = {"amount": amount, "purchase_order_id": purchase_order_id, **extra}
-        return self.expect("initiate", str(purchase_order_id), expected, subset=True,
-                           status=status, json=json, body=body)
+        return self.expect(
+            "initiate",
+            str(purchase_order_id),
+            expected,
+            subset=True,
+            status=status,
+            json=json,
+            body=body,
+        )
 
     def lookup(self, pidx, fixture_name=None, *, status=None, json=None, body=None, **changes):
         """ePayment lookup of ``pidx``: a canned body; Expired/User canceled come as HTTP 400."""
@@ -158,8 +215,9 @@ class KhaltiMock:
             json = {**fixture(fixture_name), "pidx": pidx, **changes}
             if status is None:
                 status = 400 if json["status"] in ("Expired", "User canceled") else 200
-        return self.expect("lookup", pidx, {"pidx": pidx}, status=status or 200, json=json,
-                           body=body)
+        return self.expect(
+            "lookup", pidx, {"pidx": pidx}, status=status or 200, json=json, body=body
+        )
 
     @property
     def calls(self):
@@ -174,8 +232,11 @@ class KhaltiMock:
         problems = [p for e in self.expectations for p in e.problems()]
         if self.strict:
             ours = {id(e.choice) for e in self.expectations}
-            problems += [f"unexpected call to Khalti: {c.method} {c.url} {c.params}"
-                         for c in self.fake.calls if id(c.choice) not in ours]
+            problems += [
+                f"unexpected call to Khalti: {c.method} {c.url} {c.params}"
+                for c in self.fake.calls
+                if id(c.choice) not in ours
+            ]
         assert not problems, "Khalti was not called as expected:\n  " + "\n  ".join(problems)
 
 

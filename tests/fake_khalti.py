@@ -59,8 +59,18 @@ from urllib.parse import parse_qs, urlsplit
 
 SECRET = "test_secret_key_testproject"
 
-FAULTS = ("reject", "wrong_amount", "slow", "reset", "html_5xx", "truncated", "amount_str",
-          "no_state", "unauthorized", "hold")
+FAULTS = (
+    "reject",
+    "wrong_amount",
+    "slow",
+    "reset",
+    "html_5xx",
+    "truncated",
+    "amount_str",
+    "no_state",
+    "unauthorized",
+    "hold",
+)
 #: How long a held answer waits for ``release`` at most: the fake stops by itself.
 HOLD_LIMIT = 30.0
 
@@ -152,7 +162,9 @@ class FakeKhalti:
         self.issued[token] = amount
         return token
 
-    def fault(self, token: str, mode: str, *, complete: bool = True, amount: int | None = None) -> None:
+    def fault(
+        self, token: str, mode: str, *, complete: bool = True, amount: int | None = None
+    ) -> None:
         if mode not in FAULTS:
             raise ValueError(f"unknown fault {mode!r}")
         self.faults[token] = Fault(mode, complete, amount)
@@ -167,8 +179,15 @@ class FakeKhalti:
     def reset(self) -> None:
         """Forget every call, token and fault (between tests sharing one fake)."""
         with self._lock:
-            for record in (self.calls, self.verified, self.completions, self.issued,
-                           self.faults, self.peers, self.states):
+            for record in (
+                self.calls,
+                self.verified,
+                self.completions,
+                self.issued,
+                self.faults,
+                self.peers,
+                self.states,
+            ):
                 record.clear()
         self.holding.clear()
         self.release.clear()
@@ -199,8 +218,9 @@ class FakeKhalti:
         if mode == "unauthorized":
             return self._send(handler, 401, {"detail": "Invalid token."})
         if mode == "html_5xx":
-            return self._send_raw(handler, 502, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
-                                  "text/html")
+            return self._send_raw(
+                handler, 502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"
+            )
         if mode == "reset" and not (endpoint == "verify" and fault.complete):
             return self._reset(handler)
 
@@ -224,8 +244,11 @@ class FakeKhalti:
             return self._send(handler, 400, {"token": ["Token already used."]})
         record = completed_record(token, amount)
         if mode == "wrong_amount":
-            record["amount"] = fault.amount if fault.amount is not None else (
-                issued if issued is not None else amount - 100)
+            record["amount"] = (
+                fault.amount
+                if fault.amount is not None
+                else (issued if issued is not None else amount - 100)
+            )
         elif mode == "slow":
             time.sleep(self.slow_for)
         elif mode == "reset":
@@ -243,8 +266,13 @@ class FakeKhalti:
             del record["state"]
         return self._send(handler, 200, record)
 
-    def _status(self, handler: BaseHTTPRequestHandler, token: str, mode: str | None,
-                amount: int | None = None) -> None:
+    def _status(
+        self,
+        handler: BaseHTTPRequestHandler,
+        token: str,
+        mode: str | None,
+        amount: int | None = None,
+    ) -> None:
         if mode == "slow":
             time.sleep(self.slow_for)
         elif mode == "hold":
@@ -253,8 +281,11 @@ class FakeKhalti:
         known = self.verified.get(token, self.issued.get(token))
         if known is not None and amount is not None and amount != known:
             # Khalti: "Transaction not found" for an unknown token *or a wrong amount*.
-            return self._send(handler, 200, {"status": False, "state": "Error",
-                                             "detail": "Transaction not found."})
+            return self._send(
+                handler,
+                200,
+                {"status": False, "state": "Error", "detail": "Transaction not found."},
+            )
         state = self.states.get(token) or ("Complete" if token in self.verified else "Confirmed")
         body: dict = {"status": True, "state": state, "detail": state}
         if mode == "truncated":
@@ -268,7 +299,9 @@ class FakeKhalti:
         self._send_raw(handler, status, json.dumps(body).encode(), "application/json")
 
     @staticmethod
-    def _send_raw(handler: BaseHTTPRequestHandler, status: int, data: bytes, content_type: str) -> None:
+    def _send_raw(
+        handler: BaseHTTPRequestHandler, status: int, data: bytes, content_type: str
+    ) -> None:
         try:
             handler.send_response(status)
             handler.send_header("Content-Type", content_type)

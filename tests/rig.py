@@ -8,6 +8,7 @@ block (SIGTERM, then SIGKILL of the whole process group), the fake with it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -72,17 +73,28 @@ class Rig:
         with open(self.server_log, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    str(BIN / "gunicorn"), "testproject.wsgi:application",
-                    "--chdir", str(TESTPROJECT),
-                    "--bind", f"fd://{listener.fileno()}",
-                    "--workers", str(WORKERS),
-                    "--worker-class", "sync",
-                    "--timeout", "60",
-                    "--graceful-timeout", "3",
+                    str(BIN / "gunicorn"),
+                    "testproject.wsgi:application",
+                    "--chdir",
+                    str(TESTPROJECT),
+                    "--bind",
+                    f"fd://{listener.fileno()}",
+                    "--workers",
+                    str(WORKERS),
+                    "--worker-class",
+                    "sync",
+                    "--timeout",
+                    "60",
+                    "--graceful-timeout",
+                    "3",
                     "--preload",
-                    "--log-level", "info",
+                    "--log-level",
+                    "info",
                 ],
-                env=self.env, pass_fds=[listener.fileno()], stdout=log, stderr=log,
+                env=self.env,
+                pass_fds=[listener.fileno()],
+                stdout=log,
+                stderr=log,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
@@ -123,16 +135,25 @@ class Rig:
 
     # --- talking to it ----------------------------------------------------------------
 
-    def post(self, payload: object, *, raw: bytes | None = None,
-             content_type: str = "application/json", timeout: float = 30.0
-             ) -> tuple[int, object, float]:
+    def post(
+        self,
+        payload: object,
+        *,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> tuple[int, object, float]:
         """POST to the verify view: (status, JSON body or text, seconds it took).
 
         A fresh connection each time (no keep-alive: sync workers close them anyway)."""
         data = raw if raw is not None else json.dumps(payload).encode()
         started = time.monotonic()
-        response = requests.post(self.url + "/khalti/verify/", data=data, timeout=timeout,
-                                 headers={"Content-Type": content_type})
+        response = requests.post(
+            self.url + "/khalti/verify/",
+            data=data,
+            timeout=timeout,
+            headers={"Content-Type": content_type},
+        )
         took = time.monotonic() - started
         try:
             body: object = response.json()
@@ -144,7 +165,11 @@ class Rig:
         """``manage.py <args>`` in a subprocess with the server's environment."""
         return subprocess.run(
             [sys.executable, str(TESTPROJECT / "manage.py"), *args],
-            env=self.env, cwd=TESTPROJECT, capture_output=True, text=True, timeout=timeout,
+            env=self.env,
+            cwd=TESTPROJECT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def reconcile(self) -> subprocess.CompletedProcess:
@@ -158,10 +183,8 @@ class Rig:
             return []
         pids = []
         for task in Path(f"/proc/{self.process.pid}/task").glob("*"):
-            try:
+            with contextlib.suppress(OSError):
                 pids += [int(p) for p in (task / "children").read_text().split()]
-            except OSError:
-                pass
         return pids
 
     def worker_with_connection_from(self, port: int) -> int | None:

@@ -32,16 +32,47 @@ CHANGELIST = reverse("admin:django_khalti_payment_changelist")
 ADD = reverse("admin:django_khalti_payment_add")
 #: Every field a person may want to read on the change page, none of them editable.
 READONLY_FIELDS = [
-    "id", "product_identity", "purchase_order_name", "amount_display", "status",
-    "failure_reason", "flow", "token", "pidx", "payment_url", "idx", "fee_amount", "mobile",
-    "refunded_display", "raw_response", "created_at", "updated_at", "verified_at",
-    "expires_at", "claimed_at", "attempts",
+    "id",
+    "product_identity",
+    "purchase_order_name",
+    "amount_display",
+    "status",
+    "failure_reason",
+    "flow",
+    "token",
+    "pidx",
+    "payment_url",
+    "idx",
+    "fee_amount",
+    "mobile",
+    "refunded_display",
+    "raw_response",
+    "created_at",
+    "updated_at",
+    "verified_at",
+    "expires_at",
+    "claimed_at",
+    "attempts",
 ]
 #: Payment columns a change form could otherwise post.
 MODEL_FIELDS = [
-    "id", "token", "product_identity", "amount", "status", "idx", "fee_amount", "mobile",
-    "khalti_response", "failure_reason", "refunded_amount", "created_at", "updated_at",
-    "verified_at", "order_claim", "claimed_at", "attempts",
+    "id",
+    "token",
+    "product_identity",
+    "amount",
+    "status",
+    "idx",
+    "fee_amount",
+    "mobile",
+    "khalti_response",
+    "failure_reason",
+    "refunded_amount",
+    "created_at",
+    "updated_at",
+    "verified_at",
+    "order_claim",
+    "claimed_at",
+    "attempts",
 ]
 STATUSES = ["pending", "verified", "failed", "refunded", "partially_refunded"]
 
@@ -140,8 +171,10 @@ def hierarchy_links(response):
     page = response.content.decode()
     nav = re.search(r'<nav class="toplinks">(.*?)</nav>', page, re.S)
     assert nav is not None, "no date hierarchy"
-    return {_text(label): html.unescape(href)
-            for href, label in re.findall(r'<a href="([^"]+)"[^>]*>(.*?)</a>', nav.group(1), re.S)}
+    return {
+        _text(label): html.unescape(href)
+        for href, label in re.findall(r'<a href="([^"]+)"[^>]*>(.*?)</a>', nav.group(1), re.S)
+    }
 
 
 def messages_of(response):
@@ -205,8 +238,10 @@ def any_client(request):
     return request.getfixturevalue(request.param)
 
 
-@pytest.fixture(params=["superuser_client", "clerk_client", "refunder_client"],
-                ids=["superuser", "clerk", "refunder"])
+@pytest.fixture(
+    params=["superuser_client", "clerk_client", "refunder_client"],
+    ids=["superuser", "clerk", "refunder"],
+)
 def support_client(request):
     """Users who may change payments: with and without the refund permission."""
     return request.getfixturevalue(request.param)
@@ -231,40 +266,66 @@ def non_refunding_client(request):
 def payments():
     now = timezone.now()
     verified = Payment.objects.create(
-        token="tok-verified-AAAA", product_identity="ORD-VERIFIED", amount=123456,
-        status=Payment.Status.VERIFIED, idx="idx-verified-1111", fee_amount=3000,
+        token="tok-verified-AAAA",
+        product_identity="ORD-VERIFIED",
+        amount=123456,
+        status=Payment.Status.VERIFIED,
+        idx="idx-verified-1111",
+        fee_amount=3000,
         mobile="98XXXXXXX9",
         khalti_response={"idx": "idx-verified-1111", "state": {"name": "Completed"}},
-        verified_at=now, order_claim=order_key("ORD-VERIFIED"),
+        verified_at=now,
+        order_claim=order_key("ORD-VERIFIED"),
     )
     pending = Payment.objects.create(
-        token="tok-pending-BBBB", product_identity="ORD-PENDING", amount=1000,
+        token="tok-pending-BBBB",
+        product_identity="ORD-PENDING",
+        amount=1000,
         order_claim=order_key("ORD-PENDING"),
     )
     failed = Payment.objects.create(
-        token="tok-failed-CCCC", product_identity="ORD-FAILED", amount=50005,
-        status=Payment.Status.FAILED, failure_reason="Invalid token.",
+        token="tok-failed-CCCC",
+        product_identity="ORD-FAILED",
+        amount=50005,
+        status=Payment.Status.FAILED,
+        failure_reason="Invalid token.",
         khalti_response={"detail": "Invalid token.", "error_key": "validation_error"},
     )
     refunded = Payment.objects.create(
-        token="tok-refunded-DDDD", product_identity="ORD-REFUNDED", amount=2000,
-        status=Payment.Status.REFUNDED, idx="idx-refunded-2222", mobile="97XXXXXXX7",
-        refunded_amount=2000, verified_at=now, order_claim=order_key("ORD-REFUNDED"),
+        token="tok-refunded-DDDD",
+        product_identity="ORD-REFUNDED",
+        amount=2000,
+        status=Payment.Status.REFUNDED,
+        idx="idx-refunded-2222",
+        mobile="97XXXXXXX7",
+        refunded_amount=2000,
+        verified_at=now,
+        order_claim=order_key("ORD-REFUNDED"),
     )
     partially_refunded = Payment.objects.create(
-        token="tok-partial-EEEE", product_identity="ORD-PARTIAL", amount=3000,
-        status=Payment.Status.PARTIALLY_REFUNDED, idx="idx-partial-3333",
-        refunded_amount=1000, verified_at=now, order_claim=order_key("ORD-PARTIAL"),
+        token="tok-partial-EEEE",
+        product_identity="ORD-PARTIAL",
+        amount=3000,
+        status=Payment.Status.PARTIALLY_REFUNDED,
+        idx="idx-partial-3333",
+        refunded_amount=1000,
+        verified_at=now,
+        order_claim=order_key("ORD-PARTIAL"),
     )
     return SimpleNamespace(
-        verified=verified, pending=pending, failed=failed, refunded=refunded,
+        verified=verified,
+        pending=pending,
+        failed=failed,
+        refunded=refunded,
         partially_refunded=partially_refunded,
     )
 
 
 def pending_payment(n, amount=1000):
     return Payment.objects.create(
-        token=f"tok-pending-{n}", product_identity=f"ORD-P{n}", amount=amount,
+        token=f"tok-pending-{n}",
+        product_identity=f"ORD-P{n}",
+        amount=amount,
         order_claim=order_key(f"ORD-P{n}"),
     )
 
@@ -272,8 +333,13 @@ def pending_payment(n, amount=1000):
 def verified_payment(n="V", amount=1000, **fields):
     fields.setdefault("status", Payment.Status.VERIFIED)
     return Payment.objects.create(
-        token=f"tok-{n}", product_identity=f"ORD-{n}", amount=amount, idx=f"idx-{n}",
-        order_claim=order_key(f"ORD-{n}"), verified_at=timezone.now(), **fields,
+        token=f"tok-{n}",
+        product_identity=f"ORD-{n}",
+        amount=amount,
+        idx=f"idx-{n}",
+        order_claim=order_key(f"ORD-{n}"),
+        verified_at=timezone.now(),
+        **fields,
     )
 
 
@@ -282,11 +348,16 @@ def sent():
     """Every payment signal sent during the test, as (name, kwargs)."""
     got = []
     receivers = {}
-    for name, signal in [("verified", payment_verified), ("failed", payment_failed),
-                         ("refunded", payment_refunded)]:
+    for name, signal in [
+        ("verified", payment_verified),
+        ("failed", payment_failed),
+        ("refunded", payment_refunded),
+    ]:
+
         def receiver(sender, _name=name, **kwargs):
             # A receiver's exception would only be logged: record a wrong sender instead.
             got.append((_name if sender is Payment else f"{_name} from {sender!r}", kwargs))
+
         receivers[signal] = receiver
         signal.connect(receiver, weak=False)
     yield got
@@ -334,7 +405,8 @@ def refund_confirmation(client, payments):
 def submit_refund(client, data, amount="", mobile="", follow=True):
     """Fill in the confirmation page's form (``amount`` in rupees) and submit it."""
     return client.post(
-        CHANGELIST, {**data, "amount": amount, "mobile": mobile, "confirm": "Yes, refund"},
+        CHANGELIST,
+        {**data, "amount": amount, "mobile": mobile, "confirm": "Yes, refund"},
         follow=follow,
     )
 
@@ -357,8 +429,10 @@ def confirm_resolve(client, payments, outcome, note=""):
 def unknown_refund(payment, amount=None, stale=False):
     """A refund of ``payment`` whose outcome Khalti never told (what a timeout leaves)."""
     refund = Refund.objects.create(
-        payment=payment, amount=payment.refundable_amount if amount is None else amount,
-        claim=payment.pk, failure_reason=str(KhaltiRefundUnknown.default_detail),
+        payment=payment,
+        amount=payment.refundable_amount if amount is None else amount,
+        claim=payment.pk,
+        failure_reason=str(KhaltiRefundUnknown.default_detail),
     )
     if stale:  # old enough for a re-check to ask Khalti about it
         created = timezone.now() - timedelta(seconds=khalti_settings.stale_after + 60)
@@ -370,7 +444,9 @@ def unknown_refund(payment, amount=None, stale=False):
 def mock_refund(khalti, idx, body, *, status=200, json=None):
     """Khalti's refund endpoint for ``idx``, expecting exactly ``body`` ({} for a full refund)."""
     return khalti.refund(
-        idx, body, status=status,
+        idx,
+        body,
+        status=status,
         json={"detail": "Transaction refund successful."} if json is None else json,
     )
 
@@ -390,12 +466,23 @@ def fresh(payment):
 def test_changelist_shows_every_column(any_client, payments):
     response = any_client.get(CHANGELIST)
     page = response.content.decode()
-    for header in ["Product identity", "Amount (Rs)", "Status", "Khalti transaction id",
-                   "Payer mobile", "Created", "Verified"]:
+    for header in [
+        "Product identity",
+        "Amount (Rs)",
+        "Status",
+        "Khalti transaction id",
+        "Payer mobile",
+        "Created",
+        "Verified",
+    ]:
         assert f">{header}" in page
     by_identity = {row["product_identity"]: row for row in rows(response)}
     assert set(by_identity) == {
-        "ORD-VERIFIED", "ORD-PENDING", "ORD-FAILED", "ORD-REFUNDED", "ORD-PARTIAL",
+        "ORD-VERIFIED",
+        "ORD-PENDING",
+        "ORD-FAILED",
+        "ORD-REFUNDED",
+        "ORD-PARTIAL",
     }
     verified = by_identity["ORD-VERIFIED"]
     assert verified["amount_display"] == "1,234.56"
@@ -422,8 +509,9 @@ def test_status_is_a_badge_of_its_own_colour(any_client, payments):
     badges = {}
     for row in cells(any_client.get(CHANGELIST)):
         payment = Payment.objects.get(product_identity=_text(row["product_identity"]))
-        span = re.fullmatch(r'\s*<span class="([^"]+)" style="([^"]+)">(.*?)</span>\s*',
-                            row["status_badge"], re.S)
+        span = re.fullmatch(
+            r'\s*<span class="([^"]+)" style="([^"]+)">(.*?)</span>\s*', row["status_badge"], re.S
+        )
         assert span is not None, row["status_badge"]
         classes, style, label = span.groups()
         assert f"khalti-status-{payment.status}" in classes.split()
@@ -436,19 +524,30 @@ def test_status_is_a_badge_of_its_own_colour(any_client, payments):
 def test_amount_column_sorts_by_paisa(superuser_client, payments):
     ascending = rows(superuser_client.get(CHANGELIST, {"o": "2"}))
     assert [row["amount_display"] for row in ascending] == [
-        "10.00", "20.00", "30.00", "500.05", "1,234.56",
+        "10.00",
+        "20.00",
+        "30.00",
+        "500.05",
+        "1,234.56",
     ]
     descending = rows(superuser_client.get(CHANGELIST, {"o": "-2"}))
     assert [row["amount_display"] for row in descending] == [
-        "1,234.56", "500.05", "30.00", "20.00", "10.00",
+        "1,234.56",
+        "500.05",
+        "30.00",
+        "20.00",
+        "10.00",
     ]
 
 
 @pytest.mark.parametrize(
-    "status, identity",
+    ("status", "identity"),
     [
-        ("verified", "ORD-VERIFIED"), ("pending", "ORD-PENDING"), ("failed", "ORD-FAILED"),
-        ("refunded", "ORD-REFUNDED"), ("partially_refunded", "ORD-PARTIAL"),
+        ("verified", "ORD-VERIFIED"),
+        ("pending", "ORD-PENDING"),
+        ("failed", "ORD-FAILED"),
+        ("refunded", "ORD-REFUNDED"),
+        ("partially_refunded", "ORD-PARTIAL"),
     ],
 )
 def test_filter_by_status_shows_only_matching_rows(any_client, payments, status, identity):
@@ -491,7 +590,7 @@ def test_date_hierarchy_drills_down_by_creation_date(any_client, payments):
 
 
 @pytest.mark.parametrize(
-    "query, identity",
+    ("query", "identity"),
     [
         ("tok-verified-AAAA", "ORD-VERIFIED"),
         ("tok-failed-CCCC", "ORD-FAILED"),
@@ -513,11 +612,24 @@ def test_search_by_the_beginning_of_a_reference_finds_every_order_it_begins(
     superuser_client, payments
 ):
     assert sorted(shown(superuser_client.get(CHANGELIST, {"q": "ORD-P"}))) == [
-        "ORD-PARTIAL", "ORD-PENDING"]
+        "ORD-PARTIAL",
+        "ORD-PENDING",
+    ]
 
 
-@pytest.mark.parametrize("query", ["tok-verified", "AAAA", "idx-verified", "1111", "FAILED",
-                                   "RD-FAILED", "XXXXXXX7", "98XXXXXXX"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "tok-verified",
+        "AAAA",
+        "idx-verified",
+        "1111",
+        "FAILED",
+        "RD-FAILED",
+        "XXXXXXX7",
+        "98XXXXXXX",
+    ],
+)
 def test_search_matches_only_what_an_index_can_find(superuser_client, payments, query):
     # Khalti's ids and the masked mobile are looked up exactly, an order reference by
     # its beginning: a piece from the middle finds nothing, as it would need a scan of
@@ -534,17 +646,22 @@ def test_the_list_costs_the_same_queries_for_10_or_200_payments(request, client_
     def add(count, start):
         made = Payment.objects.bulk_create(
             Payment(
-                token=f"tok-{n}", product_identity=f"ORD-{n}", amount=1000 + n,
+                token=f"tok-{n}",
+                product_identity=f"ORD-{n}",
+                amount=1000 + n,
                 status=Payment.Status.VERIFIED if n % 2 else Payment.Status.PENDING,
-                idx=f"idx-{n}" if n % 2 else None, mobile="98XXXXXXX9" if n % 2 else "",
-                verified_at=timezone.now() if n % 2 else None, order_claim=order_key(f"ORD-{n}"),
+                idx=f"idx-{n}" if n % 2 else None,
+                mobile="98XXXXXXX9" if n % 2 else "",
+                verified_at=timezone.now() if n % 2 else None,
+                order_claim=order_key(f"ORD-{n}"),
             )
             for n in range(start, start + count)
         )
         # Refund history must not be fetched row by row either.
         Refund.objects.bulk_create(
             Refund(payment=p, amount=100, status=Refund.Status.SUCCEEDED, requested_by=user)
-            for p in made if p.status == Payment.Status.VERIFIED
+            for p in made
+            if p.status == Payment.Status.VERIFIED
         )
 
     def page_queries():
@@ -601,12 +718,22 @@ def test_change_page_of_a_failed_payment_shows_why(any_client, payments):
 def test_change_page_shows_the_refund_history(any_client, payments, django_user_model):
     payment = payments.partially_refunded
     desk = django_user_model.objects.create_user("desk", is_staff=True)
-    Refund.objects.create(payment=payment, amount=1000, status=Refund.Status.SUCCEEDED,
-                          requested_by=desk, settled_at=timezone.now(),
-                          khalti_response={"detail": "Transaction refund successful."})
-    Refund.objects.create(payment=payment, amount=500, status=Refund.Status.FAILED,
-                          requested_by=desk, failure_reason="Refund period expired.",
-                          settled_at=timezone.now())
+    Refund.objects.create(
+        payment=payment,
+        amount=1000,
+        status=Refund.Status.SUCCEEDED,
+        requested_by=desk,
+        settled_at=timezone.now(),
+        khalti_response={"detail": "Transaction refund successful."},
+    )
+    Refund.objects.create(
+        payment=payment,
+        amount=500,
+        status=Refund.Status.FAILED,
+        requested_by=desk,
+        failure_reason="Refund period expired.",
+        settled_at=timezone.now(),
+    )
     response = any_client.get(change_url(payment))
     assert readonly_values(response)["refunded_display"] == "10.00"
     history = refund_history(response)
@@ -630,17 +757,31 @@ def test_the_change_page_is_view_only_and_posting_it_changes_nothing(support_cli
     response = support_client.post(
         change_url(payment),
         {
-            "token": "forged", "product_identity": "ORD-OTHER", "amount": "1",
-            "status": "verified", "idx": "forged-idx", "fee_amount": "0",
-            "refunded_amount": "1000", "failure_reason": "", "_save": "Save",
-            "refunds-TOTAL_FORMS": "0", "refunds-INITIAL_FORMS": "0",
-            "refunds-MIN_NUM_FORMS": "0", "refunds-MAX_NUM_FORMS": "0",
+            "token": "forged",
+            "product_identity": "ORD-OTHER",
+            "amount": "1",
+            "status": "verified",
+            "idx": "forged-idx",
+            "fee_amount": "0",
+            "refunded_amount": "1000",
+            "failure_reason": "",
+            "_save": "Save",
+            "refunds-TOTAL_FORMS": "0",
+            "refunds-INITIAL_FORMS": "0",
+            "refunds-MIN_NUM_FORMS": "0",
+            "refunds-MAX_NUM_FORMS": "0",
         },
     )
     assert response.status_code == 403
     row = fresh(payment)
-    assert (row.token, row.product_identity, row.amount, row.status, row.idx,
-            row.refunded_amount) == ("tok-pending-BBBB", "ORD-PENDING", 1000, "pending", None, 0)
+    assert (
+        row.token,
+        row.product_identity,
+        row.amount,
+        row.status,
+        row.idx,
+        row.refunded_amount,
+    ) == ("tok-pending-BBBB", "ORD-PENDING", 1000, "pending", None, 0)
 
 
 def test_viewer_cannot_post_the_change_form(viewer_client, payments):
@@ -673,7 +814,11 @@ def test_staff_cannot_delete(non_refunding_client, payments):
 def test_staff_with_delete_permission_still_cannot_delete(django_user_model, payments):
     # Only a superuser may delete a payment record, whatever the model permissions say.
     client = staff_client(
-        django_user_model, "remover", "view_payment", "change_payment", "delete_payment",
+        django_user_model,
+        "remover",
+        "view_payment",
+        "change_payment",
+        "delete_payment",
         "refund_payment",
     )
     assert client.get(delete_url(payments.failed)).status_code == 403
@@ -738,10 +883,13 @@ def test_recheck_settles_each_pending_payment_from_khaltis_answer(
     assert fresh(verified).status == Payment.Status.VERIFIED
     # The verified payment was not sent to Khalti: one status call per pending payment.
     assert sorted(c.params["token"] for c in khalti.calls) == [
-        complete.token, error.token, initiated.token,
+        complete.token,
+        error.token,
+        initiated.token,
     ]
     assert sorted((name, kw["payment"].pk) for name, kw in sent) == [
-        ("failed", error.pk), ("verified", complete.pk),
+        ("failed", error.pk),
+        ("verified", complete.pk),
     ]
 
 
@@ -772,12 +920,17 @@ def test_recheck_settles_a_refund_whose_outcome_was_unknown(
     support_client, khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(amount=1000)
-    refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk,
-                                   failure_reason="Khalti did not answer in time.")
+    refund = Refund.objects.create(
+        payment=payment,
+        amount=1000,
+        claim=payment.pk,
+        failure_reason="Khalti did not answer in time.",
+    )
     stale = timezone.now() - timedelta(seconds=khalti_settings.stale_after + 60)
     Refund.objects.filter(pk=refund.pk).update(created_at=stale)
-    mock_status(khalti, payment,
-                {"status": True, "state": "Refunded", "detail": "Transaction is refunded"})
+    mock_status(
+        khalti, payment, {"status": True, "state": "Refunded", "detail": "Transaction is refunded"}
+    )
 
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(support_client, "recheck", [payment])
@@ -803,9 +956,11 @@ def test_recheck_leaves_a_refund_that_may_still_be_in_flight(support_client, kha
     assert refund.status == Refund.Status.PENDING
     assert fresh(payment).status == Payment.Status.VERIFIED
 
+
 @pytest.mark.parametrize("selected", [RECHECK_LIMIT, RECHECK_LIMIT + 5])
-def test_one_recheck_asks_khalti_about_at_most_20_pending_payments(support_client, khalti,
-                                                                   selected):
+def test_one_recheck_asks_khalti_about_at_most_20_pending_payments(
+    support_client, khalti, selected
+):
     # Each call may take up to TIMEOUT: a click must not hold the request for minutes.
     assert RECHECK_LIMIT == 20
     chosen = [pending_payment(n) for n in range(selected)]
@@ -817,8 +972,14 @@ def test_one_recheck_asks_khalti_about_at_most_20_pending_payments(support_clien
     assert len(asked) == 20  # each one once
     expected = [("success", "Re-checked 20 with Khalti: 20 pending.")]
     if selected > RECHECK_LIMIT:
-        expected.insert(0, ("warning", "Only the first 20 pending payments were re-checked; "
-                                       "run khalti_reconcile for more."))
+        expected.insert(
+            0,
+            (
+                "warning",
+                "Only the first 20 pending payments were re-checked; "
+                "run khalti_reconcile for more.",
+            ),
+        )
     assert messages_of(response) == expected
     # The ones left over were not even claimed: the next click or khalti_reconcile takes them.
     untouched = {p.token for p in Payment.objects.filter(attempts=0)}
@@ -882,17 +1043,33 @@ def test_a_payment_left_pending_by_a_timed_out_verify_is_settled_and_refunded_fr
     # What issue 3 calls done: re-check settles it with exactly one payment_verified,
     # then a staff member with the permission refunds it.
     order = Order.objects.create(reference="ORD-1", total=1000)
-    payment = Payment.objects.create(token="tok-timed-out", product_identity="ORD-1", amount=1000,
-                                     order_claim=order_key("ORD-1"), attempts=1)
-    mock_status(khalti, payment, {"status": True, "state": "Complete",
-                                  "detail": "Transaction is complete", "idx": "idx-late"})
+    payment = Payment.objects.create(
+        token="tok-timed-out",
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
+        attempts=1,
+    )
+    mock_status(
+        khalti,
+        payment,
+        {
+            "status": True,
+            "state": "Complete",
+            "detail": "Transaction is complete",
+            "idx": "idx-late",
+        },
+    )
     khalti.transaction("idx-late", json=transaction_record(amount=1000, idx="idx-late"))
     with django_capture_on_commit_callbacks(execute=True):
         run_action(refunder_client, "recheck", [payment])
         run_action(refunder_client, "recheck", [payment])  # a second look changes nothing
     row = fresh(payment)
     assert (row.status, row.idx, row.fee_amount, row.mobile) == (
-        Payment.Status.VERIFIED, "idx-late", 30, "98XXXXXXX9",
+        Payment.Status.VERIFIED,
+        "idx-late",
+        30,
+        "98XXXXXXX9",
     )
     order.refresh_from_db()
     assert order.paid
@@ -928,7 +1105,8 @@ def test_refund_action_first_asks_for_confirmation(refunding_client, khalti):
     assert "idx-V" in candidates[0]
     assert {"amount", "mobile", "confirm"} <= form_control_names(response)
     label = re.search(r'<label for="id_amount"[^>]*>(.*?)</label>', page, re.S)
-    assert label is not None and "(Rs)" in _text(label.group(1))
+    assert label is not None
+    assert "(Rs)" in _text(label.group(1))
     hidden = confirmation_form(response)
     assert hidden["_selected_action"] == [str(payment.pk)]
     assert hidden["refunded_before"] == ["0"]  # hidden: nothing to type in
@@ -942,13 +1120,14 @@ def test_refund_action_first_asks_for_confirmation(refunding_client, khalti):
 def test_confirmation_page_shows_the_refundable_amount_in_the_unit_it_names(
     refunding_client, khalti
 ):
-    payment = verified_payment(amount=1000, refunded_amount=400,
-                               status=Payment.Status.PARTIALLY_REFUNDED)
+    payment = verified_payment(
+        amount=1000, refunded_amount=400, status=Payment.Status.PARTIALLY_REFUNDED
+    )
     page = run_action(refunding_client, "refund", [payment], follow=False).content.decode()
     headers = [_text(h) for h in re.findall(r"<th>(.*?)</th>", page, re.S)]
     candidate = re.search(r'<tr class="refund-candidate">(.*?)</tr>', page, re.S).group(1)
     columns = [_text(td) for td in re.findall(r"<td>(.*?)</td>", candidate, re.S)]
-    values = dict(zip(headers, columns))
+    values = dict(zip(headers, columns, strict=False))
     assert values["Amount (Rs)"] == "10.00"
     refundable = [h for h in headers if h.startswith("Refundable")]
     assert len(refundable) == 1
@@ -956,12 +1135,13 @@ def test_confirmation_page_shows_the_refundable_amount_in_the_unit_it_names(
     if "(Rs)" in refundable[0]:
         assert values[refundable[0]] == "6.00"
     else:
-        assert "paisa" in refundable[0] and values[refundable[0]] in ("600", "600 paisa")
+        assert "paisa" in refundable[0]
+        assert values[refundable[0]] in ("600", "600 paisa")
     assert "Total refundable: Rs 6.00" in page
     # What was refunded when the page was shown, in paisa, for the guard.
-    assert confirmation_form(
-        run_action(refunding_client, "refund", [payment], follow=False)
-    )["refunded_before"] == ["400"]
+    assert confirmation_form(run_action(refunding_client, "refund", [payment], follow=False))[
+        "refunded_before"
+    ] == ["400"]
 
 
 def test_full_refund(refunding_client, khalti, sent, django_capture_on_commit_callbacks):
@@ -976,7 +1156,9 @@ def test_full_refund(refunding_client, khalti, sent, django_capture_on_commit_ca
     assert row.refunded_amount == row.amount == 1000
     refund = row.refunds.get()
     assert (refund.amount, refund.status, refund.requested_by) == (
-        1000, Refund.Status.SUCCEEDED, refunding_client.user,
+        1000,
+        Refund.Status.SUCCEEDED,
+        refunding_client.user,
     )
     assert refund.settled_at is not None
     assert refund.khalti_response == {"detail": "Transaction refund successful."}
@@ -985,8 +1167,9 @@ def test_full_refund(refunding_client, khalti, sent, django_capture_on_commit_ca
     ]
 
 
-def test_partial_refund_then_the_rest(refunding_client, khalti, sent,
-                                      django_capture_on_commit_callbacks):
+def test_partial_refund_then_the_rest(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
     payment = verified_payment(amount=1000)
     mock_refund(khalti, "idx-V", {"amount": 400})
     with django_capture_on_commit_callbacks(execute=True):
@@ -1011,8 +1194,9 @@ def test_partial_refund_then_the_rest(refunding_client, khalti, sent,
 def test_refund_without_amount_after_a_partial_one_refunds_what_remains(
     refunding_client, khalti, sent, django_capture_on_commit_callbacks
 ):
-    payment = verified_payment(amount=1000, refunded_amount=400,
-                               status=Payment.Status.PARTIALLY_REFUNDED)
+    payment = verified_payment(
+        amount=1000, refunded_amount=400, status=Payment.Status.PARTIALLY_REFUNDED
+    )
     mock_refund(khalti, "idx-V", {"amount": 600})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment])
@@ -1022,12 +1206,13 @@ def test_refund_without_amount_after_a_partial_one_refunds_what_remains(
     assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 600)]
 
 
-@pytest.mark.parametrize("refunded_before, amount", [(0, "10.01"), (400, "6.01")])
+@pytest.mark.parametrize(("refunded_before", "amount"), [(0, "10.01"), (400, "6.01")])
 def test_refund_of_more_than_remains_is_refused_before_asking_khalti(
     refunding_client, khalti, sent, refunded_before, amount
 ):
     payment = verified_payment(
-        amount=1000, refunded_amount=refunded_before,
+        amount=1000,
+        refunded_amount=refunded_before,
         status=Payment.Status.PARTIALLY_REFUNDED if refunded_before else Payment.Status.VERIFIED,
     )
     response = confirm_refund(refunding_client, [payment], amount=amount)
@@ -1044,8 +1229,12 @@ def test_refund_of_more_than_remains_is_refused_before_asking_khalti(
 @pytest.mark.parametrize("amount", ["0", "0.00", "0.001", "-5", "ten", "4.555", "Rs 4"])
 def test_a_malformed_amount_is_a_form_error(refunding_client, khalti, amount):
     payment = verified_payment(amount=1000)
-    response = submit_refund(refunding_client, refund_confirmation(refunding_client, [payment]),
-                             amount=amount, follow=False)
+    response = submit_refund(
+        refunding_client,
+        refund_confirmation(refunding_client, [payment]),
+        amount=amount,
+        follow=False,
+    )
     assert response.status_code == 200
     page = response.content.decode()
     errors = re.search(r'<ul class="errorlist[^"]*"[^>]*>(.*?)</ul>', page, re.S)
@@ -1057,8 +1246,9 @@ def test_a_malformed_amount_is_a_form_error(refunding_client, khalti, amount):
     assert not Refund.objects.exists()
 
 
-def test_refund_to_a_khalti_id_sends_the_mobile(refunding_client, khalti, sent,
-                                                django_capture_on_commit_callbacks):
+def test_refund_to_a_khalti_id_sends_the_mobile(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
     payment = verified_payment(amount=1000)
     mock_refund(khalti, "idx-V", {"mobile": "9800000001"})
     with django_capture_on_commit_callbacks(execute=True):
@@ -1074,10 +1264,17 @@ def test_partial_refund_to_a_khalti_id_sends_both(refunding_client, khalti):
     confirm_refund(refunding_client, [payment], amount="2.50", mobile="9800000001")
     assert fresh(payment).refunded_amount == 250
 
-@pytest.mark.parametrize("typed, paisa, shown", [
-    ("4.50", 450, "4.50"), ("4.5", 450, "4.50"), ("4", 400, "4.00"), ("0.01", 1, "0.01"),
-    ("9.99", 999, "9.99"),
-])
+
+@pytest.mark.parametrize(
+    ("typed", "paisa", "shown"),
+    [
+        ("4.50", 450, "4.50"),
+        ("4.5", 450, "4.50"),
+        ("4", 400, "4.00"),
+        ("0.01", 1, "0.01"),
+        ("9.99", 999, "9.99"),
+    ],
+)
 def test_the_amount_is_typed_in_rupees_and_refunded_in_paisa(
     refunding_client, khalti, sent, django_capture_on_commit_callbacks, typed, paisa, shown
 ):
@@ -1107,9 +1304,11 @@ def nonfield_errors(response):
     """The texts of the form's errors that belong to no field."""
     assert response.status_code == 200
     page = response.content.decode()
-    return [_text(item) for block in
-            re.findall(r'<ul class="errorlist nonfield"[^>]*>(.*?)</ul>', page, re.S)
-            for item in re.findall(r"<li>(.*?)</li>", block, re.S)]
+    return [
+        _text(item)
+        for block in re.findall(r'<ul class="errorlist nonfield"[^>]*>(.*?)</ul>', page, re.S)
+        for item in re.findall(r"<li>(.*?)</li>", block, re.S)
+    ]
 
 
 def test_submitting_the_same_confirmation_page_twice_refunds_once(
@@ -1144,7 +1343,9 @@ def test_a_refund_made_since_the_page_was_shown_makes_it_refuse(
     with django_capture_on_commit_callbacks(execute=True):
         confirm_refund(refunding_client, [payment], amount="4")
         refused = submit_refund(refunding_client, stale_page, amount="6", follow=False)
-    assert nonfield_errors(refused) == ["These payments were refunded meanwhile: review them again."]
+    assert nonfield_errors(refused) == [
+        "These payments were refunded meanwhile: review them again."
+    ]
     assert len(khalti.calls) == 1
     assert fresh(payment).refunded_amount == 400
 
@@ -1167,7 +1368,8 @@ def test_the_guard_covers_every_selected_payment(refunding_client, khalti):
     page = refund_confirmation(refunding_client, [first, second])
     response = submit_refund(refunding_client, page)
     assert sorted(messages_of(response)) == [
-        ("success", "Refunded Rs 10.00 of ORD-A."), ("success", "Refunded Rs 25.00 of ORD-B."),
+        ("success", "Refunded Rs 10.00 of ORD-A."),
+        ("success", "Refunded Rs 25.00 of ORD-B."),
     ]
     again = submit_refund(refunding_client, page, follow=False)
     assert nonfield_errors(again) == ["These payments were refunded meanwhile: review them again."]
@@ -1196,8 +1398,10 @@ def test_an_unknown_outcome_is_a_warning_beside_the_other_results(
         response = confirm_refund(refunding_client, [lost, done])
     assert sorted(messages_of(response)) == [
         ("success", "Refunded Rs 25.00 of ORD-B."),
-        ("warning", f"The refund of ORD-A may have gone through: "
-                    f"{KhaltiRefundUnknown.default_detail}"),
+        (
+            "warning",
+            f"The refund of ORD-A may have gone through: {KhaltiRefundUnknown.default_detail}",
+        ),
     ]
     assert lost.refunds.get().status == Refund.Status.PENDING
     assert fresh(lost).status == Payment.Status.VERIFIED
@@ -1233,16 +1437,23 @@ def test_khalti_unreachable_leaves_the_refund_pending_and_blocks_another(
     if failure == "503":
         mock_refund(khalti, "idx-V", {}, status=503, json={"detail": "Service unavailable"})
     else:
-        khalti.expect("refund", "idx-V", {}, body={
-            "timeout": requests.exceptions.ReadTimeout("read timed out"),
-            "connection": requests.exceptions.ConnectionError("connection refused"),
-        }[failure])
+        khalti.expect(
+            "refund",
+            "idx-V",
+            {},
+            body={
+                "timeout": requests.exceptions.ReadTimeout("read timed out"),
+                "connection": requests.exceptions.ConnectionError("connection refused"),
+            }[failure],
+        )
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment])
     # Not "was not refunded": the money may well have gone back.
     assert messages_of(response) == [
-        ("warning", f"The refund of ORD-V may have gone through: "
-                    f"{KhaltiRefundUnknown.default_detail}"),
+        (
+            "warning",
+            f"The refund of ORD-V may have gone through: {KhaltiRefundUnknown.default_detail}",
+        ),
     ]
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (Payment.Status.VERIFIED, 0)
@@ -1252,7 +1463,8 @@ def test_khalti_unreachable_leaves_the_refund_pending_and_blocks_another(
     # Until a re-check settles it, no second refund reaches Khalti.
     response = confirm_refund(refunding_client, [payment])
     [(level, text)] = messages_of(response)
-    assert level == "error" and "Another refund of this payment awaits Khalti" in text
+    assert level == "error"
+    assert "Another refund of this payment awaits Khalti" in text
     assert len(khalti.calls) == 1
 
 
@@ -1275,7 +1487,8 @@ def test_several_payments_are_refunded_in_full_together(refunding_client, khalti
     mock_refund(khalti, "idx-B", {})
     response = confirm_refund(refunding_client, [first, second])
     assert sorted(messages_of(response)) == [
-        ("success", "Refunded Rs 10.00 of ORD-A."), ("success", "Refunded Rs 25.00 of ORD-B."),
+        ("success", "Refunded Rs 10.00 of ORD-A."),
+        ("success", "Refunded Rs 25.00 of ORD-B."),
     ]
     assert {fresh(first).status, fresh(second).status} == {Payment.Status.REFUNDED}
 
@@ -1284,8 +1497,11 @@ def test_several_payments_are_refunded_in_full_together(refunding_client, khalti
 def test_a_payment_khalti_never_confirmed_or_fully_refunded_is_not_refundable(
     refunding_client, khalti, payments, status
 ):
-    payment = {"pending": payments.pending, "failed": payments.failed,
-               "refunded": payments.refunded}[status]
+    payment = {
+        "pending": payments.pending,
+        "failed": payments.failed,
+        "refunded": payments.refunded,
+    }[status]
     response = confirm_refund(refunding_client, [payment])
     [(level, text)] = messages_of(response)
     assert level == "error"
@@ -1298,16 +1514,24 @@ def test_a_payment_khalti_never_confirmed_or_fully_refunded_is_not_refundable(
     assert fresh(payment).status == status
 
 
-def test_staff_without_the_permission_cannot_refund(non_refunding_client, khalti, sent,
-                                                    django_capture_on_commit_callbacks):
+def test_staff_without_the_permission_cannot_refund(
+    non_refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
     payment = verified_payment(amount=1000)
     assert "refund" not in action_choices(non_refunding_client.get(CHANGELIST))
     with django_capture_on_commit_callbacks(execute=True):
         # Neither the confirmation page...
         asked = run_action(non_refunding_client, "refund", [payment], follow=False)
         # ...nor a forged confirmation refunds anything.
-        forged = run_action(non_refunding_client, "refund", [payment], follow=False,
-                            amount="", mobile="", confirm="Yes, refund")
+        forged = run_action(
+            non_refunding_client,
+            "refund",
+            [payment],
+            follow=False,
+            amount="",
+            mobile="",
+            confirm="Yes, refund",
+        )
     for response in (asked, forged):
         # 302 back with "No action selected."; the plain changelist (200) for a
         # user who has no action at all.
@@ -1345,9 +1569,11 @@ def test_view_only_staff_may_not_recheck(viewer_client, payments, khalti):
 
 def radio_values(response, name):
     page = response.content.decode()
-    return [re.search(r'value="([^"]*)"', tag).group(1)
-            for tag in re.findall(r'<input\b[^>]*type="radio"[^>]*>', page)
-            if f'name="{name}"' in tag]
+    return [
+        re.search(r'value="([^"]*)"', tag).group(1)
+        for tag in re.findall(r'<input\b[^>]*type="radio"[^>]*>', page)
+        if f'name="{name}"' in tag
+    ]
 
 
 def test_resolve_refund_is_offered_only_to_users_with_the_refund_permission(any_client):
@@ -1357,26 +1583,27 @@ def test_resolve_refund_is_offered_only_to_users_with_the_refund_permission(any_
     assert ("Resolve an unknown refund by hand" in response.content.decode()) == allowed
 
 
-def test_resolve_refund_first_shows_the_refunds_of_unknown_outcome(refunding_client, khalti,
-                                                                   sent):
+def test_resolve_refund_first_shows_the_refunds_of_unknown_outcome(refunding_client, khalti, sent):
     unknown = verified_payment("A", amount=1000)
     refund = unknown_refund(unknown, amount=400, stale=True)
-    settled = verified_payment("B", amount=1000, refunded_amount=1000,
-                               status=Payment.Status.REFUNDED)
-    Refund.objects.create(payment=settled, amount=1000, status=Refund.Status.SUCCEEDED,
-                          settled_at=timezone.now())
+    settled = verified_payment(
+        "B", amount=1000, refunded_amount=1000, status=Payment.Status.REFUNDED
+    )
+    Refund.objects.create(
+        payment=settled, amount=1000, status=Refund.Status.SUCCEEDED, settled_at=timezone.now()
+    )
     untouched = verified_payment("C", amount=1000)
 
-    response = run_action(refunding_client, "resolve_refund", [unknown, settled, untouched],
-                          follow=False)
+    response = run_action(
+        refunding_client, "resolve_refund", [unknown, settled, untouched], follow=False
+    )
     assert response.status_code == 200
-    assert "admin/django_khalti/payment/resolve_refund.html" in [
-        t.name for t in response.templates
-    ]
+    assert "admin/django_khalti/payment/resolve_refund.html" in [t.name for t in response.templates]
     page = response.content.decode()
     listed = re.findall(r'<tr class="unknown-refund">(.*?)</tr>', page, re.S)
     assert len(listed) == 1  # only the refund whose outcome is unknown
-    assert "ORD-A" in listed[0] and "idx-A" in listed[0]
+    assert "ORD-A" in listed[0]
+    assert "idx-A" in listed[0]
     assert "Rs 4.00" in _text(listed[0])
     assert {"outcome", "note", "confirm"} <= form_control_names(response)
     assert sorted(radio_values(response, "outcome")) == ["failed", "succeeded"]
@@ -1392,40 +1619,53 @@ def test_resolve_refund_first_shows_the_refunds_of_unknown_outcome(refunding_cli
 
 
 def test_resolve_refund_with_nothing_unknown_says_so(refunding_client, khalti, payments):
-    response = run_action(refunding_client, "resolve_refund",
-                          [payments.verified, payments.partially_refunded])
+    response = run_action(
+        refunding_client, "resolve_refund", [payments.verified, payments.partially_refunded]
+    )
     assert messages_of(response) == [
         ("warning", "None of the selected payments has a refund of unknown outcome.")
     ]
     assert 'name="outcome"' not in response.content.decode()
 
 
-@pytest.mark.parametrize("refunded_before, amount, status", [
-    (0, 1000, Payment.Status.REFUNDED),
-    (0, 400, Payment.Status.PARTIALLY_REFUNDED),
-    (400, 600, Payment.Status.REFUNDED),
-    (400, 200, Payment.Status.PARTIALLY_REFUNDED),
-])
+@pytest.mark.parametrize(
+    ("refunded_before", "amount", "status"),
+    [
+        (0, 1000, Payment.Status.REFUNDED),
+        (0, 400, Payment.Status.PARTIALLY_REFUNDED),
+        (400, 600, Payment.Status.REFUNDED),
+        (400, 200, Payment.Status.PARTIALLY_REFUNDED),
+    ],
+)
 def test_resolving_an_unknown_refund_as_succeeded_refunds_the_payment(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks,
-    refunded_before, amount, status
+    refunding_client,
+    khalti,
+    sent,
+    django_capture_on_commit_callbacks,
+    refunded_before,
+    amount,
+    status,
 ):
     payment = verified_payment(
-        amount=1000, refunded_amount=refunded_before,
+        amount=1000,
+        refunded_amount=refunded_before,
         status=Payment.Status.PARTIALLY_REFUNDED if refunded_before else Payment.Status.VERIFIED,
     )
     refund = unknown_refund(payment, amount=amount, stale=True)
     with django_capture_on_commit_callbacks(execute=True):
-        response = confirm_resolve(refunding_client, [payment], "succeeded",
-                                   note="Shown as refunded in the dashboard.")
+        response = confirm_resolve(
+            refunding_client, [payment], "succeeded", note="Shown as refunded in the dashboard."
+        )
     assert messages_of(response) == [("success", "Resolved 1 refund.")]
     assert len(khalti.calls) == 0
     refund.refresh_from_db()
     assert refund.status == Refund.Status.SUCCEEDED
     assert refund.settled_at is not None
     assert refund.failure_reason == ""
-    assert refund.khalti_response == {"resolved_by": str(refunding_client.user),
-                                      "note": "Shown as refunded in the dashboard."}
+    assert refund.khalti_response == {
+        "resolved_by": str(refunding_client.user),
+        "note": "Shown as refunded in the dashboard.",
+    }
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (status, refunded_before + amount)
     assert [(name, kw["payment"].pk, kw["amount"]) for name, kw in sent] == [
@@ -1433,10 +1673,13 @@ def test_resolving_an_unknown_refund_as_succeeded_refunds_the_payment(
     ]
 
 
-@pytest.mark.parametrize("note, reason", [
-    ("Not in the dashboard.", "Not in the dashboard."),
-    ("", "Not refunded, as checked in Khalti's dashboard."),
-])
+@pytest.mark.parametrize(
+    ("note", "reason"),
+    [
+        ("Not in the dashboard.", "Not in the dashboard."),
+        ("", "Not refunded, as checked in Khalti's dashboard."),
+    ],
+)
 def test_resolving_an_unknown_refund_as_failed_leaves_the_payment_and_allows_a_new_refund(
     refunding_client, khalti, sent, django_capture_on_commit_callbacks, note, reason
 ):
@@ -1462,13 +1705,15 @@ def test_resolving_an_unknown_refund_as_failed_leaves_the_payment_and_allows_a_n
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
     assert list(row.refunds.values_list("amount", "status")) == [
-        (1000, Refund.Status.FAILED), (400, Refund.Status.SUCCEEDED),
+        (1000, Refund.Status.FAILED),
+        (400, Refund.Status.SUCCEEDED),
     ]
     assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 400)]
 
 
-def test_resolve_refund_settles_every_selected_unknown_refund(refunding_client, khalti, sent,
-                                                              django_capture_on_commit_callbacks):
+def test_resolve_refund_settles_every_selected_unknown_refund(
+    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+):
     first, second = verified_payment("A", amount=1000), verified_payment("B", amount=2500)
     unknown_refund(first, stale=True), unknown_refund(second, amount=500, stale=True)
     with django_capture_on_commit_callbacks(execute=True):
@@ -1476,7 +1721,8 @@ def test_resolve_refund_settles_every_selected_unknown_refund(refunding_client, 
     assert messages_of(response) == [("success", "Resolved 2 refunds.")]
     assert (fresh(first).status, fresh(first).refunded_amount) == (Payment.Status.REFUNDED, 1000)
     assert (fresh(second).status, fresh(second).refunded_amount) == (
-        Payment.Status.PARTIALLY_REFUNDED, 500,
+        Payment.Status.PARTIALLY_REFUNDED,
+        500,
     )
     assert sorted((kw["payment"].pk, kw["amount"]) for _, kw in sent) == sorted(
         [(first.pk, 1000), (second.pk, 500)]
@@ -1506,14 +1752,26 @@ def test_staff_without_the_permission_cannot_resolve_a_refund(
     assert "resolve_refund" not in action_choices(non_refunding_client.get(CHANGELIST))
     with django_capture_on_commit_callbacks(execute=True):
         asked = run_action(non_refunding_client, "resolve_refund", [payment], follow=False)
-        forged = run_action(non_refunding_client, "resolve_refund", [payment], follow=False,
-                            outcome="succeeded", note="", confirm="Record it")
+        forged = run_action(
+            non_refunding_client,
+            "resolve_refund",
+            [payment],
+            follow=False,
+            outcome="succeeded",
+            note="",
+            confirm="Record it",
+        )
     for response in (asked, forged):
         assert response.status_code in (200, 302, 403)
         assert 'name="outcome"' not in response.content.decode()
     if action_choices(non_refunding_client.get(CHANGELIST)):
-        followed = run_action(non_refunding_client, "resolve_refund", [payment],
-                              outcome="succeeded", confirm="Record it")
+        followed = run_action(
+            non_refunding_client,
+            "resolve_refund",
+            [payment],
+            outcome="succeeded",
+            confirm="Record it",
+        )
         assert ("warning", "No action selected.") in messages_of(followed)
     assert len(khalti.calls) == 0
     refund.refresh_from_db()
@@ -1527,8 +1785,9 @@ def test_staff_without_the_permission_cannot_resolve_a_refund(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_actions_work_in_a_project_with_atomic_requests(refunder_client, khalti, sent,
-                                                            monkeypatch):
+def test_the_actions_work_in_a_project_with_atomic_requests(
+    refunder_client, khalti, sent, monkeypatch
+):
     # The actions claim payments in durable transactions before calling Khalti: they
     # must not run inside the request's transaction.
     monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
@@ -1549,7 +1808,8 @@ def test_the_actions_work_in_a_project_with_atomic_requests(refunder_client, kha
     assert row.refunds.get().status == Refund.Status.SUCCEEDED
     # The signals went out once each, after the commit.
     assert [(name, kw["payment"].pk) for name, kw in sent] == [
-        ("verified", pending.pk), ("refunded", payment.pk),
+        ("verified", pending.pk),
+        ("refunded", payment.pk),
     ]
 
 
@@ -1572,7 +1832,9 @@ def test_a_refused_page_shows_what_stands_now_and_can_be_confirmed_anew(
     with django_capture_on_commit_callbacks(execute=True):
         confirm_refund(refunding_client, [payment], amount="4")
         refused = submit_refund(refunding_client, stale_page, amount="6", follow=False)
-    assert nonfield_errors(refused) == ["These payments were refunded meanwhile: review them again."]
+    assert nonfield_errors(refused) == [
+        "These payments were refunded meanwhile: review them again."
+    ]
     reshown = confirmation_form(refused)
     assert reshown["refunded_before"] == ["400"]
     mock_refund(khalti, "idx-V", {"amount": 600})

@@ -112,7 +112,7 @@ def test_e001_message_never_shows_the_key_it_rejects():
 
 
 @pytest.mark.parametrize(
-    "resolver, problem",
+    ("resolver", "problem"),
     [
         (MISSING, "is missing"),
         (None, "is missing"),
@@ -220,7 +220,7 @@ def test_w002_test_key_while_debug_is_false():
 
 
 @pytest.mark.parametrize(
-    "secret, debug",
+    ("secret", "debug"),
     [(TEST_KEY, True), (LIVE_KEY, False), (LIVE_KEY, True), ("my_test_key", False)],
 )
 def test_w002_quiet_while_debugging_or_for_a_live_key(secret, debug):
@@ -230,7 +230,9 @@ def test_w002_quiet_while_debugging_or_for_a_live_key(secret, debug):
 def test_every_problem_at_once_is_reported_at_once():
     config = {"SECRET_KEY": "", "BASE_URL": "http://khalti.com/"}
     assert sorted(ids_for(config)) == [
-        "django_khalti.E001", "django_khalti.E002", "django_khalti.W001",
+        "django_khalti.E001",
+        "django_khalti.E002",
+        "django_khalti.W001",
     ]
 
 
@@ -238,7 +240,9 @@ def test_no_message_ever_contains_the_secret_key():
     config = khalti(SECRET_KEY=TEST_KEY, BASE_URL="http://khalti.com/", AMOUNT_RESOLVER="x.y")
     messages = messages_for(config)
     assert sorted(m.id for m in messages) == [
-        "django_khalti.E002", "django_khalti.W001", "django_khalti.W002",
+        "django_khalti.E002",
+        "django_khalti.W001",
+        "django_khalti.W002",
     ]
     for message in messages:
         assert TEST_KEY not in str(message)

@@ -61,7 +61,7 @@ def test_every_call_is_bounded_by_the_timeout(client, rsps):
 
 
 @pytest.mark.parametrize(
-    "base_url, expected",
+    ("base_url", "expected"),
     [
         ("https://khalti.com/", "https://khalti.com/api/v2/payment/verify/"),
         ("https://dev.khalti.com", "https://dev.khalti.com/api/v2/payment/verify/"),
@@ -124,7 +124,7 @@ def test_field_errors_on_400_are_a_rejection_with_the_message(client, rsps):
 
 
 @pytest.mark.parametrize(
-    "mock, exc",
+    ("mock", "exc"),
     [
         ({"body": requests.exceptions.ConnectTimeout()}, KhaltiTimeout),
         ({"body": requests.exceptions.ReadTimeout()}, KhaltiTimeout),
@@ -134,10 +134,22 @@ def test_field_errors_on_400_are_a_rejection_with_the_message(client, rsps):
         ({"status": 429, "json": {"detail": "Too many"}}, KhaltiUnavailable),
         ({"status": 401, "json": {"detail": "Invalid token."}}, KhaltiBadResponse),
         ({"status": 200, "body": "not json"}, KhaltiBadResponse),
-        ({"status": 200, "json": {"idx": "", "state": {"name": "Completed"}, "amount": 1}}, KhaltiBadResponse),
-        ({"status": 200, "json": {"idx": "a", "state": "Completed", "amount": 1}}, KhaltiBadResponse),
-        ({"status": 200, "json": {"idx": "a", "state": {"name": "Completed"}, "amount": True}}, KhaltiBadResponse),
-        ({"status": 302, "headers": {"Location": "https://elsewhere.test/"}, "body": ""}, KhaltiBadResponse),
+        (
+            {"status": 200, "json": {"idx": "", "state": {"name": "Completed"}, "amount": 1}},
+            KhaltiBadResponse,
+        ),
+        (
+            {"status": 200, "json": {"idx": "a", "state": "Completed", "amount": 1}},
+            KhaltiBadResponse,
+        ),
+        (
+            {"status": 200, "json": {"idx": "a", "state": {"name": "Completed"}, "amount": True}},
+            KhaltiBadResponse,
+        ),
+        (
+            {"status": 302, "headers": {"Location": "https://elsewhere.test/"}, "body": ""},
+            KhaltiBadResponse,
+        ),
         ({"status": 400, "json": {"detail": {"nested": 1}}}, KhaltiBadResponse),
         ({"status": 400, "json": {}}, KhaltiBadResponse),
     ],
@@ -164,7 +176,10 @@ def test_the_secret_is_in_no_exception_repr_or_log(client, rsps, caplog):
 def test_one_pooled_session_is_reused_across_clients_and_calls(rsps):
     rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
     rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
-    first, second = KhaltiClient(SECRET, "https://khalti.test/", 5), KhaltiClient(SECRET, "https://khalti.test/", 5)
+    first, second = (
+        KhaltiClient(SECRET, "https://khalti.test/", 5),
+        KhaltiClient(SECRET, "https://khalti.test/", 5),
+    )
     first.verify("a", 1000)
     second.verify("b", 1000)
     assert get_session() is get_session()
@@ -174,7 +189,7 @@ def test_one_pooled_session_is_reused_across_clients_and_calls(rsps):
 
 
 @pytest.mark.parametrize(
-    "key, base_url, timeout",
+    ("key", "base_url", "timeout"),
     [
         ("", "https://khalti.test/", 5),
         (None, "https://khalti.test/", 5),
@@ -211,7 +226,7 @@ def test_an_idx_longer_than_we_can_store_is_a_bad_response(client, rsps):
 
 
 @pytest.mark.parametrize(
-    "body, message",
+    ("body", "message"),
     [
         ({"detail": "Not found."}, "Not found."),
         ({"token": ["Invalid token."], "amount": ["Bad."]}, "token: Invalid token.; amount: Bad."),
@@ -236,18 +251,24 @@ def test_transaction_fetches_the_record_by_idx(client, rsps):
     )
     record = client.transaction("8xmeJnNXfoVjCvGcZiiGe7")
     assert (record.idx, record.state, record.fee_amount, record.mobile) == (
-        "8xmeJnNXfoVjCvGcZiiGe7", "Completed", 30, "98XXXXXXX9"
+        "8xmeJnNXfoVjCvGcZiiGe7",
+        "Completed",
+        30,
+        "98XXXXXXX9",
     )
 
 
 def test_transaction_idx_is_quoted_into_the_path(client, rsps):
-    rsps.get("https://khalti.test/api/v2/merchant-transaction/a%2F..%2Fb/", json=fixture("verify_completed"))
+    rsps.get(
+        "https://khalti.test/api/v2/merchant-transaction/a%2F..%2Fb/",
+        json=fixture("verify_completed"),
+    )
     client.transaction("a/../b")
     assert rsps.calls[0].request.url.endswith("/merchant-transaction/a%2F..%2Fb/")
 
 
 @pytest.mark.parametrize(
-    "kwargs, body",
+    ("kwargs", "body"),
     [
         ({}, {}),
         ({"amount": 400}, {"amount": 400}),
@@ -269,14 +290,17 @@ def test_refund_posts_to_the_unversioned_path_with_the_right_body(client, rsps, 
 
 @pytest.mark.parametrize("status", [400, 404, 422])
 def test_refund_refused_with_a_detail_is_a_rejection(client, rsps, status):
-    rsps.post("https://khalti.test/api/merchant-transaction/IDX/refund/", status=status,
-              json=fixture("refund_refused"))
-    with pytest.raises(KhaltiRejected, match="Refund period expired."):
+    rsps.post(
+        "https://khalti.test/api/merchant-transaction/IDX/refund/",
+        status=status,
+        json=fixture("refund_refused"),
+    )
+    with pytest.raises(KhaltiRejected, match=r"Refund period expired\."):
         client.refund("IDX")
 
 
 @pytest.mark.parametrize(
-    "mock, exc",
+    ("mock", "exc"),
     [
         ({"status": 403, "json": {"detail": "Forbidden"}}, KhaltiBadResponse),
         ({"status": 502, "body": "<html/>"}, KhaltiUnavailable),
@@ -307,11 +331,19 @@ def test_refund_answers_that_prove_nothing_are_an_unknown_outcome(client, rsps, 
 
 
 @pytest.mark.parametrize(
-    "call, method, url",
+    ("call", "method", "url"),
     [
         (lambda c: c.status("tok", 1000), "GET", "https://khalti.test/api/v2/payment/status/"),
-        (lambda c: c.transaction("IDX"), "GET", "https://khalti.test/api/v2/merchant-transaction/IDX/"),
-        (lambda c: c.refund("IDX"), "POST", "https://khalti.test/api/merchant-transaction/IDX/refund/"),
+        (
+            lambda c: c.transaction("IDX"),
+            "GET",
+            "https://khalti.test/api/v2/merchant-transaction/IDX/",
+        ),
+        (
+            lambda c: c.refund("IDX"),
+            "POST",
+            "https://khalti.test/api/merchant-transaction/IDX/refund/",
+        ),
         (lambda c: c.lookup("P"), "POST", "https://khalti.test/api/v2/epayment/lookup/"),
     ],
 )

@@ -83,17 +83,26 @@ def test_different_tokens_racing_for_one_order_reach_khalti_once(khalti, payload
     assert [name for name, _, _ in signals] == ["verified"]
     codes = [code for code, _ in results]
     assert codes.count(200) == 1
-    assert all(body["code"] in ("in_progress", "already_paid") for code, body in results if code != 200)
+    assert all(
+        body["code"] in ("in_progress", "already_paid") for code, body in results if code != 200
+    )
 
 
 def test_resubmissions_racing_after_unknown_outcome_settle_once(khalti, payload, signals):
     # A pending payment whose first verify had an unknown outcome.
     Payment.objects.create(
-        token=payload["token"], product_identity=payload["product_identity"], amount=1000,
-        order_claim=order_key(payload["product_identity"]), attempts=1,
+        token=payload["token"],
+        product_identity=payload["product_identity"],
+        amount=1000,
+        order_claim=order_key(payload["product_identity"]),
+        attempts=1,
     )
-    khalti.status(payload["token"], 1000, json={"status": True, "state": "Complete", "detail": "ok"},
-                  delay=0.3)
+    khalti.status(
+        payload["token"],
+        1000,
+        json={"status": True, "state": "Complete", "detail": "ok"},
+        delay=0.3,
+    )
 
     results = post_all([payload] * N)
 
@@ -123,7 +132,9 @@ def test_simultaneous_submissions_from_several_processes_verify_once(payload):
             # Warm every worker up (Django set-up) before the race starts.
             list(pool.map(time.sleep, [0.5] * workers))
             start = time.time() + 1.0
-            results = list(pool.map(procs.post_at, [start] * (workers * 2), [payload] * (workers * 2)))
+            results = list(
+                pool.map(procs.post_at, [start] * (workers * 2), [payload] * (workers * 2))
+            )
 
         assert fake.count("verify") == 1, "Khalti's verify must be called exactly once"
     codes = [code for code, _ in results]
@@ -155,7 +166,7 @@ def test_pending_row_is_committed_before_khalti_is_called(khalti, payload):
         return 200, transaction_record()
 
     khalti.verify(payload["token"], 1000, callback=callback)
-    (code, _), = post_all([payload])
+    ((code, _),) = post_all([payload])
     assert code == 200
     assert len(seen_by_another_connection) == 1
     status, claimed_at = seen_by_another_connection[0]
@@ -182,8 +193,9 @@ def test_atomic_requests_project_still_commits_the_pending_row_first(khalti, pay
         raise requests.exceptions.ReadTimeout()
 
     khalti.verify(payload["token"], 1000, callback=callback)
-    response = Client().post(reverse("django_khalti:verify"), json.dumps(payload),
-                             content_type="application/json")
+    response = Client().post(
+        reverse("django_khalti:verify"), json.dumps(payload), content_type="application/json"
+    )
     assert response.status_code == 504
     assert seen == [Payment.Status.PENDING]
     assert Payment.objects.get().status == Payment.Status.PENDING
@@ -194,10 +206,13 @@ def test_services_refuse_to_run_inside_a_callers_transaction(khalti, payload):
 
     from django_khalti import services
 
-    with pytest.raises(RuntimeError, match="durable"):
-        with transaction.atomic():
-            services.verify_payment(None, token=payload["token"], amount=1000,
-                                    product_identity=payload["product_identity"])
+    with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
+        services.verify_payment(
+            None,
+            token=payload["token"],
+            amount=1000,
+            product_identity=payload["product_identity"],
+        )
     assert not Payment.objects.exists()
     assert not khalti.calls
 
@@ -206,18 +221,34 @@ def test_return_callbacks_racing_reconcile_settle_an_epayment_once(khalti, order
     from django_khalti import services
 
     payment = Payment.objects.create(
-        flow=Payment.Flow.EPAYMENT, pidx="pidx-race", product_identity=order.reference,
-        amount=1000, order_claim=order_key(order.reference),
+        flow=Payment.Flow.EPAYMENT,
+        pidx="pidx-race",
+        product_identity=order.reference,
+        amount=1000,
+        order_claim=order_key(order.reference),
     )
-    khalti.lookup("pidx-race", json={"pidx": "pidx-race", "total_amount": 1000,
-                                     "status": "Completed", "transaction_id": "txn-race",
-                                     "fee": 0, "refunded": False}, delay=0.3)
+    khalti.lookup(
+        "pidx-race",
+        json={
+            "pidx": "pidx-race",
+            "total_amount": 1000,
+            "status": "Completed",
+            "transaction_id": "txn-race",
+            "fee": 0,
+            "refunded": False,
+        },
+        delay=0.3,
+    )
     barrier = threading.Barrier(8)
 
     def come_back():
         try:
             barrier.wait(timeout=10)
-            return Client().get(reverse("django_khalti:epayment-return"), {"pidx": "pidx-race"}).status_code
+            return (
+                Client()
+                .get(reverse("django_khalti:epayment-return"), {"pidx": "pidx-race"})
+                .status_code
+            )
         finally:
             connections.close_all()
 
@@ -229,7 +260,9 @@ def test_return_callbacks_racing_reconcile_settle_an_epayment_once(khalti, order
             connections.close_all()
 
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(come_back) for _ in range(4)] + [pool.submit(reconcile) for _ in range(4)]
+        futures = [pool.submit(come_back) for _ in range(4)] + [
+            pool.submit(reconcile) for _ in range(4)
+        ]
         results = [f.result() for f in futures]
 
     assert len(khalti.fake.lookup_calls) == 1, "lookup must be asked once"
@@ -250,15 +283,25 @@ def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(khalti, signa
     from django_khalti.models import Refund
 
     payment = Payment.objects.create(
-        token="tok-r", product_identity="ORD-R", amount=1000, status=Payment.Status.VERIFIED,
-        idx="IDX-R", verified_at=timezone.now(), order_claim=order_key("ORD-R"),
+        token="tok-r",
+        product_identity="ORD-R",
+        amount=1000,
+        status=Payment.Status.VERIFIED,
+        idx="IDX-R",
+        verified_at=timezone.now(),
+        order_claim=order_key("ORD-R"),
     )
     refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
     Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
 
     # Each reconciler may ask Khalti (times=None: every call); the refund settles once.
-    khalti.status("tok-r", 1000, json={"status": True, "state": "Refunded", "detail": "refunded"},
-                  delay=0.2, times=None)
+    khalti.status(
+        "tok-r",
+        1000,
+        json={"status": True, "state": "Refunded", "detail": "refunded"},
+        delay=0.2,
+        times=None,
+    )
     barrier = threading.Barrier(4)
 
     def settle():
@@ -289,8 +332,12 @@ def test_a_batch_passes_over_rows_another_reconciler_holds(khalti):
 
     old = timezone.now() - timedelta(minutes=10)
     for token in ("held", "free"):
-        p = Payment.objects.create(token=token, product_identity=f"ORD-{token}", amount=1000,
-                                   order_claim=order_key(f"ORD-{token}"))
+        p = Payment.objects.create(
+            token=token,
+            product_identity=f"ORD-{token}",
+            amount=1000,
+            order_claim=order_key(f"ORD-{token}"),
+        )
         Payment.objects.filter(pk=p.pk).update(created_at=old)
 
     if not connection.features.has_select_for_update_skip_locked:
@@ -346,19 +393,35 @@ def test_return_callbacks_racing_the_reconcile_command_settle_once(khalti, order
     from django.utils import timezone
 
     payment = Payment.objects.create(
-        flow=Payment.Flow.EPAYMENT, pidx="pidx-cmd", product_identity=order.reference,
-        amount=1000, order_claim=order_key(order.reference),
+        flow=Payment.Flow.EPAYMENT,
+        pidx="pidx-cmd",
+        product_identity=order.reference,
+        amount=1000,
+        order_claim=order_key(order.reference),
     )
     Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(minutes=10))
-    khalti.lookup("pidx-cmd", json={"pidx": "pidx-cmd", "total_amount": 1000,
-                                    "status": "Completed", "transaction_id": "txn-cmd",
-                                    "fee": 0, "refunded": False}, delay=0.3)
+    khalti.lookup(
+        "pidx-cmd",
+        json={
+            "pidx": "pidx-cmd",
+            "total_amount": 1000,
+            "status": "Completed",
+            "transaction_id": "txn-cmd",
+            "fee": 0,
+            "refunded": False,
+        },
+        delay=0.3,
+    )
     barrier = threading.Barrier(4)
 
     def come_back():
         try:
             barrier.wait(timeout=10)
-            return Client().get(reverse("django_khalti:epayment-return"), {"pidx": "pidx-cmd"}).status_code
+            return (
+                Client()
+                .get(reverse("django_khalti:epayment-return"), {"pidx": "pidx-cmd"})
+                .status_code
+            )
         finally:
             connections.close_all()
 
@@ -370,7 +433,9 @@ def test_return_callbacks_racing_the_reconcile_command_settle_once(khalti, order
             connections.close_all()
 
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(come_back) for _ in range(2)] + [pool.submit(command) for _ in range(2)]
+        futures = [pool.submit(come_back) for _ in range(2)] + [
+            pool.submit(command) for _ in range(2)
+        ]
         [f.result() for f in futures]
     assert len(khalti.fake.lookup_calls) == 1
     assert Payment.objects.get().status == Payment.Status.VERIFIED

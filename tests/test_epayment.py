@@ -49,7 +49,9 @@ def come_back(client, pidx=PIDX, **params):
 def test_urls_are_named_as_documented():
     assert INITIATE == "/khalti/epayment/initiate/"
     assert RETURN == "/khalti/epayment/return/"
-    assert reverse("django_khalti:epayment-start", args=["ORD-1"]) == "/khalti/epayment/start/ORD-1/"
+    assert (
+        reverse("django_khalti:epayment-start", args=["ORD-1"]) == "/khalti/epayment/start/ORD-1/"
+    )
 
 
 # --- starting a payment -------------------------------------------------------------------
@@ -57,26 +59,33 @@ def test_urls_are_named_as_documented():
 
 def test_initiate_answers_201_with_where_to_send_the_buyer(client, khalti, order):
     khalti.initiate(
-        1000, "ORD-1",
+        1000,
+        "ORD-1",
         return_url="http://testserver/khalti/epayment/return/",
         website_url="http://testserver",
         purchase_order_name="Dragon",
         customer_info={"name": "Ram Bahadur", "email": "ram@example.com", "phone": "9800000001"},
     )
-    response = initiate(client, customer_info={"name": "Ram Bahadur", "email": "ram@example.com",
-                                               "phone": "9800000001"})
+    response = initiate(
+        client,
+        customer_info={"name": "Ram Bahadur", "email": "ram@example.com", "phone": "9800000001"},
+    )
     assert response.status_code == 201
     payment = Payment.objects.get()
     body = response.json()
     assert set(body) == {"payment", "pidx", "payment_url", "expires_at"}
     assert (body["payment"], body["pidx"], body["payment_url"]) == (
-        str(payment.pk), PIDX, fixture("epayment_initiate")["payment_url"])
+        str(payment.pk),
+        PIDX,
+        fixture("epayment_initiate")["payment_url"],
+    )
     assert parse_datetime(body["expires_at"]) == payment.expires_at
     assert payment.expires_at > timezone.now() + timedelta(minutes=29)
     assert payment.flow == Payment.Flow.EPAYMENT
     assert payment.status == Payment.Status.PENDING
     assert (payment.amount, payment.purchase_order_name, payment.token) == (1000, "Dragon", None)
-    assert payment.expires_at is not None and payment.claimed_at is None
+    assert payment.expires_at is not None
+    assert payment.claimed_at is None
     assert "Ram Bahadur" not in response.content.decode()
 
 
@@ -117,7 +126,7 @@ def test_an_expired_link_is_settled_and_a_new_payment_started(client, khalti, or
 
 
 @pytest.mark.parametrize(
-    "data, field",
+    ("data", "field"),
     [
         ({"product_identity": None}, "product_identity"),
         ({"product_name": ""}, "product_name"),
@@ -142,8 +151,13 @@ def test_unknown_order_is_404(client, khalti, order):
 
 
 def test_paid_order_is_409_already_paid(client, khalti, order):
-    Payment.objects.create(token="t", product_identity="ORD-1", amount=1000,
-                           order_claim=order_key("ORD-1"), status=Payment.Status.VERIFIED)
+    Payment.objects.create(
+        token="t",
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
+        status=Payment.Status.VERIFIED,
+    )
     Order.objects.filter(pk=order.pk).update(paid=True)
     response = initiate(client)
     assert response.status_code == 409
@@ -166,14 +180,16 @@ def test_khaltis_validation_errors_are_passed_on_as_400(client, khalti, order, s
     assert response.status_code == 400
     body = response.json()
     assert body["code"] == "initiation_rejected"
-    assert body["errors"] == {"amount": ["Amount should be greater than Rs. 10, that is 1000 paisa."]}
+    assert body["errors"] == {
+        "amount": ["Amount should be greater than Rs. 10, that is 1000 paisa."]
+    }
     payment = Payment.objects.get()
     assert payment.status == Payment.Status.FAILED
     assert payment.order_claim is None  # the order is free for another try
 
 
 @pytest.mark.parametrize(
-    "mock, status",
+    ("mock", "status"),
     [
         ({"body": requests.exceptions.ReadTimeout()}, 504),
         ({"body": requests.exceptions.ConnectionError()}, 503),
@@ -181,7 +197,9 @@ def test_khaltis_validation_errors_are_passed_on_as_400(client, khalti, order, s
         ({"status": 200, "json": {"pidx": "x"}}, 502),
     ],
 )
-def test_khalti_unavailable_while_starting_is_5xx_and_frees_the_order(client, khalti, order, mock, status):
+def test_khalti_unavailable_while_starting_is_5xx_and_frees_the_order(
+    client, khalti, order, mock, status
+):
     khalti.initiate(1000, "ORD-1", **mock)
     response = initiate(client)
     assert response.status_code == status
@@ -193,8 +211,13 @@ def test_khalti_unavailable_while_starting_is_5xx_and_frees_the_order(client, kh
 
 
 def test_a_pending_widget_payment_blocks_a_new_epayment(client, khalti, order):
-    Payment.objects.create(token="w", product_identity="ORD-1", amount=1000,
-                           order_claim=order_key("ORD-1"), claimed_at=timezone.now())
+    Payment.objects.create(
+        token="w",
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
+        claimed_at=timezone.now(),
+    )
     response = initiate(client)
     assert response.status_code == 409
     assert response.json()["code"] == "in_progress"
@@ -208,15 +231,16 @@ def test_a_pending_widget_payment_blocks_a_new_epayment(client, khalti, order):
 def test_start_view_redirects_the_browser_to_khalti(client, khalti, order, method):
     # The name on Khalti's page is the order's reference: nothing else comes from the browser.
     khalti.initiate(1000, "ORD-1", purchase_order_name="ORD-1")
-    response = getattr(client, method)(reverse("django_khalti:epayment-start", args=["ORD-1"]),
-                                       {"product_name": "Forged name"})
+    response = getattr(client, method)(
+        reverse("django_khalti:epayment-start", args=["ORD-1"]), {"product_name": "Forged name"}
+    )
     assert response.status_code == 302
     assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
     assert response["Location"] == fixture("epayment_initiate")["payment_url"]
     assert Payment.objects.get().pidx == PIDX
 
 
-@pytest.mark.parametrize("reference, status", [("NOPE", 404), ("CHEAP", 400)])
+@pytest.mark.parametrize(("reference", "status"), [("NOPE", 404), ("CHEAP", 400)])
 def test_start_view_shows_a_page_for_refusals(client, khalti, reference, status):
     Order.objects.create(reference="CHEAP", total=500)
     response = client.get(reverse("django_khalti:epayment-start", args=[reference]))
@@ -238,8 +262,9 @@ def test_completed_return_verifies_with_one_signal_and_shows_success(
     payment = started(client, khalti, order)
     khalti.lookup(PIDX, "epayment_lookup_completed")
     with django_capture_on_commit_callbacks(execute=True):
-        response = come_back(client, status="Completed", transaction_id="GFq9PFS7b2iYvL8Lir9oXe",
-                             mobile="98XXXXXXX9")
+        response = come_back(
+            client, status="Completed", transaction_id="GFq9PFS7b2iYvL8Lir9oXe", mobile="98XXXXXXX9"
+        )
     assert response.status_code == 200
     assert "Payment received" in response.content.decode()
     payment.refresh_from_db()
@@ -252,13 +277,15 @@ def test_completed_return_verifies_with_one_signal_and_shows_success(
 
 @override_settings(KHALTI={**SETTINGS, "SUCCESS_URL": "/thanks/", "FAILURE_URL": "admin:index"})
 @pytest.mark.parametrize(
-    "lookup, location",
+    ("lookup", "location"),
     [
         ("epayment_lookup_completed", "/thanks/?payment={id}"),
         ("epayment_lookup_canceled", "/admin/?payment={id}"),
     ],
 )
-def test_redirects_to_success_or_failure_url_with_the_payment(client, khalti, order, lookup, location):
+def test_redirects_to_success_or_failure_url_with_the_payment(
+    client, khalti, order, lookup, location
+):
     payment = started(client, khalti, order)
     khalti.lookup(PIDX, lookup)
     response = come_back(client)
@@ -270,22 +297,30 @@ def test_redirects_to_success_or_failure_url_with_the_payment(client, khalti, or
 def test_success_url_may_be_absolute_with_a_query(client, khalti, order):
     payment = started(client, khalti, order)
     khalti.lookup(PIDX, "epayment_lookup_completed")
-    assert come_back(client)["Location"] == f"https://shop.example.com/done?from=khalti&payment={payment.pk}"
+    assert (
+        come_back(client)["Location"]
+        == f"https://shop.example.com/done?from=khalti&payment={payment.pk}"
+    )
 
 
 @pytest.mark.parametrize(
-    "lookup, status, page",
+    ("lookup", "status", "page"),
     [
         ("epayment_lookup_pending", Payment.Status.PENDING, "Confirming your payment"),
         ("epayment_lookup_initiated", Payment.Status.PENDING, "Confirming your payment"),
         ("epayment_lookup_expired", Payment.Status.FAILED, "Payment not completed"),
         ("epayment_lookup_canceled", Payment.Status.FAILED, "Payment not completed"),
         ("epayment_lookup_refunded", Payment.Status.REFUNDED, "Payment refunded"),
-        ("epayment_lookup_partially_refunded", Payment.Status.PARTIALLY_REFUNDED, "Payment refunded"),
+        (
+            "epayment_lookup_partially_refunded",
+            Payment.Status.PARTIALLY_REFUNDED,
+            "Payment refunded",
+        ),
     ],
 )
-def test_every_lookup_status_settles_as_it_should(client, khalti, order, signals,
-                                                  django_capture_on_commit_callbacks, lookup, status, page):
+def test_every_lookup_status_settles_as_it_should(
+    client, khalti, order, signals, django_capture_on_commit_callbacks, lookup, status, page
+):
     payment = started(client, khalti, order)
     khalti.lookup(PIDX, lookup)
     with django_capture_on_commit_callbacks(execute=True):
@@ -316,15 +351,22 @@ def test_the_browsers_word_is_never_taken(client, khalti, order):
     """A return URL claiming Completed is settled by what lookup says."""
     payment = started(client, khalti, order)
     khalti.lookup(PIDX, "epayment_lookup_canceled")
-    come_back(client, status="Completed", amount="1000", total_amount="1000",
-              purchase_order_id="ORD-1", transaction_id="forged")
+    come_back(
+        client,
+        status="Completed",
+        amount="1000",
+        total_amount="1000",
+        purchase_order_id="ORD-1",
+        transaction_id="forged",
+    )
     payment.refresh_from_db()
     assert payment.status == Payment.Status.FAILED
     assert payment.idx is None
 
 
-def test_a_cheap_paid_pidx_cannot_pay_an_expensive_order(client, khalti, signals,
-                                                         django_capture_on_commit_callbacks):
+def test_a_cheap_paid_pidx_cannot_pay_an_expensive_order(
+    client, khalti, signals, django_capture_on_commit_callbacks
+):
     cheap = Order.objects.create(reference="CHEAP", total=1000)
     dear = Order.objects.create(reference="DEAR", total=500000)
     started(client, khalti, cheap)
@@ -339,8 +381,9 @@ def test_a_cheap_paid_pidx_cannot_pay_an_expensive_order(client, khalti, signals
     assert [kw["payment"].product_identity for _, _, kw in signals] == ["CHEAP"]
 
 
-def test_reloading_the_return_page_settles_once(client, khalti, order, signals,
-                                                 django_capture_on_commit_callbacks):
+def test_reloading_the_return_page_settles_once(
+    client, khalti, order, signals, django_capture_on_commit_callbacks
+):
     started(client, khalti, order)
     khalti.lookup(PIDX, "epayment_lookup_completed")
     with django_capture_on_commit_callbacks(execute=True):
@@ -397,8 +440,9 @@ def test_the_payers_mobile_from_the_return_url_is_never_logged(client, khalti, o
 # --- reconciliation and refunds ------------------------------------------------------------------
 
 
-def test_reconcile_settles_a_buyer_who_never_came_back(client, khalti, order, signals,
-                                                       django_capture_on_commit_callbacks):
+def test_reconcile_settles_a_buyer_who_never_came_back(
+    client, khalti, order, signals, django_capture_on_commit_callbacks
+):
     payment = started(client, khalti, order)
     Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(minutes=10))
     khalti.lookup(PIDX, "epayment_lookup_completed")
@@ -412,7 +456,8 @@ def test_reconcile_settles_a_buyer_who_never_came_back(client, khalti, order, si
 def test_reconcile_fails_an_expired_link(client, khalti, order):
     payment = started(client, khalti, order)
     Payment.objects.filter(pk=payment.pk).update(
-        created_at=timezone.now() - timedelta(hours=2), expires_at=timezone.now() - timedelta(hours=1)
+        created_at=timezone.now() - timedelta(hours=2),
+        expires_at=timezone.now() - timedelta(hours=1),
     )
     khalti.lookup(PIDX, "epayment_lookup_expired")
     out = io.StringIO()
@@ -426,8 +471,11 @@ def test_reconcile_fails_an_expired_link(client, khalti, order):
 def test_an_initiation_that_died_midway_is_failed_by_reconcile(khalti, order):
     """A worker killed between writing the row and getting a pidx: no link, no money."""
     payment = Payment.objects.create(
-        flow=Payment.Flow.EPAYMENT, product_identity="ORD-1", amount=1000,
-        order_claim=order_key("ORD-1"), claimed_at=timezone.now() - timedelta(hours=1),
+        flow=Payment.Flow.EPAYMENT,
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
+        claimed_at=timezone.now() - timedelta(hours=1),
     )
     Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(hours=1))
     call_command("khalti_reconcile", stdout=io.StringIO())
@@ -468,10 +516,12 @@ def test_admin_shows_flow_pidx_and_link_and_filters_by_flow(admin_client, client
     Payment.objects.create(token="w", product_identity="W-1", amount=1000)
     changelist = reverse("admin:django_khalti_payment_changelist")
     page = admin_client.get(changelist, {"flow__exact": "epayment"}).content.decode()
-    assert "ORD-1" in page and "W-1" not in page
+    assert "ORD-1" in page
+    assert "W-1" not in page
     assert admin_client.get(changelist, {"q": PIDX}).content.decode().count("ORD-1") >= 1
-    change = admin_client.get(reverse("admin:django_khalti_payment_change",
-                                      args=[Payment.objects.get(pidx=PIDX).pk])).content.decode()
+    change = admin_client.get(
+        reverse("admin:django_khalti_payment_change", args=[Payment.objects.get(pidx=PIDX).pk])
+    ).content.decode()
     assert PIDX in change
     assert fixture("epayment_initiate")["payment_url"].replace("&", "&amp;") in change
 
@@ -480,8 +530,9 @@ def test_admin_shows_flow_pidx_and_link_and_filters_by_flow(admin_client, client
 
 
 @pytest.mark.parametrize("total_amount", [None, "1000", 1000.0, True])
-def test_completed_without_a_usable_amount_stays_pending_never_failed(client, khalti, order, signals,
-                                                                      total_amount):
+def test_completed_without_a_usable_amount_stays_pending_never_failed(
+    client, khalti, order, signals, total_amount
+):
     payment = started(client, khalti, order)
     body = {**fixture("epayment_lookup_completed"), "pidx": PIDX, "total_amount": total_amount}
     if total_amount is None:
@@ -503,8 +554,11 @@ def test_lookup_about_another_pidx_is_not_believed(client, khalti, order):
 
 
 @pytest.mark.parametrize(
-    "answer", [{"status": 404, "json": fixture("epayment_lookup_not_found")},
-               {"json": {**fixture("epayment_lookup_initiated"), "pidx": PIDX}}],
+    "answer",
+    [
+        {"status": 404, "json": fixture("epayment_lookup_not_found")},
+        {"json": {**fixture("epayment_lookup_initiated"), "pidx": PIDX}},
+    ],
     ids=["not-found", "initiated"],
 )
 def test_a_dead_link_khalti_no_longer_knows_or_still_calls_initiated_is_failed(
@@ -519,8 +573,9 @@ def test_a_dead_link_khalti_no_longer_knows_or_still_calls_initiated_is_failed(
     assert payment.order_claim is None  # the order can be paid again
 
 
-def test_the_link_is_never_handed_out_if_the_row_was_taken_over_meanwhile(client, khalti, order,
-                                                                          monkeypatch):
+def test_the_link_is_never_handed_out_if_the_row_was_taken_over_meanwhile(
+    client, khalti, order, monkeypatch
+):
     """A stall longer than the claim timeout after the insert: another worker
     failed the row (no pidx yet); the buyer must not get a link stored nowhere."""
     real_initiate = services.KhaltiClient.initiate
@@ -552,10 +607,16 @@ def test_nested_validation_errors_from_khalti_are_400_with_the_fields(client, kh
     assert "customer_info.phone: Enter a valid phone." in response.json()["detail"]
 
 
-@pytest.mark.parametrize("mock", [{"status": 400, "json": fixture("epayment_initiate_validation_error")},
-                                  {"body": requests.exceptions.ReadTimeout()}])
-def test_a_payment_that_never_started_sends_no_payment_failed(client, khalti, order, signals,
-                                                              django_capture_on_commit_callbacks, mock):
+@pytest.mark.parametrize(
+    "mock",
+    [
+        {"status": 400, "json": fixture("epayment_initiate_validation_error")},
+        {"body": requests.exceptions.ReadTimeout()},
+    ],
+)
+def test_a_payment_that_never_started_sends_no_payment_failed(
+    client, khalti, order, signals, django_capture_on_commit_callbacks, mock
+):
     khalti.initiate(1000, "ORD-1", **mock)
     with django_capture_on_commit_callbacks(execute=True):
         initiate(client)
@@ -570,7 +631,11 @@ def test_expires_in_stands_in_for_a_missing_expires_at(client, khalti, order):
     first, second = initiate(client), initiate(client)
     assert first.json() == second.json()  # the link is reused: it has an expiry
     payment = Payment.objects.get()
-    assert timezone.now() + timedelta(minutes=29) < payment.expires_at < timezone.now() + timedelta(minutes=31)
+    assert (
+        timezone.now() + timedelta(minutes=29)
+        < payment.expires_at
+        < timezone.now() + timedelta(minutes=31)
+    )
 
 
 @override_settings(KHALTI={**SETTINGS, "WEBSITE_URL": "https://shop.example.com"})
@@ -598,8 +663,11 @@ def test_the_link_is_not_reused_in_its_last_minute(client, khalti, order):
 
 def test_user_cancelled_spelt_the_british_way_also_fails(client, khalti, order):
     payment = started(client, khalti, order)
-    khalti.lookup(PIDX, json={**fixture("epayment_lookup_canceled"), "pidx": PIDX,
-                              "status": "User cancelled"}, status=400)
+    khalti.lookup(
+        PIDX,
+        json={**fixture("epayment_lookup_canceled"), "pidx": PIDX, "status": "User cancelled"},
+        status=400,
+    )
     come_back(client)
     payment.refresh_from_db()
     assert payment.status == Payment.Status.FAILED
@@ -643,8 +711,10 @@ def test_our_database_failing_on_return_is_a_503_page(client, khalti, order, mon
     assert "connection lost" not in response.content.decode()
 
 
-@pytest.mark.parametrize("mock, status", [({"body": requests.exceptions.ReadTimeout()}, 504),
-                                          ({"status": 500, "body": "x"}, 502)])
+@pytest.mark.parametrize(
+    ("mock", "status"),
+    [({"body": requests.exceptions.ReadTimeout()}, 504), ({"status": 500, "body": "x"}, 502)],
+)
 def test_start_view_when_khalti_is_unavailable_shows_a_page(client, khalti, order, mock, status):
     khalti.initiate(1000, "ORD-1", **mock)
     response = client.get(reverse("django_khalti:epayment-start", args=["ORD-1"]))
@@ -662,8 +732,13 @@ def test_start_view_with_a_broken_configuration_is_a_503_page(client, khalti, or
 
 @override_settings(KHALTI={**SETTINGS, "SECRET_KEY": ""})
 def test_return_view_with_a_broken_configuration_leaves_the_payment_pending(client, khalti, order):
-    payment = Payment.objects.create(flow=Payment.Flow.EPAYMENT, pidx=PIDX, product_identity="ORD-1",
-                                     amount=1000, order_claim=order_key("ORD-1"))
+    payment = Payment.objects.create(
+        flow=Payment.Flow.EPAYMENT,
+        pidx=PIDX,
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
+    )
     response = come_back(client)
     assert response.status_code == 200
     assert "Confirming your payment" in response.content.decode()
@@ -672,8 +747,13 @@ def test_return_view_with_a_broken_configuration_leaves_the_payment_pending(clie
 
 
 def test_a_double_click_on_start_gets_a_page_that_reloads_into_the_link(client, khalti, order):
-    Payment.objects.create(flow=Payment.Flow.EPAYMENT, product_identity="ORD-1", amount=1000,
-                           order_claim=order_key("ORD-1"), claimed_at=timezone.now())
+    Payment.objects.create(
+        flow=Payment.Flow.EPAYMENT,
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
+        claimed_at=timezone.now(),
+    )
     url = reverse("django_khalti:epayment-start", args=["ORD-1"])
     response = client.get(url)
     assert response.status_code == 409

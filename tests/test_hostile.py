@@ -16,7 +16,7 @@ import logging
 import sys
 import traceback
 from datetime import timedelta
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -28,7 +28,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from django.views.debug import ExceptionReporter, get_default_exception_reporter_filter
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from rest_framework.throttling import AnonRateThrottle
 
 from django_khalti import services
@@ -54,8 +55,12 @@ HOSTILE = settings(
     deadline=None,
     derandomize=True,
     database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.filter_too_much, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
 )
 
 
@@ -63,17 +68,42 @@ HOSTILE = settings(
 
 #: Any code point, lone surrogates and NUL included.
 any_char = st.characters(exclude_categories=())
-nasty = st.sampled_from([
-    "", " ", "\x00", "\ud800", "\udfff", "ORD-1\x00", "\u202eORD-1", "ORD-1\n", "%00", "%s%n",
-    "'; DROP TABLE django_khalti_payment; --", "../../etc/passwd", "{{ settings.KHALTI }}",
-    "１０００", "١٠٠٠", "²", "\U0001f4b8" * 70, "x" * 256, "é" * 4096,
-])
-huge = st.builds(lambda char, n: char * n, st.sampled_from(["x", "é", "\U0001f4b8", "\x00", "9"]),
-                 st.sampled_from([256, 5_000, 100_000]))
+nasty = st.sampled_from(
+    [
+        "",
+        " ",
+        "\x00",
+        "\ud800",
+        "\udfff",
+        "ORD-1\x00",
+        "\u202eORD-1",
+        "ORD-1\n",
+        "%00",
+        "%s%n",
+        "'; DROP TABLE django_khalti_payment; --",
+        "../../etc/passwd",
+        "{{ settings.KHALTI }}",
+        "１０００",
+        "١٠٠٠",
+        "²",
+        "\U0001f4b8" * 70,
+        "x" * 256,
+        "é" * 4096,
+    ]
+)
+huge = st.builds(
+    lambda char, n: char * n,
+    st.sampled_from(["x", "é", "\U0001f4b8", "\x00", "9"]),
+    st.sampled_from([256, 5_000, 100_000]),
+)
 hostile_text = st.one_of(st.text(any_char, max_size=40), nasty, huge)
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(),
-    st.sampled_from([2**63, 2**64, -(2**63), 10**100, 1e308, -0.0, 5e-324]), hostile_text,
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.sampled_from([2**63, 2**64, -(2**63), 10**100, 1e308, -0.0, 5e-324]),
+    hostile_text,
 )
 json_values = st.recursive(
     json_scalars,
@@ -81,42 +111,91 @@ json_values = st.recursive(
     max_leaves=12,
 )
 hostile_amounts = st.one_of(
-    st.integers(max_value=0), st.integers(min_value=2**63, max_value=10**40), st.integers(),
-    st.floats(), st.booleans(), st.none(), hostile_text, json_values,
-    st.sampled_from(["1000.0", "1e3", "10e2", " 1000", "+1000", "-1000", "0x3e8", "1_000",
-                     "１０００", "١٠٠٠", "1000\x00", "Infinity", "NaN", 1000.0, 999.5, 500]),
+    st.integers(max_value=0),
+    st.integers(min_value=2**63, max_value=10**40),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    hostile_text,
+    json_values,
+    st.sampled_from(
+        [
+            "1000.0",
+            "1e3",
+            "10e2",
+            " 1000",
+            "+1000",
+            "-1000",
+            "0x3e8",
+            "1_000",
+            "１０００",
+            "١٠٠٠",
+            "1000\x00",
+            "Infinity",
+            "NaN",
+            1000.0,
+            999.5,
+            500,
+        ]
+    ),
 )
 
 
 def payloads(fields: dict) -> st.SearchStrategy:
     """The API's fields, each maybe there and maybe hostile, plus stray extra keys."""
-    return st.builds(lambda extra, known: {**extra, **known},
-                     st.dictionaries(hostile_text, json_values, max_size=3),
-                     st.fixed_dictionaries({}, optional=fields))
+    return st.builds(
+        lambda extra, known: {**extra, **known},
+        st.dictionaries(hostile_text, json_values, max_size=3),
+        st.fixed_dictionaries({}, optional=fields),
+    )
 
 
-verify_payloads = payloads({
-    "token": st.one_of(hostile_text, json_values, st.just(PAID_TOKEN), st.just("PAID-TOKEN")),
-    "amount": st.one_of(hostile_amounts, st.just(1000)),
-    "product_identity": st.one_of(st.sampled_from(REFERENCES), hostile_text, json_values),
-    "idx": st.one_of(hostile_text, json_values),
-})
-customer_info = st.one_of(json_values, st.fixed_dictionaries({}, optional={
-    "name": st.one_of(hostile_text, json_values), "email": st.one_of(hostile_text, json_values),
-    "phone": st.one_of(hostile_text, json_values)}))
-initiate_payloads = payloads({
-    "product_identity": st.one_of(st.sampled_from(REFERENCES), hostile_text, json_values),
-    "product_name": st.one_of(hostile_text, json_values, st.just("Dragon")),
-    "customer_info": customer_info,
-    "amount": hostile_amounts,
-    "amount_breakdown": json_values,
-    "product_details": json_values,
-})
-content_types = st.sampled_from([
-    "application/json", "application/json; charset=utf-16", "application/json; charset=bogus",
-    "application/x-www-form-urlencoded", "multipart/form-data", "multipart/form-data; boundary=zz",
-    "text/plain", "application/xml", "", "*/*", "application/json\x00", "text/html; charset=utf-8",
-])
+verify_payloads = payloads(
+    {
+        "token": st.one_of(hostile_text, json_values, st.just(PAID_TOKEN), st.just("PAID-TOKEN")),
+        "amount": st.one_of(hostile_amounts, st.just(1000)),
+        "product_identity": st.one_of(st.sampled_from(REFERENCES), hostile_text, json_values),
+        "idx": st.one_of(hostile_text, json_values),
+    }
+)
+customer_info = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "name": st.one_of(hostile_text, json_values),
+            "email": st.one_of(hostile_text, json_values),
+            "phone": st.one_of(hostile_text, json_values),
+        },
+    ),
+)
+initiate_payloads = payloads(
+    {
+        "product_identity": st.one_of(st.sampled_from(REFERENCES), hostile_text, json_values),
+        "product_name": st.one_of(hostile_text, json_values, st.just("Dragon")),
+        "customer_info": customer_info,
+        "amount": hostile_amounts,
+        "amount_breakdown": json_values,
+        "product_details": json_values,
+    }
+)
+content_types = st.sampled_from(
+    [
+        "application/json",
+        "application/json; charset=utf-16",
+        "application/json; charset=bogus",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "multipart/form-data; boundary=zz",
+        "text/plain",
+        "application/xml",
+        "",
+        "*/*",
+        "application/json\x00",
+        "text/html; charset=utf-8",
+    ]
+)
 
 
 def encode_json(value, ascii_only: bool) -> bytes:
@@ -132,7 +211,8 @@ def urlencoded(data: dict) -> bytes:
     """A form body, keeping what is not UTF-8 (surrogates) as raw, undecodable bytes."""
     return "&".join(
         f"{quote(key.encode('utf-8', 'surrogatepass'))}={quote(form_value(v).encode('utf-8', 'surrogatepass'))}"
-        for key, v in data.items()).encode()
+        for key, v in data.items()
+    ).encode()
 
 
 # --- the oracle: what the app would honestly take to Khalti ----------------------------
@@ -151,14 +231,19 @@ def proceeds(serializer_class, data) -> bool:
     if serializer_class is VerifySerializer:
         known = Payment.objects.filter(token=valid["token"]).first()
         if known is not None:  # a replay: 200 for its own order and amount
-            return (known.product_identity, known.amount) == (valid["product_identity"], valid["amount"])
+            return (known.product_identity, known.amount) == (
+                valid["product_identity"],
+                valid["amount"],
+            )
         return resolves(valid["product_identity"]) == valid["amount"]
     return (resolves(valid["product_identity"]) or 0) >= services.MIN_EPAYMENT_AMOUNT
 
 
 def resolves(product_identity):
     try:
-        with transaction.atomic():  # a NUL on PostgreSQL is a DataError: keep the test's transaction
+        with (
+            transaction.atomic()
+        ):  # a NUL on PostgreSQL is a DataError: keep the test's transaction
             return order_amount(None, product_identity)
     except Exception:
         return None
@@ -178,8 +263,13 @@ def shop(db):
     Order.objects.create(reference="ORD-CHEAP", total=500)
     Order.objects.create(reference="ORD-PAID", total=1000, paid=True)
     paid = Payment.objects.create(
-        token=PAID_TOKEN, product_identity="ORD-PAID", amount=1000, idx="paid-idx",
-        status=Payment.Status.VERIFIED, verified_at=timezone.now(), order_claim=order_key("ORD-PAID"),
+        token=PAID_TOKEN,
+        product_identity="ORD-PAID",
+        amount=1000,
+        idx="paid-idx",
+        status=Payment.Status.VERIFIED,
+        verified_at=timezone.now(),
+        order_claim=order_key("ORD-PAID"),
     )
     return paid
 
@@ -215,24 +305,37 @@ def hostile_client() -> Client:
 @given(data=st.one_of(verify_payloads, json_values), ascii_only=st.booleans())
 def test_verify_refuses_any_json_with_a_4xx_json_answer(khalti, shop, data, ascii_only):
     assume(not proceeds(VerifySerializer, data))
-    response = hostile_client().post(VERIFY, data=encode_json(data, ascii_only),
-                                     content_type="application/json")
+    response = hostile_client().post(
+        VERIFY, data=encode_json(data, ascii_only), content_type="application/json"
+    )
     assert_refused_json(response, khalti, shop)
 
 
-well_formed_tokens = st.one_of(st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]),
-                                       min_size=1, max_size=255).filter(str.strip),
-                               st.sampled_from([PAID_TOKEN, "PAID-TOKEN"]))
-well_formed_amounts = st.one_of(st.integers(min_value=1, max_value=2**63 - 1),
-                                st.sampled_from([999, 1001, 500, 1000, 10**18]),
-                                st.integers(min_value=1, max_value=10**6).map(str))
+well_formed_tokens = st.one_of(
+    st.text(
+        st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), min_size=1, max_size=255
+    ).filter(str.strip),
+    st.sampled_from([PAID_TOKEN, "PAID-TOKEN"]),
+)
+well_formed_amounts = st.one_of(
+    st.integers(min_value=1, max_value=2**63 - 1),
+    st.sampled_from([999, 1001, 500, 1000, 10**18]),
+    st.integers(min_value=1, max_value=10**6).map(str),
+)
 
 
 @HOSTILE
-@given(data=st.fixed_dictionaries({
-    "token": well_formed_tokens, "amount": well_formed_amounts,
-    "product_identity": st.one_of(st.sampled_from(REFERENCES), st.text(min_size=1, max_size=64)),
-}))
+@given(
+    data=st.fixed_dictionaries(
+        {
+            "token": well_formed_tokens,
+            "amount": well_formed_amounts,
+            "product_identity": st.one_of(
+                st.sampled_from(REFERENCES), st.text(min_size=1, max_size=64)
+            ),
+        }
+    )
+)
 def test_verify_refuses_well_formed_payloads_that_do_not_match_an_order(khalti, shop, data):
     """Tampered amounts, unknown or paid orders, a paid order's token on another order."""
     assume(not proceeds(VerifySerializer, data))
@@ -241,14 +344,23 @@ def test_verify_refuses_well_formed_payloads_that_do_not_match_an_order(khalti, 
 
 
 @HOSTILE
-@given(data=st.fixed_dictionaries({
-    "product_identity": st.one_of(st.sampled_from(REFERENCES), st.text(min_size=1, max_size=64)),
-    "product_name": st.text(min_size=1, max_size=255).filter(str.strip),
-}, optional={"amount": well_formed_amounts}))
+@given(
+    data=st.fixed_dictionaries(
+        {
+            "product_identity": st.one_of(
+                st.sampled_from(REFERENCES), st.text(min_size=1, max_size=64)
+            ),
+            "product_name": st.text(min_size=1, max_size=255).filter(str.strip),
+        },
+        optional={"amount": well_formed_amounts},
+    )
+)
 def test_epayment_initiate_refuses_well_formed_payloads_for_no_payable_order(khalti, shop, data):
     """Unknown and paid orders, and orders under Khalti's Rs 10 minimum; a client amount changes nothing."""
     assume(not proceeds(EpaymentInitiateSerializer, data))
-    response = hostile_client().post(INITIATE, data=json.dumps(data), content_type="application/json")
+    response = hostile_client().post(
+        INITIATE, data=json.dumps(data), content_type="application/json"
+    )
     assert_refused_json(response, khalti, shop)
 
 
@@ -270,17 +382,22 @@ def test_verify_refuses_any_form_body_with_a_4xx_json_answer(khalti, shop, data,
     else:
         body = urlencoded(data)
         assume(not proceeds(VerifySerializer, form_data(body)))
-        response = hostile_client().post(VERIFY, data=body,
-                                         content_type="application/x-www-form-urlencoded")
+        response = hostile_client().post(
+            VERIFY, data=body, content_type="application/x-www-form-urlencoded"
+        )
     assert_refused_json(response, khalti, shop)
 
 
 @HOSTILE
-@given(body=st.one_of(st.binary(max_size=2048), st.just(b"[" * 5000), st.just(b'{"a":' * 5000)),
-       content_type=content_types, method=st.sampled_from(["post", "put", "patch", "delete"]),
-       url=st.sampled_from([VERIFY, INITIATE]))
-def test_api_refuses_garbage_bytes_and_wrong_content_types(khalti, shop, body, content_type,
-                                                          method, url):
+@given(
+    body=st.one_of(st.binary(max_size=2048), st.just(b"[" * 5000), st.just(b'{"a":' * 5000)),
+    content_type=content_types,
+    method=st.sampled_from(["post", "put", "patch", "delete"]),
+    url=st.sampled_from([VERIFY, INITIATE]),
+)
+def test_api_refuses_garbage_bytes_and_wrong_content_types(
+    khalti, shop, body, content_type, method, url
+):
     if method == "post" and content_type.startswith("application/x-www-form-urlencoded"):
         serializer = VerifySerializer if url == VERIFY else EpaymentInitiateSerializer
         assume(not proceeds(serializer, form_data(body)))
@@ -290,37 +407,50 @@ def test_api_refuses_garbage_bytes_and_wrong_content_types(khalti, shop, body, c
 
 
 @HOSTILE
-@given(data=st.one_of(initiate_payloads, json_values), ascii_only=st.booleans(),
-       form=st.booleans())
-def test_epayment_initiate_refuses_any_body_with_a_4xx_json_answer(khalti, shop, data, ascii_only,
-                                                                   form):
+@given(data=st.one_of(initiate_payloads, json_values), ascii_only=st.booleans(), form=st.booleans())
+def test_epayment_initiate_refuses_any_body_with_a_4xx_json_answer(
+    khalti, shop, data, ascii_only, form
+):
     if form and isinstance(data, dict):
         body = urlencoded(data)
         assume(not proceeds(EpaymentInitiateSerializer, form_data(body)))
-        response = hostile_client().post(INITIATE, data=body,
-                                         content_type="application/x-www-form-urlencoded")
+        response = hostile_client().post(
+            INITIATE, data=body, content_type="application/x-www-form-urlencoded"
+        )
     else:
         assume(not proceeds(EpaymentInitiateSerializer, data))
-        response = hostile_client().post(INITIATE, data=encode_json(data, ascii_only),
-                                         content_type="application/json")
+        response = hostile_client().post(
+            INITIATE, data=encode_json(data, ascii_only), content_type="application/json"
+        )
     assert_refused_json(response, khalti, shop)
 
 
-query_params = st.dictionaries(st.text(any_char, max_size=12) | st.sampled_from(
-    ["pidx", "tries", "status", "mobile", "amount", "purchase_order_id", "transaction_id"]),
-    hostile_text, max_size=5)
+query_params = st.dictionaries(
+    st.text(any_char, max_size=12)
+    | st.sampled_from(
+        ["pidx", "tries", "status", "mobile", "amount", "purchase_order_id", "transaction_id"]
+    ),
+    hostile_text,
+    max_size=5,
+)
 
 
 def query_string(params: dict) -> str:
-    return "&".join(f"{quote(k.encode('utf-8', 'surrogatepass'))}="
-                    f"{quote(v.encode('utf-8', 'surrogatepass'))}" for k, v in params.items())
+    return "&".join(
+        f"{quote(k.encode('utf-8', 'surrogatepass'))}={quote(v.encode('utf-8', 'surrogatepass'))}"
+        for k, v in params.items()
+    )
 
 
 @HOSTILE
-@given(reference=st.one_of(st.sampled_from(REFERENCES), hostile_text).filter(bool),
-       params=query_params, method=st.sampled_from(["get", "post", "put", "delete"]))
-def test_epayment_start_refuses_any_reference_with_a_4xx_page(khalti, shop, reference, params,
-                                                             method):
+@given(
+    reference=st.one_of(st.sampled_from(REFERENCES), hostile_text).filter(bool),
+    params=query_params,
+    method=st.sampled_from(["get", "post", "put", "delete"]),
+)
+def test_epayment_start_refuses_any_reference_with_a_4xx_page(
+    khalti, shop, reference, params, method
+):
     path_part = quote(reference.encode("utf-8", "surrogatepass"), safe="")
     url = f"/khalti/epayment/start/{path_part}/"
     # The view sees the path as Django decodes it (undecodable bytes stay percent-encoded).
@@ -328,11 +458,20 @@ def test_epayment_start_refuses_any_reference_with_a_4xx_page(khalti, shop, refe
         seen = reference.encode("utf-8").decode()
     except UnicodeEncodeError:
         seen = None
-    assume(method not in ("get", "post") or seen is None or not proceeds(
-        EpaymentInitiateSerializer, {"product_identity": seen, "product_name": seen}
-    ) or "/" in seen)
-    assume(method not in ("get", "post") or seen is None or seen.strip() == seen
-           or (resolves(seen) or 0) < services.MIN_EPAYMENT_AMOUNT)
+    assume(
+        method not in ("get", "post")
+        or seen is None
+        or not proceeds(
+            EpaymentInitiateSerializer, {"product_identity": seen, "product_name": seen}
+        )
+        or "/" in seen
+    )
+    assume(
+        method not in ("get", "post")
+        or seen is None
+        or seen.strip() == seen
+        or (resolves(seen) or 0) < services.MIN_EPAYMENT_AMOUNT
+    )
     response = getattr(hostile_client(), method)(f"{url}?{query_string(params)}")
     if response.status_code == 404 and response["Content-Type"].startswith("text/html"):
         assert_untouched(khalti, shop)  # no such URL, or no such order
@@ -347,16 +486,26 @@ def test_epayment_return_refuses_any_query_with_a_4xx_page(khalti, shop, params)
     assert_refused_page(response, khalti, shop)
 
 
-@pytest.mark.parametrize("content_type, body", [
-    ("application/json", json.dumps({"token": "t", "amount": 1000, "product_identity": "x" * 3_000_000})),
-    ("application/x-www-form-urlencoded", "token=t&amount=1000&product_identity=" + "x" * 3_000_000),
-    ("application/x-www-form-urlencoded", "&".join(f"f{i}=1" for i in range(1200))),
-    ("application/json", "[" * 100_000 + "]" * 100_000),
-    ("application/json", '{"amount": ' + "9" * 5000 + "}"),
-])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (
+            "application/json",
+            json.dumps({"token": "t", "amount": 1000, "product_identity": "x" * 3_000_000}),
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "token=t&amount=1000&product_identity=" + "x" * 3_000_000,
+        ),
+        ("application/x-www-form-urlencoded", "&".join(f"f{i}=1" for i in range(1200))),
+        ("application/json", "[" * 100_000 + "]" * 100_000),
+        ("application/json", '{"amount": ' + "9" * 5000 + "}"),
+    ],
+)
 @pytest.mark.parametrize("url", [VERIFY, INITIATE])
 def test_oversized_and_deeply_nested_bodies_are_400_json_not_an_html_page_or_500(
-        client, khalti, shop, url, content_type, body):
+    client, khalti, shop, url, content_type, body
+):
     response = client.post(url, data=body, content_type=content_type)
     assert response.status_code == 400
     assert response["Content-Type"] == "application/json"
@@ -376,13 +525,17 @@ def throttle_cache():
 
 
 def refused_verify(client, **extra):
-    return client.post(VERIFY, data=json.dumps({"token": "t", "amount": 1000,
-                                                "product_identity": "ORD-NONE"}),
-                       content_type="application/json", **extra)
+    return client.post(
+        VERIFY,
+        data=json.dumps({"token": "t", "amount": 1000, "product_identity": "ORD-NONE"}),
+        content_type="application/json",
+        **extra,
+    )
 
 
-def test_the_widget_endpoint_answers_429_past_the_khalti_rate(settings, throttle_cache, khalti,
-                                                              shop):
+def test_the_widget_endpoint_answers_429_past_the_khalti_rate(
+    settings, throttle_cache, khalti, shop
+):
     settings.REST_FRAMEWORK = {"DEFAULT_THROTTLE_RATES": {"khalti": "5/min"}}
     client = Client()
     assert [refused_verify(client).status_code for _ in range(5)] == [404] * 5
@@ -400,7 +553,8 @@ def test_the_widget_endpoint_answers_429_past_the_khalti_rate(settings, throttle
 
 
 def test_without_a_khalti_rate_nothing_is_throttled_even_with_drfs_scoped_throttle(
-        settings, throttle_cache, khalti, shop):
+    settings, throttle_cache, khalti, shop
+):
     settings.REST_FRAMEWORK = {
         "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
         "DEFAULT_THROTTLE_RATES": {"other": "1/min"},
@@ -469,7 +623,8 @@ def widget_order(reference, token, khalti=None):
 
 
 def test_the_secret_key_and_payer_details_never_leave_the_kit(
-        loud, client, khalti, django_capture_on_commit_callbacks):
+    loud, client, khalti, django_capture_on_commit_callbacks
+):
     responses, exceptions, output = [], [], []
 
     def post(data):
@@ -480,7 +635,7 @@ def test_the_secret_key_and_payer_details_never_leave_the_kit(
     def attempt(call, *args, **kwargs):
         try:
             return call(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - every refusal's text is checked
+        except Exception as exc:
             exceptions.append(exc)
             return None
 
@@ -503,23 +658,39 @@ def test_the_secret_key_and_payer_details_never_leave_the_kit(
         else:
             khalti.verify(token, 1000, status=400, json=fixture("verify_invalid_token"))
         data = widget_order(f"ORD-{token}", token)
-        attempt(services.verify_payment, None, token=token, amount=1000,
-                product_identity=data["product_identity"])
+        attempt(
+            services.verify_payment,
+            None,
+            token=token,
+            amount=1000,
+            product_identity=data["product_identity"],
+        )
     assert len(exceptions) == 3
 
     # ePayment: started with the buyer's details, and the buyer back with a mobile.
     Order.objects.create(reference="ORD-EP", total=1000)
     khalti.initiate(1000, "ORD-EP", customer_info=CUSTOMER, json=epayment_started())
-    started = client.post(INITIATE, data=json.dumps(
-        {"product_identity": "ORD-EP", "product_name": "Dragon", "customer_info": CUSTOMER}),
-        content_type="application/json")
+    started = client.post(
+        INITIATE,
+        data=json.dumps(
+            {"product_identity": "ORD-EP", "product_name": "Dragon", "customer_info": CUSTOMER}
+        ),
+        content_type="application/json",
+    )
     responses.append(started)
     assert started.status_code == 201
     pidx = started.json()["pidx"]
     khalti.lookup(pidx, "epayment_lookup_completed")
     with django_capture_on_commit_callbacks(execute=True):
-        back = client.get(RETURN, {"pidx": pidx, "status": "Completed", "mobile": RETURN_MOBILE,
-                                   "transaction_id": "GFq9PFS7b2iYvL8Lir9oXe"})
+        back = client.get(
+            RETURN,
+            {
+                "pidx": pidx,
+                "status": "Completed",
+                "mobile": RETURN_MOBILE,
+                "transaction_id": "GFq9PFS7b2iYvL8Lir9oXe",
+            },
+        )
     responses.append(back)
     assert back.status_code == 200
     assert Payment.objects.get(pidx=pidx).status == Payment.Status.VERIFIED
@@ -534,7 +705,8 @@ def test_the_secret_key_and_payer_details_never_leave_the_kit(
 
     # Reconciliation of the payment whose answer timed out, and of the one refused our key.
     Payment.objects.filter(status=Payment.Status.PENDING).update(
-        created_at=timezone.now() - timedelta(minutes=10), claimed_at=None)
+        created_at=timezone.now() - timedelta(minutes=10), claimed_at=None
+    )
     for token in ("tok-slow", "tok-401", "tok-svc-slow", "tok-svc-401"):
         khalti.status(token, 1000, "status_complete")
     out, err = io.StringIO(), io.StringIO()
@@ -547,7 +719,7 @@ def test_the_secret_key_and_payer_details_never_leave_the_kit(
     assert any("Khalti" in text for text in logged)  # the run did log, at DEBUG too
     assert any(record.levelno == logging.DEBUG for record in loud.records)
     texts = {
-        "log": logged + [loud.text],
+        "log": [*logged, loud.text],
         "response": [response_text(r) for r in responses],
         "exception": [exception_text(e) for e in exceptions],
         "command output": output,
@@ -602,19 +774,25 @@ def test_an_error_report_of_a_crash_inside_a_khalti_call_shows_no_secret_key(set
 
 
 @HOSTILE
-@given(amount=st.one_of(
-    st.booleans(), st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: f != int(f)),
-    st.floats().filter(lambda f: f != f or f in (float("inf"), float("-inf"))),
-    st.just(1000.0), st.integers(max_value=0), st.integers(min_value=2**63, max_value=10**40),
-    st.sampled_from(["1000.0", "1e3", "10e2", "+1000", "-1000", "0x3e8", "1_000", "１０００"]),
-))
+@given(
+    amount=st.one_of(
+        st.booleans(),
+        st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: f != int(f)),
+        st.floats().filter(lambda f: f != f or f in (float("inf"), float("-inf"))),
+        st.just(1000.0),
+        st.integers(max_value=0),
+        st.integers(min_value=2**63, max_value=10**40),
+        st.sampled_from(["1000.0", "1e3", "10e2", "+1000", "-1000", "0x3e8", "1_000", "１０００"]),
+    )
+)
 def test_an_amount_that_is_not_whole_positive_paisa_is_always_a_400(khalti, shop, amount):
     """The spec, not the app's serializer, is the oracle here: a boolean, a
     float (even 1000.0), a non-positive or huge number, or a numeral in any
     other form is refused, for an order whose amount it may even equal."""
     data = {"token": "fresh-token", "product_identity": "ORD-1", "amount": amount}
-    response = hostile_client().post(VERIFY, data=encode_json(data, True),
-                                     content_type="application/json")
+    response = hostile_client().post(
+        VERIFY, data=encode_json(data, True), content_type="application/json"
+    )
     assert response.status_code == 400, (amount, response.content[:200])
     body = response.json()
     # NaN and infinities are not even JSON (DRF's parser refuses them).

@@ -35,8 +35,11 @@ TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 def statements(queries):
     """The SQL statements run, without BEGIN/COMMIT (which cost no query of their own
     on every backend)."""
-    return [q["sql"] for q in queries.captured_queries
-            if not q["sql"].lstrip().upper().startswith(TRANSACTION_CONTROL)]
+    return [
+        q["sql"]
+        for q in queries.captured_queries
+        if not q["sql"].lstrip().upper().startswith(TRANSACTION_CONTROL)
+    ]
 
 
 def commits(queries):
@@ -48,7 +51,11 @@ def kinds(sql_list):
     out = []
     for sql in sql_list:
         verb = sql.split()[0].upper()
-        table = sql.split(" FROM ", 1)[-1] if verb == "SELECT" else sql.split()[2 if verb != "UPDATE" else 1]
+        table = (
+            sql.split(" FROM ", 1)[-1]
+            if verb == "SELECT"
+            else sql.split()[2 if verb != "UPDATE" else 1]
+        )
         out.append(f"{verb} {table.split()[0].strip(chr(34) + '`')}")
     return out
 
@@ -140,18 +147,23 @@ def add_payments(count, start=0):
     now = timezone.now()
     Payment.objects.bulk_create(
         Payment(
-            token=f"tok-{n}", product_identity=f"ORD-{n}", amount=1000 + n,
+            token=f"tok-{n}",
+            product_identity=f"ORD-{n}",
+            amount=1000 + n,
             status=Payment.Status.VERIFIED if n % 2 else Payment.Status.PENDING,
-            idx=f"idx-{n}" if n % 2 else None, mobile="98XXXXXXX9" if n % 2 else "",
-            verified_at=now if n % 2 else None, order_claim=order_key(f"ORD-{n}"),
+            idx=f"idx-{n}" if n % 2 else None,
+            mobile="98XXXXXXX9" if n % 2 else "",
+            verified_at=now if n % 2 else None,
+            order_claim=order_key(f"ORD-{n}"),
         )
         for n in range(start, start + count)
     )
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("params", [{}, {"q": "ORD-1"}, {"status__exact": "pending"}],
-                         ids=["all", "search", "status"])
+@pytest.mark.parametrize(
+    "params", [{}, {"q": "ORD-1"}, {"status__exact": "pending"}], ids=["all", "search", "status"]
+)
 def test_the_changelist_costs_six_queries_for_10_or_200_payments(admin_client, params):
     def page_queries():
         with CaptureQueriesContext(connection) as queries:
@@ -184,31 +196,48 @@ def explain(sql):
 def many_payments(db):
     """3,000 payments like a shop's: most verified, a few pending, failed or refunded,
     each with Khalti's answer stored; then the statistics the planner uses."""
-    answer = {"idx": "x" * 22, "type": {"idx": "t" * 22, "name": "Wallet payment"},
-              "state": {"idx": "s" * 22, "name": "Completed", "template": "is complete"},
-              "amount": 1000, "fee_amount": 30, "refunded": False,
-              "user": {"idx": "u" * 22, "name": "Test User", "mobile": "98XXXXXXX9"},
-              "merchant": {"idx": "m" * 22, "name": "Test Merchant", "mobile": "98XXXXXXX0"}}
-    statuses = ([Payment.Status.PENDING] * 5 + [Payment.Status.FAILED] * 3
-                + [Payment.Status.REFUNDED] * 2 + [Payment.Status.VERIFIED] * 90)
+    answer = {
+        "idx": "x" * 22,
+        "type": {"idx": "t" * 22, "name": "Wallet payment"},
+        "state": {"idx": "s" * 22, "name": "Completed", "template": "is complete"},
+        "amount": 1000,
+        "fee_amount": 30,
+        "refunded": False,
+        "user": {"idx": "u" * 22, "name": "Test User", "mobile": "98XXXXXXX9"},
+        "merchant": {"idx": "m" * 22, "name": "Test Merchant", "mobile": "98XXXXXXX0"},
+    }
+    statuses = (
+        [Payment.Status.PENDING] * 5
+        + [Payment.Status.FAILED] * 3
+        + [Payment.Status.REFUNDED] * 2
+        + [Payment.Status.VERIFIED] * 90
+    )
     now = timezone.now()
     rows = []
     for n in range(3000):
         status = statuses[n % len(statuses)]
-        rows.append(Payment(
-            token=f"tok-{n:06d}-{'k' * 14}", product_identity=f"ORD-{n:06d}", amount=1000 + n,
-            status=status, idx=f"idx-{n:06d}-{'i' * 14}" if status != "pending" else None,
-            mobile=f"98XXXX{n:04d}", khalti_response=answer,
-            verified_at=now if status != "pending" else None,
-            order_claim=order_key(f"ORD-{n:06d}") if status != "failed" else None,
-        ))
+        rows.append(
+            Payment(
+                token=f"tok-{n:06d}-{'k' * 14}",
+                product_identity=f"ORD-{n:06d}",
+                amount=1000 + n,
+                status=status,
+                idx=f"idx-{n:06d}-{'i' * 14}" if status != "pending" else None,
+                mobile=f"98XXXX{n:04d}",
+                khalti_response=answer,
+                verified_at=now if status != "pending" else None,
+                order_claim=order_key(f"ORD-{n:06d}") if status != "failed" else None,
+            )
+        )
     Payment.objects.bulk_create(rows, batch_size=500)
     # Spread over two years, as years of payments would be (8 hours apart).
     Payment.objects.update(created_at=now - timedelta(days=730))
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("UPDATE django_khalti_payment SET created_at = created_at + "
-                           "(substring(product_identity from 5)::int * interval '8 hours')")
+            cursor.execute(
+                "UPDATE django_khalti_payment SET created_at = created_at + "
+                "(substring(product_identity from 5)::int * interval '8 hours')"
+            )
             cursor.execute("ANALYZE django_khalti_payment")
         elif connection.vendor == "mysql":
             cursor.execute("ANALYZE TABLE django_khalti_payment")
@@ -227,13 +256,12 @@ SEARCHES = {
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
-    "params", [{"q": q} for q in SEARCHES.values()] + [{"status__exact": "pending"},
-                                                       {"status__exact": "failed"}],
-    ids=list(SEARCHES) + ["status pending", "status failed"],
+    "params",
+    [{"q": q} for q in SEARCHES.values()]
+    + [{"status__exact": "pending"}, {"status__exact": "failed"}],
+    ids=[*list(SEARCHES), "status pending", "status failed"],
 )
-def test_the_changelists_search_and_status_filter_read_indexes(
-    admin_client, many_payments, params
-):
+def test_the_changelists_search_and_status_filter_read_indexes(admin_client, many_payments, params):
     """Every query of the list reads an index, not the whole table: the search's lookups
     (exact ids and mobile, the reference's beginning) are each answered by an index and
     OR-ed in a bitmap; the status filter reads the status index. (Filtering by the
@@ -241,8 +269,7 @@ def test_the_changelists_search_and_status_filter_read_indexes(
     with CaptureQueriesContext(connection) as queries:
         response = admin_client.get(CHANGELIST, params)
     assert response.status_code == 200
-    ours = [sql for sql in statements(queries) if "django_khalti_payment" in sql
-            and "WHERE" in sql]
+    ours = [sql for sql in statements(queries) if "django_khalti_payment" in sql and "WHERE" in sql]
     assert len(ours) == 4, "\n".join(ours)  # count, page, date hierarchy's min/max and days
     if connection.vendor != "postgresql":
         return  # query plans are pinned on PostgreSQL, the production database; the count above holds everywhere
@@ -281,8 +308,7 @@ def test_calls_in_a_row_reuse_one_kept_alive_connection(settings):
         peers = {peer for token in fake.peers for peer in fake.peers[token]}
         assert len(peers) == 1, peers
         manager = get_session().get_adapter(fake.url).poolmanager
-        pools = [manager.pools[key] for key in manager.pools.keys()]
+        pools = [manager.pools[key] for key in manager.pools.keys()]  # noqa: SIM118 (urllib3 refuses to iterate the container itself)
         [pool] = [p for p in pools if p.port == int(fake.url.rsplit(":", 1)[1].strip("/"))]
         assert (pool.num_connections, pool.num_requests) == (1, 4)
     get_session().close()
-

@@ -35,7 +35,7 @@ def reconcile(*args):
 def test_settles_every_old_pending_payment_and_prints_a_summary(
     khalti, signals, django_capture_on_commit_callbacks
 ):
-    paid, refused, waiting = pending("paid"), pending("refused"), pending("waiting")
+    paid, _refused, _waiting = pending("paid"), pending("refused"), pending("waiting")
     khalti.status("paid", 1000, "status_complete")
     khalti.status("refused", 1000, "status_error")
     khalti.status("waiting", 1000, "status_initiated")
@@ -101,7 +101,8 @@ def test_dry_run_asks_khalti_nothing_and_changes_nothing(khalti):
     assert "dry run: 1 payment(s) would be checked, nothing changed" in out
     assert not khalti.calls
     payment.refresh_from_db()
-    assert payment.status == Payment.Status.PENDING and payment.attempts == 0
+    assert payment.status == Payment.Status.PENDING
+    assert payment.attempts == 0
 
 
 def test_one_payment_by_id_whatever_its_age(khalti):
@@ -136,8 +137,11 @@ def test_a_timed_out_verification_is_settled_with_exactly_one_signal(
 ):
     Order.objects.create(reference="ORD-T", total=1000)
     khalti.verify("tok-t", 1000, body=requests.exceptions.ReadTimeout())
-    response = client.post("/khalti/verify/", {"token": "tok-t", "amount": 1000, "product_identity": "ORD-T"},
-                           content_type="application/json")
+    response = client.post(
+        "/khalti/verify/",
+        {"token": "tok-t", "amount": 1000, "product_identity": "ORD-T"},
+        content_type="application/json",
+    )
     assert response.status_code == 504
     assert Payment.objects.get().status == Payment.Status.PENDING
 
@@ -153,8 +157,12 @@ def test_a_timed_out_verification_is_settled_with_exactly_one_signal(
 
 def test_settles_a_refund_of_unknown_outcome(khalti, signals, django_capture_on_commit_callbacks):
     payment = Payment.objects.create(
-        token="tok-r", product_identity="ORD-R", amount=1000, order_claim=order_key("ORD-R"),
-        status=Payment.Status.VERIFIED, idx="IDX-R",
+        token="tok-r",
+        product_identity="ORD-R",
+        amount=1000,
+        order_claim=order_key("ORD-R"),
+        status=Payment.Status.VERIFIED,
+        idx="IDX-R",
     )
     refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
     Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
@@ -187,23 +195,29 @@ def test_two_reconcilers_at_once_settle_each_payment_once():
         for token in tokens:
             fake.states[token] = "Complete"
         with ProcessPoolExecutor(
-            2, mp_context=multiprocessing.get_context("spawn"),
-            initializer=procs.setup, initargs=(connection.settings_dict["NAME"], fake.url),
+            2,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=procs.setup,
+            initargs=(connection.settings_dict["NAME"], fake.url),
         ) as pool:
             list(pool.map(time.sleep, [0.5, 0.5]))
             start = time.time() + 1.0
-            outputs = list(pool.map(procs.reconcile_at, [start, start], ["--batch-size", "--batch-size"],
-                                    ["3", "3"]))
+            outputs = list(
+                pool.map(
+                    procs.reconcile_at, [start, start], ["--batch-size", "--batch-size"], ["3", "3"]
+                )
+            )
         per_token = {t: fake.count("status", t) for t in tokens}
-    assert per_token == {t: 1 for t in tokens}, outputs
+    assert per_token == dict.fromkeys(tokens, 1), outputs
     assert Payment.objects.verified().count() == 12
     assert OrderEvent.objects.filter(kind="paid").count() == 12
     checked = sum(int(out.split("checked ")[1].split(":")[0]) for out in outputs)
     assert checked == 12, outputs
 
 
-@pytest.mark.parametrize("args", [["--batch-size", "0"], ["--limit", "0"], ["--older-than", "-1"],
-                                  ["--limit", "many"]])
+@pytest.mark.parametrize(
+    "args", [["--batch-size", "0"], ["--limit", "0"], ["--older-than", "-1"], ["--limit", "many"]]
+)
 def test_nonsense_options_are_refused(args):
     with pytest.raises(CommandError):
         reconcile(*args)
@@ -250,7 +264,9 @@ def test_done_when_timed_out_verify_reconciled_then_refunded_with_documented_ans
     Order.objects.create(reference="ORD-D", total=1000)
     khalti.verify("tok-d", 1000, body=requests.exceptions.ReadTimeout())
     payload = {"token": "tok-d", "amount": 1000, "product_identity": "ORD-D", "idx": "IDX-D"}
-    assert client.post("/khalti/verify/", payload, content_type="application/json").status_code == 504
+    assert (
+        client.post("/khalti/verify/", payload, content_type="application/json").status_code == 504
+    )
 
     khalti.status("tok-d", 1000, "status_complete")  # {"status", "state", "detail"} only
     khalti.transaction("IDX-D")
@@ -268,17 +284,24 @@ def test_done_when_timed_out_verify_reconciled_then_refunded_with_documented_ans
 
 
 @pytest.mark.parametrize(
-    "record_changes, held_elsewhere",
+    ("record_changes", "held_elsewhere"),
     [({"amount": 99900}, False), ({"state": {"name": "Pending"}}, False), ({}, True)],
 )
-def test_a_reported_idx_is_kept_only_if_khaltis_record_matches(khalti, record_changes, held_elsewhere):
+def test_a_reported_idx_is_kept_only_if_khaltis_record_matches(
+    khalti, record_changes, held_elsewhere
+):
     from .conftest import transaction_record
 
     payment = pending("tok-h")
     Payment.objects.filter(pk=payment.pk).update(claimed_idx="IDX-H")
     if held_elsewhere:
-        Payment.objects.create(token="other", product_identity="OTHER", amount=1000, idx="IDX-H",
-                               status=Payment.Status.VERIFIED)
+        Payment.objects.create(
+            token="other",
+            product_identity="OTHER",
+            amount=1000,
+            idx="IDX-H",
+            status=Payment.Status.VERIFIED,
+        )
     khalti.status("tok-h", 1000, "status_complete")
     khalti.transaction("IDX-H", json={**transaction_record(idx="IDX-H"), **record_changes})
     reconcile()

@@ -66,7 +66,8 @@ def assert_no_secret_in_the_logs(rig):
     from .fake_khalti import SECRET
 
     django_log = rig.log_file.read_text()
-    assert "django_khalti" in django_log and "DEBUG" in django_log  # it did log, at DEBUG
+    assert "django_khalti" in django_log
+    assert "DEBUG" in django_log
     for log in (django_log, rig.server_log.read_text()):
         assert SECRET not in log
 
@@ -87,8 +88,11 @@ def new_order(total: int) -> Order:
 
 def widget(order: Order, token: str, amount: int | None = None) -> dict:
     """The widget's onSuccess payload for ``order``."""
-    return {"token": token, "amount": order.total if amount is None else amount,
-            "product_identity": order.reference}
+    return {
+        "token": token,
+        "amount": order.total if amount is None else amount,
+        "product_identity": order.reference,
+    }
 
 
 def in_parallel(calls):
@@ -115,7 +119,8 @@ def stale(payment: Payment) -> None:
     """Let time pass for a claim: date it back beyond the stale limit, as if the
     ``STALE_AFTER`` seconds a dead worker's claim must wait had gone by."""
     Payment.objects.filter(pk=payment.pk).update(
-        claimed_at=timezone.now() - timedelta(seconds=STALE_AFTER + 1))
+        claimed_at=timezone.now() - timedelta(seconds=STALE_AFTER + 1)
+    )
 
 
 # --- load ---------------------------------------------------------------------------
@@ -156,11 +161,13 @@ GARBAGE = [
     (b'{"token": "t", "amount": true, "product_identity": "x"}', "application/json"),
     (b'{"token": "t", "amount": 1000, "product_identity": "NO-SUCH-ORDER"}', "application/json"),
     (b'{"token": {"a": [1]}, "amount": 1000, "product_identity": ["x"]}', "application/json"),
-    (json.dumps({"token": "x" * 20000, "amount": 1000, "product_identity": "y"}).encode(),
-     "application/json"),
+    (
+        json.dumps({"token": "x" * 20000, "amount": 1000, "product_identity": "y"}).encode(),
+        "application/json",
+    ),
     (b"token=&amount=&product_identity=", "application/x-www-form-urlencoded"),
     (b"token=t&amount=1000", "text/plain"),
-    ("{\"token\": \"\u0928\u0947\u092a\u093e\u0932\", \"amount\": 10}".encode(), "application/json"),
+    ('{"token": "\u0928\u0947\u092a\u093e\u0932", "amount": 10}'.encode(), "application/json"),
     (b"\xff\xfe\x00garbage", "application/json"),
 ]
 
@@ -203,7 +210,9 @@ def test_two_hundred_mixed_submissions_verify_only_what_was_paid(rig, fake):
     garbage = itertools.cycle(GARBAGE)
     while len(posts) < 210:
         raw, content_type = next(garbage)
-        posts.append(("garbage", lambda raw=raw, ct=content_type: rig.post(None, raw=raw, content_type=ct)))
+        posts.append(
+            ("garbage", lambda raw=raw, ct=content_type: rig.post(None, raw=raw, content_type=ct))
+        )
     assert len(posts) == 210
     random.Random(6).shuffle(posts)
 
@@ -212,13 +221,18 @@ def test_two_hundred_mixed_submissions_verify_only_what_was_paid(rig, fake):
     took = time.monotonic() - started
 
     by_kind: dict[str, Counter] = {}
-    for (kind, _), (code, body, _) in zip(posts, results):
+    for (kind, _), (code, body, _) in zip(posts, results, strict=False):
         by_kind.setdefault(kind, Counter())[code] += 1
         assert code < 500, (kind, code, body)
         if code >= 400:
-            assert isinstance(body, dict) and body.get("code") or kind == "garbage", (kind, code, body)
+            assert (isinstance(body, dict) and body.get("code")) or kind == "garbage", (
+                kind,
+                code,
+                body,
+            )
     assert set(by_kind["garbage"]) <= {400, 404, 409, 415}, by_kind["garbage"]
-    assert 200 not in by_kind["tampered"] and 200 not in by_kind["replayed"], by_kind
+    assert 200 not in by_kind["tampered"], by_kind
+    assert 200 not in by_kind["replayed"], by_kind
 
     verified = list(Payment.objects.filter(status__in=Payment.PAID_STATUSES))
     for payment in verified:
@@ -231,16 +245,23 @@ def test_two_hundred_mixed_submissions_verify_only_what_was_paid(rig, fake):
     # Two tokens paying an order in full never both moved the buyer's money. (A
     # cheap token Khalti completed for its own amount is then failed, and lets go
     # of the order.)
-    completed_per_order = Counter(token_order[t].reference for t, n in fake.completions.items()
-                                  if n and fake.issued[t] == token_order[t].total)
+    completed_per_order = Counter(
+        token_order[t].reference
+        for t, n in fake.completions.items()
+        if n and fake.issued[t] == token_order[t].total
+    )
     assert max(completed_per_order.values()) == 1
     assert_nothing_double_verified(fake)
     for order in orders:
         assert paid_events(order) == per_order[order.reference]
     # The clean orders, untouched by any attack, are all paid with their token.
     for i in range(20):
-        assert Payment.objects.get(product_identity=orders[i].reference, status=Payment.Status.VERIFIED
-                                   ).token == honest[i]
+        assert (
+            Payment.objects.get(
+                product_identity=orders[i].reference, status=Payment.Status.VERIFIED
+            ).token
+            == honest[i]
+        )
     assert OrderEvent.objects.filter(kind="paid").count() == len(verified)
     print(f"200 mixed submissions in {took:.1f} s: {by_kind}")
 
@@ -270,8 +291,9 @@ def test_a_khalti_fault_leaves_the_payment_pending_and_is_settled_once(rig, fake
     for token in tokens.values():
         fake.fault(token, mode, complete=completed)
 
-    results = in_parallel([lambda o=o: rig.post(widget(o, tokens[o.pk]))
-                           for o in (resubmitted, reconciled)])
+    results = in_parallel(
+        [lambda o=o: rig.post(widget(o, tokens[o.pk])) for o in (resubmitted, reconciled)]
+    )
 
     for code, body, took in results:
         assert code == expected_code, (code, body)
@@ -307,7 +329,7 @@ def test_khaltis_refusal_fails_the_payment_once(rig, fake, answer):
     token = fake.issue(f"{answer}-tok", 1200)
     fake.fault(token, answer, amount=120)
 
-    code, body, took = rig.post(widget(order, token))
+    code, body, _took = rig.post(widget(order, token))
 
     assert (code, body["code"]) == (400, "verification_failed"), body
     payment = Payment.objects.get()
@@ -334,7 +356,8 @@ def test_the_database_failing_after_khalti_answered_loses_nothing(rig, fake):
     assert took <= TIMEOUT + 1
     assert fake.completions[token] == 1  # Khalti moved the money
     payment = Payment.objects.get()
-    assert payment.status == Payment.Status.PENDING and payment.claimed_at is not None
+    assert payment.status == Payment.Status.PENDING
+    assert payment.claimed_at is not None
 
     rig.fail_settle_marker.unlink()  # the database is back
     # The claim is not stale yet: a resubmission waits instead of asking Khalti again...
@@ -359,7 +382,8 @@ def test_the_database_failing_after_khalti_answered_loses_nothing(rig, fake):
 
 @pytest.mark.parametrize("completed", [True, False], ids=["khalti-completed", "khalti-did-not"])
 def test_a_worker_killed_mid_verification_leaves_a_pending_payment_reconciliation_settles(
-        rig, fake, completed):
+    rig, fake, completed
+):
     order = new_order(1900)
     token = fake.issue(f"killed-{completed}", 1900)
     fake.fault(token, "hold", complete=completed)
@@ -387,7 +411,8 @@ def test_a_worker_killed_mid_verification_leaves_a_pending_payment_reconciliatio
     assert isinstance(outcome[0], requests.ConnectionError), outcome
 
     payment = Payment.objects.get()
-    assert payment.status == Payment.Status.PENDING and payment.claimed_at is not None
+    assert payment.status == Payment.Status.PENDING
+    assert payment.claimed_at is not None
     # The dead worker's claim is fresh: nobody takes it over yet.
     result = rig.reconcile()
     assert result.returncode == 0, result.stderr

@@ -91,7 +91,7 @@ def test_same_payload_again_is_200_without_calling_khalti_or_signalling_again(
 
 
 @pytest.mark.parametrize(
-    "change, field",
+    ("change", "field"),
     [
         ({"token": None}, "token"),
         ({"token": ""}, "token"),
@@ -122,7 +122,7 @@ def test_malformed_input_is_400_field_errors_and_never_reaches_khalti(
 
 
 @pytest.mark.parametrize(
-    "body, content_type, status",
+    ("body", "content_type", "status"),
     [
         ("{not json", "application/json", 400),
         ("[1, 2]", "application/json", 400),
@@ -256,7 +256,10 @@ def test_second_token_while_the_first_is_in_flight_is_409_without_asking_khalti(
     from django.utils import timezone
 
     Payment.objects.create(
-        token="first", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1"),
+        token="first",
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
         claimed_at=timezone.now(),
     )
     response = post(client, {**payload, "token": "second"})
@@ -270,8 +273,11 @@ def every_order_costs_1000(request, product_identity):
 
 
 @override_settings(
-    KHALTI={"SECRET_KEY": "test_secret_key_testproject", "BASE_URL": "https://khalti.test/",
-            "AMOUNT_RESOLVER": "tests.test_views.every_order_costs_1000"}
+    KHALTI={
+        "SECRET_KEY": "test_secret_key_testproject",
+        "BASE_URL": "https://khalti.test/",
+        "AMOUNT_RESOLVER": "tests.test_views.every_order_costs_1000",
+    }
 )
 def test_order_references_differing_only_in_case_are_different_orders(client, khalti, payload):
     # (The shop's own Order table could not even hold both on MariaDB: a resolver
@@ -287,8 +293,12 @@ def test_token_being_verified_right_now_is_409_in_progress(client, khalti, paylo
     from django.utils import timezone
 
     Payment.objects.create(
-        token=payload["token"], product_identity="ORD-1", amount=1000,
-        order_claim=order_key("ORD-1"), claimed_at=timezone.now(), attempts=1,
+        token=payload["token"],
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
+        claimed_at=timezone.now(),
+        attempts=1,
     )
     response = post(client, payload)
     assert response.status_code == 409
@@ -336,7 +346,7 @@ def test_new_token_after_a_failed_one_can_pay_the_order(client, khalti, payload,
 
 
 @pytest.mark.parametrize(
-    "record, reason",
+    ("record", "reason"),
     [
         (transaction_record(state="Pending"), "Pending"),
         (transaction_record(state="Refunded"), "Refunded"),
@@ -359,7 +369,7 @@ def test_khalti_record_not_completed_or_for_another_amount_is_400_failed(
 
 
 @pytest.mark.parametrize(
-    "mock, status",
+    ("mock", "status"),
     [
         ({"body": requests.exceptions.ConnectTimeout()}, 504),
         ({"body": requests.exceptions.ReadTimeout()}, 504),
@@ -371,7 +381,10 @@ def test_khalti_record_not_completed_or_for_another_amount_is_400_failed(
         ({"status": 200, "body": "<html>not json</html>"}, 502),
         ({"status": 200, "body": '{"idx": "abc", "state": '}, 502),
         ({"status": 200, "json": {"state": {"name": "Completed"}, "amount": 1000}}, 502),
-        ({"status": 200, "json": {"idx": "a", "state": {"name": "Completed"}, "amount": "1000"}}, 502),
+        (
+            {"status": 200, "json": {"idx": "a", "state": {"name": "Completed"}, "amount": "1000"}},
+            502,
+        ),
         ({"status": 200, "json": {"idx": "a", "amount": 1000}}, 502),
         ({"status": 200, "json": ["not", "an", "object"]}, 502),
         ({"status": 401, "json": {"detail": "Invalid token."}}, 502),
@@ -477,8 +490,11 @@ def test_receiver_that_raises_is_logged_and_payment_stays_verified(
 
 
 @override_settings(
-    KHALTI={"SECRET_KEY": "test_secret_key_testproject", "BASE_URL": "https://khalti.test/",
-            "AMOUNT_RESOLVER": "shop.khalti.order_amount"}
+    KHALTI={
+        "SECRET_KEY": "test_secret_key_testproject",
+        "BASE_URL": "https://khalti.test/",
+        "AMOUNT_RESOLVER": "shop.khalti.order_amount",
+    }
 )
 def test_secret_key_never_in_responses_or_logs(client, khalti, payload, caplog):
     caplog.set_level("DEBUG")
@@ -495,8 +511,11 @@ def test_a_misconfigured_shop_gets_503_json_and_a_logged_error(
     client, khalti, payload, caplog, resolver
 ):
     with override_settings(
-        KHALTI={"SECRET_KEY": "test_secret_key_testproject", "BASE_URL": "https://khalti.test/",
-                "AMOUNT_RESOLVER": resolver}
+        KHALTI={
+            "SECRET_KEY": "test_secret_key_testproject",
+            "BASE_URL": "https://khalti.test/",
+            "AMOUNT_RESOLVER": resolver,
+        }
     ):
         response = post(client, payload)
     assert response.status_code == 503
@@ -528,7 +547,7 @@ def resolver_raising_http404(request, product_identity):
 
 
 @pytest.mark.parametrize(
-    "resolver, status, code",
+    ("resolver", "status", "code"),
     [
         ("tests.test_views.resolver_raising_type_error", 503, "not_configured"),
         ("tests.test_views.resolver_raising_http404", 404, "unknown_order"),
@@ -536,8 +555,11 @@ def resolver_raising_http404(request, product_identity):
 )
 def test_a_resolver_raising_is_never_a_500(client, khalti, payload, caplog, resolver, status, code):
     with override_settings(
-        KHALTI={"SECRET_KEY": "test_secret_key_testproject", "BASE_URL": "https://khalti.test/",
-                "AMOUNT_RESOLVER": resolver}
+        KHALTI={
+            "SECRET_KEY": "test_secret_key_testproject",
+            "BASE_URL": "https://khalti.test/",
+            "AMOUNT_RESOLVER": resolver,
+        }
     ):
         response = post(client, payload)
     assert response.status_code == status
@@ -550,8 +572,12 @@ def test_a_resolver_raising_is_never_a_500(client, khalti, payload, caplog, reso
     "change", [{"TIMEOUT": "abc"}, {"BASE_URL": None}, {"SECRET_KEY": ""}], ids=str
 )
 def test_broken_client_settings_are_503_before_anything_is_written(client, khalti, payload, change):
-    config = {"SECRET_KEY": "test_secret_key_testproject", "BASE_URL": "https://khalti.test/",
-              "AMOUNT_RESOLVER": "shop.khalti.order_amount", **change}
+    config = {
+        "SECRET_KEY": "test_secret_key_testproject",
+        "BASE_URL": "https://khalti.test/",
+        "AMOUNT_RESOLVER": "shop.khalti.order_amount",
+        **change,
+    }
     with override_settings(KHALTI=config):
         response = post(client, payload)
     assert response.status_code == 503
@@ -585,8 +611,11 @@ def test_a_long_payer_mobile_is_trimmed_not_a_database_error(client, khalti, pay
 def test_status_failed_after_unknown_outcome_fails_the_payment(client, khalti, payload):
     khalti.verify(payload["token"], 1000, body=requests.exceptions.ConnectionError())
     assert post(client, payload).status_code == 503
-    khalti.status(payload["token"], 1000,
-                  json={"status": False, "state": "Failed", "detail": "Payment failed"})
+    khalti.status(
+        payload["token"],
+        1000,
+        json={"status": False, "state": "Failed", "detail": "Payment failed"},
+    )
     response = post(client, payload)
     assert response.status_code == 400
     assert response.json()["code"] == "verification_failed"
@@ -606,8 +635,9 @@ def test_verified_through_the_status_endpoint_may_have_no_idx(client, khalti, pa
     assert response.json()["payment"]["idx"] is None
 
 
-def test_a_record_khalti_already_refunded_is_not_paid(client, khalti, payload, order, signals,
-                                                      django_capture_on_commit_callbacks):
+def test_a_record_khalti_already_refunded_is_not_paid(
+    client, khalti, payload, order, signals, django_capture_on_commit_callbacks
+):
     record = transaction_record()
     record["refunded"] = True
     khalti.verify(payload["token"], 1000, json=record)

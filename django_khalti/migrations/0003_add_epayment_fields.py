@@ -4,40 +4,49 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_khalti', '0002_add_refunds'),
+        ("django_khalti", "0002_add_refunds"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='payment',
-            name='expires_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='payment link expires'),
+            model_name="payment",
+            name="expires_at",
+            field=models.DateTimeField(blank=True, null=True, verbose_name="payment link expires"),
         ),
         migrations.AddField(
-            model_name='payment',
-            name='flow',
-            field=models.CharField(choices=[('widget', 'Widget (KPG-1)'), ('epayment', 'ePayment (KPG-2)')], db_index=True, default='widget', max_length=16, verbose_name='flow'),
+            model_name="payment",
+            name="flow",
+            field=models.CharField(
+                choices=[("widget", "Widget (KPG-1)"), ("epayment", "ePayment (KPG-2)")],
+                db_index=True,
+                default="widget",
+                max_length=16,
+                verbose_name="flow",
+            ),
         ),
         migrations.AddField(
-            model_name='payment',
-            name='payment_url',
-            field=models.URLField(blank=True, max_length=1000, verbose_name='Khalti payment URL'),
+            model_name="payment",
+            name="payment_url",
+            field=models.URLField(blank=True, max_length=1000, verbose_name="Khalti payment URL"),
         ),
         migrations.AddField(
-            model_name='payment',
-            name='pidx',
-            field=models.CharField(blank=True, max_length=255, null=True, unique=True, verbose_name='pidx'),
+            model_name="payment",
+            name="pidx",
+            field=models.CharField(
+                blank=True, max_length=255, null=True, unique=True, verbose_name="pidx"
+            ),
         ),
         migrations.AddField(
-            model_name='payment',
-            name='purchase_order_name',
-            field=models.CharField(blank=True, max_length=255, verbose_name='purchase order name'),
+            model_name="payment",
+            name="purchase_order_name",
+            field=models.CharField(blank=True, max_length=255, verbose_name="purchase order name"),
         ),
         migrations.AlterField(
-            model_name='payment',
-            name='token',
-            field=models.CharField(blank=True, max_length=255, null=True, unique=True, verbose_name='token'),
+            model_name="payment",
+            name="token",
+            field=models.CharField(
+                blank=True, max_length=255, null=True, unique=True, verbose_name="token"
+            ),
         ),
     ]

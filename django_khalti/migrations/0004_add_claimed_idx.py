@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_khalti', '0003_add_epayment_fields'),
+        ("django_khalti", "0003_add_epayment_fields"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='payment',
-            name='claimed_idx',
+            model_name="payment",
+            name="claimed_idx",
             field=models.CharField(blank=True, editable=False, max_length=255),
         ),
     ]

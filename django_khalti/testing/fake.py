@@ -99,10 +99,18 @@ ENDPOINTS: dict[str, tuple[str, re.Pattern[str]]] = {
 }
 
 #: The outcomes :meth:`KhaltiFake.fail_next` knows (see the module's docstring).
-OUTCOMES = frozenset({
-    "rejected", "wrong_amount", "timeout", "timeout_after_processing", "connection_error",
-    "server_error", "not_json", "unauthorized",
-})
+OUTCOMES = frozenset(
+    {
+        "rejected",
+        "wrong_amount",
+        "timeout",
+        "timeout_after_processing",
+        "connection_error",
+        "server_error",
+        "not_json",
+        "unauthorized",
+    }
+)
 #: Outcomes that happen before Khalti reads the request, so whatever the key.
 _TRANSPORT_OUTCOMES = frozenset({"timeout", "connection_error"})
 
@@ -110,8 +118,15 @@ _TRANSPORT_OUTCOMES = frozenset({"timeout", "connection_error"})
 #: for a Completed payment not yet verified, Complete once verified).
 WIDGET_STATES = ("Initiated", "Completed", "Failed", "Refunded", "Partially refunded")
 #: An ePayment's status, as lookup spells it.
-EPAYMENT_STATUSES = ("Initiated", "Pending", "Completed", "Expired", "User canceled",
-                     "Refunded", "Partially Refunded")
+EPAYMENT_STATUSES = (
+    "Initiated",
+    "Pending",
+    "Completed",
+    "Expired",
+    "User canceled",
+    "Refunded",
+    "Partially Refunded",
+)
 #: Lookup answers these with HTTP 400 (and the same body).
 EPAYMENT_400 = ("Expired", "User canceled")
 
@@ -186,8 +201,14 @@ class KhaltiFakePayment:
 
     def record(self, amount: int | None = None) -> dict[str, Any]:
         """Khalti's transaction record, as verify and the transaction endpoint give it."""
-        return _record(self.idx, self.amount if amount is None else amount, self.fee_amount,
-                       self.refunded_amount, self.mobile, self.created_on)
+        return _record(
+            self.idx,
+            self.amount if amount is None else amount,
+            self.fee_amount,
+            self.refunded_amount,
+            self.mobile,
+            self.created_on,
+        )
 
     @property
     def status_state(self) -> str:
@@ -261,12 +282,19 @@ class KhaltiFakeEpayment:
         return f"{base}{'&' if '?' in base else '?'}{urlencode(self.return_params())}"
 
     def record(self) -> dict[str, Any]:
-        return _record(self.transaction_id or "", self.amount, self.fee, self.refunded_amount,
-                       self.mobile, self.created_on)
+        return _record(
+            self.transaction_id or "",
+            self.amount,
+            self.fee,
+            self.refunded_amount,
+            self.mobile,
+            self.created_on,
+        )
 
 
-def _record(idx: str, amount: int, fee: int, refunded: int, mobile: str,
-            created_on: datetime) -> dict[str, Any]:
+def _record(
+    idx: str, amount: int, fee: int, refunded: int, mobile: str, created_on: datetime
+) -> dict[str, Any]:
     return {
         "idx": idx,
         "type": {"idx": "e476BL6jt9kgagEmsakyTL", "name": "Wallet payment"},
@@ -277,8 +305,11 @@ def _record(idx: str, amount: int, fee: int, refunded: int, mobile: str,
         "created_on": created_on.isoformat(),
         "ebanker": None,
         "user": {"idx": "cCaPkRPQGn5D8StkiqqMJg", "name": "Test User", "mobile": mobile},
-        "merchant": {"idx": "UM75Gm2gWmZvA4TPwkwZye", "name": "Test Merchant",
-                     "mobile": "merchant@example.com"},
+        "merchant": {
+            "idx": "UM75Gm2gWmZvA4TPwkwZye",
+            "name": "Test Merchant",
+            "mobile": "merchant@example.com",
+        },
     }
 
 
@@ -477,11 +508,19 @@ class KhaltiFake:
 
     # --- Khalti's state ------------------------------------------------------------------
 
-    def add_payment(self, *, amount: int, token: str | None = None, state: str = "Completed",
-                    idx: str | None = None, verified: bool = False,
-                    mobile: str = "98XXXXXXX9", fee_amount: int | None = None,
-                    refunded_amount: int | None = None,
-                    outcome: str | None = None) -> KhaltiFakePayment:
+    def add_payment(
+        self,
+        *,
+        amount: int,
+        token: str | None = None,
+        state: str = "Completed",
+        idx: str | None = None,
+        verified: bool = False,
+        mobile: str = "98XXXXXXX9",
+        fee_amount: int | None = None,
+        refunded_amount: int | None = None,
+        outcome: str | None = None,
+    ) -> KhaltiFakePayment:
         """Register a widget payment: the buyer paid ``amount`` paisa in Khalti's widget.
 
         ``state`` is Khalti's (:data:`WIDGET_STATES`): ``Completed`` (the buyer
@@ -522,12 +561,22 @@ class KhaltiFake:
             self.fail_next("verify", outcome, key=payment.token)
         return payment
 
-    def add_epayment(self, *, amount: int, pidx: str | None = None, status: str = "Initiated",
-                     purchase_order_id: str = "", purchase_order_name: str = "",
-                     return_url: str = "", transaction_id: str | None = None, fee: int = 0,
-                     mobile: str = "98XXXXX001", refunded_amount: int | None = None,
-                     expires_at: datetime | None = None,
-                     outcome: str | None = None) -> KhaltiFakeEpayment:
+    def add_epayment(
+        self,
+        *,
+        amount: int,
+        pidx: str | None = None,
+        status: str = "Initiated",
+        purchase_order_id: str = "",
+        purchase_order_name: str = "",
+        return_url: str = "",
+        transaction_id: str | None = None,
+        fee: int = 0,
+        mobile: str = "98XXXXX001",
+        refunded_amount: int | None = None,
+        expires_at: datetime | None = None,
+        outcome: str | None = None,
+    ) -> KhaltiFakeEpayment:
         """Register an ePayment, as if the app had initiated it.
 
         ``status`` is what lookup says (:data:`EPAYMENT_STATUSES`, any
@@ -580,8 +629,13 @@ class KhaltiFake:
         except KeyError:
             raise LookupError(f"No ePayment {pidx!r} at the fake Khalti.") from None
 
-    def pay(self, pidx: str | KhaltiFakeEpayment, *, status: str = "Completed",
-            mobile: str = "98XXXXX001") -> str:
+    def pay(
+        self,
+        pidx: str | KhaltiFakeEpayment,
+        *,
+        status: str = "Completed",
+        mobile: str = "98XXXXX001",
+    ) -> str:
         """The buyer pays an ePayment on Khalti's page. Returns the URL Khalti then
         sends the browser to (``return_url`` and its query string), ready for
         ``client.get(...)``. ``status="Pending"``: Khalti holds the payment
@@ -590,8 +644,9 @@ class KhaltiFake:
             epayment = self.epayment(pidx)
             status = _canonical(status, ("Completed", "Pending"), "payment status")
             if epayment.status not in ("Initiated", "Pending"):
-                raise ValueError(f"ePayment {epayment.pidx} is {epayment.status}: "
-                                 "it cannot be paid.")
+                raise ValueError(
+                    f"ePayment {epayment.pidx} is {epayment.status}: it cannot be paid."
+                )
             epayment.status = status
             epayment.transaction_id = epayment.transaction_id or khalti_id()
             epayment.mobile = mobile
@@ -603,8 +658,9 @@ class KhaltiFake:
         with self._lock:
             epayment = self.epayment(pidx)
             if epayment.status not in ("Initiated", "Pending"):
-                raise ValueError(f"ePayment {epayment.pidx} is {epayment.status}: "
-                                 "it cannot be canceled.")
+                raise ValueError(
+                    f"ePayment {epayment.pidx} is {epayment.status}: it cannot be canceled."
+                )
             epayment.status = "User canceled"
             return epayment.return_url_with_params()
 
@@ -616,8 +672,9 @@ class KhaltiFake:
         with self._lock:
             epayment = self.epayment(pidx)
             if epayment.status != "Initiated":
-                raise ValueError(f"ePayment {epayment.pidx} is {epayment.status}: "
-                                 "it cannot expire.")
+                raise ValueError(
+                    f"ePayment {epayment.pidx} is {epayment.status}: it cannot expire."
+                )
             epayment.status = "Expired"
 
     def return_url(self, pidx: str | KhaltiFakeEpayment) -> str:
@@ -640,8 +697,15 @@ class KhaltiFake:
 
     # --- outcomes ------------------------------------------------------------------------
 
-    def fail_next(self, endpoint: str, outcome: str, *, key: str | None = None,
-                  times: int | None = 1, delay: float = 0) -> KhaltiChoice:
+    def fail_next(
+        self,
+        endpoint: str,
+        outcome: str,
+        *,
+        key: str | None = None,
+        times: int | None = 1,
+        delay: float = 0,
+    ) -> KhaltiChoice:
         """Answer the next ``times`` calls to ``endpoint`` with ``outcome``.
 
         ``endpoint``: ``verify``, ``status``, ``transaction``, ``refund``,
@@ -659,21 +723,37 @@ class KhaltiFake:
             raise ValueError("wrong_amount is an answer of verify, status, transaction or lookup.")
         return self._override(KhaltiChoice(endpoint, key, times, outcome=outcome, delay=delay))
 
-    def answer_next(self, endpoint: str, *, status: int = 200, json: Any = None,
-                    body: str | None = None, headers: dict[str, str] | None = None,
-                    key: str | None = None, times: int | None = 1,
-                    delay: float = 0) -> KhaltiChoice:
+    def answer_next(
+        self,
+        endpoint: str,
+        *,
+        status: int = 200,
+        json: Any = None,
+        body: str | None = None,
+        headers: dict[str, str] | None = None,
+        key: str | None = None,
+        times: int | None = 1,
+        delay: float = 0,
+    ) -> KhaltiChoice:
         """Answer the next ``times`` calls to ``endpoint`` with this HTTP answer
         instead of Khalti's (``json``, or a raw ``body``). Nothing changes at
         the fake Khalti. ``endpoint``, ``key``, ``times`` and ``delay`` as for
         :meth:`fail_next`; returns the :class:`KhaltiChoice`."""
-        return self._override(KhaltiChoice(endpoint, key, times,
-                                           answer=_http_answer(status, json, body, headers),
-                                           delay=delay))
+        return self._override(
+            KhaltiChoice(
+                endpoint, key, times, answer=_http_answer(status, json, body, headers), delay=delay
+            )
+        )
 
-    def on_next(self, endpoint: str, callback: Callable[[KhaltiRequest], CallbackResult], *,
-                key: str | None = None, times: int | None = 1,
-                delay: float = 0) -> KhaltiChoice:
+    def on_next(
+        self,
+        endpoint: str,
+        callback: Callable[[KhaltiRequest], CallbackResult],
+        *,
+        key: str | None = None,
+        times: int | None = 1,
+        delay: float = 0,
+    ) -> KhaltiChoice:
         """Let ``callback`` answer the next ``times`` calls to ``endpoint``.
 
         The callback gets a :class:`KhaltiRequest` (params, headers, whether
@@ -699,19 +779,24 @@ class KhaltiFake:
 
     def _override(self, override: KhaltiChoice) -> KhaltiChoice:
         if override.endpoint != "any" and override.endpoint not in ENDPOINTS:
-            raise ValueError(f"Unknown endpoint {override.endpoint!r}; one of "
-                             f"{', '.join(ENDPOINTS)} or 'any'.")
+            raise ValueError(
+                f"Unknown endpoint {override.endpoint!r}; one of {', '.join(ENDPOINTS)} or 'any'."
+            )
         if override.times is not None and override.times < 1:
             raise ValueError("times must be at least 1, or None for every call.")
-        if isinstance(override.delay, bool) or not isinstance(override.delay, (int, float)) \
-                or override.delay < 0:
+        if (
+            isinstance(override.delay, bool)
+            or not isinstance(override.delay, (int, float))
+            or override.delay < 0
+        ):
             raise ValueError("delay must be a number of seconds, 0 or more.")
         with self._lock:
             self._overrides.append(override)
         return override
 
-    def _take_override(self, endpoint: str, keys: set[str], transport_only: bool
-                       ) -> KhaltiChoice | None:
+    def _take_override(
+        self, endpoint: str, keys: set[str], transport_only: bool
+    ) -> KhaltiChoice | None:
         for override in self._overrides:
             if override.endpoint not in ("any", endpoint):
                 continue
@@ -734,14 +819,18 @@ class KhaltiFake:
     @property
     def verify_calls(self) -> list[KhaltiVerifyCall]:
         """Every verify call: ``(token, amount)``, whatever was answered."""
-        return [KhaltiVerifyCall(c.params.get("token"), _as_int(c.params.get("amount")))
-                for c in self._calls("verify")]
+        return [
+            KhaltiVerifyCall(c.params.get("token"), _as_int(c.params.get("amount")))
+            for c in self._calls("verify")
+        ]
 
     @property
     def status_calls(self) -> list[KhaltiStatusCall]:
         """Every status call: ``(token or idx, amount)``."""
-        return [KhaltiStatusCall(c.params.get("token"), _as_int(c.params.get("amount")))
-                for c in self._calls("status")]
+        return [
+            KhaltiStatusCall(c.params.get("token"), _as_int(c.params.get("amount")))
+            for c in self._calls("status")
+        ]
 
     @property
     def transaction_calls(self) -> list[str]:
@@ -751,8 +840,10 @@ class KhaltiFake:
     @property
     def refund_calls(self) -> list[KhaltiRefundCall]:
         """Every refund call: ``(idx, amount, mobile)``; ``amount`` ``None``: a full refund."""
-        return [KhaltiRefundCall(c.params["idx"], c.params.get("amount"), c.params.get("mobile"))
-                for c in self._calls("refund")]
+        return [
+            KhaltiRefundCall(c.params["idx"], c.params.get("amount"), c.params.get("mobile"))
+            for c in self._calls("refund")
+        ]
 
     @property
     def initiate_calls(self) -> list[dict[str, Any]]:
@@ -776,9 +867,10 @@ class KhaltiFake:
             base = self.base_url
             url = urlsplit(request.url)
             here = f"{url.scheme}://{url.netloc}{url.path}"
-            if base and here.startswith(base) and path.fullmatch(here[len(base):]):
+            if base and here.startswith(base) and path.fullmatch(here[len(base) :]):
                 return True, ""
             return False, f"not this Khalti endpoint at {base or '(no BASE_URL)'}"
+
         return match
 
     def _callback(self, endpoint: str, path: re.Pattern[str]) -> Any:
@@ -791,15 +883,21 @@ class KhaltiFake:
                 time.sleep(choice.delay)
             if choice is not None and choice.callback is not None:
                 try:
-                    chosen = choice.callback(KhaltiRequest(
-                        endpoint=endpoint, method=request.method, url=request.url,
-                        params=received.params, headers=dict(request.headers),
-                        authorized=received.authorized,
-                    ))
+                    chosen = choice.callback(
+                        KhaltiRequest(
+                            endpoint=endpoint,
+                            method=request.method,
+                            url=request.url,
+                            params=received.params,
+                            headers=dict(request.headers),
+                            authorized=received.authorized,
+                        )
+                    )
                 except Exception as exc:
                     chosen = exc
             with self._lock:
                 return self._respond(received, chosen)
+
         return callback
 
     def _receive(self, endpoint: str, path: re.Pattern[str], request: Any) -> _Received:
@@ -807,7 +905,7 @@ class KhaltiFake:
         params = self._params(request)
         if not isinstance(params, dict):
             params = {"body": params}
-        matched = path.fullmatch(f"{url.scheme}://{url.netloc}{url.path}"[len(self.base_url):])
+        matched = path.fullmatch(f"{url.scheme}://{url.netloc}{url.path}"[len(self.base_url) :])
         if matched and "idx" in matched.groupdict():
             params = {**params, "idx": unquote(matched["idx"])}
         keys = self._keys(params)
@@ -828,19 +926,30 @@ class KhaltiFake:
                 result, outcome = chosen, "callback"
             elif isinstance(chosen, str):
                 if chosen not in OUTCOMES:
-                    result, outcome = ValueError(
-                        f"on_next callback returned an unknown outcome {chosen!r}; one of "
-                        f"{', '.join(sorted(OUTCOMES))}."), "callback"
+                    result, outcome = (
+                        ValueError(
+                            f"on_next callback returned an unknown outcome {chosen!r}; one of "
+                            f"{', '.join(sorted(OUTCOMES))}."
+                        ),
+                        "callback",
+                    )
                 else:
                     outcome = chosen
             elif isinstance(chosen, tuple) and len(chosen) == 2:
                 status, content = chosen
-                answer = (_http_answer(status, None, content) if isinstance(content, str)
-                          else _http_answer(status, content, None))
+                answer = (
+                    _http_answer(status, None, content)
+                    if isinstance(content, str)
+                    else _http_answer(status, content, None)
+                )
             elif chosen is not None:
-                result, outcome = TypeError(
-                    "on_next callback must return None, an outcome, (status, json) or "
-                    f"an exception, not {chosen!r}."), "callback"
+                result, outcome = (
+                    TypeError(
+                        "on_next callback must return None, an outcome, (status, json) or "
+                        f"an exception, not {chosen!r}."
+                    ),
+                    "callback",
+                )
         if result is not None:
             pass
         elif answer is not None:
@@ -850,8 +959,14 @@ class KhaltiFake:
         elif outcome == "timeout":
             result = requests.exceptions.ReadTimeout("Read timed out (fake Khalti).")
         elif not authorized:
-            result = _json(401, {"detail": "Invalid token." if received.authorization
-                                 else "Authentication credentials were not provided."})
+            result = _json(
+                401,
+                {
+                    "detail": "Invalid token."
+                    if received.authorization
+                    else "Authentication credentials were not provided."
+                },
+            )
         elif outcome == "unauthorized":
             result = _json(401, {"detail": "Invalid token."})
         elif outcome == "server_error":
@@ -896,8 +1011,11 @@ class KhaltiFake:
 
     def _keys(self, params: dict[str, Any]) -> set[str]:
         """Every name of the payment a call is about, for choices made by ``key``."""
-        given = {str(params[name]) for name in ("token", "idx", "pidx", "purchase_order_id")
-                 if params.get(name) is not None}
+        given = {
+            str(params[name])
+            for name in ("token", "idx", "pidx", "purchase_order_id")
+            if params.get(name) is not None
+        }
         keys = set(given)
         for value in given:
             payment = self._payment(value)
@@ -914,8 +1032,9 @@ class KhaltiFake:
         return next((p for p in self.payments.values() if p.idx == token_or_idx), None)
 
     def _epayment_by_transaction(self, transaction_id: str) -> KhaltiFakeEpayment | None:
-        return next((e for e in self.epayments.values() if e.transaction_id == transaction_id),
-                    None)
+        return next(
+            (e for e in self.epayments.values() if e.transaction_id == transaction_id), None
+        )
 
     # --- the endpoints -------------------------------------------------------------------
 
@@ -924,8 +1043,12 @@ class KhaltiFake:
         payment = self.payments.get(token) if isinstance(token, str) else None
         if outcome == "rejected":
             return _json(400, _INVALID_TOKEN)
-        if (payment is None or amount != payment.amount or payment.state != "Completed"
-                or payment.verified):
+        if (
+            payment is None
+            or amount != payment.amount
+            or payment.state != "Completed"
+            or payment.verified
+        ):
             return _json(400, _INVALID_TOKEN)
         if outcome == "wrong_amount":
             return _json(200, payment.record(amount=payment.amount + 100))
@@ -936,8 +1059,11 @@ class KhaltiFake:
         token = params.get("token")
         payment = self._payment(token) if isinstance(token, str) else None
         state = "Error"
-        if (payment is not None and _as_int(params.get("amount")) == payment.amount
-                and outcome not in ("rejected", "wrong_amount")):
+        if (
+            payment is not None
+            and _as_int(params.get("amount")) == payment.amount
+            and outcome not in ("rejected", "wrong_amount")
+        ):
             state = payment.status_state
         ok, detail = _STATUS_ANSWERS[state]
         return _json(200, {"status": ok, "state": state, "detail": detail})
@@ -945,13 +1071,22 @@ class KhaltiFake:
     def _transaction(self, params: dict[str, Any], outcome: str | None) -> Any:
         idx = params["idx"]
         payment = self._payment(idx)
-        if outcome != "rejected" and payment is not None and payment.idx == idx \
-                and payment.verified:
-            return _json(200, payment.record(
-                amount=payment.amount + 100 if outcome == "wrong_amount" else None))
+        if (
+            outcome != "rejected"
+            and payment is not None
+            and payment.idx == idx
+            and payment.verified
+        ):
+            return _json(
+                200,
+                payment.record(amount=payment.amount + 100 if outcome == "wrong_amount" else None),
+            )
         epayment = self._epayment_by_transaction(idx)
-        if outcome != "rejected" and epayment is not None and epayment.status in (
-                "Completed", "Refunded", "Partially Refunded"):
+        if (
+            outcome != "rejected"
+            and epayment is not None
+            and epayment.status in ("Completed", "Refunded", "Partially Refunded")
+        ):
             return _json(200, epayment.record())
         return _json(404, _NOT_FOUND)
 
@@ -964,8 +1099,10 @@ class KhaltiFake:
         epayment = self._epayment_by_transaction(idx)
         holder: KhaltiFakePayment | KhaltiFakeEpayment
         if payment is not None and payment.idx == idx:
-            holder, refundable = payment, payment.verified and payment.state in (
-                "Completed", "Partially refunded")
+            holder, refundable = (
+                payment,
+                payment.verified and payment.state in ("Completed", "Partially refunded"),
+            )
         elif epayment is not None:
             holder, refundable = epayment, epayment.status in ("Completed", "Partially Refunded")
         else:
@@ -988,11 +1125,21 @@ class KhaltiFake:
 
     def _initiate(self, params: dict[str, Any], outcome: str | None) -> Any:
         if outcome == "rejected":
-            return _json(400, {"detail": "The merchant cannot start this payment.",
-                               "error_key": "validation_error"})
+            return _json(
+                400,
+                {
+                    "detail": "The merchant cannot start this payment.",
+                    "error_key": "validation_error",
+                },
+            )
         errors: dict[str, list[str]] = {}
-        for name in ("return_url", "website_url", "amount", "purchase_order_id",
-                     "purchase_order_name"):
+        for name in (
+            "return_url",
+            "website_url",
+            "amount",
+            "purchase_order_id",
+            "purchase_order_name",
+        ):
             if params.get(name) in (None, ""):
                 errors[name] = ["This field is required."]
         amount = params.get("amount")
@@ -1002,8 +1149,9 @@ class KhaltiFake:
             errors["amount"] = ["Amount should be greater than Rs. 10, that is 1000 paisa."]
         for name in ("return_url", "website_url"):
             value = params.get(name)
-            if name not in errors and not (isinstance(value, str)
-                                           and value.startswith(("http://", "https://"))):
+            if name not in errors and not (
+                isinstance(value, str) and value.startswith(("http://", "https://"))
+            ):
                 errors[name] = ["Enter a valid URL."]
         breakdown = params.get("amount_breakdown")
         if "amount" not in errors and breakdown:
@@ -1020,19 +1168,25 @@ class KhaltiFake:
         )
         epayment.website_url = params["website_url"]
         epayment.request = params
-        return _json(200, {
-            "pidx": epayment.pidx,
-            "payment_url": epayment.payment_url,
-            "expires_at": epayment.expires_at.isoformat() if epayment.expires_at else None,
-            "expires_in": self.EPAYMENT_LINK_SECONDS,
-        })
+        return _json(
+            200,
+            {
+                "pidx": epayment.pidx,
+                "payment_url": epayment.payment_url,
+                "expires_at": epayment.expires_at.isoformat() if epayment.expires_at else None,
+                "expires_in": self.EPAYMENT_LINK_SECONDS,
+            },
+        )
 
     def _lookup(self, params: dict[str, Any], outcome: str | None) -> Any:
         epayment = self.epayments.get(params.get("pidx"))  # type: ignore[arg-type]
         if epayment is None or outcome == "rejected":
             return _json(404, {**_NOT_FOUND, "error_key": "validation_error"})
-        if (epayment.status == "Initiated" and epayment.expires_at is not None
-                and epayment.expires_at <= django_timezone.now()):
+        if (
+            epayment.status == "Initiated"
+            and epayment.expires_at is not None
+            and epayment.expires_at <= django_timezone.now()
+        ):
             epayment.status = "Expired"
         total = epayment.amount + 100 if outcome == "wrong_amount" else None
         body = epayment.lookup_body(total_amount=total)
@@ -1050,8 +1204,9 @@ def _json(status: int, body: Any) -> tuple[int, dict[str, str], str]:
     return status, {"Content-Type": "application/json"}, _dumps(body)
 
 
-def _http_answer(status: int, json: Any, body: str | None,
-                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+def _http_answer(
+    status: int, json: Any, body: str | None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
     content_type = "application/json" if body is None else "text/html; charset=utf-8"
     text = body if body is not None else _dumps(json)
     return status, {"Content-Type": content_type, **(headers or {})}, text

@@ -15,7 +15,15 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(SandboxTransaction)
 class SandboxTransactionAdmin(ReadOnlyAdmin):
-    list_display = ["idx", "kind", "product_identity", "amount", "state", "refunded_amount", "created_at"]
+    list_display = [
+        "idx",
+        "kind",
+        "product_identity",
+        "amount",
+        "state",
+        "refunded_amount",
+        "created_at",
+    ]
     list_filter = ["kind", "state"]
     search_fields = ["idx", "token", "product_identity"]
 

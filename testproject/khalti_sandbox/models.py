@@ -102,7 +102,9 @@ class SandboxTransaction(models.Model):
             "idx": self.idx,
             "type": {"idx": "e476BL6jt9kgagEmsakyTL", "name": "Wallet payment"},
             "state": {
-                "idx": "DhvMj9hdRufLqkP8ZY4d8g" if self.state == self.State.COMPLETED else "a2dfnRvkUqaSTjPWnWqnNo",
+                "idx": "DhvMj9hdRufLqkP8ZY4d8g"
+                if self.state == self.State.COMPLETED
+                else "a2dfnRvkUqaSTjPWnWqnNo",
                 "name": self.state,
                 "template": "is complete" if self.state == self.State.COMPLETED else "is confirmed",
             },
@@ -111,10 +113,16 @@ class SandboxTransaction(models.Model):
             "refunded": self.refunded_amount > 0,
             "created_on": timezone.localtime(self.created_at).isoformat(),
             "ebanker": None,
-            "user": {"idx": "cCaPkRPQGn5D8StkiqqMJg", "name": "Test User",
-                     "mobile": mask_mobile(self.mobile)},
-            "merchant": {"idx": "UM75Gm2gWmZvA4TPwkwZye", "name": "dj-khalti demo shop",
-                         "mobile": "merchant@example.com"},
+            "user": {
+                "idx": "cCaPkRPQGn5D8StkiqqMJg",
+                "name": "Test User",
+                "mobile": mask_mobile(self.mobile),
+            },
+            "merchant": {
+                "idx": "UM75Gm2gWmZvA4TPwkwZye",
+                "name": "dj-khalti demo shop",
+                "mobile": "merchant@example.com",
+            },
         }
 
     def widget_payload(self, widget_id: str) -> dict[str, Any]:
@@ -201,15 +209,17 @@ class SandboxEpayment(models.Model):
     def return_url_with_result(self) -> str:
         """The merchant's return URL with the query Khalti adds when it sends the buyer back."""
         transaction_id = self.transaction.idx if self.transaction else ""
-        query = urlencode({
-            "pidx": self.pidx,
-            "transaction_id": transaction_id,
-            "tidx": transaction_id,
-            "amount": self.amount,
-            "total_amount": self.amount,
-            "mobile": mask_mobile(self.mobile) if self.mobile else "",
-            "status": self.lookup_status(),
-            "purchase_order_id": self.purchase_order_id,
-            "purchase_order_name": self.purchase_order_name,
-        })
+        query = urlencode(
+            {
+                "pidx": self.pidx,
+                "transaction_id": transaction_id,
+                "tidx": transaction_id,
+                "amount": self.amount,
+                "total_amount": self.amount,
+                "mobile": mask_mobile(self.mobile) if self.mobile else "",
+                "status": self.lookup_status(),
+                "purchase_order_id": self.purchase_order_id,
+                "purchase_order_name": self.purchase_order_name,
+            }
+        )
         return f"{self.return_url}{'&' if '?' in self.return_url else '?'}{query}"

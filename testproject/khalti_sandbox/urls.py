@@ -12,9 +12,15 @@ urlpatterns = [
     # Khalti's merchant API (Authorization: Key <secret key>).
     path("api/v2/payment/verify/", views.VerifyView.as_view(), name="verify"),
     path("api/v2/payment/status/", views.StatusView.as_view(), name="status"),
-    path("api/v2/merchant-transaction/<str:idx>/", views.TransactionView.as_view(), name="transaction"),
+    path(
+        "api/v2/merchant-transaction/<str:idx>/",
+        views.TransactionView.as_view(),
+        name="transaction",
+    ),
     path("api/merchant-transaction/<str:idx>/refund/", views.RefundView.as_view(), name="refund"),
-    path("api/v2/epayment/initiate/", views.EpaymentInitiateView.as_view(), name="epayment-initiate"),
+    path(
+        "api/v2/epayment/initiate/", views.EpaymentInitiateView.as_view(), name="epayment-initiate"
+    ),
     path("api/v2/epayment/lookup/", views.EpaymentLookupView.as_view(), name="epayment-lookup"),
     # What the buyer sees: the hosted ePayment page and the widget.
     path("pay/", views.pay, name="pay"),

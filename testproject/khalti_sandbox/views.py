@@ -53,7 +53,11 @@ class KhaltiKeyAuthentication(BaseAuthentication):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         keyword, _, key = header.partition(" ")
         secret = khalti_setting("SECRET_KEY")
-        if keyword != self.keyword or not secret or not hmac.compare_digest(key.encode(), secret.encode()):
+        if (
+            keyword != self.keyword
+            or not secret
+            or not hmac.compare_digest(key.encode(), secret.encode())
+        ):
             raise AuthenticationFailed("Invalid token.")
         return AnonymousUser(), key
 
@@ -173,8 +177,12 @@ class WidgetPayView(APIView):
             return invalid(serializer)
         data = serializer.validated_data
         public_key = khalti_setting("PUBLIC_KEY")
-        if not public_key or not hmac.compare_digest(data["public_key"].encode(), public_key.encode()):
-            return Response({"public_key": ["Invalid public key."]}, status=status.HTTP_400_BAD_REQUEST)
+        if not public_key or not hmac.compare_digest(
+            data["public_key"].encode(), public_key.encode()
+        ):
+            return Response(
+                {"public_key": ["Invalid public key."]}, status=status.HTTP_400_BAD_REQUEST
+            )
         record = SandboxTransaction.objects.create(
             kind=SandboxTransaction.Kind.WIDGET,
             state=SandboxTransaction.State.CONFIRMED,
@@ -194,8 +202,11 @@ def checkout_js(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "khalti_sandbox/khalti-checkout.js",
-        {"pay_url": request.build_absolute_uri(reverse("khalti_sandbox:widget-pay")),
-         "test_mobile": TEST_MOBILES[1], "test_mpin": TEST_MPIN},
+        {
+            "pay_url": request.build_absolute_uri(reverse("khalti_sandbox:widget-pay")),
+            "test_mobile": TEST_MOBILES[1],
+            "test_mpin": TEST_MPIN,
+        },
         content_type="application/javascript; charset=utf-8",
     )
 
@@ -220,12 +231,14 @@ class EpaymentInitiateView(SandboxAPIView):
             request=request.data.dict() if hasattr(request.data, "dict") else dict(request.data),
         )
         pay_url = request.build_absolute_uri(reverse("khalti_sandbox:pay"))
-        return Response({
-            "pidx": epayment.pidx,
-            "payment_url": f"{pay_url}?pidx={epayment.pidx}",
-            "expires_at": timezone.localtime(epayment.expires_at).isoformat(),
-            "expires_in": round((epayment.expires_at - timezone.now()).total_seconds()),
-        })
+        return Response(
+            {
+                "pidx": epayment.pidx,
+                "payment_url": f"{pay_url}?pidx={epayment.pidx}",
+                "expires_at": timezone.localtime(epayment.expires_at).isoformat(),
+                "expires_in": round((epayment.expires_at - timezone.now()).total_seconds()),
+            }
+        )
 
 
 class EpaymentLookupView(SandboxAPIView):
@@ -237,11 +250,13 @@ class EpaymentLookupView(SandboxAPIView):
             return invalid(serializer, error_key="validation_error")
         epayment = (
             SandboxEpayment.objects.select_related("transaction")
-            .filter(pidx=serializer.validated_data["pidx"]).first()
+            .filter(pidx=serializer.validated_data["pidx"])
+            .first()
         )
         if epayment is None:
-            return Response({**NOT_FOUND, "error_key": "validation_error"},
-                            status=status.HTTP_404_NOT_FOUND)
+            return Response(
+                {**NOT_FOUND, "error_key": "validation_error"}, status=status.HTTP_404_NOT_FOUND
+            )
         body = epayment.lookup()
         failed = body["status"] in ("Expired", "User canceled")
         return Response(body, status=status.HTTP_400_BAD_REQUEST if failed else status.HTTP_200_OK)
@@ -256,10 +271,17 @@ def pay(request: HttpRequest) -> HttpResponse:
     epayment = SandboxEpayment.objects.select_related("transaction").filter(pidx=pidx).first()
     if epayment is None:
         return render(request, "khalti_sandbox/pay.html", {"missing": True}, status=404)
-    context: dict[str, Any] = {"epayment": epayment, "mobile": TEST_MOBILES[1], "mpin": TEST_MPIN,
-                               "test_mobiles": f"{TEST_MOBILES[0]} to {TEST_MOBILES[-1]}"}
-    if request.method == "POST" and epayment.status == SandboxEpayment.Status.INITIATED \
-            and not epayment.expired:
+    context: dict[str, Any] = {
+        "epayment": epayment,
+        "mobile": TEST_MOBILES[1],
+        "mpin": TEST_MPIN,
+        "test_mobiles": f"{TEST_MOBILES[0]} to {TEST_MOBILES[-1]}",
+    }
+    if (
+        request.method == "POST"
+        and epayment.status == SandboxEpayment.Status.INITIATED
+        and not epayment.expired
+    ):
         if request.POST.get("action") == "cancel":
             if _settle(epayment, SandboxEpayment.Status.USER_CANCELED):
                 return redirect(_reloaded(epayment).return_url_with_result())

@@ -32,3 +32,6 @@ class OrderEvent(models.Model):
     kind = models.CharField(max_length=32)
     payment_id = models.UUIDField()
     created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} for {self.order_reference}"

@@ -8,6 +8,7 @@ widget's configuration, and forwards ``onSuccess(payload)`` unchanged to
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
@@ -26,7 +27,9 @@ from .catalogue import PRODUCTS, PRODUCTS_BY_SLUG, new_order
 from .models import Order
 
 
-def _page(request: HttpRequest, template: str, context: dict[str, Any], status: int = 200) -> HttpResponse:
+def _page(
+    request: HttpRequest, template: str, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
     """Render with what every page shows: which Khalti the shop talks to."""
     context.setdefault("khalti_base_url", khalti_settings.BASE_URL)
     context.setdefault("real_khalti", bool(settings.SHOP_KHALTI_CHECKOUT_JS))
@@ -53,9 +56,13 @@ def order_detail(request: HttpRequest, reference: str) -> HttpResponse:
     payments = Payment.objects.for_order(order.reference)
     # An ePayment link still out holds the order (one live payment an order):
     # the buyer should finish or cancel it on Khalti's page first.
-    open_epayment = payments.filter(
-        flow=Payment.Flow.EPAYMENT, status=Payment.Status.PENDING, expires_at__gt=timezone.now()
-    ).exclude(payment_url="").first()
+    open_epayment = (
+        payments.filter(
+            flow=Payment.Flow.EPAYMENT, status=Payment.Status.PENDING, expires_at__gt=timezone.now()
+        )
+        .exclude(payment_url="")
+        .first()
+    )
     widget = {
         "publicKey": khalti_settings.PUBLIC_KEY,
         "productIdentity": order.reference,
@@ -65,30 +72,38 @@ def order_detail(request: HttpRequest, reference: str) -> HttpResponse:
         "verifyUrl": reverse("django_khalti:verify"),
         "csrfToken": get_token(request),
     }
-    return _page(request, "shop/order.html", {
-        "order": order,
-        "payments": payments,
-        "open_epayment": None if order.paid else open_epayment,
-        "khalti": widget,
-        "checkout_js": settings.SHOP_KHALTI_CHECKOUT_JS or reverse("khalti_sandbox:checkout-js"),
-    })
+    return _page(
+        request,
+        "shop/order.html",
+        {
+            "order": order,
+            "payments": payments,
+            "open_epayment": None if order.paid else open_epayment,
+            "khalti": widget,
+            "checkout_js": settings.SHOP_KHALTI_CHECKOUT_JS
+            or reverse("khalti_sandbox:checkout-js"),
+        },
+    )
 
 
 def _result(request: HttpRequest, *, success: bool) -> HttpResponse:
     """KHALTI's SUCCESS_URL / FAILURE_URL: ``?payment=<id>``. What is shown is the
     payment as the database has it; the URL only says which one."""
     payment = None
-    try:
+    with contextlib.suppress(ValueError):
         payment = Payment.objects.filter(pk=uuid.UUID(request.GET.get("payment", ""))).first()
-    except ValueError:
-        pass
     order = Order.objects.filter(reference=payment.product_identity).first() if payment else None
-    return _page(request, "shop/result.html", {
-        "success": success,
-        "payment": payment,
-        "order": order,
-        "paid": payment is not None and payment.status in Payment.PAID_STATUSES,
-    }, status=200 if payment else 404)
+    return _page(
+        request,
+        "shop/result.html",
+        {
+            "success": success,
+            "payment": payment,
+            "order": order,
+            "paid": payment is not None and payment.status in Payment.PAID_STATUSES,
+        },
+        status=200 if payment else 404,
+    )
 
 
 @require_GET

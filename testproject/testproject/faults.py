@@ -15,8 +15,9 @@ import re
 
 from django.db import OperationalError, connections
 
-SETTLE = re.compile(r'^\s*UPDATE\s+["`]?django_khalti_payment["`]?\s+SET\s+["`]?status["`]?\s*=',
-                    re.IGNORECASE)
+SETTLE = re.compile(
+    r'^\s*UPDATE\s+["`]?django_khalti_payment["`]?\s+SET\s+["`]?status["`]?\s*=', re.IGNORECASE
+)
 
 
 def fail_settle(execute, sql, params, many, context):

@@ -75,7 +75,9 @@ def database_from_url(url: str) -> dict:
             "NAME": name,
             # A file, not memory, so that concurrent tests share one database;
             # one per test run, so that two runs never share it.
-            "TEST": {"NAME": str(Path(tempfile.gettempdir()) / f"dj-khalti-test-{os.getpid()}.sqlite3")},
+            "TEST": {
+                "NAME": str(Path(tempfile.gettempdir()) / f"dj-khalti-test-{os.getpid()}.sqlite3")
+            },
             "OPTIONS": {
                 "timeout": 30,
                 "transaction_mode": "IMMEDIATE",
@@ -148,8 +150,9 @@ if os.environ.get("DJANGO_LOG_FILE"):
         "process": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"},
     }
     LOGGING["root"] = {"handlers": ["file"], "level": "DEBUG"}
-    LOGGING["loggers"]["django_khalti"].update(handlers=["console", "file"], level="DEBUG",
-                                               propagate=False)
+    LOGGING["loggers"]["django_khalti"].update(
+        handlers=["console", "file"], level="DEBUG", propagate=False
+    )
 
 # Test-only fault injection (tests/test_reliability.py): with
 # TESTPROJECT_FAIL_SETTLE_IF=<path>, while that file exists, every UPDATE that

@@ -52,18 +52,31 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--older-than", type=_count(0), default=120, metavar="SECONDS",
+            "--older-than",
+            type=_count(0),
+            default=120,
+            metavar="SECONDS",
             help="Only payments created at least this long ago (default: 120; a fresher "
             "one may still be in flight).",
         )
-        parser.add_argument("--limit", type=_count(1), metavar="N",
-                            help="Check at most N payments (and N refunds).")
-        parser.add_argument("--batch-size", type=_count(1), default=100, metavar="N",
-                            help="Payments read from the database at a time (default: 100).")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="List what would be checked; ask Khalti nothing, change nothing.")
-        parser.add_argument("--payment", metavar="ID",
-                            help="Check this one payment, whatever its age.")
+        parser.add_argument(
+            "--limit", type=_count(1), metavar="N", help="Check at most N payments (and N refunds)."
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=_count(1),
+            default=100,
+            metavar="N",
+            help="Payments read from the database at a time (default: 100).",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="List what would be checked; ask Khalti nothing, change nothing.",
+        )
+        parser.add_argument(
+            "--payment", metavar="ID", help="Check this one payment, whatever its age."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         cutoff = timezone.now() - timedelta(seconds=options["older_than"])
@@ -92,8 +105,10 @@ class Command(BaseCommand):
                     unreachable += 1
                     in_a_row += 1
                     counts[Status.PENDING] += 1
-            self.stdout.write(f"batch {number}: {len(batch)} pending payment(s) read; "
-                              f"so far {self._summary(counts)}")
+            self.stdout.write(
+                f"batch {number}: {len(batch)} pending payment(s) read; "
+                f"so far {self._summary(counts)}"
+            )
             if in_a_row >= GIVE_UP_AFTER:
                 break
 
@@ -126,7 +141,8 @@ class Command(BaseCommand):
     @staticmethod
     def _summary(counts: Counter[str]) -> str:
         return ", ".join(
-            f"{counts[status]} {label}" for status, label in SUMMARY
+            f"{counts[status]} {label}"
+            for status, label in SUMMARY
             if counts[status] or status not in (Status.REFUNDED, Status.PARTIALLY_REFUNDED)
         )
 
@@ -143,8 +159,9 @@ class Command(BaseCommand):
             if cursor is None:
                 break
 
-    def _pending_refunds(self, cutoff: datetime, payment_id: str | None,
-                         limit: int | None) -> list[Refund]:
+    def _pending_refunds(
+        self, cutoff: datetime, payment_id: str | None, limit: int | None
+    ) -> list[Refund]:
         refunds = Refund.objects.filter(status=Refund.Status.PENDING).select_related("payment")
         if payment_id:
             refunds = refunds.filter(payment_id=payment_id)

@@ -4,31 +4,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Order',
+            name="Order",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('reference', models.CharField(max_length=64, unique=True)),
-                ('total', models.PositiveBigIntegerField(help_text='paisa')),
-                ('paid', models.BooleanField(default=False)),
-                ('paid_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("reference", models.CharField(max_length=64, unique=True)),
+                ("total", models.PositiveBigIntegerField(help_text="paisa")),
+                ("paid", models.BooleanField(default=False)),
+                ("paid_at", models.DateTimeField(blank=True, null=True)),
             ],
         ),
         migrations.CreateModel(
-            name='OrderEvent',
+            name="OrderEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('order_reference', models.CharField(db_index=True, max_length=64)),
-                ('kind', models.CharField(max_length=32)),
-                ('payment_id', models.UUIDField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("order_reference", models.CharField(db_index=True, max_length=64)),
+                ("kind", models.CharField(max_length=32)),
+                ("payment_id", models.UUIDField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
     ]

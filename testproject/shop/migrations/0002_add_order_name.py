@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('shop', '0001_create_order_and_events'),
+        ("shop", "0001_create_order_and_events"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='order',
-            name='name',
-            field=models.CharField(blank=True, default='', max_length=255),
+            model_name="order",
+            name="name",
+            field=models.CharField(blank=True, default="", max_length=255),
         ),
     ]

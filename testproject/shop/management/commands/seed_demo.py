@@ -18,8 +18,11 @@ class Command(BaseCommand):
     help = "Create the demo's unpaid orders and an admin/admin superuser (idempotent)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--url", default="http://127.0.0.1:8000/",
-                            help="Where the demo is served, for the message (default: %(default)s).")
+        parser.add_argument(
+            "--url",
+            default="http://127.0.0.1:8000/",
+            help="Where the demo is served, for the message (default: %(default)s).",
+        )
 
     def handle(self, *args: Any, url: str, **options: Any) -> None:
         created = 0
