@@ -300,7 +300,7 @@ def new_orders(n: int, prefix: str) -> list[tuple[str, int]]:
 
 
 def load(url: str, orders: list[tuple[str, int]], clients: int) -> dict:
-    """POST one fresh token per order, ``clients`` at a time: latencies and throughput."""
+    """POST one fresh token per order, ``clients`` at a time: latencies and wall time."""
     local = threading.local()
 
     def one(order: tuple[str, int]) -> tuple[float, int]:
@@ -324,35 +324,50 @@ def load(url: str, orders: list[tuple[str, int]], clients: int) -> dict:
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         results = list(pool.map(one, orders))
-    wall = time.perf_counter() - started
-    latencies = sorted(t for t, _ in results)
-    ok = sum(1 for _, code in results if code == 200)
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, round(p * (len(latencies) - 1)))] * 1000
-
     return {
-        "n": len(results),
-        "ok": ok,
-        "rps": len(results) / wall,
-        "p50": pct(0.50),
-        "p99": pct(0.99),
-        "codes": sorted({code for _, code in results}),
+        "latencies": [t for t, _ in results],
+        "wall": time.perf_counter() - started,
+        "ok": sum(1 for _, code in results if code == 200),
+        "codes": {code for _, code in results},
     }
 
 
+#: The targets of section 1: the app, the app with PostgreSQL not flushing its commits
+#: (for comparison only: what durable commits cost on this disk), the naive baseline.
+TARGETS = ("app", "app-unflushed", "baseline")
+#: Each level is run in this many rounds, the targets taking turns within each round,
+#: so that a change in the machine's background load weighs on every target alike.
+ROUNDS = 5
+
+
 def bench_verify(server_env: dict[str, str]) -> dict:
-    app_url = start_gunicorn("app", "testproject.wsgi:application", TESTPROJECT, server_env)
-    base_url = start_gunicorn("baseline", "baseline:application", BENCH, server_env)
-    note(f"app on {app_url}, baseline on {base_url}")
+    urls = {
+        "app": start_gunicorn("app", "testproject.wsgi:application", TESTPROJECT, server_env),
+        "baseline": start_gunicorn("baseline", "baseline:application", BENCH, server_env),
+    }
+    if server_env["DATABASE_URL"].startswith("postgres"):
+        urls["app-unflushed"] = start_gunicorn(
+            "app-unflushed",
+            "testproject.wsgi:application",
+            TESTPROJECT,
+            {**server_env, "DJANGO_PG_OPTIONS": "-c synchronous_commit=off"},
+        )
+    note("targets: " + ", ".join(f"{name} on {url}" for name, url in urls.items()))
     # Warm-up: every worker imports what it needs (and the app opens its pool).
-    load(app_url, new_orders(WARMUP, "WARM"), WORKERS)
-    load(base_url, new_orders(WARMUP, "WARMB"), WORKERS)
+    for name, url in urls.items():
+        load(url, new_orders(WARMUP, f"W{name}"), WORKERS)
     results = {}
+    per_round = max(1, REQUESTS // ROUNDS)
     for clients in LEVELS:
-        for name, url in (("app", app_url), ("baseline", base_url)):
-            orders = new_orders(REQUESTS, f"L{clients}{name[0]}")
-            results[(name, clients)] = result = load(url, orders, clients)
+        runs: dict[str, list[dict]] = {name: [] for name in urls}
+        for round_ in range(ROUNDS):
+            names = list(urls)
+            names = names[round_ % len(names) :] + names[: round_ % len(names)]
+            for name in names:
+                orders = new_orders(per_round, f"L{clients}{name}{round_}")
+                runs[name].append(load(urls[name], orders, clients))
+        for name, parts in runs.items():
+            results[(name, clients)] = result = merge(parts)
             note(
                 f"{name} @ {clients}: {result['rps']:.1f} req/s p50 {result['p50']:.1f} ms "
                 f"p99 {result['p99']:.1f} ms, {result['ok']}/{result['n']} ok {result['codes']}"
@@ -360,10 +375,28 @@ def bench_verify(server_env: dict[str, str]) -> dict:
     return results
 
 
+def merge(parts: list[dict]) -> dict:
+    """One result from the rounds of one target and level."""
+    latencies = sorted(t for part in parts for t in part["latencies"])
+    wall = sum(part["wall"] for part in parts)
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, round(p * (len(latencies) - 1)))] * 1000
+
+    return {
+        "n": len(latencies),
+        "ok": sum(part["ok"] for part in parts),
+        "rps": len(latencies) / wall,
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+        "codes": sorted({code for part in parts for code in part["codes"]}),
+    }
+
+
 def report_verify(results: dict) -> None:
     say(
-        f"## 1. Verify endpoint: app vs naive baseline ({REQUESTS} requests per level and target, "
-        f"fake Khalti latency {DELAY_MS:g} ms, HTTPS)"
+        f"## 1. Verify endpoint: app vs naive baseline ({REQUESTS} requests per level and target "
+        f"in {ROUNDS} interleaved rounds, fake Khalti latency {DELAY_MS:g} ms, HTTPS)"
     )
     say()
     rows = []
@@ -420,7 +453,43 @@ def report_verify(results: dict) -> None:
         "The baseline (bench/baseline.py) is a Django view under the same gunicorn settings "
         f"({WORKERS} sync workers, --preload) that calls `requests.post` per verification: a new "
         "TCP+TLS connection each time, no database, no amount check, no idempotency. Every "
-        "request of either target is a fresh token for a fresh order."
+        "request of any target is a fresh token for a fresh order."
+    )
+    say()
+    if ("app-unflushed", LEVELS[0]) not in results:
+        return
+    say(
+        "Where the app's extra time goes: the same app with PostgreSQL told not to wait for "
+        "its commits to reach the disk (`synchronous_commit=off`, for comparison only; "
+        "dj-khalti's guarantees assume durable commits). A verification commits twice (the "
+        "claim before Khalti is called, the result after) and the shop's receiver once more."
+    )
+    say()
+    rows = []
+    for clients in LEVELS:
+        app = results[("app", clients)]
+        fast = results[("app-unflushed", clients)]
+        base = results[("baseline", clients)]
+        rows.append(
+            [
+                clients,
+                f"{fast['rps']:.1f}",
+                f"{fast['p50']:.1f}",
+                f"{fast['ok']}/{fast['n']}",
+                f"{fast['p50'] / base['p50']:.2f}x",
+                f"{app['p50'] - fast['p50']:.1f}",
+            ]
+        )
+    table(
+        [
+            "clients",
+            "unflushed req/s",
+            "unflushed p50 ms",
+            "unflushed ok",
+            "p50 unflushed/baseline",
+            "p50 ms spent flushing commits",
+        ],
+        rows,
     )
     say()
 
@@ -471,6 +540,83 @@ def bench_queries() -> list[list[object]]:
         verdict = "met" if counted <= goal else f"missed by {counted - goal}"
         rows.append([label, status, len(sqls), counted, breakdown(sqls), f"<= {goal}", verdict])
     return rows, first, again
+
+
+def bench_breakdown(n: int = 100) -> dict[str, float]:
+    """Where a verification's time goes, in process: mean ms per successful verification
+    spent in SQL statements, in COMMITs, in the call to Khalti, and in Python around them
+    (Django, DRF, dj-khalti, the shop's resolver and receiver)."""
+    import requests as requests_module
+    from django.db import connection
+    from django.test import Client
+
+    spent = {"sql": 0.0, "commit": 0.0, "khalti": 0.0}
+
+    def timed_sql(execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            spent["sql"] += time.perf_counter() - started
+
+    plain_commit = connection.commit
+    plain_send = requests_module.Session.send
+
+    def timed_commit() -> None:
+        started = time.perf_counter()
+        try:
+            plain_commit()
+        finally:
+            spent["commit"] += time.perf_counter() - started
+
+    def timed_send(self, request, **kwargs):
+        started = time.perf_counter()
+        try:
+            return plain_send(self, request, **kwargs)
+        finally:
+            spent["khalti"] += time.perf_counter() - started
+
+    client = Client()
+    orders = new_orders(n + 10, "T")
+    connection.commit = timed_commit
+    requests_module.Session.send = timed_send
+    try:
+        with connection.execute_wrapper(timed_sql):
+            for i, (reference, total) in enumerate(orders):
+                if i == 10:  # the first ten warm up; the rest are measured
+                    spent.update(sql=0.0, commit=0.0, khalti=0.0)
+                    started = time.perf_counter()
+                payload = {"token": f"tok-t-{uuid.uuid4().hex}", "amount": total}
+                payload["product_identity"] = reference
+                response = client.post("/khalti/verify/", payload, content_type="application/json")
+                assert response.status_code == 200, response.content
+            total_s = time.perf_counter() - started
+    finally:
+        del connection.commit
+        requests_module.Session.send = plain_send
+    out = {name: seconds / n * 1000 for name, seconds in spent.items()}
+    out["total"] = total_s / n * 1000
+    out["python"] = out["total"] - out["sql"] - out["commit"] - out["khalti"]
+    return out
+
+
+def report_breakdown(parts: dict[str, float]) -> None:
+    say("## 2b. Where a verification's time goes (in process, django.test.Client, 100 requests)")
+    say()
+    table(
+        ["part", "mean ms", "share"],
+        [
+            [label, f"{parts[key]:.2f}", f"{parts[key] / parts['total'] * 100:.0f}%"]
+            for key, label in (
+                ("khalti", f"the call to Khalti (the fake answers after {DELAY_MS:g} ms)"),
+                ("commit", "COMMITs (the claim and the result; flushed to disk)"),
+                ("sql", "SQL statements (dj-khalti's, the resolver's, the receiver's)"),
+                ("python", "Python: Django, DRF, dj-khalti, the shop's code"),
+                ("total", "total"),
+            )
+        ],
+    )
+    say()
 
 
 def report_queries(rows: list, first: list[str], again: list[str]) -> None:
@@ -836,6 +982,8 @@ def main() -> None:
     say()
     note("queries")
     report_queries(*bench_queries())
+    note("breakdown")
+    report_breakdown(bench_breakdown())
     note("reconcile")
     bench_reconcile(env, RECONCILE_ROWS)
     note("admin")

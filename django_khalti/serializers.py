@@ -48,13 +48,19 @@ class VerifySerializer(serializers.Serializer):
     idx = serializers.CharField(max_length=255, required=False, allow_blank=True)
 
 
-class PaymentSerializer(serializers.ModelSerializer):
-    """What the buyer's page may see of a payment: nothing of the payer or Khalti's record."""
+class PaymentSerializer(serializers.Serializer):
+    """What the buyer's page may see of a payment: nothing of the payer or Khalti's record.
 
-    class Meta:
-        model = Payment
-        fields = ["id", "product_identity", "amount", "status", "idx", "verified_at"]
-        read_only_fields = fields
+    Fields are declared rather than derived from the model (``ModelSerializer``),
+    which would introspect the model on every response.
+    """
+
+    id = serializers.UUIDField(read_only=True)
+    product_identity = serializers.CharField(read_only=True)
+    amount = serializers.IntegerField(read_only=True)
+    status = serializers.ChoiceField(choices=Payment.Status.choices, read_only=True)
+    idx = serializers.CharField(read_only=True, allow_null=True)
+    verified_at = serializers.DateTimeField(read_only=True, allow_null=True)
 
 
 class CustomerInfoSerializer(serializers.Serializer):

@@ -1,3 +1,4 @@
+from django.db import transaction
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -9,13 +10,15 @@ from .models import Order, OrderEvent
 
 @receiver(payment_verified, sender=Payment)
 def mark_order_paid(sender, payment, **kwargs):
-    # Idempotent: only an unpaid order is changed.
-    Order.objects.filter(reference=payment.product_identity, paid=False).update(
-        paid=True, paid_at=timezone.now()
-    )
-    OrderEvent.objects.create(
-        order_reference=payment.product_identity, kind="paid", payment_id=payment.pk
-    )
+    # One transaction: the order and its history change together (and commit once).
+    with transaction.atomic():
+        # Idempotent: only an unpaid order is changed.
+        Order.objects.filter(reference=payment.product_identity, paid=False).update(
+            paid=True, paid_at=timezone.now()
+        )
+        OrderEvent.objects.create(
+            order_reference=payment.product_identity, kind="paid", payment_id=payment.pk
+        )
 
 
 @receiver(payment_failed, sender=Payment)

@@ -113,6 +113,10 @@ if os.environ.get("DJANGO_DATABASE_NAME"):
 # DJANGO_CONN_MAX_AGE: persistent connections (the benchmark, bench/run.py, as in production).
 if os.environ.get("DJANGO_CONN_MAX_AGE"):
     DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ["DJANGO_CONN_MAX_AGE"])
+# DJANGO_PG_OPTIONS: libpq ``options`` for PostgreSQL sessions. Only the benchmark sets it
+# (``-c synchronous_commit=off``, to show what flushing commits costs); never in production.
+if os.environ.get("DJANGO_PG_OPTIONS") and "postgresql" in DATABASES["default"]["ENGINE"]:
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = os.environ["DJANGO_PG_OPTIONS"]
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en"
