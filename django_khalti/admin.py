@@ -302,9 +302,11 @@ class PaymentAdmin(admin.ModelAdmin):
         unreachable = 0
         try:
             for payment in pending:
-                counts[services.reconcile(payment).status] += 1
+                settled = services.reconcile(payment)
+                counts[settled.get_status_display().lower()] += 1
             for refund in refunds:
-                counts["refund " + services.reconcile_refund(refund).status] += 1
+                outcome = services.reconcile_refund(refund).get_status_display().lower()
+                counts[_("refund %(status)s") % {"status": outcome}] += 1
         except KhaltiUnavailable:
             unreachable = 1  # stop at the first: the rest would wait for it too
         except KhaltiConfigurationError as exc:
@@ -317,9 +319,7 @@ class PaymentAdmin(admin.ModelAdmin):
             )
             return
         if checked:
-            summary = ", ".join(
-                f"{n} {status.replace('_', ' ')}" for status, n in sorted(counts.items())
-            )
+            summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
             self.message_user(
                 request,
                 _("Re-checked %(checked)s with Khalti: %(summary)s.")

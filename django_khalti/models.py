@@ -91,9 +91,9 @@ class Payment(models.Model):
         max_length=64, unique=True, null=True, editable=False
     )
     #: When a worker took this payment to call Khalti; NULL when nobody holds it.
-    claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    claimed_at = models.DateTimeField(_("claimed"), null=True, blank=True, editable=False)
     #: How many times a worker has taken this payment to call Khalti.
-    attempts = models.PositiveIntegerField(default=0, editable=False)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0, editable=False)
 
     objects = PaymentQuerySet.as_manager()
 
@@ -109,7 +109,11 @@ class Payment(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.product_identity} · Rs {self.amount_rupees} · {self.get_status_display()}"
+        return _("%(order)s · Rs %(amount)s · %(status)s") % {
+            "order": self.product_identity,
+            "amount": self.amount_rupees,
+            "status": self.get_status_display(),
+        }
 
     @property
     def amount_rupees(self) -> str:
@@ -169,7 +173,10 @@ class Refund(models.Model):
         ordering = ["created_at"]
 
     def __str__(self) -> str:
-        return f"Rs {rupees(self.amount)} · {self.get_status_display()}"
+        return _("Rs %(amount)s · %(status)s") % {
+            "amount": rupees(self.amount),
+            "status": self.get_status_display(),
+        }
 
 
 def order_key(product_identity: str) -> str:

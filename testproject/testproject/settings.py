@@ -41,6 +41,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The language from Accept-Language: dj-khalti answers in Nepali as well (locale/ne).
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -120,6 +122,7 @@ if os.environ.get("DJANGO_PG_OPTIONS") and "postgresql" in DATABASES["default"][
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("ne", "Nepali")]
 TIME_ZONE = "Asia/Kathmandu"
 USE_I18N = True
 USE_TZ = True
