@@ -11,14 +11,16 @@ import json
 from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import URLPattern
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -34,8 +36,17 @@ from .exceptions import (
 )
 from .models import Payment, Refund, rupees
 
+if TYPE_CHECKING:
+    # django-stubs makes the admin classes generic in their model; Django's are not
+    # subscriptable at run time.
+    _RefundInline = admin.TabularInline[Refund, Payment]
+    _PaymentAdmin = admin.ModelAdmin[Payment]
+else:
+    _RefundInline = admin.TabularInline
+    _PaymentAdmin = admin.ModelAdmin
+
 #: The colour of each status badge in the changelist.
-STATUS_COLOURS = {
+STATUS_COLOURS: dict[str, str] = {
     Payment.Status.PENDING: "#b26a00",
     Payment.Status.VERIFIED: "#1e7e34",
     Payment.Status.FAILED: "#c62828",
@@ -44,7 +55,8 @@ STATUS_COLOURS = {
 }
 
 
-def pretty_json(value: Any) -> str:
+def pretty_json(value: object) -> str:
+    """A JSON value as indented, escaped HTML (``<pre>``); ``-`` for None."""
     if value is None:
         return "-"
     return format_html(
@@ -52,11 +64,14 @@ def pretty_json(value: Any) -> str:
     )
 
 
-class RefundInline(admin.TabularInline):
+class RefundInline(_RefundInline):
+    """A payment's refunds, read-only, on its page: who asked, how much, what Khalti said."""
+
     model = Refund
     extra = 0
     can_delete = False
-    fields = [
+    # A tuple of names: it types as both a field list and a read-only field list.
+    fields: ClassVar[tuple[str, ...]] = (
         "created_at",
         "amount_display",
         "status",
@@ -65,25 +80,30 @@ class RefundInline(admin.TabularInline):
         "settled_at",
         "failure_reason",
         "answer",
-    ]
+    )
     readonly_fields = fields
     verbose_name_plural = _("refund history")
 
     @admin.display(description=_("amount (Rs)"))
     def amount_display(self, refund: Refund) -> str:
+        """The refund's amount in rupees."""
         return rupees(refund.amount)
 
     @admin.display(description=_("Khalti's answer"))
     def answer(self, refund: Refund) -> str:
+        """Khalti's answer to the refund, as readable JSON."""
         return pretty_json(refund.khalti_response)
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """Never: refunds are made with the payment's Refund action."""
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """Never: a refund's record is Khalti's answer."""
         return False
 
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_view_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """For whoever may view or change payments."""
         # Refunds are part of the payment's record: whoever may see it sees them.
         return bool(
             request.user.has_perm("django_khalti.view_payment")
@@ -92,6 +112,8 @@ class RefundInline(admin.TabularInline):
 
 
 class RefundForm(forms.Form):
+    """The Refund action's confirmation page: an amount in rupees (empty: all that remains)."""
+
     amount = forms.DecimalField(
         label=_("Amount (Rs)"),
         min_value=Decimal("0.01"),
@@ -111,11 +133,14 @@ class RefundForm(forms.Form):
     refunded_before = forms.IntegerField(widget=forms.HiddenInput)
 
     def amount_paisa(self) -> int | None:
+        """The amount asked for, in paisa; None to refund all that remains."""
         amount = self.cleaned_data["amount"]
         return None if amount is None else int(amount * 100)
 
 
 class ResolveRefundForm(forms.Form):
+    """What a person found in Khalti's dashboard about a refund of unknown outcome."""
+
     outcome = forms.ChoiceField(
         label=_("What Khalti's dashboard shows"),
         choices=[
@@ -133,7 +158,14 @@ RECHECK_LIMIT = 20
 
 
 @admin.register(Payment)
-class PaymentAdmin(admin.ModelAdmin):
+class PaymentAdmin(_PaymentAdmin):
+    """The payments' admin: read-only records, searched by Khalti's ids, with three actions.
+
+    "Re-check with Khalti" (``change_payment`` permission), "Refund with Khalti…"
+    and "Resolve an unknown refund by hand…" (``refund_payment`` permission).
+    Nobody adds or edits a payment; only a superuser deletes one.
+    """
+
     list_display = [
         "product_identity",
         "amount_display",
@@ -219,14 +251,17 @@ class PaymentAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("amount (Rs)"), ordering="amount")
     def amount_display(self, payment: Payment) -> str:
+        """The amount in rupees."""
         return payment.amount_rupees
 
     @admin.display(description=_("refunded (Rs)"))
     def refunded_display(self, payment: Payment) -> str:
+        """What was refunded, in rupees."""
         return rupees(payment.refunded_amount)
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, payment: Payment) -> str:
+        """The status as a coloured badge."""
         return format_html(
             '<span class="khalti-status khalti-status-{}" style="background:{};color:#fff;'
             'padding:2px 8px;border-radius:10px;white-space:nowrap">{}</span>',
@@ -237,29 +272,36 @@ class PaymentAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("Khalti's last answer"))
     def raw_response(self, payment: Payment) -> str:
+        """Khalti's last answer, as readable JSON."""
         return pretty_json(payment.khalti_response)
 
     # --- permissions: an audit trail ---------------------------------------
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        """Never: payments are made by buyers, through the app."""
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """For the changelist's actions only: a payment's own page is read-only."""
         # A payment's page is view-only: saving it would rewrite the row from a
         # stale copy, around the guarded status changes. Changes go through the
         # actions, which is what the change permission is for.
         return obj is None and super().has_change_permission(request)
 
     def has_delete_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """Only for superusers: payments are the audit trail."""
         return bool(request.user.is_superuser)
 
     def has_refund_permission(self, request: HttpRequest) -> bool:
+        """Whether the user may refund: ``django_khalti.refund_payment``."""
         return bool(request.user.has_perm("django_khalti.refund_payment"))
 
     def has_resolve_refund_permission(self, request: HttpRequest) -> bool:
+        """Whether the user may resolve refunds: the refund permission."""
         return self.has_refund_permission(request)
 
     def has_recheck_permission(self, request: HttpRequest) -> bool:
+        """Whether the user may re-check payments: ``django_khalti.change_payment``."""
         return bool(request.user.has_perm("django_khalti.change_payment"))
 
     # --- actions -------------------------------------------------------------
@@ -267,7 +309,8 @@ class PaymentAdmin(admin.ModelAdmin):
     # The actions call Khalti: like the API views, they must not run inside the
     # request's transaction (ATOMIC_REQUESTS), or claims would not be committed
     # before Khalti is called.
-    def get_urls(self) -> list[Any]:
+    def get_urls(self) -> list[URLPattern]:
+        """The admin's URLs, the changelist (where actions run) outside ``ATOMIC_REQUESTS``."""
         urls = super().get_urls()
         for pattern in urls:
             if (
@@ -279,6 +322,11 @@ class PaymentAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Re-check with Khalti"), permissions=["recheck"])
     def recheck(self, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
+        """Ask Khalti about the selected pending payments and refunds of unknown outcome.
+
+        At most :data:`RECHECK_LIMIT` of them per click; stops at the first that
+        Khalti does not answer. Reports what became of them as messages.
+        """
         # One budget of Khalti calls for payments and refunds together.
         pending = list(queryset.filter(status=Payment.Status.PENDING)[: RECHECK_LIMIT + 1])
         refunds = list(
@@ -335,6 +383,12 @@ class PaymentAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Refund with Khalti…"), permissions=["refund"])
     def refund(self, request: HttpRequest, queryset: QuerySet[Payment]) -> HttpResponse | None:
+        """Refund the selected payments after a confirmation page.
+
+        All that remains of each, or an amount of one payment. Returns the
+        confirmation page, or None once the refunds were asked of Khalti (each
+        one's outcome is reported as a message).
+        """
         payments = list(queryset)
         refunded_before = sum(p.refunded_amount for p in payments)
         confirming = "confirm" in request.POST
@@ -364,7 +418,7 @@ class PaymentAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "payments": payments,
             "form": form,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
             "total_refundable": rupees(sum(p.refundable_amount for p in payments)),
         }
         return TemplateResponse(
@@ -444,6 +498,6 @@ class PaymentAdmin(admin.ModelAdmin):
             "refunds": refunds,
             "form": form,
             "payments": [refund.payment for refund in refunds],
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/django_khalti/payment/resolve_refund.html", context)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
@@ -107,7 +109,16 @@ def _check_timeout(config: dict[str, Any]) -> list[checks.CheckMessage]:
 
 
 @checks.register("django_khalti")
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Check ``settings.KHALTI`` (tag ``django_khalti``); returns the problems found.
+
+    Errors: E001 no secret key (or ``KHALTI`` not a dict), E002 no callable amount
+    resolver, E003 ``BASE_URL`` not an http(s) URL, E004 ``TIMEOUT`` not a
+    positive number. Warnings: W001 ``BASE_URL`` without https to a remote host,
+    W002 a test key while ``DEBUG`` is False.
+    """
     config = getattr(settings, "KHALTI", None)
     if config is not None and not isinstance(config, dict):
         return [

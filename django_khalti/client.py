@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote, urljoin
 
 import requests
@@ -31,6 +31,7 @@ from .exceptions import (
     KhaltiBadResponse,
     KhaltiConfigurationError,
     KhaltiConnectionError,
+    KhaltiError,
     KhaltiRejected,
     KhaltiTimeout,
     KhaltiUnavailable,
@@ -109,7 +110,7 @@ class KhaltiLookup:
     raw: dict[str, Any]
 
 
-def _aware(value: Any) -> datetime | None:
+def _aware(value: object) -> datetime | None:
     """An ISO 8601 timestamp from Khalti as an aware datetime, or None."""
     try:
         parsed = parse_datetime(value) if isinstance(value, str) else None
@@ -120,11 +121,12 @@ def _aware(value: Any) -> datetime | None:
     return parsed
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
+    """Whether a JSON value is an integer (``true`` is not)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def error_message(body: Any) -> str | None:
+def error_message(body: object) -> str | None:
     """The human message of a Khalti error body, or None for an unknown shape.
 
     Khalti answers errors as ``{"detail": "..."}`` or as DRF field errors
@@ -140,7 +142,7 @@ def error_message(body: Any) -> str | None:
     return "; ".join(messages) if messages else None
 
 
-def _field_messages(errors: Any, prefix: str) -> list[str] | None:
+def _field_messages(errors: object, prefix: str) -> list[str] | None:
     """``["field: message", ...]`` from DRF-style errors, or None for another shape."""
     if isinstance(errors, str):
         return [f"{prefix}: {errors}" if prefix else errors]
@@ -161,6 +163,17 @@ def _field_messages(errors: Any, prefix: str) -> list[str] | None:
 
 
 class KhaltiClient:
+    """Khalti's merchant API over HTTP: one method per endpoint, no state but the settings.
+
+    Build it with :meth:`from_settings`. Every method returns a parsed answer or
+    raises a :class:`~django_khalti.exceptions.KhaltiError`:
+    :class:`~django_khalti.exceptions.KhaltiRejected` for a definitive refusal,
+    :class:`~django_khalti.exceptions.KhaltiUnavailable` (or a subclass) when the
+    outcome is unknown. ``__init__`` raises
+    :class:`~django_khalti.exceptions.KhaltiConfigurationError` for a missing key,
+    a non-http(s) ``base_url`` or a timeout that is not a positive number.
+    """
+
     def __init__(self, secret_key: str, base_url: str, timeout: float) -> None:
         if not secret_key or not isinstance(secret_key, str):
             raise KhaltiConfigurationError("KHALTI['SECRET_KEY'] is not set.")
@@ -174,6 +187,7 @@ class KhaltiClient:
 
     @classmethod
     def from_settings(cls) -> KhaltiClient:
+        """A client for ``KHALTI``'s ``SECRET_KEY``, ``BASE_URL`` and ``TIMEOUT`` as they are now."""
         return cls(
             secret_key=khalti_settings.SECRET_KEY,
             base_url=khalti_settings.BASE_URL,
@@ -237,7 +251,12 @@ class KhaltiClient:
             "POST", REFUND_PATH.format(idx=quote(idx, safe="")), json=body
         )
         detail = answer.get("detail") if isinstance(answer, dict) else None
-        if status == 200 and isinstance(detail, str) and "success" in detail.lower():
+        if (
+            status == 200
+            and isinstance(answer, dict)
+            and isinstance(detail, str)
+            and "success" in detail.lower()
+        ):
             return answer
         if status == 200:
             # Not the documented success: whether money went back is unknown.
@@ -258,7 +277,8 @@ class KhaltiClient:
         product_details: list[dict[str, Any]] | None = None,
     ) -> KhaltiInitiation:
         """Start an ePayment. Raises :class:`KhaltiRejected` with Khalti's field
-        messages (``exc.body``) when it refuses the request."""
+        messages (``exc.body``) when it refuses the request.
+        """
         body: dict[str, Any] = {
             "return_url": return_url,
             "website_url": website_url,
@@ -299,11 +319,11 @@ class KhaltiClient:
         status, body = self._request("POST", LOOKUP_PATH, json={"pidx": pidx})
         # Khalti answers Expired and User canceled with HTTP 400 and the same body.
         if isinstance(body, dict) and isinstance(body.get("status"), str) and status in (200, 400):
-            total, fee, transaction_id = (
-                body.get(k) for k in ("total_amount", "fee", "transaction_id")
+            given, total, fee, transaction_id = (
+                body.get(k) for k in ("pidx", "total_amount", "fee", "transaction_id")
             )
             return KhaltiLookup(
-                pidx=body.get("pidx") if isinstance(body.get("pidx"), str) else pidx,
+                pidx=given if isinstance(given, str) else pidx,
                 status=body["status"],
                 total_amount=total if _is_int(total) else None,
                 transaction_id=transaction_id
@@ -330,7 +350,9 @@ class KhaltiClient:
                 headers={"Authorization": f"Key {self._secret_key}"},
                 # Connect and each read within TIMEOUT, and the whole call too: a
                 # trickling answer cannot keep a worker (and a claim) past it.
-                timeout=Timeout(connect=self.timeout, read=self.timeout, total=self.timeout),
+                # requests hands a urllib3 Timeout to urllib3 as it is; types-requests
+                # knows only numbers and (connect, read) tuples.
+                timeout=Timeout(connect=self.timeout, read=self.timeout, total=self.timeout),  # type: ignore[arg-type]
                 allow_redirects=False,
                 **kwargs,
             )
@@ -362,7 +384,7 @@ class KhaltiClient:
             raise KhaltiBadResponse() from exc
         return response.status_code, body
 
-    def _refusal(self, status: int, body: Any, any_4xx: bool = False) -> Exception:
+    def _refusal(self, status: int, body: Any, any_4xx: bool = False) -> KhaltiError:
         """A definitive refusal for a readable HTTP 400, an unknown outcome otherwise.
 
         With ``any_4xx``, any readable 4xx answer is a refusal (refunds: Khalti

@@ -46,6 +46,10 @@ class KhaltiSettings:
 
     @property
     def user_settings(self) -> dict[str, Any]:
+        """``settings.KHALTI`` as it is now (``{}`` when unset).
+
+        Raises :class:`~django_khalti.exceptions.KhaltiConfigurationError` when it is not a dict.
+        """
         config = getattr(settings, "KHALTI", None) or {}
         if not isinstance(config, dict):
             raise KhaltiConfigurationError("settings.KHALTI must be a dict.")

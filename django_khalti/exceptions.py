@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 
 
@@ -18,10 +19,17 @@ class KhaltiConfigurationError(ImproperlyConfigured):
 
 
 class KhaltiError(Exception):
-    code = "khalti_error"
-    default_detail: Any = _("The Khalti payment could not be processed.")
+    """The base of every refusal and Khalti failure dj-khalti raises.
 
-    def __init__(self, detail: Any = None) -> None:
+    ``code`` is stable and machine-readable; ``detail`` (default: ``default_detail``)
+    is for people and translatable. The API answers ``{"code", "detail", **extra()}``
+    with the HTTP status of ``django_khalti.views.HTTP_STATUS``.
+    """
+
+    code = "khalti_error"
+    default_detail: str | Promise = _("The Khalti payment could not be processed.")
+
+    def __init__(self, detail: str | Promise | None = None) -> None:
         self.detail = detail if detail is not None else self.default_detail
         super().__init__(str(self.detail))
 
@@ -34,36 +42,50 @@ class KhaltiError(Exception):
 
 
 class KhaltiUnknownOrder(KhaltiError):
+    """The shop's resolver knows no order awaiting payment by this reference (HTTP 404)."""
+
     code = "unknown_order"
     default_detail = _("No order with this product identity is awaiting payment.")
 
 
 class KhaltiUnknownPayment(KhaltiError):
+    """A ``pidx`` that no payment of ours was started with (HTTP 404)."""
+
     code = "unknown_payment"
     default_detail = _("No payment of ours has this Khalti payment id.")
 
 
 class KhaltiAmountMismatch(KhaltiError):
+    """The amount sent is not the amount the shop's resolver expects (HTTP 400)."""
+
     code = "amount_mismatch"
     default_detail = _("The amount does not match the order's amount.")
 
 
 class KhaltiTokenUsed(KhaltiError):
+    """The widget token was first verified for another order or amount (HTTP 409)."""
+
     code = "token_used"
     default_detail = _("This payment token was already used for another order or amount.")
 
 
 class KhaltiAlreadyPaid(KhaltiError):
+    """The order already has a payment Khalti confirmed (HTTP 409)."""
+
     code = "already_paid"
     default_detail = _("This order has already been paid.")
 
 
 class KhaltiInProgress(KhaltiError):
+    """Another request is settling this payment or order right now: retry shortly (HTTP 409)."""
+
     code = "in_progress"
     default_detail = _("This payment is being confirmed right now. Try again in a moment.")
 
 
 class KhaltiAmountTooSmall(KhaltiError):
+    """The order is below Khalti's ePayment minimum of Rs 10 (HTTP 400)."""
+
     code = "amount_too_small"
     default_detail = _("Khalti takes online payments of Rs 10 or more.")
 
@@ -74,11 +96,14 @@ class KhaltiInitiationRejected(KhaltiError):
     code = "initiation_rejected"
     default_detail = _("Khalti refused to start the payment.")
 
-    def __init__(self, detail: Any = None, errors: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, detail: str | Promise | None = None, errors: dict[str, Any] | None = None
+    ) -> None:
         self.errors = errors or {}
         super().__init__(detail)
 
     def extra(self) -> dict[str, Any]:
+        """Khalti's field messages, as ``errors``."""
         return {"errors": self.errors}
 
 
@@ -97,7 +122,7 @@ class KhaltiRejected(KhaltiError):
 
     code = "khalti_rejected"
 
-    def __init__(self, detail: Any, status_code: int, body: Any = None) -> None:
+    def __init__(self, detail: str | Promise, status_code: int, body: Any = None) -> None:
         self.status_code = status_code
         self.body = body
         super().__init__(detail)
@@ -112,11 +137,15 @@ class KhaltiUnavailable(KhaltiError):
 
 
 class KhaltiTimeout(KhaltiUnavailable):
+    """Khalti did not answer within ``TIMEOUT`` (HTTP 504); the outcome is unknown."""
+
     default_detail = _("Khalti did not answer in time. The payment is pending; try again shortly.")
     http_status = 504
 
 
 class KhaltiConnectionError(KhaltiUnavailable):
+    """Khalti could not be connected to (HTTP 503); it never saw the request."""
+
     http_status = 503
 
 
@@ -130,16 +159,22 @@ class KhaltiBadResponse(KhaltiUnavailable):
 
 
 class KhaltiNotRefundable(KhaltiError):
+    """The payment is not one Khalti confirmed, or has no Khalti transaction id to refund."""
+
     code = "not_refundable"
     default_detail = _("Only a payment Khalti confirmed can be refunded.")
 
 
 class KhaltiInvalidRefundAmount(KhaltiError):
+    """The refund's amount is not between 1 paisa and what remains refundable."""
+
     code = "invalid_refund_amount"
     default_detail = _("A refund must be more than nothing and no more than what remains.")
 
 
 class KhaltiRefundInProgress(KhaltiError):
+    """Another refund of the payment awaits Khalti's answer: one refund at a time."""
+
     code = "refund_in_progress"
     default_detail = _(
         "Another refund of this payment awaits Khalti's answer. Re-check it before refunding again."
@@ -147,6 +182,8 @@ class KhaltiRefundInProgress(KhaltiError):
 
 
 class KhaltiRefundFailed(KhaltiError):
+    """Khalti refused the refund: nothing was refunded."""
+
     code = "refund_failed"
     default_detail = _("Khalti refused the refund.")
 

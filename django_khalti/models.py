@@ -15,10 +15,14 @@ from django.utils.translation import gettext_lazy as _
 
 
 class PaymentQuerySet(models.QuerySet["Payment"]):
+    """``Payment.objects``: payments by status and by order."""
+
     def pending(self) -> PaymentQuerySet:
+        """Payments awaiting Khalti's answer."""
         return self.filter(status=Payment.Status.PENDING)
 
     def verified(self) -> PaymentQuerySet:
+        """Payments Khalti confirmed and nothing was refunded of."""
         return self.filter(status=Payment.Status.VERIFIED)
 
     def paid(self) -> PaymentQuerySet:
@@ -26,11 +30,21 @@ class PaymentQuerySet(models.QuerySet["Payment"]):
         return self.filter(status__in=Payment.PAID_STATUSES)
 
     def for_order(self, product_identity: str) -> PaymentQuerySet:
+        """Every payment attempt for the order ``product_identity``, whatever its status."""
         return self.filter(product_identity=product_identity)
 
 
 class Payment(models.Model):
+    """One payment attempt through Khalti, widget or ePayment, and what Khalti said of it.
+
+    ``amount`` is the shop's (from its resolver), in paisa. ``status`` changes only
+    in :mod:`django_khalti.services`; the row also records Khalti's ids, fee,
+    masked payer mobile, its last answer and why a payment failed.
+    """
+
     class Status(models.TextChoices):
+        """Where a payment stands: pending until Khalti's answer settles it."""
+
         PENDING = "pending", _("Pending")
         VERIFIED = "verified", _("Verified")
         FAILED = "failed", _("Failed")
@@ -43,6 +57,8 @@ class Payment(models.Model):
     REFUNDABLE_STATUSES = (Status.VERIFIED, Status.PARTIALLY_REFUNDED)
 
     class Flow(models.TextChoices):
+        """How the buyer paid: Khalti's widget (token) or its ePayment (pidx)."""
+
         WIDGET = "widget", _("Widget (KPG-1)")
         EPAYMENT = "epayment", _("ePayment (KPG-2)")
 
@@ -98,6 +114,8 @@ class Payment(models.Model):
     objects = PaymentQuerySet.as_manager()
 
     class Meta:
+        """Newest first; permission ``refund_payment``; the admin's mobile search indexed."""
+
         verbose_name = _("Khalti payment")
         verbose_name_plural = _("Khalti payments")
         ordering = ["-created_at"]
@@ -122,13 +140,15 @@ class Payment(models.Model):
 
     @property
     def refundable_rupees(self) -> str:
+        """What can still be refunded, in rupees for display."""
         return rupees(self.refundable_amount)
 
     @property
     def refundable_amount(self) -> int:
         """Paisa that can still be refunded (0 unless this app saw Khalti confirm it:
         a payment refunded outside the app before we verified it has an unknown
-        refunded amount)."""
+        refunded amount).
+        """
         if self.status not in self.REFUNDABLE_STATUSES or self.verified_at is None:
             return 0
         return self.amount - self.refunded_amount
@@ -138,6 +158,8 @@ class Refund(models.Model):
     """One request to give money back to the buyer, and what Khalti said of it."""
 
     class Status(models.TextChoices):
+        """A refund waits for Khalti's answer (pending), then succeeded or failed."""
+
         PENDING = "pending", _("Pending")
         SUCCEEDED = "succeeded", _("Succeeded")
         FAILED = "failed", _("Failed")
@@ -168,6 +190,8 @@ class Refund(models.Model):
     claim = models.UUIDField(unique=True, null=True, editable=False)
 
     class Meta:
+        """Oldest first: the payment's refund history in order."""
+
         verbose_name = _("Khalti refund")
         verbose_name_plural = _("Khalti refunds")
         ordering = ["created_at"]

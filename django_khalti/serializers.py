@@ -31,6 +31,7 @@ class PaisaField(serializers.IntegerField):
         super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> int:
+        """The amount as an int; ``invalid`` for anything but digits or a JSON integer."""
         if isinstance(data, bool) or not (
             isinstance(data, int) or (isinstance(data, str) and data.isascii() and data.isdigit())
         ):
@@ -38,7 +39,7 @@ class PaisaField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
-class VerifySerializer(serializers.Serializer):
+class VerifySerializer(serializers.Serializer[dict[str, Any]]):
     """The widget's ``onSuccess`` payload. Fields not named here are ignored."""
 
     token = serializers.CharField(max_length=255)
@@ -48,7 +49,7 @@ class VerifySerializer(serializers.Serializer):
     idx = serializers.CharField(max_length=255, required=False, allow_blank=True)
 
 
-class PaymentSerializer(serializers.Serializer):
+class PaymentSerializer(serializers.Serializer[Payment]):
     """What the buyer's page may see of a payment: nothing of the payer or Khalti's record.
 
     Fields are declared rather than derived from the model (``ModelSerializer``),
@@ -63,13 +64,15 @@ class PaymentSerializer(serializers.Serializer):
     verified_at = serializers.DateTimeField(read_only=True, allow_null=True)
 
 
-class CustomerInfoSerializer(serializers.Serializer):
+class CustomerInfoSerializer(serializers.Serializer[dict[str, Any]]):
+    """The buyer's details for Khalti's payment page, all optional: passed on to Khalti."""
+
     name = serializers.CharField(max_length=255, required=False)
     email = serializers.EmailField(max_length=255, required=False)
     phone = serializers.CharField(max_length=32, required=False)
 
 
-class EpaymentInitiateSerializer(serializers.Serializer):
+class EpaymentInitiateSerializer(serializers.Serializer[dict[str, Any]]):
     """What a page sends to start an ePayment. The amount is never among it."""
 
     product_identity = serializers.CharField(max_length=255)
@@ -77,7 +80,7 @@ class EpaymentInitiateSerializer(serializers.Serializer):
     customer_info = CustomerInfoSerializer(required=False)
 
 
-class EpaymentSerializer(serializers.Serializer):
+class EpaymentSerializer(serializers.Serializer[Payment]):
     """Where to send the buyer: Khalti's payment page for this payment."""
 
     payment = serializers.UUIDField(source="id")

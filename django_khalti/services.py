@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
 from django.dispatch import Signal
-from django.http import Http404
+from django.http import Http404, HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -64,6 +65,11 @@ from .exceptions import (
 from .models import Payment, Refund, order_key
 from .signals import payment_failed, payment_refunded, payment_verified
 
+if TYPE_CHECKING:
+    # The project's user model or AnonymousUser, as django-stubs resolves request.user.
+    from django.contrib.auth.models import _AnyUser
+    from rest_framework.request import Request
+
 logger = logging.getLogger(__name__)
 
 Status = Payment.Status
@@ -72,7 +78,7 @@ Status = Payment.Status
 # --- the shop's truth ---------------------------------------------------------
 
 
-def expected_amount(request: Any, product_identity: str) -> int:
+def expected_amount(request: HttpRequest | Request | None, product_identity: str) -> int:
     """The amount in paisa the shop expects for this order, from its resolver."""
     resolver = khalti_settings.AMOUNT_RESOLVER
     if not callable(resolver):
@@ -100,7 +106,12 @@ def expected_amount(request: Any, product_identity: str) -> int:
 
 
 def verify_payment(
-    request: Any, *, token: str, amount: int, product_identity: str, idx: str = ""
+    request: HttpRequest | Request | None,
+    *,
+    token: str,
+    amount: int,
+    product_identity: str,
+    idx: str = "",
 ) -> Payment:
     """Verify a widget payment for ``product_identity`` exactly once.
 
@@ -134,7 +145,7 @@ def verify_payment(
     return _verified_or_raise(payment)
 
 
-def _expected_for_new_payment(request: Any, product_identity: str) -> int:
+def _expected_for_new_payment(request: HttpRequest | Request | None, product_identity: str) -> int:
     """The shop's amount; a paid order the resolver no longer knows is ``already_paid``."""
     try:
         return expected_amount(request, product_identity)
@@ -162,8 +173,8 @@ def reconcile(payment: Payment) -> Payment:
 
 
 def pending_batch(
-    created_before: Any, size: int, after: tuple[Any, Any] | None = None
-) -> tuple[list[Payment], tuple[Any, Any] | None]:
+    created_before: datetime, size: int, after: tuple[datetime, uuid.UUID] | None = None
+) -> tuple[list[Payment], tuple[datetime, uuid.UUID] | None]:
     """Up to ``size`` pending payments created before ``created_before``, oldest first.
 
     Rows come after the ``(created_at, pk)`` cursor ``after``. Rows another
@@ -186,7 +197,8 @@ def pending_batch(
 
 def settle_claimed(payment: Payment) -> Payment:
     """Ask Khalti about a payment this worker has won with :func:`claim`, and record
-    the answer. Raises :class:`KhaltiUnavailable` when Khalti could not be asked."""
+    the answer. Raises :class:`KhaltiUnavailable` when Khalti could not be asked.
+    """
     return _settle(KhaltiClient.from_settings(), payment, _ask_khalti)
 
 
@@ -268,7 +280,7 @@ def claim(payment: Payment) -> bool:
     return bool(won)
 
 
-def _claimable(now: Any = None) -> Q:
+def _claimable(now: datetime | None = None) -> Q:
     """Nobody holds the payment, or its holder's claim is stale (the worker died)."""
     stale = (now or timezone.now()) - timedelta(seconds=khalti_settings.stale_after)
     return Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale)
@@ -284,7 +296,9 @@ def _release(payment: Payment) -> None:
         logger.exception("Could not release the claim on payment %s.", payment.pk)
 
 
-def _settle(client: KhaltiClient, payment: Payment, ask: Any) -> Payment:
+def _settle(
+    client: KhaltiClient, payment: Payment, ask: Callable[[KhaltiClient, Payment], None]
+) -> Payment:
     """Call Khalti through ``ask`` while holding the claim, then record its answer."""
     try:
         ask(client, payment)
@@ -303,7 +317,7 @@ def _settle(client: KhaltiClient, payment: Payment, ask: Any) -> Payment:
 
 def _verify(client: KhaltiClient, payment: Payment) -> None:
     try:
-        record = client.verify(payment.token, payment.amount)
+        record = client.verify(payment.token or "", payment.amount)
     except KhaltiRejected as exc:
         _fail(payment, _("Khalti rejected the payment: %s") % exc.detail, exc.body)
         return
@@ -320,7 +334,7 @@ def _ask_khalti(client: KhaltiClient, payment: Payment) -> None:
 
 def _ask_status(client: KhaltiClient, payment: Payment) -> None:
     try:
-        answer = client.status(payment.token, payment.amount)
+        answer = client.status(payment.token or "", payment.amount)
     except KhaltiRejected as exc:
         # A refusal from the status endpoint says nothing sure about the payment.
         raise KhaltiUnavailable() from exc
@@ -460,7 +474,7 @@ def _details(client: KhaltiClient, raw: dict[str, Any], payment: Payment) -> dic
 
 
 def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
-    fields = {
+    fields: dict[str, Any] = {
         "idx": record.idx,
         "fee_amount": record.fee_amount,
         "mobile": record.mobile,
@@ -515,7 +529,7 @@ MIN_EPAYMENT_AMOUNT = 1000
 
 
 def start_epayment(
-    request: Any,
+    request: HttpRequest | Request,
     product_identity: str,
     product_name: str,
     customer_info: dict[str, Any] | None = None,
@@ -627,7 +641,10 @@ def settle_epayment_return(pidx: str) -> Payment:
 
 
 def refund_payment(
-    payment: Payment, amount: int | None = None, mobile: str | None = None, by: Any = None
+    payment: Payment,
+    amount: int | None = None,
+    mobile: str | None = None,
+    by: _AnyUser | None = None,
 ) -> Refund:
     """Give ``amount`` paisa of a confirmed payment back to the buyer (all that remains
     without ``amount``); ``mobile`` is the Khalti id to refund to, which Khalti
@@ -713,7 +730,7 @@ def reconcile_refund(refund: Refund) -> Refund:
     return refund
 
 
-def resolve_refund(refund: Refund, *, succeeded: bool, by: Any, note: str = "") -> Refund:
+def resolve_refund(refund: Refund, *, succeeded: bool, by: _AnyUser, note: str = "") -> Refund:
     """Record what a person found in Khalti's dashboard about a refund of unknown outcome.
 
     For the cases Khalti's API cannot settle. ``by`` needs the
@@ -730,11 +747,12 @@ def resolve_refund(refund: Refund, *, succeeded: bool, by: Any, note: str = "") 
 
 
 def _claim_refund(
-    payment: Payment, amount: int | None, mobile: str, by: Any
+    payment: Payment, amount: int | None, mobile: str, by: _AnyUser | None
 ) -> tuple[Refund, Payment]:
     """Record a pending refund under the payment's row lock, after checking it is due.
 
-    Returns the refund and the payment row as it was under the lock."""
+    Returns the refund and the payment row as it was under the lock.
+    """
     with transaction.atomic(durable=True):
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
         if locked.status not in Payment.REFUNDABLE_STATUSES or not locked.idx:
@@ -749,7 +767,12 @@ def _claim_refund(
         try:
             with transaction.atomic():
                 refund = Refund.objects.create(
-                    payment=locked, amount=amount, mobile=mobile, requested_by=by, claim=locked.pk
+                    payment=locked,
+                    amount=amount,
+                    mobile=mobile,
+                    # refund_payment checked that ``by`` may refund: a user, not AnonymousUser.
+                    requested_by=by,  # type: ignore[misc]
+                    claim=locked.pk,
                 )
             return refund, locked
         except IntegrityError:

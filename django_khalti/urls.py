@@ -1,3 +1,9 @@
+"""The app's URLs, namespace ``django_khalti``.
+
+The API (``verify``, ``epayment-initiate``) and the buyer's ePayment pages
+(``epayment-start``, ``epayment-return``).
+"""
+
 from django.urls import path
 
 from . import views

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import IO, Any, cast
 from urllib.parse import urlencode
 
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
@@ -24,7 +25,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
 from . import services
@@ -73,6 +74,7 @@ HTTP_STATUS: dict[type[KhaltiError], int] = {
 
 
 def http_status(exc: KhaltiError) -> int:
+    """The HTTP status for a refusal: its most specific class in :data:`HTTP_STATUS`, else 400."""
     return next(
         (HTTP_STATUS[cls] for cls in type(exc).__mro__ if cls in HTTP_STATUS),
         status.HTTP_400_BAD_REQUEST,
@@ -80,6 +82,7 @@ def http_status(exc: KhaltiError) -> int:
 
 
 def error_response(exc: KhaltiError) -> Response:
+    """The API's answer to a refusal: ``{"code", "detail", ...}`` with its HTTP status."""
     return Response(
         {"code": exc.code, "detail": str(exc.detail), **exc.extra()}, status=http_status(exc)
     )
@@ -88,7 +91,13 @@ def error_response(exc: KhaltiError) -> Response:
 class KhaltiJSONParser(JSONParser):
     """DRF's JSON parser, with a body nested too deep for Python a parse error."""
 
-    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+    def parse(
+        self,
+        stream: IO[Any],
+        media_type: str | None = None,
+        parser_context: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """The parsed JSON body; a :class:`ParseError` (HTTP 400) for one nested too deeply."""
         try:
             return super().parse(stream, media_type, parser_context)
         except RecursionError:
@@ -108,14 +117,17 @@ class KhaltiRateThrottle(SimpleRateThrottle):
     def __init__(self) -> None:
         pass  # SimpleRateThrottle reads the rate here, once; it is read per request instead.
 
-    def allow_request(self, request: Request, view: Any) -> bool:
-        self.rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        """Whether the request is within the ``khalti`` rate; always, when none is set."""
+        # drf-stubs types the rates as numbers; DRF's are strings such as "30/min".
+        self.rate = cast("str | None", api_settings.DEFAULT_THROTTLE_RATES.get(self.scope))
         if self.rate is None:
             return True
         self.num_requests, self.duration = self.parse_rate(self.rate)
         return super().allow_request(request, view)
 
-    def get_cache_key(self, request: Request, view: Any) -> str:
+    def get_cache_key(self, request: Request, view: APIView) -> str:
+        """The throttle's key: the user's id when logged in, else the client's address."""
         user = request.user
         ident = user.pk if user and user.is_authenticated else self.get_ident(request)
         return self.cache_format % {"scope": self.scope, "ident": ident}
@@ -125,21 +137,31 @@ class KhaltiRateThrottle(SimpleRateThrottle):
 # with ATOMIC_REQUESTS: these views manage their own transactions.
 @method_decorator(transaction.non_atomic_requests, name="dispatch")
 class KhaltiAPIView(APIView):
+    """The base of dj-khalti's API views: JSON only, open to anyone, throttled.
+
+    Refusals become ``{"code", "detail"}`` answers (:func:`error_response`); a
+    misconfiguration or an unreachable database a 503, never a 500. No view runs
+    inside ``ATOMIC_REQUESTS``' transaction.
+    """
+
     permission_classes = [AllowAny]
     renderer_classes = [JSONRenderer]
     parser_classes = [KhaltiJSONParser, FormParser, MultiPartParser]
 
-    def get_throttles(self) -> list[Any]:
+    def get_throttles(self) -> list[BaseThrottle]:
+        """The project's throttles as its settings are now (or the view's own), and :class:`KhaltiRateThrottle`."""
         # The project's throttles as its settings are now (APIView's class attribute
         # froze them at import), unless a subclass named its own; then ours.
         classes = (
-            api_settings.DEFAULT_THROTTLE_CLASSES
+            # Imported classes: drf-stubs types the setting as the dotted paths one writes.
+            cast("Sequence[type[BaseThrottle]]", api_settings.DEFAULT_THROTTLE_CLASSES)
             if self.throttle_classes is APIView.throttle_classes
             else self.throttle_classes
         )
         return [throttle() for throttle in classes] + [KhaltiRateThrottle()]
 
     def handle_exception(self, exc: Exception) -> Response:
+        """A JSON answer for every failure: refusals, oversized bodies, misconfiguration, database errors."""
         if isinstance(exc, (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent)):
             exc = ParseError(_("The request is too large."))  # JSON, not Django's HTML 400
         if isinstance(exc, KhaltiError):
@@ -169,6 +191,12 @@ class VerifyView(KhaltiAPIView):
     """Verify a Khalti widget payment: POST the widget's ``onSuccess`` payload."""
 
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Verify the payment: 200 ``{"status": "verified", "payment": {...}}``.
+
+        A refusal answers ``{"code", "detail"}`` with its code's HTTP status
+        (400, 404, 409; 502, 503 or 504 when Khalti's answer is unknown and the
+        payment stays pending).
+        """
         serializer = VerifySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         payment = services.verify_payment(request, **serializer.validated_data)
@@ -179,6 +207,12 @@ class EpaymentInitiateView(KhaltiAPIView):
     """Start a Khalti ePayment for an order; answers where to send the buyer."""
 
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Start the ePayment: 201 ``{"payment", "pidx", "payment_url", "expires_at"}``.
+
+        The amount is the shop's resolver's; the request names only the order.
+        A refusal answers ``{"code", "detail"}`` (and Khalti's field ``errors``
+        when it refused the request) with its code's HTTP status.
+        """
         serializer = EpaymentInitiateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         payment = services.start_epayment(request, **serializer.validated_data)
@@ -302,12 +336,13 @@ def epayment_return(request: HttpRequest) -> HttpResponse:
         return _result_page(request, error=exc, http=status.HTTP_404_NOT_FOUND)
     except DatabaseError as exc:
         return _unavailable_page(request, exc)
-    target = {
+    targets: dict[str, Any] = {
         Payment.Status.VERIFIED: khalti_settings.SUCCESS_URL,
         Payment.Status.FAILED: khalti_settings.FAILURE_URL,
         Payment.Status.REFUNDED: khalti_settings.FAILURE_URL,
         Payment.Status.PARTIALLY_REFUNDED: khalti_settings.FAILURE_URL,
-    }.get(payment.status)
+    }
+    target = targets.get(payment.status)
     if target:
         try:
             url = resolve_url(target)

@@ -199,7 +199,7 @@ def staff_client(django_user_model, username, *codenames):
     assert user.user_permissions.count() == len(codenames)
     client = Client()
     client.force_login(user)
-    client.user = user
+    client.user = user  # type: ignore[attr-defined]  # the logged-in user, for the tests
     return client
 
 

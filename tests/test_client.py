@@ -184,7 +184,8 @@ def test_one_pooled_session_is_reused_across_clients_and_calls(rsps):
     second.verify("b", 1000)
     assert get_session() is get_session()
     adapter = get_session().get_adapter("https://khalti.test/")
-    assert adapter._pool_maxsize >= 8
+    assert isinstance(adapter, requests.adapters.HTTPAdapter)
+    assert adapter._pool_maxsize >= 8  # type: ignore[attr-defined]  # private: no public reader
     assert adapter.max_retries.total == 0
 
 

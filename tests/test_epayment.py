@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from django_khalti import services
+from django_khalti.client import KhaltiClient
 from django_khalti.models import Payment, order_key
 from shop.models import Order, OrderEvent
 
@@ -578,7 +579,7 @@ def test_the_link_is_never_handed_out_if_the_row_was_taken_over_meanwhile(
 ):
     """A stall longer than the claim timeout after the insert: another worker
     failed the row (no pidx yet); the buyer must not get a link stored nowhere."""
-    real_initiate = services.KhaltiClient.initiate
+    real_initiate = KhaltiClient.initiate
 
     def slow_initiate(self, **kwargs):
         answer = real_initiate(self, **kwargs)
@@ -587,7 +588,7 @@ def test_the_link_is_never_handed_out_if_the_row_was_taken_over_meanwhile(
         services.reconcile(Payment.objects.get())  # the other worker: no pidx → failed
         return answer
 
-    monkeypatch.setattr(services.KhaltiClient, "initiate", slow_initiate)
+    monkeypatch.setattr(KhaltiClient, "initiate", slow_initiate)
     khalti.initiate(1000, "ORD-1")
     response = initiate(client)
     assert response.status_code == 409

@@ -291,7 +291,8 @@ def test_the_client_uses_one_pooled_session_per_process():
     assert not any(isinstance(value, requests.Session) for value in vars(client).values())
     adapter = session.get_adapter("https://khalti.com/")
     assert adapter is session.get_adapter("http://127.0.0.1/")
-    assert adapter._pool_maxsize == khalti_client.POOL_MAXSIZE >= 8
+    assert isinstance(adapter, requests.adapters.HTTPAdapter)
+    assert adapter._pool_maxsize == khalti_client.POOL_MAXSIZE >= 8  # type: ignore[attr-defined]  # private: no public reader
     assert adapter.max_retries.total == 0  # a retried verify could move money twice
 
 
@@ -307,7 +308,9 @@ def test_calls_in_a_row_reuse_one_kept_alive_connection(settings):
         # One TCP connection (one client port) served every call.
         peers = {peer for token in fake.peers for peer in fake.peers[token]}
         assert len(peers) == 1, peers
-        manager = get_session().get_adapter(fake.url).poolmanager
+        adapter = get_session().get_adapter(fake.url)
+        assert isinstance(adapter, requests.adapters.HTTPAdapter)
+        manager = adapter.poolmanager
         pools = [manager.pools[key] for key in manager.pools.keys()]  # noqa: SIM118 (urllib3 refuses to iterate the container itself)
         [pool] = [p for p in pools if p.port == int(fake.url.rsplit(":", 1)[1].strip("/"))]
         assert (pool.num_connections, pool.num_requests) == (1, 4)

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -587,7 +588,7 @@ def test_a_delayed_answer_lets_other_calls_through_meanwhile(khalti):
     )
     khalti.fail_next("status", "timeout", key=quick.token, delay=0.1)
     client = KhaltiClient.from_settings()
-    answers = {}
+    answers: dict[object, Any] = {}
 
     def ask(payment):
         started = time.monotonic()

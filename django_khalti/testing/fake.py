@@ -186,7 +186,8 @@ class KhaltiFakePayment:
 
     def payload(self, product_identity: str, **extra: Any) -> dict[str, Any]:
         """What the widget's ``onSuccess`` hands the page for this payment: the
-        body to post to ``django_khalti:verify``."""
+        body to post to ``django_khalti:verify``.
+        """
         return {
             "idx": self.idx,
             "token": self.token,
@@ -255,7 +256,8 @@ class KhaltiFakeEpayment:
 
     def return_params(self) -> dict[str, str]:
         """The query string Khalti appends to ``return_url`` when it sends the
-        buyer back: the browser's word, which the app must not trust."""
+        buyer back: the browser's word, which the app must not trust.
+        """
         paid = self.transaction_id is not None and self.status != "User canceled"
         transaction_id = (self.transaction_id or "") if paid else ""
         return {
@@ -273,7 +275,8 @@ class KhaltiFakeEpayment:
     def return_url_with_params(self) -> str:
         """Where Khalti sends the buyer's browser back: ``return_url`` with
         :meth:`return_params`. Without a ``return_url`` (registered with
-        ``add_epayment``), the app's ``django_khalti:epayment-return`` path."""
+        ``add_epayment``), the app's ``django_khalti:epayment-return`` path.
+        """
         base = self.return_url
         if not base:
             from django.urls import reverse
@@ -282,6 +285,7 @@ class KhaltiFakeEpayment:
         return f"{base}{'&' if '?' in base else '?'}{urlencode(self.return_params())}"
 
     def record(self) -> dict[str, Any]:
+        """Khalti's transaction record of the paid ePayment, as the transaction endpoint gives it."""
         return _record(
             self.transaction_id or "",
             self.amount,
@@ -353,21 +357,33 @@ class KhaltiRequest:
 
 
 class KhaltiVerifyCall(NamedTuple):
+    """A verify call, as :attr:`KhaltiFake.verify_calls` lists it: ``(token, amount)``."""
+
     token: Any
     amount: Any
 
 
 class KhaltiStatusCall(NamedTuple):
+    """A status call, as :attr:`KhaltiFake.status_calls` lists it: ``(token, amount)``."""
+
     token: Any
     amount: Any
 
 
 class KhaltiRefundCall(NamedTuple):
+    """A refund call, as :attr:`KhaltiFake.refund_calls` lists it: ``(idx, amount, mobile)``."""
+
     idx: str
     #: ``None`` for a full refund (an empty body).
     amount: Any
     mobile: Any
 
+
+#: An HTTP answer as ``responses`` takes it: status, headers, body.
+_Answer = tuple[int, dict[str, str], str]
+#: The ``requests._Request`` ``responses`` hands the fake (whose ``url`` and
+#: ``method`` types-requests marks optional: a sent request has both).
+_Request = Any
 
 #: What an :meth:`~KhaltiFake.on_next` callback may return (see there).
 CallbackResult = Any
@@ -377,14 +393,15 @@ CallbackResult = Any
 class KhaltiChoice:
     """An answer chosen ahead with :meth:`~KhaltiFake.answer_next`,
     :meth:`~KhaltiFake.fail_next` or :meth:`~KhaltiFake.on_next` (which return
-    it): which calls it answered, and how many more it will answer."""
+    it): which calls it answered, and how many more it will answer.
+    """
 
     endpoint: str
     key: str | None
     #: How many more calls it answers; ``None``: every call.
     times: int | None
     outcome: str | None = None
-    answer: tuple[int, dict[str, str], str] | None = None
+    answer: _Answer | None = None
     callback: Callable[[KhaltiRequest], CallbackResult] | None = None
     #: Seconds the fake waits before answering (outside its lock, so that other
     #: calls go on meanwhile).
@@ -409,7 +426,7 @@ _Override = KhaltiChoice
 @dataclass
 class _Received:
     endpoint: str
-    request: Any
+    request: _Request
     params: dict[str, Any]
     authorized: bool
     authorization: str | None
@@ -501,7 +518,7 @@ class KhaltiFake:
         return self._base_url or self._normalise(khalti_settings.BASE_URL)
 
     @staticmethod
-    def _normalise(url: Any) -> str:
+    def _normalise(url: object) -> str:
         if not isinstance(url, str):
             return ""
         return url if url.endswith("/") else url + "/"
@@ -639,7 +656,8 @@ class KhaltiFake:
         """The buyer pays an ePayment on Khalti's page. Returns the URL Khalti then
         sends the browser to (``return_url`` and its query string), ready for
         ``client.get(...)``. ``status="Pending"``: Khalti holds the payment
-        (call ``pay`` again to complete it)."""
+        (call ``pay`` again to complete it).
+        """
         with self._lock:
             epayment = self.epayment(pidx)
             status = _canonical(status, ("Completed", "Pending"), "payment status")
@@ -654,7 +672,8 @@ class KhaltiFake:
 
     def cancel(self, pidx: str | KhaltiFakeEpayment) -> str:
         """The buyer cancels on Khalti's page: lookup now says ``User canceled``.
-        Returns the URL Khalti sends the browser back to."""
+        Returns the URL Khalti sends the browser back to.
+        """
         with self._lock:
             epayment = self.epayment(pidx)
             if epayment.status not in ("Initiated", "Pending"):
@@ -668,7 +687,8 @@ class KhaltiFake:
         """The ePayment's link runs out unpaid: lookup now says ``Expired``.
 
         (An ``Initiated`` ePayment also expires by itself once ``expires_at``
-        has passed, as the clock of ``django.utils.timezone.now`` tells.)"""
+        has passed, as the clock of ``django.utils.timezone.now`` tells.)
+        """
         with self._lock:
             epayment = self.epayment(pidx)
             if epayment.status != "Initiated":
@@ -683,7 +703,8 @@ class KhaltiFake:
 
     def set_state(self, key: str, state: str) -> None:
         """Move a payment (by token or idx) or an ePayment (by pidx) to ``state``,
-        as things happening at Khalti outside the app would."""
+        as things happening at Khalti outside the app would.
+        """
         with self._lock:
             if key in self.epayments:
                 self.epayments[key].status = _canonical(state, EPAYMENT_STATUSES, "ePayment status")
@@ -738,7 +759,8 @@ class KhaltiFake:
         """Answer the next ``times`` calls to ``endpoint`` with this HTTP answer
         instead of Khalti's (``json``, or a raw ``body``). Nothing changes at
         the fake Khalti. ``endpoint``, ``key``, ``times`` and ``delay`` as for
-        :meth:`fail_next`; returns the :class:`KhaltiChoice`."""
+        :meth:`fail_next`; returns the :class:`KhaltiChoice`.
+        """
         return self._override(
             KhaltiChoice(
                 endpoint, key, times, answer=_http_answer(status, json, body, headers), delay=delay
@@ -862,8 +884,8 @@ class KhaltiFake:
 
     # --- answering -----------------------------------------------------------------------
 
-    def _matcher(self, path: re.Pattern[str]) -> Any:
-        def match(request: Any) -> tuple[bool, str]:
+    def _matcher(self, path: re.Pattern[str]) -> Callable[[_Request], tuple[bool, str]]:
+        def match(request: _Request) -> tuple[bool, str]:
             base = self.base_url
             url = urlsplit(request.url)
             here = f"{url.scheme}://{url.netloc}{url.path}"
@@ -873,8 +895,8 @@ class KhaltiFake:
 
         return match
 
-    def _callback(self, endpoint: str, path: re.Pattern[str]) -> Any:
-        def callback(request: Any) -> Any:
+    def _callback(self, endpoint: str, path: re.Pattern[str]) -> Callable[[_Request], _Answer]:
+        def callback(request: _Request) -> _Answer:
             with self._lock:
                 received = self._receive(endpoint, path, request)
             choice = received.choice
@@ -900,7 +922,7 @@ class KhaltiFake:
 
         return callback
 
-    def _receive(self, endpoint: str, path: re.Pattern[str], request: Any) -> _Received:
+    def _receive(self, endpoint: str, path: re.Pattern[str], request: _Request) -> _Received:
         url = urlsplit(request.url)
         params = self._params(request)
         if not isinstance(params, dict):
@@ -915,12 +937,12 @@ class KhaltiFake:
         choice = self._take_override(endpoint, keys, transport_only=not authorized)
         return _Received(endpoint, request, params, authorized, authorization, choice)
 
-    def _respond(self, received: _Received, chosen: Any) -> Any:
+    def _respond(self, received: _Received, chosen: Any) -> _Answer:
         endpoint, request, params = received.endpoint, received.request, received.params
         choice, authorized = received.choice, received.authorized
         outcome = choice.outcome if choice else None
         answer = choice.answer if choice else None
-        result: Any = None
+        result: _Answer | BaseException | None = None
         if choice is not None and choice.callback is not None:
             if isinstance(chosen, BaseException):
                 result, outcome = chosen, "callback"
@@ -995,7 +1017,7 @@ class KhaltiFake:
         return result
 
     @staticmethod
-    def _params(request: Any) -> Any:
+    def _params(request: _Request) -> Any:
         if request.method == "GET":
             return dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
         body = request.body or b""
@@ -1038,7 +1060,7 @@ class KhaltiFake:
 
     # --- the endpoints -------------------------------------------------------------------
 
-    def _verify(self, params: dict[str, Any], outcome: str | None) -> Any:
+    def _verify(self, params: dict[str, Any], outcome: str | None) -> _Answer:
         token, amount = params.get("token"), _as_int(params.get("amount"))
         payment = self.payments.get(token) if isinstance(token, str) else None
         if outcome == "rejected":
@@ -1055,7 +1077,7 @@ class KhaltiFake:
         payment.verified = True
         return _json(200, payment.record())
 
-    def _status(self, params: dict[str, Any], outcome: str | None) -> Any:
+    def _status(self, params: dict[str, Any], outcome: str | None) -> _Answer:
         token = params.get("token")
         payment = self._payment(token) if isinstance(token, str) else None
         state = "Error"
@@ -1068,7 +1090,7 @@ class KhaltiFake:
         ok, detail = _STATUS_ANSWERS[state]
         return _json(200, {"status": ok, "state": state, "detail": detail})
 
-    def _transaction(self, params: dict[str, Any], outcome: str | None) -> Any:
+    def _transaction(self, params: dict[str, Any], outcome: str | None) -> _Answer:
         idx = params["idx"]
         payment = self._payment(idx)
         if (
@@ -1090,7 +1112,7 @@ class KhaltiFake:
             return _json(200, epayment.record())
         return _json(404, _NOT_FOUND)
 
-    def _refund(self, params: dict[str, Any], outcome: str | None) -> Any:
+    def _refund(self, params: dict[str, Any], outcome: str | None) -> _Answer:
         if outcome == "rejected":
             return _json(400, {"detail": "Refund period expired."})
         idx = params["idx"]
@@ -1123,7 +1145,7 @@ class KhaltiFake:
             holder.status = "Refunded" if full else "Partially Refunded"
         return _json(200, {"detail": "Transaction refund successful."})
 
-    def _initiate(self, params: dict[str, Any], outcome: str | None) -> Any:
+    def _initiate(self, params: dict[str, Any], outcome: str | None) -> _Answer:
         if outcome == "rejected":
             return _json(
                 400,
@@ -1142,7 +1164,7 @@ class KhaltiFake:
         ):
             if params.get(name) in (None, ""):
                 errors[name] = ["This field is required."]
-        amount = params.get("amount")
+        amount: Any = params.get("amount")  # the app's JSON, checked as Khalti would
         if "amount" not in errors and (isinstance(amount, bool) or not isinstance(amount, int)):
             errors["amount"] = ["A valid integer is required."]
         elif "amount" not in errors and amount < 1000:
@@ -1178,7 +1200,8 @@ class KhaltiFake:
             },
         )
 
-    def _lookup(self, params: dict[str, Any], outcome: str | None) -> Any:
+    def _lookup(self, params: dict[str, Any], outcome: str | None) -> _Answer:
+        # Any JSON value: one that is no pidx finds nothing (a list fails, as before).
         epayment = self.epayments.get(params.get("pidx"))  # type: ignore[arg-type]
         if epayment is None or outcome == "rejected":
             return _json(404, {**_NOT_FOUND, "error_key": "validation_error"})
@@ -1196,17 +1219,17 @@ class KhaltiFake:
         return _json(400 if body["status"] in EPAYMENT_400 else 200, body)
 
 
-def _dumps(value: Any) -> str:
+def _dumps(value: object) -> str:
     return json.dumps(value)
 
 
-def _json(status: int, body: Any) -> tuple[int, dict[str, str], str]:
+def _json(status: int, body: object) -> _Answer:
     return status, {"Content-Type": "application/json"}, _dumps(body)
 
 
 def _http_answer(
-    status: int, json: Any, body: str | None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], str]:
+    status: int, json: object, body: str | None, headers: dict[str, str] | None = None
+) -> _Answer:
     content_type = "application/json" if body is None else "text/html; charset=utf-8"
     text = body if body is not None else _dumps(json)
     return status, {"Content-Type": content_type, **(headers or {})}, text

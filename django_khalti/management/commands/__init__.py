@@ -1,0 +1,1 @@
+"""``khalti_reconcile``: settle pending payments and refunds by asking Khalti."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,7 +37,7 @@ SUMMARY = [
 GIVE_UP_AFTER = 3
 
 
-def _count(minimum: int) -> Any:
+def _count(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         number = int(value)
         if number < minimum:
@@ -48,9 +48,17 @@ def _count(minimum: int) -> Any:
 
 
 class Command(BaseCommand):
+    """``khalti_reconcile [--older-than S] [--limit N] [--batch-size N] [--dry-run] [--payment ID]``.
+
+    Prints a line per batch and a summary; exits with an error (status 1) when
+    Khalti could not be reached for some payment or refund, which then stays
+    pending for the next run.
+    """
+
     help = "Settle pending Khalti payments (and refunds of unknown outcome) by asking Khalti."
 
     def add_arguments(self, parser: CommandParser) -> None:
+        """The options: ``--older-than``, ``--limit``, ``--batch-size``, ``--dry-run``, ``--payment``."""
         parser.add_argument(
             "--older-than",
             type=_count(0),
@@ -79,6 +87,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        """Settle what is pending, oldest first, then refunds of unknown outcome.
+
+        Raises :class:`CommandError` for an unknown ``--payment``, when Khalti did not
+        answer :data:`GIVE_UP_AFTER` times in a row, or when it could not be reached
+        for some payment or refund.
+        """
         cutoff = timezone.now() - timedelta(seconds=options["older_than"])
         if options["payment"]:
             one = self._one(options["payment"])
