@@ -1,3 +1,5 @@
+from importlib.util import find_spec
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -10,3 +12,6 @@ class DjangoKhaltiConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+
+        if find_spec("drf_spectacular") is not None:
+            from . import spectacular  # noqa: F401  (describes the API to drf-spectacular)

@@ -47,6 +47,9 @@ class VerifySerializer(serializers.Serializer):
     #: Khalti's transaction id as the widget reported it: a hint, never trusted.
     idx = serializers.CharField(max_length=255, required=False, allow_blank=True)
 
+    class Meta:
+        ref_name = "KhaltiVerify"
+
 
 class PaymentSerializer(serializers.ModelSerializer):
     """What the buyer's page may see of a payment: nothing of the payer or Khalti's record."""
@@ -55,12 +58,26 @@ class PaymentSerializer(serializers.ModelSerializer):
         model = Payment
         fields = ["id", "product_identity", "amount", "status", "idx", "verified_at"]
         read_only_fields = fields
+        ref_name = "KhaltiPayment"
+
+
+class VerifiedSerializer(serializers.Serializer):
+    """The payment, verified: the answer to a widget payment's verification."""
+
+    status = serializers.ChoiceField(choices=["verified"])
+    payment = PaymentSerializer()
+
+    class Meta:
+        ref_name = "KhaltiVerified"
 
 
 class CustomerInfoSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=255, required=False)
     email = serializers.EmailField(max_length=255, required=False)
     phone = serializers.CharField(max_length=32, required=False)
+
+    class Meta:
+        ref_name = "KhaltiCustomerInfo"
 
 
 class EpaymentInitiateSerializer(serializers.Serializer):
@@ -70,6 +87,9 @@ class EpaymentInitiateSerializer(serializers.Serializer):
     product_name = serializers.CharField(max_length=255)
     customer_info = CustomerInfoSerializer(required=False)
 
+    class Meta:
+        ref_name = "KhaltiEpaymentInitiate"
+
 
 class EpaymentSerializer(serializers.Serializer):
     """Where to send the buyer: Khalti's payment page for this payment."""
@@ -78,3 +98,6 @@ class EpaymentSerializer(serializers.Serializer):
     pidx = serializers.CharField()
     payment_url = serializers.URLField()
     expires_at = serializers.DateTimeField(allow_null=True)
+
+    class Meta:
+        ref_name = "KhaltiEpayment"
