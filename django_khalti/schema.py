@@ -14,8 +14,7 @@ default exception handler writes them.
 
 from __future__ import annotations
 
-from functools import cache
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from django.core.validators import URLValidator
 from rest_framework import serializers
@@ -72,7 +71,7 @@ def refusal_body(codes: list[str], *, errors: bool = False) -> dict[str, Any]:
     }
 
 
-def field_errors_body(serializer: serializers.Serializer) -> dict[str, Any]:
+def field_errors_body(serializer: serializers.Serializer[Any]) -> dict[str, Any]:
     """DRF's field errors for ``serializer``: ``{field: [messages]}`` (a nested
     serializer's own field errors, or messages for the field as a whole), and the
     errors of the body as a whole under ``NON_FIELD_ERRORS_KEY``."""
@@ -176,18 +175,20 @@ _REFUSAL_DESCRIPTIONS = {
 class KhaltiAutoSchema(AutoSchema):
     """DRF's OpenAPI inspector for dj-khalti's API views: body, answer and every refusal."""
 
-    view: KhaltiAPIView
+    @property
+    def khalti_view(self) -> KhaltiAPIView:
+        return cast("KhaltiAPIView", self.view)
 
-    def get_request_serializer(self, path: str, method: str) -> serializers.Serializer:
-        return self.view.request_serializer()
+    def get_request_serializer(self, path: str, method: str) -> serializers.Serializer[Any]:
+        return self.khalti_view.request_serializer()
 
-    def get_response_serializer(self, path: str, method: str) -> serializers.Serializer:
-        return self.view.response_serializer()
+    def get_response_serializer(self, path: str, method: str) -> serializers.Serializer[Any]:
+        return self.khalti_view.response_serializer()
 
     def get_operation_id_base(self, path: str, method: str, action: str) -> str:
-        return self.get_component_name(self.view.request_serializer())
+        return self.get_component_name(self.khalti_view.request_serializer())
 
-    def get_component_name(self, serializer: serializers.Serializer) -> str:
+    def get_component_name(self, serializer: serializers.BaseSerializer[Any]) -> str:
         # Our components carry the ``Khalti`` prefix (``Meta.ref_name``, which
         # drf-spectacular reads as well), so that they never meet a project's.
         ref_name = getattr(getattr(serializer, "Meta", None), "ref_name", None)
@@ -204,15 +205,15 @@ class KhaltiAutoSchema(AutoSchema):
         self.response_media_types = self.map_renderers(path, method)
         serializer = self.get_response_serializer(path, method)
         responses: dict[str, Any] = {
-            str(self.view.success_status): {
-                "description": success_description(type(self.view)),
+            str(self.khalti_view.success_status): {
+                "description": success_description(type(self.khalti_view)),
                 "content": {
                     media_type: {"schema": self.get_reference(serializer)}
                     for media_type in self.response_media_types
                 },
             }
         }
-        for status, answer in error_responses(type(self.view)).items():
+        for status, answer in error_responses(type(self.khalti_view)).items():
             responses[str(status)] = {
                 "description": answer.description,
                 "content": {
@@ -241,9 +242,11 @@ class KhaltiSchema(DefaultSchema):
         return inspector
 
 
-@cache
+_OVER: dict[type[AutoSchema], type[KhaltiAutoSchema]] = {AutoSchema: KhaltiAutoSchema}
+
+
 def _khalti_over(base: type[AutoSchema]) -> type[KhaltiAutoSchema]:
-    """:class:`KhaltiAutoSchema` over the project's ``AutoSchema`` class."""
-    if base is AutoSchema:
-        return KhaltiAutoSchema
-    return type(f"Khalti{base.__name__}", (KhaltiAutoSchema, base), {})
+    """:class:`KhaltiAutoSchema` over the project's ``AutoSchema`` class (made once)."""
+    if base not in _OVER:
+        _OVER[base] = type(f"Khalti{base.__name__}", (KhaltiAutoSchema, base), {})
+    return _OVER[base]

@@ -15,7 +15,7 @@ from .schema import error_responses, success_description
 from .views import KhaltiAPIView
 
 
-class KhaltiViewExtension(OpenApiViewExtension):
+class KhaltiViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped-call]
     """Annotates every dj-khalti API view (a subclass of ``KhaltiAPIView``)."""
 
     target_class = KhaltiAPIView
@@ -48,4 +48,4 @@ class KhaltiViewExtension(OpenApiViewExtension):
             ],
         )
         # A subclass, so that the view itself is left as it is.
-        return annotate(type(view.__name__, (view,), {"__doc__": view.__doc__}))  # type: ignore[no-any-return]
+        return annotate(type(view.__name__, (view,), {"__doc__": view.__doc__}))

@@ -134,8 +134,8 @@ class KhaltiAPIView(APIView):
 
     #: What the view takes and answers, for its OpenAPI schema (django_khalti.schema):
     #: the body, the success answer and its status, and the refusals it may raise.
-    request_serializer: type[Serializer]
-    response_serializer: type[Serializer]
+    request_serializer: type[Serializer[Any]]
+    response_serializer: type[Serializer[Any]]
     success_status: int
     refusals: tuple[type[KhaltiError], ...]
 
