@@ -1,5 +1,7 @@
 """The app configuration: the label ``django_khalti`` and its system checks."""
 
+from importlib.util import find_spec
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -15,3 +17,6 @@ class DjangoKhaltiConfig(AppConfig):
     def ready(self) -> None:
         """Register the system checks (:mod:`django_khalti.checks`)."""
         from . import checks  # noqa: F401  (registers the system checks)
+
+        if find_spec("drf_spectacular") is not None:
+            from . import spectacular  # noqa: F401  (describes the API to drf-spectacular)

@@ -48,6 +48,9 @@ class VerifySerializer(serializers.Serializer[dict[str, Any]]):
     #: Khalti's transaction id as the widget reported it: a hint, never trusted.
     idx = serializers.CharField(max_length=255, required=False, allow_blank=True)
 
+    class Meta:
+        ref_name = "KhaltiVerify"
+
 
 class PaymentSerializer(serializers.Serializer[Payment]):
     """What the buyer's page may see of a payment: nothing of the payer or Khalti's record.
@@ -63,6 +66,19 @@ class PaymentSerializer(serializers.Serializer[Payment]):
     idx = serializers.CharField(read_only=True, allow_null=True)
     verified_at = serializers.DateTimeField(read_only=True, allow_null=True)
 
+    class Meta:
+        ref_name = "KhaltiPayment"
+
+
+class VerifiedSerializer(serializers.Serializer[dict[str, Any]]):
+    """The payment, verified: the answer to a widget payment's verification."""
+
+    status = serializers.ChoiceField(choices=["verified"])
+    payment = PaymentSerializer()
+
+    class Meta:
+        ref_name = "KhaltiVerified"
+
 
 class CustomerInfoSerializer(serializers.Serializer[dict[str, Any]]):
     """The buyer's details for Khalti's payment page, all optional: passed on to Khalti."""
@@ -70,6 +86,9 @@ class CustomerInfoSerializer(serializers.Serializer[dict[str, Any]]):
     name = serializers.CharField(max_length=255, required=False)
     email = serializers.EmailField(max_length=255, required=False)
     phone = serializers.CharField(max_length=32, required=False)
+
+    class Meta:
+        ref_name = "KhaltiCustomerInfo"
 
 
 class EpaymentInitiateSerializer(serializers.Serializer[dict[str, Any]]):
@@ -79,6 +98,9 @@ class EpaymentInitiateSerializer(serializers.Serializer[dict[str, Any]]):
     product_name = serializers.CharField(max_length=255)
     customer_info = CustomerInfoSerializer(required=False)
 
+    class Meta:
+        ref_name = "KhaltiEpaymentInitiate"
+
 
 class EpaymentSerializer(serializers.Serializer[Payment]):
     """Where to send the buyer: Khalti's payment page for this payment."""
@@ -87,3 +109,6 @@ class EpaymentSerializer(serializers.Serializer[Payment]):
     pidx = serializers.CharField()
     payment_url = serializers.URLField()
     expires_at = serializers.DateTimeField(allow_null=True)
+
+    class Meta:
+        ref_name = "KhaltiEpayment"

@@ -24,6 +24,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import Serializer
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
@@ -47,10 +48,11 @@ from .exceptions import (
     KhaltiVerificationFailed,
 )
 from .models import Payment
+from .schema import KhaltiSchema
 from .serializers import (
     EpaymentInitiateSerializer,
     EpaymentSerializer,
-    PaymentSerializer,
+    VerifiedSerializer,
     VerifySerializer,
 )
 
@@ -147,6 +149,14 @@ class KhaltiAPIView(APIView):
     permission_classes = [AllowAny]
     renderer_classes = [JSONRenderer]
     parser_classes = [KhaltiJSONParser, FormParser, MultiPartParser]
+    schema = KhaltiSchema()
+
+    #: What the view takes and answers, for its OpenAPI schema (django_khalti.schema):
+    #: the body, the success answer and its status, and the refusals it may raise.
+    request_serializer: type[Serializer[Any]]
+    response_serializer: type[Serializer[Any]]
+    success_status: int
+    refusals: tuple[type[KhaltiError], ...]
 
     def get_throttles(self) -> list[BaseThrottle]:
         """The project's throttles as its settings are now (or the view's own), and :class:`KhaltiRateThrottle`."""
@@ -190,6 +200,21 @@ class KhaltiAPIView(APIView):
 class VerifyView(KhaltiAPIView):
     """Verify a Khalti widget payment: POST the widget's ``onSuccess`` payload."""
 
+    request_serializer = VerifySerializer
+    response_serializer = VerifiedSerializer
+    success_status = status.HTTP_200_OK
+    refusals = (
+        KhaltiUnknownOrder,
+        KhaltiAmountMismatch,
+        KhaltiVerificationFailed,
+        KhaltiTokenUsed,
+        KhaltiAlreadyPaid,
+        KhaltiInProgress,
+        KhaltiUnavailable,
+        KhaltiConnectionError,
+        KhaltiTimeout,
+    )
+
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Verify the payment: 200 ``{"status": "verified", "payment": {...}}``.
 
@@ -200,11 +225,25 @@ class VerifyView(KhaltiAPIView):
         serializer = VerifySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         payment = services.verify_payment(request, **serializer.validated_data)
-        return Response({"status": "verified", "payment": PaymentSerializer(payment).data})
+        return Response(VerifiedSerializer({"status": "verified", "payment": payment}).data)
 
 
 class EpaymentInitiateView(KhaltiAPIView):
     """Start a Khalti ePayment for an order; answers where to send the buyer."""
+
+    request_serializer = EpaymentInitiateSerializer
+    response_serializer = EpaymentSerializer
+    success_status = status.HTTP_201_CREATED
+    refusals = (
+        KhaltiUnknownOrder,
+        KhaltiAmountTooSmall,
+        KhaltiInitiationRejected,
+        KhaltiAlreadyPaid,
+        KhaltiInProgress,
+        KhaltiUnavailable,
+        KhaltiConnectionError,
+        KhaltiTimeout,
+    )
 
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Start the ePayment: 201 ``{"payment", "pidx", "payment_url", "expires_at"}``.
