@@ -1,12 +1,13 @@
 """The distributions a release would upload, checked (`tox -e package` runs this).
 
-1. ``python -m build``: the sdist, and the wheel built from that sdist.
-2. ``twine check --strict`` on both, and every classifier one PyPI accepts.
-3. Both hold every file of the source tree's ``django_khalti/`` (migrations, templates,
-   static files, locale files, ``py.typed``; bytecode aside), a compiled ``.mo`` beside
-   each ``.po``, and nothing of ``tests/``, ``testproject/`` or ``bench/``.
+1. ``python -m build`` on a clean export of the source tree (git's files, committed or
+   new): the sdist, and the wheel built from that sdist.
+2. ``twine check --strict`` on both; every classifier one PyPI accepts.
+3. Both hold every such file of ``django_khalti/`` (migrations, templates, static files,
+   locale files, ``py.typed``), a compiled ``.mo`` beside each ``.po``, and nothing of
+   ``tests/``, ``testproject/`` or ``bench/``.
 4. A fresh virtualenv gets the wheel with its ``test`` extra (and the database driver
-   DATABASE_URL needs); the suite, copied out of the source tree, runs there, and
+   DATABASE_URL needs); the suite, copied away from any source of the package, runs there, and
    ``.ci/installed_wheel.py`` fails that run unless the ``django_khalti`` the tests
    imported is the one installed in the virtualenv's site-packages.
 
@@ -39,13 +40,24 @@ def run(*command, **kwargs) -> None:
         fail(f"failed: {' '.join(str(part) for part in command)}")
 
 
-def source_files() -> set[str]:
-    """The files of the package in the source tree, as paths from the project root."""
-    files = set()
-    for path in (ROOT / PACKAGE).rglob("*"):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            files.add(path.relative_to(ROOT).as_posix())
-    return files
+def source_files() -> list[str]:
+    """The project's files as git sees them (committed or new, not ignored), from its root."""
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return sorted({name for name in listing.split("\0") if name and (ROOT / name).is_file()})
+
+
+def export(files: list[str], destination: Path) -> None:
+    """The source tree without what a build or a run left in it (build/, egg-info, caches):
+    a stale build/ or SOURCES.txt would otherwise leak into the distributions."""
+    for name in files:
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
 
 
 def check_contents(kind: str, names: set[str], expected: set[str]) -> None:
@@ -60,8 +72,8 @@ def check_contents(kind: str, names: set[str], expected: set[str]) -> None:
     shipped = {name for name in names if name.startswith(PACKAGE + "/")}
     required = {
         "py.typed": {f"{PACKAGE}/py.typed"} & shipped,
-        "a migration": {n for n in shipped if n.startswith(f"{PACKAGE}/migrations/0")},
-        "a template": {n for n in shipped if n.startswith(f"{PACKAGE}/templates/")},
+        "migration": {n for n in shipped if n.startswith(f"{PACKAGE}/migrations/0")},
+        "template": {n for n in shipped if n.startswith(f"{PACKAGE}/templates/")},
     }
     problems += [f"holds no {what}" for what, found in required.items() if not found]
     uncompiled = sorted(
@@ -107,7 +119,7 @@ def sdist_files(sdist: Path) -> set[str]:
         return {m.name.split("/", 1)[1] for m in archive.getmembers() if m.isfile()}
 
 
-def test_installed_wheel(wheel: Path, work: Path, pytest_args: list[str]) -> None:
+def test_installed_wheel(wheel: Path, source: Path, work: Path, pytest_args: list[str]) -> None:
     venv = work / "venv"
     run(sys.executable, "-m", "venv", venv)
     python = venv / "bin" / "python"
@@ -122,12 +134,11 @@ def test_installed_wheel(wheel: Path, work: Path, pytest_args: list[str]) -> Non
     # The suite and its configuration, and nothing of the package: `import django_khalti`
     # can only find the installed wheel.
     suite = work / "suite"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.sqlite3*")
     for folder in ("tests", "testproject"):
-        shutil.copytree(ROOT / folder, suite / folder, ignore=ignore)
+        shutil.copytree(source / folder, suite / folder)
     for name in ("pyproject.toml", "README.rst"):  # pytest's settings; the README's example
-        shutil.copy(ROOT / name, suite / name)
-    shutil.copy(ROOT / ".ci" / "installed_wheel.py", suite / "installed_wheel.py")
+        shutil.copy(source / name, suite / name)
+    shutil.copy(source / ".ci" / "installed_wheel.py", suite / "installed_wheel.py")
     # `python -m pytest` puts the working directory first on sys.path: the plugin loads
     # from there.
     run(python, "-m", "pytest", "-p", "installed_wheel", *pytest_args, cwd=suite)
@@ -137,17 +148,19 @@ def main() -> None:
     pytest_args = sys.argv[1:] or DEFAULT_PYTEST_ARGS
     with tempfile.TemporaryDirectory(prefix="dj-khalti-package-") as tmp:
         work = Path(tmp)
-        dist = work / "dist"
-        run(sys.executable, "-m", "build", "--outdir", dist, ROOT)
+        dist, source = work / "dist", work / "source"
+        files = source_files()
+        export(files, source)
+        run(sys.executable, "-m", "build", "--outdir", dist, source)
         wheels, sdists = sorted(dist.glob("*.whl")), sorted(dist.glob("*.tar.gz"))
         if len(wheels) != 1 or len(sdists) != 1:
             fail(f"expected one wheel and one sdist, built {sorted(os.listdir(dist))}")
         run(sys.executable, "-m", "twine", "check", "--strict", wheels[0], sdists[0])
         check_classifiers(wheels[0])
-        expected = source_files()
+        expected = {name for name in files if name.startswith(PACKAGE + "/")}
         check_contents("wheel", wheel_files(wheels[0]), expected)
         check_contents("sdist", sdist_files(sdists[0]), expected)
-        test_installed_wheel(wheels[0], work, pytest_args)
+        test_installed_wheel(wheels[0], source, work, pytest_args)
 
 
 if __name__ == "__main__":
