@@ -129,6 +129,13 @@ class KhaltiAPIView(APIView):
     renderer_classes = [JSONRenderer]
     parser_classes = [KhaltiJSONParser, FormParser, MultiPartParser]
 
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # Django refuses a body over DATA_UPLOAD_MAX_MEMORY_SIZE (RequestDataTooBig, a
+        # 400 below) only when it is read as HttpRequest.body; DRF before 3.18 streams
+        # JSON and form bodies to its parsers unchecked. Read it here, whatever DRF.
+        _ = request.body
+        super().initial(request, *args, **kwargs)
+
     def get_throttles(self) -> list[Any]:
         # The project's throttles as its settings are now (APIView's class attribute
         # froze them at import), unless a subclass named its own; then ours.
