@@ -61,4 +61,4 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info testproject/*.sqlite3*
+	rm -rf $(VENV) .tox .ci/.tox-venv build dist *.egg-info testproject/*.sqlite3*

@@ -158,6 +158,14 @@ class KhaltiAPIView(APIView):
     success_status: int
     refusals: tuple[type[KhaltiError], ...]
 
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        """Read the body through Django first, so an oversized one is refused (HTTP 400)."""
+        # Django refuses a body over DATA_UPLOAD_MAX_MEMORY_SIZE (RequestDataTooBig, a
+        # 400 below) only when it is read as HttpRequest.body; DRF before 3.18 streams
+        # JSON and form bodies to its parsers unchecked. Read it here, whatever DRF.
+        _ = request.body
+        super().initial(request, *args, **kwargs)
+
     def get_throttles(self) -> list[BaseThrottle]:
         """The project's throttles as its settings are now (or the view's own), and :class:`KhaltiRateThrottle`."""
         # The project's throttles as its settings are now (APIView's class attribute

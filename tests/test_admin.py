@@ -169,7 +169,7 @@ def filter_link(response, title, label):
 def hierarchy_links(response):
     """{label: query string} of the date_hierarchy navigation."""
     page = response.content.decode()
-    nav = re.search(r'<nav class="toplinks">(.*?)</nav>', page, re.S)
+    nav = re.search(r'<nav class="toplinks"[^>]*>(.*?)</nav>', page, re.S)
     assert nav is not None, "no date hierarchy"
     return {
         _text(label): html.unescape(href)
