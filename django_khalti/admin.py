@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import flatten_fieldsets
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -225,29 +226,8 @@ class PaymentAdmin(_PaymentAdmin):
         (_("Times"), {"fields": ["created_at", "updated_at", "verified_at", "expires_at"]}),
         (_("Processing"), {"fields": ["claimed_at", "attempts"], "classes": ["collapse"]}),
     ]
-    readonly_fields = [
-        "id",
-        "product_identity",
-        "purchase_order_name",
-        "amount_display",
-        "status",
-        "failure_reason",
-        "flow",
-        "token",
-        "pidx",
-        "payment_url",
-        "idx",
-        "fee_amount",
-        "mobile",
-        "refunded_display",
-        "raw_response",
-        "created_at",
-        "updated_at",
-        "verified_at",
-        "expires_at",
-        "claimed_at",
-        "attempts",
-    ]
+    #: Every field of the page, none of them editable: payments change only through Khalti.
+    readonly_fields = flatten_fieldsets(fieldsets)
 
     @admin.display(description=_("amount (Rs)"), ordering="amount")
     def amount_display(self, payment: Payment) -> str:
