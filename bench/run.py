@@ -601,7 +601,7 @@ def bench_breakdown(n: int = 100) -> dict[str, float]:
 
 
 def report_breakdown(parts: dict[str, float]) -> None:
-    say("## 2b. Where a verification's time goes (in process, django.test.Client, 100 requests)")
+    say("## 3b. Where a verification's time goes (in process, django.test.Client, 100 requests)")
     say()
     table(
         ["part", "mean ms", "share"],
