@@ -26,7 +26,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,7 @@ TESTPROJECT = ROOT / "testproject"
 BIN = Path(sys.executable).parent
 sys.path[:0] = [str(TESTPROJECT), str(ROOT)]
 
-from tests.rig import _die_with_parent  # noqa: E402
+from tests.rig import spawn_gunicorn  # noqa: E402
 
 DELAY_MS = float(os.environ.get("BENCH_DELAY_MS", "20"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "300"))
@@ -205,42 +204,12 @@ def start_fake(cert: Path, key: Path) -> str:
 
 
 def start_gunicorn(name: str, app: str, chdir: Path, env: dict[str, str]) -> str:
-    """gunicorn (WORKERS sync workers, as tests/rig.py) on a socket bound here: its URL."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(512)
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    """gunicorn serving ``app`` (WORKERS sync workers, as tests/rig.py), once it answers: its URL."""
     log = open(WORKDIR / f"{name}.log", "ab")  # noqa: SIM115 (the child process holds it)
-    process = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"),
-            app,
-            "--chdir",
-            str(chdir),
-            "--bind",
-            f"fd://{listener.fileno()}",
-            "--workers",
-            str(WORKERS),
-            "--worker-class",
-            "sync",
-            "--timeout",
-            "60",
-            "--graceful-timeout",
-            "3",
-            "--preload",
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        pass_fds=[listener.fileno()],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,
+    process, url = spawn_gunicorn(
+        app, chdir=chdir, env=env, log=log, workers=WORKERS, log_level="warning"
     )
     children.append(process)
-    listener.close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -38,6 +38,48 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def spawn_gunicorn(
+    app: str, *, chdir: Path, env: dict[str, str], log, workers: int = WORKERS, log_level: str
+) -> tuple[subprocess.Popen, str]:
+    """gunicorn with ``workers`` sync workers (``--preload``) serving ``app``, on a
+    loopback socket bound here and handed over (fd://: no race for a free port), in a
+    session of its own and dying with its parent. Returns the process and its URL."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(512)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    with listener:
+        process = subprocess.Popen(
+            [
+                str(BIN / "gunicorn"),
+                app,
+                "--chdir",
+                str(chdir),
+                "--bind",
+                f"fd://{listener.fileno()}",
+                "--workers",
+                str(workers),
+                "--worker-class",
+                "sync",
+                "--timeout",
+                "60",
+                "--graceful-timeout",
+                "3",
+                "--preload",
+                "--log-level",
+                log_level,
+            ],
+            env=env,
+            pass_fds=[listener.fileno()],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    return process, url
+
+
 class Rig:
     """A running gunicorn serving the testproject; ``post`` talks to it."""
 
@@ -64,41 +106,14 @@ class Rig:
         self.session = requests.Session()
 
     def __enter__(self) -> Rig:
-        # A socket bound here and handed over (fd://): no race for a free port.
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(512)
-        self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         with open(self.server_log, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(BIN / "gunicorn"),
-                    "testproject.wsgi:application",
-                    "--chdir",
-                    str(TESTPROJECT),
-                    "--bind",
-                    f"fd://{listener.fileno()}",
-                    "--workers",
-                    str(WORKERS),
-                    "--worker-class",
-                    "sync",
-                    "--timeout",
-                    "60",
-                    "--graceful-timeout",
-                    "3",
-                    "--preload",
-                    "--log-level",
-                    "info",
-                ],
+            self.process, self.url = spawn_gunicorn(
+                "testproject.wsgi:application",
+                chdir=TESTPROJECT,
                 env=self.env,
-                pass_fds=[listener.fileno()],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
+                log=log,
+                log_level="info",
             )
-        listener.close()
         try:
             self._wait_ready()
         except BaseException:
