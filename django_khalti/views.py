@@ -230,10 +230,11 @@ class VerifyView(KhaltiAPIView):
         (400, 404, 409; 502, 503 or 504 when Khalti's answer is unknown and the
         payment stays pending).
         """
-        serializer = VerifySerializer(data=request.data)
+        serializer = self.request_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         payment = services.verify_payment(request, **serializer.validated_data)
-        return Response(VerifiedSerializer({"status": "verified", "payment": payment}).data)
+        answer = self.response_serializer({"status": "verified", "payment": payment})
+        return Response(answer.data, status=self.success_status)
 
 
 class EpaymentInitiateView(KhaltiAPIView):
@@ -260,10 +261,10 @@ class EpaymentInitiateView(KhaltiAPIView):
         A refusal answers ``{"code", "detail"}`` (and Khalti's field ``errors``
         when it refused the request) with its code's HTTP status.
         """
-        serializer = EpaymentInitiateSerializer(data=request.data)
+        serializer = self.request_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         payment = services.start_epayment(request, **serializer.validated_data)
-        return Response(EpaymentSerializer(payment).data, status=status.HTTP_201_CREATED)
+        return Response(self.response_serializer(payment).data, status=self.success_status)
 
 
 # --- plain Django views for the browser (no JavaScript needed) ------------------------
