@@ -630,11 +630,7 @@ def settle_epayment_return(pidx: str) -> Payment:
     payment = Payment.objects.filter(pidx=pidx, flow=Payment.Flow.EPAYMENT).first()
     if payment is None:
         raise KhaltiUnknownPayment()
-    client = KhaltiClient.from_settings()
-    if payment.status == Status.PENDING and claim(payment):
-        return _settle(client, payment, _lookup)
-    payment.refresh_from_db()
-    return payment
+    return reconcile(payment)  # an ePayment: settled by lookup
 
 
 # --- refunds -------------------------------------------------------------------------
