@@ -53,6 +53,7 @@ STATUS_COLOURS: dict[str, str] = {
     Payment.Status.FAILED: "#c62828",
     Payment.Status.REFUNDED: "#5e35b1",
     Payment.Status.PARTIALLY_REFUNDED: "#7e57c2",
+    Payment.Status.NEEDS_REVIEW: "#ad1457",
 }
 
 
@@ -168,7 +169,7 @@ class PaymentAdmin(_PaymentAdmin):
     """
 
     list_display = [
-        "product_identity",
+        "order_reference",
         "amount_display",
         "status_badge",
         "flow",
@@ -187,6 +188,7 @@ class PaymentAdmin(_PaymentAdmin):
         "token__exact",
         "idx__exact",
         "pidx__exact",
+        "order_reference__startswith",
         "product_identity__startswith",
         "mobile__exact",
     ]
@@ -199,6 +201,7 @@ class PaymentAdmin(_PaymentAdmin):
             {
                 "fields": [
                     "id",
+                    "order_reference",
                     "product_identity",
                     "purchase_order_name",
                     "amount_display",
@@ -216,6 +219,7 @@ class PaymentAdmin(_PaymentAdmin):
                     "pidx",
                     "payment_url",
                     "idx",
+                    "received_amount",
                     "fee_amount",
                     "mobile",
                     "refunded_display",
@@ -302,13 +306,18 @@ class PaymentAdmin(_PaymentAdmin):
 
     @admin.action(description=_("Re-check with Khalti"), permissions=["recheck"])
     def recheck(self, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
-        """Ask Khalti about the selected pending payments and refunds of unknown outcome.
+        """Ask Khalti about the selected pending payments, failed ones (read-only: did
+        Khalti complete it after all?) and refunds of unknown outcome.
 
         At most :data:`RECHECK_LIMIT` of them per click; stops at the first that
         Khalti does not answer. Reports what became of them as messages.
         """
         # One budget of Khalti calls for payments and refunds together.
-        pending = list(queryset.filter(status=Payment.Status.PENDING)[: RECHECK_LIMIT + 1])
+        pending = list(
+            queryset.filter(status__in=[Payment.Status.PENDING, Payment.Status.FAILED])[
+                : RECHECK_LIMIT + 1
+            ]
+        )
         refunds = list(
             Refund.objects.filter(
                 payment__in=queryset, status=Refund.Status.PENDING

@@ -1,18 +1,27 @@
 """HTTP and Khalti's wire format: one method per endpoint.
 
-The client never touches the ORM, DRF or signals. Every call is bounded by
-``TIMEOUT`` (connect and read), goes through one pooled ``requests.Session``
-per process, and turns every transport failure into a typed exception raised
-``from`` its cause. The secret key travels only in the ``Authorization``
-header of each request; it is never stored on the session, logged or put in
-an exception.
+The client never touches the ORM, DRF or signals. Khalti's words are
+translated here, once, into :class:`KhaltiOutcome`: the services decide on
+that enum and never see Khalti's spelling. Every call has a wall-clock
+deadline of ``TIMEOUT`` seconds, from connecting to the last byte of the
+answer, goes through one pooled ``requests.Session`` per process, and turns
+every transport failure into a typed exception raised ``from`` its cause. The
+secret key travels only in the ``Authorization`` header of each request; it is
+never stored on the session, logged or put in an exception.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
+import json
 import logging
+import os
+import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeGuard
@@ -23,7 +32,6 @@ from django.utils.dateparse import parse_datetime
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_variables
 from requests.adapters import HTTPAdapter
-from urllib3.util import Timeout
 
 from . import __version__
 from .conf import khalti_settings
@@ -45,6 +53,8 @@ MOBILE_MAX_LENGTH = 32  # Payment.mobile
 #: 4xx answers that say nothing final about a request (timeout, conflict, too early).
 UNSETTLED_4XX = {408, 409, 425}
 POOL_MAXSIZE = 32
+#: Khalti's answers are a few hundred bytes: a longer body is not an answer of Khalti's.
+MAX_BODY = 1 << 20
 
 VERIFY_PATH = "api/v2/payment/verify/"
 STATUS_PATH = "api/v2/payment/status/"
@@ -52,6 +62,60 @@ TRANSACTION_PATH = "api/v2/merchant-transaction/{idx}/"
 REFUND_PATH = "api/merchant-transaction/{idx}/refund/"
 INITIATE_PATH = "api/v2/epayment/initiate/"
 LOOKUP_PATH = "api/v2/epayment/lookup/"
+
+
+class KhaltiOutcome(enum.Enum):
+    """What an answer of Khalti's means, whatever the endpoint and its spelling.
+
+    The client translates Khalti's states into these once (:func:`outcome_of`);
+    the services decide on them alone.
+    """
+
+    #: The money moved to the merchant: ``Completed`` (verify, lookup, transaction),
+    #: ``Complete`` (status).
+    PAID = "paid"
+    #: The buyer confirmed; Khalti waits for the merchant's verify (status: ``Confirmed``).
+    AWAITING_VERIFICATION = "awaiting_verification"
+    #: Started, not paid (yet): ``Initiated``.
+    OPEN = "open"
+    #: Khalti holds the payment, neither paid nor failed (lookup: ``Pending``).
+    HELD = "held"
+    #: No money moved and none will: ``Failed``, ``Error`` (status: not found for
+    #: this token and amount), ``Expired``, ``User canceled``.
+    FAILED = "failed"
+    #: Paid, then all of it went back to the buyer.
+    REFUNDED = "refunded"
+    #: Paid, then part of it went back.
+    PARTIALLY_REFUNDED = "partially_refunded"
+    #: A state the client does not know: nothing can be decided on it.
+    UNKNOWN = "unknown"
+
+
+#: Khalti's states, as :func:`outcome_of` compares them (letters only, lower case).
+_STATES = {
+    "completed": KhaltiOutcome.PAID,
+    "complete": KhaltiOutcome.PAID,
+    "confirmed": KhaltiOutcome.AWAITING_VERIFICATION,
+    "initiated": KhaltiOutcome.OPEN,
+    "pending": KhaltiOutcome.HELD,
+    "failed": KhaltiOutcome.FAILED,
+    "error": KhaltiOutcome.FAILED,
+    "expired": KhaltiOutcome.FAILED,
+    "usercanceled": KhaltiOutcome.FAILED,
+    "usercancelled": KhaltiOutcome.FAILED,
+    "refunded": KhaltiOutcome.REFUNDED,
+    "partiallyrefunded": KhaltiOutcome.PARTIALLY_REFUNDED,
+}
+
+
+def outcome_of(state: object) -> KhaltiOutcome:
+    """Khalti's state as an outcome: case, spaces, hyphens and underscores do not
+    matter (``"Partially Refunded"``, ``"partially_refunded"``); anything else is
+    :attr:`KhaltiOutcome.UNKNOWN`.
+    """
+    if not isinstance(state, str):
+        return KhaltiOutcome.UNKNOWN
+    return _STATES.get(re.sub(r"[\s_-]", "", state).lower(), KhaltiOutcome.UNKNOWN)
 
 
 @functools.cache
@@ -65,11 +129,72 @@ def get_session() -> requests.Session:
     return session
 
 
+@functools.cache
+def _caller() -> ThreadPoolExecutor:
+    """The threads that make the calls, so that the caller can stop waiting at the deadline."""
+    return ThreadPoolExecutor(max_workers=POOL_MAXSIZE, thread_name_prefix="dj-khalti")
+
+
+def _forget_after_fork() -> None:
+    # A forked worker (gunicorn --preload) must not inherit the parent's threads
+    # or its pooled sockets.
+    _caller.cache_clear()
+    get_session.cache_clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class _Late(Exception):
+    """The call's deadline passed while the answer was still arriving."""
+
+
+class _TooLong(Exception):
+    """The answer is longer than any of Khalti's."""
+
+
+@sensitive_variables("headers")
+def _exchange(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    timeout: float,
+    deadline: float,
+    abandoned: threading.Event,
+    kwargs: dict[str, Any],
+) -> tuple[int, bytes]:
+    """Send one request and read the whole answer, in a thread of :func:`_caller`.
+
+    Gives up between reads once the caller has stopped waiting, and never sends
+    a request whose caller has already given up on it.
+    """
+    if abandoned.is_set() or time.monotonic() >= deadline:
+        raise _Late()
+    with get_session().request(
+        method,
+        url,
+        headers=headers,
+        timeout=(timeout, timeout),
+        allow_redirects=False,
+        stream=True,
+        **kwargs,
+    ) as response:
+        body = bytearray()
+        for chunk in response.iter_content(8192):
+            if abandoned.is_set() or time.monotonic() > deadline:
+                raise _Late()
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise _TooLong()
+        return response.status_code, bytes(body)
+
+
 @dataclass(frozen=True)
 class KhaltiTransaction:
     """Khalti's transaction record, as the verify endpoint returns it."""
 
     idx: str
+    #: Khalti's word, for people; decide on :attr:`outcome`.
     state: str
     amount: int
     fee_amount: int | None
@@ -77,14 +202,34 @@ class KhaltiTransaction:
     refunded: bool
     raw: dict[str, Any]
 
+    @property
+    def outcome(self) -> KhaltiOutcome:
+        """The record's state; a completed record marked ``refunded`` is refunded."""
+        outcome = outcome_of(self.state)
+        if outcome is KhaltiOutcome.PAID and self.refunded:
+            return KhaltiOutcome.REFUNDED
+        return outcome
+
 
 @dataclass(frozen=True)
 class KhaltiStatus:
     """The answer of the status endpoint: ``state`` decides, ``status`` does not."""
 
+    #: Khalti's word, for people; decide on :attr:`outcome`.
     state: str
     detail: str
     raw: dict[str, Any]
+
+    @property
+    def outcome(self) -> KhaltiOutcome:
+        """What the state means: ``Complete`` paid, ``Confirmed`` awaiting verification, ..."""
+        return outcome_of(self.state)
+
+    @property
+    def idx(self) -> str | None:
+        """The transaction's ``idx``, when the answer names one (it usually does not)."""
+        idx = self.raw.get("idx")
+        return idx if isinstance(idx, str) and 0 < len(idx) <= 255 else None
 
 
 @dataclass(frozen=True)
@@ -102,12 +247,18 @@ class KhaltiLookup:
     """What ePayment lookup says of a ``pidx``. ``status`` is as Khalti spells it."""
 
     pidx: str
+    #: Khalti's word, for people; decide on :attr:`outcome`.
     status: str
     total_amount: int | None
     transaction_id: str | None
     fee: int | None
     refunded: bool
     raw: dict[str, Any]
+
+    @property
+    def outcome(self) -> KhaltiOutcome:
+        """What the status means: ``Completed`` paid, ``Pending`` held, ``Expired`` failed, ..."""
+        return outcome_of(self.status)
 
 
 def _aware(value: object) -> datetime | None:
@@ -228,7 +379,8 @@ class KhaltiClient:
         """Khalti's record of one transaction, by its ``idx``. Read-only."""
         status, body = self._request("GET", TRANSACTION_PATH.format(idx=quote(idx, safe="")))
         if status != 200:
-            raise self._refusal(status, body)
+            # A readable 404 is Khalti knowing no such transaction: a definitive answer.
+            raise self._refusal(status, body, any_4xx=True)
         return self._transaction(body, plain_state=True)
 
     def refund(
@@ -341,48 +493,54 @@ class KhaltiClient:
     # reports must not show any of their variables.
     @method_decorator(sensitive_variables())
     def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """Call Khalti and parse its JSON answer, all within ``TIMEOUT`` seconds.
+
+        The call runs in a thread of its own so that the caller stops waiting at
+        the deadline, however slowly Khalti trickles its answer; that thread
+        gives up at its next read.
+        """
         url = urljoin(self.base_url, path)
         started = time.monotonic()
+        deadline = started + self.timeout
+        abandoned = threading.Event()
+        headers = {"Authorization": f"Key {self._secret_key}"}
+        future = _caller().submit(
+            _exchange, method, url, headers, self.timeout, deadline, abandoned, kwargs
+        )
         try:
-            response = get_session().request(
-                method,
-                url,
-                headers={"Authorization": f"Key {self._secret_key}"},
-                # Connect and each read within TIMEOUT, and the whole call too: a
-                # trickling answer cannot keep a worker (and a claim) past it.
-                # requests hands a urllib3 Timeout to urllib3 as it is; types-requests
-                # knows only numbers and (connect, read) tuples.
-                timeout=Timeout(connect=self.timeout, read=self.timeout, total=self.timeout),  # type: ignore[arg-type]
-                allow_redirects=False,
-                **kwargs,
-            )
+            status, content = future.result(timeout=max(deadline - time.monotonic(), 0))
+        except (FutureTimeout, _Late):
+            abandoned.set()
+            raise KhaltiTimeout() from None
         except requests.Timeout as exc:
             raise KhaltiTimeout() from exc
         except requests.ConnectionError as exc:
             raise KhaltiConnectionError() from exc
         except requests.RequestException as exc:
             raise KhaltiUnavailable() from exc
+        except _TooLong:
+            logger.warning("Khalti %s %s answered with an overlong body.", method, path)
+            raise KhaltiBadResponse() from None
         logger.debug(
             "Khalti %s %s answered HTTP %s in %.0f ms",
             method,
             path,
-            response.status_code,
+            status,
             (time.monotonic() - started) * 1000,
         )
-        if response.status_code in (401, 403):
+        if status in (401, 403):
             logger.error(
-                "Khalti refused our credentials (HTTP %s): check KHALTI['SECRET_KEY'].",
-                response.status_code,
+                "Khalti refused our credentials (HTTP %s): check KHALTI['SECRET_KEY'].", status
             )
             raise KhaltiBadResponse()
-        if response.status_code == 429 or response.status_code >= 500:
+        if status == 429 or status >= 500:
             raise KhaltiUnavailable()
         try:
-            body = response.json()
-        except ValueError as exc:
+            body = json.loads(content)
+        except (ValueError, RecursionError) as exc:
             logger.warning("Khalti %s %s answered with a body that is not JSON.", method, path)
             raise KhaltiBadResponse() from exc
-        return response.status_code, body
+        return status, body
 
     def _refusal(self, status: int, body: Any, any_4xx: bool = False) -> KhaltiError:
         """A definitive refusal for a readable HTTP 400, an unknown outcome otherwise.

@@ -27,6 +27,13 @@ DEFAULTS: dict[str, Any] = {
 #: Settings holding a dotted path, resolved with ``import_string`` on access.
 IMPORT_STRINGS = {"AMOUNT_RESOLVER"}
 
+#: The most calls to Khalti one claim on a payment makes: status, verify, status
+#: again after a refused verify, and the two transaction records that tie a
+#: "paid" status to the payment (the token's, the reported idx's).
+CALLS_PER_CLAIM = 5
+#: Seconds a claim may outlive its calls (database work, a busy host).
+CLAIM_MARGIN = 10
+
 
 class KhaltiSettings:
     """Attribute access to ``settings.KHALTI`` merged over :data:`DEFAULTS`."""
@@ -59,11 +66,12 @@ class KhaltiSettings:
     def stale_after(self) -> float:
         """Seconds after which a claim on a payment counts as abandoned.
 
-        A request to Khalti may take up to ``TIMEOUT`` to connect and ``TIMEOUT``
-        between bytes of the answer; a claim older than twice that plus a margin
-        belongs to a worker that died.
+        Every call to Khalti ends within ``TIMEOUT`` seconds, answer included (a
+        wall-clock deadline), and a claim makes at most :data:`CALLS_PER_CLAIM`
+        of them: a claim older than that, plus :data:`CLAIM_MARGIN`, belongs to
+        a worker that died.
         """
-        return float(self.TIMEOUT) * 2 + 10
+        return float(self.TIMEOUT) * CALLS_PER_CLAIM + CLAIM_MARGIN
 
 
 khalti_settings = KhaltiSettings()

@@ -114,6 +114,19 @@ class KhaltiVerificationFailed(KhaltiError):
     default_detail = _("Khalti did not confirm this payment.")
 
 
+class KhaltiNeedsReview(KhaltiVerificationFailed):
+    """Khalti's answer moved money the shop must not honour without a person's look
+    (another amount, a second payment of a paid order, an answer not tied to this
+    payment). The order is not paid by it; the shop will refund or settle it.
+    """
+
+    code = "needs_review"
+    default_detail = _(
+        "Khalti's answer for this payment needs a check by the shop before the order "
+        "counts as paid. The shop will contact you or refund it."
+    )
+
+
 # --- Khalti itself: what the client raises ---
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -29,9 +30,17 @@ class PaymentQuerySet(models.QuerySet["Payment"]):
         """Payments Khalti confirmed, refunded since or not."""
         return self.filter(status__in=Payment.PAID_STATUSES)
 
-    def for_order(self, product_identity: str) -> PaymentQuerySet:
-        """Every payment attempt for the order ``product_identity``, whatever its status."""
-        return self.filter(product_identity=product_identity)
+    def needs_review(self) -> PaymentQuerySet:
+        """Payments where money moved that the shop must not honour: a person decides."""
+        return self.filter(status=Payment.Status.NEEDS_REVIEW)
+
+    def for_order(self, reference: str) -> PaymentQuerySet:
+        """Every payment attempt for the order ``reference`` (the resolver's canonical
+        reference, or the one the browser gave), whatever its status.
+        """
+        return self.filter(
+            models.Q(order_reference=reference) | models.Q(product_identity=reference)
+        )
 
 
 class Payment(models.Model):
@@ -50,11 +59,16 @@ class Payment(models.Model):
         FAILED = "failed", _("Failed")
         REFUNDED = "refunded", _("Refunded")
         PARTIALLY_REFUNDED = "partially_refunded", _("Partially refunded")
+        #: Money moved, but the shop must not honour it: Khalti completed it for
+        #: another amount, after it was recorded failed, for an order already paid,
+        #: or with nothing that ties its answer to this payment. A person decides
+        #: (usually: refund it). Never counted as paid.
+        NEEDS_REVIEW = "needs_review", _("Needs review")
 
     #: Statuses of a payment Khalti confirmed: the order was paid.
     PAID_STATUSES = (Status.VERIFIED, Status.PARTIALLY_REFUNDED, Status.REFUNDED)
     #: Statuses from which money can still go back to the buyer.
-    REFUNDABLE_STATUSES = (Status.VERIFIED, Status.PARTIALLY_REFUNDED)
+    REFUNDABLE_STATUSES = (Status.VERIFIED, Status.PARTIALLY_REFUNDED, Status.NEEDS_REVIEW)
 
     class Flow(models.TextChoices):
         """How the buyer paid: Khalti's widget (token) or its ePayment (pidx)."""
@@ -66,11 +80,19 @@ class Payment(models.Model):
     flow = models.CharField(
         _("flow"), max_length=16, choices=Flow.choices, default=Flow.WIDGET, db_index=True
     )
-    #: The widget's token (widget flow only).
-    token = models.CharField(_("token"), max_length=255, unique=True, null=True, blank=True)
+    #: The widget's token (widget flow only). A token is on one live payment at a
+    #: time (``token_claim``); payments that failed keep it for the record.
+    token = models.CharField(  # noqa: DJ001 (NULL: an ePayment has none)
+        _("token"), max_length=255, null=True, blank=True, db_index=True
+    )
     #: Khalti's payment id (ePayment flow only).
     pidx = models.CharField(_("pidx"), max_length=255, unique=True, null=True, blank=True)
+    #: The order's reference as the buyer's page gave it.
     product_identity = models.CharField(_("product identity"), max_length=255, db_index=True)
+    #: The order's reference as the shop's resolver names it (canonical): what the
+    #: order claim is on, and what receivers should look the order up by.
+    order_reference = models.CharField(_("order reference"), max_length=255, db_index=True)
+    #: What the shop expects for the order, in paisa (its resolver's amount).
     amount = models.PositiveBigIntegerField(_("amount (paisa)"))
     purchase_order_name = models.CharField(_("purchase order name"), max_length=255, blank=True)
     payment_url = models.URLField(_("Khalti payment URL"), max_length=1000, blank=True)
@@ -88,7 +110,10 @@ class Payment(models.Model):
     #: The ``idx`` the widget handed the buyer's page: the browser's word, used
     #: only to find Khalti's record when Khalti's status answer names none, and
     #: copied to ``idx`` only once that record matches.
-    claimed_idx = models.CharField(max_length=255, blank=True, editable=False)
+    claimed_idx = models.CharField(max_length=255, blank=True, editable=False, db_index=True)
+    #: What Khalti says the buyer paid, in paisa, once it says the money moved
+    #: (the same as ``amount`` unless the payment needs review).
+    received_amount = models.PositiveBigIntegerField(_("received (paisa)"), null=True, blank=True)
     fee_amount = models.PositiveBigIntegerField(_("fee (paisa)"), null=True, blank=True)
     mobile = models.CharField(_("payer mobile (masked by Khalti)"), max_length=32, blank=True)
     khalti_response = models.JSONField(_("Khalti's last answer"), null=True, blank=True)
@@ -100,11 +125,19 @@ class Payment(models.Model):
     verified_at = models.DateTimeField(_("verified"), null=True, blank=True)
 
     # Bookkeeping for exactly-once (see services.py).
-    #: ``order_key(product_identity)`` while this payment is pending or paid,
-    #: NULL once it failed: a unique column, so one order has at most one live
-    #: payment on every database (NULLs never collide).
+    #: ``order_key(order_reference)`` while this payment is pending or paid, NULL
+    #: once it failed, needs review or was refunded before it was verified: a
+    #: unique column, so one order has at most one live payment on every database
+    #: (NULLs never collide).
     order_claim = models.CharField(  # noqa: DJ001 (NULL is what lets failed payments not collide)
         max_length=64, unique=True, null=True, editable=False
+    )
+    #: ``token`` unless the payment failed (Khalti refused it: no money moved),
+    #: NULL then: unique, so a token is bound to one order and amount, and only a
+    #: token Khalti refused may be bound again (a replayed token cannot lock its
+    #: buyer out).
+    token_claim = models.CharField(  # noqa: DJ001 (NULL is what lets failed payments not collide)
+        max_length=255, unique=True, null=True, editable=False
     )
     #: When a worker took this payment to call Khalti; NULL when nobody holds it.
     claimed_at = models.DateTimeField(_("claimed"), null=True, blank=True, editable=False)
@@ -133,6 +166,17 @@ class Payment(models.Model):
             "status": self.get_status_display(),
         }
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save; a new row keeps the claims' invariants even when made by hand (a
+        fixture, a data migration): the reference given is canonical unless the
+        resolver said otherwise, and a token is bound unless the payment failed.
+        """
+        if self._state.adding:
+            self.order_reference = self.order_reference or self.product_identity
+            if self.token_claim is None and self.token and self.status != self.Status.FAILED:
+                self.token_claim = self.token
+        super().save(*args, **kwargs)
+
     @property
     def amount_rupees(self) -> str:
         """The amount for display: paisa as rupees with two decimals."""
@@ -144,11 +188,18 @@ class Payment(models.Model):
         return rupees(self.refundable_amount)
 
     @property
+    def paid_amount(self) -> int:
+        """What the buyer paid at Khalti: Khalti's amount when it told us, else the order's."""
+        return self.amount if self.received_amount is None else self.received_amount
+
+    @property
     def refundable_amount(self) -> int:
-        """Paisa that can still be refunded (0 unless this app saw Khalti confirm it:
-        a payment refunded outside the app before we verified it has an unknown
-        refunded amount).
+        """Paisa that can still be refunded: 0 unless Khalti confirmed the money
+        moved and named its transaction (a payment refunded outside the app
+        before we verified it has an unknown refunded amount).
         """
+        if self.status == self.Status.NEEDS_REVIEW:
+            return self.paid_amount - self.refunded_amount if self.idx else 0
         if self.status not in self.REFUNDABLE_STATUSES or self.verified_at is None:
             return 0
         return self.amount - self.refunded_amount
@@ -203,13 +254,15 @@ class Refund(models.Model):
         }
 
 
-def order_key(product_identity: str) -> str:
-    """The value of ``Payment.order_claim`` for an order: a digest of its reference.
+def order_key(reference: str) -> str:
+    """The value of ``Payment.order_claim`` for an order: a digest of its canonical
+    reference (the resolver's, see :class:`~django_khalti.orders.KhaltiOrder`).
 
-    A digest, so that references differing only in case stay apart on
-    databases whose default collation ignores case (MariaDB).
+    A digest, so that the claim compares bytes whatever the database's collation.
+    Two spellings of one order ("5" and "05", "abc" and "ABC") are one claim only
+    when the resolver names the order's canonical reference.
     """
-    return hashlib.sha256(product_identity.encode()).hexdigest()
+    return hashlib.sha256(reference.encode()).hexdigest()
 
 
 def rupees(paisa: int) -> str:

@@ -33,14 +33,14 @@ from urllib.parse import urljoin
 
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.dispatch import Signal
 from django.http import Http404, HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from .client import KhaltiClient, KhaltiTransaction
+from .client import KhaltiClient, KhaltiLookup, KhaltiOutcome, KhaltiStatus, KhaltiTransaction
 from .conf import khalti_settings
 from .exceptions import (
     KhaltiAlreadyPaid,
@@ -51,6 +51,7 @@ from .exceptions import (
     KhaltiInitiationRejected,
     KhaltiInProgress,
     KhaltiInvalidRefundAmount,
+    KhaltiNeedsReview,
     KhaltiNotRefundable,
     KhaltiRefundFailed,
     KhaltiRefundInProgress,
@@ -63,7 +64,8 @@ from .exceptions import (
     KhaltiVerificationFailed,
 )
 from .models import Payment, Refund, order_key
-from .signals import payment_failed, payment_refunded, payment_verified
+from .orders import KhaltiOrder
+from .signals import payment_failed, payment_needs_review, payment_refunded, payment_verified
 
 if TYPE_CHECKING:
     # The project's user model or AnonymousUser, as django-stubs resolves request.user.
@@ -78,28 +80,48 @@ Status = Payment.Status
 # --- the shop's truth ---------------------------------------------------------
 
 
-def expected_amount(request: HttpRequest | Request | None, product_identity: str) -> int:
-    """The amount in paisa the shop expects for this order, from its resolver."""
+def resolve_order(request: HttpRequest | Request | None, product_identity: str) -> KhaltiOrder:
+    """The order the shop's resolver names for ``product_identity``: its canonical
+    reference and the amount in paisa it expects.
+
+    A resolver that returns a plain ``int`` names the amount; the reference given
+    is then canonical. Raises :class:`KhaltiUnknownOrder` for ``None``.
+    """
     resolver = khalti_settings.AMOUNT_RESOLVER
     if not callable(resolver):
         raise KhaltiConfigurationError("KHALTI['AMOUNT_RESOLVER'] must name a callable.")
     try:
-        amount = resolver(request, product_identity)
+        answer = resolver(request, product_identity)
     except (ObjectDoesNotExist, ValidationError, ValueError, Http404):
         # A malformed reference (``int("abc")``, a bad UUID) is an unknown order.
         logger.info("The amount resolver found no order for %r.", product_identity, exc_info=True)
-        amount = None
+        answer = None
     except Exception as exc:
         raise KhaltiConfigurationError(
             f"KHALTI['AMOUNT_RESOLVER'] raised {type(exc).__name__}: {exc}"
         ) from exc
-    if amount is None:
+    if answer is None:
         raise KhaltiUnknownOrder()
+    if isinstance(answer, tuple) and len(answer) == 2:
+        reference, amount = answer
+    else:
+        reference, amount = product_identity, answer
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise KhaltiConfigurationError(
-            f"KHALTI['AMOUNT_RESOLVER'] must return a positive int (paisa) or None, not {amount!r}."
+            "KHALTI['AMOUNT_RESOLVER'] must return a positive int (paisa), a "
+            f"KhaltiOrder(reference, amount) or None, not {answer!r}."
         )
-    return amount
+    if not isinstance(reference, str) or not 0 < len(reference) <= 255:
+        raise KhaltiConfigurationError(
+            "KHALTI['AMOUNT_RESOLVER'] returned a KhaltiOrder whose reference is not a "
+            f"string of 1 to 255 characters: {reference!r}."
+        )
+    return KhaltiOrder(reference, amount)
+
+
+def expected_amount(request: HttpRequest | Request | None, product_identity: str) -> int:
+    """The amount in paisa the shop expects for this order, from its resolver."""
+    return resolve_order(request, product_identity).amount
 
 
 # --- widget flow ----------------------------------------------------------------
@@ -122,19 +144,19 @@ def verify_payment(
     transaction id the widget reported: only a hint (see ``Payment.claimed_idx``).
     """
     client = KhaltiClient.from_settings()  # a broken configuration fails before any write
-    payment = Payment.objects.filter(token=token).first()
+    payment, refused = _bound_payment(token, amount, product_identity)
+    if refused is not None:
+        return _verified_or_raise(refused)  # Khalti refused this very payload before
     created = False
     if payment is None:
-        expected = _expected_for_new_payment(request, product_identity)
-        if amount != expected:
+        order = _order_for_new_payment(request, product_identity)
+        if amount != order.amount:
             raise KhaltiAmountMismatch()
         payment, created = _claim_order(
-            client, product_identity, expected, token=token, claimed_idx=idx
+            client, product_identity, order, token=token, token_claim=token, claimed_idx=idx
         )
-    # A token is bound to the order and amount it was first verified for. The
-    # amount stored is the shop's, so a known token needs no resolver.
-    if payment.product_identity != product_identity or payment.amount != amount:
-        raise KhaltiTokenUsed()
+        if not created and not _bound_to(payment, amount, product_identity):
+            raise KhaltiTokenUsed()
     if created:
         return _verified_or_raise(_settle(client, payment, _verify))
     if payment.status == Status.PENDING:
@@ -145,10 +167,54 @@ def verify_payment(
     return _verified_or_raise(payment)
 
 
-def _expected_for_new_payment(request: HttpRequest | Request | None, product_identity: str) -> int:
-    """The shop's amount; a paid order the resolver no longer knows is ``already_paid``."""
+def _bound_payment(
+    token: str, amount: int, product_identity: str
+) -> tuple[Payment | None, Payment | None]:
+    """The live payment this token is bound to, or what the token's history says.
+
+    Returns ``(live, None)`` when the token is bound to a live payment for this
+    order and amount; ``(None, failed)`` when its payment for this order and
+    amount failed (answered from the record); ``(None, None)`` when the token is
+    new, or its only uses were refused by Khalti for another order or amount
+    (it may be bound again: a replay of a stolen token cannot lock its buyer out).
+    Raises :class:`KhaltiTokenUsed` for a token bound to another order or amount,
+    and for a token that is any payment's Khalti id (``idx``, ``pidx``, or the
+    ``idx`` a page reported): Khalti's status endpoint answers for an ``idx`` as
+    for a token, so one payment's id must never stand in for another's token.
+    """
+    rows = list(
+        Payment.objects.filter(Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token))
+    )
+    if any(
+        token in (row.idx, row.pidx) or (row.claimed_idx == token and row.token != token)
+        for row in rows
+    ):
+        raise KhaltiTokenUsed()
+    live = next((row for row in rows if row.token_claim == token), None)
+    if live is not None:
+        if not _bound_to(live, amount, product_identity):
+            raise KhaltiTokenUsed()
+        return live, None
+    failed = [
+        row for row in rows if row.token == token and _bound_to(row, amount, product_identity)
+    ]
+    return None, max(failed, key=lambda row: row.created_at, default=None)
+
+
+def _bound_to(payment: Payment, amount: int, product_identity: str) -> bool:
+    """Whether a payment is for this amount and this order (as given, or canonical)."""
+    return payment.amount == amount and product_identity in (
+        payment.product_identity,
+        payment.order_reference,
+    )
+
+
+def _order_for_new_payment(
+    request: HttpRequest | Request | None, product_identity: str
+) -> KhaltiOrder:
+    """The shop's order; a paid order the resolver no longer knows is ``already_paid``."""
     try:
-        return expected_amount(request, product_identity)
+        return resolve_order(request, product_identity)
     except KhaltiUnknownOrder:
         if Payment.objects.filter(
             order_claim=order_key(product_identity), status__in=Payment.PAID_STATUSES
@@ -158,17 +224,47 @@ def _expected_for_new_payment(request: HttpRequest | Request | None, product_ide
 
 
 def reconcile(payment: Payment) -> Payment:
-    """Settle a pending payment from what Khalti says of it now.
+    """Settle a payment from what Khalti says of it now.
 
-    Returns the payment as it stands afterwards: still pending when Khalti
-    cannot tell yet, or when another worker holds it right now. Raises
-    :class:`~django_khalti.exceptions.KhaltiUnavailable` when Khalti could not
-    be asked.
+    A pending payment is settled (verified only if Khalti has not been asked
+    to before, or says it awaits verification); a failed one is re-checked
+    read-only, in case Khalti completed it after all (see
+    :func:`recheck_failed`). Returns the payment as it stands afterwards:
+    unchanged when Khalti cannot tell yet, or when another worker holds it
+    right now. Raises :class:`~django_khalti.exceptions.KhaltiUnavailable` when
+    Khalti could not be asked.
     """
+    if payment.status == Status.FAILED:
+        return recheck_failed(payment)
     client = KhaltiClient.from_settings()
     if payment.status == Status.PENDING and claim(payment):
         return _settle(client, payment, _ask_khalti)
     payment.refresh_from_db()
+    return payment
+
+
+def recheck_failed(payment: Payment) -> Payment:
+    """Ask Khalti, read-only, whether a failed payment was completed after all.
+
+    Khalti may complete a payment after it was recorded failed (an ePayment
+    cancelled, then paid; a verification refused, then completed). If it did,
+    for the order's amount, and no other payment holds the order, the payment
+    is verified (``payment_verified``); otherwise it needs review
+    (``payment_needs_review``). Anything else leaves it failed. Nothing is
+    verified at Khalti here: only status and lookup are asked. Returns the
+    payment as it stands afterwards; raises :class:`KhaltiUnavailable` when
+    Khalti could not be asked.
+    """
+    client = KhaltiClient.from_settings()
+    if payment.status != Status.FAILED or not (payment.token or payment.pidx):
+        return payment
+    if not claim(payment, status=Status.FAILED):
+        payment.refresh_from_db()
+        return payment
+    try:
+        _settle(client, payment, _recheck)
+    finally:
+        _release(payment, status=Status.FAILED)
     return payment
 
 
@@ -185,7 +281,34 @@ def pending_batch(
     makes sure no payment is settled twice. Returns the batch and the cursor
     for the next one (None when there is none).
     """
-    rows = Payment.objects.pending().filter(created_at__lt=created_before).filter(_claimable())
+    rows = Payment.objects.pending().filter(created_at__lt=created_before)
+    return _batch(rows, size, after)
+
+
+#: How often ``khalti_reconcile`` asks Khalti again about one failed payment.
+RECHECK_FAILED_EVERY = timedelta(hours=1)
+
+
+def failed_batch(
+    failed_since: datetime, size: int, after: tuple[datetime, uuid.UUID] | None = None
+) -> tuple[list[Payment], tuple[datetime, uuid.UUID] | None]:
+    """Up to ``size`` failed payments created since ``failed_since`` that Khalti
+    could still complete (they have a token or a pidx), oldest first, each at
+    most once per :data:`RECHECK_FAILED_EVERY`. As :func:`pending_batch`, for
+    :func:`recheck_failed`.
+    """
+    rows = (
+        Payment.objects.filter(status=Status.FAILED, created_at__gte=failed_since)
+        .filter(Q(token__isnull=False) | Q(pidx__isnull=False))
+        .filter(updated_at__lt=timezone.now() - RECHECK_FAILED_EVERY)
+    )
+    return _batch(rows, size, after)
+
+
+def _batch(
+    rows: QuerySet[Payment], size: int, after: tuple[datetime, uuid.UUID] | None
+) -> tuple[list[Payment], tuple[datetime, uuid.UUID] | None]:
+    rows = rows.filter(_claimable())
     if after is not None:
         created_at, pk = after
         rows = rows.filter(Q(created_at__gt=created_at) | Q(created_at=created_at, pk__gt=pk))
@@ -207,6 +330,8 @@ def _verified_or_raise(payment: Payment) -> Payment:
         return payment
     if payment.status in Payment.PAID_STATUSES:
         raise KhaltiVerificationFailed(_("Khalti reports this payment refunded."))
+    if payment.status == Status.NEEDS_REVIEW:
+        raise KhaltiNeedsReview()
     if payment.status == Status.FAILED:
         raise KhaltiVerificationFailed(payment.failure_reason or None)
     raise KhaltiInProgress()
@@ -215,28 +340,30 @@ def _verified_or_raise(payment: Payment) -> Payment:
 def _claim_order(
     client: KhaltiClient,
     product_identity: str,
-    amount: int,
+    order: KhaltiOrder,
     *,
     reuse: Callable[[Payment], bool] | None = None,
     **fields: Any,
 ) -> tuple[Payment, bool]:
     """Insert (and so claim) a new payment for the order; or the row that beat us to it.
 
-    The insert claims the order (``order_claim``) and, for the widget, the
-    token. When the order is taken by a pending payment, that payment is
-    settled with Khalti first (if no one else is at it): only if it failed
-    does the new one go on. ``reuse`` may accept the holder as the answer
-    (an ePayment whose link is still good). Returns the payment and whether
-    it was created.
+    The insert claims the order (``order_claim``, on the order's canonical
+    reference) and, for the widget, the token (``token_claim``). When the order
+    is taken by a pending payment, that payment is settled with Khalti first (if
+    no one else is at it): only if it failed does the new one go on. ``reuse``
+    may accept the holder as the answer (an ePayment whose link is still good).
+    Returns the payment and whether it was created.
     """
-    token = fields.get("token")
+    token = fields.get("token_claim")
+    key = order_key(order.reference)
     for _attempt in range(3):
         try:
             with transaction.atomic(durable=True):
                 payment = Payment.objects.create(
                     product_identity=product_identity,
-                    amount=amount,
-                    order_claim=order_key(product_identity),
+                    order_reference=order.reference,
+                    amount=order.amount,
+                    order_claim=key,
                     claimed_at=timezone.now(),
                     attempts=1,
                     **fields,
@@ -244,10 +371,10 @@ def _claim_order(
             return payment, True
         except IntegrityError:
             pass  # The same token inserted concurrently, or the order is taken.
-        raced = Payment.objects.filter(token=token).first() if token else None
+        raced = Payment.objects.filter(token_claim=token).first() if token else None
         if raced is not None:
             return raced, False
-        holder = Payment.objects.filter(order_claim=order_key(product_identity)).first()
+        holder = Payment.objects.filter(order_claim=key).first()
         if holder is None:
             continue  # the holder failed and let go of the order in between
         if reuse is not None and reuse(holder):
@@ -264,19 +391,23 @@ def _claim_order(
     raise KhaltiInProgress()
 
 
-def claim(payment: Payment) -> bool:
-    """Take a pending payment to call Khalti about it; True for the one winner."""
+# --- claims ----------------------------------------------------------------------
+
+
+def claim(payment: Payment, status: str = Status.PENDING) -> bool:
+    """Take a payment in ``status`` to call Khalti about it; True for the one winner."""
     now = timezone.now()
     # Durable: a claim inside a caller's transaction would not be seen by other
     # workers before Khalti is called (Django raises RuntimeError instead).
     with transaction.atomic(durable=True):
         won = (
-            Payment.objects.filter(pk=payment.pk, status=Status.PENDING)
+            Payment.objects.filter(pk=payment.pk, status=status)
             .filter(_claimable(now))
             .update(claimed_at=now, attempts=F("attempts") + 1, updated_at=now)
         )
     if won:
         payment.claimed_at = now
+        payment.attempts += 1
     return bool(won)
 
 
@@ -286,12 +417,12 @@ def _claimable(now: datetime | None = None) -> Q:
     return Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale)
 
 
-def _release(payment: Payment) -> None:
+def _release(payment: Payment, status: str = Status.PENDING) -> None:
     """Let go of a claim after an unknown outcome, so a retry need not wait."""
     try:
-        Payment.objects.filter(
-            pk=payment.pk, status=Status.PENDING, claimed_at=payment.claimed_at
-        ).update(claimed_at=None, updated_at=timezone.now())
+        Payment.objects.filter(pk=payment.pk, status=status, claimed_at=payment.claimed_at).update(
+            claimed_at=None, updated_at=timezone.now()
+        )
     except DatabaseError:
         logger.exception("Could not release the claim on payment %s.", payment.pk)
 
@@ -303,7 +434,7 @@ def _settle(
     try:
         ask(client, payment)
     except KhaltiUnavailable:
-        _release(payment)
+        _release(payment, status=payment.status)
         raise
     except DatabaseError as exc:
         # Khalti answered but we could not record it: the claim goes stale and a
@@ -315,54 +446,270 @@ def _settle(
     return payment
 
 
+# --- Khalti's answers, per flow ----------------------------------------------------
+#
+# Each function below is called with the payment claimed, asks Khalti, and
+# settles the payment from the client's outcome (never from Khalti's spelling).
+# An outcome that proves nothing leaves the payment as it is, claim released.
+
+
 def _verify(client: KhaltiClient, payment: Payment) -> None:
+    """Verify at Khalti (this moves the buyer's money), then settle from the answer.
+
+    A refusal is final only for a payment's first attempt. After an attempt
+    whose outcome is unknown, it may be Khalti refusing to repeat what that
+    attempt did: only the read-only status endpoint can then tell.
+    """
     try:
         record = client.verify(payment.token or "", payment.amount)
     except KhaltiRejected as exc:
+        if payment.attempts > 1:
+            logger.warning(
+                "Khalti refused to verify payment %s after an attempt of unknown outcome "
+                "(%s); asking its status.",
+                payment.pk,
+                exc.detail,
+            )
+            _ask_status(client, payment, may_verify=False)
+            return
         _fail(payment, _("Khalti rejected the payment: %s") % exc.detail, exc.body)
         return
     _record_transaction(payment, record)
 
 
 def _ask_khalti(client: KhaltiClient, payment: Payment) -> None:
-    """Settle a claimed payment from Khalti's read-only answer for its flow."""
+    """Settle a claimed pending payment from Khalti's read-only answer for its flow."""
     if payment.flow == Payment.Flow.EPAYMENT:
         _lookup(client, payment)
     else:
         _ask_status(client, payment)
 
 
-def _ask_status(client: KhaltiClient, payment: Payment) -> None:
+def _recheck(client: KhaltiClient, payment: Payment) -> None:
+    """Read-only: whether Khalti completed a payment we recorded failed."""
+    if payment.flow == Payment.Flow.EPAYMENT:
+        answer = _looked_up(client, payment)
+        outcome, fields = answer.outcome, _lookup_fields(answer)
+        received = answer.total_amount
+    else:
+        status = _status_of(client, payment)
+        outcome, fields, received = status.outcome, {"khalti_response": status.raw}, None
+        if outcome is KhaltiOutcome.PAID:
+            tied = _tied_record(client, payment, status)
+            if tied is None:
+                return
+            fields, received = tied, payment.amount
+    if outcome is KhaltiOutcome.PARTIALLY_REFUNDED:
+        _needs_review(
+            payment,
+            _(
+                "Khalti reports a payment recorded failed as partially refunded: part of it "
+                "was paid."
+            ),
+            source=Status.FAILED,
+            **fields,
+        )
+    elif outcome is not KhaltiOutcome.PAID:
+        if outcome is KhaltiOutcome.AWAITING_VERIFICATION:
+            logger.warning(
+                "Khalti holds the buyer's confirmation of payment %s, recorded failed; "
+                "it is not verified again. Check it in Khalti's dashboard.",
+                payment.pk,
+            )
+        return
+    elif received is None:
+        logger.warning("Khalti's lookup for %s is paid without an amount.", payment.pidx)
+        raise KhaltiBadResponse()
+    else:
+        _completed_late(payment, received, fields)
+
+
+def _completed_late(payment: Payment, received: int, fields: dict[str, Any]) -> None:
+    """Khalti completed a payment we recorded failed: verified if the order is still
+    free and the amount is the order's, else needs review.
+    """
+    idx = fields.get("idx")
+    if idx and Payment.objects.filter(idx=idx).exclude(pk=payment.pk).exists():
+        _not_this_payments(payment, idx, received, fields, source=Status.FAILED)
+        return
+    if received == payment.amount:
+        try:
+            changed = _transition(
+                payment,
+                Status.VERIFIED,
+                source=Status.FAILED,
+                held=True,
+                order_claim=order_key(payment.order_reference),
+                token_claim=payment.token,
+                received_amount=received,
+                failure_reason="",
+                **fields,
+            )
+        except IntegrityError:
+            changed = False  # another payment holds the order (or the token) now
+        else:
+            if changed:
+                logger.warning(
+                    "Khalti completed payment %s after it was recorded failed; it is "
+                    "verified now (the order was still unpaid).",
+                    payment.pk,
+                )
+                return
+            if payment.status != Status.FAILED:
+                return
+    if received == payment.amount:
+        reason = _(
+            "Khalti completed this payment after it was recorded failed, and the order is "
+            "paid or being paid by another payment."
+        )
+    else:
+        reason = _(
+            "Khalti completed this payment after it was recorded failed, for %(got)s paisa; "
+            "the order is for %(want)s paisa."
+        ) % {"got": received, "want": payment.amount}
+    _needs_review(payment, reason, source=Status.FAILED, received_amount=received, **fields)
+
+
+def _status_of(client: KhaltiClient, payment: Payment) -> KhaltiStatus:
     try:
-        answer = client.status(payment.token or "", payment.amount)
+        return client.status(payment.token or "", payment.amount)
     except KhaltiRejected as exc:
-        # A refusal from the status endpoint says nothing sure about the payment.
+        # A readable refusal from the status endpoint (no state) says nothing
+        # sure about the payment: it stays as it is.
         raise KhaltiUnavailable() from exc
-    state = answer.state.strip().lower()
-    if state == "confirmed":
+
+
+def _ask_status(client: KhaltiClient, payment: Payment, *, may_verify: bool = True) -> None:
+    answer = _status_of(client, payment)
+    outcome = answer.outcome
+    if outcome is KhaltiOutcome.AWAITING_VERIFICATION and may_verify:
         # The buyer paid and Khalti waits for us: now verification is due.
         _verify(client, payment)
-    elif state == "complete":
-        _transition(payment, Status.VERIFIED, **_details(client, answer.raw, payment))
-    elif state in ("error", "failed"):
+    elif outcome is KhaltiOutcome.PAID:
+        fields = _tied_record(client, payment, answer)
+        if fields is not None:
+            _verified(payment, payment.amount, fields)
+    elif outcome is KhaltiOutcome.FAILED:
         reason = _("Khalti reports the payment as %(state)s: %(detail)s") % {
             "state": answer.state,
             "detail": answer.detail,
         }
         _fail(payment, reason, answer.raw)
-    elif state in ("refunded", "partially refunded"):
-        _refunded_elsewhere(
-            payment, full=state == "refunded", **_details(client, answer.raw, payment)
+    elif outcome is KhaltiOutcome.REFUNDED:
+        _refunded_before_verified(payment, khalti_response=answer.raw)
+    elif outcome is KhaltiOutcome.PARTIALLY_REFUNDED:
+        _needs_review(
+            payment,
+            _(
+                "Khalti reports the payment partially refunded before it was verified: part "
+                "of it was paid."
+            ),
+            khalti_response=answer.raw,
         )
     else:
-        # Initiated, or a state we do not know: not ours to decide yet.
-        logger.info("Khalti reports payment %s as %r; it stays pending.", payment.pk, answer.state)
+        # Initiated, awaiting a verification that was just refused, or a state we
+        # do not know: not ours to decide yet.
+        unusual = outcome in (KhaltiOutcome.UNKNOWN, KhaltiOutcome.AWAITING_VERIFICATION)
+        log = logger.warning if unusual else logger.info
+        log("Khalti reports payment %s as %r; it stays pending.", payment.pk, answer.state)
         _release(payment)
+
+
+def _tied_record(
+    client: KhaltiClient, payment: Payment, answer: KhaltiStatus
+) -> dict[str, Any] | None:
+    """What to record of a payment the status endpoint calls paid, if its answer can be
+    tied to this payment; otherwise the payment needs review, and None is returned.
+
+    The status endpoint answers for a token *or an idx*, and names no transaction.
+    Its "paid" is this payment's only if Khalti's transaction records say so:
+
+    1. the token is no transaction's idx (Khalti's record of it, asked by the token,
+       is "not found"; were it found under its own name, the "token" was one
+       payment's id presented as another's token);
+    2. Khalti's record of the ``idx`` the answer gives, or else the one the buyer's
+       page reported (``claimed_idx``), is completed, for this amount, and no other
+       payment's.
+
+    Raises :class:`KhaltiUnavailable` when a record could not be fetched.
+    """
+    token = payment.token or ""
+    fields: dict[str, Any] = {"khalti_response": answer.raw}
+    as_idx = _record_or_none(client, token)
+    record: KhaltiTransaction | None = None
+    if as_idx is not None and as_idx.idx == token:
+        problem = _("The token given is a Khalti transaction id, not a payment token.")
+    else:
+        # Were the token found (Khalti resolving it to its transaction), that record
+        # ties the answer itself; else the idx Khalti or the page named must.
+        idx = as_idx.idx if as_idx is not None else answer.idx or payment.claimed_idx or ""
+        record = as_idx if as_idx is not None else _record_or_none(client, idx) if idx else None
+        problem = _record_problem(payment, idx, record)
+    if problem or record is None:
+        _needs_review(payment, problem, source=payment.status, **fields)
+        return None
+    return {
+        **fields,
+        "idx": record.idx,
+        "fee_amount": record.fee_amount,
+        "mobile": record.mobile,
+    }
+
+
+def _record_or_none(client: KhaltiClient, idx: str) -> KhaltiTransaction | None:
+    """Khalti's transaction record of ``idx``; None when Khalti knows no such transaction."""
+    try:
+        return client.transaction(idx)
+    except KhaltiRejected:
+        return None
+
+
+def _record_problem(payment: Payment, idx: str, record: KhaltiTransaction | None) -> str:
+    """Why a transaction record does not prove this payment paid; "" when it does."""
+    if not idx:
+        return _(
+            "Khalti reports the token paid, but names no transaction to tie it to this payment."
+        )
+    if record is None or record.idx != idx:
+        return _("Khalti has no transaction %(idx)s to tie this payment to.") % {"idx": idx}
+    if record.idx == payment.token:
+        return _("The token given is a Khalti transaction id, not a payment token.")
+    if record.outcome is not KhaltiOutcome.PAID or record.amount != payment.amount:
+        return _(
+            "Khalti's transaction %(idx)s is %(state)s for %(got)s paisa, not this payment "
+            "of %(want)s paisa."
+        ) % {"idx": idx, "state": record.state, "got": record.amount, "want": payment.amount}
+    if Payment.objects.filter(idx=idx).exclude(pk=payment.pk).exists():
+        return _("Khalti's transaction %(idx)s is another payment's.") % {"idx": idx}
+    return ""
 
 
 #: How long after its link expired a Khalti answer of "not found" or "Initiated"
 #: means the buyer can no longer pay: no money can move on a dead link.
 EXPIRY_MARGIN = timedelta(minutes=15)
+
+
+def _link_dead(payment: Payment) -> bool:
+    expires_at = payment.expires_at or payment.created_at + timedelta(minutes=60)
+    return timezone.now() > expires_at + EXPIRY_MARGIN
+
+
+def _looked_up(client: KhaltiClient, payment: Payment) -> KhaltiLookup:
+    """Khalti's lookup of the payment's pidx; an answer about another pidx is unknown."""
+    answer = client.lookup(payment.pidx or "")
+    if answer.pidx != payment.pidx:
+        logger.warning("Khalti's lookup for %s answered about another pidx.", payment.pidx)
+        raise KhaltiBadResponse()
+    return answer
+
+
+def _lookup_fields(answer: KhaltiLookup) -> dict[str, Any]:
+    fields: dict[str, Any] = {"khalti_response": answer.raw}
+    if answer.transaction_id:
+        fields["idx"] = answer.transaction_id  # what refunds need
+    if answer.fee is not None:
+        fields["fee_amount"] = answer.fee
+    return fields
 
 
 def _lookup(client: KhaltiClient, payment: Payment) -> None:
@@ -371,10 +718,9 @@ def _lookup(client: KhaltiClient, payment: Payment) -> None:
         # link, so no money can have moved.
         _fail(payment, _("The payment was never started with Khalti."), notify=False)
         return
-    expires_at = payment.expires_at or payment.created_at + timedelta(minutes=60)
-    dead = timezone.now() > expires_at + EXPIRY_MARGIN
+    dead = _link_dead(payment)
     try:
-        answer = client.lookup(payment.pidx)
+        answer = _looked_up(client, payment)
     except KhaltiRejected as exc:
         if dead:
             _fail(
@@ -386,140 +732,210 @@ def _lookup(client: KhaltiClient, payment: Payment) -> None:
             return
         # "Not found" for a live pidx Khalti gave us says nothing sure.
         raise KhaltiUnavailable() from exc
-    if answer.pidx != payment.pidx:
-        logger.warning("Khalti's lookup for %s answered about another pidx.", payment.pidx)
-        raise KhaltiBadResponse()
-    status = answer.status.strip().lower()
-    fields: dict[str, Any] = {"khalti_response": answer.raw}
-    if answer.transaction_id:
-        fields["idx"] = answer.transaction_id  # what refunds need
-    if answer.fee is not None:
-        fields["fee_amount"] = answer.fee
-    if status == "completed" and answer.total_amount is None:
+    outcome = answer.outcome
+    fields = _lookup_fields(answer)
+    if outcome is KhaltiOutcome.PAID and answer.total_amount is None:
         logger.warning("Khalti's lookup for %s is Completed without an amount.", payment.pidx)
         raise KhaltiBadResponse()
-    if status == "completed" and answer.total_amount == payment.amount:
-        _transition(payment, Status.VERIFIED, **fields)
-    elif status == "completed":
+    if outcome is KhaltiOutcome.PAID and answer.total_amount == payment.amount:
+        _verified(payment, answer.total_amount, fields)
+    elif outcome is KhaltiOutcome.PAID:
         reason = _("Khalti's payment is for %(got)s paisa, the order is for %(want)s paisa.") % {
             "got": answer.total_amount,
             "want": payment.amount,
         }
-        _fail(payment, reason, **fields)
-    elif status in ("expired", "user canceled", "user cancelled") or (
-        status == "initiated" and dead
-    ):
+        _needs_review(payment, reason, received_amount=answer.total_amount, **fields)
+    elif outcome is KhaltiOutcome.FAILED or (outcome is KhaltiOutcome.OPEN and dead):
         _fail(
             payment,
             _("Khalti reports the payment as %(status)s.") % {"status": answer.status},
             **fields,
         )
-    elif status in ("refunded", "partially refunded"):
-        _refunded_elsewhere(payment, full=status == "refunded", **fields)
+    elif outcome is KhaltiOutcome.REFUNDED:
+        _refunded_before_verified(payment, **fields)
+    elif outcome is KhaltiOutcome.PARTIALLY_REFUNDED:
+        _needs_review(
+            payment,
+            _(
+                "Khalti reports the payment partially refunded before it was verified: part "
+                "of it was paid."
+            ),
+            **fields,
+        )
     else:
         # Pending (hold: do not fulfil, do not fail), Initiated, or unknown.
-        logger.info(
-            "Khalti reports ePayment %s as %r; it stays pending.", payment.pk, answer.status
-        )
+        log = logger.warning if outcome is KhaltiOutcome.UNKNOWN else logger.info
+        log("Khalti reports ePayment %s as %r; it stays pending.", payment.pk, answer.status)
         _release(payment)
 
 
-def _refunded_elsewhere(payment: Payment, *, full: bool, **fields: Any) -> None:
-    """A pending payment Khalti reports paid and then refunded outside this app.
+def _refunded_before_verified(payment: Payment, **fields: Any) -> None:
+    """A pending payment Khalti reports paid and then all refunded, outside this app.
 
-    The shop never fulfilled the order, so no signal is due; what was refunded
-    of a partial refund is unknown, so the app refunds nothing more of it.
+    The shop never fulfilled the order and no money stayed with it: the order
+    is let go (a new payment may pay it) and ``payment_refunded`` tells the shop,
+    with ``payment.verified_at`` None.
     """
-    _transition(
+    changed = _recording_idx_if_free(
         payment,
-        Status.REFUNDED if full else Status.PARTIALLY_REFUNDED,
-        refunded_amount=payment.amount if full else payment.refunded_amount,
-        notify=False,
+        Status.REFUNDED,
+        held=True,
+        refunded_amount=payment.amount,
+        refund_amount=payment.amount,
+        order_claim=None,
         **fields,
     )
-
-
-def _details(client: KhaltiClient, raw: dict[str, Any], payment: Payment) -> dict[str, Any]:
-    """What to record of a paid transaction the status endpoint told us about.
-
-    Khalti's status answer names no transaction id, fee or payer. The record is
-    fetched by the ``idx`` the answer gives, or else by the one the buyer's
-    page reported (``claimed_idx``), which is kept only if Khalti's record
-    matches: completed, for this amount, and no other payment's. Failing to
-    fetch it does not hold up the settlement; the payment is then verified
-    without an ``idx`` (and cannot be refunded from the app).
-    """
-    fields: dict[str, Any] = {"khalti_response": raw}
-    given = raw.get("idx")
-    idx = given if isinstance(given, str) and given else payment.claimed_idx
-    if not idx:
-        return fields
-    try:
-        record = client.transaction(idx)
-    except (KhaltiUnavailable, KhaltiRejected):
-        logger.warning("Could not fetch Khalti's record %s for payment %s.", idx, payment.pk)
-        return {**fields, "idx": given} if idx == given else fields
-    matches = (
-        record.idx == idx
-        and record.state.strip().lower() in ("completed", "complete")
-        and record.amount == payment.amount
-        and not Payment.objects.filter(idx=idx).exclude(pk=payment.pk).exists()
-    )
-    if not matches:
+    if changed:
         logger.warning(
-            "Khalti's record %s does not match payment %s; not recorded.", idx, payment.pk
+            "Khalti reports payment %s refunded before it was verified; the order is free "
+            "to be paid again.",
+            payment.pk,
         )
-        return fields
-    return {**fields, "idx": idx, "fee_amount": record.fee_amount, "mobile": record.mobile}
 
 
 def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
+    """Settle a payment from the transaction record our own verify call returned."""
     fields: dict[str, Any] = {
         "idx": record.idx,
         "fee_amount": record.fee_amount,
         "mobile": record.mobile,
         "khalti_response": record.raw,
     }
-    if record.state == "Completed" and record.refunded:
+    outcome = record.outcome
+    if outcome in (KhaltiOutcome.PAID, KhaltiOutcome.REFUNDED) and record.idx == payment.token:
+        _not_this_payments(payment, record.idx, record.amount, fields)
+    elif outcome is KhaltiOutcome.REFUNDED:
         # Paid, then refunded before we verified it: not paid for the shop.
-        _refunded_elsewhere(payment, full=True, **fields)
-    elif record.state != "Completed":
+        _refunded_before_verified(payment, **fields)
+    elif outcome is KhaltiOutcome.PAID and record.amount != payment.amount:
+        _needs_review(
+            payment,
+            _("Khalti's record is for %(got)s paisa, the order is for %(want)s paisa.")
+            % {"got": record.amount, "want": payment.amount},
+            received_amount=record.amount,
+            **fields,
+        )
+    elif outcome is KhaltiOutcome.PAID:
+        _verified(payment, record.amount, fields)
+    elif outcome is KhaltiOutcome.FAILED:
         _fail(
             payment,
             _("Khalti's record is %(state)s, not Completed.") % {"state": record.state},
             **fields,
         )
-    elif record.amount != payment.amount:
-        _fail(
-            payment,
-            _("Khalti's record is for %(got)s paisa, the order is for %(want)s paisa.")
-            % {"got": record.amount, "want": payment.amount},
-            **fields,
-        )
     else:
-        _transition(payment, Status.VERIFIED, **fields)
+        # A record not (yet) completed, or in a state we do not know: whether the
+        # money moved is not known. Pending; a retry or reconcile asks status.
+        logger.warning(
+            "Khalti answered the verification of payment %s with a record in state %r; "
+            "it stays pending.",
+            payment.pk,
+            record.state,
+        )
+        raise KhaltiBadResponse()
+
+
+def _verified(payment: Payment, received: int, fields: dict[str, Any]) -> None:
+    """Verify a pending payment Khalti completed, unless its ``idx`` is another
+    payment's (the unique column says so): then it needs review.
+    """
+    try:
+        _transition(payment, Status.VERIFIED, received_amount=received, **fields)
+    except IntegrityError:
+        _not_this_payments(payment, fields.get("idx"), received, fields)
+
+
+def _not_this_payments(
+    payment: Payment,
+    idx: str | None,
+    received: int | None,
+    fields: dict[str, Any],
+    source: str = Status.PENDING,
+) -> None:
+    """Khalti answered with a transaction that is another payment's (or the token
+    itself): the answer is not this payment's, so it needs review.
+    """
+    _needs_review(
+        payment,
+        _(
+            "Khalti's answer names transaction %(idx)s, which is another payment's (or the "
+            "token itself)."
+        )
+        % {"idx": idx},
+        source=source,
+        received_amount=received,
+        **{name: value for name, value in fields.items() if name != "idx"},
+    )
 
 
 def _fail(
     payment: Payment, reason: str, raw: Any = None, notify: bool = True, **fields: Any
 ) -> bool:
-    """Fail a payment this worker still holds.
+    """Fail a payment this worker still holds: Khalti proved no money moved.
 
     A worker whose claim went stale and was taken over must not fail the
     payment: its successor may have seen Khalti complete it. (Verifying needs
-    no such guard: Khalti's completed record is proof whoever brings it.)
+    no such guard: Khalti's completed record is proof whoever brings it.) The
+    order and the token are let go: a new payment may pay the order, and the
+    token may be bound again (Khalti refused it).
     """
     if raw is not None:
         fields.setdefault("khalti_response", raw)
-    return _transition(
+    return _recording_idx_if_free(
         payment,
         Status.FAILED,
         held=True,
         notify=notify,
         failure_reason=reason,
         order_claim=None,
+        token_claim=None,
         **fields,
     )
+
+
+def _recording_idx_if_free(payment: Payment, to: str, **fields: Any) -> bool:
+    """:func:`_transition`, with Khalti's ``idx`` recorded only if it is no other
+    payment's (a unique column): a settlement that does not pay the order must not
+    fail on an id that is not this payment's to hold.
+    """
+    try:
+        return _transition(payment, to, **fields)
+    except IntegrityError:
+        if not fields.get("idx"):
+            raise
+        logger.warning(
+            "Khalti named transaction %s, another payment's, for payment %s; not recorded.",
+            fields.pop("idx"),
+            payment.pk,
+        )
+        return _transition(payment, to, **fields)
+
+
+def _needs_review(
+    payment: Payment, reason: str, *, source: str = Status.PENDING, **fields: Any
+) -> bool:
+    """Money moved that the shop must not honour: hold the payment for a person.
+
+    Like failing, only by the worker that holds the claim. The order is let go
+    (this payment does not pay it); the token stays bound.
+    """
+    changed = _recording_idx_if_free(
+        payment,
+        Status.NEEDS_REVIEW,
+        source=source,
+        held=True,
+        failure_reason=reason,
+        order_claim=None,
+        **fields,
+    )
+    if changed:
+        logger.error(
+            "Khalti payment %s (order %s) needs review: %s",
+            payment.pk,
+            payment.order_reference,
+            reason,
+        )
+    return changed
 
 
 # --- ePayment flow ---------------------------------------------------------------------
@@ -546,13 +962,14 @@ def start_epayment(
     # Everything that can fail on our side, before the order is claimed.
     website_url = khalti_settings.WEBSITE_URL or f"{request.scheme}://{request.get_host()}"
     return_url = urljoin(website_url, reverse("django_khalti:epayment-return"))
-    expected = _expected_for_new_payment(request, product_identity)
+    order = _order_for_new_payment(request, product_identity)
+    expected = order.amount
     if expected < MIN_EPAYMENT_AMOUNT:
         raise KhaltiAmountTooSmall()
     payment, created = _claim_order(
         client,
         product_identity,
-        expected,
+        order,
         flow=Payment.Flow.EPAYMENT,
         purchase_order_name=product_name,
         reuse=lambda holder: _link_still_good(holder, expected),
@@ -564,7 +981,7 @@ def start_epayment(
             return_url=return_url,
             website_url=website_url,
             amount=expected,
-            purchase_order_id=product_identity,
+            purchase_order_id=order.reference,
             purchase_order_name=product_name,
             customer_info=customer_info,
             amount_breakdown=amount_breakdown,
@@ -622,15 +1039,17 @@ def settle_epayment_return(pidx: str) -> Payment:
     """Settle the ePayment the buyer came back from, by asking Khalti's lookup.
 
     Only the ``pidx`` is taken from the return URL; everything else in it is
-    the browser's word. Returns the payment as it stands afterwards (still
-    pending if Khalti says so, or another worker is settling it right now).
+    the browser's word. A payment recorded failed is looked up again, read-only
+    (the buyer may have paid after all: :func:`recheck_failed`). Returns the
+    payment as it stands afterwards (still pending if Khalti says so, or
+    another worker is settling it right now).
     Raises :class:`KhaltiUnknownPayment` for a pidx we never started and
     :class:`KhaltiUnavailable` when Khalti could not be asked.
     """
     payment = Payment.objects.filter(pidx=pidx, flow=Payment.Flow.EPAYMENT).first()
     if payment is None:
         raise KhaltiUnknownPayment()
-    return reconcile(payment)  # an ePayment: settled by lookup
+    return reconcile(payment)  # an ePayment: settled (or re-checked) by lookup
 
 
 # --- refunds -------------------------------------------------------------------------
@@ -658,7 +1077,8 @@ def refund_payment(
         raise PermissionDenied
     client = KhaltiClient.from_settings()
     refund, locked = _claim_refund(payment, amount, mobile or "", by)
-    whole = refund.amount == locked.amount  # nothing refunded before, all of it now
+    # Nothing refunded before, all of it now: Khalti's full refund (an empty body).
+    whole = locked.refunded_amount == 0 and refund.amount == locked.paid_amount
     try:
         answer = client.refund(
             locked.idx or "", amount=None if whole else refund.amount, mobile=mobile or None
@@ -690,21 +1110,20 @@ def reconcile_refund(refund: Refund) -> Refund:
     try:
         if payment.flow == Payment.Flow.EPAYMENT:
             looked_up = client.lookup(payment.pidx or "")
-            state, raw = looked_up.status, looked_up.raw
+            state, outcome, raw = looked_up.status, looked_up.outcome, looked_up.raw
         else:
             status = client.status(payment.token or "", payment.amount)
-            state, raw = status.state, status.raw
+            state, outcome, raw = status.state, status.outcome, status.raw
     except KhaltiRejected as exc:
         raise KhaltiUnavailable() from exc
-    state = state.strip().lower()
-    remaining = payment.amount - payment.refunded_amount
+    remaining = payment.paid_amount - payment.refunded_amount
     first = payment.refunded_amount == 0
     # Settle only on an answer that proves what became of *this* refund.
-    if (state == "refunded" and refund.amount == remaining) or (
-        state == "partially refunded" and first and refund.amount < remaining
+    if (outcome is KhaltiOutcome.REFUNDED and refund.amount == remaining) or (
+        outcome is KhaltiOutcome.PARTIALLY_REFUNDED and first and refund.amount < remaining
     ):
         _settle_refund(refund, succeeded=True, raw=raw)
-    elif state in ("complete", "completed") and first:
+    elif outcome is KhaltiOutcome.PAID and first:
         _settle_refund(
             refund,
             succeeded=False,
@@ -751,11 +1170,16 @@ def _claim_refund(
     """
     with transaction.atomic(durable=True):
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
-        if locked.status not in Payment.REFUNDABLE_STATUSES or not locked.idx:
-            raise KhaltiNotRefundable()
         remaining = locked.refundable_amount
+        if locked.status not in Payment.REFUNDABLE_STATUSES or not locked.idx or not remaining:
+            raise KhaltiNotRefundable()
         if amount is None:
             amount = remaining
+        if locked.status == Status.NEEDS_REVIEW and amount != remaining:
+            raise KhaltiInvalidRefundAmount(
+                _("A payment that needs review is refunded whole: %(remaining)s paisa.")
+                % {"remaining": remaining}
+            )
         if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= remaining:
             raise KhaltiInvalidRefundAmount(
                 _("A refund must be between 1 and %(remaining)s paisa.") % {"remaining": remaining}
@@ -790,7 +1214,7 @@ def _settle_refund(refund: Refund, *, succeeded: bool, raw: Any, reason: str = "
             total = payment.refunded_amount + refund.amount
             _transition(
                 payment,
-                Status.REFUNDED if total >= payment.amount else Status.PARTIALLY_REFUNDED,
+                Status.REFUNDED if total >= payment.paid_amount else Status.PARTIALLY_REFUNDED,
                 source=payment.status,
                 refunded_amount=total,
                 refund_amount=refund.amount,
@@ -804,6 +1228,7 @@ _SIGNALS: dict[str, Signal] = {
     Status.FAILED: payment_failed,
     Status.REFUNDED: payment_refunded,
     Status.PARTIALLY_REFUNDED: payment_refunded,
+    Status.NEEDS_REVIEW: payment_needs_review,
 }
 
 
@@ -847,7 +1272,7 @@ def _transition(
 def _send_on_commit(status: str, payment: Payment, refund_amount: int | None) -> None:
     signal = _SIGNALS[status]
     kwargs: dict[str, Any] = {"payment": payment}
-    if status == Status.FAILED:
+    if status in (Status.FAILED, Status.NEEDS_REVIEW):
         kwargs["reason"] = payment.failure_reason
     if signal is payment_refunded:
         kwargs["amount"] = refund_amount

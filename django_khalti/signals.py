@@ -19,4 +19,15 @@ payment_failed = Signal()
 
 #: Money went back to the buyer (all of it, or part: see ``payment.status`` and
 #: ``payment.refunded_amount``). kwargs: ``payment``, ``amount`` (paisa, this refund).
+#: Also sent, with ``payment.verified_at`` None, when Khalti reports a payment
+#: refunded before dj-khalti verified it: the order was never fulfilled, and is
+#: free to be paid again.
 payment_refunded = Signal()
+
+#: Money moved at Khalti, but the shop must not honour it: Khalti completed the
+#: payment for another amount, after it was recorded failed, for an order that
+#: another payment already paid, or with nothing that ties its answer to this
+#: payment. ``payment.status`` is ``needs_review``; a person decides (usually:
+#: refund it, which the admin does in one step). kwargs: ``payment``, ``reason``
+#: (str, for people).
+payment_needs_review = Signal()

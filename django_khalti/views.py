@@ -40,6 +40,7 @@ from .exceptions import (
     KhaltiError,
     KhaltiInitiationRejected,
     KhaltiInProgress,
+    KhaltiNeedsReview,
     KhaltiTimeout,
     KhaltiTokenUsed,
     KhaltiUnavailable,
@@ -215,6 +216,7 @@ class VerifyView(KhaltiAPIView):
         KhaltiUnknownOrder,
         KhaltiAmountMismatch,
         KhaltiVerificationFailed,
+        KhaltiNeedsReview,
         KhaltiTokenUsed,
         KhaltiAlreadyPaid,
         KhaltiInProgress,
@@ -283,8 +285,8 @@ def _result_page(
 ) -> HttpResponse:
     """The result page: ``django_khalti/epayment_result.html``, overridable.
 
-    ``state`` is one of ``verified``, ``pending``, ``failed``, ``refunded``
-    or ``error``; a pending page reloads itself a few times.
+    ``state`` is one of ``verified``, ``pending``, ``failed``, ``refunded``,
+    ``needs_review`` or ``error``; a pending page reloads itself a few times.
     """
     if state is None:
         state = "error" if error is not None else _page_state(payment)
@@ -389,6 +391,7 @@ def epayment_return(request: HttpRequest) -> HttpResponse:
         Payment.Status.FAILED: khalti_settings.FAILURE_URL,
         Payment.Status.REFUNDED: khalti_settings.FAILURE_URL,
         Payment.Status.PARTIALLY_REFUNDED: khalti_settings.FAILURE_URL,
+        Payment.Status.NEEDS_REVIEW: khalti_settings.FAILURE_URL,
     }
     target = targets.get(payment.status)
     if target:

@@ -6,7 +6,12 @@ import pytest
 import requests
 
 from django_khalti.models import Payment
-from django_khalti.signals import payment_failed, payment_refunded, payment_verified
+from django_khalti.signals import (
+    payment_failed,
+    payment_needs_review,
+    payment_refunded,
+    payment_verified,
+)
 from django_khalti.testing import KhaltiFake
 from shop.models import Order
 
@@ -173,6 +178,21 @@ class KhaltiMock:
             **kwargs,
         )
 
+    def complete(self, token, amount, idx=None):
+        """Khalti completed this token's payment: status says ``Complete``, and the
+        transaction record of ``idx`` (default ``idx-<token>``, as the page reported
+        it) ties that answer to the payment."""
+        idx = idx or f"idx-{token}"
+        self.status(token, amount, "status_complete")
+        self.not_a_transaction(token)
+        return self.transaction(idx, json=transaction_record(amount=amount, idx=idx))
+
+    def not_a_transaction(self, token):
+        """Khalti's transaction endpoint knows no transaction whose idx is ``token``: what
+        it answers for a real token, when the app checks that a token it is told is paid
+        is not some payment's idx."""
+        return self.transaction(token, status=404, json={"detail": "Not found."})
+
     def refund(self, idx, body=None, *, status=200, json=None, **kwargs):
         """Khalti's refund endpoint for ``idx``, expecting exactly ``body`` (``{}``: full)."""
         return self.expect(
@@ -267,13 +287,18 @@ def signals():
     def on_refunded(sender, **kwargs):
         sent.append(("refunded", sender, kwargs))
 
+    def on_needs_review(sender, **kwargs):
+        sent.append(("needs_review", sender, kwargs))
+
     payment_verified.connect(on_verified, weak=False)
     payment_failed.connect(on_failed, weak=False)
     payment_refunded.connect(on_refunded, weak=False)
+    payment_needs_review.connect(on_needs_review, weak=False)
     yield sent
     payment_verified.disconnect(on_verified)
     payment_failed.disconnect(on_failed)
     payment_refunded.disconnect(on_refunded)
+    payment_needs_review.disconnect(on_needs_review)
 
 
 @pytest.fixture

@@ -139,7 +139,11 @@ class FakeKhalti:
                 fake.answer(self, "verify", body if isinstance(body, dict) else {})
 
             def do_GET(self) -> None:
-                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                url = urlsplit(self.path)
+                if "/merchant-transaction/" in url.path:
+                    idx = url.path.rstrip("/").rsplit("/", 1)[-1]
+                    return fake.transaction(self, idx)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 fake.answer(self, "status", query)
 
         self.server = _Server(("127.0.0.1", 0), Handler)
@@ -192,6 +196,24 @@ class FakeKhalti:
         self.holding.clear()
         self.release.clear()
 
+    def token_of(self, token_or_idx: str) -> str:
+        """The token a status question is about: Khalti's status endpoint takes a token
+        *or* the idx of a completed transaction (``idx-<token>`` here)."""
+        if token_or_idx.startswith("idx-") and token_or_idx[4:] in self.verified:
+            return token_or_idx[4:]
+        return token_or_idx
+
+    def transaction(self, handler: BaseHTTPRequestHandler, idx: str) -> None:
+        """Khalti's transaction record by idx: only a verified (completed) one exists."""
+        with self._lock:
+            self.calls[("transaction", idx)] += 1
+        if handler.headers.get("Authorization") != f"Key {SECRET}":
+            return self._send(handler, 401, {"detail": "Invalid token."})
+        token = idx[4:] if idx.startswith("idx-") else None
+        if token is None or token not in self.verified:
+            return self._send(handler, 404, {"detail": "Not found."})
+        return self._send(handler, 200, completed_record(token, self.verified[token]))
+
     def count(self, endpoint: str, token: str | None = None) -> int:
         return sum(n for (e, t), n in self.calls.items() if e == endpoint and token in (None, t))
 
@@ -225,7 +247,7 @@ class FakeKhalti:
             return self._reset(handler)
 
         if endpoint == "status":
-            return self._status(handler, token, mode, amount)
+            return self._status(handler, self.token_of(token), mode, amount)
 
         # verify: refuse what Khalti would refuse, else complete it (once).
         issued = self.issued.get(token)

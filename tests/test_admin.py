@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from django_khalti.admin import RECHECK_LIMIT
+from django_khalti.admin import RECHECK_LIMIT, STATUS_COLOURS
 from django_khalti.conf import khalti_settings
 from django_khalti.exceptions import KhaltiRefundUnknown
 from django_khalti.models import Payment, Refund, order_key
@@ -33,6 +33,7 @@ ADD = reverse("admin:django_khalti_payment_add")
 #: Every field a person may want to read on the change page, none of them editable.
 READONLY_FIELDS = [
     "id",
+    "order_reference",
     "product_identity",
     "purchase_order_name",
     "amount_display",
@@ -43,6 +44,7 @@ READONLY_FIELDS = [
     "pidx",
     "payment_url",
     "idx",
+    "received_amount",
     "fee_amount",
     "mobile",
     "refunded_display",
@@ -110,7 +112,7 @@ def rows(response):
 
 def shown(response):
     """The product identities listed, in order."""
-    return [row["product_identity"] for row in rows(response)]
+    return [row["order_reference"] for row in rows(response)]
 
 
 def readonly_html(response):
@@ -327,6 +329,7 @@ def pending_payment(n, amount=1000):
         product_identity=f"ORD-P{n}",
         amount=amount,
         order_claim=order_key(f"ORD-P{n}"),
+        claimed_idx=f"idx-tok-pending-{n}",  # the idx the widget handed the page
     )
 
 
@@ -467,7 +470,7 @@ def test_changelist_shows_every_column(any_client, payments):
     response = any_client.get(CHANGELIST)
     page = response.content.decode()
     for header in [
-        "Product identity",
+        "Order reference",
         "Amount (Rs)",
         "Status",
         "Khalti transaction id",
@@ -476,7 +479,7 @@ def test_changelist_shows_every_column(any_client, payments):
         "Verified",
     ]:
         assert f">{header}" in page
-    by_identity = {row["product_identity"]: row for row in rows(response)}
+    by_identity = {row["order_reference"]: row for row in rows(response)}
     assert set(by_identity) == {
         "ORD-VERIFIED",
         "ORD-PENDING",
@@ -501,6 +504,36 @@ def test_changelist_shows_every_column(any_client, payments):
     assert by_identity["ORD-PARTIAL"]["status_badge"] == "Partially refunded"
 
 
+def test_a_payment_that_needs_review_has_its_badge_filter_and_one_step_refund(
+    refunder_client, khalti, sent, django_capture_on_commit_callbacks
+):
+    review = Payment.objects.create(
+        token="tok-review",
+        product_identity="ORD-REVIEW",
+        amount=1000,
+        received_amount=1100,  # Khalti completed it for another amount
+        idx="idx-review",
+        status=Payment.Status.NEEDS_REVIEW,
+        failure_reason="Khalti's record is for 1100 paisa, the order is for 1000 paisa.",
+    )
+    verified_payment()
+    page = refunder_client.get(CHANGELIST).content.decode()
+    assert "khalti-status-needs_review" in page
+    assert STATUS_COLOURS[Payment.Status.NEEDS_REVIEW] in page
+    filtered = refunder_client.get(CHANGELIST, {"status__exact": "needs_review"})
+    assert [row["order_reference"] for row in rows(filtered)] == ["ORD-REVIEW"]
+    assert "?status__exact=needs_review" in page  # the filter offers it
+
+    # One step: the action's confirmation, then Khalti's full refund of what it took.
+    mock_refund(khalti, "idx-review", {})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm_refund(refunder_client, [review])
+    assert messages_of(response) == [("success", "Refunded Rs 11.00 of ORD-REVIEW.")]
+    row = fresh(review)
+    assert (row.status, row.refunded_amount) == (Payment.Status.REFUNDED, 1100)
+    assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 1100)]
+
+
 def test_changelist_never_shows_the_token(any_client, payments):
     assert "tok-verified-AAAA" not in any_client.get(CHANGELIST).content.decode()
 
@@ -508,7 +541,7 @@ def test_changelist_never_shows_the_token(any_client, payments):
 def test_status_is_a_badge_of_its_own_colour(any_client, payments):
     badges = {}
     for row in cells(any_client.get(CHANGELIST)):
-        payment = Payment.objects.get(product_identity=_text(row["product_identity"]))
+        payment = Payment.objects.get(product_identity=_text(row["order_reference"]))
         span = re.fullmatch(
             r'\s*<span class="([^"]+)" style="([^"]+)">(.*?)</span>\s*', row["status_badge"], re.S
         )
@@ -863,7 +896,7 @@ def test_recheck_settles_each_pending_payment_from_khaltis_answer(
 ):
     complete, error, initiated = pending_payment(1), pending_payment(2, 2000), pending_payment(3)
     verified = verified_payment()
-    khalti.status(complete.token, complete.amount, "status_complete")
+    khalti.complete(complete.token, complete.amount)
     khalti.status(error.token, error.amount, "status_error")
     khalti.status(initiated.token, initiated.amount, "status_initiated")
 
@@ -882,7 +915,7 @@ def test_recheck_settles_each_pending_payment_from_khaltis_answer(
     assert fresh(initiated).claimed_at is None  # free for the next re-check
     assert fresh(verified).status == Payment.Status.VERIFIED
     # The verified payment was not sent to Khalti: one status call per pending payment.
-    assert sorted(c.params["token"] for c in khalti.calls) == [
+    assert sorted(c.params["token"] for c in khalti.calls if c.endpoint == "status") == [
         complete.token,
         error.token,
         initiated.token,
@@ -1022,11 +1055,21 @@ def test_recheck_reports_what_it_settled_before_khalti_stopped_answering(
     chosen = [pending_payment(n) for n in range(3)]
     # Whichever payment is asked first is complete; Khalti fails on the next one.
     khalti.expect("status", status=200, json=fixture("status_complete"))
+    khalti.expect(
+        "transaction",
+        # The token is no transaction's idx; the idx its page reported is Khalti's record.
+        callback=lambda request: (
+            (404, {"detail": "Not found."})
+            if request.params["idx"].startswith("tok-")
+            else (200, transaction_record(idx=request.params["idx"]))
+        ),
+        times=2,
+    )
     khalti.expect("status", status=500, json={"detail": "Internal server error"})
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(support_client, "recheck", chosen)
 
-    assert len(khalti.calls) == 2
+    assert len(khalti.calls) == 4
     assert messages_of(response) == [
         ("success", "Re-checked 1 with Khalti: 1 verified."),
         ("error", "Khalti could not be reached; the payments not re-checked stay pending."),
@@ -1060,6 +1103,7 @@ def test_a_payment_left_pending_by_a_timed_out_verify_is_settled_and_refunded_fr
             "idx": "idx-late",
         },
     )
+    khalti.not_a_transaction(payment.token)
     khalti.transaction("idx-late", json=transaction_record(amount=1000, idx="idx-late"))
     with django_capture_on_commit_callbacks(execute=True):
         run_action(refunder_client, "recheck", [payment])
@@ -1792,7 +1836,7 @@ def test_the_actions_work_in_a_project_with_atomic_requests(
     # must not run inside the request's transaction.
     monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
     pending = pending_payment(1)
-    khalti.status(pending.token, pending.amount, "status_complete")
+    khalti.complete(pending.token, pending.amount)
     response = run_action(refunder_client, "recheck", [pending])
     assert response.status_code == 200
     assert messages_of(response) == [("success", "Re-checked 1 with Khalti: 1 verified.")]

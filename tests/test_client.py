@@ -1,5 +1,10 @@
 """KhaltiClient: Khalti's wire format, timeouts, typed errors, secret hygiene."""
 
+import http.server
+import json
+import threading
+import time
+
 import pytest
 import requests
 import responses
@@ -56,8 +61,8 @@ def test_verify_posts_token_and_amount_with_the_key_and_returns_the_record(clien
 def test_every_call_is_bounded_by_the_timeout(client, rsps):
     rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
     client.verify("tok", 1000)
-    timeout = rsps.calls[0].request.req_kwargs["timeout"]
-    assert (timeout.connect_timeout, timeout.read_timeout, timeout.total) == (7.0, 7.0, 7.0)
+    # Each socket operation within TIMEOUT; the whole call too (the tests below).
+    assert rsps.calls[0].request.req_kwargs["timeout"] == (7.0, 7.0)
 
 
 @pytest.mark.parametrize(
@@ -352,5 +357,101 @@ def test_every_endpoint_is_bounded_by_the_timeout(client, rsps, call, method, ur
     rsps.add(method, url, body=requests.exceptions.ReadTimeout())
     with pytest.raises(KhaltiTimeout):
         call(client)
-    timeout = rsps.calls[0].request.req_kwargs["timeout"]
-    assert (timeout.connect_timeout, timeout.read_timeout, timeout.total) == (7.0, 7.0, 7.0)
+    assert rsps.calls[0].request.req_kwargs["timeout"] == (7.0, 7.0)
+
+
+# --- the wall-clock deadline: the whole call, answer included, within TIMEOUT ----------
+
+
+def test_a_slow_answer_ends_the_call_at_the_deadline(rsps):
+    def slow(request):
+        time.sleep(1.5)
+        return 200, {}, json.dumps(fixture("verify_completed"))
+
+    rsps.add_callback("POST", "https://khalti.test/api/v2/payment/verify/", callback=slow)
+    started = time.monotonic()
+    with pytest.raises(KhaltiTimeout):
+        KhaltiClient(SECRET, "https://khalti.test/", timeout=0.3).verify("tok", 1000)
+    assert time.monotonic() - started < 0.6
+    while not rsps.calls and time.monotonic() - started < 5:
+        time.sleep(0.05)  # the abandoned call ends in its own thread
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Answers with its headers at once, then the body one byte at a time."""
+
+    protocol_version = "HTTP/1.1"
+    every = 0.2
+    in_headers = False
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = json.dumps({"status": True, "state": "Complete", "detail": "x" * 200}).encode()
+        head = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        try:
+            if not self.in_headers:
+                self.wfile.write(head)
+                self.wfile.flush()
+            for byte in (head if self.in_headers else b"") + body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(self.every)
+        except OSError:
+            pass  # the client gave up: what the test wants
+
+
+@pytest.fixture
+def trickling_khalti(request):
+    handler = type("Handler", (_Trickle,), {"in_headers": request.param})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("trickling_khalti", [False, True], ids=["body", "headers"], indirect=True)
+def test_an_answer_trickled_byte_by_byte_ends_the_call_at_the_deadline(trickling_khalti):
+    # Each byte comes well within the read timeout, so only a deadline on the
+    # whole call can end it: requests' (connect, read) timeouts never would.
+    client = KhaltiClient(SECRET, trickling_khalti, timeout=1)
+    started = time.monotonic()
+    with pytest.raises(KhaltiTimeout):
+        client.status("tok", 1000)
+    assert time.monotonic() - started < 1.3
+
+
+def test_a_request_whose_caller_gave_up_is_never_sent(rsps, monkeypatch):
+    # All of the calling threads busy: the call waits for one past its deadline.
+    # Once one is free, the request is dropped, not sent late with nobody waiting.
+    from django_khalti import client as client_module
+
+    release = threading.Event()
+    monkeypatch.setattr(client_module, "POOL_MAXSIZE", 1)
+    client_module._caller.cache_clear()
+    rsps.assert_all_requests_are_fired = False
+    try:
+        blocker = client_module._caller().submit(release.wait, 5)
+        rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
+        with pytest.raises(KhaltiTimeout):
+            KhaltiClient(SECRET, "https://khalti.test/", timeout=0.2).verify("tok", 1000)
+        release.set()
+        blocker.result(timeout=5)
+        client_module._caller().submit(time.sleep, 0).result(timeout=5)  # the queue ran
+        assert len(rsps.calls) == 0
+    finally:
+        release.set()
+        client_module._caller.cache_clear()
+
+
+def test_an_overlong_answer_is_not_khaltis(client, rsps):
+    rsps.get("https://khalti.test/api/v2/payment/status/", body="[" + "0," * (1 << 20) + "0]")
+    with pytest.raises(KhaltiBadResponse):
+        client.status("tok", 1000)

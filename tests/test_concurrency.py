@@ -96,6 +96,7 @@ def test_resubmissions_racing_after_unknown_outcome_settle_once(khalti, payload,
         amount=1000,
         order_claim=order_key(payload["product_identity"]),
         attempts=1,
+        claimed_idx=payload["idx"],
     )
     khalti.status(
         payload["token"],
@@ -103,6 +104,8 @@ def test_resubmissions_racing_after_unknown_outcome_settle_once(khalti, payload,
         json={"status": True, "state": "Complete", "detail": "ok"},
         delay=0.3,
     )
+    khalti.not_a_transaction(payload["token"])
+    khalti.transaction(payload["idx"])
 
     results = post_all([payload] * N)
 

@@ -314,8 +314,8 @@ def test_success_url_may_be_absolute_with_a_query(client, khalti, order):
         ("epayment_lookup_refunded", Payment.Status.REFUNDED, "Payment refunded"),
         (
             "epayment_lookup_partially_refunded",
-            Payment.Status.PARTIALLY_REFUNDED,
-            "Payment refunded",
+            Payment.Status.NEEDS_REVIEW,
+            "Payment being checked",
         ),
     ],
 )
@@ -339,13 +339,20 @@ def test_every_lookup_status_settles_as_it_should(
     assert not order.__class__.objects.get(pk=order.pk).paid
 
 
-def test_completed_for_another_amount_is_failed(client, khalti, order):
+def test_completed_for_another_amount_needs_review(
+    client, khalti, order, signals, django_capture_on_commit_callbacks
+):
     payment = started(client, khalti, order)
     khalti.lookup(PIDX, "epayment_lookup_completed", total_amount=10)
-    come_back(client, amount="1000", total_amount="1000")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = come_back(client, amount="1000", total_amount="1000")
+    assert "Payment being checked" in response.content.decode()
     payment.refresh_from_db()
-    assert payment.status == Payment.Status.FAILED
+    assert payment.status == Payment.Status.NEEDS_REVIEW
+    assert payment.received_amount == 10
     assert "10 paisa" in payment.failure_reason
+    assert [name for name, _, _ in signals] == ["needs_review"]
+    assert not order.__class__.objects.get(pk=order.pk).paid
 
 
 def test_the_browsers_word_is_never_taken(client, khalti, order):

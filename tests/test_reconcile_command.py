@@ -19,7 +19,11 @@ def pending(token, age=timedelta(minutes=10), amount=1000, reference=None):
     reference = reference or f"ORD-{token}"
     Order.objects.get_or_create(reference=reference, defaults={"total": amount})
     payment = Payment.objects.create(
-        token=token, product_identity=reference, amount=amount, order_claim=order_key(reference)
+        token=token,
+        product_identity=reference,
+        amount=amount,
+        order_claim=order_key(reference),
+        claimed_idx=f"idx-{token}",  # the idx the widget handed the page
     )
     Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - age)
     payment.refresh_from_db()
@@ -36,7 +40,7 @@ def test_settles_every_old_pending_payment_and_prints_a_summary(
     khalti, signals, django_capture_on_commit_callbacks
 ):
     paid, _refused, _waiting = pending("paid"), pending("refused"), pending("waiting")
-    khalti.status("paid", 1000, "status_complete")
+    khalti.complete("paid", 1000)
     khalti.status("refused", 1000, "status_error")
     khalti.status("waiting", 1000, "status_initiated")
     with django_capture_on_commit_callbacks(execute=True):
@@ -61,7 +65,7 @@ def test_fresh_payments_are_left_alone_until_older_than(khalti):
     pending("fresh", age=timedelta(seconds=30))
     assert "checked 0" in reconcile()
     assert not khalti.calls
-    khalti.status("fresh", 1000, "status_complete")
+    khalti.complete("fresh", 1000)
     assert "checked 1: 1 verified" in reconcile("--older-than", "10")
 
 
@@ -76,7 +80,7 @@ def test_limit_and_batches(khalti):
     for i in range(5):
         pending(f"t{i}", age=timedelta(minutes=10 - i))
     for i in range(3):
-        khalti.status(f"t{i}", 1000, "status_complete")
+        khalti.complete(f"t{i}", 1000)
     out = reconcile("--limit", "3", "--batch-size", "2")
     assert "batch 1: 2 pending payment(s)" in out
     assert "batch 2: 1 pending payment(s)" in out
@@ -108,7 +112,7 @@ def test_dry_run_asks_khalti_nothing_and_changes_nothing(khalti):
 def test_one_payment_by_id_whatever_its_age(khalti):
     target = pending("target", age=timedelta(seconds=1))
     pending("other")
-    khalti.status("target", 1000, "status_complete")
+    khalti.complete("target", 1000)
     assert "checked 1: 1 verified" in reconcile("--payment", str(target.pk))
     assert Payment.objects.get(token="other").status == Payment.Status.PENDING
 
@@ -122,7 +126,7 @@ def test_unknown_payment_id_is_an_error(khalti, bad):
 def test_exits_non_zero_when_khalti_is_unreachable_after_settling_what_it_could(khalti):
     pending("ok", age=timedelta(minutes=20))
     pending("down", age=timedelta(minutes=10))
-    khalti.status("ok", 1000, "status_complete")
+    khalti.complete("ok", 1000)
     khalti.status("down", 1000, body=requests.exceptions.ConnectTimeout())
     out = io.StringIO()
     with pytest.raises(CommandError, match="could not be reached for 1"):
@@ -139,13 +143,15 @@ def test_a_timed_out_verification_is_settled_with_exactly_one_signal(
     khalti.verify("tok-t", 1000, body=requests.exceptions.ReadTimeout())
     response = client.post(
         "/khalti/verify/",
-        {"token": "tok-t", "amount": 1000, "product_identity": "ORD-T"},
+        {"token": "tok-t", "amount": 1000, "product_identity": "ORD-T", "idx": "IDX-T"},
         content_type="application/json",
     )
     assert response.status_code == 504
     assert Payment.objects.get().status == Payment.Status.PENDING
 
     khalti.status("tok-t", 1000, "status_complete")
+    khalti.not_a_transaction("tok-t")
+    khalti.transaction("IDX-T")
     with django_capture_on_commit_callbacks(execute=True):
         reconcile("--older-than", "0")
         reconcile("--older-than", "0")  # a second run finds nothing to do
@@ -193,7 +199,7 @@ def test_two_reconcilers_at_once_settle_each_payment_once():
         pending(token)
     with FakeKhalti(delay=0.1) as fake:
         for token in tokens:
-            fake.states[token] = "Complete"
+            fake.verified[token] = 1000  # Khalti completed them; the answers were lost
         with ProcessPoolExecutor(
             2,
             mp_context=multiprocessing.get_context("spawn"),
@@ -238,7 +244,10 @@ def test_gives_up_after_three_unanswered_calls_in_a_row(khalti):
 def test_progress_line_per_batch_counts_what_was_settled(khalti):
     for i in range(3):
         pending(f"p{i}", age=timedelta(minutes=10 - i))
-        khalti.status(f"p{i}", 1000, "status_complete" if i < 2 else "status_error")
+        if i < 2:
+            khalti.complete(f"p{i}", 1000)
+        else:
+            khalti.status(f"p{i}", 1000, "status_error")
     out = reconcile("--batch-size", "2")
     assert "batch 1: 2 pending payment(s) read; so far 2 verified, 0 failed, 0 still pending" in out
     assert "batch 2: 1 pending payment(s) read; so far 2 verified, 1 failed, 0 still pending" in out
@@ -269,6 +278,7 @@ def test_done_when_timed_out_verify_reconciled_then_refunded_with_documented_ans
     )
 
     khalti.status("tok-d", 1000, "status_complete")  # {"status", "state", "detail"} only
+    khalti.not_a_transaction("tok-d")
     khalti.transaction("IDX-D")
     with django_capture_on_commit_callbacks(execute=True):
         assert "1 verified" in reconcile("--older-than", "0")
@@ -284,11 +294,15 @@ def test_done_when_timed_out_verify_reconciled_then_refunded_with_documented_ans
 
 
 @pytest.mark.parametrize(
-    ("record_changes", "held_elsewhere"),
-    [({"amount": 99900}, False), ({"state": {"name": "Pending"}}, False), ({}, True)],
+    ("record_changes", "held_elsewhere", "why"),
+    [
+        ({"amount": 99900}, False, "for 99900 paisa"),
+        ({"state": {"name": "Pending"}}, False, "is Pending"),
+        ({}, True, "another payment's"),
+    ],
 )
-def test_a_reported_idx_is_kept_only_if_khaltis_record_matches(
-    khalti, record_changes, held_elsewhere
+def test_a_paid_status_whose_reported_idx_does_not_match_needs_review(
+    khalti, record_changes, held_elsewhere, why, signals, django_capture_on_commit_callbacks
 ):
     from .conftest import transaction_record
 
@@ -303,8 +317,13 @@ def test_a_reported_idx_is_kept_only_if_khaltis_record_matches(
             status=Payment.Status.VERIFIED,
         )
     khalti.status("tok-h", 1000, "status_complete")
+    khalti.not_a_transaction("tok-h")
     khalti.transaction("IDX-H", json={**transaction_record(idx="IDX-H"), **record_changes})
-    reconcile()
+    with django_capture_on_commit_callbacks(execute=True):
+        out = reconcile()
+    assert "1 need review" in out
     payment.refresh_from_db()
-    assert payment.status == Payment.Status.VERIFIED
+    assert payment.status == Payment.Status.NEEDS_REVIEW
+    assert why in payment.failure_reason
     assert payment.idx is None
+    assert [name for name, _, _ in signals] == ["needs_review"]

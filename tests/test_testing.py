@@ -114,7 +114,7 @@ def test_a_widget_payment_is_verified_through_the_real_endpoint(
 #: Each outcome of a first verify: what the buyer's page gets, and the payment's status.
 VERIFY_OUTCOMES = [
     ("rejected", 400, "verification_failed", Status.FAILED),
-    ("wrong_amount", 400, "verification_failed", Status.FAILED),
+    ("wrong_amount", 400, "needs_review", Status.NEEDS_REVIEW),
     ("timeout", 504, "khalti_unavailable", Status.PENDING),
     ("timeout_after_processing", 504, "khalti_unavailable", Status.PENDING),
     ("connection_error", 503, "khalti_unavailable", Status.PENDING),
@@ -201,7 +201,8 @@ def test_after_a_lost_answer_a_resubmission_settles_without_verifying_again(
     assert events() == ["paid"]
     assert khalti.verify_calls == [(payment.token, 1000)]  # never twice
     assert khalti.status_calls == [(payment.token, 1000)]
-    assert khalti.transaction_calls == [payment.idx]  # the widget's idx, checked with Khalti
+    # The token is checked to be no transaction's idx, then the widget's idx with Khalti.
+    assert khalti.transaction_calls == [payment.token, payment.idx]
     assert Payment.objects.get().idx == payment.idx
 
 

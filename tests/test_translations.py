@@ -164,7 +164,7 @@ def test_the_admin_in_nepali_shows_translated_labels_and_actions(admin_client, v
     ).content.decode()
     for label in [
         "खल्ती भुक्तानीहरू",  # the app and the model
-        "उत्पादन पहिचान",  # a column
+        "अर्डर सन्दर्भ",  # a column
         "रकम (रु.)",  # a computed column
         "प्रमाणित",  # the status badge
         "विजेट (KPG-1)",  # a choice label in the filter
@@ -189,8 +189,9 @@ def test_admin_action_messages_and_pages_are_nepali(admin_client, khalti, verifi
         product_identity="ORD-NE-P",
         amount=1000,
         order_claim=order_key("ORD-NE-P"),
+        claimed_idx="idx-tok-ne-pending",
     )
-    khalti.status(pending.token, pending.amount, "status_complete")
+    khalti.complete(pending.token, pending.amount)
     changelist = reverse("admin:django_khalti_payment_changelist")
     selected = {"_selected_action": [str(pending.pk), str(verified.pk)], "index": "0"}
 

@@ -226,9 +226,15 @@ def test_second_token_while_first_is_pending_settles_the_first_and_is_409_in_pro
 
 def test_second_token_while_first_is_pending_and_paid_is_409_already_paid(client, khalti, payload):
     Payment.objects.create(
-        token="first", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
+        token="first",
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
+        claimed_idx="IDX-FIRST",
     )
     khalti.status("first", 1000, "status_complete")
+    khalti.not_a_transaction("first")
+    khalti.transaction("IDX-FIRST")
     response = post(client, {**payload, "token": "second"})
     assert response.status_code == 409
     assert response.json()["code"] == "already_paid"
@@ -346,26 +352,54 @@ def test_new_token_after_a_failed_one_can_pay_the_order(client, khalti, payload,
 
 
 @pytest.mark.parametrize(
-    ("record", "reason"),
+    ("record", "code", "status", "reason"),
     [
-        (transaction_record(state="Pending"), "Pending"),
-        (transaction_record(state="Refunded"), "Refunded"),
-        (transaction_record(amount=10), "10 paisa"),
-        (transaction_record(amount=100000), "100000 paisa"),
+        (transaction_record(state="Failed"), "verification_failed", "failed", "Failed"),
+        # Money moved for another amount: never paid, never failed; a person decides.
+        (transaction_record(amount=10), "needs_review", "needs_review", "10 paisa"),
+        (transaction_record(amount=100000), "needs_review", "needs_review", "100000 paisa"),
     ],
 )
-def test_khalti_record_not_completed_or_for_another_amount_is_400_failed(
-    client, khalti, payload, order, record, reason
+def test_khalti_record_not_completed_or_for_another_amount_is_400(
+    client, khalti, payload, order, record, code, status, reason
 ):
     khalti.verify(payload["token"], 1000, json=record)
     response = post(client, payload)
     assert response.status_code == 400
-    assert response.json()["code"] == "verification_failed"
+    assert response.json()["code"] == code
     payment = Payment.objects.get()
-    assert payment.status == Payment.Status.FAILED
+    assert payment.status == status
     assert reason in payment.failure_reason
+    assert payment.order_claim is None
     order.refresh_from_db()
     assert not order.paid
+
+
+@pytest.mark.parametrize("state", ["Pending", "Initiated", "Processing", "Completed!"])
+def test_a_record_in_a_state_not_final_or_unknown_leaves_the_payment_pending(
+    client, khalti, payload, order, state, signals, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000, json=transaction_record(state=state))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, payload)
+    assert response.status_code == 502
+    assert response.json()["code"] == "khalti_unavailable"
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.PENDING
+    assert payment.claimed_at is None  # a retry asks Khalti's status at once
+    assert not signals
+
+
+@pytest.mark.parametrize("state", ["completed", "Complete", "COMPLETED", " Completed "])
+def test_a_completed_record_is_paid_however_khalti_spells_it(
+    client, khalti, payload, order, state, signals, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000, json=transaction_record(state=state))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, payload)
+    assert response.status_code == 200
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    assert [name for name, _, _ in signals] == ["verified"]
 
 
 @pytest.mark.parametrize(
@@ -416,15 +450,22 @@ def test_resubmit_after_unknown_outcome_asks_status_and_never_verifies_blindly(
     khalti.verify(payload["token"], 1000, body=requests.exceptions.ReadTimeout())
     assert post(client, payload).status_code == 504
     # Khalti did complete the payment; the answer was lost. A second verify
-    # would be wrong: the status endpoint tells the truth.
+    # would be wrong: the status endpoint tells the truth, and Khalti's record of
+    # the idx the buyer's page reported ties it to this payment. While that
+    # record is out of reach, the payment stays pending.
     khalti.status(payload["token"], 1000, "status_complete")
-    # The record of the idx the buyer's page reported is asked for; out of reach, it
-    # does not hold up the settlement.
+    khalti.not_a_transaction(payload["token"])
     khalti.transaction(payload["idx"], body=requests.exceptions.ConnectionError())
+    assert post(client, payload).status_code == 503
+    assert Payment.objects.get().status == Payment.Status.PENDING
+    khalti.status(payload["token"], 1000, "status_complete")
+    khalti.not_a_transaction(payload["token"])
+    khalti.transaction(payload["idx"])
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 200
     assert response.json()["status"] == "verified"
+    assert response.json()["payment"]["idx"] == payload["idx"]
     assert len(khalti.calls_to("https://khalti.test/api/v2/payment/verify/")) == 1
     assert len(signals) == 1
 
@@ -458,11 +499,13 @@ def test_our_database_failing_after_khalti_answered_leaves_it_pending(
     assert Payment.objects.get().status == Payment.Status.PENDING
     assert not signals
 
-    # Later, once the claim is stale, a resubmission settles it from Khalti's status.
+    # Later, once the claim is stale, a resubmission settles it from Khalti's status,
+    # tied to this payment by the transaction the page reported.
     monkeypatch.setattr(services, "_transition", real_transition)
     Payment.objects.update(claimed_at=Payment.objects.get().created_at.replace(year=2000))
     khalti.status(payload["token"], 1000, "status_complete")
-    khalti.transaction(payload["idx"], body=requests.exceptions.ConnectionError())  # out of reach
+    khalti.not_a_transaction(payload["token"])
+    khalti.transaction(payload["idx"])
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 200
@@ -622,17 +665,25 @@ def test_status_failed_after_unknown_outcome_fails_the_payment(client, khalti, p
     assert "Payment failed" in Payment.objects.get().failure_reason
 
 
-def test_verified_through_the_status_endpoint_may_have_no_idx(client, khalti, payload):
-    """Khalti's status answer names no transaction id: the payment is verified
-    without one (README: "idx may be null")."""
+def test_a_paid_status_nothing_ties_to_the_payment_needs_review(
+    client, khalti, payload, order, signals, django_capture_on_commit_callbacks
+):
+    """Khalti's status answer names no transaction: without the idx the widget
+    reported, nothing ties its "Complete" to this payment (it may be another
+    payment's idx posted as a token): the payment needs review, never verified."""
+    del payload["idx"]
     khalti.verify(payload["token"], 1000, body=requests.exceptions.ReadTimeout())
     assert post(client, payload).status_code == 504
     khalti.status(payload["token"], 1000, "status_complete")
-    # Nor can the idx the buyer's page reported be checked: Khalti's record is out of reach.
-    khalti.transaction(payload["idx"], body=requests.exceptions.ConnectionError())
-    response = post(client, payload)
-    assert response.status_code == 200
-    assert response.json()["payment"]["idx"] is None
+    khalti.not_a_transaction(payload["token"])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, payload)
+    assert response.status_code == 400
+    assert response.json()["code"] == "needs_review"
+    assert Payment.objects.get().status == Payment.Status.NEEDS_REVIEW
+    assert [name for name, _, _ in signals] == ["needs_review"]
+    order.refresh_from_db()
+    assert not order.paid
 
 
 def test_a_record_khalti_already_refunded_is_not_paid(
@@ -645,8 +696,11 @@ def test_a_record_khalti_already_refunded_is_not_paid(
         response = post(client, payload)
     assert response.status_code == 400
     assert response.json()["code"] == "verification_failed"
-    assert Payment.objects.get().status == Payment.Status.REFUNDED
-    assert not signals
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.REFUNDED
+    # The shop hears of it, and the order is free to be paid again.
+    assert [(name, kwargs["amount"]) for name, _, kwargs in signals] == [("refunded", 1000)]
+    assert payment.order_claim is None
     order.refresh_from_db()
     assert not order.paid
     # The same payload again gives the same answer.

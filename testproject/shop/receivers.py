@@ -13,16 +13,16 @@ def mark_order_paid(sender, payment, **kwargs):
     # One transaction: the order and its history change together (and commit once).
     with transaction.atomic():
         # Idempotent: only an unpaid order is changed.
-        Order.objects.filter(reference=payment.product_identity, paid=False).update(
+        Order.objects.filter(reference=payment.order_reference, paid=False).update(
             paid=True, paid_at=timezone.now()
         )
         OrderEvent.objects.create(
-            order_reference=payment.product_identity, kind="paid", payment_id=payment.pk
+            order_reference=payment.order_reference, kind="paid", payment_id=payment.pk
         )
 
 
 @receiver(payment_failed, sender=Payment)
 def note_failed_payment(sender, payment, reason, **kwargs):
     OrderEvent.objects.create(
-        order_reference=payment.product_identity, kind="payment_failed", payment_id=payment.pk
+        order_reference=payment.order_reference, kind="payment_failed", payment_id=payment.pk
     )

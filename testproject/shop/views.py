@@ -92,7 +92,7 @@ def _result(request: HttpRequest, *, success: bool) -> HttpResponse:
     payment = None
     with contextlib.suppress(ValueError):
         payment = Payment.objects.filter(pk=uuid.UUID(request.GET.get("payment", ""))).first()
-    order = Order.objects.filter(reference=payment.product_identity).first() if payment else None
+    order = Order.objects.filter(reference=payment.order_reference).first() if payment else None
     return _page(
         request,
         "shop/result.html",

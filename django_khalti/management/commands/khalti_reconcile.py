@@ -3,7 +3,9 @@
 Khalti has no webhooks: a payment whose verification timed out, or whose
 buyer never came back, stays pending until somebody asks. Run this from cron
 every few minutes; several hosts may run it at once, since each payment is
-won by one worker (a guarded claim) before Khalti is asked about it.
+won by one worker (a guarded claim) before Khalti is asked about it. It also
+re-checks, read-only, payments that failed recently, in case Khalti completed
+them after all.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ SUMMARY = [
     (Status.FAILED, "failed"),
     (Status.REFUNDED, "refunded"),
     (Status.PARTIALLY_REFUNDED, "partially refunded"),
+    (Status.NEEDS_REVIEW, "need review"),
     (Status.PENDING, "still pending"),
 ]
+#: Shown in the summary only when there are any.
+RARE = (Status.REFUNDED, Status.PARTIALLY_REFUNDED, Status.NEEDS_REVIEW)
 #: After this many unanswered calls in a row, Khalti is down: stop, so that a
 #: cron run does not wait out every timeout in turn.
 GIVE_UP_AFTER = 3
@@ -48,7 +53,8 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 
 class Command(BaseCommand):
-    """``khalti_reconcile [--older-than S] [--limit N] [--batch-size N] [--dry-run] [--payment ID]``.
+    """``khalti_reconcile [--older-than S] [--failed-within DAYS] [--limit N] [--batch-size N]
+    [--dry-run] [--payment ID]``.
 
     Prints a line per batch and a summary; exits with an error (status 1) when
     Khalti could not be reached for some payment or refund, which then stays
@@ -68,7 +74,19 @@ class Command(BaseCommand):
             "one may still be in flight).",
         )
         parser.add_argument(
-            "--limit", type=_count(1), metavar="N", help="Check at most N payments (and N refunds)."
+            "--failed-within",
+            type=_count(0),
+            default=7,
+            metavar="DAYS",
+            help="Also re-check, read-only, payments that failed in the last DAYS days, each "
+            "at most once an hour, in case Khalti completed them after all (default: 7; 0: "
+            "none).",
+        )
+        parser.add_argument(
+            "--limit",
+            type=_count(1),
+            metavar="N",
+            help="Check at most N payments (and N failed ones, and N refunds).",
         )
         parser.add_argument(
             "--batch-size",
@@ -94,15 +112,27 @@ class Command(BaseCommand):
         for some payment or refund.
         """
         cutoff = timezone.now() - timedelta(seconds=options["older_than"])
+        failed_since = timezone.now() - timedelta(days=options["failed_within"])
+        failed: Iterator[list[Payment]] = iter([])
         if options["payment"]:
             one = self._one(options["payment"])
-            if one.status != Status.PENDING:
-                self.stdout.write(f"payment {one.pk} is {one.status}: nothing to settle")
-            batches: Iterator[list[Payment]] = iter([[one]])
+            if one.status == Status.FAILED:
+                batches: Iterator[list[Payment]] = iter([])
+                failed = iter([[one]])
+            else:
+                if one.status != Status.PENDING:
+                    self.stdout.write(f"payment {one.pk} is {one.status}: nothing to settle")
+                batches = iter([[one]])
         else:
-            batches = self._batches(cutoff, options["batch_size"], options["limit"])
+            batches = self._batches(
+                services.pending_batch, cutoff, options["batch_size"], options["limit"]
+            )
+            if options["failed_within"]:
+                failed = self._batches(
+                    services.failed_batch, failed_since, options["batch_size"], options["limit"]
+                )
         if options["dry_run"]:
-            return self._dry_run(batches)
+            return self._dry_run(batches, failed)
 
         counts: Counter[str] = Counter()
         unreachable = in_a_row = 0
@@ -126,6 +156,21 @@ class Command(BaseCommand):
             if in_a_row >= GIVE_UP_AFTER:
                 break
 
+        rechecked: Counter[str] = Counter()
+        for batch in failed if in_a_row < GIVE_UP_AFTER else []:
+            for payment in batch:
+                if in_a_row >= GIVE_UP_AFTER:
+                    break
+                try:
+                    rechecked[services.recheck_failed(payment).status] += 1
+                    in_a_row = 0
+                except KhaltiUnavailable:
+                    unreachable += 1
+                    in_a_row += 1
+                    rechecked[Status.FAILED] += 1
+            if in_a_row >= GIVE_UP_AFTER:
+                break
+
         refunds: Counter[str] = Counter()
         if in_a_row < GIVE_UP_AFTER:
             for refund in self._pending_refunds(cutoff, options["payment"], options["limit"]):
@@ -136,6 +181,15 @@ class Command(BaseCommand):
                     refunds[Refund.Status.PENDING] += 1
 
         self.stdout.write(f"checked {sum(counts.values())}: {self._summary(counts)}")
+        if rechecked:
+            late = rechecked[Status.VERIFIED] + rechecked[Status.NEEDS_REVIEW]
+            self.stdout.write(
+                f"failed payments re-checked {sum(rechecked.values())}: "
+                f"{rechecked[Status.VERIFIED]} verified, "
+                f"{rechecked[Status.NEEDS_REVIEW]} need review, "
+                f"{rechecked[Status.FAILED]} still failed"
+                + (" (Khalti completed them after they failed)" if late else "")
+            )
         if refunds:
             self.stdout.write(
                 f"refunds checked {sum(refunds.values())}: "
@@ -157,16 +211,20 @@ class Command(BaseCommand):
         return ", ".join(
             f"{counts[status]} {label}"
             for status, label in SUMMARY
-            if counts[status] or status not in (Status.REFUNDED, Status.PARTIALLY_REFUNDED)
+            if counts[status] or status not in RARE
         )
 
-    def _batches(self, cutoff: datetime, size: int, limit: int | None) -> Iterator[list[Payment]]:
-        """Pending payments older than ``cutoff``, a batch at a time, oldest first."""
+    def _batches(
+        self, read: Callable[..., Any], since: datetime, size: int, limit: int | None
+    ) -> Iterator[list[Payment]]:
+        """Payments from ``read`` (``services.pending_batch`` or ``failed_batch``),
+        a batch at a time, oldest first.
+        """
         cursor = None
         seen = 0
         while limit is None or seen < limit:
-            batch, cursor = services.pending_batch(
-                cutoff, size if limit is None else min(size, limit - seen), after=cursor
+            batch, cursor = read(
+                since, size if limit is None else min(size, limit - seen), after=cursor
             )
             seen += len(batch)
             yield batch
@@ -190,13 +248,13 @@ class Command(BaseCommand):
         except (Payment.DoesNotExist, ValidationError, ValueError):
             raise CommandError(f"No Khalti payment with id {pk!r}.") from None
 
-    def _dry_run(self, batches: Iterator[list[Payment]]) -> None:
+    def _dry_run(self, *batches: Iterator[list[Payment]]) -> None:
         count = 0
-        for batch in batches:
+        for batch in (batch for source in batches for batch in source):
             for payment in batch:
                 count += 1
                 self.stdout.write(
-                    f"would check {payment.pk} {payment.product_identity} "
+                    f"would check {payment.pk} {payment.order_reference} "
                     f"Rs {payment.amount_rupees} {payment.status}, "
                     f"created {payment.created_at:%Y-%m-%d %H:%M:%S}"
                 )

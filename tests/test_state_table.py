@@ -1,0 +1,537 @@
+"""README's table "Payment statuses and Khalti's answers", played against the app.
+
+Each row of the table (endpoint, Khalti's answer, what the payment becomes, the signal)
+has a scenario below that makes the shipped testing kit give that answer and checks
+what the app did against the row's cells. A row without a scenario, or a scenario
+without a row, fails: the table and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from django_khalti import services
+from django_khalti.exceptions import KhaltiError
+from django_khalti.models import Payment, Refund
+from shop.models import Order
+
+# Real commits: each signal is sent when its transition commits, as in production.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+README = (Path(__file__).resolve().parent.parent / "README.rst").read_text(encoding="utf-8")
+VERIFY_URL = reverse("django_khalti:verify")
+
+
+@dataclass(frozen=True)
+class Row:
+    endpoint: str
+    answer: str
+    becomes: str
+    signal: str
+
+    @property
+    def status(self) -> str | None:
+        """The status the row names first (``verified``), if it names one."""
+        found = re.match(r"``([a-z_]+)``", self.becomes)
+        return found.group(1) if found else None
+
+    @property
+    def signal_name(self) -> str | None:
+        found = re.fullmatch(r"``payment_([a-z_]+)``", self.signal)
+        return found.group(1) if found else None
+
+
+def table_rows() -> list[Row]:
+    section = README.split("\nPayment statuses and Khalti's answers\n", 1)[1]
+    table = section.split("   * - Endpoint\n", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for chunk in table.split("   * - ")[1:]:
+        cells = [" ".join(cell.split()) for cell in re.split(r"\n     - ", chunk.strip())]
+        if len(cells) == 4:
+            rows.append(Row(*cells))
+    return rows
+
+
+ROWS = table_rows()
+
+
+# --- the world each scenario plays in ---------------------------------------------------
+
+
+@dataclass
+class World:
+    client: Any
+    khalti: Any
+    sent: list
+    order: Order = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.next_order()
+
+    def next_order(self) -> Order:
+        """A new unpaid order of Rs 10, which the helpers below pay from now on."""
+        self.order = Order.objects.create(reference=f"ORD-{Order.objects.count()}", total=1000)
+        return self.order
+
+    def post(self, payload: dict) -> Any:
+        return self.client.post(VERIFY_URL, payload, content_type="application/json")
+
+    def widget(self, **kwargs: Any) -> Any:
+        return self.khalti.add_payment(amount=1000, **kwargs)
+
+    def pending_widget(self, **kwargs: Any) -> tuple[Any, dict]:
+        """A widget payment whose first verify never reached Khalti (a timeout)."""
+        paid = self.widget(outcome="timeout", **kwargs)
+        payload = paid.payload(self.order.reference)
+        assert self.post(payload).status_code == 504
+        return paid, payload
+
+    def epayment(self) -> Any:
+        start = self.client.post(
+            reverse("django_khalti:epayment-start", args=[self.order.reference])
+        )
+        assert start.status_code == 302
+        return self.khalti.last_epayment
+
+    def come_back(self, epayment: Any) -> Any:
+        return self.client.get(self.khalti.return_url(epayment))
+
+    def payment(self) -> Payment:
+        return Payment.objects.latest("created_at")
+
+    def signals_since(self, mark: int) -> list[str]:
+        return [name for name, _, _ in self.sent[mark:]]
+
+
+@pytest.fixture
+def world(client, khalti_fake, signals):
+    return World(client, khalti_fake, signals)
+
+
+def check(world: World, row: Row, mark: int, payment: Payment | None = None) -> None:
+    """The payment and the signals sent since ``mark`` are what the row says."""
+    payment = payment or world.payment()
+    payment.refresh_from_db()
+    assert row.status is not None, row
+    assert payment.status == row.status, (row, payment.failure_reason)
+    if "(order let go)" in row.becomes:
+        assert payment.order_claim is None
+    assert world.signals_since(mark) == ([row.signal_name] if row.signal_name else []), row
+
+
+# --- the scenarios, one per row --------------------------------------------------------
+
+Scenario = Callable[[World, Row], None]
+SCENARIOS: dict[tuple[str, str], Scenario] = {}
+
+
+def scenario(endpoint: str, answer: str) -> Callable[[Scenario], Scenario]:
+    def register(function: Scenario) -> Scenario:
+        SCENARIOS[(endpoint, answer)] = function
+        return function
+
+    return register
+
+
+def verify_answers(world: World, row: Row, **answer: Any) -> None:
+    paid = world.widget()
+    world.khalti.answer_next("verify", **answer)
+    mark = len(world.sent)
+    world.post(paid.payload(world.order.reference))
+    check(world, row, mark)
+
+
+@scenario("verify", "200, ``Completed``, the expected amount")
+def _(world, row):
+    paid = world.widget()
+    mark = len(world.sent)
+    assert world.post(paid.payload(world.order.reference)).status_code == 200
+    check(world, row, mark)
+
+
+@scenario("verify", "200, ``Completed``, another amount")
+def _(world, row):
+    verify_answers(world, row, json=world.widget().record(amount=1100))
+
+
+@scenario("verify", "200, ``Completed``, another payment's ``idx``")
+def _(world, row):
+    Payment.objects.create(
+        token="other", product_identity="OTHER", amount=1000, idx="IDX-TAKEN",
+        status=Payment.Status.VERIFIED, verified_at=timezone.now(),
+    )  # fmt: skip
+    record = world.widget().record()
+    verify_answers(world, row, json={**record, "idx": "IDX-TAKEN"})
+
+
+@scenario("verify", "200, ``Completed`` and ``refunded``")
+def _(world, row):
+    verify_answers(world, row, json={**world.widget().record(), "refunded": True})
+
+
+@scenario("verify", "200, ``Failed``")
+def _(world, row):
+    record = world.widget().record()
+    verify_answers(world, row, json={**record, "state": {"name": "Failed"}})
+
+
+@scenario("verify", "200, any other state")
+def _(world, row):
+    for state in ("Pending", "Initiated", "Processing"):
+        record = world.widget().record()
+        verify_answers(world, row, json={**record, "state": {"name": state}})
+        world.next_order()
+
+
+@scenario("verify", "400, a readable refusal, on the payment's first attempt")
+def _(world, row):
+    verify_answers(world, row, status=400, json={"token": ["Invalid token."]})
+
+
+@scenario("verify", "400, a readable refusal, after an attempt of unknown outcome")
+def _(world, row):
+    assert row.becomes.startswith("what status says next")
+    assert row.signal == "(status's)"
+    for then, status in [("Confirmed", "pending"), ("Error", "failed"), ("Complete", "verified")]:
+        world.next_order()
+        paid, payload = world.pending_widget()
+        world.khalti.answer_next("status", json={"status": True, "state": "Confirmed"})
+        world.khalti.answer_next("verify", status=400, json={"token": ["Invalid token."]})
+        if then == "Complete":
+            paid.verified = True  # the first attempt did complete it
+        world.khalti.answer_next("status", json={"status": True, "state": then})
+        world.post(payload)
+        assert world.payment().status == status, then
+
+
+@scenario(
+    "verify",
+    "a timeout, connection error, 5xx, 429, 401, or a body not JSON or of the wrong shape",
+)
+def _(world, row):
+    for outcome in ("timeout", "connection_error", "server_error", "not_json", "unauthorized"):
+        world.next_order()
+        paid = world.widget(outcome=outcome)
+        mark = len(world.sent)
+        world.post(paid.payload(world.order.reference))
+        check(world, row, mark)
+    for answer in ({"status": 429, "json": {"detail": "slow"}}, {"json": {"idx": "x"}}):
+        world.next_order()
+        verify_answers(world, row, **answer)
+
+
+def status_answers(world: World, row: Row, state: str | None, **setup: Any) -> Payment:
+    paid, payload = world.pending_widget()
+    if setup.get("verified"):
+        paid.verified = True
+    if setup.get("untied"):
+        payload.pop("idx")
+        Payment.objects.update(claimed_idx="")
+    if state is not None:
+        world.khalti.answer_next("status", json={"status": True, "state": state, "detail": "x"})
+    mark = len(world.sent)
+    world.post(payload)
+    check(world, row, mark)
+    return world.payment()
+
+
+@scenario("status", "``Complete``, tied to the payment by Khalti's transaction records")
+def _(world, row):
+    payment = status_answers(world, row, "Complete", verified=True)
+    assert payment.idx  # the record that tied it
+
+
+@scenario("status", "``Complete``, not tied to the payment")
+def _(world, row):
+    status_answers(world, row, "Complete", verified=True, untied=True)
+
+
+@scenario("status", "``Confirmed``")
+def _(world, row):
+    assert row.becomes == "what verify says (verify is called)"
+    assert row.signal == "(verify's)"
+    _paid, payload = world.pending_widget()
+    world.khalti.answer_next("status", json={"status": True, "state": "Confirmed"})
+    world.post(payload)
+    assert world.payment().status == "verified"
+    assert [c.endpoint for c in world.khalti.calls][-2:] == ["status", "verify"]
+
+
+@scenario("status", "``Initiated``")
+def _(world, row):
+    status_answers(world, row, "Initiated")
+
+
+@scenario("status", "``Error`` (not found for this token and amount)")
+def _(world, row):
+    status_answers(world, row, "Error")
+
+
+@scenario("status", "``Failed``")
+def _(world, row):
+    status_answers(world, row, "Failed")
+
+
+@scenario("status", "``Refunded``")
+def _(world, row):
+    status_answers(world, row, "Refunded")
+
+
+@scenario("status", "``Partially refunded``")
+def _(world, row):
+    status_answers(world, row, "Partially refunded")
+
+
+@scenario("status", "any other state")
+def _(world, row):
+    for state in ("Settled", "", "Completed!"):
+        world.next_order()
+        status_answers(world, row, state)
+
+
+@scenario("status", '400 ``{"token": ["Invalid token."]}`` (no state)')
+def _(world, row):
+    _paid, payload = world.pending_widget()
+    world.khalti.answer_next("status", status=400, json={"token": ["Invalid token."]})
+    mark = len(world.sent)
+    world.post(payload)
+    check(world, row, mark)
+    assert world.payment().claimed_at is None  # released: the next attempt asks at once
+
+
+def lookup_answers(world: World, row: Row, setup: Callable[[World, Any, Payment], None]) -> None:
+    epayment = world.epayment()
+    payment = world.payment()
+    setup(world, epayment, payment)
+    mark = len(world.sent)
+    world.come_back(epayment)
+    check(world, row, mark, payment)
+
+
+def paid_at_khalti(amount: int = 1000, transaction_id: str = "TX-1") -> Callable:
+    def setup(world: World, epayment: Any, payment: Payment) -> None:
+        epayment.status, epayment.transaction_id = "Completed", transaction_id
+        epayment.amount = amount
+
+    return setup
+
+
+def link_dead(world: World, epayment: Any, payment: Payment) -> None:
+    Payment.objects.filter(pk=payment.pk).update(expires_at=timezone.now() - timedelta(minutes=16))
+
+
+@scenario("lookup", "``Completed``, the expected amount")
+def _(world, row):
+    lookup_answers(world, row, paid_at_khalti())
+
+
+@scenario("lookup", "``Completed``, another amount")
+def _(world, row):
+    lookup_answers(world, row, paid_at_khalti(amount=1100))
+
+
+@scenario("lookup", "``Completed``, another payment's transaction id")
+def _(world, row):
+    Payment.objects.create(
+        token="other", product_identity="OTHER", amount=1000, idx="TX-TAKEN",
+        status=Payment.Status.VERIFIED, verified_at=timezone.now(),
+    )  # fmt: skip
+    lookup_answers(world, row, paid_at_khalti(transaction_id="TX-TAKEN"))
+
+
+def lookup_status(status: str) -> Callable:
+    def setup(world: World, epayment: Any, payment: Payment) -> None:
+        epayment.status = status
+        if status != "Initiated":
+            epayment.transaction_id = "TX-1"
+
+    return setup
+
+
+@scenario("lookup", "``Pending``")
+def _(world, row):
+    lookup_answers(world, row, lookup_status("Pending"))
+
+
+@scenario("lookup", "``Initiated``, the link still good")
+def _(world, row):
+    lookup_answers(world, row, lookup_status("Initiated"))
+
+
+@scenario("lookup", "``Initiated``, 15 minutes past the link's expiry")
+def _(world, row):
+    lookup_answers(world, row, link_dead)
+
+
+@scenario("lookup", "``Expired`` or ``User canceled``")
+def _(world, row):
+    for status in ("Expired", "User canceled"):
+        world.next_order()
+        lookup_answers(world, row, lookup_status(status))
+
+
+@scenario("lookup", "``Refunded``")
+def _(world, row):
+    lookup_answers(world, row, lookup_status("Refunded"))
+
+
+@scenario("lookup", "``Partially Refunded``")
+def _(world, row):
+    lookup_answers(world, row, lookup_status("Partially Refunded"))
+
+
+def not_found(dead: bool) -> Callable:
+    def setup(world: World, epayment: Any, payment: Payment) -> None:
+        world.khalti.fail_next("lookup", "rejected", key=epayment.pidx)
+        if dead:
+            link_dead(world, epayment, payment)
+
+    return setup
+
+
+@scenario("lookup", "404 ``Not found.``, the link still good")
+def _(world, row):
+    lookup_answers(world, row, not_found(dead=False))
+
+
+@scenario("lookup", "404 ``Not found.``, 15 minutes past the link's expiry")
+def _(world, row):
+    lookup_answers(world, row, not_found(dead=True))
+
+
+def failed_epayment(world: World) -> tuple[Any, Payment]:
+    epayment = world.epayment()
+    world.client.get(world.khalti.cancel(epayment))
+    payment = world.payment()
+    assert payment.status == "failed"
+    return epayment, payment
+
+
+@scenario("re-check of a failed payment", (
+    "paid (status ``Complete``, tied; lookup ``Completed``), the expected amount, the "
+    "order not held by another payment"
+))  # fmt: skip
+def _(world, row):
+    # An ePayment, looked up on its return page...
+    epayment, payment = failed_epayment(world)
+    paid_at_khalti()(world, epayment, payment)
+    mark = len(world.sent)
+    world.come_back(epayment)
+    check(world, row, mark, payment)
+    # ... and a widget payment Khalti refused, then completed, re-checked.
+    world.next_order()
+    paid = world.widget()
+    world.khalti.fail_next("verify", "rejected", key=paid.token)
+    world.post(paid.payload(world.order.reference))
+    widget = world.payment()
+    assert widget.status == "failed"
+    paid.verified = True
+    mark = len(world.sent)
+    services.recheck_failed(widget)
+    check(world, row, mark, widget)
+
+
+@scenario("re-check of a failed payment", "paid, and the order held by another payment")
+def _(world, row):
+    epayment, payment = failed_epayment(world)
+    assert world.post(world.widget().payload(world.order.reference)).status_code == 200
+    paid_at_khalti()(world, epayment, payment)
+    mark = len(world.sent)
+    services.recheck_failed(payment)
+    check(world, row, mark, payment)
+
+
+@scenario("re-check of a failed payment", "anything else")
+def _(world, row):
+    for status in ("User canceled", "Expired", "Pending", "Refunded", "Weird"):
+        epayment, payment = failed_epayment(world)
+        epayment.status = status
+        mark = len(world.sent)
+        services.recheck_failed(payment)
+        check(world, row, mark, payment)
+        world.next_order()
+
+
+def verified_payment(world: World) -> Payment:
+    paid = world.widget()
+    assert world.post(paid.payload(world.order.reference)).status_code == 200
+    return world.payment()
+
+
+@scenario("refund", "200 ``Transaction refund successful.``")
+def _(world, row):
+    payment = verified_payment(world)
+    mark = len(world.sent)
+    services.refund_payment(payment, amount=400)
+    assert payment.refunds.get().status == Refund.Status.SUCCEEDED
+    payment.refresh_from_db()
+    assert payment.status == "partially_refunded"
+    assert "``partially_refunded``" in row.becomes
+    mark = len(world.sent)
+    services.refund_payment(payment)
+    check(world, row, mark, payment)
+
+
+@scenario("refund", "a readable 4xx refusal")
+def _(world, row):
+    assert row.becomes == "unchanged (the refund ``failed``)"
+    assert row.signal == "(none)"
+    payment = verified_payment(world)
+    world.khalti.fail_next("refund", "rejected")
+    mark = len(world.sent)
+    with pytest.raises(KhaltiError):
+        services.refund_payment(payment)
+    payment.refresh_from_db()
+    assert payment.status == "verified"
+    assert payment.refunds.get().status == Refund.Status.FAILED
+    assert world.signals_since(mark) == []
+
+
+@scenario("refund", "a timeout, connection error, 5xx, or 200 without the success message")
+def _(world, row):
+    assert row.becomes == "unchanged (the refund ``pending``)"
+    assert row.signal == "(none)"
+    for _n, fault in enumerate(["timeout", "connection_error", "server_error", None]):
+        payment = verified_payment(world)
+        if fault:
+            world.khalti.fail_next("refund", fault)
+        else:
+            world.khalti.answer_next("refund", json={"detail": "Hmm."})
+        mark = len(world.sent)
+        with pytest.raises(KhaltiError):
+            services.refund_payment(payment)
+        payment.refresh_from_db()
+        assert payment.status == "verified"
+        assert payment.refunds.get().status == Refund.Status.PENDING
+        assert world.signals_since(mark) == []
+        world.next_order()
+
+
+# --- the table and the scenarios match --------------------------------------------------
+
+
+def test_the_table_is_found_and_has_every_endpoint():
+    assert {row.endpoint for row in ROWS} == {
+        "verify", "status", "lookup", "re-check of a failed payment", "refund"
+    }  # fmt: skip
+
+
+def test_every_row_has_a_scenario_and_every_scenario_a_row():
+    keys = {(row.endpoint, row.answer) for row in ROWS}
+    assert keys - set(SCENARIOS) == set(), "rows without a scenario"
+    assert set(SCENARIOS) - keys == set(), "scenarios without a row"
+    assert len(keys) == len(ROWS), "two rows say the same"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: f"{row.endpoint}: {row.answer}"[:70])
+def test_each_row_is_what_the_app_does(world, row):
+    SCENARIOS[(row.endpoint, row.answer)](world, row)
