@@ -48,7 +48,7 @@ SPECTACULAR = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 ANSWERS = {
     VERIFY: {
         "200": None,
-        "400": ["amount_mismatch", "verification_failed"],
+        "400": ["amount_mismatch", "verification_failed", "needs_review"],
         "401": None,
         "403": None,
         "404": ["unknown_order"],
