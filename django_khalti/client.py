@@ -153,7 +153,10 @@ class _TooLong(Exception):
     """The answer is longer than any of Khalti's."""
 
 
-@sensitive_variables("headers")
+# The key is in this frame's ``headers`` and in requests' frames below it: Django's
+# error reports hide every variable of them (this runs in a thread of its own, out
+# of reach of the caller's decorator).
+@sensitive_variables()
 def _exchange(
     method: str,
     url: str,

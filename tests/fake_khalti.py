@@ -38,6 +38,10 @@ Faults, switched per token with ``fault(token, mode)`` and cleared with
 ``unauthorized`` 401 ``{"detail": "Invalid token."}``
 ``hold``         completes (if ``complete``), sets ``holding``, then waits for
                  ``release`` (bounded) before answering
+``processing``   Khalti is slow to process a verify: it completes it only after
+                 ``slow_for`` seconds (the status endpoint says Confirmed
+                 meanwhile); a second verify of the token meanwhile waits for the
+                 first, then is refused as a repeat ("Token already used.")
 ==============  ================================================================
 
 Every call is counted per endpoint and token (``count``), with the caller's
@@ -70,6 +74,7 @@ FAULTS = (
     "no_state",
     "unauthorized",
     "hold",
+    "processing",
 )
 #: How long a held answer waits for ``release`` at most: the fake stops by itself.
 HOLD_LIMIT = 30.0
@@ -118,6 +123,8 @@ class FakeKhalti:
         #: The status endpoint's state per token; default: Complete once verified,
         #: Confirmed (paid, awaiting verification) before.
         self.states: dict[str, str] = {}
+        #: Tokens whose verify Khalti is processing right now (mode ``processing``).
+        self.processing: dict[str, threading.Event] = {}
         self.holding = threading.Event()
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -191,6 +198,7 @@ class FakeKhalti:
                 self.faults,
                 self.peers,
                 self.states,
+                self.processing,
             ):
                 record.clear()
         self.holding.clear()
@@ -249,6 +257,9 @@ class FakeKhalti:
         if endpoint == "status":
             return self._status(handler, self.token_of(token), mode, amount)
 
+        if mode == "processing":
+            return self._process(handler, token, amount)
+
         # verify: refuse what Khalti would refuse, else complete it (once).
         issued = self.issued.get(token)
         if issued is not None and issued != amount and mode != "wrong_amount":
@@ -287,6 +298,24 @@ class FakeKhalti:
         elif mode == "no_state":
             del record["state"]
         return self._send(handler, 200, record)
+
+    def _process(self, handler: BaseHTTPRequestHandler, token: str, amount: int) -> None:
+        """A verify Khalti completes only after ``slow_for`` seconds; a repeat meanwhile
+        waits for it and is refused."""
+        with self._lock:
+            first = self.processing.get(token)
+            if first is None and not self.completions[token]:
+                self.processing[token] = done = threading.Event()
+        if first is not None or self.completions[token]:
+            if first is not None:
+                first.wait(HOLD_LIMIT)
+            return self._send(handler, 400, {"token": ["Token already used."]})
+        time.sleep(self.slow_for)
+        with self._lock:
+            self.completions[token] += 1
+            self.verified[token] = amount
+        done.set()
+        return self._send(handler, 200, completed_record(token, amount))
 
     def _status(
         self,

@@ -29,6 +29,7 @@ import pytest
 import requests
 from django.utils import timezone
 
+from django_khalti.conf import CALLS_PER_CLAIM, CLAIM_MARGIN
 from django_khalti.models import Payment
 from shop.models import Order, OrderEvent
 
@@ -38,7 +39,7 @@ from .rig import TIMEOUT, WORKERS, Rig
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reliability]
 
 #: A claim older than this is stale (conf.KhaltiSettings.stale_after, with the rig's TIMEOUT).
-STALE_AFTER = TIMEOUT * 2 + 10
+STALE_AFTER = TIMEOUT * CALLS_PER_CLAIM + CLAIM_MARGIN
 _serial = itertools.count()
 
 
@@ -87,11 +88,13 @@ def new_order(total: int) -> Order:
 
 
 def widget(order: Order, token: str, amount: int | None = None) -> dict:
-    """The widget's onSuccess payload for ``order``."""
+    """The widget's onSuccess payload for ``order``, with the ``idx`` Khalti's widget
+    hands the page (the fake's transaction ids are ``idx-<token>``)."""
     return {
         "token": token,
         "amount": order.total if amount is None else amount,
         "product_identity": order.reference,
+        "idx": f"idx-{token}",
     }
 
 
@@ -323,22 +326,122 @@ def test_a_khalti_fault_leaves_the_payment_pending_and_is_settled_once(rig, fake
     assert_nothing_double_verified(fake)
 
 
-@pytest.mark.parametrize("answer", ["reject", "wrong_amount"])
-def test_khaltis_refusal_fails_the_payment_once(rig, fake, answer):
+@pytest.mark.parametrize(
+    ("answer", "code", "status", "event"),
+    [
+        ("reject", "verification_failed", Payment.Status.FAILED, "payment_failed"),
+        # Money moved for another amount: never paid, never failed; a person decides.
+        ("wrong_amount", "needs_review", Payment.Status.NEEDS_REVIEW, None),
+    ],
+)
+def test_khaltis_refusal_or_another_amount_is_settled_once_and_never_paid(
+    rig, fake, answer, code, status, event
+):
     order = new_order(1200)
     token = fake.issue(f"{answer}-tok", 1200)
     fake.fault(token, answer, amount=120)
 
-    code, body, _took = rig.post(widget(order, token))
+    code_, body, _took = rig.post(widget(order, token))
 
-    assert (code, body["code"]) == (400, "verification_failed"), body
+    assert (code_, body["code"]) == (400, code), body
     payment = Payment.objects.get()
-    assert payment.status == Payment.Status.FAILED
+    assert payment.status == status
     assert not paid_events(order)
-    assert OrderEvent.objects.filter(kind="payment_failed").count() == 1
+    assert list(OrderEvent.objects.values_list("kind", flat=True)) == (
+        ["payment_failed"] if event else []
+    )
     assert fake.count("verify", token) == 1
     order.refresh_from_db()
     assert not order.paid
+
+
+# --- the money-safety scenarios (issue 12), through gunicorn -------------------------------
+
+
+def test_a_retry_while_khalti_still_processes_the_first_verify_is_verified_once(rig, fake):
+    """Khalti is still processing the first verify when our TIMEOUT fires; the buyer's
+    page retries at once; Khalti says Confirmed, so the app verifies again; Khalti
+    completes the first and refuses the repeat. The refusal is not final after an
+    unknown outcome: the app asks status, and the payment is verified, once."""
+    order = new_order(2100)
+    token = fake.issue("processing-tok", 2100)
+    fake.fault(token, "processing")
+
+    code, body, took = rig.post(widget(order, token))
+    assert (code, body["code"]) == (504, "khalti_unavailable"), body
+    assert took <= TIMEOUT + 1, f"the request took {took:.2f} s"
+    assert not fake.completions[token]  # Khalti is still at it
+
+    code, body, _ = rig.post(widget(order, token))  # the page's retry
+
+    assert (code, body["status"]) == (200, "verified"), body
+    assert fake.completions[token] == 1
+    assert fake.count("verify", token) == 2  # the repeat was refused by Khalti
+    payment = Payment.objects.get()
+    assert (payment.status, payment.idx) == (Payment.Status.VERIFIED, f"idx-{token}")
+    assert paid_events(order) == 1
+    assert not OrderEvent.objects.filter(kind="payment_failed").exists()
+    # The order stays claimed: a second token is refused before Khalti.
+    second = fake.issue("processing-second", 2100)
+    code, body, _ = rig.post(widget(order, second))
+    assert (code, body["code"]) == (409, "already_paid"), body
+    assert not fake.completions[second]
+
+
+def test_one_payments_idx_sent_as_another_orders_token_never_pays_it(rig, fake):
+    """Order A's idx, posted as order B's token: refused before Khalti once the app
+    knows the idx; and when it does not yet (A's page forwarded none, its verify
+    answer was lost), Khalti's status answers Complete for that idx, which nothing
+    ties to B: B needs review, and is never verified."""
+    a, b, c = new_order(1300), new_order(1300), new_order(1300)
+    known = fake.issue("known-a", 1300)
+    assert rig.post(widget(a, known))[0] == 200
+    code, body, _ = rig.post(widget(b, f"idx-{known}"))
+    assert (code, body["code"]) == (409, "token_used"), body
+    assert fake.count("verify", f"idx-{known}") == 0
+
+    hidden = fake.issue("hidden-c", 1300)
+    fake.fault(hidden, "reset", complete=True)  # Khalti completed it; the answer was lost
+    payload = widget(c, hidden)
+    del payload["idx"]
+    assert rig.post(payload)[0] in (502, 503, 504)
+    fake.clear(hidden)
+    attack = widget(b, f"idx-{hidden}")
+    fake.fault(attack["token"], "html_5xx")  # verify's answer unknown, once
+    assert rig.post(attack)[0] == 502
+    fake.clear(attack["token"])
+
+    code, body, _ = rig.post(attack)
+
+    assert (code, body["code"]) == (400, "needs_review"), body
+    payment_b = Payment.objects.get(order_reference=b.reference)
+    assert payment_b.status == Payment.Status.NEEDS_REVIEW
+    assert payment_b.idx is None
+    assert not paid_events(b)
+    assert fake.completions[hidden] == 1
+
+
+def test_two_spellings_of_one_order_never_make_two_payments(rig, fake):
+    """The shop's resolver looks references up whatever their case and names the
+    order's own reference: "rel-..." and "REL-..." are one order, one claim."""
+    order = new_order(1400)
+    first = fake.issue("spelling-lower", 1400)
+    second = fake.issue("spelling-upper", 1400)
+    fake.fault(first, "reset", complete=True)
+    lower = {**widget(order, first), "product_identity": order.reference.lower()}
+    assert rig.post(lower)[0] in (502, 503, 504)
+    fake.clear(first)
+
+    results = in_parallel([lambda: rig.post(widget(order, second)), lambda: rig.post(lower)])
+
+    codes = sorted(code for code, _, _ in results)
+    assert codes in ([200, 409], [200, 200]), results
+    assert fake.completions[first] == 1
+    assert not fake.completions[second]
+    payment = Payment.objects.get(status=Payment.Status.VERIFIED)
+    assert (payment.token, payment.order_reference) == (first, order.reference)
+    assert Payment.objects.count() == 1
+    assert paid_events(order) == 1
 
 
 # --- our side failing ------------------------------------------------------------------
