@@ -42,6 +42,30 @@ RARE = (Status.REFUNDED, Status.PARTIALLY_REFUNDED, Status.NEEDS_REVIEW)
 GIVE_UP_AFTER = 3
 
 
+class _Calls:
+    """What Khalti answered so far: how many calls went unanswered, and how many in a row."""
+
+    def __init__(self) -> None:
+        self.unreachable = self.in_a_row = 0
+
+    @property
+    def given_up(self) -> bool:
+        """Whether Khalti went unanswered :data:`GIVE_UP_AFTER` times in a row."""
+        return self.in_a_row >= GIVE_UP_AFTER
+
+    def settle(
+        self, settle: Callable[[Any], Any], item: Any, counts: Counter[str], unknown: str
+    ) -> None:
+        """Count what ``settle(item)`` left it as; ``unknown`` when Khalti did not answer."""
+        try:
+            counts[settle(item).status] += 1
+            self.in_a_row = 0
+        except KhaltiUnavailable:
+            self.unreachable += 1
+            self.in_a_row += 1
+            counts[unknown] += 1
+
+
 def _count(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         number = int(value)
@@ -134,51 +158,33 @@ class Command(BaseCommand):
         if options["dry_run"]:
             return self._dry_run(batches, failed)
 
+        calls = _Calls()
         counts: Counter[str] = Counter()
-        unreachable = in_a_row = 0
         for number, batch in enumerate(batches, start=1):
             for payment in batch:
-                if in_a_row >= GIVE_UP_AFTER:
+                if calls.given_up:
                     break
                 if payment.status != Status.PENDING or not services.claim(payment):
                     continue  # settled meanwhile, or another worker holds it
-                try:
-                    counts[services.settle_claimed(payment).status] += 1
-                    in_a_row = 0
-                except KhaltiUnavailable:
-                    unreachable += 1
-                    in_a_row += 1
-                    counts[Status.PENDING] += 1
+                calls.settle(services.settle_claimed, payment, counts, Status.PENDING)
             self.stdout.write(
                 f"batch {number}: {len(batch)} pending payment(s) read; "
                 f"so far {self._summary(counts)}"
             )
-            if in_a_row >= GIVE_UP_AFTER:
+            if calls.given_up:
                 break
 
         rechecked: Counter[str] = Counter()
-        for batch in failed if in_a_row < GIVE_UP_AFTER else []:
+        for batch in failed:
             for payment in batch:
-                if in_a_row >= GIVE_UP_AFTER:
+                if calls.given_up:
                     break
-                try:
-                    rechecked[services.recheck_failed(payment).status] += 1
-                    in_a_row = 0
-                except KhaltiUnavailable:
-                    unreachable += 1
-                    in_a_row += 1
-                    rechecked[Status.FAILED] += 1
-            if in_a_row >= GIVE_UP_AFTER:
-                break
+                calls.settle(services.recheck_failed, payment, rechecked, Status.FAILED)
 
         refunds: Counter[str] = Counter()
-        if in_a_row < GIVE_UP_AFTER:
+        if not calls.given_up:
             for refund in self._pending_refunds(cutoff, options["payment"], options["limit"]):
-                try:
-                    refunds[services.reconcile_refund(refund).status] += 1
-                except KhaltiUnavailable:
-                    unreachable += 1
-                    refunds[Refund.Status.PENDING] += 1
+                calls.settle(services.reconcile_refund, refund, refunds, Refund.Status.PENDING)
 
         self.stdout.write(f"checked {sum(counts.values())}: {self._summary(counts)}")
         if rechecked:
@@ -195,14 +201,14 @@ class Command(BaseCommand):
                 f"refunds checked {sum(refunds.values())}: "
                 + ", ".join(f"{n} {status}" for status, n in sorted(refunds.items()))
             )
-        if in_a_row >= GIVE_UP_AFTER:
+        if calls.given_up:
             raise CommandError(
                 f"Khalti did not answer {GIVE_UP_AFTER} times in a row: stopped. What was not "
                 "checked stays pending for the next run."
             )
-        if unreachable:
+        if calls.unreachable:
             raise CommandError(
-                f"Khalti could not be reached for {unreachable} payment(s) or refund(s); "
+                f"Khalti could not be reached for {calls.unreachable} payment(s) or refund(s); "
                 "they stay pending."
             )
 
