@@ -368,7 +368,7 @@ def test_a_retry_while_khalti_still_processes_the_first_verify_is_verified_once(
     fake.fault(token, "processing")
 
     code, body, took = rig.post(widget(order, token))
-    assert (code, body["code"]) == (504, "khalti_unavailable"), body
+    assert (code, body.get("code")) == (504, "khalti_unavailable"), body
     assert took <= TIMEOUT + 1, f"the request took {took:.2f} s"
     assert not fake.completions[token]  # Khalti is still at it
 
@@ -384,7 +384,7 @@ def test_a_retry_while_khalti_still_processes_the_first_verify_is_verified_once(
     # The order stays claimed: a second token is refused before Khalti.
     second = fake.issue("processing-second", 2100)
     code, body, _ = rig.post(widget(order, second))
-    assert (code, body["code"]) == (409, "already_paid"), body
+    assert (code, body.get("code")) == (409, "already_paid"), body
     assert not fake.completions[second]
 
 
@@ -397,7 +397,7 @@ def test_one_payments_idx_sent_as_another_orders_token_never_pays_it(rig, fake):
     known = fake.issue("known-a", 1300)
     assert rig.post(widget(a, known))[0] == 200
     code, body, _ = rig.post(widget(b, f"idx-{known}"))
-    assert (code, body["code"]) == (409, "token_used"), body
+    assert (code, body.get("code")) == (409, "token_used"), body
     assert fake.count("verify", f"idx-{known}") == 0
 
     hidden = fake.issue("hidden-c", 1300)
@@ -413,7 +413,7 @@ def test_one_payments_idx_sent_as_another_orders_token_never_pays_it(rig, fake):
 
     code, body, _ = rig.post(attack)
 
-    assert (code, body["code"]) == (400, "needs_review"), body
+    assert (code, body.get("code")) == (400, "needs_review"), body
     payment_b = Payment.objects.get(order_reference=b.reference)
     assert payment_b.status == Payment.Status.NEEDS_REVIEW
     assert payment_b.idx is None
@@ -434,8 +434,10 @@ def test_two_spellings_of_one_order_never_make_two_payments(rig, fake):
 
     results = in_parallel([lambda: rig.post(widget(order, second)), lambda: rig.post(lower)])
 
+    # The one that settles the first payment gets 409 already_paid (or 200, if it is
+    # the first's own resubmission); the other 409 in_progress while that claim holds.
     codes = sorted(code for code, _, _ in results)
-    assert codes in ([200, 409], [200, 200]), results
+    assert codes in ([200, 409], [200, 200], [409, 409]), results
     assert fake.completions[first] == 1
     assert not fake.completions[second]
     payment = Payment.objects.get(status=Payment.Status.VERIFIED)
