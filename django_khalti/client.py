@@ -12,22 +12,24 @@ never stored on the session, logged or put in an exception.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeGuard
 from urllib.parse import quote, urljoin
 
 import requests
+import urllib3.connection
+import urllib3.connectionpool
 from django.utils.dateparse import parse_datetime
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_variables
@@ -122,23 +124,15 @@ def outcome_of(state: object) -> KhaltiOutcome:
 def get_session() -> requests.Session:
     """The process-wide session: kept-alive, pooled connections to Khalti."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_MAXSIZE, max_retries=0)
+    adapter = _Adapter(pool_connections=4, pool_maxsize=POOL_MAXSIZE, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     return session
 
 
-@functools.cache
-def _caller() -> ThreadPoolExecutor:
-    """The threads that make the calls, so that the caller can stop waiting at the deadline."""
-    return ThreadPoolExecutor(max_workers=POOL_MAXSIZE, thread_name_prefix="dj-khalti")
-
-
 def _forget_after_fork() -> None:
-    # A forked worker (gunicorn --preload) must not inherit the parent's threads
-    # or its pooled sockets.
-    _caller.cache_clear()
+    # A forked worker (gunicorn --preload) must not share the parent's pooled sockets.
     get_session.cache_clear()
 
 
@@ -146,11 +140,100 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 class _Late(Exception):
-    """The call's deadline passed while the answer was still arriving."""
+    """The call's deadline passed before (or while) its answer arrived."""
 
 
 class _TooLong(Exception):
     """The answer is longer than any of Khalti's."""
+
+
+def _cut(sock: socket.socket) -> None:
+    """Shut a socket down, waking whatever thread is blocked reading it."""
+    # socket.socket's own shutdown, also for an SSLSocket: the TLS layer is left to
+    # the reading thread, which now gets an error instead of bytes.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Call:
+    """One call to Khalti, shared by the caller and the thread that makes it: its
+    deadline, and the sockets to cut once the caller stops waiting, so that a slow
+    or trickling Khalti cannot keep the thread (or a pooled connection) busy.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._abandoned = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def over(self) -> bool:
+        """Whether the caller has stopped waiting, or would have by now."""
+        return self._abandoned or time.monotonic() >= self.deadline
+
+    def watch(self, sock: socket.socket) -> None:
+        """A socket the call uses; cut at once if the caller already gave up."""
+        with self._lock:
+            self._sockets.append(sock)
+            abandoned = self._abandoned
+        if abandoned:
+            _cut(sock)
+
+    def abandon(self) -> None:
+        """The caller stops waiting: cut every socket the call uses."""
+        with self._lock:
+            self._abandoned = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _cut(sock)
+
+
+#: The call the current thread is making (set in the threads :func:`_exchange` runs in).
+_current = threading.local()
+
+
+class _Watched:
+    """A connection that tells the call it serves which socket it reads."""
+
+    sock: socket.socket | None
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self._watch()
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        self._watch()  # a kept-alive connection: its socket is already open
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def _watch(self) -> None:
+        call = getattr(_current, "call", None)
+        if call is not None and self.sock is not None:
+            call.watch(self.sock)
+
+
+class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter, on connections whose sockets a call can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 # The key is in this frame's ``headers`` and in requests' frames below it: Django's
@@ -158,20 +241,15 @@ class _TooLong(Exception):
 # of reach of the caller's decorator).
 @sensitive_variables()
 def _exchange(
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    timeout: float,
-    deadline: float,
-    abandoned: threading.Event,
-    kwargs: dict[str, Any],
+    call: _Call, method: str, url: str, headers: dict[str, str], timeout: float, kwargs: Any
 ) -> tuple[int, bytes]:
-    """Send one request and read the whole answer, in a thread of :func:`_caller`.
+    """Send one request and read the whole answer, in a thread of its own.
 
-    Gives up between reads once the caller has stopped waiting, and never sends
-    a request whose caller has already given up on it.
+    Never sends a request whose caller has already given up on it, and stops at
+    the first read after the caller gives up (its sockets are cut then, too).
     """
-    if abandoned.is_set() or time.monotonic() >= deadline:
+    _current.call = call
+    if call.over:
         raise _Late()
     with get_session().request(
         method,
@@ -183,8 +261,8 @@ def _exchange(
         **kwargs,
     ) as response:
         body = bytearray()
-        for chunk in response.iter_content(8192):
-            if abandoned.is_set() or time.monotonic() > deadline:
+        for chunk in response.iter_content(1024):
+            if call.over:
                 raise _Late()
             body += chunk
             if len(body) > MAX_BODY:
@@ -260,8 +338,15 @@ class KhaltiLookup:
 
     @property
     def outcome(self) -> KhaltiOutcome:
-        """What the status means: ``Completed`` paid, ``Pending`` held, ``Expired`` failed, ..."""
-        return outcome_of(self.status)
+        """What the status means: ``Completed`` paid, ``Pending`` held, ``Expired`` failed, ...
+
+        ``Completed`` with ``refunded`` true contradicts itself (lookup has states of
+        its own for refunds): unknown.
+        """
+        outcome = outcome_of(self.status)
+        if outcome is KhaltiOutcome.PAID and self.refunded:
+            return KhaltiOutcome.UNKNOWN
+        return outcome
 
 
 def _aware(value: object) -> datetime | None:
@@ -498,22 +583,34 @@ class KhaltiClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         """Call Khalti and parse its JSON answer, all within ``TIMEOUT`` seconds.
 
-        The call runs in a thread of its own so that the caller stops waiting at
-        the deadline, however slowly Khalti trickles its answer; that thread
-        gives up at its next read.
+        The call runs in a thread of its own, so that the caller stops waiting at
+        the deadline however slowly Khalti answers; the call's sockets are then
+        cut, and the thread ends.
         """
         url = urljoin(self.base_url, path)
         started = time.monotonic()
-        deadline = started + self.timeout
-        abandoned = threading.Event()
+        call = _Call(started + self.timeout)
         headers = {"Authorization": f"Key {self._secret_key}"}
-        future = _caller().submit(
-            _exchange, method, url, headers, self.timeout, deadline, abandoned, kwargs
-        )
+        outcome: list[tuple[int, bytes] | BaseException] = []
+        done = threading.Event()
+
+        def make_the_call() -> None:
+            try:
+                outcome.append(_exchange(call, method, url, headers, self.timeout, kwargs))
+            except BaseException as exc:  # handed to the caller, who raises it
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=make_the_call, name="dj-khalti call", daemon=True).start()
+        if not done.wait(max(call.deadline - time.monotonic(), 0)):
+            call.abandon()
+            raise KhaltiTimeout()
         try:
-            status, content = future.result(timeout=max(deadline - time.monotonic(), 0))
-        except (FutureTimeout, _Late):
-            abandoned.set()
+            if isinstance(outcome[0], BaseException):
+                raise outcome[0]
+            status, content = outcome[0]
+        except _Late:
             raise KhaltiTimeout() from None
         except requests.Timeout as exc:
             raise KhaltiTimeout() from exc

@@ -27,8 +27,10 @@ class PaymentQuerySet(models.QuerySet["Payment"]):
         return self.filter(status=Payment.Status.VERIFIED)
 
     def paid(self) -> PaymentQuerySet:
-        """Payments Khalti confirmed, refunded since or not."""
-        return self.filter(status__in=Payment.PAID_STATUSES)
+        """Payments Khalti confirmed and that paid their order, refunded since or not
+        (not one refunded before it was verified, nor one that needed review).
+        """
+        return self.filter(status__in=Payment.PAID_STATUSES, verified_at__isnull=False)
 
     def needs_review(self) -> PaymentQuerySet:
         """Payments where money moved that the shop must not honour: a person decides."""

@@ -178,23 +178,31 @@ def _bound_payment(
     new, or its only uses were refused by Khalti for another order or amount
     (it may be bound again: a replay of a stolen token cannot lock its buyer out).
     Raises :class:`KhaltiTokenUsed` for a token bound to another order or amount,
-    and for a token that is any payment's Khalti id (``idx``, ``pidx``, or the
-    ``idx`` a page reported): Khalti's status endpoint answers for an ``idx`` as
-    for a token, so one payment's id must never stand in for another's token.
+    and for a token that is any payment's Khalti id (``idx`` or ``pidx``): Khalti's
+    status endpoint answers for an ``idx`` as for a token, so one payment's id must
+    never stand in for another's token. Raises :class:`KhaltiInProgress` (the
+    buyer's page retries it) while the token is held by a pending payment for
+    another order or amount, or is the ``idx`` a pending payment's page reported
+    (the browser's word: it cannot lock anyone out for good).
     """
     rows = list(
         Payment.objects.filter(Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token))
     )
+    if any(token in (row.idx, row.pidx) for row in rows):
+        raise KhaltiTokenUsed()
     if any(
-        token in (row.idx, row.pidx) or (row.claimed_idx == token and row.token != token)
+        row.claimed_idx == token and row.token != token and row.status == Status.PENDING
         for row in rows
     ):
-        raise KhaltiTokenUsed()
+        raise KhaltiInProgress()
     live = next((row for row in rows if row.token_claim == token), None)
     if live is not None:
-        if not _bound_to(live, amount, product_identity):
-            raise KhaltiTokenUsed()
-        return live, None
+        if _bound_to(live, amount, product_identity):
+            return live, None
+        if live.status == Status.PENDING:
+            # Perhaps a replay Khalti is about to refuse; then the token is free again.
+            raise KhaltiInProgress()
+        raise KhaltiTokenUsed()
     failed = [
         row for row in rows if row.token == token and _bound_to(row, amount, product_identity)
     ]
@@ -456,23 +464,25 @@ def _settle(
 def _verify(client: KhaltiClient, payment: Payment) -> None:
     """Verify at Khalti (this moves the buyer's money), then settle from the answer.
 
-    A refusal is final only for a payment's first attempt. After an attempt
-    whose outcome is unknown, it may be Khalti refusing to repeat what that
-    attempt did: only the read-only status endpoint can then tell.
+    A refusal (HTTP 400, or a record that is not completed) is never final by
+    itself: it may be Khalti refusing to repeat what an earlier attempt, whose
+    answer was lost, did (or one delivery of a request sent twice). The
+    read-only status endpoint decides: only its proof that nothing moved fails
+    the payment.
     """
     try:
         record = client.verify(payment.token or "", payment.amount)
     except KhaltiRejected as exc:
-        if payment.attempts > 1:
-            logger.warning(
-                "Khalti refused to verify payment %s after an attempt of unknown outcome "
-                "(%s); asking its status.",
-                payment.pk,
-                exc.detail,
-            )
-            _ask_status(client, payment, may_verify=False)
-            return
-        _fail(payment, _("Khalti rejected the payment: %s") % exc.detail, exc.body)
+        logger.info(
+            "Khalti refused to verify payment %s (%s); asking its status.", payment.pk, exc.detail
+        )
+        _ask_status(client, payment, refusal=str(exc.detail))
+        return
+    if record.outcome is KhaltiOutcome.FAILED:
+        logger.info(
+            "Khalti's record of payment %s is %r; asking its status.", payment.pk, record.state
+        )
+        _ask_status(client, payment, refusal=record.state)
         return
     _record_transaction(payment, record)
 
@@ -488,7 +498,10 @@ def _ask_khalti(client: KhaltiClient, payment: Payment) -> None:
 def _recheck(client: KhaltiClient, payment: Payment) -> None:
     """Read-only: whether Khalti completed a payment we recorded failed."""
     if payment.flow == Payment.Flow.EPAYMENT:
-        answer = _looked_up(client, payment)
+        try:
+            answer = _looked_up(client, payment)
+        except KhaltiRejected:
+            return  # Khalti no longer knows it: nothing completed, it stays failed
         outcome, fields = answer.outcome, _lookup_fields(answer)
         received = answer.total_amount
     else:
@@ -579,10 +592,14 @@ def _status_of(client: KhaltiClient, payment: Payment) -> KhaltiStatus:
         raise KhaltiUnavailable() from exc
 
 
-def _ask_status(client: KhaltiClient, payment: Payment, *, may_verify: bool = True) -> None:
+def _ask_status(client: KhaltiClient, payment: Payment, *, refusal: str = "") -> None:
+    """Settle from Khalti's status answer. After verify's ``refusal``, a payment
+    awaiting verification is not verified again (it stays pending), and a failed
+    status answer is the proof that fails it.
+    """
     answer = _status_of(client, payment)
     outcome = answer.outcome
-    if outcome is KhaltiOutcome.AWAITING_VERIFICATION and may_verify:
+    if outcome is KhaltiOutcome.AWAITING_VERIFICATION and not refusal:
         # The buyer paid and Khalti waits for us: now verification is due.
         _verify(client, payment)
     elif outcome is KhaltiOutcome.PAID:
@@ -590,11 +607,28 @@ def _ask_status(client: KhaltiClient, payment: Payment, *, may_verify: bool = Tr
         if fields is not None:
             _verified(payment, payment.amount, fields)
     elif outcome is KhaltiOutcome.FAILED:
-        reason = _("Khalti reports the payment as %(state)s: %(detail)s") % {
-            "state": answer.state,
-            "detail": answer.detail,
-        }
+        found = {"state": answer.state, "detail": answer.detail, "refusal": refusal}
+        if refusal:
+            reason = (
+                _(
+                    "Khalti refused the payment (%(refusal)s) and reports it as %(state)s: "
+                    "%(detail)s"
+                )
+                % found
+            )
+        else:
+            reason = _("Khalti reports the payment as %(state)s: %(detail)s") % found
         _fail(payment, reason, answer.raw)
+    elif outcome in (KhaltiOutcome.REFUNDED, KhaltiOutcome.PARTIALLY_REFUNDED) and (
+        _token_is_an_idx(client, payment)
+    ):
+        # The status of a (refunded) transaction, asked by its idx: nothing of this
+        # payment's moved.
+        _fail(
+            payment,
+            _("The token given is a Khalti transaction id, not a payment token."),
+            answer.raw,
+        )
     elif outcome is KhaltiOutcome.REFUNDED:
         _refunded_before_verified(payment, khalti_response=answer.raw)
     elif outcome is KhaltiOutcome.PARTIALLY_REFUNDED:
@@ -644,6 +678,14 @@ def _tied_record(
         # ties the answer itself; else the idx Khalti or the page named must.
         idx = as_idx.idx if as_idx is not None else answer.idx or payment.claimed_idx or ""
         record = as_idx if as_idx is not None else _record_or_none(client, idx) if idx else None
+        if idx and record is None:
+            # Not found (yet): a record may lag behind the status. Nothing is decided.
+            logger.warning(
+                "Khalti reports payment %s paid but has no transaction %s (yet); it stays pending.",
+                payment.pk,
+                idx,
+            )
+            raise KhaltiUnavailable()
         problem = _record_problem(payment, idx, record)
     if problem or record is None:
         _needs_review(payment, problem, source=payment.status, **fields)
@@ -654,6 +696,12 @@ def _tied_record(
         "fee_amount": record.fee_amount,
         "mobile": record.mobile,
     }
+
+
+def _token_is_an_idx(client: KhaltiClient, payment: Payment) -> bool:
+    """Whether Khalti knows a transaction whose idx is this payment's "token"."""
+    record = _record_or_none(client, payment.token or "")
+    return record is not None and record.idx == payment.token
 
 
 def _record_or_none(client: KhaltiClient, idx: str) -> KhaltiTransaction | None:
@@ -881,7 +929,8 @@ def _fail(
     """
     if raw is not None:
         fields.setdefault("khalti_response", raw)
-    return _recording_idx_if_free(
+    fields.pop("idx", None)  # no money moved: no transaction of this payment's to hold
+    return _transition(
         payment,
         Status.FAILED,
         held=True,
@@ -1112,7 +1161,9 @@ def reconcile_refund(refund: Refund) -> Refund:
             looked_up = client.lookup(payment.pidx or "")
             state, outcome, raw = looked_up.status, looked_up.outcome, looked_up.raw
         else:
-            status = client.status(payment.token or "", payment.amount)
+            # Khalti knows a payment by the amount paid (a payment that needs
+            # review may have been paid for another amount than the order's).
+            status = client.status(payment.token or "", payment.paid_amount)
             state, outcome, raw = status.state, status.outcome, status.raw
     except KhaltiRejected as exc:
         raise KhaltiUnavailable() from exc

@@ -19,9 +19,9 @@ payment_failed = Signal()
 
 #: Money went back to the buyer (all of it, or part: see ``payment.status`` and
 #: ``payment.refunded_amount``). kwargs: ``payment``, ``amount`` (paisa, this refund).
-#: Also sent, with ``payment.verified_at`` None, when Khalti reports a payment
-#: refunded before dj-khalti verified it: the order was never fulfilled, and is
-#: free to be paid again.
+#: With ``payment.verified_at`` None, the payment never paid its order (Khalti
+#: refunded it before dj-khalti verified it, or it was a payment that needed
+#: review, refunded): there is nothing to undo.
 payment_refunded = Signal()
 
 #: Money moved at Khalti, but the shop must not honour it: Khalti completed the

@@ -187,6 +187,12 @@ class KhaltiMock:
         self.not_a_transaction(token)
         return self.transaction(idx, json=transaction_record(amount=amount, idx=idx))
 
+    def refused(self, token, amount):
+        """Khalti refuses this token (HTTP 400 ``Invalid token.``), and its status
+        endpoint, asked next, proves it: ``Error``, not found for this token and amount."""
+        self.verify(token, amount, status=400, json=fixture("verify_invalid_token"))
+        return self.status(token, amount, "status_error")
+
     def not_a_transaction(self, token):
         """Khalti's transaction endpoint knows no transaction whose idx is ``token``: what
         it answers for a real token, when the app checks that a token it is told is paid

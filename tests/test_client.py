@@ -407,14 +407,9 @@ class _Trickle(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def trickling_khalti(request):
-    handler = type("Handler", (_Trickle,), {"in_headers": request.param})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    url = _serve(type("Handler", (_Trickle,), {"in_headers": request.param}))
+    yield url
+    _stop(url)
 
 
 @pytest.mark.parametrize("trickling_khalti", [False, True], ids=["body", "headers"], indirect=True)
@@ -428,27 +423,71 @@ def test_an_answer_trickled_byte_by_byte_ends_the_call_at_the_deadline(trickling
     assert time.monotonic() - started < 1.3
 
 
-def test_a_request_whose_caller_gave_up_is_never_sent(rsps, monkeypatch):
-    # All of the calling threads busy: the call waits for one past its deadline.
-    # Once one is free, the request is dropped, not sent late with nobody waiting.
-    from django_khalti import client as client_module
-
-    release = threading.Event()
-    monkeypatch.setattr(client_module, "POOL_MAXSIZE", 1)
-    client_module._caller.cache_clear()
-    rsps.assert_all_requests_are_fired = False
+def test_abandoned_calls_end_at_once_and_starve_no_later_call():
+    """Forty answers trickled byte by byte: each caller stops at its deadline, and the
+    sockets of its call are cut, so the threads making them end then and there; a
+    call to a healthy Khalti right after is answered at once."""
+    slow = _serve(_Trickle)
+    quick = _serve(_Quick)
     try:
-        blocker = client_module._caller().submit(release.wait, 5)
-        rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
-        with pytest.raises(KhaltiTimeout):
-            KhaltiClient(SECRET, "https://khalti.test/", timeout=0.2).verify("tok", 1000)
-        release.set()
-        blocker.result(timeout=5)
-        client_module._caller().submit(time.sleep, 0).result(timeout=5)  # the queue ran
-        assert len(rsps.calls) == 0
+        slow_client = KhaltiClient(SECRET, slow, timeout=0.3)
+
+        def trickled():
+            with pytest.raises(KhaltiTimeout):
+                slow_client.status("tok", 1000)
+
+        threads = [threading.Thread(target=trickled) for _ in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        deadline = time.monotonic() + 2
+        while _calls_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _calls_alive() == 0
+        started = time.monotonic()
+        assert KhaltiClient(SECRET, quick, timeout=0.3).status("tok", 1000).state == "Complete"
+        assert time.monotonic() - started < 0.3
     finally:
-        release.set()
-        client_module._caller.cache_clear()
+        for server in (slow, quick):
+            _stop(server)
+
+
+def _calls_alive() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name == "dj-khalti call")
+
+
+class _Quick(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = json.dumps({"status": True, "state": "Complete", "detail": "ok"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+_SERVERS = {}
+
+
+def _serve(handler):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    _SERVERS[url] = server
+    return url
+
+
+def _stop(url):
+    server = _SERVERS.pop(url)
+    server.shutdown()
+    server.server_close()
 
 
 def test_an_overlong_answer_is_not_khaltis(client, rsps):

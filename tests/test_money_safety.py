@@ -19,11 +19,14 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.test import override_settings
+from django.db import connection
+from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from django_khalti.models import Payment
+from django_khalti import services
+from django_khalti.exceptions import KhaltiRefundUnknown
+from django_khalti.models import Payment, Refund
 from django_khalti.orders import KhaltiOrder
 from shop.models import Order
 
@@ -141,13 +144,32 @@ def test_a_paid_payments_idx_sent_as_a_token_is_refused_before_khalti(client, kh
     assert not Payment.objects.filter(order_reference="ORD-B").exists()
 
 
-def test_an_idx_a_pending_payments_page_reported_is_refused_as_a_token(client, khalti, orders):
+def test_an_idx_a_pending_payments_page_reported_waits_until_that_payment_settles(
+    client, khalti, orders
+):
     paid = khalti.add_payment(amount=1000, outcome="timeout_after_processing")
     assert post(client, paid.payload("ORD-A")).status_code == 504  # A pending, idx reported
     khalti.reset_calls()
-    response = post(client, {"token": paid.idx, "amount": 1000, "product_identity": "ORD-B"})
-    assert response.json().get("code") == "token_used"
+    attack = {"token": paid.idx, "amount": 1000, "product_identity": "ORD-B"}
+    # The browser's word only: retryable, never final, never sent to Khalti...
+    assert post(client, attack).json().get("code") == "in_progress"
     assert not khalti.calls
+    # ...and once A settles (its idx recorded), refused for good.
+    assert post(client, paid.payload("ORD-A")).status_code == 200
+    khalti.reset_calls()
+    assert post(client, attack).json().get("code") == "token_used"
+    assert not khalti.calls
+
+
+def test_an_idx_reported_by_a_settled_payment_locks_nobody_out(client, khalti, orders):
+    """A buyer reports someone's token as the "idx" of their own payment: once that
+    payment settles, the honest token still pays its order."""
+    honest = khalti.add_payment(amount=1000)
+    own = khalti.add_payment(amount=1000)
+    assert post(client, {**own.payload("ORD-B"), "idx": honest.token}).status_code == 200
+    garbage = {"token": "garbage", "amount": 1000, "product_identity": "ORD-C", "idx": honest.token}
+    assert post(client, garbage).status_code in (400, 409)
+    assert post(client, honest.payload("ORD-A")).status_code == 200
 
 
 @pytest.mark.parametrize("claimed_idx", ["same", "none", "other"])
@@ -361,12 +383,13 @@ def test_reconcile_rechecks_recent_failed_payments_read_only(
     it. khalti_reconcile re-checks recent failed payments with status (never verify)."""
     paid = khalti.add_payment(amount=1000)
     khalti.fail_next("verify", "rejected", key=paid.token)
+    khalti.fail_next("status", "rejected", key=paid.token)  # "Error", that once
     with django_capture_on_commit_callbacks(execute=True):
         assert post(client, paid.payload("ORD-A")).status_code == 400
         khalti.payments[paid.token].verified = True  # Khalti completed it after all
         payment = Payment.objects.get()
         reconcile()  # failed just now: re-checked at most once an hour
-        assert not khalti.status_calls
+        assert len(khalti.status_calls) == 1  # the one that proved the refusal
         Payment.objects.update(updated_at=timezone.now() - timedelta(hours=2))
         reconcile()
     payment.refresh_from_db()
@@ -411,10 +434,13 @@ def test_a_replayed_token_refused_by_khalti_can_still_pay_its_own_order(
 
 
 def test_a_token_bound_to_a_live_payment_is_never_bound_again(client, khalti, orders):
-    pending = khalti.add_payment(amount=1000, outcome="timeout")
-    assert post(client, pending.payload("ORD-A")).status_code == 504
-    response = post(client, pending.payload("ORD-B"))
-    assert response.json().get("code") == "token_used"
+    held = khalti.add_payment(amount=1000, outcome="timeout")
+    assert post(client, held.payload("ORD-A")).status_code == 504
+    # While its payment is pending, another order's submission may retry...
+    assert post(client, held.payload("ORD-B")).json().get("code") == "in_progress"
+    assert post(client, held.payload("ORD-A")).status_code == 200
+    # ...once it is paid, the token is bound for good.
+    assert post(client, held.payload("ORD-B")).json().get("code") == "token_used"
 
 
 # --- the status endpoint's readable refusal proves nothing ------------------------------
@@ -452,3 +478,195 @@ def test_a_readable_status_refusal_leaves_a_reconciled_payment_pending_and_relea
     payment = Payment.objects.get()
     assert (payment.status, payment.claimed_at) == (Status.PENDING, None)
     assert not signals
+
+
+# --- found by the second, hostile review of this work ----------------------------------
+
+
+def test_a_stolen_token_reported_as_an_idx_locks_nobody_out(
+    client, khalti, orders, django_capture_on_commit_callbacks
+):
+    """The "idx" a page reports is the browser's word: reported by a refused payment,
+    or by a buyer's own paid one, it never refuses the token's own buyer."""
+    victim = khalti.add_payment(amount=1000)
+    own = khalti.add_payment(amount=1000)
+    garbage = {"token": "garbage", "amount": 1000, "product_identity": "ORD-C", "idx": victim.token}
+    assert post(client, garbage).status_code == 400
+    assert post(client, {**own.payload("ORD-B"), "idx": victim.token}).status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        mine = post(client, victim.payload("ORD-A"))
+    assert mine.status_code == 200, mine.json()
+    assert Order.objects.get(reference="ORD-A").paid
+
+
+def test_a_failed_payment_never_holds_khaltis_transaction_id(
+    client, khalti, orders, django_capture_on_commit_callbacks
+):
+    """A replay refused as a 200 record in state Failed naming the real transaction:
+    the failed payment keeps no idx, so the honest payment still records its own."""
+    honest = khalti.add_payment(amount=1000)
+    refused = {**honest.record(), "state": {"name": "Failed"}}
+    khalti.answer_next("verify", json=refused)
+    khalti.answer_next("status", json={"status": False, "state": "Error", "detail": "x"})
+    assert post(client, {**honest.payload("ORD-C"), "amount": 2000}).status_code == 400
+    assert Payment.objects.get().idx is None
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, honest.payload("ORD-A")).status_code == 200
+    assert Payment.objects.get(order_reference="ORD-A").idx == honest.idx
+    assert Order.objects.get(reference="ORD-A").paid
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_repeat_refused_as_a_failed_record_after_a_lost_answer_never_fails_it(
+    client, khalti, orders, signals
+):
+    """As the first scenario, with Khalti refusing the repeat as a 200 record in state
+    Failed rather than HTTP 400: status decides, and the order is paid once."""
+    paid = khalti.add_payment(amount=1000, outcome="timeout_after_processing")
+    assert post(client, paid.payload("ORD-A")).status_code == 504
+    khalti.answer_next("status", json={"status": True, "state": "Confirmed", "detail": ""})
+    khalti.answer_next("verify", json={**paid.record(), "state": {"name": "Failed"}})
+    assert post(client, paid.payload("ORD-A")).status_code == 200  # status: Complete
+    second = khalti.add_payment(amount=1000)
+    assert post(client, second.payload("ORD-A")).json().get("code") == "already_paid"
+    assert [name for name, _, _ in signals] == ["verified"]
+
+
+def test_a_refused_duplicate_of_the_first_verify_never_fails_a_paid_payment(
+    client, khalti, orders, signals, django_capture_on_commit_callbacks
+):
+    """The first verify was delivered twice (a proxy retrying): Khalti completed one
+    delivery, and the refusal of the other is what we read. Status decides."""
+    paid = khalti.add_payment(amount=1000)
+
+    def delivered_twice(request):
+        khalti.payments[paid.token].verified = True
+        return 400, {"token": ["Invalid token."]}
+
+    khalti.on_next("verify", delivered_twice)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, paid.payload("ORD-A"))
+    assert response.status_code == 200
+    assert [name for name, _, _ in signals] == ["verified"]
+
+
+def test_a_lagging_transaction_record_leaves_the_payment_pending_not_in_review(
+    client, khalti, orders, django_capture_on_commit_callbacks
+):
+    paid = khalti.add_payment(amount=1000, outcome="timeout_after_processing")
+    assert post(client, paid.payload("ORD-A")).status_code == 504
+
+    def lagging(request):
+        return (404, {"detail": "Not found."}) if request.params["idx"] == paid.idx else None
+
+    khalti.on_next("transaction", lagging, times=2)  # the token's and the idx's records
+    assert post(client, paid.payload("ORD-A")).status_code == 502
+    assert Payment.objects.get().status == Status.PENDING
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, paid.payload("ORD-A")).status_code == 200  # the record is there
+    again = khalti.add_payment(amount=1000)
+    assert post(client, again.payload("ORD-A")).json().get("code") == "already_paid"
+
+
+def test_a_completed_lookup_marked_refunded_is_not_paid(
+    client, khalti, orders, signals, django_capture_on_commit_callbacks
+):
+    assert client.post(reverse("django_khalti:epayment-start", args=["ORD-A"])).status_code == 302
+    epayment = khalti.last_epayment
+    back = khalti.pay(epayment)
+    khalti.answer_next("lookup", json={**epayment.lookup_body(), "refunded": True})
+    with django_capture_on_commit_callbacks(execute=True):
+        client.get(back)
+    assert Payment.objects.get().status == Status.PENDING  # it contradicts itself: unknown
+    assert not signals
+
+
+def test_a_refunded_transactions_idx_sent_as_a_token_is_not_a_refund_of_this_order(
+    client, khalti, orders, signals, django_capture_on_commit_callbacks
+):
+    other = khalti.add_payment(amount=1000, verified=True, state="Refunded")
+    attack = {"token": other.idx, "amount": 1000, "product_identity": "ORD-B"}
+    khalti.fail_next("verify", "server_error")
+    assert post(client, attack).status_code == 502
+    with django_capture_on_commit_callbacks(execute=True):
+        post(client, attack)
+    assert Payment.objects.get().status == Status.FAILED
+    assert "refunded" not in [name for name, _, _ in signals]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_still_at_khalti_asks_the_honest_buyer_to_retry_not_to_give_up(
+    client, khalti, orders
+):
+    honest = khalti.add_payment(amount=1000)
+    khalti.on_next("verify", lambda request: None, delay=1.0)  # Khalti takes 1 s to refuse
+    replayed = {}
+
+    def replay():
+        try:
+            replayed["answer"] = Client().post(
+                VERIFY_URL,
+                {**honest.payload("ORD-C"), "amount": 2000},
+                content_type="application/json",
+            )
+        finally:
+            connection.close()
+
+    attacker = threading.Thread(target=replay)
+    attacker.start()
+    deadline = time.monotonic() + 5
+    while not Payment.objects.filter(order_reference="ORD-C").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    mine = post(client, honest.payload("ORD-A"))
+    attacker.join()
+    assert replayed["answer"].json().get("code") == "verification_failed"
+    assert mine.json().get("code") == "in_progress"  # README's page retries it...
+    assert post(client, honest.payload("ORD-A")).status_code == 200  # ...and it pays
+
+
+def test_payments_that_never_paid_their_order_are_not_counted_paid(
+    client, khalti, orders, django_capture_on_commit_callbacks
+):
+    review = khalti.add_payment(amount=1000, outcome="wrong_amount")
+    assert post(client, review.payload("ORD-A")).json().get("code") == "needs_review"
+    refunded = khalti.add_payment(amount=1000, outcome="timeout_after_processing")
+    assert post(client, refunded.payload("ORD-B")).status_code == 504
+    khalti.set_state(refunded.token, "Refunded")
+    post(client, refunded.payload("ORD-B"))
+    payment = Payment.objects.get(order_reference="ORD-A")
+    khalti.payments[review.token].verified = True
+    with django_capture_on_commit_callbacks(execute=True):
+        services.refund_payment(payment)  # the admin's one step
+    assert set(Payment.objects.values_list("status", flat=True)) == {Status.REFUNDED}
+    assert not Payment.objects.paid().exists()
+
+
+def test_an_unknown_refund_of_a_payment_paid_for_another_amount_is_settled(client, khalti, orders):
+    paid = khalti.add_payment(amount=1100)  # the buyer paid Rs 11 at Khalti
+    khalti.answer_next("verify", json=paid.record())
+    khalti.payments[paid.token].verified = True
+    response = post(client, {**paid.payload("ORD-A"), "amount": 1000})
+    assert response.json().get("code") == "needs_review"
+    payment = Payment.objects.get()
+    khalti.fail_next("refund", "timeout_after_processing")
+    with pytest.raises(KhaltiRefundUnknown):
+        services.refund_payment(payment)
+    Refund.objects.update(created_at=timezone.now() - timedelta(hours=1))
+    refund = services.reconcile_refund(Refund.objects.get())
+    assert refund.status == Refund.Status.SUCCEEDED  # status asked for the amount paid
+    assert khalti.status_calls[-1] == (paid.token, 1100)
+
+
+def test_a_failed_epayment_whose_pidx_khalti_forgot_stays_failed(client, khalti, orders):
+    assert client.post(reverse("django_khalti:epayment-start", args=["ORD-A"])).status_code == 302
+    epayment = khalti.last_epayment
+    client.get(khalti.cancel(epayment))
+    forgotten = {"detail": "Not found.", "error_key": "validation_error"}
+    khalti.answer_next("lookup", status=404, json=forgotten)
+    page = client.get(khalti.return_url(epayment))  # the return page re-checks it
+    assert page.status_code == 200
+    Payment.objects.update(updated_at=timezone.now() - timedelta(hours=2))
+    khalti.answer_next("lookup", status=404, json=forgotten)
+    reconcile()  # and so does khalti_reconcile, without a traceback
+    assert Payment.objects.get().status == Status.FAILED

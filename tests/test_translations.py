@@ -23,7 +23,7 @@ import django_khalti
 from django_khalti.models import Payment, order_key
 from shop.models import Order
 
-from .conftest import epayment_started, fixture
+from .conftest import epayment_started
 
 pytestmark = pytest.mark.django_db
 
@@ -101,12 +101,15 @@ def test_khalti_timing_out_answers_504_in_nepali(client, khalti, payload):
 
 
 def test_a_reason_khalti_gave_reaches_the_nepali_reader_inside_nepali_text(client, khalti, payload):
-    khalti.verify(payload["token"], 1000, status=400, json=fixture("verify_invalid_token"))
+    khalti.refused(payload["token"], 1000)
     response = post(client, payload, headers=NE)
     assert response.status_code == 400
     assert response.json() == {
         "code": "verification_failed",
-        "detail": "खल्तीले भुक्तानी अस्वीकार गर्‍यो: token: Invalid token.",
+        "detail": (
+            "खल्तीले भुक्तानी अस्वीकार गर्‍यो (token: Invalid token.) र यसलाई Error भनी "
+            "देखाउँछ: Transaction not found"
+        ),
     }
 
 

@@ -315,7 +315,7 @@ def test_token_being_verified_right_now_is_409_in_progress(client, khalti, paylo
 def test_khalti_rejecting_the_token_is_400_and_payment_failed(
     client, khalti, payload, order, signals, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000, status=400, json=fixture("verify_invalid_token"))
+    khalti.refused(payload["token"], 1000)
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 400
@@ -324,7 +324,8 @@ def test_khalti_rejecting_the_token_is_400_and_payment_failed(
     payment = Payment.objects.get()
     assert payment.status == Payment.Status.FAILED
     assert "Invalid token." in payment.failure_reason
-    assert payment.khalti_response == fixture("verify_invalid_token")
+    assert "Transaction not found" in payment.failure_reason  # status's proof
+    assert payment.khalti_response == fixture("status_error")
     assert [name for name, _, _ in signals] == ["failed"]
     assert "Invalid token." in signals[0][2]["reason"]
     order.refresh_from_db()
@@ -334,16 +335,16 @@ def test_khalti_rejecting_the_token_is_400_and_payment_failed(
 def test_failed_token_resubmitted_gives_the_same_answer_without_calling_khalti(
     client, khalti, payload
 ):
-    khalti.verify(payload["token"], 1000, status=400, json=fixture("verify_invalid_token"))
+    khalti.refused(payload["token"], 1000)
     first = post(client, payload)
     second = post(client, payload)
     assert first.status_code == second.status_code == 400
     assert first.json() == second.json()
-    assert len(khalti.calls) == 1
+    assert len(khalti.calls) == 2  # verify, then status's proof; nothing the second time
 
 
 def test_new_token_after_a_failed_one_can_pay_the_order(client, khalti, payload, order):
-    khalti.verify(payload["token"], 1000, status=400, json=fixture("verify_invalid_token"))
+    khalti.refused(payload["token"], 1000)
     khalti.verify("second-token", 1000)
     assert post(client, payload).status_code == 400
     response = post(client, {**payload, "token": "second-token"})
@@ -364,6 +365,8 @@ def test_khalti_record_not_completed_or_for_another_amount_is_400(
     client, khalti, payload, order, record, code, status, reason
 ):
     khalti.verify(payload["token"], 1000, json=record)
+    if status == "failed":
+        khalti.status(payload["token"], 1000, "status_error")  # the proof nothing moved
     response = post(client, payload)
     assert response.status_code == 400
     assert response.json()["code"] == code

@@ -551,7 +551,9 @@ class KhaltiFake:
         repeat is undocumented; refusing shows up code that re-verifies).
 
         ``outcome`` (:data:`OUTCOMES`) is the answer to the *first* verify call
-        for this token: ``add_payment(amount=1000, outcome="timeout")``.
+        for this token: ``add_payment(amount=1000, outcome="timeout")``;
+        ``"rejected"`` also makes every status call for it answer ``Error``, as
+        Khalti does for a payment it refuses.
         ``token`` and ``idx`` are made up when not given. Returns the payment;
         its :meth:`~KhaltiFakePayment.payload` is what the widget's page posts.
         """
@@ -576,6 +578,9 @@ class KhaltiFake:
             self.payments[payment.token] = payment
         if outcome is not None:
             self.fail_next("verify", outcome, key=payment.token)
+        if outcome == "rejected":
+            # Khalti refuses this payment: its status says so too ("Error": not found).
+            self.fail_next("status", "rejected", key=payment.token, times=None)
         return payment
 
     def add_epayment(

@@ -11,6 +11,7 @@ them after all.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -21,10 +22,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from django_khalti import services
-from django_khalti.exceptions import KhaltiUnavailable
+from django_khalti.exceptions import KhaltiError, KhaltiUnavailable
 from django_khalti.models import Payment, Refund
 
 Status = Payment.Status
+logger = logging.getLogger(__name__)
 
 #: The outcomes in the summary line, in order; refunded ones only when there are any.
 SUMMARY = [
@@ -63,6 +65,11 @@ class _Calls:
         except KhaltiUnavailable:
             self.unreachable += 1
             self.in_a_row += 1
+            counts[unknown] += 1
+        except KhaltiError as exc:
+            # Any other refusal concerns this one item: the run goes on.
+            logger.error("khalti_reconcile could not settle %r: %s", item, exc, exc_info=exc)
+            self.unreachable += 1
             counts[unknown] += 1
 
 
