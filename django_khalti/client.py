@@ -236,9 +236,27 @@ class _Adapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
-# The key is in this frame's ``headers`` and in requests' frames below it: Django's
-# error reports hide every variable of them (this runs in a thread of its own, out
+# The key is in these frames' ``headers`` and in requests' frames below them: Django's
+# error reports hide every variable of them (they run in a thread of their own, out
 # of reach of the caller's decorator).
+@sensitive_variables()
+def _make_the_call(
+    call: _Call,
+    outcome: list[tuple[int, bytes] | BaseException],
+    done: threading.Event,
+    *args: Any,
+) -> None:
+    """The body of a call's thread: :func:`_exchange`, its answer or error kept for
+    the caller.
+    """
+    try:
+        outcome.append(_exchange(call, *args))
+    except BaseException as exc:  # handed to the caller, who raises it
+        outcome.append(exc)
+    finally:
+        done.set()
+
+
 @sensitive_variables()
 def _exchange(
     call: _Call, method: str, url: str, headers: dict[str, str], timeout: float, kwargs: Any
@@ -593,16 +611,12 @@ class KhaltiClient:
         headers = {"Authorization": f"Key {self._secret_key}"}
         outcome: list[tuple[int, bytes] | BaseException] = []
         done = threading.Event()
-
-        def make_the_call() -> None:
-            try:
-                outcome.append(_exchange(call, method, url, headers, self.timeout, kwargs))
-            except BaseException as exc:  # handed to the caller, who raises it
-                outcome.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=make_the_call, name="dj-khalti call", daemon=True).start()
+        threading.Thread(
+            target=_make_the_call,
+            args=(call, outcome, done, method, url, headers, self.timeout, kwargs),
+            name="dj-khalti call",
+            daemon=True,
+        ).start()
         if not done.wait(max(call.deadline - time.monotonic(), 0)):
             call.abandon()
             raise KhaltiTimeout()

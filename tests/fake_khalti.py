@@ -23,7 +23,7 @@ Faults, switched per token with ``fault(token, mode)`` and cleared with
 ``clear(token)`` (they apply to every endpoint asked about the token):
 
 ==============  ================================================================
-``reject``       400 ``{"token": ["Invalid token."]}``
+``reject``       verify: 400 ``{"token": ["Invalid token."]}``; status: ``Error``
 ``wrong_amount`` verify completes and answers a record for ``amount`` (default:
                  the issued amount, else the asked amount - 100)
 ``slow``         sleeps ``slow_for`` seconds (longer than the app's TIMEOUT)
@@ -243,6 +243,13 @@ class FakeKhalti:
         fault = self.faults.get(token)
         mode = fault.mode if fault else None
 
+        if mode == "reject" and endpoint == "status":
+            # Khalti's status for a payment it refuses: not found.
+            return self._send(
+                handler,
+                200,
+                {"status": False, "state": "Error", "detail": "Transaction not found."},
+            )
         if mode == "reject":
             return self._send(handler, 400, {"token": ["Invalid token."]})
         if mode == "unauthorized":
