@@ -545,7 +545,12 @@ def _completed_late(payment: Payment, received: int, fields: dict[str, Any]) -> 
     if idx and Payment.objects.filter(idx=idx).exclude(pk=payment.pk).exists():
         _not_this_payments(payment, idx, received, fields, source=Status.FAILED)
         return
-    if received == payment.amount:
+    if received != payment.amount:
+        reason = _(
+            "Khalti completed this payment after it was recorded failed, for %(got)s paisa; "
+            "the order is for %(want)s paisa."
+        ) % {"got": received, "want": payment.amount}
+    else:
         try:
             changed = _transition(
                 payment,
@@ -560,26 +565,19 @@ def _completed_late(payment: Payment, received: int, fields: dict[str, Any]) -> 
             )
         except IntegrityError:
             changed = False  # another payment holds the order (or the token) now
-        else:
-            if changed:
-                logger.warning(
-                    "Khalti completed payment %s after it was recorded failed; it is "
-                    "verified now (the order was still unpaid).",
-                    payment.pk,
-                )
-                return
-            if payment.status != Status.FAILED:
-                return
-    if received == payment.amount:
+        if changed:
+            logger.warning(
+                "Khalti completed payment %s after it was recorded failed; it is verified "
+                "now (the order was still unpaid).",
+                payment.pk,
+            )
+            return
+        if payment.status != Status.FAILED:
+            return  # another worker settled it meanwhile
         reason = _(
             "Khalti completed this payment after it was recorded failed, and the order is "
             "paid or being paid by another payment."
         )
-    else:
-        reason = _(
-            "Khalti completed this payment after it was recorded failed, for %(got)s paisa; "
-            "the order is for %(want)s paisa."
-        ) % {"got": received, "want": payment.amount}
     _needs_review(payment, reason, source=Status.FAILED, received_amount=received, **fields)
 
 
@@ -865,15 +863,10 @@ def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
         )
     elif outcome is KhaltiOutcome.PAID:
         _verified(payment, record.amount, fields)
-    elif outcome is KhaltiOutcome.FAILED:
-        _fail(
-            payment,
-            _("Khalti's record is %(state)s, not Completed.") % {"state": record.state},
-            **fields,
-        )
     else:
         # A record not (yet) completed, or in a state we do not know: whether the
-        # money moved is not known. Pending; a retry or reconcile asks status.
+        # money moved is not known. Pending; a retry or reconcile asks status. (A
+        # failed record never comes here: _verify asks status about it.)
         logger.warning(
             "Khalti answered the verification of payment %s with a record in state %r; "
             "it stays pending.",
