@@ -282,12 +282,14 @@ def pending_batch(
     """Up to ``size`` pending payments created before ``created_before``, oldest first.
 
     Rows come after the ``(created_at, pk)`` cursor ``after``. Rows another
-    reconciler is selecting right now (``select_for_update(skip_locked=True)``)
-    or holds by a fresh claim are passed over, so several reconcilers on
-    several hosts share the work. Each payment must still be won with
-    :func:`claim` just before it is settled: the claim, not this selection,
-    makes sure no payment is settled twice. Returns the batch and the cursor
-    for the next one (None when there is none).
+    reconciler holds by a fresh claim are passed over, so several reconcilers
+    on several hosts share the work. The read takes no row locks: each payment
+    is won with :func:`claim` just before it is settled, and the claim, not
+    this selection, makes sure no payment is settled twice. (``SELECT ... FOR
+    UPDATE SKIP LOCKED`` would lock every row MariaDB sorts, not just the
+    batch, so a second reconciler read nothing and stopped; and MariaDB 10.5
+    has no ``SKIP LOCKED``.) Returns the batch and the cursor for the next one
+    (None when there is none).
     """
     rows = Payment.objects.pending().filter(created_at__lt=created_before)
     return _batch(rows, size, after)
@@ -320,8 +322,7 @@ def _batch(
     if after is not None:
         created_at, pk = after
         rows = rows.filter(Q(created_at__gt=created_at) | Q(created_at=created_at, pk__gt=pk))
-    with transaction.atomic():
-        batch = list(rows.order_by("created_at", "pk").select_for_update(skip_locked=True)[:size])
+    batch = list(rows.order_by("created_at", "pk")[:size])
     cursor = (batch[-1].created_at, batch[-1].pk) if len(batch) == size else None
     return batch, cursor
 

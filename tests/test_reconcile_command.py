@@ -327,3 +327,41 @@ def test_a_paid_status_whose_reported_idx_does_not_match_needs_review(
     assert why in payment.failure_reason
     assert payment.idx is None
     assert [name for name, _, _ in signals] == ["needs_review"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.concurrency
+def test_a_row_locked_elsewhere_does_not_hide_the_others(khalti):
+    """Another transaction holds a pending payment's row (a reconciler selecting its
+    batch, the shop's own code): the run still settles every payment, that one
+    included once the lock is let go. (Rows read with ``FOR UPDATE SKIP LOCKED``
+    were passed over, and on MariaDB a locked sort hid every row after it.)"""
+    import threading
+
+    from django.db import connections, transaction
+
+    payments = [pending(f"lk{i}") for i in range(6)]
+    for payment in payments:
+        khalti.complete(payment.token, 1000)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                list(Payment.objects.select_for_update().filter(pk=payments[0].pk))
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        threading.Timer(1.0, release.set).start()
+        out = reconcile("--batch-size", "2")
+    finally:
+        release.set()
+        holder.join()
+    assert "checked 6: 6 verified" in out, out
+    assert Payment.objects.verified().count() == 6
