@@ -22,7 +22,6 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -35,7 +34,7 @@ from .exceptions import (
     KhaltiRefundUnknown,
     KhaltiUnavailable,
 )
-from .models import Payment, Refund, rupees
+from .models import DbNow, Payment, Refund, rupees
 
 if TYPE_CHECKING:
     # django-stubs makes the admin classes generic in their model; Django's are not
@@ -450,7 +449,7 @@ class PaymentAdmin(_PaymentAdmin):
     ) -> HttpResponse | None:
         """For a refund Khalti's API cannot settle: a person records what the dashboard shows."""
         # A refund younger than the claim timeout may still be in flight: not yet.
-        in_flight_since = timezone.now() - timedelta(seconds=khalti_settings.stale_after)
+        in_flight_since = DbNow() - timedelta(seconds=khalti_settings.stale_after)
         refunds = list(
             Refund.objects.filter(
                 payment__in=queryset, status=Refund.Status.PENDING, created_at__lt=in_flight_since

@@ -95,17 +95,30 @@ def _check_base_url(config: dict[str, Any]) -> list[checks.CheckMessage]:
     return []
 
 
+def _positive_seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def _check_timeout(config: dict[str, Any]) -> list[checks.CheckMessage]:
-    timeout = config.get("TIMEOUT", DEFAULTS["TIMEOUT"])
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
-        return []
-    return [
-        checks.Error(
-            "KHALTI['TIMEOUT'] must be a positive number of seconds.",
-            hint="Khalti's own clients use 30; the default is 10.",
-            id="django_khalti.E004",
+    problems = []
+    if not _positive_seconds(config.get("TIMEOUT", DEFAULTS["TIMEOUT"])):
+        problems.append(
+            checks.Error(
+                "KHALTI['TIMEOUT'] must be a positive number of seconds.",
+                hint="Khalti's own clients use 30; the default is 10.",
+                id="django_khalti.E004",
+            )
         )
-    ]
+    if not _positive_seconds(config.get("SIGNAL_GRACE_PERIOD", DEFAULTS["SIGNAL_GRACE_PERIOD"])):
+        problems.append(
+            checks.Error(
+                "KHALTI['SIGNAL_GRACE_PERIOD'] must be a positive number of seconds.",
+                hint="How long a signal's first delivery may run before it is delivered "
+                "again; the default is 60.",
+                id="django_khalti.E004",
+            )
+        )
+    return problems
 
 
 @checks.register("django_khalti")
@@ -115,8 +128,8 @@ def check_settings(
     """Check ``settings.KHALTI`` (tag ``django_khalti``); returns the problems found.
 
     Errors: E001 no secret key (or ``KHALTI`` not a dict), E002 no callable amount
-    resolver, E003 ``BASE_URL`` not an http(s) URL, E004 ``TIMEOUT`` not a
-    positive number. Warnings: W001 ``BASE_URL`` without https to a remote host,
+    resolver, E003 ``BASE_URL`` not an http(s) URL, E004 ``TIMEOUT`` or
+    ``SIGNAL_GRACE_PERIOD`` not a positive number. Warnings: W001 ``BASE_URL`` without https to a remote host,
     W002 a test key while ``DEBUG`` is False.
     """
     config = getattr(settings, "KHALTI", None)

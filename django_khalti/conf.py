@@ -18,6 +18,7 @@ DEFAULTS: dict[str, Any] = {
     "PUBLIC_KEY": None,
     "BASE_URL": "https://khalti.com/",
     "TIMEOUT": 10,
+    "SIGNAL_GRACE_PERIOD": 60,
     "AMOUNT_RESOLVER": None,
     "WEBSITE_URL": None,
     "SUCCESS_URL": None,

@@ -201,6 +201,17 @@ class KhaltiRefundFailed(KhaltiError):
     default_detail = _("Khalti refused the refund.")
 
 
+class KhaltiRefundConflict(KhaltiError):
+    """A refund's outcome was recorded otherwise while this answer was on its way:
+    a person's answer lost to Khalti's, or Khalti's answer contradicts what was
+    recorded (the payment then needs review)."""
+
+    code = "refund_conflict"
+    default_detail = _(
+        "This refund was settled otherwise meanwhile; the payment needs review in the admin."
+    )
+
+
 class KhaltiRefundUnknown(KhaltiUnavailable):
     """The refund's outcome is unknown: the money may have gone back."""
 

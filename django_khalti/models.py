@@ -8,11 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.core import serializers
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
+
+
+class DbNow(Now):
+    """The database server's clock, in UTC on every backend: the one clock that
+    claims and ages are read on, whichever host asks (MySQL's ``CURRENT_TIMESTAMP``
+    is in the session's time zone; its ``UTC_TIMESTAMP`` is not).
+    """
+
+    def as_mysql(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        """``UTC_TIMESTAMP(6)``: Django stores datetimes in UTC on MySQL and MariaDB."""
+        return self.as_sql(compiler, connection, template="UTC_TIMESTAMP(6)", **extra_context)
 
 
 class PaymentQuerySet(models.QuerySet["Payment"]):
@@ -122,7 +137,8 @@ class Payment(models.Model):
     failure_reason = models.TextField(_("failure reason"), blank=True)
     refunded_amount = models.PositiveBigIntegerField(_("refunded (paisa)"), default=0)
 
-    created_at = models.DateTimeField(_("created"), auto_now_add=True, db_index=True)
+    #: The database's time (:class:`DbNow`): ages are measured on the clock claims use.
+    created_at = models.DateTimeField(_("created"), db_default=DbNow(), db_index=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
     verified_at = models.DateTimeField(_("verified"), null=True, blank=True)
 
@@ -141,9 +157,11 @@ class Payment(models.Model):
     token_claim = models.CharField(  # noqa: DJ001 (NULL is what lets failed payments not collide)
         max_length=255, unique=True, null=True, editable=False
     )
-    #: When a worker took this payment to call Khalti; NULL when nobody holds it.
+    #: When a worker took this payment to call Khalti, on the database's clock;
+    #: NULL when nobody holds it.
     claimed_at = models.DateTimeField(_("claimed"), null=True, blank=True, editable=False)
-    #: How many times a worker has taken this payment to call Khalti.
+    #: How many times a worker has taken this payment to call Khalti: also the
+    #: claim's generation, which a holder's writes are guarded by.
     attempts = models.PositiveIntegerField(_("attempts"), default=0, editable=False)
 
     objects = PaymentQuerySet.as_manager()
@@ -178,6 +196,7 @@ class Payment(models.Model):
             if self.token_claim is None and self.token and self.status != self.Status.FAILED:
                 self.token_claim = self.token
         super().save(*args, **kwargs)
+        _read_db_default(self)
 
     @property
     def amount_rupees(self) -> str:
@@ -236,7 +255,7 @@ class Refund(models.Model):
     )
     khalti_response = models.JSONField(_("Khalti's answer"), null=True, blank=True)
     failure_reason = models.TextField(_("failure reason"), blank=True)
-    created_at = models.DateTimeField(_("requested"), auto_now_add=True)
+    created_at = models.DateTimeField(_("requested"), db_default=DbNow())
     settled_at = models.DateTimeField(_("settled"), null=True, blank=True)
     #: The payment's id while this refund is pending, NULL once settled: a unique
     #: column, so a payment has at most one refund in flight on every database.
@@ -254,6 +273,84 @@ class Refund(models.Model):
             "amount": rupees(self.amount),
             "status": self.get_status_display(),
         }
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save; ``created_at`` is the database's time."""
+        super().save(*args, **kwargs)
+        _read_db_default(self)
+
+
+class SignalDelivery(models.Model):
+    """A signal to deliver to the shop's receivers: the outbox.
+
+    Written in the transaction that changes the payment's status, so the change
+    and its announcement commit together. Marked delivered only once every
+    receiver ran without raising; until then ``khalti_reconcile``, a
+    resubmission of the payment, or a person in the admin delivers it again,
+    after :data:`~django_khalti.conf` ``SIGNAL_GRACE_PERIOD`` and then less and
+    less often (see ``services.deliver``). Receivers therefore get a signal at
+    least once, and must be idempotent.
+    """
+
+    class Signal(models.TextChoices):
+        """The signal announced: one per status a payment can change to."""
+
+        VERIFIED = "payment_verified", "payment_verified"
+        FAILED = "payment_failed", "payment_failed"
+        REFUNDED = "payment_refunded", "payment_refunded"
+        NEEDS_REVIEW = "payment_needs_review", "payment_needs_review"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    payment = models.ForeignKey(
+        Payment,
+        on_delete=models.CASCADE,
+        related_name="signal_deliveries",
+        verbose_name=_("payment"),
+    )
+    signal = models.CharField(_("signal"), max_length=32, choices=Signal.choices)
+    #: The payment's fields as the status change left them (``django.core.serializers``'
+    #: python form): what every delivery gives the receivers, however the payment changed since.
+    snapshot = models.JSONField(_("payment as it was"), encoder=DjangoJSONEncoder)
+    #: ``reason`` (failed, needs review) or ``amount`` (refunded): the signal's other arguments.
+    arguments = models.JSONField(_("arguments"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("created"), db_default=DbNow())
+    #: When it may be delivered (again), on the database's clock; NULL once delivered.
+    next_attempt_at = models.DateTimeField(_("next attempt"), null=True, blank=True, db_index=True)
+    delivered_at = models.DateTimeField(_("delivered"), null=True, blank=True)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        """Newest first."""
+
+        verbose_name = _("signal delivery")
+        verbose_name_plural = _("signal deliveries")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        state = _("delivered") if self.delivered_at else _("not delivered")
+        return f"{self.signal} · {state}"
+
+    @property
+    def payment_as_it_was(self) -> Payment:
+        """A fresh :class:`Payment` built from :attr:`snapshot`: the receivers' own copy."""
+        (item,) = serializers.deserialize("python", [self.snapshot])
+        payment = item.object
+        payment._state.adding = False
+        payment._state.db = self._state.db
+        return payment
+
+
+def snapshot_of(payment: Payment) -> dict[str, Any]:
+    """``payment`` in the form :attr:`SignalDelivery.snapshot` stores."""
+    (data,) = serializers.serialize("python", [payment])
+    return data
+
+
+def _read_db_default(instance: models.Model) -> None:
+    """After an insert on a database that returns no columns (MySQL): read ``created_at``."""
+    if not isinstance(getattr(instance, "created_at", None), datetime):
+        instance.refresh_from_db(fields=["created_at"])
 
 
 def order_key(reference: str) -> str:

@@ -9,14 +9,17 @@ How a verification runs, and why it is safe under concurrency:
    token) and ``order_claim`` (one live payment an order). Whoever inserts the
    row holds it and is the only one to call Khalti's verify.
 3. An existing pending row is taken over only by a guarded ``UPDATE ... WHERE
-   claimed_at IS NULL OR claimed_at < stale``: one winner. Since an earlier
+   claimed_at IS NULL OR claimed_at < stale``, on the database's clock (never a
+   host's): one winner. Since an earlier
    attempt may already have moved the money, the winner asks Khalti's
    read-only status endpoint first and verifies only if Khalti says the
    payment still awaits it.
 4. No transaction or row lock is held while Khalti is called. The answer is
    settled by :func:`_transition`, the only place a status changes: a guarded
-   ``UPDATE ... WHERE status = 'pending'`` whose winner queues the signal with
-   ``on_commit``.
+   ``UPDATE ... WHERE status = 'pending'`` whose winner writes the signal to
+   the outbox (:class:`~django_khalti.models.SignalDelivery`) in the same
+   transaction, and delivers it after the commit; :func:`deliver_due` delivers
+   again what a receiver or a dying worker left undelivered.
 5. An unknown outcome (timeout, 5xx, garbage, our database failing) leaves the
    payment pending for a resubmission or reconciliation to settle.
 """
@@ -33,7 +36,7 @@ from urllib.parse import urljoin
 
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.dispatch import Signal
 from django.http import Http404, HttpRequest
 from django.urls import reverse
@@ -53,6 +56,7 @@ from .exceptions import (
     KhaltiInvalidRefundAmount,
     KhaltiNeedsReview,
     KhaltiNotRefundable,
+    KhaltiRefundConflict,
     KhaltiRefundFailed,
     KhaltiRefundInProgress,
     KhaltiRefundUnknown,
@@ -63,7 +67,7 @@ from .exceptions import (
     KhaltiUnknownPayment,
     KhaltiVerificationFailed,
 )
-from .models import Payment, Refund, order_key
+from .models import DbNow, Payment, Refund, SignalDelivery, order_key, rupees, snapshot_of
 from .orders import KhaltiOrder
 from .signals import payment_failed, payment_needs_review, payment_refunded, payment_verified
 
@@ -146,6 +150,7 @@ def verify_payment(
     client = KhaltiClient.from_settings()  # a broken configuration fails before any write
     payment, refused = _bound_payment(token, amount, product_identity)
     if refused is not None:
+        deliver_due(refused)  # what a dead worker or a raising receiver left undelivered
         return _verified_or_raise(refused)  # Khalti refused this very payload before
     created = False
     if payment is None:
@@ -164,6 +169,8 @@ def verify_payment(
             # An earlier attempt may have reached Khalti: ask before verifying again.
             return _verified_or_raise(_settle(client, payment, _ask_khalti))
         payment.refresh_from_db()
+    else:
+        deliver_due(payment)  # a resubmission: what is still undelivered, if due
     return _verified_or_raise(payment)
 
 
@@ -186,7 +193,9 @@ def _bound_payment(
     (the browser's word: it cannot lock anyone out for good).
     """
     rows = list(
-        Payment.objects.filter(Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token))
+        Payment.objects.filter(
+            Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token)
+        ).annotate(undelivered=_due_exists())
     )
     if any(token in (row.idx, row.pidx) for row in rows):
         raise KhaltiTokenUsed()
@@ -277,9 +286,10 @@ def recheck_failed(payment: Payment) -> Payment:
 
 
 def pending_batch(
-    created_before: datetime, size: int, after: tuple[datetime, uuid.UUID] | None = None
+    older_than: timedelta, size: int, after: tuple[datetime, uuid.UUID] | None = None
 ) -> tuple[list[Payment], tuple[datetime, uuid.UUID] | None]:
-    """Up to ``size`` pending payments created before ``created_before``, oldest first.
+    """Up to ``size`` pending payments at least ``older_than`` old (on the
+    database's clock), oldest first.
 
     Rows come after the ``(created_at, pk)`` cursor ``after``. Rows another
     reconciler holds by a fresh claim are passed over, so several reconcilers
@@ -291,7 +301,7 @@ def pending_batch(
     has no ``SKIP LOCKED``.) Returns the batch and the cursor for the next one
     (None when there is none).
     """
-    rows = Payment.objects.pending().filter(created_at__lt=created_before)
+    rows = Payment.objects.pending().filter(created_at__lte=DbNow() - older_than)
     return _batch(rows, size, after)
 
 
@@ -300,17 +310,17 @@ RECHECK_FAILED_EVERY = timedelta(hours=1)
 
 
 def failed_batch(
-    failed_since: datetime, size: int, after: tuple[datetime, uuid.UUID] | None = None
+    within: timedelta, size: int, after: tuple[datetime, uuid.UUID] | None = None
 ) -> tuple[list[Payment], tuple[datetime, uuid.UUID] | None]:
-    """Up to ``size`` failed payments created since ``failed_since`` that Khalti
+    """Up to ``size`` failed payments created in the last ``within`` that Khalti
     could still complete (they have a token or a pidx), oldest first, each at
     most once per :data:`RECHECK_FAILED_EVERY`. As :func:`pending_batch`, for
     :func:`recheck_failed`.
     """
     rows = (
-        Payment.objects.filter(status=Status.FAILED, created_at__gte=failed_since)
+        Payment.objects.filter(status=Status.FAILED, created_at__gte=DbNow() - within)
         .filter(Q(token__isnull=False) | Q(pidx__isnull=False))
-        .filter(updated_at__lt=timezone.now() - RECHECK_FAILED_EVERY)
+        .filter(updated_at__lt=DbNow() - RECHECK_FAILED_EVERY)
     )
     return _batch(rows, size, after)
 
@@ -373,10 +383,11 @@ def _claim_order(
                     order_reference=order.reference,
                     amount=order.amount,
                     order_claim=key,
-                    claimed_at=timezone.now(),
+                    claimed_at=DbNow(),
                     attempts=1,
                     **fields,
                 )
+            _read_later(payment, "claimed_at")
             return payment, True
         except IntegrityError:
             pass  # The same token inserted concurrently, or the order is taken.
@@ -404,32 +415,48 @@ def _claim_order(
 
 
 def claim(payment: Payment, status: str = Status.PENDING) -> bool:
-    """Take a payment in ``status`` to call Khalti about it; True for the one winner."""
-    now = timezone.now()
+    """Take a payment in ``status`` to call Khalti about it; True for the one winner.
+
+    ``payment`` must be as the database has it: a copy older than the last
+    claim wins nothing. The claim's time is the database's, so hosts whose
+    clocks differ agree on when a claim is stale.
+    """
     # Durable: a claim inside a caller's transaction would not be seen by other
     # workers before Khalti is called (Django raises RuntimeError instead).
     with transaction.atomic(durable=True):
         won = (
-            Payment.objects.filter(pk=payment.pk, status=status)
-            .filter(_claimable(now))
-            .update(claimed_at=now, attempts=F("attempts") + 1, updated_at=now)
+            Payment.objects.filter(pk=payment.pk, status=status, attempts=payment.attempts)
+            .filter(_claimable())
+            .update(claimed_at=DbNow(), attempts=F("attempts") + 1, updated_at=timezone.now())
         )
     if won:
-        payment.claimed_at = now
         payment.attempts += 1
+        _read_later(payment, "claimed_at")
     return bool(won)
 
 
-def _claimable(now: datetime | None = None) -> Q:
+def _claimable() -> Q:
     """Nobody holds the payment, or its holder's claim is stale (the worker died)."""
-    stale = (now or timezone.now()) - timedelta(seconds=khalti_settings.stale_after)
+    stale = DbNow() - timedelta(seconds=khalti_settings.stale_after)
     return Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale)
+
+
+def _held(payment: Payment) -> Q:
+    """The row still carries this worker's claim: the claim it won (its generation,
+    ``attempts``), not released, not taken over."""
+    return Q(attempts=payment.attempts, claimed_at__isnull=False)
+
+
+def _read_later(payment: Payment, *names: str) -> None:
+    """Forget fields the database just set from its own clock: read on next access."""
+    for name in names:
+        payment.__dict__.pop(name, None)
 
 
 def _release(payment: Payment, status: str = Status.PENDING) -> None:
     """Let go of a claim after an unknown outcome, so a retry need not wait."""
     try:
-        Payment.objects.filter(pk=payment.pk, status=status, claimed_at=payment.claimed_at).update(
+        Payment.objects.filter(_held(payment), pk=payment.pk, status=status).update(
             claimed_at=None, updated_at=timezone.now()
         )
     except DatabaseError:
@@ -1044,19 +1071,19 @@ def start_epayment(
         # Whatever Khalti made of it, the buyer never got a link to pay.
         _fail(payment, _("Khalti could not be reached to start the payment."), notify=False)
         raise
-    now = timezone.now()
     fields = {
         "pidx": started.pidx,
         "payment_url": started.payment_url,
-        "expires_at": started.expires_at or now + timedelta(minutes=60),
+        # Khalti's expiry, on Khalti's clock; else Khalti's documented hour.
+        "expires_at": started.expires_at or timezone.now() + timedelta(minutes=60),
         "khalti_response": started.raw,
     }
     # The pidx is a fact about this row, stored whatever became of it meanwhile...
-    Payment.objects.filter(pk=payment.pk).update(updated_at=now, **fields)
+    Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now(), **fields)
     # ...but the link goes to the buyer only if the row is still ours and pending.
-    still_ours = Payment.objects.filter(
-        pk=payment.pk, status=Status.PENDING, claimed_at=payment.claimed_at
-    ).update(claimed_at=None)
+    still_ours = Payment.objects.filter(_held(payment), pk=payment.pk, status=Status.PENDING).update(
+        claimed_at=None
+    )
     if not still_ours:
         raise KhaltiInProgress()
     for name, value in fields.items():
@@ -1089,10 +1116,17 @@ def settle_epayment_return(pidx: str) -> Payment:
     Raises :class:`KhaltiUnknownPayment` for a pidx we never started and
     :class:`KhaltiUnavailable` when Khalti could not be asked.
     """
-    payment = Payment.objects.filter(pidx=pidx, flow=Payment.Flow.EPAYMENT).first()
+    payment = (
+        Payment.objects.filter(pidx=pidx, flow=Payment.Flow.EPAYMENT)
+        .annotate(undelivered=_due_exists())
+        .first()
+    )
     if payment is None:
         raise KhaltiUnknownPayment()
-    return reconcile(payment)  # an ePayment: settled (or re-checked) by lookup
+    if payment.status in (Status.PENDING, Status.FAILED):
+        payment = reconcile(payment)  # an ePayment: settled (or re-checked) by lookup
+    deliver_due(payment)  # what a dead worker or a raising receiver left undelivered
+    return payment
 
 
 # --- refunds -------------------------------------------------------------------------
@@ -1110,11 +1144,20 @@ def refund_payment(
     ``django_khalti.refund_payment`` permission.
 
     One refund of a payment is in flight at a time. Khalti refusing raises
-    :class:`KhaltiRefundFailed` and nothing is refunded. An unknown outcome
-    raises :class:`KhaltiRefundUnknown` (a :class:`KhaltiUnavailable`) and
-    leaves the refund pending: money may have moved, so no other refund of the
-    payment starts until :func:`reconcile_refund` (or ``khalti_reconcile``, or
-    a person in the admin) has settled it.
+    :class:`KhaltiRefundFailed` and nothing is refunded, unless Khalti's status
+    shows the payment refunded after all ("already refunded": the refund is
+    then recorded as succeeded). An unknown outcome raises
+    :class:`KhaltiRefundUnknown` (a :class:`KhaltiUnavailable`) and leaves the
+    refund pending: money may have moved, so no other refund of the payment
+    starts until :func:`reconcile_refund` (or ``khalti_reconcile``, or a
+    person in the admin) has settled it. A success that could not be recorded
+    as such raises too: :class:`KhaltiRefundConflict` when the refund was
+    recorded failed meanwhile (the payment then needs review),
+    :class:`KhaltiRefundUnknown` when the database failed.
+
+    ``payment`` is left as it is (it may be a receiver's copy, which other
+    receivers share); the returned refund's ``payment`` is the payment as it
+    stands afterwards.
     """
     if by is not None and not by.has_perm("django_khalti.refund_payment"):
         raise PermissionDenied
@@ -1127,29 +1170,96 @@ def refund_payment(
             locked.idx or "", amount=None if whole else refund.amount, mobile=mobile or None
         )
     except KhaltiRejected as exc:
-        _settle_refund(refund, succeeded=False, raw=exc.body, reason=str(exc.detail))
-        raise KhaltiRefundFailed(_("Khalti refused the refund: %s") % exc.detail) from exc
+        return _refused_refund(client, refund, exc)
     except KhaltiUnavailable as exc:
         unknown = KhaltiRefundUnknown()
         Refund.objects.filter(pk=refund.pk).update(failure_reason=str(unknown.detail))
         raise unknown from exc
-    _settle_refund(refund, succeeded=True, raw=answer)
-    payment.refresh_from_db()
+    try:
+        recorded = _settle_refund(refund, succeeded=True, raw=answer)
+    except DatabaseError as exc:
+        logger.exception("Khalti refunded %s, which could not be recorded.", refund.pk)
+        raise KhaltiRefundUnknown(
+            _(
+                "Khalti refunded it, but that could not be recorded: the refund stays pending "
+                "until khalti_reconcile settles it. Do not refund it again meanwhile."
+            )
+        ) from exc
+    if not recorded:
+        raise KhaltiRefundConflict(
+            _(
+                "Khalti refunded Rs %(amount)s, but the refund had been recorded failed "
+                "meanwhile: the payment needs review."
+            )
+            % {"amount": rupees(refund.amount)}
+        )
+    return _refreshed(refund)
+
+
+def _refused_refund(client: KhaltiClient, refund: Refund, exc: KhaltiRejected) -> Refund:
+    """Khalti refused a refund: failed, unless its status shows the money back anyway
+    ("already refunded": by the dashboard, or by an earlier call whose answer was lost).
+    """
+    try:
+        proof = _refund_proof(client, refund)
+    except KhaltiUnavailable:
+        proof = None
+    if proof is not None and proof[0] is True:
+        logger.warning(
+            "Khalti refused refund %s (%s) but shows the payment refunded: recorded succeeded.",
+            refund.pk,
+            exc.detail,
+        )
+        if not _settle_refund(refund, succeeded=True, raw=proof[1]):
+            raise KhaltiRefundConflict() from exc
+        return _refreshed(refund)
+    if proof is None and "already" in str(exc.detail).lower():
+        # "Already refunded", and the status cannot tell by what: a person decides.
+        unknown = KhaltiRefundUnknown(
+            _("Khalti says it is already refunded: %(detail)s") % {"detail": exc.detail}
+        )
+        Refund.objects.filter(pk=refund.pk).update(failure_reason=str(unknown.detail))
+        raise unknown from exc
+    _settle_refund(refund, succeeded=False, raw=exc.body, reason=str(exc.detail))
+    raise KhaltiRefundFailed(_("Khalti refused the refund: %s") % exc.detail) from exc
+
+
+def _refreshed(refund: Refund) -> Refund:
     refund.refresh_from_db()
+    refund.payment = Payment.objects.get(pk=refund.payment_id)
     return refund
 
 
 def reconcile_refund(refund: Refund) -> Refund:
     """Settle a refund whose outcome was unknown, from the payment's state at Khalti.
 
-    A refund younger than the claim timeout may still be in flight and is left
-    alone. Raises :class:`KhaltiUnavailable` when Khalti could not be asked.
+    A refund younger than the claim timeout (on the database's clock) may still
+    be in flight and is left alone. Raises :class:`KhaltiUnavailable` when
+    Khalti could not be asked.
     """
-    in_flight_since = timezone.now() - timedelta(seconds=khalti_settings.stale_after)
-    if refund.status != Refund.Status.PENDING or refund.created_at > in_flight_since:
+    in_flight = Refund.objects.filter(
+        pk=refund.pk, created_at__gt=DbNow() - timedelta(seconds=khalti_settings.stale_after)
+    )
+    if refund.status != Refund.Status.PENDING or in_flight.exists():
         return refund
-    payment = refund.payment
-    client = KhaltiClient.from_settings()
+    proof = _refund_proof(KhaltiClient.from_settings(), refund)
+    if proof is not None:
+        _settle_refund(
+            refund,
+            succeeded=proof[0],
+            raw=proof[1],
+            reason="" if proof[0] else _("Khalti shows the payment complete and not refunded."),
+        )
+    refund.refresh_from_db()
+    return refund
+
+
+def _refund_proof(client: KhaltiClient, refund: Refund) -> tuple[bool, Any] | None:
+    """What Khalti's state of the payment proves of ``refund``: ``(True, answer)``
+    refunded, ``(False, answer)`` not, None when it cannot tell. Raises
+    :class:`KhaltiUnavailable` when Khalti could not be asked.
+    """
+    payment = Payment.objects.get(pk=refund.payment_id)
     try:
         if payment.flow == Payment.Flow.EPAYMENT:
             looked_up = client.lookup(payment.pidx or "")
@@ -1167,40 +1277,39 @@ def reconcile_refund(refund: Refund) -> Refund:
     if (outcome is KhaltiOutcome.REFUNDED and refund.amount == remaining) or (
         outcome is KhaltiOutcome.PARTIALLY_REFUNDED and first and refund.amount < remaining
     ):
-        _settle_refund(refund, succeeded=True, raw=raw)
-    elif outcome is KhaltiOutcome.PAID and first:
-        _settle_refund(
-            refund,
-            succeeded=False,
-            raw=raw,
-            reason=_("Khalti shows the payment complete and not refunded."),
-        )
-    else:
-        # E.g. "Partially refunded" after an earlier partial refund: Khalti's
-        # state cannot tell whether this one went through. A person decides
-        # (admin: "Resolve unknown refund"), after a look at Khalti's dashboard.
-        logger.warning(
-            "Refund %s of payment %s stays pending: Khalti says %r, which does not "
-            "tell whether this refund went through.",
-            refund.pk,
-            payment.pk,
-            state,
-        )
-    refund.refresh_from_db()
-    return refund
+        return True, raw
+    if outcome is KhaltiOutcome.PAID and first:
+        return False, raw
+    # E.g. "Partially refunded" after an earlier partial refund: Khalti's state
+    # cannot tell whether this one went through. A person decides (admin:
+    # "Resolve unknown refund"), after a look at Khalti's dashboard.
+    logger.warning(
+        "Refund %s of payment %s stays pending: Khalti says %r, which does not tell "
+        "whether this refund went through.",
+        refund.pk,
+        payment.pk,
+        state,
+    )
+    return None
 
 
 def resolve_refund(refund: Refund, *, succeeded: bool, by: _AnyUser, note: str = "") -> Refund:
     """Record what a person found in Khalti's dashboard about a refund of unknown outcome.
 
     For the cases Khalti's API cannot settle. ``by`` needs the
-    ``django_khalti.refund_payment`` permission.
+    ``django_khalti.refund_payment`` permission. Raises
+    :class:`KhaltiRefundConflict` when the refund was settled otherwise
+    meanwhile (Khalti's answer stands over a person's).
     """
     if not by.has_perm("django_khalti.refund_payment"):
         raise PermissionDenied
     reason = "" if succeeded else (note or _("Not refunded, as checked in Khalti's dashboard."))
     _settle_refund(
-        refund, succeeded=succeeded, raw={"resolved_by": str(by), "note": note}, reason=reason
+        refund,
+        succeeded=succeeded,
+        raw={"resolved_by": str(by), "note": note},
+        reason=reason,
+        by_person=True,
     )
     refund.refresh_from_db()
     return refund
@@ -1244,14 +1353,25 @@ def _claim_refund(
             raise KhaltiRefundInProgress() from None
 
 
-def _settle_refund(refund: Refund, *, succeeded: bool, raw: Any, reason: str = "") -> None:
-    """Record a refund's outcome and, if money went back, the payment's new status."""
+def _settle_refund(
+    refund: Refund, *, succeeded: bool, raw: Any, reason: str = "", by_person: bool = False
+) -> bool:
+    """Record a refund's outcome and, if money went back, the payment's new status.
+
+    Returns whether the refund now stands as this answer says: True when this
+    call settled it (or it was settled the same way before). When it was
+    settled otherwise meanwhile, Khalti's answer outranks a person's: a person
+    (``by_person``) gets :class:`KhaltiRefundConflict`; an answer from Khalti
+    that contradicts what was recorded is logged at WARNING, kept on the
+    payment, and moves the payment to ``needs_review`` (False).
+    """
+    outcome = Refund.Status.SUCCEEDED if succeeded else Refund.Status.FAILED
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
         settled = Refund.objects.filter(pk=refund.pk, status=Refund.Status.PENDING).update(
-            status=Refund.Status.SUCCEEDED if succeeded else Refund.Status.FAILED,
+            status=outcome,
             claim=None,
-            settled_at=timezone.now(),
+            settled_at=DbNow(),
             khalti_response=raw,
             failure_reason=reason,
         )
@@ -1264,16 +1384,56 @@ def _settle_refund(refund: Refund, *, succeeded: bool, raw: Any, reason: str = "
                 refunded_amount=total,
                 refund_amount=refund.amount,
             )
+        if settled:
+            return True
+        recorded = Refund.objects.get(pk=refund.pk).status
+        if recorded == outcome:
+            return True
+        if by_person:
+            raise KhaltiRefundConflict(
+                _("This refund was already recorded %(status)s, from Khalti's answer.")
+                % {"status": Refund.Status(recorded).label}
+            )
+        logger.warning(
+            "Khalti's answer on refund %s of payment %s (%s) contradicts what was recorded "
+            "(%s): the payment needs review.",
+            refund.pk,
+            payment.pk,
+            outcome,
+            recorded,
+        )
+        _transition(
+            payment,
+            Status.NEEDS_REVIEW,
+            source=payment.status,
+            failure_reason=_(
+                "Khalti's answer on a refund of Rs %(amount)s (%(khalti)s) contradicts what "
+                "was recorded (%(recorded)s)."
+            )
+            % {
+                "amount": rupees(refund.amount),
+                "khalti": Refund.Status(outcome).label,
+                "recorded": Refund.Status(recorded).label,
+            },
+            khalti_response=raw,
+        )
+        return False
 
 
 # --- the one choke point ------------------------------------------------------------
 
-_SIGNALS: dict[str, Signal] = {
-    Status.VERIFIED: payment_verified,
-    Status.FAILED: payment_failed,
-    Status.REFUNDED: payment_refunded,
-    Status.PARTIALLY_REFUNDED: payment_refunded,
-    Status.NEEDS_REVIEW: payment_needs_review,
+_SIGNALS: dict[str, SignalDelivery.Signal] = {
+    Status.VERIFIED: SignalDelivery.Signal.VERIFIED,
+    Status.FAILED: SignalDelivery.Signal.FAILED,
+    Status.REFUNDED: SignalDelivery.Signal.REFUNDED,
+    Status.PARTIALLY_REFUNDED: SignalDelivery.Signal.REFUNDED,
+    Status.NEEDS_REVIEW: SignalDelivery.Signal.NEEDS_REVIEW,
+}
+_RECEIVERS: dict[str, Signal] = {
+    SignalDelivery.Signal.VERIFIED: payment_verified,
+    SignalDelivery.Signal.FAILED: payment_failed,
+    SignalDelivery.Signal.REFUNDED: payment_refunded,
+    SignalDelivery.Signal.NEEDS_REVIEW: payment_needs_review,
 }
 
 
@@ -1291,46 +1451,170 @@ def _transition(
 
     Every status change goes through here. The ``UPDATE`` is guarded by the
     current status, so of any number of concurrent callers exactly one changes
-    the row and queues the signal for after the commit (unless ``notify`` is
-    False). The others see the row as the winner left it. With ``held``, the
-    row must also still carry this worker's claim.
+    the row and, in the same transaction, writes the signal to the outbox
+    (unless ``notify`` is False), delivered after the commit. The others see
+    the row as the winner left it, and a loser that wanted another status logs
+    it at WARNING. With ``held``, the row must also still carry this worker's
+    claim.
     """
+    # Stamps (not decisions): the host's time, so that the row need not be read back.
     now = timezone.now()
-    values = {"status": to, "claimed_at": None, "updated_at": now, **fields}
+    values: dict[str, Any] = {"status": to, "claimed_at": None, "updated_at": now, **fields}
     if to == Status.VERIFIED:
         values["verified_at"] = now
     with transaction.atomic():
         rows = Payment.objects.filter(pk=payment.pk, status=source)
         if held:
-            rows = rows.filter(claimed_at=payment.claimed_at)
+            rows = rows.filter(_held(payment))
         changed = rows.update(**values)
         if changed:
             for name, value in values.items():
                 setattr(payment, name, value)
             if notify:
-                _send_on_commit(to, payment, refund_amount)
+                _announce(to, payment, refund_amount)
     if not changed:
         payment.refresh_from_db()
+    if not changed and payment.status != to:
+        logger.warning(
+            "Payment %s was not moved from %s to %s: it is %s (settled meanwhile).",
+            payment.pk,
+            source,
+            to,
+            payment.status,
+        )
     return bool(changed)
 
 
-def _send_on_commit(status: str, payment: Payment, refund_amount: int | None) -> None:
-    signal = _SIGNALS[status]
-    kwargs: dict[str, Any] = {"payment": payment}
+def _announce(status: str, payment: Payment, refund_amount: int | None) -> None:
+    """Write the signal for ``payment``'s new ``status`` to the outbox (inside the
+    status change's transaction), and deliver it once that commits."""
+    arguments: dict[str, Any] = {}
     if status in (Status.FAILED, Status.NEEDS_REVIEW):
-        kwargs["reason"] = payment.failure_reason
-    if signal is payment_refunded:
-        kwargs["amount"] = refund_amount
+        arguments["reason"] = payment.failure_reason
+    if status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED):
+        arguments["amount"] = refund_amount
+    # The first attempt is this worker's, after the commit: counted already, so
+    # that if the worker dies before it ends, it is delivered again after the grace.
+    delivery = SignalDelivery.objects.create(
+        payment=payment,
+        signal=_SIGNALS[status],
+        snapshot=snapshot_of(payment),
+        arguments=arguments,
+        attempts=1,
+        next_attempt_at=DbNow() + _retry_wait(1),
+    )
+    transaction.on_commit(lambda: deliver(delivery, first=True))
 
-    def send() -> None:
-        for receiver, result in signal.send_robust(sender=Payment, **kwargs):
-            if isinstance(result, Exception):
-                logger.error(
-                    "A receiver of %s failed for payment %s: %r",
-                    status,
-                    payment.pk,
-                    receiver,
-                    exc_info=result,
-                )
 
-    transaction.on_commit(send)
+# --- delivering signals: at least once ------------------------------------------------
+
+#: The longest wait between two deliveries of a signal whose receivers keep raising.
+MAX_RETRY_INTERVAL = timedelta(hours=1)
+
+
+def _retry_wait(attempt: int) -> timedelta:
+    """How long after attempt number ``attempt`` begins the next may: the grace
+    period, doubled for each attempt after the first, at most
+    :data:`MAX_RETRY_INTERVAL` (or the grace period, if longer).
+    """
+    grace = timedelta(seconds=khalti_settings.SIGNAL_GRACE_PERIOD)
+    return min(grace * 2 ** min(attempt - 1, 20), max(grace, MAX_RETRY_INTERVAL))
+
+
+def deliver(delivery: SignalDelivery, *, first: bool = False, now: bool = False) -> bool:
+    """Send ``delivery``'s signal to the shop's receivers; True when they all ran
+    without raising (the delivery is then marked delivered).
+
+    Delivery is at least once: each attempt is counted, and the next one
+    scheduled (see :func:`_retry_wait`), *before* the receivers run, so a
+    worker killed mid-delivery leaves it to be delivered again. ``first`` is
+    the status change's own worker, after the commit (its attempt was counted
+    with the outbox row); otherwise the delivery runs only when due, or when a
+    person asks (``now``), and of concurrent deliverers only one runs it.
+    False when another deliverer has it, it is not due, or a receiver raised
+    (logged at ERROR with the payment's id; the error is stored on the delivery).
+    Receivers get :attr:`~django_khalti.models.SignalDelivery.payment_as_it_was`.
+    """
+    if not first and not _take(delivery, due=not now):
+        return False
+    payment = delivery.payment_as_it_was
+    errors = []
+    signal = _RECEIVERS[delivery.signal]
+    for receiver, result in signal.send_robust(
+        sender=Payment, payment=payment, **delivery.arguments
+    ):
+        if isinstance(result, Exception):
+            name = getattr(receiver, "__qualname__", repr(receiver))
+            logger.error(
+                "A receiver of %s, %s, raised for payment %s; it is delivered again later.",
+                delivery.signal,
+                name,
+                payment.pk,
+                exc_info=result,
+            )
+            errors.append(f"{name}: {type(result).__name__}: {result}"[:1000])
+    outcome: dict[str, Any] = (
+        {"last_error": "\n".join(errors)}
+        if errors
+        else {"delivered_at": DbNow(), "next_attempt_at": None, "last_error": ""}
+    )
+    try:
+        SignalDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts).update(**outcome)
+    except DatabaseError:
+        # Not marked delivered: it is delivered again, which receivers allow for.
+        logger.exception(
+            "Could not record the delivery of %s for payment %s.", delivery.signal, payment.pk
+        )
+    return not errors
+
+
+def _take(delivery: SignalDelivery, *, due: bool) -> bool:
+    """Count an attempt at ``delivery`` and schedule the next; True for the one taker."""
+    rows = SignalDelivery.objects.filter(
+        pk=delivery.pk, attempts=delivery.attempts, next_attempt_at__isnull=False
+    )
+    if due:
+        rows = rows.filter(next_attempt_at__lte=DbNow())
+    attempt = delivery.attempts + 1
+    try:
+        won = rows.update(attempts=attempt, next_attempt_at=DbNow() + _retry_wait(attempt))
+    except DatabaseError:
+        logger.exception(
+            "Could not take %s of payment %s to deliver.", delivery.signal, delivery.payment_id
+        )
+        return False
+    if won:
+        delivery.attempts = attempt
+    return bool(won)
+
+
+def due_deliveries(limit: int = 1000, payment: Payment | None = None) -> list[SignalDelivery]:
+    """Undelivered signals whose next attempt is due, oldest first."""
+    rows = SignalDelivery.objects.filter(next_attempt_at__lte=DbNow())
+    if payment is not None:
+        rows = rows.filter(payment=payment)
+    return list(rows.order_by("created_at", "pk")[:limit])
+
+
+def _due_exists() -> Exists:
+    """Annotation ``undelivered``: the payment has a signal due to be delivered again."""
+    return Exists(
+        SignalDelivery.objects.filter(payment=OuterRef("pk"), next_attempt_at__lte=DbNow())
+    )
+
+
+def deliver_due(payment: Payment) -> None:
+    """Deliver again what is due of ``payment``'s signals (a resubmission of it).
+
+    Nothing is read when ``payment`` was read with :func:`_due_exists` as
+    ``undelivered`` and has none.
+    """
+    if getattr(payment, "undelivered", True) is False:
+        return
+    try:
+        due = due_deliveries(payment=payment)
+    except DatabaseError:
+        logger.exception("Could not read the undelivered signals of payment %s.", payment.pk)
+        return
+    for delivery in due:
+        deliver(delivery)

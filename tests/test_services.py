@@ -423,6 +423,7 @@ def test_khalti_refusing_records_nothing_refunded(
 ):
     payment = verified()
     khalti.refund("IDX-1", {}, status=400, json=fixture("refund_refused"))
+    khalti.status("tok-v", 1000, "status_complete")  # asked: not refunded after all
     with django_capture_on_commit_callbacks(execute=True):
         with pytest.raises(KhaltiRefundFailed, match=r"Refund period expired\."):
             services.refund_payment(payment)

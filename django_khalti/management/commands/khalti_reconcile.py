@@ -5,7 +5,8 @@ buyer never came back, stays pending until somebody asks. Run this from cron
 every few minutes; several hosts may run it at once, since each payment is
 won by one worker (a guarded claim) before Khalti is asked about it. It also
 re-checks, read-only, payments that failed recently, in case Khalti completed
-them after all.
+them after all, and delivers again the signals a receiver raised on (or a
+dying worker left undelivered), once their grace period is over.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ import argparse
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils import timezone
 
 from django_khalti import services
 from django_khalti.exceptions import KhaltiError, KhaltiUnavailable
-from django_khalti.models import Payment, Refund
+from django_khalti.models import DbNow, Payment, Refund, SignalDelivery
 
 Status = Payment.Status
 logger = logging.getLogger(__name__)
@@ -142,11 +142,11 @@ class Command(BaseCommand):
         answer :data:`GIVE_UP_AFTER` times in a row, or when it could not be reached
         for some payment or refund.
         """
-        cutoff = timezone.now() - timedelta(seconds=options["older_than"])
-        failed_since = timezone.now() - timedelta(days=options["failed_within"])
+        older_than = timedelta(seconds=options["older_than"])
+        failed_within = timedelta(days=options["failed_within"])
         failed: Iterator[list[Payment]] = iter([])
-        if options["payment"]:
-            one = self._one(options["payment"])
+        one = self._one(options["payment"]) if options["payment"] else None
+        if one is not None:
             if one.status == Status.FAILED:
                 batches: Iterator[list[Payment]] = iter([])
                 failed = iter([[one]])
@@ -156,14 +156,15 @@ class Command(BaseCommand):
                 batches = iter([[one]])
         else:
             batches = self._batches(
-                services.pending_batch, cutoff, options["batch_size"], options["limit"]
+                services.pending_batch, older_than, options["batch_size"], options["limit"]
             )
             if options["failed_within"]:
                 failed = self._batches(
-                    services.failed_batch, failed_since, options["batch_size"], options["limit"]
+                    services.failed_batch, failed_within, options["batch_size"], options["limit"]
                 )
+        deliveries = services.due_deliveries(options["limit"] or 1000, payment=one)
         if options["dry_run"]:
-            return self._dry_run(batches, failed)
+            return self._dry_run(deliveries, batches, failed)
 
         calls = _Calls()
         counts: Counter[str] = Counter()
@@ -190,8 +191,11 @@ class Command(BaseCommand):
 
         refunds: Counter[str] = Counter()
         if not calls.given_up:
-            for refund in self._pending_refunds(cutoff, options["payment"], options["limit"]):
+            for refund in self._pending_refunds(older_than, options["payment"], options["limit"]):
                 calls.settle(services.reconcile_refund, refund, refunds, Refund.Status.PENDING)
+
+        # Signals last: what this run settled is delivered already (after its commit).
+        undelivered = sum(not services.deliver(delivery) for delivery in deliveries)
 
         self.stdout.write(f"checked {sum(counts.values())}: {self._summary(counts)}")
         if rechecked:
@@ -208,6 +212,11 @@ class Command(BaseCommand):
                 f"refunds checked {sum(refunds.values())}: "
                 + ", ".join(f"{n} {status}" for status, n in sorted(refunds.items()))
             )
+        if deliveries:
+            self.stdout.write(
+                f"signals delivered again {len(deliveries) - undelivered}, "
+                f"still undelivered {undelivered}"
+            )
         if calls.given_up:
             raise CommandError(
                 f"Khalti did not answer {GIVE_UP_AFTER} times in a row: stopped. What was not "
@@ -217,6 +226,11 @@ class Command(BaseCommand):
             raise CommandError(
                 f"Khalti could not be reached for {calls.unreachable} payment(s) or refund(s); "
                 "they stay pending."
+            )
+        if undelivered:
+            raise CommandError(
+                f"{undelivered} signal(s) could not be delivered: a receiver raised (see the "
+                "log, or the admin's signal deliveries); they are delivered again later."
             )
 
     @staticmethod
@@ -245,13 +259,13 @@ class Command(BaseCommand):
                 break
 
     def _pending_refunds(
-        self, cutoff: datetime, payment_id: str | None, limit: int | None
+        self, older_than: timedelta, payment_id: str | None, limit: int | None
     ) -> list[Refund]:
         refunds = Refund.objects.filter(status=Refund.Status.PENDING).select_related("payment")
         if payment_id:
             refunds = refunds.filter(payment_id=payment_id)
         else:
-            refunds = refunds.filter(created_at__lt=cutoff)
+            refunds = refunds.filter(created_at__lte=DbNow() - older_than)
         # A list, not a cursor: no database cursor stays open while Khalti is asked.
         return list(refunds.order_by("created_at")[: limit or 1000])
 
@@ -261,7 +275,14 @@ class Command(BaseCommand):
         except (Payment.DoesNotExist, ValidationError, ValueError):
             raise CommandError(f"No Khalti payment with id {pk!r}.") from None
 
-    def _dry_run(self, *batches: Iterator[list[Payment]]) -> None:
+    def _dry_run(
+        self, deliveries: list[SignalDelivery], *batches: Iterator[list[Payment]]
+    ) -> None:
+        for delivery in deliveries:
+            self.stdout.write(
+                f"would deliver {delivery.signal} for payment {delivery.payment_id} again "
+                f"(attempts so far: {delivery.attempts})"
+            )
         count = 0
         for batch in (batch for source in batches for batch in source):
             for payment in batch:
