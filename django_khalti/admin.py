@@ -2,7 +2,8 @@
 
 Everything Khalti told us is read-only. Two actions talk to Khalti: "Re-check
 with Khalti" settles pending payments (and refunds whose outcome was unknown),
-"Refund" gives money back after a confirmation page.
+"Refund" gives money back after a confirmation page. The signal deliveries'
+page lists what the shop's receivers have not yet taken, and re-sends it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import URLPattern
+from django.urls import URLPattern, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -34,16 +35,20 @@ from .exceptions import (
     KhaltiRefundUnknown,
     KhaltiUnavailable,
 )
-from .models import DbNow, Payment, Refund, rupees
+from .models import DbNow, Payment, Refund, SignalDelivery, rupees
 
 if TYPE_CHECKING:
     # django-stubs makes the admin classes generic in their model; Django's are not
     # subscriptable at run time.
     _RefundInline = admin.TabularInline[Refund, Payment]
+    _DeliveryInline = admin.TabularInline[SignalDelivery, Payment]
     _PaymentAdmin = admin.ModelAdmin[Payment]
+    _DeliveryAdmin = admin.ModelAdmin[SignalDelivery]
 else:
     _RefundInline = admin.TabularInline
+    _DeliveryInline = admin.TabularInline
     _PaymentAdmin = admin.ModelAdmin
+    _DeliveryAdmin = admin.ModelAdmin
 
 #: The colour of each status badge in the changelist.
 STATUS_COLOURS: dict[str, str] = {
@@ -158,6 +163,161 @@ class ResolveRefundForm(forms.Form):
 RECHECK_LIMIT = 20
 
 
+class DeliveryInline(_DeliveryInline):
+    """A payment's signals, read-only, on its page: delivered or not, and why not."""
+
+    model = SignalDelivery
+    extra = 0
+    can_delete = False
+    fields: ClassVar[tuple[str, ...]] = (
+        "signal",
+        "created_at",
+        "delivered_at",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+    )
+    readonly_fields = fields
+    verbose_name_plural = _("signals to the shop")
+
+    def has_add_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """Never: signals are written with the status changes they announce."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """Never here: re-sending is an action of the signal deliveries' page."""
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """For whoever may view or change payments."""
+        return bool(
+            request.user.has_perm("django_khalti.view_payment")
+            or request.user.has_perm("django_khalti.change_payment")
+        )
+
+
+class UndeliveredFilter(admin.SimpleListFilter):
+    """Payments (or deliveries) with a signal the receivers have not taken yet."""
+
+    title = _("signals")
+    parameter_name = "signals"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        """One choice: not delivered yet."""
+        return [("undelivered", _("not delivered yet"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        """Only what has a signal still marked "to deliver"."""
+        if self.value() != "undelivered":
+            return queryset
+        if queryset.model is Payment:
+            return queryset.filter(signal_deliveries__next_attempt_at__isnull=False).distinct()
+        return queryset.filter(next_attempt_at__isnull=False)
+
+
+@admin.register(SignalDelivery)
+class SignalDeliveryAdmin(_DeliveryAdmin):
+    """The outbox: every signal sent to the shop's receivers, and what is not delivered yet.
+
+    Read-only; the action "Re-send to the receivers now" (``change_signaldelivery``
+    permission) delivers the selected undelivered signals at once, whatever their
+    schedule. ``khalti_reconcile`` re-sends them by itself once due.
+    """
+
+    list_display = [
+        "signal",
+        "payment_link",
+        "created_at",
+        "delivered_at",
+        "attempts",
+        "next_attempt_at",
+        "short_error",
+    ]
+    list_filter = [UndeliveredFilter, "signal"]
+    list_select_related = ["payment"]
+    search_fields = ["payment__order_reference__startswith", "payment__token__exact"]
+    actions = ["resend"]
+    fields = [
+        "signal",
+        "payment",
+        "arguments",
+        "created_at",
+        "delivered_at",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "snapshot_display",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description=_("payment"), ordering="payment__order_reference")
+    def payment_link(self, delivery: SignalDelivery) -> str:
+        """The payment, linked to its page."""
+        url = reverse("admin:django_khalti_payment_change", args=[delivery.payment_id])
+        return format_html('<a href="{}">{}</a>', url, delivery.payment.order_reference)
+
+    @admin.display(description=_("last error"))
+    def short_error(self, delivery: SignalDelivery) -> str:
+        """The first line of the last error."""
+        return delivery.last_error.splitlines()[0][:120] if delivery.last_error else ""
+
+    @admin.display(description=_("payment as it was"))
+    def snapshot_display(self, delivery: SignalDelivery) -> str:
+        """The payment as the receivers get it, as readable JSON."""
+        return pretty_json(delivery.snapshot.get("fields"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        """Never: signals are written with the status changes they announce."""
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: SignalDelivery | None = None
+    ) -> bool:
+        """For the changelist's action only: a delivery's own page is read-only."""
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: SignalDelivery | None = None
+    ) -> bool:
+        """Only for superusers: deliveries are part of the audit trail."""
+        return bool(request.user.is_superuser)
+
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        """Whether the user may re-send: ``django_khalti.change_signaldelivery``."""
+        return bool(request.user.has_perm("django_khalti.change_signaldelivery"))
+
+    @admin.action(description=_("Re-send to the receivers now"), permissions=["resend"])
+    def resend(self, request: HttpRequest, queryset: QuerySet[SignalDelivery]) -> None:
+        """Deliver the selected undelivered signals now; report how many took."""
+        undelivered = list(queryset.filter(next_attempt_at__isnull=False)[:RECHECK_LIMIT])
+        if not undelivered:
+            self.message_user(
+                request, _("The selected signals were all delivered already."), messages.WARNING
+            )
+            return
+        delivered = sum(services.deliver(delivery, now=True) for delivery in undelivered)
+        if delivered:
+            self.message_user(
+                request,
+                ngettext(
+                    "Delivered %(n)s signal.", "Delivered %(n)s signals.", delivered
+                )
+                % {"n": delivered},
+                messages.SUCCESS,
+            )
+        if delivered < len(undelivered):
+            self.message_user(
+                request,
+                ngettext(
+                    "%(n)s signal was not delivered: a receiver raised (see its last error).",
+                    "%(n)s signals were not delivered: a receiver raised (see their last error).",
+                    len(undelivered) - delivered,
+                )
+                % {"n": len(undelivered) - delivered},
+                messages.ERROR,
+            )
+
+
 @admin.register(Payment)
 class PaymentAdmin(_PaymentAdmin):
     """The payments' admin: read-only records, searched by Khalti's ids, with three actions.
@@ -177,7 +337,7 @@ class PaymentAdmin(_PaymentAdmin):
         "created_at",
         "verified_at",
     ]
-    list_filter = ["status", "flow", "created_at", "verified_at"]
+    list_filter = ["status", UndeliveredFilter, "flow", "created_at", "verified_at"]
     date_hierarchy = "created_at"
     # Every field is looked up so that an index answers (tests/test_performance.py):
     # Khalti's ids and the masked mobile exactly, the order reference by its
@@ -193,7 +353,7 @@ class PaymentAdmin(_PaymentAdmin):
     ]
     show_full_result_count = False
     actions = ["recheck", "refund", "resolve_refund"]
-    inlines = [RefundInline]
+    inlines = [RefundInline, DeliveryInline]
     fieldsets = [
         (
             None,
@@ -465,19 +625,30 @@ class PaymentAdmin(_PaymentAdmin):
         confirming = "confirm" in request.POST
         form = ResolveRefundForm(request.POST if confirming else None)
         if confirming and form.is_valid():
+            resolved = 0
             for refund in refunds:
-                services.resolve_refund(
-                    refund,
-                    succeeded=form.cleaned_data["outcome"] == "succeeded",
-                    by=request.user,
-                    note=form.cleaned_data["note"],
+                try:
+                    services.resolve_refund(
+                        refund,
+                        succeeded=form.cleaned_data["outcome"] == "succeeded",
+                        by=request.user,
+                        note=form.cleaned_data["note"],
+                    )
+                    resolved += 1
+                except KhaltiError as exc:  # settled from Khalti's answer meanwhile
+                    self.message_user(
+                        request,
+                        _("%(payment)s: %(detail)s")
+                        % {"payment": refund.payment.order_reference, "detail": exc.detail},
+                        messages.ERROR,
+                    )
+            if resolved:
+                self.message_user(
+                    request,
+                    ngettext("Resolved %(n)s refund.", "Resolved %(n)s refunds.", resolved)
+                    % {"n": resolved},
+                    messages.SUCCESS,
                 )
-            self.message_user(
-                request,
-                ngettext("Resolved %(n)s refund.", "Resolved %(n)s refunds.", len(refunds))
-                % {"n": len(refunds)},
-                messages.SUCCESS,
-            )
             return None
         context = {
             **self.admin_site.each_context(request),

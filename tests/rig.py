@@ -39,7 +39,14 @@ def _die_with_parent() -> None:
 
 
 def spawn_gunicorn(
-    app: str, *, chdir: Path, env: dict[str, str], log, workers: int = WORKERS, log_level: str
+    app: str,
+    *,
+    chdir: Path,
+    env: dict[str, str],
+    log,
+    workers: int = WORKERS,
+    log_level: str,
+    worker_timeout: int = 60,
 ) -> tuple[subprocess.Popen, str]:
     """gunicorn with ``workers`` sync workers (``--preload``) serving ``app``, on a
     loopback socket bound here and handed over (fd://: no race for a free port), in a
@@ -63,7 +70,7 @@ def spawn_gunicorn(
                 "--worker-class",
                 "sync",
                 "--timeout",
-                "60",
+                str(worker_timeout),
                 "--graceful-timeout",
                 "3",
                 "--preload",
@@ -83,8 +90,21 @@ def spawn_gunicorn(
 class Rig:
     """A running gunicorn serving the testproject; ``post`` talks to it."""
 
-    def __init__(self, database_name: str, khalti_url: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        database_name: str,
+        khalti_url: str,
+        workdir: Path,
+        *,
+        workers: int = WORKERS,
+        worker_timeout: int = 60,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``workers`` sync workers, killed by gunicorn after ``worker_timeout`` seconds
+        on one request; ``env``: more of the server's environment."""
         self.workdir = workdir
+        self.workers = workers
+        self.worker_timeout = worker_timeout
         self.log_file = workdir / "django.log"
         self.server_log = workdir / "gunicorn.log"
         self.fail_settle_marker = workdir / "fail-settle"
@@ -98,6 +118,7 @@ class Rig:
             "TESTPROJECT_FAIL_SETTLE_IF": str(self.fail_settle_marker),
             "PYTHONPATH": os.pathsep.join([str(TESTPROJECT), str(ROOT)]),
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         self.env.pop("DJANGO_DEMO", None)
         self.env.pop("KHALTI_SECRET_KEY", None)  # the fake knows the testproject's key
@@ -113,6 +134,8 @@ class Rig:
                 env=self.env,
                 log=log,
                 log_level="info",
+                workers=self.workers,
+                worker_timeout=self.worker_timeout,
             )
         try:
             self._wait_ready()
@@ -139,7 +162,7 @@ class Rig:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {self.server_log.read_text()[-3000:]}")
-            if len(self.worker_pids()) == WORKERS:
+            if len(self.worker_pids()) == self.workers:
                 try:
                     requests.get(self.url + "/khalti/verify/", timeout=2)
                     return

@@ -538,3 +538,45 @@ def test_a_worker_killed_mid_verification_leaves_a_pending_payment_reconciliatio
     while len(rig.worker_pids()) < WORKERS and time.monotonic() < deadline:
         time.sleep(0.1)
     assert worker not in rig.worker_pids()
+
+
+def test_a_worker_killed_by_gunicorns_timeout_inside_a_receiver_loses_no_signal(
+    fake, tmp_path_factory
+):
+    """Issue 13's reproduction: one worker, ``--timeout 4``, a receiver that sleeps 10 s
+    ahead of the shop's. gunicorn kills the worker (SystemExit, which send_robust does
+    not catch) after the status committed and before the shop's receiver ran. The
+    signal stays in the outbox; after the grace period, ``khalti_reconcile`` delivers it."""
+    from django.conf import settings
+
+    from django_khalti.models import SignalDelivery
+
+    workdir = tmp_path_factory.mktemp("timeout-rig")
+    slow = workdir / "slow-receiver"
+    env = {"TESTPROJECT_SLOW_RECEIVER_IF": str(slow), "KHALTI_SIGNAL_GRACE_PERIOD": "2"}
+    name = settings.DATABASES["default"]["NAME"]
+    with Rig(name, fake.url, workdir, workers=1, worker_timeout=4, env=env) as rig:
+        order = new_order(2100)
+        token = fake.issue("receiver-killed", 2100)
+        slow.touch()
+        try:
+            status, _, took = rig.post(widget(order, token), timeout=30)
+        except requests.RequestException:
+            status, took = None, None  # the worker died with the connection
+        assert status != 200, "the worker was not killed in the receiver"
+        payment = Payment.objects.get(token=token)
+        assert payment.status == Payment.Status.VERIFIED
+        assert paid_events(order) == 0  # the shop's receiver never ran
+        delivery = SignalDelivery.objects.get(payment=payment)
+        assert (delivery.attempts, delivery.delivered_at) == (1, None)
+
+        slow.unlink()
+        time.sleep(2.5)  # the grace period
+        result = rig.reconcile()
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "signals delivered again 1, still undelivered 0" in result.stdout
+    assert paid_events(order) == 1
+    assert Order.objects.get(pk=order.pk).paid
+    delivery.refresh_from_db()
+    assert delivery.delivered_at is not None
+    assert fake.completions[token] == 1

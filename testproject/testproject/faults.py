@@ -34,3 +34,23 @@ class FailPaymentSettleMiddleware:
     def __call__(self, request):
         with connections["default"].execute_wrapper(fail_settle):
             return self.get_response(request)
+
+
+def slow_receiver(sender, payment, **kwargs):
+    """While ``TESTPROJECT_SLOW_RECEIVER_IF``'s file exists: a receiver that outlives
+    gunicorn's worker timeout (the worker is killed before the shop's receiver runs)."""
+    import time
+
+    marker = os.environ.get("TESTPROJECT_SLOW_RECEIVER_IF")
+    if marker and os.path.exists(marker):
+        time.sleep(10)
+
+
+def connect_slow_receiver():
+    """Connect :func:`slow_receiver` ahead of the shop's receivers (called first in
+    the shop's ``ready``), only when the rig asks for it."""
+    if os.environ.get("TESTPROJECT_SLOW_RECEIVER_IF"):
+        from django_khalti.models import Payment
+        from django_khalti.signals import payment_verified
+
+        payment_verified.connect(slow_receiver, sender=Payment)

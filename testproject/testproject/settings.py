@@ -102,7 +102,11 @@ def database_from_url(url: str) -> dict:
     # One test database per run, so that two runs on one server never collide.
     entry["TEST"] = {"NAME": f"test_{entry['NAME']}_{os.getpid()}"}
     if engine.endswith("mysql"):
-        entry["OPTIONS"] = {"charset": "utf8mb4", "isolation_level": "read committed"}
+        # Django's default isolation on MySQL/MariaDB is READ COMMITTED;
+        # DJANGO_DB_ISOLATION="repeatable read" runs at the server's own default
+        # (.ci/run does, for the concurrency and reconcile tests).
+        isolation = os.environ.get("DJANGO_DB_ISOLATION") or "read committed"
+        entry["OPTIONS"] = {"charset": "utf8mb4", "isolation_level": isolation}
         entry["TEST"].update(CHARSET="utf8mb4", COLLATION="utf8mb4_unicode_ci")
     return entry
 
@@ -136,6 +140,8 @@ KHALTI = {
     # KHALTI_TIMEOUT: the rig (tests/rig.py) runs with a short one.
     "TIMEOUT": float(os.environ["KHALTI_TIMEOUT"]) if os.environ.get("KHALTI_TIMEOUT") else 5,
     "AMOUNT_RESOLVER": "shop.khalti.order_amount",
+    # KHALTI_SIGNAL_GRACE_PERIOD: the rig's worker-timeout test waits less than a minute.
+    "SIGNAL_GRACE_PERIOD": float(os.environ.get("KHALTI_SIGNAL_GRACE_PERIOD") or 60),
 }
 
 LOGGING = {
@@ -167,6 +173,9 @@ if os.environ.get("DJANGO_LOG_FILE"):
 # went away after Khalti answered (see testproject/faults.py). Never set otherwise.
 if os.environ.get("TESTPROJECT_FAIL_SETTLE_IF"):
     MIDDLEWARE = ["testproject.faults.FailPaymentSettleMiddleware", *MIDDLEWARE]
+# TESTPROJECT_SLOW_RECEIVER_IF=<path>: while that file exists, a payment_verified
+# receiver connected ahead of the shop's sleeps 10 s (testproject/faults.py), long
+# enough for gunicorn's --timeout to kill the worker mid-delivery.
 
 # The test project runs with a sandbox-style key by design.
 SILENCED_SYSTEM_CHECKS = ["django_khalti.W002"]
