@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
@@ -38,6 +38,8 @@ from .exceptions import (
 from .models import DbNow, Payment, Refund, SignalDelivery, rupees
 
 if TYPE_CHECKING:
+    from django.utils.functional import _StrOrPromise as StrOrPromise
+
     # django-stubs makes the admin classes generic in their model; Django's are not
     # subscriptable at run time.
     _RefundInline = admin.TabularInline[Refund, Payment]
@@ -202,11 +204,13 @@ class UndeliveredFilter(admin.SimpleListFilter):
     title = _("signals")
     parameter_name = "signals"
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, StrOrPromise]]:
         """One choice: not delivered yet."""
         return [("undelivered", _("not delivered yet"))]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         """Only what has a signal still marked "to deliver"."""
         if self.value() != "undelivered":
             return queryset
@@ -237,7 +241,7 @@ class SignalDeliveryAdmin(_DeliveryAdmin):
     list_select_related = ["payment"]
     search_fields = ["payment__order_reference__startswith", "payment__token__exact"]
     actions = ["resend"]
-    fields = [
+    fields: ClassVar[tuple[str, ...]] = (
         "signal",
         "payment",
         "arguments",
@@ -247,7 +251,7 @@ class SignalDeliveryAdmin(_DeliveryAdmin):
         "next_attempt_at",
         "last_error",
         "snapshot_display",
-    ]
+    )
     readonly_fields = fields
 
     @admin.display(description=_("payment"), ordering="payment__order_reference")
@@ -299,9 +303,7 @@ class SignalDeliveryAdmin(_DeliveryAdmin):
         if delivered:
             self.message_user(
                 request,
-                ngettext(
-                    "Delivered %(n)s signal.", "Delivered %(n)s signals.", delivered
-                )
+                ngettext("Delivered %(n)s signal.", "Delivered %(n)s signals.", delivered)
                 % {"n": delivered},
                 messages.SUCCESS,
             )

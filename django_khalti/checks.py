@@ -100,7 +100,7 @@ def _positive_seconds(value: Any) -> bool:
 
 
 def _check_timeout(config: dict[str, Any]) -> list[checks.CheckMessage]:
-    problems = []
+    problems: list[checks.CheckMessage] = []
     if not _positive_seconds(config.get("TIMEOUT", DEFAULTS["TIMEOUT"])):
         problems.append(
             checks.Error(

@@ -204,7 +204,8 @@ class KhaltiRefundFailed(KhaltiError):
 class KhaltiRefundConflict(KhaltiError):
     """A refund's outcome was recorded otherwise while this answer was on its way:
     a person's answer lost to Khalti's, or Khalti's answer contradicts what was
-    recorded (the payment then needs review)."""
+    recorded (the payment then needs review).
+    """
 
     code = "refund_conflict"
     default_detail = _(

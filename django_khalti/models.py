@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core import serializers
@@ -335,7 +335,7 @@ class SignalDelivery(models.Model):
     def payment_as_it_was(self) -> Payment:
         """A fresh :class:`Payment` built from :attr:`snapshot`: the receivers' own copy."""
         (item,) = serializers.deserialize("python", [self.snapshot])
-        payment = item.object
+        payment = cast(Payment, item.object)
         payment._state.adding = False
         payment._state.db = self._state.db
         return payment
@@ -344,7 +344,7 @@ class SignalDelivery(models.Model):
 def snapshot_of(payment: Payment) -> dict[str, Any]:
     """``payment`` in the form :attr:`SignalDelivery.snapshot` stores."""
     (data,) = serializers.serialize("python", [payment])
-    return data
+    return dict(data)
 
 
 def _read_db_default(instance: models.Model) -> None:

@@ -443,7 +443,8 @@ def _claimable() -> Q:
 
 def _held(payment: Payment) -> Q:
     """The row still carries this worker's claim: the claim it won (its generation,
-    ``attempts``), not released, not taken over."""
+    ``attempts``), not released, not taken over.
+    """
     return Q(attempts=payment.attempts, claimed_at__isnull=False)
 
 
@@ -1081,9 +1082,9 @@ def start_epayment(
     # The pidx is a fact about this row, stored whatever became of it meanwhile...
     Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now(), **fields)
     # ...but the link goes to the buyer only if the row is still ours and pending.
-    still_ours = Payment.objects.filter(_held(payment), pk=payment.pk, status=Status.PENDING).update(
-        claimed_at=None
-    )
+    still_ours = Payment.objects.filter(
+        _held(payment), pk=payment.pk, status=Status.PENDING
+    ).update(claimed_at=None)
     if not still_ours:
         raise KhaltiInProgress()
     for name, value in fields.items():
@@ -1487,7 +1488,8 @@ def _transition(
 
 def _announce(status: str, payment: Payment, refund_amount: int | None) -> None:
     """Write the signal for ``payment``'s new ``status`` to the outbox (inside the
-    status change's transaction), and deliver it once that commits."""
+    status change's transaction), and deliver it once that commits.
+    """
     arguments: dict[str, Any] = {}
     if status in (Status.FAILED, Status.NEEDS_REVIEW):
         arguments["reason"] = payment.failure_reason
@@ -1517,8 +1519,9 @@ def _retry_wait(attempt: int) -> timedelta:
     period, doubled for each attempt after the first, at most
     :data:`MAX_RETRY_INTERVAL` (or the grace period, if longer).
     """
-    grace = timedelta(seconds=khalti_settings.SIGNAL_GRACE_PERIOD)
-    return min(grace * 2 ** min(attempt - 1, 20), max(grace, MAX_RETRY_INTERVAL))
+    grace = timedelta(seconds=float(khalti_settings.SIGNAL_GRACE_PERIOD))
+    wait: timedelta = grace * 2 ** min(attempt - 1, 20)
+    return min(wait, max(grace, MAX_RETRY_INTERVAL))
 
 
 def deliver(delivery: SignalDelivery, *, first: bool = False, now: bool = False) -> bool:

@@ -357,6 +357,13 @@ def test_e004_timeout_that_is_not_a_positive_number(timeout):
     assert [m.id for m in messages] == ["django_khalti.E004"]
 
 
+@pytest.mark.parametrize("grace", [None, "60", 0, -5, False], ids=repr)
+def test_e004_signal_grace_period_that_is_not_a_positive_number(grace):
+    messages = messages_for(khalti(SIGNAL_GRACE_PERIOD=grace))
+    assert [m.id for m in messages] == ["django_khalti.E004"]
+    assert "SIGNAL_GRACE_PERIOD" in messages[0].msg
+
+
 @pytest.mark.parametrize("timeout", [MISSING, 10, 2.5, 30])
 def test_e004_quiet_for_a_positive_number(timeout):
     assert ids_for(khalti(TIMEOUT=timeout)) == []

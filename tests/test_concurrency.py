@@ -340,7 +340,9 @@ def test_a_batch_passes_over_rows_another_reconciler_holds(khalti):
             amount=1000,
             order_claim=order_key(f"ORD-{token}"),
         )
-        Payment.objects.filter(pk=p.pk).update(created_at=timezone.now() - timedelta(minutes=minutes))
+        Payment.objects.filter(pk=p.pk).update(
+            created_at=timezone.now() - timedelta(minutes=minutes)
+        )
     assert services.claim(Payment.objects.get(token="held"))
     batch, _ = services.pending_batch(timedelta(0), 10)
     assert [p.token for p in batch] == ["free"]

@@ -66,8 +66,9 @@ class Flaky:
     """A receiver, connected ahead of the shop's, that raises (``exc``) the first
     ``times`` times, then records the payment it was given."""
 
-    def __init__(self, times=1, exc=RuntimeError("the warehouse is down")):
-        self.times, self.exc, self.seen = times, exc, []
+    def __init__(self, times=1, exc=None):
+        self.times, self.seen = times, []
+        self.exc = exc or RuntimeError("the warehouse is down")
         self.__qualname__ = "Flaky"  # Django's send_robust logs a receiver by it
 
     def __call__(self, sender, payment, **kwargs):
@@ -101,7 +102,8 @@ def test_a_raising_receiver_is_logged_and_its_signal_delivered_again_after_the_g
         with django_capture_on_commit_callbacks(execute=True):
             assert post(client, payload).status_code == 200
         payment = Payment.objects.get()
-        assert str(payment.pk) in caplog.text and "the warehouse is down" in caplog.text
+        assert str(payment.pk) in caplog.text
+        assert "the warehouse is down" in caplog.text
         delivery = SignalDelivery.objects.get()
         assert (delivery.attempts, delivery.delivered_at) == (1, None)
         assert "RuntimeError: the warehouse is down" in delivery.last_error
@@ -114,7 +116,8 @@ def test_a_raising_receiver_is_logged_and_its_signal_delivered_again_after_the_g
     assert [p.pk for p in flaky.seen] == [payment.pk]
     delivery.refresh_from_db()
     assert (delivery.attempts, delivery.last_error) == (2, "")
-    assert delivery.delivered_at is not None and delivery.next_attempt_at is None
+    assert delivery.delivered_at is not None
+    assert delivery.next_attempt_at is None
     assert paid()
     assert OrderEvent.objects.filter(kind="paid").count() == 1  # the shop's receiver is idempotent
 
@@ -146,7 +149,7 @@ def test_a_receiver_that_keeps_raising_is_retried_less_and_less_often_and_report
             post(client, payload)
         past_grace()
         began = timezone.now()
-        with pytest.raises(CommandError, match="1 signal.s. could not be delivered"):
+        with pytest.raises(CommandError, match=r"1 signal\(s\) could not be delivered"):
             reconcile()
         delivery = SignalDelivery.objects.get()
         assert delivery.attempts == 2
@@ -240,7 +243,9 @@ def test_a_person_resolving_not_refunded_while_khalti_says_refunded_loses_to_kha
         services.resolve_refund(refund, succeeded=False, by=admin_user, note="dashboard")
         return 200, fixture("status_refunded")
 
-    khalti.expect("status", "tok-v", {"token": "tok-v", "amount": "1000"}, callback=person_meanwhile)
+    khalti.expect(
+        "status", "tok-v", {"token": "tok-v", "amount": "1000"}, callback=person_meanwhile
+    )
     with caplog.at_level(logging.WARNING, "django_khalti"):
         settled = services.reconcile_refund(Refund.objects.get(pk=refund.pk))
     assert settled.status == Refund.Status.FAILED  # as the person recorded it...
@@ -347,7 +352,8 @@ def test_a_signal_delivered_again_carries_the_payment_as_it_was_then(
         reconcile()
     [payment] = flaky.seen
     assert (payment.status, payment.refunded_amount) == (Status.VERIFIED, 0)
-    assert payment.verified_at is not None and payment.mobile == "98XXXXXXX9"
+    assert payment.verified_at is not None
+    assert payment.mobile == "98XXXXXXX9"
 
 
 # --- 4. one clock: the database's ---------------------------------------------------------
@@ -366,7 +372,8 @@ def test_a_host_whose_clock_runs_ahead_does_not_take_over_a_live_claim(khalti):
     assert services.claim(Payment.objects.get(pk=payment.pk))  # a worker is at it right now
     with host_clock_ahead():
         out = reconcile("--payment", str(payment.pk))
-    assert "0 verified" in out and "0 still pending" in out  # passed over, Khalti not asked
+    assert "0 verified" in out
+    assert "0 still pending" in out
     assert Payment.objects.get(pk=payment.pk).status == Status.PENDING
 
 
@@ -385,3 +392,48 @@ def test_reconcile_ages_are_read_on_the_database_clock(khalti):
     with host_clock_ahead():
         batch, _ = services.pending_batch(timedelta(seconds=120), 10)
     assert fresh not in batch
+
+
+# --- the admin: undelivered signals, and a re-send ----------------------------------------
+
+DELIVERIES = reverse("admin:django_khalti_signaldelivery_changelist")
+
+
+def test_the_admin_lists_undelivered_signals_and_re_sends_them(
+    admin_client, khalti, payload, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000)
+    with Flaky(times=1) as flaky:
+        with django_capture_on_commit_callbacks(execute=True):
+            post(Client(), payload)
+        delivery = SignalDelivery.objects.get()
+        page = admin_client.get(DELIVERIES, {"signals": "undelivered"})
+        assert page.status_code == 200
+        assert "the warehouse is down" in page.content.decode()
+        payments = reverse("admin:django_khalti_payment_changelist")
+        assert admin_client.get(payments, {"signals": "undelivered"}).context["cl"].result_count == 1
+
+        # Within the grace period: a person may still re-send at once.
+        response = admin_client.post(
+            DELIVERIES,
+            {"action": "resend", "_selected_action": [str(delivery.pk)], "index": "0"},
+            follow=True,
+        )
+    assert [str(m) for m in response.context["messages"]] == ["Delivered 1 signal."]
+    assert len(flaky.seen) == 1
+    assert paid()
+    delivery.refresh_from_db()
+    assert delivery.delivered_at is not None
+    assert delivery.attempts == 2
+    assert admin_client.get(DELIVERIES, {"signals": "undelivered"}).context["cl"].result_count == 0
+
+
+def test_re_sending_needs_the_change_permission(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_signaldelivery"))
+    client.force_login(viewer)
+    page = client.get(DELIVERIES)
+    assert page.status_code == 200
+    assert "resend" not in page.content.decode()

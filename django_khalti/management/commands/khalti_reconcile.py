@@ -242,7 +242,7 @@ class Command(BaseCommand):
         )
 
     def _batches(
-        self, read: Callable[..., Any], since: datetime, size: int, limit: int | None
+        self, read: Callable[..., Any], since: timedelta, size: int, limit: int | None
     ) -> Iterator[list[Payment]]:
         """Payments from ``read`` (``services.pending_batch`` or ``failed_batch``),
         a batch at a time, oldest first.
@@ -275,9 +275,7 @@ class Command(BaseCommand):
         except (Payment.DoesNotExist, ValidationError, ValueError):
             raise CommandError(f"No Khalti payment with id {pk!r}.") from None
 
-    def _dry_run(
-        self, deliveries: list[SignalDelivery], *batches: Iterator[list[Payment]]
-    ) -> None:
+    def _dry_run(self, deliveries: list[SignalDelivery], *batches: Iterator[list[Payment]]) -> None:
         for delivery in deliveries:
             self.stdout.write(
                 f"would deliver {delivery.signal} for payment {delivery.payment_id} again "
