@@ -42,13 +42,11 @@ if TYPE_CHECKING:
 
     # django-stubs makes the admin classes generic in their model; Django's are not
     # subscriptable at run time.
-    _RefundInline = admin.TabularInline[Refund, Payment]
-    _DeliveryInline = admin.TabularInline[SignalDelivery, Payment]
+    _Inline = admin.TabularInline[Any, Payment]
     _PaymentAdmin = admin.ModelAdmin[Payment]
     _DeliveryAdmin = admin.ModelAdmin[SignalDelivery]
 else:
-    _RefundInline = admin.TabularInline
-    _DeliveryInline = admin.TabularInline
+    _Inline = admin.TabularInline
     _PaymentAdmin = admin.ModelAdmin
     _DeliveryAdmin = admin.ModelAdmin
 
@@ -72,12 +70,32 @@ def pretty_json(value: object) -> str:
     )
 
 
-class RefundInline(_RefundInline):
+class _RecordInline(_Inline):
+    """Part of a payment's record, read-only on its page, for whoever may see the payment."""
+
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """Never: these rows are written by the app (an action, a status change)."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """Never: the record is what happened."""
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """For whoever may view or change payments."""
+        return bool(
+            request.user.has_perm("django_khalti.view_payment")
+            or request.user.has_perm("django_khalti.change_payment")
+        )
+
+
+class RefundInline(_RecordInline):
     """A payment's refunds, read-only, on its page: who asked, how much, what Khalti said."""
 
     model = Refund
-    extra = 0
-    can_delete = False
     # A tuple of names: it types as both a field list and a read-only field list.
     fields: ClassVar[tuple[str, ...]] = (
         "created_at",
@@ -101,22 +119,6 @@ class RefundInline(_RefundInline):
     def answer(self, refund: Refund) -> str:
         """Khalti's answer to the refund, as readable JSON."""
         return pretty_json(refund.khalti_response)
-
-    def has_add_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
-        """Never: refunds are made with the payment's Refund action."""
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
-        """Never: a refund's record is Khalti's answer."""
-        return False
-
-    def has_view_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
-        """For whoever may view or change payments."""
-        # Refunds are part of the payment's record: whoever may see it sees them.
-        return bool(
-            request.user.has_perm("django_khalti.view_payment")
-            or request.user.has_perm("django_khalti.change_payment")
-        )
 
 
 class RefundForm(forms.Form):
@@ -165,12 +167,12 @@ class ResolveRefundForm(forms.Form):
 RECHECK_LIMIT = 20
 
 
-class DeliveryInline(_DeliveryInline):
-    """A payment's signals, read-only, on its page: delivered or not, and why not."""
+class DeliveryInline(_RecordInline):
+    """A payment's signals, read-only, on its page: delivered or not, and why not.
+    Re-sending is an action of the signal deliveries' page.
+    """
 
     model = SignalDelivery
-    extra = 0
-    can_delete = False
     fields: ClassVar[tuple[str, ...]] = (
         "signal",
         "created_at",
@@ -181,21 +183,6 @@ class DeliveryInline(_DeliveryInline):
     )
     readonly_fields = fields
     verbose_name_plural = _("signals to the shop")
-
-    def has_add_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
-        """Never: signals are written with the status changes they announce."""
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
-        """Never here: re-sending is an action of the signal deliveries' page."""
-        return False
-
-    def has_view_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
-        """For whoever may view or change payments."""
-        return bool(
-            request.user.has_perm("django_khalti.view_payment")
-            or request.user.has_perm("django_khalti.change_payment")
-        )
 
 
 class UndeliveredFilter(admin.SimpleListFilter):

@@ -411,7 +411,9 @@ def test_the_admin_lists_undelivered_signals_and_re_sends_them(
         assert page.status_code == 200
         assert "the warehouse is down" in page.content.decode()
         payments = reverse("admin:django_khalti_payment_changelist")
-        assert admin_client.get(payments, {"signals": "undelivered"}).context["cl"].result_count == 1
+        assert (
+            admin_client.get(payments, {"signals": "undelivered"}).context["cl"].result_count == 1
+        )
 
         # Within the grace period: a person may still re-send at once.
         response = admin_client.post(
