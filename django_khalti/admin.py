@@ -261,11 +261,27 @@ class SignalDeliveryAdmin(_DeliveryAdmin):
         """Never: signals are written with the status changes they announce."""
         return False
 
+    def has_view_permission(self, request: HttpRequest, obj: SignalDelivery | None = None) -> bool:
+        """Also only for whoever may see payments: a delivery shows its payment whole."""
+        may_see_payments = request.user.has_perm(
+            "django_khalti.view_payment"
+        ) or request.user.has_perm("django_khalti.change_payment")
+        return bool(may_see_payments and super().has_view_permission(request, obj))
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        """Listed for whoever may view the deliveries (see :meth:`has_view_permission`)."""
+        return self.has_view_permission(request) or self.has_change_permission(request)
+
     def has_change_permission(
         self, request: HttpRequest, obj: SignalDelivery | None = None
     ) -> bool:
-        """For the changelist's action only: a delivery's own page is read-only."""
-        return obj is None and super().has_change_permission(request)
+        """For the changelist's action only, and for whoever may see payments: a
+        delivery's own page is read-only.
+        """
+        may_see_payments = request.user.has_perm(
+            "django_khalti.view_payment"
+        ) or request.user.has_perm("django_khalti.change_payment")
+        return obj is None and may_see_payments and super().has_change_permission(request)
 
     def has_delete_permission(
         self, request: HttpRequest, obj: SignalDelivery | None = None
@@ -286,7 +302,19 @@ class SignalDeliveryAdmin(_DeliveryAdmin):
                 request, _("The selected signals were all delivered already."), messages.WARNING
             )
             return
-        delivered = sum(services.deliver(delivery, now=True) for delivery in undelivered)
+        outcomes = [services.deliver(delivery, now=True) for delivery in undelivered]
+        delivered, failed = outcomes.count(True), outcomes.count(False)
+        if None in outcomes:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(n)s signal is being delivered right now: try again in a moment.",
+                    "%(n)s signals are being delivered right now: try again in a moment.",
+                    outcomes.count(None),
+                )
+                % {"n": outcomes.count(None)},
+                messages.WARNING,
+            )
         if delivered:
             self.message_user(
                 request,
@@ -294,15 +322,15 @@ class SignalDeliveryAdmin(_DeliveryAdmin):
                 % {"n": delivered},
                 messages.SUCCESS,
             )
-        if delivered < len(undelivered):
+        if failed:
             self.message_user(
                 request,
                 ngettext(
                     "%(n)s signal was not delivered: a receiver raised (see its last error).",
                     "%(n)s signals were not delivered: a receiver raised (see their last error).",
-                    len(undelivered) - delivered,
+                    failed,
                 )
-                % {"n": len(undelivered) - delivered},
+                % {"n": failed},
                 messages.ERROR,
             )
 

@@ -318,6 +318,9 @@ class SignalDelivery(models.Model):
     next_attempt_at = models.DateTimeField(_("next attempt"), null=True, blank=True, db_index=True)
     delivered_at = models.DateTimeField(_("delivered"), null=True, blank=True)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    #: Attempts that ran to their end (every receiver called): fewer than
+    #: ``attempts`` while one is running, or after its worker died.
+    attempts_finished = models.PositiveIntegerField(_("attempts finished"), default=0)
     last_error = models.TextField(_("last error"), blank=True)
 
     class Meta:

@@ -37,10 +37,10 @@ from urllib.parse import urljoin
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models.functions import Coalesce
 from django.dispatch import Signal
 from django.http import Http404, HttpRequest
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from .client import KhaltiClient, KhaltiLookup, KhaltiOutcome, KhaltiStatus, KhaltiTransaction
@@ -427,11 +427,11 @@ def claim(payment: Payment, status: str = Status.PENDING) -> bool:
         won = (
             Payment.objects.filter(pk=payment.pk, status=status, attempts=payment.attempts)
             .filter(_claimable())
-            .update(claimed_at=DbNow(), attempts=F("attempts") + 1, updated_at=timezone.now())
+            .update(claimed_at=DbNow(), attempts=F("attempts") + 1, updated_at=DbNow())
         )
     if won:
         payment.attempts += 1
-        _read_later(payment, "claimed_at")
+        _read_later(payment, "claimed_at", "updated_at")
     return bool(won)
 
 
@@ -458,7 +458,7 @@ def _release(payment: Payment, status: str = Status.PENDING) -> None:
     """Let go of a claim after an unknown outcome, so a retry need not wait."""
     try:
         Payment.objects.filter(_held(payment), pk=payment.pk, status=status).update(
-            claimed_at=None, updated_at=timezone.now()
+            claimed_at=None, updated_at=DbNow()
         )
     except DatabaseError:
         logger.exception("Could not release the claim on payment %s.", payment.pk)
@@ -765,8 +765,14 @@ EXPIRY_MARGIN = timedelta(minutes=15)
 
 
 def _link_dead(payment: Payment) -> bool:
-    expires_at = payment.expires_at or payment.created_at + timedelta(minutes=60)
-    return timezone.now() > expires_at + EXPIRY_MARGIN
+    """Whether the payment's link expired (past :data:`EXPIRY_MARGIN`), on the database's clock."""
+    expiry = Coalesce("expires_at", F("created_at") + timedelta(minutes=60))
+    return (
+        Payment.objects.filter(pk=payment.pk)
+        .annotate(expiry=expiry)
+        .filter(expiry__lt=DbNow() - EXPIRY_MARGIN)
+        .exists()
+    )
 
 
 def _looked_up(client: KhaltiClient, payment: Payment) -> KhaltiLookup:
@@ -793,11 +799,10 @@ def _lookup(client: KhaltiClient, payment: Payment) -> None:
         # link, so no money can have moved.
         _fail(payment, _("The payment was never started with Khalti."), notify=False)
         return
-    dead = _link_dead(payment)
     try:
         answer = _looked_up(client, payment)
     except KhaltiRejected as exc:
-        if dead:
+        if _link_dead(payment):
             _fail(
                 payment,
                 _("Khalti does not know this payment (%(detail)s) and its link expired.")
@@ -820,7 +825,7 @@ def _lookup(client: KhaltiClient, payment: Payment) -> None:
             "want": payment.amount,
         }
         _needs_review(payment, reason, received_amount=answer.total_amount, **fields)
-    elif outcome is KhaltiOutcome.FAILED or (outcome is KhaltiOutcome.OPEN and dead):
+    elif outcome is KhaltiOutcome.FAILED or (outcome is KhaltiOutcome.OPEN and _link_dead(payment)):
         _fail(
             payment,
             _("Khalti reports the payment as %(status)s.") % {"status": answer.status},
@@ -1075,12 +1080,12 @@ def start_epayment(
     fields = {
         "pidx": started.pidx,
         "payment_url": started.payment_url,
-        # Khalti's expiry, on Khalti's clock; else Khalti's documented hour.
-        "expires_at": started.expires_at or timezone.now() + timedelta(minutes=60),
+        # Khalti's expiry; else Khalti's documented hour, on the database's clock.
+        "expires_at": started.expires_at or DbNow() + timedelta(minutes=60),
         "khalti_response": started.raw,
     }
     # The pidx is a fact about this row, stored whatever became of it meanwhile...
-    Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now(), **fields)
+    Payment.objects.filter(pk=payment.pk).update(updated_at=DbNow(), **fields)
     # ...but the link goes to the buyer only if the row is still ours and pending.
     still_ours = Payment.objects.filter(
         _held(payment), pk=payment.pk, status=Status.PENDING
@@ -1090,19 +1095,22 @@ def start_epayment(
     for name, value in fields.items():
         setattr(payment, name, value)
     payment.claimed_at = None
+    _read_later(payment, "updated_at", *([] if started.expires_at else ["expires_at"]))
     return payment
 
 
 def _link_still_good(payment: Payment, amount: int) -> bool:
-    """A pending ePayment for this amount whose link the buyer can still use."""
-    margin = timezone.now() + timedelta(minutes=1)
+    """A pending ePayment for this amount whose link the buyer can still use (for a
+    minute more, on the database's clock).
+    """
     return bool(
         payment.flow == Payment.Flow.EPAYMENT
         and payment.status == Status.PENDING
         and payment.amount == amount
         and payment.payment_url
-        and payment.expires_at is not None
-        and payment.expires_at > margin
+        and Payment.objects.filter(
+            pk=payment.pk, expires_at__gt=DbNow() + timedelta(minutes=1)
+        ).exists()
     )
 
 
@@ -1202,7 +1210,9 @@ def _refused_refund(client: KhaltiClient, refund: Refund, exc: KhaltiRejected) -
     ("already refunded": by the dashboard, or by an earlier call whose answer was lost).
     """
     try:
-        proof = _refund_proof(client, refund)
+        # Only "Refunded" for all that remained proves it: "Partially refunded"
+        # may be an earlier refund's doing, and Khalti just refused this one.
+        proof = _refund_proof(client, refund, partial_proves=False)
     except KhaltiUnavailable:
         proof = None
     if proof is not None and proof[0] is True:
@@ -1255,9 +1265,12 @@ def reconcile_refund(refund: Refund) -> Refund:
     return refund
 
 
-def _refund_proof(client: KhaltiClient, refund: Refund) -> tuple[bool, Any] | None:
+def _refund_proof(
+    client: KhaltiClient, refund: Refund, *, partial_proves: bool = True
+) -> tuple[bool, Any] | None:
     """What Khalti's state of the payment proves of ``refund``: ``(True, answer)``
-    refunded, ``(False, answer)`` not, None when it cannot tell. Raises
+    refunded, ``(False, answer)`` not, None when it cannot tell. With
+    ``partial_proves`` False, "Partially refunded" proves nothing. Raises
     :class:`KhaltiUnavailable` when Khalti could not be asked.
     """
     payment = Payment.objects.get(pk=refund.payment_id)
@@ -1276,7 +1289,10 @@ def _refund_proof(client: KhaltiClient, refund: Refund) -> tuple[bool, Any] | No
     first = payment.refunded_amount == 0
     # Settle only on an answer that proves what became of *this* refund.
     if (outcome is KhaltiOutcome.REFUNDED and refund.amount == remaining) or (
-        outcome is KhaltiOutcome.PARTIALLY_REFUNDED and first and refund.amount < remaining
+        partial_proves
+        and outcome is KhaltiOutcome.PARTIALLY_REFUNDED
+        and first
+        and refund.amount < remaining
     ):
         return True, raw
     if outcome is KhaltiOutcome.PAID and first:
@@ -1362,9 +1378,10 @@ def _settle_refund(
     Returns whether the refund now stands as this answer says: True when this
     call settled it (or it was settled the same way before). When it was
     settled otherwise meanwhile, Khalti's answer outranks a person's: a person
-    (``by_person``) gets :class:`KhaltiRefundConflict`; an answer from Khalti
-    that contradicts what was recorded is logged at WARNING, kept on the
-    payment, and moves the payment to ``needs_review`` (False).
+    (``by_person``) gets :class:`KhaltiRefundConflict`. An answer from Khalti
+    that contradicts what was recorded is logged at WARNING and stands: the
+    refund takes it, the payment's refunded total follows it, and the payment
+    moves to ``needs_review`` with Khalti's answer (False).
     """
     outcome = Refund.Status.SUCCEEDED if succeeded else Refund.Status.FAILED
     with transaction.atomic():
@@ -1397,26 +1414,31 @@ def _settle_refund(
             )
         logger.warning(
             "Khalti's answer on refund %s of payment %s (%s) contradicts what was recorded "
-            "(%s): the payment needs review.",
+            "(%s): Khalti's stands, and the payment needs review.",
             refund.pk,
             payment.pk,
             outcome,
             recorded,
         )
+        why = _(
+            "Khalti's answer on a refund of Rs %(amount)s (%(khalti)s) contradicts what was "
+            "recorded (%(recorded)s)."
+        ) % {
+            "amount": rupees(refund.amount),
+            "khalti": Refund.Status(outcome).label,
+            "recorded": Refund.Status(recorded).label,
+        }
+        Refund.objects.filter(pk=refund.pk, status=recorded).update(
+            status=outcome, khalti_response=raw, failure_reason=why
+        )
+        change = refund.amount if succeeded else -refund.amount
         _transition(
             payment,
             Status.NEEDS_REVIEW,
             source=payment.status,
-            failure_reason=_(
-                "Khalti's answer on a refund of Rs %(amount)s (%(khalti)s) contradicts what "
-                "was recorded (%(recorded)s)."
-            )
-            % {
-                "amount": rupees(refund.amount),
-                "khalti": Refund.Status(outcome).label,
-                "recorded": Refund.Status(recorded).label,
-            },
+            failure_reason=why,
             khalti_response=raw,
+            refunded_amount=max(0, payment.refunded_amount + change),
         )
         return False
 
@@ -1458,20 +1480,21 @@ def _transition(
     it at WARNING. With ``held``, the row must also still carry this worker's
     claim.
     """
-    # Stamps (not decisions): the host's time, so that the row need not be read back.
-    now = timezone.now()
-    values: dict[str, Any] = {"status": to, "claimed_at": None, "updated_at": now, **fields}
-    if to == Status.VERIFIED:
-        values["verified_at"] = now
+    stamps = {"updated_at": DbNow(), **({"verified_at": DbNow()} if to == Status.VERIFIED else {})}
+    values: dict[str, Any] = {"status": to, "claimed_at": None, **fields}
     with transaction.atomic():
         rows = Payment.objects.filter(pk=payment.pk, status=source)
         if held:
             rows = rows.filter(_held(payment))
-        changed = rows.update(**values)
+        changed = rows.update(**values, **stamps)
         if changed:
             for name, value in values.items():
                 setattr(payment, name, value)
+            # The database's clock set these (the failed re-check spacing reads
+            # updated_at): read back for the signal's snapshot, else when used.
+            _read_later(payment, *stamps)
             if notify:
+                payment.refresh_from_db(fields=list(stamps))
                 _announce(to, payment, refund_amount)
     if not changed:
         payment.refresh_from_db()
@@ -1524,22 +1547,24 @@ def _retry_wait(attempt: int) -> timedelta:
     return min(wait, max(grace, MAX_RETRY_INTERVAL))
 
 
-def deliver(delivery: SignalDelivery, *, first: bool = False, now: bool = False) -> bool:
+def deliver(delivery: SignalDelivery, *, first: bool = False, now: bool = False) -> bool | None:
     """Send ``delivery``'s signal to the shop's receivers; True when they all ran
-    without raising (the delivery is then marked delivered).
+    without raising (the delivery is then marked delivered), False when one
+    raised, None when this call did not take it.
 
     Delivery is at least once: each attempt is counted, and the next one
     scheduled (see :func:`_retry_wait`), *before* the receivers run, so a
     worker killed mid-delivery leaves it to be delivered again. ``first`` is
     the status change's own worker, after the commit (its attempt was counted
     with the outbox row); otherwise the delivery runs only when due, or when a
-    person asks (``now``), and of concurrent deliverers only one runs it.
-    False when another deliverer has it, it is not due, or a receiver raised
-    (logged at ERROR with the payment's id; the error is stored on the delivery).
+    person asks (``now``: at once, unless an attempt is still running), and of
+    concurrent deliverers only one runs it (None for the others). A receiver
+    that raises is logged at ERROR with the payment's id; the error is stored
+    on the delivery.
     Receivers get :attr:`~django_khalti.models.SignalDelivery.payment_as_it_was`.
     """
     if not first and not _take(delivery, due=not now):
-        return False
+        return None
     payment = delivery.payment_as_it_was
     errors = []
     signal = _RECEIVERS[delivery.signal]
@@ -1561,6 +1586,7 @@ def deliver(delivery: SignalDelivery, *, first: bool = False, now: bool = False)
         if errors
         else {"delivered_at": DbNow(), "next_attempt_at": None, "last_error": ""}
     )
+    outcome["attempts_finished"] = delivery.attempts
     try:
         SignalDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts).update(**outcome)
     except DatabaseError:
@@ -1572,12 +1598,17 @@ def deliver(delivery: SignalDelivery, *, first: bool = False, now: bool = False)
 
 
 def _take(delivery: SignalDelivery, *, due: bool) -> bool:
-    """Count an attempt at ``delivery`` and schedule the next; True for the one taker."""
+    """Count an attempt at ``delivery`` and schedule the next; True for the one taker.
+
+    Due, or (``due`` False: a person asking) no attempt running: the last one
+    finished. An attempt that never finished (its worker died) is due once its
+    wait is over.
+    """
     rows = SignalDelivery.objects.filter(
         pk=delivery.pk, attempts=delivery.attempts, next_attempt_at__isnull=False
     )
-    if due:
-        rows = rows.filter(next_attempt_at__lte=DbNow())
+    ended = Q(next_attempt_at__lte=DbNow())
+    rows = rows.filter(ended if due else ended | Q(attempts_finished=F("attempts")))
     attempt = delivery.attempts + 1
     try:
         won = rows.update(attempts=attempt, next_attempt_at=DbNow() + _retry_wait(attempt))

@@ -24,7 +24,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_khalti import services
-from django_khalti.exceptions import KhaltiRefundConflict, KhaltiRefundUnknown
+from django_khalti.exceptions import (
+    KhaltiRefundConflict,
+    KhaltiRefundFailed,
+    KhaltiRefundUnknown,
+)
 from django_khalti.models import Payment, Refund, SignalDelivery, order_key
 from django_khalti.signals import payment_verified
 from shop import receivers
@@ -248,9 +252,12 @@ def test_a_person_resolving_not_refunded_while_khalti_says_refunded_loses_to_kha
     )
     with caplog.at_level(logging.WARNING, "django_khalti"):
         settled = services.reconcile_refund(Refund.objects.get(pk=refund.pk))
-    assert settled.status == Refund.Status.FAILED  # as the person recorded it...
+    assert settled.status == Refund.Status.SUCCEEDED  # Khalti's answer stands...
+    assert "contradicts" in settled.failure_reason
     payment.refresh_from_db()
-    assert payment.status == Status.NEEDS_REVIEW  # ...but Khalti's proof is not thrown away
+    assert payment.status == Status.NEEDS_REVIEW  # ...and a person looks again
+    assert payment.refunded_amount == 1000
+    assert payment.refundable_amount == 0
     assert payment.khalti_response == fixture("status_refunded")
     assert "contradicts" in payment.failure_reason
     assert "contradicts what was recorded" in caplog.text
@@ -434,8 +441,300 @@ def test_re_sending_needs_the_change_permission(client, django_user_model):
     from django.contrib.auth.models import Permission
 
     viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_signaldelivery"))
+    for codename in ("view_signaldelivery", "view_payment"):
+        viewer.user_permissions.add(Permission.objects.get(codename=codename))
     client.force_login(viewer)
     page = client.get(DELIVERIES)
     assert page.status_code == 200
     assert "resend" not in page.content.decode()
+
+
+# --- the second hostile review's attacks (each failed before its fix) -------------------------
+
+
+class Watch:
+    """A payment_verified receiver, first in line, that records overlapping runs and
+    runs ``during`` (once) while it is running."""
+
+    def __init__(self, during=None):
+        self.during, self.running, self.calls, self.overlaps = during, 0, 0, 0
+        self.__qualname__ = "Watch"
+
+    def __call__(self, sender, payment, **kwargs):
+        self.calls += 1
+        if self.running:
+            self.overlaps += 1
+        self.running += 1
+        try:
+            if self.during is not None:
+                during, self.during = self.during, None
+                during()
+        finally:
+            self.running -= 1
+
+    def __enter__(self):
+        payment_verified.disconnect(receivers.mark_order_paid, sender=Payment)
+        payment_verified.connect(self, sender=Payment, weak=False)
+        payment_verified.connect(receivers.mark_order_paid, sender=Payment)
+        return self
+
+    def __exit__(self, *exc):
+        payment_verified.disconnect(self, sender=Payment)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_review_person_says_refunded_khalti_says_not_leaves_needs_review_unrefundable(
+    khalti, admin_user, signals
+):
+    payment = verified_payment()
+    refund = unknown_refund(payment)
+
+    def person_meanwhile(request):
+        # The person resolves "succeeded" while reconcile holds Khalti's "Complete".
+        services.resolve_refund(refund, succeeded=True, by=admin_user, note="looked refunded")
+        return 200, fixture("status_complete")
+
+    khalti.expect(
+        "status", "tok-v", {"token": "tok-v", "amount": "1000"}, callback=person_meanwhile
+    )
+    services.reconcile_refund(Refund.objects.get(pk=refund.pk))
+    payment.refresh_from_db()
+    assert payment.status == Status.NEEDS_REVIEW  # Khalti says the money was NOT refunded
+    assert payment.refunded_amount == 0  # Khalti's answer stands: nothing went back
+    assert Refund.objects.get(pk=refund.pk).status == Refund.Status.FAILED
+    # ...so a person can refund it now, whole.
+    khalti.refund("IDX-1", {})
+    refunded = services.refund_payment(payment, by=admin_user)
+    assert refunded.payment.status == Status.REFUNDED
+
+
+def test_review_refused_partial_refund_recorded_succeeded_from_unrelated_partial_state(
+    khalti, signals, django_capture_on_commit_callbacks
+):
+    """Someone refunded Rs 1 in Khalti's dashboard (state: Partially refunded). The app's
+    refund of Rs 4 is refused outright (e.g. merchant balance too low); the status is
+    asked and its "Partially refunded" is taken as proof that *this* refund went through."""
+    payment = verified_payment()
+    khalti.refund(
+        "IDX-1", {"amount": 400}, status=400, json={"detail": "Insufficient merchant balance."}
+    )
+    khalti.status("tok-v", 1000, "status_partially_refunded")
+    with django_capture_on_commit_callbacks(execute=True):
+        with pytest.raises(KhaltiRefundFailed):
+            services.refund_payment(payment, amount=400)
+    assert payment.refunds.get().status == Refund.Status.FAILED
+    assert not signals
+
+
+def test_review_admin_resend_runs_receivers_concurrently_with_the_first_delivery(
+    admin_client, khalti, payload, django_capture_on_commit_callbacks
+):
+    def admin_resends():
+        delivery = SignalDelivery.objects.get()
+        # What the admin shows for an in-flight first delivery: indistinguishable
+        # from one whose worker died.
+        assert (delivery.attempts, delivery.last_error, delivery.delivered_at) == (1, "", None)
+        admin_client.post(
+            DELIVERIES, {"action": "resend", "_selected_action": [str(delivery.pk)], "index": "0"}
+        )
+
+    khalti.verify(payload["token"], 1000)
+    with Watch(during=admin_resends) as watch:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert post(Client(), payload).status_code == 200
+    assert watch.overlaps == 0, "the receivers ran twice at once, inside the grace period"
+
+
+def test_review_admin_resend_runs_concurrently_with_reconciles_redelivery(
+    admin_client, khalti, payload, django_capture_on_commit_callbacks
+):
+    """The first attempt raised (last_error set); reconcile redelivers after the grace;
+    meanwhile a person, seeing "not delivered, last error ...", re-sends."""
+    state = {"raise": True}
+
+    def receiver(sender, payment, **kwargs):
+        if state.pop("raise", False):
+            raise RuntimeError("warehouse down")
+
+    def admin_resends():
+        delivery = SignalDelivery.objects.get()
+        admin_client.post(
+            DELIVERIES, {"action": "resend", "_selected_action": [str(delivery.pk)], "index": "0"}
+        )
+
+    khalti.verify(payload["token"], 1000)
+    payment_verified.connect(receiver, sender=Payment, weak=False)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            post(Client(), payload)
+        assert SignalDelivery.objects.get().last_error
+        past_grace()
+        with Watch(during=admin_resends) as watch:
+            reconcile()
+    finally:
+        payment_verified.disconnect(receiver, sender=Payment)
+    assert watch.overlaps == 0, "reconcile's and the admin's deliveries ran at once"
+
+
+def test_review_a_delivery_taken_by_another_deliverer_is_reported_as_a_raising_receiver(
+    khalti, payload, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000)
+    with Watch(during=lambda: 1 / 0):  # first attempt raises
+        with django_capture_on_commit_callbacks(execute=True):
+            post(Client(), payload)
+    past_grace()
+    # Reconciler B reads its due list, then (while it settles payments) reconciler A
+    # delivers the signal successfully.
+    real = services.due_deliveries
+
+    def read_then_other_delivers(*args, **kwargs):
+        due = real(*args, **kwargs)
+        for delivery in real(*args, **kwargs):
+            assert services.deliver(delivery)  # reconciler A: delivered
+        return due
+
+    with mock.patch.object(services, "due_deliveries", read_then_other_delivers):
+        out = reconcile()  # no CommandError: nothing raised
+    assert "signals delivered again 0, still undelivered 0" in out
+
+
+def test_review_host_clock_ahead_fails_a_live_epayment(khalti, order, signals):
+    pidx = "bZQLD9wRVWo4CdESSfuSsB"
+    payment = Payment.objects.create(
+        flow=Payment.Flow.EPAYMENT,
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
+        pidx=pidx,
+        payment_url="https://pay.khalti.test/?pidx=" + pidx,
+        expires_at=timezone.now() + timedelta(minutes=50),  # Khalti's link: live
+    )
+    Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    khalti.lookup(pidx, "epayment_lookup_initiated")
+    ahead = timezone.now() + timedelta(hours=2)
+    with mock.patch("django.utils.timezone.now", return_value=ahead):
+        reconcile("--payment", str(payment.pk))
+    payment.refresh_from_db()
+    assert payment.status == Status.PENDING, (
+        f"a live link was failed on the host's clock ({payment.failure_reason}); "
+        "the order is freed while the buyer can still pay"
+    )
+
+
+def test_review_failed_recheck_schedule_mixes_host_stamps_with_the_db_clock(khalti, order):
+    """A payment failed by a host running 2 hours ahead is not re-checked an hour (or
+    even 65 minutes) later: updated_at is the host's stamp, compared with DbNow()."""
+    payment = Payment.objects.create(
+        token="tok-f", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
+    )
+    services.claim(payment)
+    with mock.patch("django.utils.timezone.now", return_value=timezone.now() + timedelta(hours=2)):
+        services._fail(payment, "Khalti says failed")
+    # 65 minutes pass on every clock.
+    Payment.objects.filter(pk=payment.pk).update(
+        updated_at=F("updated_at") - timedelta(minutes=65),
+        created_at=F("created_at") - timedelta(minutes=65),
+    )
+    batch, _ = services.failed_batch(timedelta(days=7), 10)
+    assert [p.pk for p in batch] == [payment.pk]
+
+
+def test_review_holds_two_deliverers_with_the_same_stale_copy_run_once(
+    khalti, payload, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000)
+    with Watch(during=lambda: 1 / 0) as watch:
+        with django_capture_on_commit_callbacks(execute=True):
+            post(Client(), payload)
+        past_grace()
+        a, b = SignalDelivery.objects.get(), SignalDelivery.objects.get()
+        assert services.deliver(a) is True
+        assert services.deliver(b) is None  # not taken: a's attempt moved it on
+        assert services.deliver(b, now=True) is None  # the admin with a stale copy
+    assert watch.calls == 2
+    assert SignalDelivery.objects.get().delivered_at is not None
+
+
+def test_review_holds_resubmission_inside_grace_while_first_delivery_runs(
+    khalti, payload, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000)
+
+    def buyer_resubmits():
+        assert post(Client(), payload).status_code == 200
+
+    with Watch(during=buyer_resubmits) as watch:
+        with django_capture_on_commit_callbacks(execute=True):
+            post(Client(), payload)
+    assert watch.overlaps == 0
+    assert watch.calls == 1
+
+
+def test_review_holds_systemexit_during_redelivery_leaves_it_for_later(
+    khalti, payload, django_capture_on_commit_callbacks
+):
+    khalti.verify(payload["token"], 1000)
+    with Watch(during=lambda: 1 / 0):
+        with django_capture_on_commit_callbacks(execute=True):
+            post(Client(), payload)
+    past_grace()
+
+    def die():
+        raise SystemExit(1)
+
+    with Watch(during=die):
+        with pytest.raises(SystemExit):
+            reconcile()
+    d = SignalDelivery.objects.get()
+    assert (d.attempts, d.delivered_at) == (2, None)
+    assert services.due_deliveries() == []  # not again at once
+    past_grace(2)
+    reconcile()
+    assert Order.objects.get(reference="ORD-1").paid
+
+
+def test_review_holds_database_error_on_the_outbox_insert_keeps_the_payment_pending(
+    khalti, payload, signals
+):
+    khalti.verify(payload["token"], 1000)
+    with mock.patch.object(
+        SignalDelivery.objects, "create", side_effect=OperationalError("disk full")
+    ):
+        assert post(Client(), payload).status_code in (502, 503, 504)
+    assert Payment.objects.get().status == Status.PENDING
+    assert not signals
+
+
+def test_review_holds_stale_payment_copy_cannot_claim(khalti):
+    payment = Payment.objects.create(
+        token="tok-s", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
+    )
+    stale = Payment.objects.get(pk=payment.pk)
+    assert services.claim(payment)
+    services._release(payment)
+    assert not services.claim(stale)  # same status, no claim, but an older generation
+    stale.refresh_from_db()
+    assert services.claim(stale)
+    assert not services._fail(payment, "old holder")  # the older holder cannot fail it
+    assert Payment.objects.get(pk=payment.pk).status == Status.PENDING
+
+
+def test_review_view_signaldelivery_alone_exposes_the_payments_token_and_payer(
+    client, khalti, payload, django_user_model, django_capture_on_commit_callbacks
+):
+    from django.contrib.auth.models import Permission
+
+    khalti.verify(payload["token"], 1000)
+    with django_capture_on_commit_callbacks(execute=True):
+        post(Client(), payload)
+    delivery = SignalDelivery.objects.get()
+    user = django_user_model.objects.create_user("ops", password="x", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_signaldelivery"))
+    client.force_login(user)
+    assert client.get(reverse("admin:django_khalti_payment_changelist")).status_code == 403
+    page = client.get(
+        reverse("admin:django_khalti_signaldelivery_change", args=[delivery.pk])
+    ).content.decode()
+    assert payload["token"] not in page, "the widget token is shown without view_payment"
+    assert "98XXXXXXX9" not in page, "the payer's mobile is shown without view_payment"

@@ -81,7 +81,7 @@ def post(client, payload):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_successful_verification_costs_six_queries_in_two_short_transactions(
+def test_a_successful_verification_costs_seven_queries_in_two_short_transactions(
     client, khalti, payload, no_shop_receivers
 ):
     khalti.verify(payload["token"], 1000)
@@ -90,13 +90,15 @@ def test_a_successful_verification_costs_six_queries_in_two_short_transactions(
     assert response.status_code == 200, response.content
     assert Payment.objects.get().status == Payment.Status.VERIFIED
     # Is the token known? The shop's amount (its resolver); the claim (insert,
-    # committed before Khalti is called); the settlement and its signal in the
-    # outbox (one transaction); the signal marked delivered once the receivers ran.
+    # committed before Khalti is called); the settlement, the times the database's
+    # clock gave it, and its signal in the outbox (one transaction); the signal
+    # marked delivered once the receivers ran.
     assert kinds(statements(queries)) == [
         "SELECT django_khalti_payment",
         "SELECT shop_order",
         "INSERT django_khalti_payment",
         "UPDATE django_khalti_payment",
+        "SELECT django_khalti_payment",
         "INSERT django_khalti_signaldelivery",
         "UPDATE django_khalti_signaldelivery",
     ], "\n".join(statements(queries))
@@ -122,7 +124,7 @@ def test_an_idempotent_resubmission_costs_one_query(client, khalti, payload, no_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_return_of_a_completed_epayment_costs_five_queries(
+def test_the_return_of_a_completed_epayment_costs_six_queries(
     client, khalti, order, no_shop_receivers
 ):
     started(client, khalti, order)
@@ -131,11 +133,13 @@ def test_the_return_of_a_completed_epayment_costs_five_queries(
         response = come_back(client, status="Completed")
     assert response.status_code == 200
     assert Payment.objects.get().status == Payment.Status.VERIFIED
-    # The payment by pidx; the claim; the settlement and its signal; the signal delivered.
+    # The payment by pidx; the claim; the settlement, its times and its signal; the
+    # signal delivered.
     assert kinds(statements(queries)) == [
         "SELECT django_khalti_payment",
         "UPDATE django_khalti_payment",
         "UPDATE django_khalti_payment",
+        "SELECT django_khalti_payment",
         "INSERT django_khalti_signaldelivery",
         "UPDATE django_khalti_signaldelivery",
     ], "\n".join(statements(queries))

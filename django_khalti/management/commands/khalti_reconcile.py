@@ -195,7 +195,9 @@ class Command(BaseCommand):
                 calls.settle(services.reconcile_refund, refund, refunds, Refund.Status.PENDING)
 
         # Signals last: what this run settled is delivered already (after its commit).
-        undelivered = sum(not services.deliver(delivery) for delivery in deliveries)
+        # None: another deliverer took it meanwhile (not a failure).
+        delivered = [services.deliver(delivery) for delivery in deliveries]
+        undelivered = delivered.count(False)
 
         self.stdout.write(f"checked {sum(counts.values())}: {self._summary(counts)}")
         if rechecked:
@@ -214,8 +216,7 @@ class Command(BaseCommand):
             )
         if deliveries:
             self.stdout.write(
-                f"signals delivered again {len(deliveries) - undelivered}, "
-                f"still undelivered {undelivered}"
+                f"signals delivered again {delivered.count(True)}, still undelivered {undelivered}"
             )
         if calls.given_up:
             raise CommandError(
