@@ -759,7 +759,7 @@ def test_change_page_shows_the_refund_history(any_client, payments, django_user_
         settled_at=timezone.now(),
         khalti_response={"detail": "Transaction refund successful."},
     )
-    Refund.objects.create(
+    later = Refund.objects.create(
         payment=payment,
         amount=500,
         status=Refund.Status.FAILED,
@@ -767,6 +767,8 @@ def test_change_page_shows_the_refund_history(any_client, payments, django_user_
         failure_reason="Refund period expired.",
         settled_at=timezone.now(),
     )
+    # The database's clock may give both the same millisecond (SQLite's precision).
+    Refund.objects.filter(pk=later.pk).update(created_at=timezone.now() + timedelta(seconds=1))
     response = any_client.get(change_url(payment))
     assert readonly_values(response)["refunded_display"] == "10.00"
     history = refund_history(response)

@@ -706,6 +706,7 @@ def test_the_secret_key_and_payer_details_never_leave_the_kit(
     # Refunds: refused, then done.
     paid = Payment.objects.get(token="tok-ok")
     khalti.refund(paid.idx, {}, status=400, json=fixture("refund_refused"))
+    khalti.status("tok-ok", 1000, "status_complete")  # asked after the refusal: not refunded
     attempt(services.refund_payment, paid)
     assert len(exceptions) == 4
     khalti.refund(paid.idx, {})
