@@ -220,10 +220,10 @@ class Payment(models.Model):
         before we verified it has an unknown refunded amount).
         """
         if self.status == self.Status.NEEDS_REVIEW:
-            return self.paid_amount - self.refunded_amount if self.idx else 0
+            return max(self.paid_amount - self.refunded_amount, 0) if self.idx else 0
         if self.status not in self.REFUNDABLE_STATUSES or self.verified_at is None:
             return 0
-        return self.amount - self.refunded_amount
+        return max(self.amount - self.refunded_amount, 0)
 
 
 class Refund(models.Model):

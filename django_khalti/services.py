@@ -1231,8 +1231,22 @@ def _refused_refund(client: KhaltiClient, refund: Refund, exc: KhaltiRejected) -
         )
         Refund.objects.filter(pk=refund.pk).update(failure_reason=str(unknown.detail))
         raise unknown from exc
-    _settle_refund(refund, succeeded=False, raw=exc.body, reason=str(exc.detail))
+    if not _settle_refund(
+        refund, succeeded=False, raw=exc.body, reason=str(exc.detail), refusal=True
+    ):
+        # Settled meanwhile (a person found it refunded): Khalti refusing this call
+        # says nothing against that. The message says what is stored.
+        raise KhaltiRefundConflict(
+            _(
+                "Khalti refused this call (%(detail)s), but the refund was recorded %(status)s meanwhile."
+            )
+            % {"detail": exc.detail, "status": Refund.Status(_recorded(refund)).label}
+        ) from exc
     raise KhaltiRefundFailed(_("Khalti refused the refund: %s") % exc.detail) from exc
+
+
+def _recorded(refund: Refund) -> str:
+    return str(Refund.objects.values_list("status", flat=True).get(pk=refund.pk))
 
 
 def _refreshed(refund: Refund) -> Refund:
@@ -1371,7 +1385,13 @@ def _claim_refund(
 
 
 def _settle_refund(
-    refund: Refund, *, succeeded: bool, raw: Any, reason: str = "", by_person: bool = False
+    refund: Refund,
+    *,
+    succeeded: bool,
+    raw: Any,
+    reason: str = "",
+    by_person: bool = False,
+    refusal: bool = False,
 ) -> bool:
     """Record a refund's outcome and, if money went back, the payment's new status.
 
@@ -1381,7 +1401,10 @@ def _settle_refund(
     (``by_person``) gets :class:`KhaltiRefundConflict`. An answer from Khalti
     that contradicts what was recorded is logged at WARNING and stands: the
     refund takes it, the payment's refunded total follows it, and the payment
-    moves to ``needs_review`` with Khalti's answer (False).
+    moves to ``needs_review`` with Khalti's answer (False). Refunds do not
+    un-happen: "not refunded" overturns only a person's "refunded", never one
+    Khalti's own answer proved (an older answer arriving last), and a
+    ``refusal`` of one call overturns nothing.
     """
     outcome = Refund.Status.SUCCEEDED if succeeded else Refund.Status.FAILED
     with transaction.atomic():
@@ -1404,9 +1427,22 @@ def _settle_refund(
             )
         if settled:
             return True
-        recorded = Refund.objects.get(pk=refund.pk).status
+        row = Refund.objects.get(pk=refund.pk)
+        recorded = row.status
         if recorded == outcome:
             return True
+        by_a_person = isinstance(row.khalti_response, dict) and "resolved_by" in row.khalti_response
+        if not by_person and not succeeded and (refusal or not by_a_person):
+            logger.warning(
+                "Khalti's answer on refund %s of payment %s (%s) does not overturn what was "
+                "recorded (%s): %s.",
+                refund.pk,
+                payment.pk,
+                outcome,
+                recorded,
+                "a refusal of one call" if refusal else "Khalti's own proof of the refund",
+            )
+            return False
         if by_person:
             raise KhaltiRefundConflict(
                 _("This refund was already recorded %(status)s, from Khalti's answer.")
