@@ -595,7 +595,12 @@ class PaymentAdmin(_PaymentAdmin):
     ) -> None:
         try:
             refund = services.refund_payment(
-                payment, amount=amount, mobile=mobile or None, by=request.user
+                payment,
+                amount=amount,
+                mobile=mobile or None,
+                by=request.user,
+                # What this request saw (and checked against the page): under the lock.
+                refunded_before=payment.refunded_amount,
             )
         except KhaltiRefundUnknown as exc:
             self.message_user(

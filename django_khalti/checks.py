@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
+from .client import MAX_TIMEOUT, key_is_clean, timeout_is_sane
 from .conf import DEFAULTS
 
 
@@ -31,6 +32,16 @@ def _check_secret_key(config: dict[str, Any]) -> list[checks.CheckMessage]:
             checks.Error(
                 "KHALTI['SECRET_KEY'] is missing or empty.",
                 hint="Set it to your merchant secret key, e.g. from an environment variable.",
+                id="django_khalti.E001",
+            )
+        ]
+    if not key_is_clean(secret):
+        # The message never shows the key (check output goes to logs and CI).
+        return [
+            checks.Error(
+                "KHALTI['SECRET_KEY'] has whitespace or control characters around or in it.",
+                hint="A key read from a file often ends with a newline: .strip() it. Every "
+                "call to Khalti would fail otherwise.",
                 id="django_khalti.E001",
             )
         ]
@@ -96,15 +107,19 @@ def _check_base_url(config: dict[str, Any]) -> list[checks.CheckMessage]:
 
 
 def _positive_seconds(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 < value < float("inf")  # NaN compares False
+    )
 
 
 def _check_timeout(config: dict[str, Any]) -> list[checks.CheckMessage]:
     problems: list[checks.CheckMessage] = []
-    if not _positive_seconds(config.get("TIMEOUT", DEFAULTS["TIMEOUT"])):
+    if not timeout_is_sane(config.get("TIMEOUT", DEFAULTS["TIMEOUT"])):
         problems.append(
             checks.Error(
-                "KHALTI['TIMEOUT'] must be a positive number of seconds.",
+                f"KHALTI['TIMEOUT'] must be a number of seconds above 0 and at most {MAX_TIMEOUT}.",
                 hint="Khalti's own clients use 30; the default is 10.",
                 id="django_khalti.E004",
             )

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeGuard
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 import urllib3.connection
@@ -137,6 +137,26 @@ def _forget_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+#: The longest ``TIMEOUT`` accepted, in seconds: a call must end within a request's life.
+MAX_TIMEOUT = 120
+
+
+def key_is_clean(key: str) -> bool:
+    """Whether a secret key can go into a header as it is: no surrounding whitespace,
+    no whitespace or control character inside.
+    """
+    return bool(key) and not any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in key)
+
+
+def timeout_is_sane(timeout: object) -> bool:
+    """Whether ``TIMEOUT`` is a real number of seconds in ``(0, MAX_TIMEOUT]``."""
+    return (
+        isinstance(timeout, (int, float))
+        and not isinstance(timeout, bool)
+        and 0 < timeout <= MAX_TIMEOUT  # False for NaN and infinity too
+    )
 
 
 class _Late(Exception):
@@ -419,6 +439,31 @@ def _field_messages(errors: object, prefix: str) -> list[str] | None:
     return None
 
 
+def _translated(exc: BaseException, method: str, path: str) -> Exception:
+    """The error to raise for what a call's thread raised: a fresh one, with no
+    ``__cause__`` or ``__context__`` (requests' exceptions hold the request's
+    headers; an invalid header's message holds its value: the key).
+    """
+    if isinstance(exc, (_Late, requests.Timeout)):
+        return KhaltiTimeout()
+    if isinstance(exc, requests.exceptions.InvalidHeader):
+        logger.error(
+            "KHALTI['SECRET_KEY'] cannot be sent in a header (whitespace or control "
+            "characters?): every call to Khalti fails until it is fixed."
+        )
+        return KhaltiConfigurationError("KHALTI['SECRET_KEY'] cannot be sent in a header.")
+    if isinstance(exc, requests.ConnectionError):
+        return KhaltiConnectionError()
+    if isinstance(exc, requests.RequestException):
+        return KhaltiUnavailable()
+    if isinstance(exc, _TooLong):
+        logger.warning("Khalti %s %s answered with an overlong body.", method, path)
+        return KhaltiBadResponse()
+    if isinstance(exc, Exception):
+        return exc  # a bug, not a transport failure: raised as it is
+    raise exc  # SystemExit, KeyboardInterrupt: not ours to translate
+
+
 class KhaltiClient:
     """Khalti's merchant API over HTTP: one method per endpoint, no state but the settings.
 
@@ -434,10 +479,18 @@ class KhaltiClient:
     def __init__(self, secret_key: str, base_url: str, timeout: float) -> None:
         if not secret_key or not isinstance(secret_key, str):
             raise KhaltiConfigurationError("KHALTI['SECRET_KEY'] is not set.")
+        if not key_is_clean(secret_key):
+            # Never the key itself in the message: it ends up in logs and trackers.
+            raise KhaltiConfigurationError(
+                "KHALTI['SECRET_KEY'] has whitespace or control characters around or in it "
+                "(a newline read from a file?): strip it."
+            )
         if not isinstance(base_url, str) or not base_url.startswith(("https://", "http://")):
             raise KhaltiConfigurationError("KHALTI['BASE_URL'] must be an http(s) URL.")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise KhaltiConfigurationError("KHALTI['TIMEOUT'] must be a positive number.")
+        if not timeout_is_sane(timeout):
+            raise KhaltiConfigurationError(
+                f"KHALTI['TIMEOUT'] must be a number of seconds above 0 and at most {MAX_TIMEOUT}."
+            )
         self._secret_key = secret_key
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.timeout = float(timeout)
@@ -558,9 +611,12 @@ class KhaltiClient:
             and isinstance(answer.get("pidx"), str)
             and 0 < len(answer["pidx"]) <= 255
             and isinstance(answer.get("payment_url"), str)
-            and answer["payment_url"].startswith(("https://", "http://"))
         ):
             logger.warning("Khalti's initiate answer lacks pidx or payment_url.")
+            raise KhaltiBadResponse()
+        if not self._is_khaltis(answer["payment_url"]):
+            # The buyer is sent there: only to Khalti (or where BASE_URL points).
+            logger.warning("Khalti's initiate answer names a payment_url off Khalti's hosts.")
             raise KhaltiBadResponse()
         expires_at = _aware(answer.get("expires_at"))
         if expires_at is None and _is_int(answer.get("expires_in")):
@@ -571,6 +627,20 @@ class KhaltiClient:
             expires_at=expires_at,
             raw=answer,
         )
+
+    def _is_khaltis(self, url: str) -> bool:
+        """Whether ``url`` is on Khalti's hosts (``khalti.com`` and its subdomains,
+        over https) or on ``BASE_URL``'s host (a sandbox, a local fake).
+        """
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+        except ValueError:
+            return False
+        if parts.scheme == "https" and (host == "khalti.com" or host.endswith(".khalti.com")):
+            return True
+        ours = urlsplit(self.base_url)
+        return parts.scheme == ours.scheme and host == (ours.hostname or "").lower()
 
     def lookup(self, pidx: str) -> KhaltiLookup:
         """What became of an ePayment. Read-only: safe to ask at any time."""
@@ -620,21 +690,11 @@ class KhaltiClient:
         if not done.wait(max(call.deadline - time.monotonic(), 0)):
             call.abandon()
             raise KhaltiTimeout()
-        try:
-            if isinstance(outcome[0], BaseException):
-                raise outcome[0]
-            status, content = outcome[0]
-        except _Late:
-            raise KhaltiTimeout() from None
-        except requests.Timeout as exc:
-            raise KhaltiTimeout() from exc
-        except requests.ConnectionError as exc:
-            raise KhaltiConnectionError() from exc
-        except requests.RequestException as exc:
-            raise KhaltiUnavailable() from exc
-        except _TooLong:
-            logger.warning("Khalti %s %s answered with an overlong body.", method, path)
-            raise KhaltiBadResponse() from None
+        if isinstance(outcome[0], BaseException):
+            # Translated, never raised nor chained: requests' exceptions carry the
+            # request, its headers (the key) and, for a bad header, its value.
+            raise _translated(outcome[0], method, path)
+        status, content = outcome[0]
         logger.debug(
             "Khalti %s %s answered HTTP %s in %.0f ms",
             method,

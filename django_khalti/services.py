@@ -83,6 +83,9 @@ Status = Payment.Status
 
 # --- the shop's truth ---------------------------------------------------------
 
+#: The largest amount a payment holds, in paisa (the column's limit on every database).
+MAX_AMOUNT = 2**63 - 1
+
 
 def resolve_order(request: HttpRequest | Request | None, product_identity: str) -> KhaltiOrder:
     """The order the shop's resolver names for ``product_identity``: its canonical
@@ -114,6 +117,11 @@ def resolve_order(request: HttpRequest | Request | None, product_identity: str) 
         raise KhaltiConfigurationError(
             "KHALTI['AMOUNT_RESOLVER'] must return a positive int (paisa), a "
             f"KhaltiOrder(reference, amount) or None, not {answer!r}."
+        )
+    if amount > MAX_AMOUNT:
+        raise KhaltiConfigurationError(
+            f"KHALTI['AMOUNT_RESOLVER'] returned {amount} paisa, more than a payment can "
+            f"hold ({MAX_AMOUNT}): is it in paisa?"
         )
     if not isinstance(reference, str) or not 0 < len(reference) <= 255:
         raise KhaltiConfigurationError(
@@ -1146,11 +1154,14 @@ def refund_payment(
     amount: int | None = None,
     mobile: str | None = None,
     by: _AnyUser | None = None,
+    refunded_before: int | None = None,
 ) -> Refund:
     """Give ``amount`` paisa of a confirmed payment back to the buyer (all that remains
     without ``amount``); ``mobile`` is the Khalti id to refund to, which Khalti
     wants for bank-funded payments; ``by`` is the user asking, who needs the
-    ``django_khalti.refund_payment`` permission.
+    ``django_khalti.refund_payment`` permission. ``refunded_before``: what the
+    person asking saw refunded already; checked under the payment's row lock
+    (:class:`KhaltiRefundConflict` if another refund changed it meanwhile).
 
     One refund of a payment is in flight at a time. Khalti refusing raises
     :class:`KhaltiRefundFailed` and nothing is refunded, unless Khalti's status
@@ -1171,7 +1182,7 @@ def refund_payment(
     if by is not None and not by.has_perm("django_khalti.refund_payment"):
         raise PermissionDenied
     client = KhaltiClient.from_settings()
-    refund, locked = _claim_refund(payment, amount, mobile or "", by)
+    refund, locked = _claim_refund(payment, amount, mobile or "", by, refunded_before)
     # Nothing refunded before, all of it now: Khalti's full refund (an empty body).
     whole = locked.refunded_amount == 0 and refund.amount == locked.paid_amount
     try:
@@ -1347,7 +1358,11 @@ def resolve_refund(refund: Refund, *, succeeded: bool, by: _AnyUser, note: str =
 
 
 def _claim_refund(
-    payment: Payment, amount: int | None, mobile: str, by: _AnyUser | None
+    payment: Payment,
+    amount: int | None,
+    mobile: str,
+    by: _AnyUser | None,
+    refunded_before: int | None = None,
 ) -> tuple[Refund, Payment]:
     """Record a pending refund under the payment's row lock, after checking it is due.
 
@@ -1355,6 +1370,11 @@ def _claim_refund(
     """
     with transaction.atomic(durable=True):
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if refunded_before is not None and locked.refunded_amount != refunded_before:
+            raise KhaltiRefundConflict(
+                _("It was refunded meanwhile (Rs %(now)s so far): review it again.")
+                % {"now": rupees(locked.refunded_amount)}
+            )
         remaining = locked.refundable_amount
         if locked.status not in Payment.REFUNDABLE_STATUSES or not locked.idx or not remaining:
             raise KhaltiNotRefundable()

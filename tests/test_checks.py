@@ -357,7 +357,25 @@ def test_e004_timeout_that_is_not_a_positive_number(timeout):
     assert [m.id for m in messages] == ["django_khalti.E004"]
 
 
-@pytest.mark.parametrize("grace", [None, "60", 0, -5, False], ids=repr)
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", " ", "\t"], ids=repr)
+def test_e001_a_key_with_surrounding_whitespace_never_showing_it(suffix):
+    key = "live_secret_key_read_from_a_file"
+    messages = messages_for(khalti(SECRET_KEY=key + suffix))
+    error = only(messages, "django_khalti.E001")
+    assert "whitespace" in error.msg
+    assert key not in f"{error.msg} {error.hint}"
+
+
+def test_e001_a_key_with_a_control_character_inside():
+    assert "django_khalti.E001" in ids_for(khalti(SECRET_KEY="live_se\x00cret"))
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 121, 3600], ids=repr)
+def test_e004_timeout_out_of_bounds(timeout):
+    assert ids_for(khalti(TIMEOUT=timeout)) == ["django_khalti.E004"]
+
+
+@pytest.mark.parametrize("grace", [None, "60", 0, -5, False, float("inf")], ids=repr)
 def test_e004_signal_grace_period_that_is_not_a_positive_number(grace):
     messages = messages_for(khalti(SIGNAL_GRACE_PERIOD=grace))
     assert [m.id for m in messages] == ["django_khalti.E004"]

@@ -159,13 +159,62 @@ def test_field_errors_on_400_are_a_rejection_with_the_message(client, rsps):
         ({"status": 400, "json": {}}, KhaltiBadResponse),
     ],
 )
-def test_every_failure_is_a_typed_exception_chained_to_its_cause(client, rsps, mock, exc):
+def test_every_failure_is_a_typed_exception_that_carries_no_request(client, rsps, mock, exc):
+    """requests' exceptions hold the request, its ``Authorization`` header included: the
+    app's exception is a fresh one, chained to none of them (an error tracker records
+    ``__cause__`` and ``__context__``)."""
     rsps.post("https://khalti.test/api/v2/payment/verify/", **mock)
     with pytest.raises(exc) as info:
         client.verify("tok", 1000)
     assert info.value.code == "khalti_unavailable"
-    if "body" in mock and isinstance(mock["body"], Exception):
-        assert info.value.__cause__ is mock["body"]
+    chain = list(exception_chain(info.value))
+    assert not [e for e in chain if isinstance(e, requests.RequestException)], chain
+    for error in chain:
+        assert SECRET not in f"{error!r} {error} {vars(error)!r}"
+
+
+def exception_chain(error):
+    """``error`` and every exception behind it, through ``__cause__`` and ``__context__``."""
+    seen = []
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo += [current.__cause__, current.__context__]
+    return seen
+
+
+@pytest.mark.parametrize("key", [SECRET + "\n", " " + SECRET, SECRET + "\r", "te st", "a\x00b"])
+def test_a_key_with_whitespace_or_control_characters_is_refused_without_showing_it(key):
+    with pytest.raises(KhaltiConfigurationError) as info:
+        KhaltiClient(key, "https://khalti.test/", timeout=7)
+    for error in exception_chain(info.value):
+        assert key.strip() not in str(error)
+    assert "strip" in str(info.value)
+
+
+def test_a_header_requests_refuses_is_a_configuration_error_with_no_key_behind_it(
+    client, rsps, caplog
+):
+    bad = requests.exceptions.InvalidHeader(
+        f"Invalid leading whitespace, reserved character(s), or return character(s) in "
+        f"header value: 'Key {SECRET}\\n'"
+    )
+    rsps.post("https://khalti.test/api/v2/payment/verify/", body=bad)
+    with pytest.raises(KhaltiConfigurationError) as info:
+        client.verify("tok", 1000)
+    for error in exception_chain(info.value):
+        assert SECRET not in f"{error!r} {error}"
+    assert "cannot be sent in a header" in caplog.text
+    assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 0, -1, 121, True])
+def test_a_timeout_out_of_bounds_is_refused(timeout):
+    with pytest.raises(KhaltiConfigurationError, match="at most 120"):
+        KhaltiClient(SECRET, "https://khalti.test/", timeout=timeout)
 
 
 def test_the_secret_is_in_no_exception_repr_or_log(client, rsps, caplog):
