@@ -618,6 +618,9 @@ class PaymentAdmin(_PaymentAdmin):
                 messages.ERROR,
             )
             return
+        except KhaltiConfigurationError as exc:
+            self.message_user(request, _("dj-khalti is misconfigured: %s") % exc, messages.ERROR)
+            return
         self.message_user(
             request,
             _("Refunded Rs %(amount)s of %(payment)s.")

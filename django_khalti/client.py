@@ -144,10 +144,10 @@ MAX_TIMEOUT = 120
 
 
 def key_is_clean(key: str) -> bool:
-    """Whether a secret key can go into a header as it is: no surrounding whitespace,
-    no whitespace or control character inside.
+    """Whether a secret key can go into a header as it is: printable ASCII only (no
+    whitespace, control character, or invisible one such as a file's byte-order mark).
     """
-    return bool(key) and not any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in key)
+    return re.fullmatch(r"[\x21-\x7e]+", key) is not None
 
 
 def timeout_is_sane(timeout: object) -> bool:
@@ -399,8 +399,10 @@ def _aware(value: object) -> datetime | None:
 
 
 def _is_int(value: object) -> TypeGuard[int]:
-    """Whether a JSON value is an integer (``true`` is not)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Whether a JSON value is an integer a payment can hold (``true`` is not, nor
+    one beyond a 64-bit column).
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
 
 
 def error_message(body: object) -> str | None:
@@ -446,7 +448,7 @@ def _translated(exc: BaseException, method: str, path: str) -> Exception:
     """
     if isinstance(exc, (_Late, requests.Timeout)):
         return KhaltiTimeout()
-    if isinstance(exc, requests.exceptions.InvalidHeader):
+    if isinstance(exc, (requests.exceptions.InvalidHeader, UnicodeError)):
         logger.error(
             "KHALTI['SECRET_KEY'] cannot be sent in a header (whitespace or control "
             "characters?): every call to Khalti fails until it is fixed."
@@ -633,6 +635,8 @@ class KhaltiClient:
         over https) or on ``BASE_URL``'s host (a sandbox, a local fake).
         """
         try:
+            if not self._plain_url(url):
+                return False
             parts = urlsplit(url)
             host = (parts.hostname or "").lower()
         except ValueError:
@@ -641,6 +645,17 @@ class KhaltiClient:
             return True
         ours = urlsplit(self.base_url)
         return parts.scheme == ours.scheme and host == (ours.hostname or "").lower()
+
+    @staticmethod
+    def _plain_url(url: str) -> bool:
+        """Printable ASCII with no backslash (browsers read it as ``/``), and a
+        netloc that is a plain host and port (no userinfo).
+        """
+        return (
+            re.fullmatch(r"[\x21-\x7e]+", url) is not None
+            and "\\" not in url
+            and re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", urlsplit(url).netloc) is not None
+        )
 
     def lookup(self, pidx: str) -> KhaltiLookup:
         """What became of an ePayment. Read-only: safe to ask at any time."""

@@ -1195,6 +1195,10 @@ def refund_payment(
         unknown = KhaltiRefundUnknown()
         Refund.objects.filter(pk=refund.pk).update(failure_reason=str(unknown.detail))
         raise unknown from exc
+    except KhaltiConfigurationError:
+        # Refused before anything was sent (the key cannot go into a header).
+        _settle_refund(refund, succeeded=False, raw=None, reason=_("Not sent: misconfigured."))
+        raise
     try:
         recorded = _settle_refund(refund, succeeded=True, raw=answer)
     except DatabaseError as exc:
