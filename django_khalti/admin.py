@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,14 +27,13 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import services
-from .conf import khalti_settings
 from .exceptions import (
     KhaltiConfigurationError,
     KhaltiError,
     KhaltiRefundUnknown,
     KhaltiUnavailable,
 )
-from .models import DbNow, Payment, Refund, SignalDelivery, rupees
+from .models import Payment, Refund, SignalDelivery, rupees
 
 if TYPE_CHECKING:
     from django.utils.functional import _StrOrPromise as StrOrPromise
@@ -59,6 +57,14 @@ STATUS_COLOURS: dict[str, str] = {
     Payment.Status.PARTIALLY_REFUNDED: "#7e57c2",
     Payment.Status.NEEDS_REVIEW: "#ad1457",
 }
+
+
+def may_see_payments(request: HttpRequest) -> bool:
+    """Whether the user may view (or change) payments: what their records need."""
+    return bool(
+        request.user.has_perm("django_khalti.view_payment")
+        or request.user.has_perm("django_khalti.change_payment")
+    )
 
 
 def pretty_json(value: object) -> str:
@@ -86,10 +92,7 @@ class _RecordInline(_Inline):
 
     def has_view_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
         """For whoever may view or change payments."""
-        return bool(
-            request.user.has_perm("django_khalti.view_payment")
-            or request.user.has_perm("django_khalti.change_payment")
-        )
+        return may_see_payments(request)
 
 
 class RefundInline(_RecordInline):
@@ -263,10 +266,7 @@ class SignalDeliveryAdmin(_DeliveryAdmin):
 
     def has_view_permission(self, request: HttpRequest, obj: SignalDelivery | None = None) -> bool:
         """Also only for whoever may see payments: a delivery shows its payment whole."""
-        may_see_payments = request.user.has_perm(
-            "django_khalti.view_payment"
-        ) or request.user.has_perm("django_khalti.change_payment")
-        return bool(may_see_payments and super().has_view_permission(request, obj))
+        return may_see_payments(request) and super().has_view_permission(request, obj)
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         """Listed for whoever may view the deliveries (see :meth:`has_view_permission`)."""
@@ -278,10 +278,7 @@ class SignalDeliveryAdmin(_DeliveryAdmin):
         """For the changelist's action only, and for whoever may see payments: a
         delivery's own page is read-only.
         """
-        may_see_payments = request.user.has_perm(
-            "django_khalti.view_payment"
-        ) or request.user.has_perm("django_khalti.change_payment")
-        return obj is None and may_see_payments and super().has_change_permission(request)
+        return obj is None and may_see_payments(request) and super().has_change_permission(request)
 
     def has_delete_permission(
         self, request: HttpRequest, obj: SignalDelivery | None = None
@@ -634,10 +631,11 @@ class PaymentAdmin(_PaymentAdmin):
     ) -> HttpResponse | None:
         """For a refund Khalti's API cannot settle: a person records what the dashboard shows."""
         # A refund younger than the claim timeout may still be in flight: not yet.
-        in_flight_since = DbNow() - timedelta(seconds=khalti_settings.stale_after)
         refunds = list(
             Refund.objects.filter(
-                payment__in=queryset, status=Refund.Status.PENDING, created_at__lt=in_flight_since
+                payment__in=queryset,
+                status=Refund.Status.PENDING,
+                created_at__lt=services.stale_since(),
             ).select_related("payment")
         )
         if not refunds:

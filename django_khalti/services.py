@@ -37,6 +37,7 @@ from urllib.parse import urljoin
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Coalesce
 from django.dispatch import Signal
 from django.http import Http404, HttpRequest
@@ -443,10 +444,16 @@ def claim(payment: Payment, status: str = Status.PENDING) -> bool:
     return bool(won)
 
 
+def stale_since() -> CombinedExpression:
+    """On the database's clock, the time before which a claim (or a refund's call)
+    can no longer be in flight: ``now - stale_after``.
+    """
+    return DbNow() - timedelta(seconds=khalti_settings.stale_after)
+
+
 def _claimable() -> Q:
     """Nobody holds the payment, or its holder's claim is stale (the worker died)."""
-    stale = DbNow() - timedelta(seconds=khalti_settings.stale_after)
-    return Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale)
+    return Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale_since())
 
 
 def _held(payment: Payment) -> Q:
@@ -1277,9 +1284,7 @@ def reconcile_refund(refund: Refund) -> Refund:
     be in flight and is left alone. Raises :class:`KhaltiUnavailable` when
     Khalti could not be asked.
     """
-    in_flight = Refund.objects.filter(
-        pk=refund.pk, created_at__gt=DbNow() - timedelta(seconds=khalti_settings.stale_after)
-    )
+    in_flight = Refund.objects.filter(pk=refund.pk, created_at__gt=stale_since())
     if refund.status != Refund.Status.PENDING or in_flight.exists():
         return refund
     proof = _refund_proof(KhaltiClient.from_settings(), refund)

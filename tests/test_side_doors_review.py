@@ -23,6 +23,7 @@ from django_khalti.exceptions import KhaltiBadResponse, KhaltiConfigurationError
 from django_khalti.models import Payment
 
 from .conftest import epayment_started, fixture
+from .test_client import exception_chain
 
 SECRET = "test_secret_key_testproject"
 SETTINGS = {
@@ -31,17 +32,6 @@ SETTINGS = {
     "AMOUNT_RESOLVER": "shop.khalti.order_amount",
 }
 PIDX = "bZQLD9wRVWo4CdESSfuSsB"
-
-
-def chain(error):
-    seen, todo = [], [error]
-    while todo:
-        e = todo.pop()
-        if e is None or any(e is s for s in seen):
-            continue
-        seen.append(e)
-        todo += [e.__cause__, e.__context__]
-    return seen
 
 
 @pytest.fixture
@@ -89,12 +79,12 @@ def test_invisible_character_key_never_reaches_an_exception(server):
         client.verify("tok", 1000)
     leaked = [
         (type(e).__name__, name)
-        for e in chain(info.value)
+        for e in exception_chain(info.value)
         for name, value in vars(e).items() | {("args", e.args)}
         if SECRET in repr(value)
     ] + [
         (type(e).__name__, "object")
-        for e in chain(info.value)
+        for e in exception_chain(info.value)
         if SECRET in repr(getattr(e, "object", ""))
     ]
     assert isinstance(info.value, KhaltiConfigurationError), type(info.value)
