@@ -10,10 +10,11 @@ from urllib.parse import urlsplit
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
+from django.urls import NoReverseMatch, reverse
 from django.utils.module_loading import import_string
 
 from .client import MAX_TIMEOUT, key_is_clean, timeout_is_sane
-from .conf import DEFAULTS
+from .conf import DEFAULTS, website_url_is_sane
 
 
 def _is_loopback(host: str) -> bool:
@@ -136,6 +137,36 @@ def _check_timeout(config: dict[str, Any]) -> list[checks.CheckMessage]:
     return problems
 
 
+def _serves_epayment() -> bool:
+    """Whether the project's URLconf includes dj-khalti's ePayment pages."""
+    try:
+        reverse("django_khalti:epayment-return")
+    except NoReverseMatch:
+        return False
+    return True
+
+
+def _check_website_url(config: dict[str, Any]) -> list[checks.CheckMessage]:
+    website_url = config.get("WEBSITE_URL")
+    if website_url:
+        if website_url_is_sane(website_url):
+            return []
+        problem = "is not an http(s) origin such as 'https://shop.example.com'"
+    elif not settings.DEBUG and _serves_epayment():
+        problem = "is not set, and the ePayment pages are served with DEBUG off"
+    else:
+        return []
+    return [
+        checks.Error(
+            f"KHALTI['WEBSITE_URL'] {problem}.",
+            hint="Set it to the shop's public origin: Khalti sends buyers back there, and "
+            "it is never taken from the request's Host header. A widget-only shop can "
+            "include 'django_khalti.widget_urls' instead of 'django_khalti.urls'.",
+            id="django_khalti.E005",
+        )
+    ]
+
+
 @checks.register("django_khalti")
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
@@ -144,7 +175,8 @@ def check_settings(
 
     Errors: E001 no secret key (or ``KHALTI`` not a dict), E002 no callable amount
     resolver, E003 ``BASE_URL`` not an http(s) URL, E004 ``TIMEOUT`` or
-    ``SIGNAL_GRACE_PERIOD`` not a positive number. Warnings: W001 ``BASE_URL`` without https to a remote host,
+    ``SIGNAL_GRACE_PERIOD`` not a positive number, E005 ``WEBSITE_URL`` malformed,
+    or unset while the ePayment pages are served with ``DEBUG`` off. Warnings: W001 ``BASE_URL`` without https to a remote host,
     W002 a test key while ``DEBUG`` is False.
     """
     config = getattr(settings, "KHALTI", None)
@@ -162,4 +194,5 @@ def check_settings(
         *_check_resolver(config),
         *_check_base_url(config),
         *_check_timeout(config),
+        *_check_website_url(config),
     ]

@@ -7,6 +7,7 @@ Values are read from ``django.conf.settings`` on every access, so
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -30,10 +31,32 @@ IMPORT_STRINGS = {"AMOUNT_RESOLVER"}
 
 #: The most calls to Khalti one claim on a payment makes: status, verify, status
 #: again after a refused verify, and the two transaction records that tie a
-#: "paid" status to the payment (the token's, the reported idx's).
-CALLS_PER_CLAIM = 5
+#: "paid" status to the payment (the token's, the reported idx's); and for a
+#: widget payment waiting for its order, the lookup of the link holding it.
+CALLS_PER_CLAIM = 6
 #: Seconds a claim may outlive its calls (database work, a busy host).
 CLAIM_MARGIN = 10
+
+
+def website_url_is_sane(value: Any) -> bool:
+    """Whether ``value`` is an origin Khalti can send buyers back to: ``http(s)://host``
+    (a port and a path allowed), with no user, query or fragment.
+    """
+    if not isinstance(value, str) or not value.isascii() or not value.isprintable():
+        return False
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port  # a port that is no number: ValueError
+    except ValueError:
+        return False
+    return bool(
+        parts.scheme in ("http", "https")
+        and host
+        and "@" not in parts.netloc
+        and "\\" not in value
+        and not parts.query
+        and not parts.fragment
+    )
 
 
 class KhaltiSettings:

@@ -114,6 +114,10 @@ class Payment(models.Model):
     purchase_order_name = models.CharField(_("purchase order name"), max_length=255, blank=True)
     payment_url = models.URLField(_("Khalti payment URL"), max_length=1000, blank=True)
     expires_at = models.DateTimeField(_("payment link expires"), null=True, blank=True)
+    #: Who started the ePayment link: a keyed hash of the buyer's user or session
+    #: (never the session key itself), so an open link is handed back only to
+    #: the buyer it was made for. Empty when the buyer could not be told apart.
+    started_by = models.CharField(max_length=64, blank=True, editable=False)
     status = models.CharField(
         _("status"), max_length=32, choices=Status.choices, default=Status.PENDING, db_index=True
     )
@@ -144,7 +148,9 @@ class Payment(models.Model):
 
     # Bookkeeping for exactly-once (see services.py).
     #: ``order_key(order_reference)`` while this payment is pending or paid, NULL
-    #: once it failed, needs review or was refunded before it was verified: a
+    #: once it failed, needs review or was refunded before it was verified (and
+    #: while a pending widget payment waits for another payment to let go of
+    #: its order, ``services._take_order``): a
     #: unique column, so one order has at most one live payment on every database
     #: (NULLs never collide).
     order_claim = models.CharField(  # noqa: DJ001 (NULL is what lets failed payments not collide)

@@ -31,9 +31,10 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urljoin
 
+from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
@@ -42,10 +43,12 @@ from django.db.models.functions import Coalesce
 from django.dispatch import Signal
 from django.http import Http404, HttpRequest
 from django.urls import reverse
+from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
 
 from .client import KhaltiClient, KhaltiLookup, KhaltiOutcome, KhaltiStatus, KhaltiTransaction
-from .conf import khalti_settings
+from .conf import khalti_settings, website_url_is_sane
 from .exceptions import (
     KhaltiAlreadyPaid,
     KhaltiAmountMismatch,
@@ -163,7 +166,7 @@ def verify_payment(
         return _verified_or_raise(refused)  # Khalti refused this very payload before
     created = False
     if payment is None:
-        order = _order_for_new_payment(request, product_identity)
+        order = resolve_order(request, product_identity)  # a hidden order: 404, whatever its state
         if amount != order.amount:
             raise KhaltiAmountMismatch()
         payment, created = _claim_order(
@@ -233,20 +236,6 @@ def _bound_to(payment: Payment, amount: int, product_identity: str) -> bool:
         payment.product_identity,
         payment.order_reference,
     )
-
-
-def _order_for_new_payment(
-    request: HttpRequest | Request | None, product_identity: str
-) -> KhaltiOrder:
-    """The shop's order; a paid order the resolver no longer knows is ``already_paid``."""
-    try:
-        return resolve_order(request, product_identity)
-    except KhaltiUnknownOrder:
-        if Payment.objects.filter(
-            order_claim=order_key(product_identity), status__in=Payment.PAID_STATUSES
-        ).exists():
-            raise KhaltiAlreadyPaid() from None
-        raise
 
 
 def reconcile(payment: Payment) -> Payment:
@@ -362,7 +351,7 @@ def _verified_or_raise(payment: Payment) -> Payment:
         raise KhaltiNeedsReview()
     if payment.status == Status.FAILED:
         raise KhaltiVerificationFailed(payment.failure_reason or None)
-    raise KhaltiInProgress()
+    raise KhaltiInProgress(_WAITING if payment.order_claim is None else None)
 
 
 def _claim_order(
@@ -378,9 +367,12 @@ def _claim_order(
     The insert claims the order (``order_claim``, on the order's canonical
     reference) and, for the widget, the token (``token_claim``). When the order
     is taken by a pending payment, that payment is settled with Khalti first (if
-    no one else is at it): only if it failed does the new one go on. ``reuse``
-    may accept the holder as the answer (an ePayment whose link is still good).
-    Returns the payment and whether it was created.
+    no one else is at it), and an ePayment link the buyer has not paid is
+    superseded: only once the holder let go does the new one go on. ``reuse``
+    may accept the holder as the answer (the same buyer's link, still good). A
+    widget payment that must wait is stored waiting for the order (its token is
+    never dropped) and :class:`KhaltiInProgress` raised. Returns the payment and
+    whether it was created.
     """
     token = fields.get("token_claim")
     key = order_key(order.reference)
@@ -408,16 +400,100 @@ def _claim_order(
             continue  # the holder failed and let go of the order in between
         if reuse is not None and reuse(holder):
             return holder, False
-        if holder.status == Status.PENDING and claim(holder):
-            with contextlib.suppress(KhaltiUnavailable):
-                _settle(client, holder, _ask_khalti)
-        if holder.status in Payment.PAID_STATUSES:
-            raise KhaltiAlreadyPaid()
-        if holder.status == Status.PENDING:
-            raise KhaltiInProgress(
-                _("Another payment for this order is being confirmed. Try again shortly.")
+        if not _free_order(client, holder, settle_widget=True):
+            break
+    if token:
+        _wait_for_order(product_identity, order, **fields)
+    raise KhaltiInProgress(
+        _("Another payment for this order is being confirmed. Try again shortly.")
+    )
+
+
+def _free_order(client: KhaltiClient, holder: Payment, *, settle_widget: bool) -> bool:
+    """Whether ``holder`` let go of its order, once asked about.
+
+    A pending holder nobody else is at is settled with Khalti (a widget one
+    only with ``settle_widget``); an ePayment link that Khalti says is only
+    started (nobody is paying it) is superseded: failed without a signal, and
+    should Khalti complete it after all, the failed re-check makes it
+    ``needs_review``. Raises :class:`KhaltiAlreadyPaid` when the holder paid the
+    order.
+    """
+    epayment = holder.flow == Payment.Flow.EPAYMENT
+    if holder.status == Status.PENDING and (epayment or settle_widget) and claim(holder):
+        with contextlib.suppress(KhaltiUnavailable):
+            _settle(client, holder, _supersede if epayment else _ask_khalti)
+    else:
+        holder.refresh_from_db()
+    if holder.status in Payment.PAID_STATUSES:
+        raise KhaltiAlreadyPaid()
+    return holder.status != Status.PENDING
+
+
+def _wait_for_order(product_identity: str, order: KhaltiOrder, **fields: Any) -> NoReturn:
+    """Store a widget payment whose order another payment holds, and raise
+    :class:`KhaltiInProgress`: the buyer's token is kept, and the payment takes
+    the order (:func:`_take_order`) once that payment lets go of it.
+    """
+    with contextlib.suppress(IntegrityError), transaction.atomic(durable=True):
+        # order_claim NULL: pending, waiting for its order. (A concurrent insert
+        # of the same token already stored it.)
+        Payment.objects.create(
+            product_identity=product_identity,
+            order_reference=order.reference,
+            amount=order.amount,
+            **fields,
+        )
+    raise KhaltiInProgress(_WAITING)
+
+
+#: What a buyer whose widget payment waits for its order is told.
+_WAITING = _lazy(
+    "Your payment was received and waits while another payment for this order is "
+    "confirmed. Try again in a moment."
+)
+
+
+def _take_order(client: KhaltiClient, payment: Payment) -> bool:
+    """A claimed widget payment stored waiting for its order takes the order's
+    claim, before Khalti may be asked to verify it; True when it holds it.
+
+    The payment holding the order is asked about first (an unpaid ePayment link
+    is superseded; a widget payment is left to its own settling, so this claim
+    makes at most one call more). While it holds on, this payment's claim is
+    released and it waits on. When it paid the order, this one fails without a
+    signal: it was never verified, so Khalti moved none of its money.
+    """
+    key = order_key(payment.order_reference)
+    for _attempt in range(2):
+        try:
+            with transaction.atomic():
+                took = (
+                    Payment.objects.filter(_held(payment), pk=payment.pk, status=Status.PENDING)
+                    .filter(order_claim__isnull=True)
+                    .update(order_claim=key, updated_at=DbNow())
+                )
+        except IntegrityError:
+            holder = Payment.objects.filter(order_claim=key).first()
+        else:
+            if took:
+                payment.order_claim = key
+            return bool(took)  # else: no longer ours (taken over after going stale)
+        try:
+            if holder is not None and not _free_order(client, holder, settle_widget=False):
+                break
+        except KhaltiAlreadyPaid:
+            _fail(
+                payment,
+                _(
+                    "Another payment paid this order first. This one was never verified, "
+                    "so Khalti moved none of its money."
+                ),
+                notify=False,
             )
-    raise KhaltiInProgress()
+            return False
+    _release(payment)
+    return False
 
 
 # --- claims ----------------------------------------------------------------------
@@ -532,7 +608,11 @@ def _verify(client: KhaltiClient, payment: Payment) -> None:
 
 
 def _ask_khalti(client: KhaltiClient, payment: Payment) -> None:
-    """Settle a claimed pending payment from Khalti's read-only answer for its flow."""
+    """Settle a claimed pending payment from Khalti's read-only answer for its flow
+    (a widget payment waiting for its order takes the order first).
+    """
+    if payment.order_claim is None and not _take_order(client, payment):
+        return
     if payment.flow == Payment.Flow.EPAYMENT:
         _lookup(client, payment)
     else:
@@ -808,7 +888,14 @@ def _lookup_fields(answer: KhaltiLookup) -> dict[str, Any]:
     return fields
 
 
-def _lookup(client: KhaltiClient, payment: Payment) -> None:
+def _supersede(client: KhaltiClient, payment: Payment) -> None:
+    """Settle an ePayment by lookup; a link Khalti says is only started is
+    superseded (failed without a signal: the buyer paid nothing on it yet).
+    """
+    _lookup(client, payment, supersede=True)
+
+
+def _lookup(client: KhaltiClient, payment: Payment, *, supersede: bool = False) -> None:
     if not payment.pidx:
         # Its initiation never finished: the buyer was never given a payment
         # link, so no money can have moved.
@@ -855,6 +942,17 @@ def _lookup(client: KhaltiClient, payment: Payment) -> None:
                 "Khalti reports the payment partially refunded before it was verified: part "
                 "of it was paid."
             ),
+            **fields,
+        )
+    elif supersede and outcome is KhaltiOutcome.OPEN:
+        logger.info("ePayment %s was superseded by another payment for its order.", payment.pk)
+        _fail(
+            payment,
+            _(
+                "Superseded by another payment for this order before anything was paid on "
+                "this link."
+            ),
+            notify=False,
             **fields,
         )
     else:
@@ -1035,6 +1133,17 @@ def _needs_review(
 MIN_EPAYMENT_AMOUNT = 1000
 
 
+def epayment_order(request: HttpRequest | Request | None, product_identity: str) -> KhaltiOrder:
+    """The order an ePayment would be started for: the resolver's (an order it
+    hides is :class:`KhaltiUnknownOrder`, whatever its payments), of at least
+    Khalti's minimum (else :class:`KhaltiAmountTooSmall`).
+    """
+    order = resolve_order(request, product_identity)
+    if order.amount < MIN_EPAYMENT_AMOUNT:
+        raise KhaltiAmountTooSmall()
+    return order
+
+
 def start_epayment(
     request: HttpRequest | Request,
     product_identity: str,
@@ -1051,19 +1160,21 @@ def start_epayment(
     """
     client = KhaltiClient.from_settings()
     # Everything that can fail on our side, before the order is claimed.
-    website_url = khalti_settings.WEBSITE_URL or f"{request.scheme}://{request.get_host()}"
+    website_url = _website_url(request)
     return_url = urljoin(website_url, reverse("django_khalti:epayment-return"))
-    order = _order_for_new_payment(request, product_identity)
+    buyer = _buyer_of(request)
+    order = epayment_order(request, product_identity)
     expected = order.amount
-    if expected < MIN_EPAYMENT_AMOUNT:
-        raise KhaltiAmountTooSmall()
     payment, created = _claim_order(
         client,
         product_identity,
         order,
         flow=Payment.Flow.EPAYMENT,
         purchase_order_name=product_name,
-        reuse=lambda holder: _link_still_good(holder, expected),
+        started_by=buyer,
+        reuse=lambda holder: bool(buyer)
+        and holder.started_by == buyer
+        and _link_still_good(holder, expected),
     )
     if not created:
         return payment
@@ -1088,10 +1199,15 @@ def start_epayment(
         )
         errors = {k: v for k, v in (exc.body or {}).items() if k != "error_key"}
         raise KhaltiInitiationRejected(exc.detail, errors=errors) from exc
-    except KhaltiUnavailable:
+    except KhaltiUnavailable as exc:
         # Whatever Khalti made of it, the buyer never got a link to pay.
-        _fail(payment, _("Khalti could not be reached to start the payment."), notify=False)
-        raise
+        if not _fail(
+            payment, _("Khalti could not be reached to start the payment."), notify=False
+        ):
+            raise  # taken over meanwhile (a claim gone stale): it is pending, as exc says
+        raise type(exc)(
+            _("Khalti could not be reached, so the payment was not started. Try again shortly.")
+        ) from None
     fields = {
         "pidx": started.pidx,
         "payment_url": started.payment_url,
@@ -1112,6 +1228,46 @@ def start_epayment(
     payment.claimed_at = None
     _read_later(payment, "updated_at", *([] if started.expires_at else ["expires_at"]))
     return payment
+
+
+def _website_url(request: HttpRequest | Request) -> str:
+    """The shop's public origin, ``KHALTI["WEBSITE_URL"]``, that Khalti's return URL
+    is built on: never the request's ``Host`` header, which the buyer (or an
+    attacker) writes. Only with ``DEBUG`` does the request's origin stand in.
+    """
+    website_url = khalti_settings.WEBSITE_URL
+    if website_url:
+        if not website_url_is_sane(website_url):
+            raise KhaltiConfigurationError(
+                "KHALTI['WEBSITE_URL'] must be the shop's public origin, such as "
+                f"'https://shop.example.com', not {website_url!r}."
+            )
+        return str(website_url)
+    if settings.DEBUG:
+        return f"{request.scheme}://{request.get_host()}"
+    raise KhaltiConfigurationError(
+        "KHALTI['WEBSITE_URL'] is not set: an ePayment's return URL is built on the shop's "
+        "public origin, never on the request's Host header (check django_khalti.E005)."
+    )
+
+
+def _buyer_of(request: HttpRequest | Request) -> str:
+    """Who is starting a payment: a keyed hash of the logged-in user, else of the
+    session (saved now if new); empty when neither tells the buyer apart.
+    """
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        who = f"user:{user.pk}"
+    else:
+        session = getattr(request, "session", None)
+        if session is None:
+            return ""
+        if not session.session_key:
+            session.save()
+        if not session.session_key:
+            return ""
+        who = f"session:{session.session_key}"
+    return salted_hmac("django_khalti.buyer", who, algorithm="sha256").hexdigest()
 
 
 def _link_still_good(payment: Payment, amount: int) -> bool:

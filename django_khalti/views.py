@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, cast
 from urllib.parse import urlencode
@@ -16,9 +17,10 @@ from django.urls import NoReverseMatch
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods
 from rest_framework import status
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
@@ -48,7 +50,7 @@ from .exceptions import (
     KhaltiUnknownPayment,
     KhaltiVerificationFailed,
 )
-from .models import Payment
+from .models import Payment, rupees
 from .schema import KhaltiSchema
 from .serializers import (
     EpaymentInitiateSerializer,
@@ -325,24 +327,67 @@ def _unavailable_page(request: HttpRequest, exc: Exception) -> HttpResponse:
     )
 
 
+def throttle_wait(request: HttpRequest) -> float | None:
+    """Seconds a browser's request must wait under the API's throttles (the
+    project's and :class:`KhaltiRateThrottle`, as :class:`KhaltiAPIView` applies
+    them), or None when it may go on.
+    """
+    api_request = Request(
+        request, authenticators=[auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    )
+    view = KhaltiAPIView()
+    view.request = api_request
+    waits = [
+        throttle.wait()
+        for throttle in view.get_throttles()
+        if not throttle.allow_request(api_request, view)
+    ]
+    return max((wait or 0 for wait in waits), default=None) if waits else None
+
+
 @non_atomic_requests
 @never_cache
+@csrf_protect
 @require_http_methods(["GET", "POST"])
 def epayment_start(request: HttpRequest, product_identity: str) -> HttpResponse:
-    """Start an ePayment for the order and send the browser to Khalti (302).
+    """The buyer's ePayment button: GET shows the order's amount and a Pay button
+    (``django_khalti/epayment_start.html``, overridable); POST, with the CSRF
+    token and throttled like the API, starts the ePayment and sends the browser
+    to Khalti (302).
 
-    A link (GET) or a form (POST, with the CSRF token) works. The product name
-    shown on Khalti's page is the order's reference: nothing is taken from the
-    browser but the reference, which the resolver checks.
+    Starting a payment changes state, so a link (or an ``<img>`` on another
+    site) never starts one. Nothing is taken from the browser but the order's
+    reference, which the resolver checks; Khalti shows that reference as the
+    product's name.
     """
     if len(product_identity) > 255 or not product_identity.isprintable():  # e.g. a NUL: no order's
         return _result_page(request, error=KhaltiUnknownOrder(), http=status.HTTP_404_NOT_FOUND)
     try:
+        if request.method == "GET":
+            order = services.epayment_order(request, product_identity)
+            return render(
+                request,
+                "django_khalti/epayment_start.html",
+                {"order": order, "amount_rupees": rupees(order.amount), "action": request.path},
+            )
+        try:
+            wait = throttle_wait(request)
+        except APIException as exc:  # e.g. malformed Basic credentials
+            return _result_page(request, error=exc, http=exc.status_code)
+        if wait is not None:
+            response = _result_page(
+                request,
+                error=KhaltiError(_("Too many payments were started. Try again shortly.")),
+                http=status.HTTP_429_TOO_MANY_REQUESTS,
+            )
+            response["Retry-After"] = str(math.ceil(wait))
+            return response
         payment = services.start_epayment(request, product_identity, product_identity)
-    except KhaltiInProgress:
-        # A double click while the first request is still getting the link:
-        # the page reloads, and the reload is sent to the link once it is ready.
-        return _result_page(request, state="pending", http=status.HTTP_409_CONFLICT)
+    except KhaltiInProgress as exc:
+        # A double click while the first request is still getting the link, or an
+        # order another payment is being confirmed for: the page reloads (as a GET,
+        # the Pay button) a few times.
+        return _result_page(request, error=exc, state="pending", http=status.HTTP_409_CONFLICT)
     except KhaltiError as exc:
         return _result_page(request, error=exc, http=http_status(exc))
     except (KhaltiConfigurationError, DatabaseError) as exc:

@@ -29,6 +29,7 @@ GOOD = {
     "PUBLIC_KEY": "live_public_key_0f9e8d7c",
     "BASE_URL": "https://khalti.com/",
     "AMOUNT_RESOLVER": "shop.khalti.order_amount",
+    "WEBSITE_URL": "https://shop.example.com",
 }
 
 
@@ -93,8 +94,13 @@ def test_e001_and_e002_when_the_khalti_setting_is_absent_or_unusable(settings, c
     else:
         settings.KHALTI = config
     settings.DEBUG = False
-    # The default BASE_URL is https: no W001 on top.
-    assert sorted(m.id for m in check_settings()) == ["django_khalti.E001", "django_khalti.E002"]
+    # The default BASE_URL is https: no W001 on top. The ePayment pages are served
+    # (the testproject includes django_khalti.urls) with DEBUG off: E005.
+    assert sorted(m.id for m in check_settings()) == [
+        "django_khalti.E001",
+        "django_khalti.E002",
+        "django_khalti.E005",
+    ]
 
 
 @pytest.mark.parametrize("secret", [LIVE_KEY, TEST_KEY, "x"])
@@ -232,6 +238,7 @@ def test_every_problem_at_once_is_reported_at_once():
     assert sorted(ids_for(config)) == [
         "django_khalti.E001",
         "django_khalti.E002",
+        "django_khalti.E005",
         "django_khalti.W001",
     ]
 
@@ -269,7 +276,7 @@ def test_run_checks_includes_every_id():
 def test_checks_are_registered_under_the_django_khalti_tag():
     with override_settings(KHALTI={}):
         found = [m.id for m in checks.run_checks(tags=["django_khalti"])]
-    assert sorted(found) == ["django_khalti.E001", "django_khalti.E002"]
+    assert sorted(found) == ["django_khalti.E001", "django_khalti.E002", "django_khalti.E005"]
     with override_settings(KHALTI=GOOD):
         assert checks.run_checks(tags=["django_khalti"]) == []
 
@@ -385,3 +392,46 @@ def test_e004_signal_grace_period_that_is_not_a_positive_number(grace):
 @pytest.mark.parametrize("timeout", [MISSING, 10, 2.5, 30])
 def test_e004_quiet_for_a_positive_number(timeout):
     assert ids_for(khalti(TIMEOUT=timeout)) == []
+
+
+# --- django_khalti.E005: WEBSITE_URL, the origin Khalti returns buyers to --------------
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_e005_quiet_for_a_public_origin(debug):
+    for origin in ["https://shop.example.com", "https://shop.example.com:8443/store/"]:
+        assert "django_khalti.E005" not in ids_for(khalti(WEBSITE_URL=origin), debug=debug)
+
+
+def test_e005_when_the_epayment_pages_are_served_without_website_url_and_debug_off():
+    error = only(messages_for(khalti(WEBSITE_URL=MISSING)), "django_khalti.E005")
+    assert "Host header" in error.hint
+    assert "django_khalti.widget_urls" in error.hint
+
+
+def test_e005_quiet_without_website_url_while_debugging():
+    assert "django_khalti.E005" not in ids_for(khalti(WEBSITE_URL=MISSING), debug=True)
+
+
+@override_settings(ROOT_URLCONF="tests.widget_only_urls")
+def test_e005_quiet_for_a_widget_only_shop():
+    assert "django_khalti.E005" not in ids_for(khalti(WEBSITE_URL=MISSING))
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "shop.example.com",
+        "ftp://shop.example.com",
+        "https://",
+        "https://user:pw@shop.example.com",
+        "https://shop.example.com/?next=x",
+        "https://shop.example.com/#top",
+        "https://shop.example.com:port/",
+        "https://shop.example.com\\@evil.example/",
+        "https://shöp.example.com",
+        42,
+    ],
+)
+def test_e005_for_a_website_url_that_is_no_origin(origin):
+    assert "django_khalti.E005" in ids_for(khalti(WEBSITE_URL=origin), debug=True)

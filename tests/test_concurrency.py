@@ -2,6 +2,7 @@
 connection, posting at the same moment to the real view, on whatever database
 ``DATABASE_URL`` names (SQLite, PostgreSQL or MariaDB in CI)."""
 
+import io
 import json
 import threading
 import time
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 from django.db import connections
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
@@ -77,15 +79,24 @@ def test_different_tokens_racing_for_one_order_reach_khalti_once(khalti, payload
     results = post_all([{**payload, "token": f"token-{i}"} for i in range(N)])
 
     assert len(calls) == 1, "only one token of an order may reach Khalti's verify"
-    assert Payment.objects.count() == 1
-    assert Payment.objects.get().token == calls[0]
-    assert Payment.objects.verified().count() == 1
+    assert Payment.objects.verified().get().token == calls[0]
     assert [name for name, _, _ in signals] == ["verified"]
     codes = [code for code, _ in results]
     assert codes.count(200) == 1
     assert all(
         body["code"] in ("in_progress", "already_paid") for code, body in results if code != 200
     )
+    # No token is dropped: each one told to wait is stored, waiting for the order...
+    waiting = Payment.objects.filter(status=Payment.Status.PENDING)
+    told_to_wait = sum(1 for code, body in results if body.get("code") == "in_progress")
+    assert waiting.count() == told_to_wait
+    assert not waiting.exclude(order_claim=None).exists()
+    # ...and reconciling them fails each (the order is paid) without verifying it.
+    call_command("khalti_reconcile", "--older-than", "0", stdout=io.StringIO())
+    assert len(calls) == 1
+    assert not Payment.objects.filter(status=Payment.Status.PENDING).exists()
+    assert Payment.objects.verified().count() == 1
+    assert [name for name, _, _ in signals] == ["verified"]
 
 
 def test_resubmissions_racing_after_unknown_outcome_settle_once(khalti, payload, signals):
@@ -361,7 +372,7 @@ def test_epayment_views_work_in_an_atomic_requests_project(khalti, order, monkey
     monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
     khalti.initiate(1000, order.reference, json=epayment_started())
     client = Client()
-    start = client.get(reverse("django_khalti:epayment-start", args=[order.reference]))
+    start = client.post(reverse("django_khalti:epayment-start", args=[order.reference]))
     assert start.status_code == 302
     khalti.lookup("bZQLD9wRVWo4CdESSfuSsB", "epayment_lookup_completed")
     back = client.get(reverse("django_khalti:epayment-return"), {"pidx": "bZQLD9wRVWo4CdESSfuSsB"})

@@ -28,6 +28,7 @@ SETTINGS = {
     "SECRET_KEY": "test_secret_key_testproject",
     "BASE_URL": "https://khalti.test/",
     "AMOUNT_RESOLVER": "shop.khalti.order_amount",
+    "WEBSITE_URL": "http://testserver",
 }
 
 
@@ -151,7 +152,10 @@ def test_unknown_order_is_404(client, khalti, order):
     assert not khalti.calls
 
 
-def test_paid_order_is_409_already_paid(client, khalti, order):
+def test_paid_order_the_resolver_hides_is_404_unknown_order_not_already_paid(
+    client, khalti, order
+):
+    # The resolver no longer names a paid order: that it was paid is not the buyer's to learn.
     Payment.objects.create(
         token="t",
         product_identity="ORD-1",
@@ -161,8 +165,20 @@ def test_paid_order_is_409_already_paid(client, khalti, order):
     )
     Order.objects.filter(pk=order.pk).update(paid=True)
     response = initiate(client)
-    assert response.status_code == 409
-    assert response.json()["code"] == "already_paid"
+    assert (response.status_code, response.json()["code"]) == (404, "unknown_order")
+    assert not khalti.calls
+
+
+def test_paid_order_the_resolver_still_names_is_409_already_paid(client, khalti, order):
+    Payment.objects.create(
+        token="t",
+        product_identity="ORD-1",
+        amount=1000,
+        order_claim=order_key("ORD-1"),
+        status=Payment.Status.VERIFIED,
+    )
+    response = initiate(client)
+    assert (response.status_code, response.json()["code"]) == (409, "already_paid")
     assert not khalti.calls
 
 
@@ -228,11 +244,10 @@ def test_a_pending_widget_payment_blocks_a_new_epayment(client, khalti, order):
 # --- the no-JavaScript start view -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["get", "post"])
-def test_start_view_redirects_the_browser_to_khalti(client, khalti, order, method):
+def test_start_view_post_redirects_the_browser_to_khalti(client, khalti, order):
     # The name on Khalti's page is the order's reference: nothing else comes from the browser.
     khalti.initiate(1000, "ORD-1", purchase_order_name="ORD-1")
-    response = getattr(client, method)(
+    response = client.post(
         reverse("django_khalti:epayment-start", args=["ORD-1"]), {"product_name": "Forged name"}
     )
     assert response.status_code == 302
@@ -241,10 +256,23 @@ def test_start_view_redirects_the_browser_to_khalti(client, khalti, order, metho
     assert Payment.objects.get().pidx == PIDX
 
 
+def test_start_view_get_shows_a_pay_button_and_starts_nothing(client, khalti, order):
+    url = reverse("django_khalti:epayment-start", args=["ORD-1"])
+    response = client.get(url)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert f'<form method="post" action="{url}">' in page
+    assert 'name="csrfmiddlewaretoken"' in page
+    assert "Rs 10.00" in page
+    assert not Payment.objects.exists()
+    assert not khalti.calls
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
 @pytest.mark.parametrize(("reference", "status"), [("NOPE", 404), ("CHEAP", 400)])
-def test_start_view_shows_a_page_for_refusals(client, khalti, reference, status):
+def test_start_view_shows_a_page_for_refusals(client, khalti, reference, status, method):
     Order.objects.create(reference="CHEAP", total=500)
-    response = client.get(reverse("django_khalti:epayment-start", args=[reference]))
+    response = getattr(client, method)(reverse("django_khalti:epayment-start", args=[reference]))
     assert response.status_code == status
     assert "Payment not completed" in response.content.decode()
     assert not khalti.calls
@@ -652,21 +680,26 @@ def test_return_url_is_built_on_website_url_when_set(client, khalti, order):
     assert initiate(client).status_code == 201
 
 
-def test_a_new_order_total_is_not_paid_by_the_old_link(client, khalti, order):
-    started(client, khalti, order)
+def test_a_new_order_total_is_not_paid_by_the_old_link(client, khalti, order, signals):
+    old = started(client, khalti, order)
     Order.objects.filter(pk=order.pk).update(total=50000)
     khalti.lookup(PIDX, "epayment_lookup_initiated")  # the old link, still unpaid
+    khalti.initiate(50000, "ORD-1", json={**fixture("epayment_initiate"), "pidx": "NEW-PIDX"})
     response = initiate(client)
-    assert response.status_code == 409
-    assert response.json()["code"] == "in_progress"
-    assert Payment.objects.count() == 1
+    assert response.status_code == 201
+    assert response.json()["pidx"] == "NEW-PIDX"
+    old.refresh_from_db()
+    assert old.status == Payment.Status.FAILED
+    assert "Superseded" in old.failure_reason
+    assert not signals  # the buyer paid nothing on the old link
 
 
 def test_the_link_is_not_reused_in_its_last_minute(client, khalti, order):
     payment = started(client, khalti, order)
     Payment.objects.filter(pk=payment.pk).update(expires_at=timezone.now() + timedelta(seconds=30))
     khalti.lookup(PIDX, "epayment_lookup_initiated")
-    assert initiate(client).json()["code"] == "in_progress"
+    khalti.initiate(1000, "ORD-1", json={**fixture("epayment_initiate"), "pidx": "NEW-PIDX"})
+    assert initiate(client).json()["pidx"] == "NEW-PIDX"
 
 
 def test_user_cancelled_spelt_the_british_way_also_fails(client, khalti, order):
@@ -725,7 +758,7 @@ def test_our_database_failing_on_return_is_a_503_page(client, khalti, order, mon
 )
 def test_start_view_when_khalti_is_unavailable_shows_a_page(client, khalti, order, mock, status):
     khalti.initiate(1000, "ORD-1", **mock)
-    response = client.get(reverse("django_khalti:epayment-start", args=["ORD-1"]))
+    response = client.post(reverse("django_khalti:epayment-start", args=["ORD-1"]))
     assert response.status_code == status
     assert "Payment not completed" in response.content.decode()
 
@@ -763,7 +796,7 @@ def test_a_double_click_on_start_gets_a_page_that_reloads_into_the_link(client, 
         claimed_at=timezone.now(),
     )
     url = reverse("django_khalti:epayment-start", args=["ORD-1"])
-    response = client.get(url)
+    response = client.post(url)
     assert response.status_code == 409
     page = response.content.decode()
     assert "Confirming your payment" in page

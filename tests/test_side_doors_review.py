@@ -30,6 +30,7 @@ SETTINGS = {
     "SECRET_KEY": SECRET,
     "BASE_URL": "https://khalti.test/",
     "AMOUNT_RESOLVER": "shop.khalti.order_amount",
+    "WEBSITE_URL": "http://testserver",
 }
 PIDX = "bZQLD9wRVWo4CdESSfuSsB"
 

@@ -182,7 +182,7 @@ def test_token_replayed_for_another_amount_is_409_token_used(client, khalti, pay
     assert len(khalti.calls) == 1
 
 
-def test_second_token_for_a_paid_order_is_409_already_paid_and_never_verified(
+def test_second_token_for_a_paid_order_the_resolver_hides_is_404_and_never_verified(
     client, khalti, payload, order, django_capture_on_commit_callbacks
 ):
     khalti.verify(payload["token"], 1000)
@@ -191,9 +191,21 @@ def test_second_token_for_a_paid_order_is_409_already_paid_and_never_verified(
     order.refresh_from_db()
     assert order.paid  # and so the shop's resolver answers None for it now
 
+    # Not 409 already_paid: an order the resolver hides is nobody's to learn about.
     response = post(client, {**payload, "token": "another-token"})
-    assert response.status_code == 409
-    assert response.json()["code"] == "already_paid"
+    assert response.status_code == 404
+    assert response.json()["code"] == "unknown_order"
+    assert len(khalti.calls) == 1
+    assert Payment.objects.count() == 1
+
+
+def test_second_token_for_a_paid_order_the_resolver_names_is_409_already_paid(
+    client, khalti, payload, order
+):
+    khalti.verify(payload["token"], 1000)
+    assert post(client, payload).status_code == 200  # no receiver ran: the order looks unpaid
+    response = post(client, {**payload, "token": "another-token"})
+    assert (response.status_code, response.json()["code"]) == (409, "already_paid")
     assert len(khalti.calls) == 1
     assert Payment.objects.count() == 1
 

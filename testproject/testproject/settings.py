@@ -140,6 +140,8 @@ KHALTI = {
     # KHALTI_TIMEOUT: the rig (tests/rig.py) runs with a short one.
     "TIMEOUT": float(os.environ["KHALTI_TIMEOUT"]) if os.environ.get("KHALTI_TIMEOUT") else 5,
     "AMOUNT_RESOLVER": "shop.khalti.order_amount",
+    # The shop's public origin: Khalti's return URL is built on it, never on the Host header.
+    "WEBSITE_URL": os.environ.get("KHALTI_WEBSITE_URL", "http://testserver"),
     # KHALTI_SIGNAL_GRACE_PERIOD: the rig's worker-timeout test waits less than a minute.
     "SIGNAL_GRACE_PERIOD": float(os.environ.get("KHALTI_SIGNAL_GRACE_PERIOD") or 60),
 }
@@ -214,3 +216,4 @@ if DEMO:
             BASE_URL=os.environ.get("KHALTI_BASE_URL", f"http://{DEMO_ADDR}/sandbox/"),
         )
     KHALTI.update(SUCCESS_URL="shop:payment-success", FAILURE_URL="shop:payment-failure")
+    KHALTI["WEBSITE_URL"] = os.environ.get("KHALTI_WEBSITE_URL", f"http://{DEMO_ADDR}")

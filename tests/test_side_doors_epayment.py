@@ -1,0 +1,356 @@
+"""Issue 14, the ePayment's side doors: starting a payment is a POST with CSRF and
+throttled; an open link never blocks another way to pay, and no widget token is
+dropped; the return URL is built on ``WEBSITE_URL``, never on the Host header; an
+open link goes back only to the buyer who started it; an order the resolver hides
+is 404 whatever its payments; every message tells the truth about the stored row.
+
+Khalti is the shipped kit's fake (``django_khalti.testing``).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.core.management import call_command
+from django.test import Client, override_settings
+from django.urls import reverse
+
+from django_khalti.models import Payment, order_key
+from shop.models import Order
+
+pytestmark = pytest.mark.django_db
+
+Status = Payment.Status
+VERIFY_URL = reverse("django_khalti:verify")
+INITIATE_URL = reverse("django_khalti:epayment-initiate")
+
+
+def start_url(reference="ORD-A"):
+    return reverse("django_khalti:epayment-start", args=[reference])
+
+
+@pytest.fixture
+def khalti(khalti_fake):
+    return khalti_fake
+
+
+@pytest.fixture
+def orders(db):
+    return {
+        ref: Order.objects.create(reference=ref, total=1000) for ref in ("ORD-A", "ORD-B")
+    }
+
+
+def khalti_settings(**changes):
+    from django.conf import settings
+
+    config = {**settings.KHALTI, **changes}
+    return override_settings(KHALTI={k: v for k, v in config.items() if v is not None})
+
+
+def post(client, payload):
+    return client.post(VERIFY_URL, payload, content_type="application/json")
+
+
+def open_link(client, khalti, reference="ORD-A"):
+    """The buyer of ``client`` starts an ePayment and leaves its link open."""
+    response = client.post(start_url(reference))
+    assert response.status_code == 302, response.content
+    epayment = khalti.last_epayment
+    return epayment, Payment.objects.get(pidx=epayment.pidx)
+
+
+# --- 1. starting a payment is a POST with CSRF, throttled ----------------------------------
+
+
+def test_a_get_of_the_start_url_starts_nothing(client, khalti, orders):
+    # What an <img src> on another site does, with the victim's cookies.
+    for _ in range(3):
+        assert client.get(start_url()).status_code == 200
+    assert not Payment.objects.exists()
+    assert not khalti.initiate_calls
+    # ... and the order is free for the buyer's own widget payment.
+    paid = khalti.add_payment(amount=1000)
+    assert post(client, paid.payload("ORD-A")).status_code == 200
+
+
+def test_a_post_without_the_csrf_token_starts_nothing():
+    browser = Client(enforce_csrf_checks=True)
+    Order.objects.create(reference="ORD-A", total=1000)
+    assert browser.post(start_url()).status_code == 403
+    assert not Payment.objects.exists()
+
+
+def test_the_pay_button_posts_with_the_csrf_token(khalti, orders):
+    browser = Client(enforce_csrf_checks=True)
+    page = browser.get(start_url())
+    token = page.cookies["csrftoken"].value
+    response = browser.post(start_url(), {"csrfmiddlewaretoken": token})
+    assert response.status_code == 302
+    assert response["Location"] == khalti.last_epayment.payment_url
+
+
+def test_starting_is_throttled_like_the_api(client, khalti, orders, settings):
+    cache.clear()
+    settings.REST_FRAMEWORK = {
+        **getattr(settings, "REST_FRAMEWORK", {}),
+        "DEFAULT_THROTTLE_RATES": {"khalti": "2/min"},
+    }
+    try:
+        assert client.post(start_url("ORD-A")).status_code == 302
+        assert client.post(start_url("ORD-B")).status_code == 302
+        refused = client.post(start_url("ORD-A"))
+        assert refused.status_code == 429
+        assert int(refused["Retry-After"]) > 0
+        assert len(khalti.initiate_calls) == 2
+        # The API's own counter is the same one: the buyer has used it up there too.
+        assert client.post(INITIATE_URL, {"product_identity": "ORD-A", "product_name": "Dragon"}).status_code == 429
+    finally:
+        cache.clear()
+
+
+# --- 8. an open link never blocks the widget; no widget token is dropped ---------------------
+
+
+def test_an_open_link_is_superseded_by_a_widget_payment(
+    client, khalti, orders, signals, django_capture_on_commit_callbacks
+):
+    epayment, link = open_link(client, khalti)
+    paid = khalti.add_payment(amount=1000)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, paid.payload("ORD-A"))
+    assert response.status_code == 200, response.json()
+    assert khalti.lookup_calls  # the link was looked up before it was set aside
+    link.refresh_from_db()
+    assert (link.status, link.order_claim) == (Status.FAILED, None)
+    assert "Superseded" in link.failure_reason
+    assert [name for name, _, _ in signals] == ["verified"]  # nothing sent for the link
+    # Should the buyer pay on the superseded link after all, it needs review.
+    with django_capture_on_commit_callbacks(execute=True):
+        page = client.get(khalti.pay(epayment))
+    link.refresh_from_db()
+    assert link.status == Status.NEEDS_REVIEW
+    assert "Payment being checked" in page.content.decode()
+    assert [name for name, _, _ in signals] == ["verified", "needs_review"]
+
+
+def test_a_widget_payment_waits_while_khalti_holds_the_link_and_its_token_is_kept(
+    client, khalti, orders, django_capture_on_commit_callbacks
+):
+    epayment, link = open_link(client, khalti)
+    khalti.pay(epayment, status="Pending")  # the buyer is paying on Khalti's page
+    paid = khalti.add_payment(amount=1000)
+    for _ in range(5):
+        refused = post(client, paid.payload("ORD-A"))
+        assert (refused.status_code, refused.json()["code"]) == (409, "in_progress")
+        assert "waits" in refused.json()["detail"]
+    waiting = Payment.objects.get(token=paid.token)
+    assert (waiting.status, waiting.order_claim) == (Status.PENDING, None)
+    assert not khalti.verify_calls
+    # Khalti cancels the held link: the widget payment, resubmitted, takes the order.
+    khalti.set_state(epayment.pidx, "User canceled")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, paid.payload("ORD-A")).status_code == 200
+    waiting.refresh_from_db()
+    assert waiting.status == Status.VERIFIED
+    link.refresh_from_db()
+    assert link.status == Status.FAILED
+
+
+def test_a_waiting_widget_payment_is_settled_by_reconcile_without_the_buyer(
+    client, khalti, orders, signals, django_capture_on_commit_callbacks
+):
+    epayment, link = open_link(client, khalti)
+    khalti.fail_next("lookup", "connection_error", times=5)  # the link cannot be asked about
+    paid = khalti.add_payment(amount=1000)
+    for _ in range(5):
+        assert post(client, paid.payload("ORD-A")).json()["code"] == "in_progress"
+    assert Payment.objects.filter(token=paid.token).count() == 1  # kept, once
+    assert not khalti.verify_calls
+    # The buyer closed the page. Khalti is back; reconcile finds the stored token.
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("khalti_reconcile", "--older-than", "0", stdout=io.StringIO())
+    assert Payment.objects.get(token=paid.token).status == Status.VERIFIED
+    link.refresh_from_db()
+    assert link.status == Status.FAILED
+    assert [name for name, _, _ in signals] == ["verified"]
+    assert Order.objects.get(reference="ORD-A").paid
+
+
+def test_a_waiting_widget_payment_fails_unverified_when_the_link_paid_the_order(
+    client, khalti, orders, signals, django_capture_on_commit_callbacks
+):
+    epayment, link = open_link(client, khalti)
+    khalti.pay(epayment, status="Pending")
+    paid = khalti.add_payment(amount=1000)
+    assert post(client, paid.payload("ORD-A")).json()["code"] == "in_progress"
+    with django_capture_on_commit_callbacks(execute=True):
+        client.get(khalti.pay(epayment))  # the link completes and pays the order
+        refused = post(client, paid.payload("ORD-A"))
+    assert refused.status_code == 400
+    assert "never verified" in refused.json()["detail"]
+    waiting = Payment.objects.get(token=paid.token)
+    assert waiting.status == Status.FAILED
+    assert not khalti.verify_calls  # Khalti moved none of the widget's money
+    assert not khalti.payments[paid.token].verified
+    assert [name for name, _, _ in signals] == ["verified"]  # the link's, and nothing else
+
+
+def test_a_widget_payment_behind_another_pending_widget_payment_is_kept(
+    client, khalti, orders, django_capture_on_commit_callbacks
+):
+    first = khalti.add_payment(amount=1000, outcome="timeout")
+    assert post(client, first.payload("ORD-A")).status_code == 504
+    khalti.fail_next("status", "connection_error", key=first.token)
+    second = khalti.add_payment(amount=1000)
+    assert post(client, second.payload("ORD-A")).json()["code"] == "in_progress"
+    assert Payment.objects.get(token=second.token).status == Status.PENDING
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("khalti_reconcile", "--older-than", "0", stdout=io.StringIO())
+    statuses = dict(Payment.objects.values_list("token", "status"))
+    assert statuses == {first.token: Status.VERIFIED, second.token: Status.FAILED}
+    assert not khalti.payments[second.token].verified
+
+
+# --- 2. the return URL is built on WEBSITE_URL, never the Host header --------------------------
+
+
+@override_settings(ALLOWED_HOSTS=["*"])
+def test_the_host_header_never_reaches_khaltis_return_url(client, khalti, orders):
+    with khalti_settings(WEBSITE_URL="https://shop.example.com"):
+        assert client.post(start_url(), headers={"host": "evil.example"}).status_code == 302
+    sent = khalti.initiate_calls[-1]
+    assert sent["return_url"] == "https://shop.example.com/khalti/epayment/return/"
+    assert sent["website_url"] == "https://shop.example.com"
+
+
+@override_settings(ALLOWED_HOSTS=["*"], DEBUG=False)
+def test_without_website_url_nothing_starts_unless_debugging(client, khalti, orders, caplog):
+    with khalti_settings(WEBSITE_URL=None):
+        page = client.post(start_url(), headers={"host": "evil.example"})
+        api = client.post(INITIATE_URL, {"product_identity": "ORD-A", "product_name": "Dragon"})
+    assert page.status_code == 503
+    assert (api.status_code, api.json()["code"]) == (503, "not_configured")
+    assert "WEBSITE_URL" in caplog.text
+    assert not Payment.objects.exists()
+    assert not khalti.initiate_calls
+
+
+@override_settings(DEBUG=True)
+def test_while_debugging_the_requests_origin_stands_in(client, khalti, orders):
+    with khalti_settings(WEBSITE_URL=None):
+        assert client.post(start_url()).status_code == 302
+    assert khalti.initiate_calls[-1]["return_url"] == "http://testserver/khalti/epayment/return/"
+
+
+# --- an open link goes back only to the buyer who started it -----------------------------------
+
+
+def test_the_same_buyer_gets_the_same_open_link(client, khalti, orders):
+    first = client.post(start_url())
+    again = client.post(start_url())
+    assert first["Location"] == again["Location"]
+    assert len(khalti.initiate_calls) == 1
+    started_by = Payment.objects.get().started_by
+    assert started_by and client.session.session_key not in started_by  # a keyed hash
+
+
+def test_another_buyer_gets_a_link_of_their_own(client, khalti, orders, signals):
+    _, first = open_link(client, khalti)
+    stranger = Client()
+    response = stranger.post(start_url())
+    assert response.status_code == 302
+    assert response["Location"] == khalti.last_epayment.payment_url
+    assert response["Location"] != first.payment_url
+    first.refresh_from_db()
+    assert first.status == Status.FAILED  # superseded: nobody had paid on it
+    assert not signals
+
+
+def test_a_logged_in_buyer_gets_their_link_back_from_another_browser(khalti, orders):
+    user = get_user_model().objects.create_user("buyer", password="pw")
+    phone, laptop = Client(), Client()
+    phone.force_login(user)
+    laptop.force_login(user)
+    assert phone.post(start_url())["Location"] == laptop.post(start_url())["Location"]
+    assert len(khalti.initiate_calls) == 1
+
+
+# --- 6. an order the resolver hides is 404, whatever its payments ------------------------------
+
+
+def hiding_resolver(request, product_identity):
+    return None  # e.g. the order is another customer's
+
+
+@pytest.mark.parametrize(
+    "status", [Status.PENDING, Status.VERIFIED, Status.FAILED, Status.NEEDS_REVIEW]
+)
+def test_an_order_the_resolver_hides_is_404_whatever_its_payment(client, khalti, orders, status):
+    paid = khalti.add_payment(amount=1000)
+    live = status in (Status.PENDING, Status.VERIFIED)
+    Payment.objects.create(
+        token="held",
+        product_identity="ORD-A",
+        amount=1000,
+        status=status,
+        order_claim=order_key("ORD-A") if live else None,
+    )
+    hidden = f"{__name__}.hiding_resolver"
+    with khalti_settings(AMOUNT_RESOLVER=hidden):
+        answers = [
+            post(client, paid.payload("ORD-A")),
+            client.post(INITIATE_URL, {"product_identity": "ORD-A", "product_name": "Dragon"}),
+        ]
+        page = client.post(start_url())
+    assert [(a.status_code, a.json()["code"]) for a in answers] == [(404, "unknown_order")] * 2
+    assert page.status_code == 404
+    assert not khalti.verify_calls and not khalti.initiate_calls and not khalti.status_calls
+
+
+# --- 9. every message tells the truth about the row it leaves --------------------------------
+
+
+#: What a message says of the payment, and the stored states it may then be in.
+CLAIMS = {
+    "is pending": {Status.PENDING},
+    "was not started": {Status.FAILED},
+}
+
+
+def said(detail):
+    return {claim for claim in CLAIMS if claim in detail}
+
+
+@pytest.mark.parametrize("outcome", ["timeout", "connection_error", "server_error", "not_json"])
+@pytest.mark.parametrize("way", ["api", "page"])
+def test_a_start_khalti_never_answered_says_not_started_and_the_row_is_failed(
+    client, khalti, orders, outcome, way
+):
+    khalti.fail_next("initiate", outcome)
+    if way == "api":
+        response = client.post(INITIATE_URL, {"product_identity": "ORD-A", "product_name": "Dragon"})
+        detail = response.json()["detail"]
+    else:
+        response = client.post(start_url())
+        detail = re.search(r"<main.*</main>", response.content.decode(), re.S)[0]
+    assert response.status_code in (502, 503, 504)
+    payment = Payment.objects.get()
+    assert said(detail) == {"was not started"}, detail
+    assert payment.status in CLAIMS["was not started"]
+    assert "pending" not in detail
+
+
+@pytest.mark.parametrize("outcome", ["timeout", "connection_error", "server_error", "not_json"])
+def test_a_verify_khalti_never_answered_says_pending_and_the_row_is_pending(
+    client, khalti, orders, outcome
+):
+    paid = khalti.add_payment(amount=1000, outcome=outcome)
+    response = post(client, paid.payload("ORD-A"))
+    assert response.status_code in (502, 503, 504)
+    assert said(response.json()["detail"]) == {"is pending"}
+    assert Payment.objects.get().status in CLAIMS["is pending"]
