@@ -6,6 +6,8 @@ Values are read from ``django.conf.settings`` on every access, so
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,24 +40,33 @@ CALLS_PER_CLAIM = 6
 CLAIM_MARGIN = 10
 
 
+#: A host name's labels: letters, digits and inner hyphens (IDNA names in punycode).
+_HOST_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.?", re.ASCII)
+
+
 def website_url_is_sane(value: Any) -> bool:
-    """Whether ``value`` is an origin Khalti can send buyers back to: ``http(s)://host``
-    (a port and a path allowed), with no user, query or fragment.
+    """Whether ``value`` is an origin Khalti can send buyers back to:
+    ``http(s)://host[:port]``, nothing else (no user, path, query or fragment).
     """
-    if not isinstance(value, str) or not value.isascii() or not value.isprintable():
+    if not isinstance(value, str) or not value.isascii():
         return False
     try:
         parts = urlsplit(value)
-        host, _port = parts.hostname, parts.port  # a port that is no number: ValueError
+        host, _port = parts.hostname or "", parts.port  # a port that is no number: ValueError
     except ValueError:
         return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            return False
     return bool(
         parts.scheme in ("http", "https")
-        and host
-        and "@" not in parts.netloc
-        and "\\" not in value
+        and parts.netloc.lower().lstrip("[").startswith(host)  # no user, no stray characters
+        and parts.path in ("", "/")
         and not parts.query
         and not parts.fragment
+        and value == value.strip()
     )
 
 

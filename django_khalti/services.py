@@ -45,7 +45,7 @@ from django.http import Http404, HttpRequest
 from django.urls import reverse
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy as _lazy
+from django.utils.translation import gettext_lazy
 
 from .client import KhaltiClient, KhaltiLookup, KhaltiOutcome, KhaltiStatus, KhaltiTransaction
 from .conf import khalti_settings, website_url_is_sane
@@ -417,7 +417,7 @@ def _free_order(client: KhaltiClient, holder: Payment, *, settle_widget: bool) -
     started (nobody is paying it) is superseded: failed without a signal, and
     should Khalti complete it after all, the failed re-check makes it
     ``needs_review``. Raises :class:`KhaltiAlreadyPaid` when the holder paid the
-    order.
+    order (and holds it still: one refunded before it was verified let it go).
     """
     epayment = holder.flow == Payment.Flow.EPAYMENT
     if holder.status == Status.PENDING and (epayment or settle_widget) and claim(holder):
@@ -425,9 +425,9 @@ def _free_order(client: KhaltiClient, holder: Payment, *, settle_widget: bool) -
             _settle(client, holder, _supersede if epayment else _ask_khalti)
     else:
         holder.refresh_from_db()
-    if holder.status in Payment.PAID_STATUSES:
+    if holder.order_claim is not None and holder.status in Payment.PAID_STATUSES:
         raise KhaltiAlreadyPaid()
-    return holder.status != Status.PENDING
+    return holder.order_claim is None
 
 
 def _wait_for_order(product_identity: str, order: KhaltiOrder, **fields: Any) -> NoReturn:
@@ -448,7 +448,7 @@ def _wait_for_order(product_identity: str, order: KhaltiOrder, **fields: Any) ->
 
 
 #: What a buyer whose widget payment waits for its order is told.
-_WAITING = _lazy(
+_WAITING = gettext_lazy(
     "Your payment was received and waits while another payment for this order is "
     "confirmed. Try again in a moment."
 )
@@ -658,12 +658,15 @@ def _recheck(client: KhaltiClient, payment: Payment) -> None:
         logger.warning("Khalti's lookup for %s is paid without an amount.", payment.pidx)
         raise KhaltiBadResponse()
     else:
-        _completed_late(payment, received, fields)
+        _completed_late(client, payment, received, fields)
 
 
-def _completed_late(payment: Payment, received: int, fields: dict[str, Any]) -> None:
+def _completed_late(
+    client: KhaltiClient, payment: Payment, received: int, fields: dict[str, Any]
+) -> None:
     """Khalti completed a payment we recorded failed: verified if the order is still
-    free and the amount is the order's, else needs review.
+    free (an ePayment link holding it that nobody paid is superseded: money that
+    moved wins over a link) and the amount is the order's, else needs review.
     """
     idx = fields.get("idx")
     if idx and Payment.objects.filter(idx=idx).exclude(pk=payment.pk).exists():
@@ -675,20 +678,7 @@ def _completed_late(payment: Payment, received: int, fields: dict[str, Any]) -> 
             "the order is for %(want)s paisa."
         ) % {"got": received, "want": payment.amount}
     else:
-        try:
-            changed = _transition(
-                payment,
-                Status.VERIFIED,
-                source=Status.FAILED,
-                held=True,
-                order_claim=order_key(payment.order_reference),
-                token_claim=payment.token,
-                received_amount=received,
-                failure_reason="",
-                **fields,
-            )
-        except IntegrityError:
-            changed = False  # another payment holds the order (or the token) now
+        changed = _verify_late(client, payment, received, fields)
         if changed:
             logger.warning(
                 "Khalti completed payment %s after it was recorded failed; it is verified "
@@ -703,6 +693,39 @@ def _completed_late(payment: Payment, received: int, fields: dict[str, Any]) -> 
             "paid or being paid by another payment."
         )
     _needs_review(payment, reason, source=Status.FAILED, received_amount=received, **fields)
+
+
+def _verify_late(
+    client: KhaltiClient, payment: Payment, received: int, fields: dict[str, Any]
+) -> bool:
+    """Verify a failed payment Khalti completed, if it can take its order back:
+    the order is free, or held by an ePayment link that, looked up, nobody paid.
+    """
+    key = order_key(payment.order_reference)
+    for _attempt in range(2):
+        try:
+            return _transition(
+                payment,
+                Status.VERIFIED,
+                source=Status.FAILED,
+                held=True,
+                order_claim=key,
+                token_claim=payment.token,
+                received_amount=received,
+                failure_reason="",
+                **fields,
+            )
+        except IntegrityError:
+            pass  # another payment holds the order (or the token) now
+        holder = Payment.objects.filter(order_claim=key).first()
+        try:
+            if holder is None or holder.flow != Payment.Flow.EPAYMENT:
+                return False
+            if not _free_order(client, holder, settle_widget=False):
+                return False
+        except KhaltiAlreadyPaid:
+            return False
+    return False
 
 
 def _status_of(client: KhaltiClient, payment: Payment) -> KhaltiStatus:
@@ -944,7 +967,7 @@ def _lookup(client: KhaltiClient, payment: Payment, *, supersede: bool = False) 
             ),
             **fields,
         )
-    elif supersede and outcome is KhaltiOutcome.OPEN:
+    elif supersede and outcome is KhaltiOutcome.OPEN and not answer.transaction_id:
         logger.info("ePayment %s was superseded by another payment for its order.", payment.pk)
         _fail(
             payment,
@@ -1172,9 +1195,9 @@ def start_epayment(
         flow=Payment.Flow.EPAYMENT,
         purchase_order_name=product_name,
         started_by=buyer,
-        reuse=lambda holder: bool(buyer)
-        and holder.started_by == buyer
-        and _link_still_good(holder, expected),
+        reuse=lambda holder: (
+            bool(buyer) and holder.started_by == buyer and _link_still_good(holder, expected)
+        ),
     )
     if not created:
         return payment
@@ -1201,9 +1224,7 @@ def start_epayment(
         raise KhaltiInitiationRejected(exc.detail, errors=errors) from exc
     except KhaltiUnavailable as exc:
         # Whatever Khalti made of it, the buyer never got a link to pay.
-        if not _fail(
-            payment, _("Khalti could not be reached to start the payment."), notify=False
-        ):
+        if not _fail(payment, _("Khalti could not be reached to start the payment."), notify=False):
             raise  # taken over meanwhile (a claim gone stale): it is pending, as exc says
         raise type(exc)(
             _("Khalti could not be reached, so the payment was not started. Try again shortly.")
@@ -1222,6 +1243,14 @@ def start_epayment(
         _held(payment), pk=payment.pk, status=Status.PENDING
     ).update(claimed_at=None)
     if not still_ours:
+        payment.refresh_from_db()
+        if payment.status == Status.FAILED:
+            raise KhaltiInProgress(
+                _(
+                    "The payment was not started: another payment for this order took its "
+                    "place meanwhile. Try again."
+                )
+            )
         raise KhaltiInProgress()
     for name, value in fields.items():
         setattr(payment, name, value)

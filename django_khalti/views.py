@@ -20,6 +20,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods
 from rest_framework import status
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
@@ -332,9 +333,11 @@ def throttle_wait(request: HttpRequest) -> float | None:
     project's and :class:`KhaltiRateThrottle`, as :class:`KhaltiAPIView` applies
     them), or None when it may go on.
     """
-    api_request = Request(
-        request, authenticators=[auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    # Imported classes: drf-stubs types the setting as the dotted paths one writes.
+    authentication = cast(
+        "Sequence[type[BaseAuthentication]]", api_settings.DEFAULT_AUTHENTICATION_CLASSES
     )
+    api_request = Request(request, authenticators=[auth() for auth in authentication])
     view = KhaltiAPIView()
     view.request = api_request
     waits = [

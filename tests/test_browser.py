@@ -187,14 +187,13 @@ def test_the_payment_is_visible_in_the_admin(page, demo):
     page.screenshot(path=SHOTS / "admin.png", full_page=True)
 
 
-def test_an_open_epayment_link_is_continued_not_paid_twice(page, demo):
-    """While the order's ePayment link is out, the widget is not offered: a
-    second payment of the order could not be verified (one live payment an order)."""
+def test_an_open_epayment_link_can_be_continued(page, demo):
+    """The buyer who left Khalti's page without paying finds the link on the order
+    page, and finishes the payment there."""
     reference = new_order(page, demo, "#buy-momo")
     page.click("#pay-epayment")
     page.wait_for_url("**/sandbox/pay/?pidx=*")
     page.goto(f"{demo}/orders/{reference}/")  # the buyer comes back without paying
-    expect(page.locator("#pay-widget")).to_have_count(0)
     expect(page.locator("#continue-epayment")).to_be_visible()
     page.click("#continue-epayment")
     page.wait_for_url("**/sandbox/pay/?pidx=*")
@@ -202,3 +201,18 @@ def test_an_open_epayment_link_is_continued_not_paid_twice(page, demo):
     page.wait_for_url("**/payment/success/?payment=*")
     page.click("#back-to-order")
     expect(page.locator("#order-status")).to_have_text("Paid")
+
+
+def test_an_open_epayment_link_does_not_block_the_widget(page, demo):
+    """Paying with the widget while an unpaid link is out supersedes the link."""
+    reference = new_order(page, demo, "#buy-momo")
+    page.click("#pay-epayment")
+    page.wait_for_url("**/sandbox/pay/?pidx=*")
+    page.goto(f"{demo}/orders/{reference}/")
+    expect(page.locator("#continue-epayment")).to_be_visible()
+    page.click("#pay-widget")
+    page.click("#sandbox-pay")
+    expect(page.locator("#order-status")).to_have_text("Paid")
+    page.reload()
+    expect(page.locator("#order-payments tr[data-status=verified]")).to_have_count(1)
+    expect(page.locator("#order-payments tr[data-status=failed]")).to_contain_text("Superseded")

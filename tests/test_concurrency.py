@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from django.db import connections
 from django.core.management import call_command
+from django.db import connections
 from django.test import Client
 from django.urls import reverse
 

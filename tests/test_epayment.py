@@ -152,9 +152,7 @@ def test_unknown_order_is_404(client, khalti, order):
     assert not khalti.calls
 
 
-def test_paid_order_the_resolver_hides_is_404_unknown_order_not_already_paid(
-    client, khalti, order
-):
+def test_paid_order_the_resolver_hides_is_404_unknown_order_not_already_paid(client, khalti, order):
     # The resolver no longer names a paid order: that it was paid is not the buyer's to learn.
     Payment.objects.create(
         token="t",
@@ -799,7 +797,8 @@ def test_a_double_click_on_start_gets_a_page_that_reloads_into_the_link(client, 
     response = client.post(url)
     assert response.status_code == 409
     page = response.content.decode()
-    assert "Confirming your payment" in page
+    assert "Please wait" in page
+    assert "being confirmed" in page
     assert f'content="5; url={url}?tries=1"' in page
     assert not khalti.calls
 

@@ -381,10 +381,11 @@ def test_a_retry_while_khalti_still_processes_the_first_verify_is_verified_once(
     assert (payment.status, payment.idx) == (Payment.Status.VERIFIED, f"idx-{token}")
     assert paid_events(order) == 1
     assert not OrderEvent.objects.filter(kind="payment_failed").exists()
-    # The order stays claimed: a second token is refused before Khalti.
+    # The order is paid (the shop's resolver hides it now): a second token is
+    # refused before Khalti.
     second = fake.issue("processing-second", 2100)
     code, body, _ = rig.post(widget(order, second))
-    assert (code, body.get("code")) == (409, "already_paid"), body
+    assert (code, body.get("code")) == (404, "unknown_order"), body
     assert not fake.completions[second]
 
 

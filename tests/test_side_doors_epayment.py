@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core import checks
 from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client, override_settings
 from django.urls import reverse
+from django.utils import timezone
 
 from django_khalti.models import Payment, order_key
 from shop.models import Order
@@ -40,9 +43,7 @@ def khalti(khalti_fake):
 
 @pytest.fixture
 def orders(db):
-    return {
-        ref: Order.objects.create(reference=ref, total=1000) for ref in ("ORD-A", "ORD-B")
-    }
+    return {ref: Order.objects.create(reference=ref, total=1000) for ref in ("ORD-A", "ORD-B")}
 
 
 def khalti_settings(**changes):
@@ -85,6 +86,15 @@ def test_a_post_without_the_csrf_token_starts_nothing():
     assert not Payment.objects.exists()
 
 
+def test_a_post_without_the_csrf_token_starts_nothing_even_without_the_middleware(settings):
+    settings.MIDDLEWARE = [
+        m for m in settings.MIDDLEWARE if m != "django.middleware.csrf.CsrfViewMiddleware"
+    ]
+    Order.objects.create(reference="ORD-A", total=1000)
+    assert Client(enforce_csrf_checks=True).post(start_url()).status_code == 403
+    assert not Payment.objects.exists()
+
+
 def test_the_pay_button_posts_with_the_csrf_token(khalti, orders):
     browser = Client(enforce_csrf_checks=True)
     page = browser.get(start_url())
@@ -108,7 +118,12 @@ def test_starting_is_throttled_like_the_api(client, khalti, orders, settings):
         assert int(refused["Retry-After"]) > 0
         assert len(khalti.initiate_calls) == 2
         # The API's own counter is the same one: the buyer has used it up there too.
-        assert client.post(INITIATE_URL, {"product_identity": "ORD-A", "product_name": "Dragon"}).status_code == 429
+        assert (
+            client.post(
+                INITIATE_URL, {"product_identity": "ORD-A", "product_name": "Dragon"}
+            ).status_code
+            == 429
+        )
     finally:
         cache.clear()
 
@@ -164,7 +179,7 @@ def test_a_widget_payment_waits_while_khalti_holds_the_link_and_its_token_is_kep
 def test_a_waiting_widget_payment_is_settled_by_reconcile_without_the_buyer(
     client, khalti, orders, signals, django_capture_on_commit_callbacks
 ):
-    epayment, link = open_link(client, khalti)
+    _, link = open_link(client, khalti)
     khalti.fail_next("lookup", "connection_error", times=5)  # the link cannot be asked about
     paid = khalti.add_payment(amount=1000)
     for _ in range(5):
@@ -184,7 +199,7 @@ def test_a_waiting_widget_payment_is_settled_by_reconcile_without_the_buyer(
 def test_a_waiting_widget_payment_fails_unverified_when_the_link_paid_the_order(
     client, khalti, orders, signals, django_capture_on_commit_callbacks
 ):
-    epayment, link = open_link(client, khalti)
+    epayment, _ = open_link(client, khalti)
     khalti.pay(epayment, status="Pending")
     paid = khalti.add_payment(amount=1000)
     assert post(client, paid.payload("ORD-A")).json()["code"] == "in_progress"
@@ -256,7 +271,8 @@ def test_the_same_buyer_gets_the_same_open_link(client, khalti, orders):
     assert first["Location"] == again["Location"]
     assert len(khalti.initiate_calls) == 1
     started_by = Payment.objects.get().started_by
-    assert started_by and client.session.session_key not in started_by  # a keyed hash
+    assert started_by
+    assert client.session.session_key not in started_by  # a keyed hash
 
 
 def test_another_buyer_gets_a_link_of_their_own(client, khalti, orders, signals):
@@ -309,7 +325,9 @@ def test_an_order_the_resolver_hides_is_404_whatever_its_payment(client, khalti,
         page = client.post(start_url())
     assert [(a.status_code, a.json()["code"]) for a in answers] == [(404, "unknown_order")] * 2
     assert page.status_code == 404
-    assert not khalti.verify_calls and not khalti.initiate_calls and not khalti.status_calls
+    assert not khalti.verify_calls
+    assert not khalti.initiate_calls
+    assert not khalti.status_calls
 
 
 # --- 9. every message tells the truth about the row it leaves --------------------------------
@@ -333,7 +351,9 @@ def test_a_start_khalti_never_answered_says_not_started_and_the_row_is_failed(
 ):
     khalti.fail_next("initiate", outcome)
     if way == "api":
-        response = client.post(INITIATE_URL, {"product_identity": "ORD-A", "product_name": "Dragon"})
+        response = client.post(
+            INITIATE_URL, {"product_identity": "ORD-A", "product_name": "Dragon"}
+        )
         detail = response.json()["detail"]
     else:
         response = client.post(start_url())
@@ -354,3 +374,141 @@ def test_a_verify_khalti_never_answered_says_pending_and_the_row_is_pending(
     assert response.status_code in (502, 503, 504)
     assert said(response.json()["detail"]) == {"is pending"}
     assert Payment.objects.get().status in CLAIMS["is pending"]
+
+
+# --- the hostile review's finds (each failed before its fix) ------------------------------
+
+
+# --- a holder refunded before it was verified is taken for "already paid" ------------------
+
+
+def test_waiting_widget_payment_is_not_failed_as_already_paid_when_the_link_was_refunded(
+    client, khalti, orders, signals, django_capture_on_commit_callbacks
+):
+    """The link holding the order is Pending at Khalti, so the buyer's widget token is
+    stored waiting. Khalti then reports the link Refunded (never verified by us):
+    _refunded_before_verified frees the order (order_claim NULL, status REFUNDED). But
+    _free_order checks ``holder.status in PAID_STATUSES`` and REFUNDED is one of them,
+    so _take_order fails the waiting payment "Another payment paid this order first":
+    the order is unpaid, the buyer's confirmed widget token is never verified, and
+    every resubmission is answered from that failed record.
+    """
+    epayment, link = open_link(client, khalti)
+    khalti.pay(epayment, status="Pending")
+    paid = khalti.add_payment(amount=1000)
+    assert post(client, paid.payload("ORD-A")).json()["code"] == "in_progress"
+    khalti.set_state(epayment.pidx, "Refunded")  # Khalti gave the link's money back
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, paid.payload("ORD-A"))
+    link.refresh_from_db()
+    assert (link.status, link.order_claim) == (Status.REFUNDED, None)  # order let go
+    waiting = Payment.objects.get(token=paid.token)
+    assert "paid this order first" not in waiting.failure_reason, waiting.failure_reason
+    assert waiting.status == Status.VERIFIED
+    assert response.status_code == 200, response.json()
+    assert Order.objects.get(reference="ORD-A").paid
+
+
+def test_new_widget_payment_is_not_refused_already_paid_when_the_holder_was_refunded(
+    client, khalti, orders, django_capture_on_commit_callbacks
+):
+    """Same root cause on the first submission (_claim_order -> _free_order): the holder
+    link, looked up, is Refunded and lets go of the order, yet the buyer is told
+    ``409 already_paid`` and the token is not stored anywhere (no waiting row), while
+    the order is unpaid and the buyer's widget money sits confirmed at Khalti.
+    """
+    epayment, link = open_link(client, khalti)
+    khalti.pay(epayment, status="Pending")
+    khalti.set_state(epayment.pidx, "Refunded")
+    paid = khalti.add_payment(amount=1000)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, paid.payload("ORD-A"))
+    link.refresh_from_db()
+    assert (link.status, link.order_claim) == (Status.REFUNDED, None)  # the order is free
+    assert response.status_code == 200, response.json()
+    assert Payment.objects.get(token=paid.token).status == Status.VERIFIED
+    assert Order.objects.get(reference="ORD-A").paid
+
+
+# --- a stranger's start turns the buyer's real payment into needs_review -------------------
+
+
+def test_a_strangers_start_does_not_turn_the_buyers_payment_into_needs_review(
+    khalti, orders, signals, django_capture_on_commit_callbacks
+):
+    """Buyer opens the link (Initiated while they type their PIN on Khalti's page).
+    Anyone whose resolver shows the order (the shop's resolver: any unpaid order) POSTs
+    start from their own session, at no cost: the buyer's link is "superseded" and the
+    stranger's unpaid link now holds the order. The buyer completes payment; the
+    return page's re-check finds the order held (IntegrityError in _completed_late)
+    and the only money paid for the order is needs_review, while the order stays
+    held by a link nobody paid. Repeatable on every attempt the buyer makes.
+    """
+    buyer, stranger = Client(), Client()
+    epayment, link = open_link(buyer, khalti)
+    assert stranger.post(start_url()).status_code == 302  # the stranger's own link
+    with django_capture_on_commit_callbacks(execute=True):
+        buyer.get(khalti.pay(epayment))  # the buyer pays the link they were given
+    link.refresh_from_db()
+    # Khalti completed the only payment made for this order, for its amount.
+    assert link.status == Status.VERIFIED, (link.status, link.failure_reason)
+    assert Order.objects.get(reference="ORD-A").paid
+
+
+# --- E005 passes WEBSITE_URLs Khalti cannot send anyone back to ---------------------------
+
+
+@pytest.mark.parametrize(
+    "website_url",
+    ["https://shop.example.com ", "https://shop example.com", "https://<shop>"],
+)
+def test_e005_refuses_a_website_url_with_spaces_or_a_bogus_host(website_url):
+    """website_url_is_sane checks isprintable() (a space is printable) and that
+    urlsplit() found *a* hostname: a trailing space (typical of a value read from an
+    env file) or a host with a space or '<' passes E005, and every start then sends
+    Khalti ``return_url='https://shop.example.com /khalti/epayment/return/'``.
+    """
+    with khalti_settings(WEBSITE_URL=website_url), override_settings(DEBUG=False):
+        found = [m.id for m in checks.run_checks() if m.id and m.id.startswith("django_khalti")]
+    assert "django_khalti.E005" in found
+
+
+# --- a start taken over while Khalti was slow says "being confirmed" of a failed row --------
+
+
+def test_a_start_taken_over_while_khalti_was_slow_tells_the_truth(
+    client, khalti, orders, monkeypatch
+):
+    """Khalti is slow to answer initiate; the start's claim goes stale; a widget
+    payment for the order arrives and _free_order supersedes the unstarted row
+    ("The payment was never started with Khalti.", failed, order let go). When
+    initiate finally answers, start_epayment's still_ours check fails and raises a
+    bare KhaltiInProgress: the buyer reads "This payment is being confirmed right
+    now" (409, a pending page that reloads) of a row stored failed. (The
+    KhaltiUnavailable branch just above handles the same takeover truthfully.)
+    """
+    from django_khalti import services
+    from django_khalti.client import KhaltiClient
+
+    real_initiate = KhaltiClient.initiate
+
+    def slow_initiate(self, **kwargs):
+        # While Khalti took its time the start's claim went stale, and a widget
+        # payment for the order did what _claim_order -> _free_order does: it
+        # claimed the stale holder and superseded it (no pidx yet: no Khalti call).
+        Payment.objects.filter(flow=Payment.Flow.EPAYMENT).update(
+            claimed_at=timezone.now() - timedelta(hours=1)
+        )
+        holder = Payment.objects.get(flow=Payment.Flow.EPAYMENT)
+        assert services.claim(holder)
+        services._settle(self, holder, services._supersede)
+        return real_initiate(self, **kwargs)
+
+    monkeypatch.setattr(KhaltiClient, "initiate", slow_initiate)
+    response = client.post(start_url())
+    start = Payment.objects.get(flow=Payment.Flow.EPAYMENT)
+    assert (start.status, start.order_claim) == (Status.FAILED, None)
+    page = response.content.decode()
+    assert "being confirmed right now" not in page
+    assert "Confirming your payment" not in page
+    assert "was not started" in page

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_khalti', '0008_signal_outbox_and_database_clock'),
+        ("django_khalti", "0008_signal_outbox_and_database_clock"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='payment',
-            name='started_by',
+            model_name="payment",
+            name="started_by",
             field=models.CharField(blank=True, editable=False, max_length=64),
         ),
     ]

@@ -54,8 +54,8 @@ def order_create(request: HttpRequest) -> HttpResponse:
 def order_detail(request: HttpRequest, reference: str) -> HttpResponse:
     order = get_object_or_404(Order, reference=reference)
     payments = Payment.objects.for_order(order.reference)
-    # An ePayment link still out holds the order (one live payment an order):
-    # the buyer should finish or cancel it on Khalti's page first.
+    # An ePayment link still out: the buyer may continue it, or pay another way
+    # (dj-khalti then supersedes the link, unpaid).
     open_epayment = (
         payments.filter(
             flow=Payment.Flow.EPAYMENT, status=Payment.Status.PENDING, expires_at__gt=timezone.now()
