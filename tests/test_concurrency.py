@@ -436,3 +436,31 @@ def test_return_callbacks_racing_the_reconcile_command_settle_once(khalti, order
     assert len(khalti.fake.lookup_calls) == 1
     assert Payment.objects.get().status == Payment.Status.VERIFIED
     assert [name for name, _, _ in signals] == ["verified"]
+
+
+def test_widget_payments_racing_past_an_open_link_supersede_it_and_verify_once(
+    khalti_fake, signals
+):
+    order = Order.objects.create(reference="ORD-RACE", total=1000)
+    start = Client().post(reverse("django_khalti:epayment-start", args=[order.reference]))
+    assert start.status_code == 302
+    link = Payment.objects.get()
+    tokens = [khalti_fake.add_payment(amount=1000) for _ in range(N)]
+
+    results = post_all([token.payload(order.reference) for token in tokens])
+
+    link.refresh_from_db()
+    assert link.status == Payment.Status.FAILED
+    assert "Superseded" in link.failure_reason
+    assert [code for code, _ in results].count(200) == 1
+    refusals = [body.get("code") for code, body in results if code != 200]
+    assert set(refusals) <= {"in_progress", "already_paid"}, results
+    # Every token told to wait is kept (one told the order is paid moved nothing);
+    # Khalti moved the money of one.
+    kept = Payment.objects.filter(flow=Payment.Flow.WIDGET).count()
+    assert kept == 1 + refusals.count("in_progress")
+    call_command("khalti_reconcile", "--older-than", "0", stdout=io.StringIO())
+    assert Payment.objects.verified().count() == 1
+    assert not Payment.objects.pending().exists()
+    assert sum(khalti_fake.payments[token.token].verified for token in tokens) == 1
+    assert [name for name, _, _ in signals] == ["verified"]
