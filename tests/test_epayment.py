@@ -152,8 +152,14 @@ def test_unknown_order_is_404(client, khalti, order):
     assert not khalti.calls
 
 
-def test_paid_order_the_resolver_hides_is_404_unknown_order_not_already_paid(client, khalti, order):
-    # The resolver no longer names a paid order: that it was paid is not the buyer's to learn.
+@pytest.mark.parametrize(
+    ("hidden", "answer"),
+    # A paid order the resolver hides: that it was paid is not the buyer's to learn.
+    [(True, (404, "unknown_order")), (False, (409, "already_paid"))],
+)
+def test_a_paid_order_is_404_if_the_resolver_hides_it_else_409(
+    client, khalti, order, hidden, answer
+):
     Payment.objects.create(
         token="t",
         product_identity="ORD-1",
@@ -161,22 +167,9 @@ def test_paid_order_the_resolver_hides_is_404_unknown_order_not_already_paid(cli
         order_claim=order_key("ORD-1"),
         status=Payment.Status.VERIFIED,
     )
-    Order.objects.filter(pk=order.pk).update(paid=True)
+    Order.objects.filter(pk=order.pk).update(paid=hidden)  # the resolver hides paid orders
     response = initiate(client)
-    assert (response.status_code, response.json()["code"]) == (404, "unknown_order")
-    assert not khalti.calls
-
-
-def test_paid_order_the_resolver_still_names_is_409_already_paid(client, khalti, order):
-    Payment.objects.create(
-        token="t",
-        product_identity="ORD-1",
-        amount=1000,
-        order_claim=order_key("ORD-1"),
-        status=Payment.Status.VERIFIED,
-    )
-    response = initiate(client)
-    assert (response.status_code, response.json()["code"]) == (409, "already_paid")
+    assert (response.status_code, response.json()["code"]) == answer
     assert not khalti.calls
 
 
