@@ -370,6 +370,23 @@ def _(world, row):
     lookup_answers(world, row, lookup_status("Initiated"))
 
 
+@scenario("lookup", (
+    "``Initiated``, asked because another payment (a widget payment, another buyer's "
+    "start) came for the order: superseded"
+))  # fmt: skip
+def _(world, row):
+    world.epayment()
+    link = world.payment()
+    mark = len(world.sent)
+    paid = world.widget()
+    assert world.post(paid.payload(world.order.reference)).status_code == 200
+    # The widget payment's own payment_verified aside, what the link sent:
+    widget = Payment.objects.get(token=paid.token)
+    world.sent[mark:] = [s for s in world.sent[mark:] if s[2]["payment"].pk != widget.pk]
+    check(world, row, mark, link)
+    assert "Superseded" in Payment.objects.get(pk=link.pk).failure_reason
+
+
 @scenario("lookup", "``Initiated``, 15 minutes past the link's expiry")
 def _(world, row):
     lookup_answers(world, row, link_dead)
