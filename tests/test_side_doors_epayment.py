@@ -376,6 +376,67 @@ def test_a_verify_khalti_never_answered_says_pending_and_the_row_is_pending(
     assert Payment.objects.get().status in CLAIMS["is pending"]
 
 
+#: Each refusal's words, and what the row the buyer's payment left must then be.
+TRUTHS = {
+    "is pending": Status.PENDING,
+    "waits while another payment": Status.PENDING,
+    "being confirmed": Status.PENDING,
+    "was not started": Status.FAILED,
+    "Khalti did not confirm": Status.FAILED,
+    "refused": Status.FAILED,
+    "needs a check by the shop": Status.NEEDS_REVIEW,
+}
+
+
+def widget_timeout(client, khalti):
+    paid = khalti.add_payment(amount=1000, outcome="timeout")
+    return post(client, paid.payload("ORD-A")), paid.token
+
+
+def widget_waiting(client, khalti):
+    epayment, _ = open_link(client, khalti)
+    khalti.pay(epayment, status="Pending")
+    paid = khalti.add_payment(amount=1000)
+    return post(client, paid.payload("ORD-A")), paid.token
+
+
+def widget_refused(client, khalti):
+    paid = khalti.add_payment(amount=1000, state="Failed")
+    return post(client, paid.payload("ORD-A")), paid.token
+
+
+def widget_other_amount(client, khalti):
+    paid = khalti.add_payment(amount=1000)
+    khalti.answer_next("verify", json={**paid.record(amount=2000)})
+    return post(client, paid.payload("ORD-A")), paid.token
+
+
+def widget_resubmitted_while_held(client, khalti):
+    paid = khalti.add_payment(amount=1000, outcome="timeout")
+    post(client, paid.payload("ORD-A"))
+    Payment.objects.filter(token=paid.token).update(claimed_at=timezone.now())
+    return post(client, paid.payload("ORD-A")), paid.token
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        widget_timeout,
+        widget_waiting,
+        widget_refused,
+        widget_other_amount,
+        widget_resubmitted_while_held,
+    ],
+)
+def test_every_refusals_words_match_the_row_it_leaves(client, khalti, orders, scenario):
+    response, token = scenario(client, khalti)
+    detail = response.json()["detail"]
+    claims = [words for words in TRUTHS if words in detail]
+    assert claims, f"no known claim in {detail!r}"
+    row = Payment.objects.get(token=token)
+    assert {TRUTHS[words] for words in claims} == {row.status}, (detail, row.status)
+
+
 # --- the hostile review's finds (each failed before its fix) ------------------------------
 
 
