@@ -48,25 +48,27 @@ def website_url_is_sane(value: Any) -> bool:
     """Whether ``value`` is an origin Khalti can send buyers back to:
     ``http(s)://host[:port]``, nothing else (no user, path, query or fragment).
     """
-    if not isinstance(value, str) or not value.isascii():
+    if not isinstance(value, str) or not value.isascii() or not value.isprintable():
         return False
     try:
         parts = urlsplit(value)
-        host, _port = parts.hostname or "", parts.port  # a port that is no number: ValueError
+        host, port = parts.hostname or "", parts.port  # a port that is no number: ValueError
     except ValueError:
         return False
     try:
-        ipaddress.ip_address(host)
+        bracketed = f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
     except ValueError:
         if not _HOST_NAME.fullmatch(host):
             return False
+        bracketed = host
     return bool(
         parts.scheme in ("http", "https")
-        and parts.netloc.lower().lstrip("[").startswith(host)  # no user, no stray characters
+        and parts.netloc.lower() in (bracketed, f"{bracketed}:{port}")  # no user, no junk
+        and port != 0
         and parts.path in ("", "/")
         and not parts.query
         and not parts.fragment
-        and value == value.strip()
+        and " " not in value
     )
 
 

@@ -417,7 +417,8 @@ def _free_order(client: KhaltiClient, holder: Payment, *, settle_widget: bool) -
     started (nobody is paying it) is superseded: failed without a signal, and
     should Khalti complete it after all, the failed re-check makes it
     ``needs_review``. Raises :class:`KhaltiAlreadyPaid` when the holder paid the
-    order (and holds it still: one refunded before it was verified let it go).
+    order (and holds it still: one refunded before it was verified let it go;
+    one that paid it and then needed review, over a refund, holds it).
     """
     epayment = holder.flow == Payment.Flow.EPAYMENT
     if holder.status == Status.PENDING and (epayment or settle_widget) and claim(holder):
@@ -425,8 +426,10 @@ def _free_order(client: KhaltiClient, holder: Payment, *, settle_widget: bool) -
             _settle(client, holder, _supersede if epayment else _ask_khalti)
     else:
         holder.refresh_from_db()
-    if holder.order_claim is not None and holder.status in Payment.PAID_STATUSES:
-        raise KhaltiAlreadyPaid()
+    if holder.order_claim is not None and (
+        holder.status in Payment.PAID_STATUSES or holder.verified_at is not None
+    ):
+        raise KhaltiAlreadyPaid()  # (verified_at: it paid the order, then needed review)
     return holder.order_claim is None
 
 
@@ -678,7 +681,10 @@ def _completed_late(
             "the order is for %(want)s paisa."
         ) % {"got": received, "want": payment.amount}
     else:
-        changed = _verify_late(client, payment, received, fields)
+        try:
+            changed = _verify_late(client, payment, received, fields)
+        except KhaltiAlreadyPaid:
+            changed = False
         if changed:
             logger.warning(
                 "Khalti completed payment %s after it was recorded failed; it is verified "
@@ -689,8 +695,8 @@ def _completed_late(
         if payment.status != Status.FAILED:
             return  # another worker settled it meanwhile
         reason = _(
-            "Khalti completed this payment after it was recorded failed, and the order is "
-            "paid or being paid by another payment."
+            "Khalti completed this payment after it was recorded failed, and another "
+            "payment paid the order meanwhile."
         )
     _needs_review(payment, reason, source=Status.FAILED, received_amount=received, **fields)
 
@@ -698,11 +704,19 @@ def _completed_late(
 def _verify_late(
     client: KhaltiClient, payment: Payment, received: int, fields: dict[str, Any]
 ) -> bool:
-    """Verify a failed payment Khalti completed, if it can take its order back:
-    the order is free, or held by an ePayment link that, looked up, nobody paid.
+    """Verify a failed payment Khalti completed, taking its order back: the order
+    is free, or held by an ePayment link that, looked up, nobody paid (it is
+    superseded). True when this call verified it, False when another worker
+    settled it meanwhile.
+
+    Raises :class:`KhaltiAlreadyPaid` when another payment paid the order (or
+    holds the payment's token), and :class:`KhaltiUnavailable` while the
+    payment holding the order cannot be settled yet (Khalti holds it, cannot be
+    asked, or another worker is at it): the payment then stays failed, and the
+    next re-check (a reload of the return page, ``khalti_reconcile``) tries again.
     """
     key = order_key(payment.order_reference)
-    for _attempt in range(2):
+    for _attempt in range(3):
         try:
             return _transition(
                 payment,
@@ -718,14 +732,18 @@ def _verify_late(
         except IntegrityError:
             pass  # another payment holds the order (or the token) now
         holder = Payment.objects.filter(order_claim=key).first()
-        try:
-            if holder is None or holder.flow != Payment.Flow.EPAYMENT:
-                return False
-            if not _free_order(client, holder, settle_widget=False):
-                return False
-        except KhaltiAlreadyPaid:
-            return False
-    return False
+        if holder is None:
+            if Payment.objects.filter(token_claim=payment.token).exclude(pk=payment.pk).exists():
+                raise KhaltiAlreadyPaid()  # its token is bound to a live payment now
+            continue  # the holder let go of the order in between
+        if not _free_order(client, holder, settle_widget=False):
+            break
+    logger.warning(
+        "Khalti completed payment %s after it was recorded failed; the payment holding its "
+        "order cannot be settled yet, so it is re-checked later.",
+        payment.pk,
+    )
+    raise KhaltiUnavailable()
 
 
 def _status_of(client: KhaltiClient, payment: Payment) -> KhaltiStatus:

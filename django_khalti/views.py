@@ -428,8 +428,12 @@ def epayment_return(request: HttpRequest) -> HttpResponse:
         except (KhaltiUnavailable, KhaltiConfigurationError) as exc:
             if isinstance(exc, KhaltiConfigurationError):
                 logger.error("dj-khalti is misconfigured: %s", exc, exc_info=exc)
-            # The payment stays pending; a reload or khalti_reconcile settles it.
+            # The payment stays as it was; a reload or khalti_reconcile settles it.
             payment = Payment.objects.get(pidx=pidx)
+            if payment.status == Payment.Status.FAILED:
+                # Its re-check could not finish (Khalti may have completed it after
+                # all): not a failure page while that is unknown.
+                return _result_page(request, payment=payment, state="pending")
     except KhaltiUnknownPayment as exc:
         return _result_page(request, error=exc, http=status.HTTP_404_NOT_FOUND)
     except DatabaseError as exc:

@@ -573,3 +573,172 @@ def test_a_start_taken_over_while_khalti_was_slow_tells_the_truth(
     assert "being confirmed right now" not in page
     assert "Confirming your payment" not in page
     assert "was not started" in page
+
+
+# --- the second review's finds (each failed before its fix) -----------------------------
+
+
+# --- one slow answer about the stranger's link makes the buyer's money needs_review ------
+
+
+def test_a_late_completion_is_not_needs_review_because_the_holders_lookup_timed_out_once(
+    khalti, orders, signals, django_capture_on_commit_callbacks
+):
+    """The fix of 'a stranger's start turns the buyer's payment into needs_review'
+    holds only while Khalti answers the lookup of the stranger's link at once.
+    Buyer opens link B; a stranger's start supersedes it and holds the order with an
+    unpaid link S. The buyer pays B and comes back. _verify_late -> _free_order(S):
+    the lookup of S times out (suppressed), S "holds on", _free_order returns False
+    and _completed_late makes B needs_review: final (only failed rows are re-checked),
+    though nothing was decided about S. The order stays held by the stranger's
+    unpaid link; the buyer's only payment waits for a person.
+    Expected: B stays failed (re-checked later) or is verified on the next look;
+    never a permanent needs_review from an unknown answer.
+    """
+    buyer, stranger = Client(), Client()
+    epayment, link = open_link(buyer, khalti)
+    assert stranger.post(start_url()).status_code == 302
+    strangers = khalti.last_epayment
+    khalti.fail_next("lookup", "timeout", key=strangers.pidx)  # Khalti slow, once
+    with django_capture_on_commit_callbacks(execute=True):
+        buyer.get(khalti.pay(epayment))
+    link.refresh_from_db()
+    assert link.status != Status.NEEDS_REVIEW, link.failure_reason
+    # A reload of the return page (Khalti answers now) settles it.
+    with django_capture_on_commit_callbacks(execute=True):
+        buyer.get(khalti.return_url(epayment))
+    link.refresh_from_db()
+    assert link.status == Status.VERIFIED, (link.status, link.failure_reason)
+    assert Order.objects.get(reference="ORD-A").paid
+
+
+def test_a_late_completion_is_not_needs_review_while_a_strangers_start_is_in_flight(
+    khalti, orders, signals, django_capture_on_commit_callbacks, monkeypatch
+):
+    """Same root cause, with Khalti merely slow to start the stranger's link: the
+    stranger's start superseded the buyer's link B and, while Khalti's initiate is
+    still answering (a claim held, no pidx yet), the buyer pays B and comes back.
+    _free_order cannot claim the stranger's row, so it "holds on" and B becomes
+    needs_review for good. A moment later the stranger's link is just an unpaid
+    Initiated link holding the order.
+    """
+    from django_khalti.client import KhaltiClient
+
+    buyer, stranger = Client(), Client()
+    epayment, link = open_link(buyer, khalti)
+    real_initiate = KhaltiClient.initiate
+    returned = []
+
+    def slow_initiate(self, **kwargs):
+        # Khalti is working on the stranger's initiate; the buyer pays and returns.
+        if not returned:
+            with django_capture_on_commit_callbacks(execute=True):
+                returned.append(buyer.get(khalti.pay(epayment)))
+        return real_initiate(self, **kwargs)
+
+    monkeypatch.setattr(KhaltiClient, "initiate", slow_initiate)
+    assert stranger.post(start_url()).status_code == 302
+    assert returned
+    link.refresh_from_db()
+    assert link.status != Status.NEEDS_REVIEW, link.failure_reason
+    with django_capture_on_commit_callbacks(execute=True):
+        buyer.get(khalti.return_url(epayment))
+    link.refresh_from_db()
+    assert link.status == Status.VERIFIED, (link.status, link.failure_reason)
+    assert Order.objects.get(reference="ORD-A").paid
+
+
+def test_a_late_completion_is_not_needs_review_behind_a_widget_payment_khalti_refuses(
+    client, khalti, orders, signals, django_capture_on_commit_callbacks
+):
+    """Same root cause with a widget holder: _verify_late gives up at once when the
+    order's holder is a widget payment, whatever it is. A token the buyer never paid
+    with (a stranger's replay, a typo) is pending because Khalti's verify timed out;
+    the buyer's completed link B, coming back, is made needs_review at once, without
+    asking Khalti about the holder. Khalti then refuses the holder (no money moved),
+    the order is free, and the only money paid for it stays needs_review.
+    """
+    buyer, stranger = Client(), Client()
+    epayment, link = open_link(buyer, khalti)
+    bogus = khalti.add_payment(amount=1000, state="Failed")
+    khalti.fail_next("verify", "timeout", key=bogus.token)
+    assert post(stranger, bogus.payload("ORD-A")).status_code == 504  # holds the order
+    link.refresh_from_db()
+    assert link.status == Status.FAILED  # superseded by the widget payment
+    with django_capture_on_commit_callbacks(execute=True):
+        buyer.get(khalti.pay(epayment))
+    with django_capture_on_commit_callbacks(execute=True):
+        post(stranger, bogus.payload("ORD-A"))  # Khalti refuses it now
+    assert Payment.objects.get(token=bogus.token).status == Status.FAILED
+    with django_capture_on_commit_callbacks(execute=True):
+        buyer.get(khalti.return_url(epayment))
+    link.refresh_from_db()
+    assert link.status == Status.VERIFIED, (link.status, link.failure_reason)
+    assert Order.objects.get(reference="ORD-A").paid
+
+
+# --- _verify_late gives up after freeing the order ------------------------------------
+
+
+def test_a_late_completion_retries_after_the_second_holder_let_go(
+    khalti, orders, signals, django_capture_on_commit_callbacks, monkeypatch
+):
+    """_verify_late tries twice: insert fails -> free holder 1; insert fails again
+    (a stranger's new start took the freed order meanwhile) -> free holder 2, which
+    lets go (Initiated: superseded) ... and the loop ends: return False. The order is
+    now free, both links were failed, and the buyer's completed payment is made
+    needs_review ("paid or being paid by another payment": neither is true).
+    The stranger's second start in the window is simulated by wrapping _free_order.
+    """
+    from django_khalti import services
+
+    buyer, stranger = Client(), Client()
+    epayment, link = open_link(buyer, khalti)
+    assert stranger.post(start_url()).status_code == 302  # link B superseded
+    real_free = services._free_order
+    starts = []
+
+    def free_then_a_stranger_starts(client, holder, **kwargs):
+        freed = real_free(client, holder, **kwargs)
+        if freed and not starts:
+            starts.append(Client().post(start_url()))  # another fresh session
+        return freed
+
+    monkeypatch.setattr(services, "_free_order", free_then_a_stranger_starts)
+    with django_capture_on_commit_callbacks(execute=True):
+        buyer.get(khalti.pay(epayment))
+    assert starts
+    assert starts[0].status_code == 302
+    link.refresh_from_db()
+    held = Payment.objects.filter(order_claim__isnull=False).exclude(pk=link.pk)
+    assert link.status == Status.VERIFIED or held.exists(), (
+        link.status,
+        link.failure_reason,
+        "and the order is held by nobody",
+    )
+    assert link.status == Status.VERIFIED, (link.status, link.failure_reason)
+
+
+# --- E005 / runtime: WEBSITE_URLs Khalti cannot send anyone back to ---------------------
+
+
+@pytest.mark.parametrize(
+    "website_url",
+    [
+        "https://[::1]evil",  # junk after a bracketed host: netloc.startswith(host) passes
+        "https://shop.exa\nmple.com",  # urlsplit drops \n and \t: isprintable() was removed
+        "https://shop\t.example.com",
+        "https://shop.example.com:0",  # port 0
+    ],
+)
+def test_e005_refuses_a_website_url_khalti_cannot_return_to(website_url):
+    """website_url_is_sane (E005 and start_epayment) passes these; the start then sends
+    Khalti website_url with a newline/tab in it, or return_url
+    'https://[::1]evil/khalti/epayment/return/'.
+    """
+    from django_khalti.conf import website_url_is_sane
+
+    with khalti_settings(WEBSITE_URL=website_url), override_settings(DEBUG=False):
+        found = [m.id for m in checks.run_checks() if m.id and m.id.startswith("django_khalti")]
+    assert not website_url_is_sane(website_url)
+    assert "django_khalti.E005" in found
