@@ -449,11 +449,11 @@ def _translated(exc: BaseException, method: str, path: str) -> Exception:
     if isinstance(exc, (_Late, requests.Timeout)):
         return KhaltiTimeout()
     if isinstance(exc, (requests.exceptions.InvalidHeader, UnicodeError)):
-        logger.error(
+        # Not logged here: whoever catches a configuration error logs it, once.
+        return KhaltiConfigurationError(
             "KHALTI['SECRET_KEY'] cannot be sent in a header (whitespace or control "
             "characters?): every call to Khalti fails until it is fixed."
         )
-        return KhaltiConfigurationError("KHALTI['SECRET_KEY'] cannot be sent in a header.")
     if isinstance(exc, requests.ConnectionError):
         return KhaltiConnectionError()
     if isinstance(exc, requests.RequestException):
@@ -726,9 +726,9 @@ class KhaltiClient:
             raise KhaltiUnavailable()
         try:
             body = json.loads(content)
-        except (ValueError, RecursionError) as exc:
+        except (ValueError, RecursionError):
             logger.warning("Khalti %s %s answered with a body that is not JSON.", method, path)
-            raise KhaltiBadResponse() from exc
+            raise KhaltiBadResponse() from None
         return status, body
 
     def _refusal(self, status: int, body: Any, any_4xx: bool = False) -> KhaltiError:

@@ -7,7 +7,9 @@ How a verification runs, and why it is safe under concurrency:
 2. The payment row is inserted (pending) and committed **before** Khalti is
    called. Two unique columns make the insert the claim: ``token`` (one row a
    token) and ``order_claim`` (one live payment an order). Whoever inserts the
-   row holds it and is the only one to call Khalti's verify.
+   row holds it and is the only one to call Khalti's verify. (A widget
+   payment whose order another payment holds is stored waiting, with no
+   ``order_claim``: it takes the order, :func:`_take_order`, before verify.)
 3. An existing pending row is taken over only by a guarded ``UPDATE ... WHERE
    claimed_at IS NULL OR claimed_at < stale``, on the database's clock (never a
    host's): one winner. Since an earlier
@@ -414,9 +416,9 @@ def _free_order(client: KhaltiClient, holder: Payment, *, settle_widget: bool) -
 
     A pending holder nobody else is at is settled with Khalti (a widget one
     only with ``settle_widget``); an ePayment link that Khalti says is only
-    started (nobody is paying it) is superseded: failed without a signal, and
-    should Khalti complete it after all, the failed re-check makes it
-    ``needs_review``. Raises :class:`KhaltiAlreadyPaid` when the holder paid the
+    started (nobody is paying it) is superseded: failed without a signal (should
+    Khalti complete it after all, the failed re-check verifies it if the order
+    is still unpaid, else makes it ``needs_review``). Raises :class:`KhaltiAlreadyPaid` when the holder paid the
     order (and holds it still: one refunded before it was verified let it go;
     one that paid it and then needed review, over a refund, holds it).
     """
@@ -1197,7 +1199,9 @@ def start_epayment(
     whose ``payment_url`` the buyer is sent to.
 
     The amount is the resolver's, never the client's. While the order's
-    ePayment link is still good, asking again returns that same payment.
+    ePayment link is still good, the same buyer (user, else session) asking
+    again gets that same payment; anyone else gets a new link, and the old
+    one, looked up and found unpaid, is superseded.
     """
     client = KhaltiClient.from_settings()
     # Everything that can fail on our side, before the order is claimed.

@@ -14,6 +14,8 @@ import re
 from datetime import timedelta
 
 import pytest
+import requests
+import responses
 from django.contrib.auth import get_user_model
 from django.core import checks
 from django.core.cache import cache
@@ -742,3 +744,19 @@ def test_e005_refuses_a_website_url_khalti_cannot_return_to(website_url):
         found = [m.id for m in checks.run_checks() if m.id and m.id.startswith("django_khalti")]
     assert not website_url_is_sane(website_url)
     assert "django_khalti.E005" in found
+
+
+def test_a_key_the_header_cannot_carry_is_logged_once_and_clearly(client, orders, caplog):
+    from django.conf import settings
+
+    bad = requests.exceptions.InvalidHeader(f"header value: 'Key {settings.KHALTI['SECRET_KEY']}'")
+    with responses.RequestsMock() as rsps:
+        rsps.post(re.compile(r".*/api/v2/payment/verify/"), body=bad)
+        response = post(client, {"token": "tok", "amount": 1000, "product_identity": "ORD-A"})
+    assert (response.status_code, response.json()["code"]) == (503, "not_configured")
+    errors = [
+        r for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("django_khalti")
+    ]
+    assert len(errors) == 1
+    assert "cannot be sent in a header" in errors[0].getMessage()
+    assert settings.KHALTI["SECRET_KEY"] not in caplog.text
