@@ -2,6 +2,7 @@
 
 import http.server
 import json
+import logging
 import threading
 import time
 
@@ -16,6 +17,7 @@ from django_khalti.exceptions import (
     KhaltiBadResponse,
     KhaltiConfigurationError,
     KhaltiConnectionError,
+    KhaltiError,
     KhaltiRejected,
     KhaltiTimeout,
     KhaltiUnavailable,
@@ -543,3 +545,23 @@ def test_an_overlong_answer_is_not_khaltis(client, rsps):
     rsps.get("https://khalti.test/api/v2/payment/status/", body="[" + "0," * (1 << 20) + "0]")
     with pytest.raises(KhaltiBadResponse):
         client.status("tok", 1000)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": 401, "json": {"detail": "Invalid token."}},
+        {"status": 500, "body": "<html>oops</html>"},
+        {"status": 200, "body": "not json"},
+        {"status": 400, "json": {"token": ["Invalid token."]}},
+        {"body": requests.exceptions.ConnectionError("refused")},
+        {"body": requests.exceptions.ReadTimeout("slow")},
+    ],
+    ids=["401", "500", "not-json", "400", "connection", "timeout"],
+)
+def test_no_failure_of_a_call_logs_the_secret_key(client, rsps, caplog, answer):
+    caplog.set_level(logging.DEBUG)  # requests' and urllib3's own debug lines too
+    rsps.post("https://khalti.test/api/v2/payment/verify/", **answer)
+    with pytest.raises(KhaltiError):
+        client.verify("tok", 1000)
+    assert SECRET not in caplog.text

@@ -811,3 +811,15 @@ def test_the_result_page_is_overridable(client, khalti, order, settings, tmp_pat
     started(client, khalti, order)
     khalti.lookup(PIDX, "epayment_lookup_completed")
     assert come_back(client).content.decode() == "SHOP PAGE verified"
+
+
+@override_settings(KHALTI={**SETTINGS, "SUCCESS_URL": "/thanks/", "FAILURE_URL": "/sorry/"})
+def test_a_pending_return_shows_the_confirming_page_even_with_success_and_failure_urls(
+    client, khalti, order
+):
+    started(client, khalti, order)
+    khalti.lookup(PIDX, "epayment_lookup_pending")
+    response = come_back(client)
+    assert response.status_code == 200  # not a redirect to SUCCESS_URL or FAILURE_URL
+    assert "Confirming your payment" in response.content.decode()
+    assert Payment.objects.get().status == Payment.Status.PENDING

@@ -7,6 +7,7 @@ import pytest
 import requests
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.urls import reverse
 from django.utils import timezone
 
 from django_khalti.models import Payment, Refund, order_key
@@ -365,3 +366,28 @@ def test_a_row_locked_elsewhere_does_not_hide_the_others(khalti):
         holder.join()
     assert "checked 6: 6 verified" in out, out
     assert Payment.objects.verified().count() == 6
+
+
+def test_an_answer_between_unanswered_calls_starts_the_count_again(khalti_fake, client):
+    """Khalti answers every other call: never three unanswered in a row, so every
+    payment is asked about (three verified, three still pending)."""
+    Order.objects.create(reference="ORD-ALT", total=1000)
+    tokens = []
+    for i in range(6):
+        Order.objects.create(reference=f"ORD-ALT-{i}", total=1000)
+        paid = khalti_fake.add_payment(amount=1000, outcome="timeout")
+        answer = client.post(
+            reverse("django_khalti:verify"),
+            paid.payload(f"ORD-ALT-{i}"),
+            content_type="application/json",
+        )
+        assert answer.status_code == 504
+        tokens.append(paid.token)
+    for token in tokens[::2]:
+        khalti_fake.fail_next("status", "timeout", key=token)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match=r"could not be reached for 3 payment"):
+        call_command("khalti_reconcile", "--older-than", "0", stdout=out)
+    statuses = [Payment.objects.get(token=token).status for token in tokens]
+    assert statuses == ["pending", "verified"] * 3
+    assert "3 verified" in out.getvalue()
