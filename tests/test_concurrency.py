@@ -7,6 +7,8 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from functools import partial
 
 import pytest
 import requests
@@ -14,8 +16,11 @@ from django.core.management import call_command
 from django.db import connections
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
-from django_khalti.models import Payment, order_key
+from django_khalti import services
+from django_khalti.conf import khalti_settings
+from django_khalti.models import Payment, SignalDelivery, order_key
 from shop.models import Order, OrderEvent
 
 from .conftest import transaction_record
@@ -464,3 +469,67 @@ def test_widget_payments_racing_past_an_open_link_supersede_it_and_verify_once(
     assert not Payment.objects.pending().exists()
     assert sum(khalti_fake.payments[token.token].verified for token in tokens) == 1
     assert [name for name, _, _ in signals] == ["verified"]
+
+
+def race(*calls):
+    """Run each call in its own thread with its own connection, released together."""
+    barrier = threading.Barrier(len(calls))
+
+    def one(call):
+        try:
+            barrier.wait(timeout=10)
+            return call()
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(one, calls))
+
+
+def pending_payment(reference, **fields):
+    Order.objects.create(reference=reference, total=1000)
+    return Payment.objects.create(
+        token=f"tok-{reference}",
+        product_identity=reference,
+        amount=1000,
+        order_claim=order_key(reference),
+        **fields,
+    )
+
+
+def test_two_settlements_racing_on_one_payment_change_it_once(signals):
+    # The guarded UPDATE ... WHERE status = 'pending' is what lets one of them win.
+    for run in range(5):
+        payment = pending_payment(f"ORD-SETTLE-{run}")
+        verifier, failer = (Payment.objects.get(pk=payment.pk) for _ in range(2))
+        won = race(
+            partial(services._transition, verifier, Payment.Status.VERIFIED, received_amount=1000),
+            partial(
+                services._transition,
+                failer,
+                Payment.Status.FAILED,
+                order_claim=None,
+                failure_reason="refused",
+            ),
+        )
+        assert sorted(won) == [False, True], run
+        assert SignalDelivery.objects.filter(payment=payment).count() == 1, run
+    assert len(signals) == 5
+
+
+def test_a_worker_whose_claim_was_taken_over_never_fails_the_payment(signals):
+    # Worker A's claim went stale and B took the payment over; A's refusal must not
+    # fail it while B records what Khalti completed (the stale-claim guard on failing).
+    for run in range(10):
+        stale = timezone.now() - timedelta(seconds=khalti_settings.stale_after + 5)
+        payment = pending_payment(f"ORD-STALE-{run}", claimed_at=stale, attempts=1)
+        a = Payment.objects.get(pk=payment.pk)
+        b = Payment.objects.get(pk=payment.pk)
+        assert services.claim(b)
+        race(
+            partial(services._fail, a, "Khalti refused the repeat."),
+            partial(services._verified, b, 1000, {"idx": f"TX-STALE-{run}"}),
+        )
+        payment.refresh_from_db()
+        assert payment.status == Payment.Status.VERIFIED, (run, payment.failure_reason)
+    assert [name for name, _, _ in signals] == ["verified"] * 10
