@@ -22,9 +22,10 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar, cast
 from urllib.parse import quote, urljoin, urlsplit
 
 import requests
@@ -466,6 +467,26 @@ def _translated(exc: BaseException, method: str, path: str) -> Exception:
     raise exc  # SystemExit, KeyboardInterrupt: not ours to translate
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _about(endpoint: str) -> Callable[[_Method], _Method]:
+    """Name ``endpoint`` on every :class:`KhaltiError` the decorated call raises."""
+
+    def decorate(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def call(self: KhaltiClient, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except KhaltiError as exc:
+                exc.endpoint = exc.endpoint or endpoint
+                raise
+
+        return cast("_Method", call)
+
+    return decorate
+
+
 class KhaltiClient:
     """Khalti's merchant API over HTTP: one method per endpoint, no state but the settings.
 
@@ -511,6 +532,7 @@ class KhaltiClient:
 
     # --- endpoints ---------------------------------------------------------
 
+    @_about("verify")
     def verify(self, token: str, amount: int) -> KhaltiTransaction:
         """Verify a widget payment. Moves the buyer's money: never call it twice blindly.
 
@@ -522,6 +544,7 @@ class KhaltiClient:
             raise self._refusal(status, body)
         return self._transaction(body)
 
+    @_about("status")
     def status(self, token: str, amount: int) -> KhaltiStatus:
         """Ask what became of a widget payment. Read-only: safe after an unknown outcome."""
         status, body = self._request("GET", STATUS_PATH, params={"token": token, "amount": amount})
@@ -536,6 +559,7 @@ class KhaltiClient:
             )
         raise self._refusal(status, body)
 
+    @_about("transaction")
     def transaction(self, idx: str) -> KhaltiTransaction:
         """Khalti's record of one transaction, by its ``idx``. Read-only."""
         status, body = self._request("GET", TRANSACTION_PATH.format(idx=quote(idx, safe="")))
@@ -544,6 +568,7 @@ class KhaltiClient:
             raise self._refusal(status, body, any_4xx=True)
         return self._transaction(body, plain_state=True)
 
+    @_about("refund")
     def refund(
         self, idx: str, amount: int | None = None, mobile: str | None = None
     ) -> dict[str, Any]:
@@ -577,6 +602,7 @@ class KhaltiClient:
             raise KhaltiBadResponse()
         raise self._refusal(status, answer, any_4xx=True)
 
+    @_about("initiate")
     def initiate(
         self,
         *,
@@ -657,6 +683,7 @@ class KhaltiClient:
             and re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", urlsplit(url).netloc) is not None
         )
 
+    @_about("lookup")
     def lookup(self, pidx: str) -> KhaltiLookup:
         """What became of an ePayment. Read-only: safe to ask at any time."""
         status, body = self._request("POST", LOOKUP_PATH, json={"pidx": pidx})
@@ -721,14 +748,14 @@ class KhaltiClient:
             logger.error(
                 "Khalti refused our credentials (HTTP %s): check KHALTI['SECRET_KEY'].", status
             )
-            raise KhaltiBadResponse()
+            raise KhaltiBadResponse(khalti_status=status)
         if status == 429 or status >= 500:
-            raise KhaltiUnavailable()
+            raise KhaltiUnavailable(khalti_status=status)
         try:
             body = json.loads(content)
         except (ValueError, RecursionError):
             logger.warning("Khalti %s %s answered with a body that is not JSON.", method, path)
-            raise KhaltiBadResponse() from None
+            raise KhaltiBadResponse(khalti_status=status) from None
         return status, body
 
     def _refusal(self, status: int, body: Any, any_4xx: bool = False) -> KhaltiError:
@@ -741,9 +768,9 @@ class KhaltiClient:
         if message and (
             status == 400 or (any_4xx and 400 <= status < 500 and status not in UNSETTLED_4XX)
         ):
-            return KhaltiRejected(message, status_code=status, body=body)
+            return KhaltiRejected(message, khalti_status=status, body=body)
         logger.warning("Khalti answered HTTP %s with a body of an unknown shape.", status)
-        return KhaltiBadResponse()
+        return KhaltiBadResponse(khalti_status=status)
 
     def _transaction(self, body: Any, *, plain_state: bool = False) -> KhaltiTransaction:
         state = body.get("state") if isinstance(body, dict) else None

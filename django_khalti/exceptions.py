@@ -23,14 +23,27 @@ class KhaltiError(Exception):
 
     ``code`` is stable and machine-readable; ``detail`` (default: ``default_detail``)
     is for people and translatable. The API answers ``{"code", "detail", **extra()}``
-    with the HTTP status of ``django_khalti.views.HTTP_STATUS``.
+    with the HTTP status ``status_code``, as DRF's ``APIException`` does.
+
+    An error about one of Khalti's answers names the client's ``endpoint``
+    (``"verify"``, ``"status"``, ...) and Khalti's HTTP status (``khalti_status``,
+    None when Khalti never answered), never its body or our key.
     """
 
     code = "khalti_error"
+    status_code = 400
     default_detail: str | Promise = _("The Khalti payment could not be processed.")
+    #: The client's call this is about, when it is about one of Khalti's answers.
+    endpoint = ""
+    #: Khalti's HTTP status, when it answered.
+    khalti_status: int | None = None
 
-    def __init__(self, detail: str | Promise | None = None) -> None:
+    def __init__(
+        self, detail: str | Promise | None = None, *, khalti_status: int | None = None
+    ) -> None:
         self.detail = detail if detail is not None else self.default_detail
+        if khalti_status is not None:
+            self.khalti_status = khalti_status
         super().__init__(str(self.detail))
 
     def extra(self) -> dict[str, Any]:
@@ -42,49 +55,54 @@ class KhaltiError(Exception):
 
 
 class KhaltiUnknownOrder(KhaltiError):
-    """The shop's resolver knows no order awaiting payment by this reference (HTTP 404)."""
+    """The shop's resolver knows no order awaiting payment by this reference."""
 
     code = "unknown_order"
+    status_code = 404
     default_detail = _("No order with this product identity is awaiting payment.")
 
 
 class KhaltiUnknownPayment(KhaltiError):
-    """A ``pidx`` that no payment of ours was started with (HTTP 404)."""
+    """A ``pidx`` that no payment of ours was started with."""
 
     code = "unknown_payment"
+    status_code = 404
     default_detail = _("No payment of ours has this Khalti payment id.")
 
 
 class KhaltiAmountMismatch(KhaltiError):
-    """The amount sent is not the amount the shop's resolver expects (HTTP 400)."""
+    """The amount sent is not the amount the shop's resolver expects."""
 
     code = "amount_mismatch"
     default_detail = _("The amount does not match the order's amount.")
 
 
 class KhaltiTokenUsed(KhaltiError):
-    """The widget token was first verified for another order or amount (HTTP 409)."""
+    """The widget token was first verified for another order or amount."""
 
     code = "token_used"
+    status_code = 409
     default_detail = _("This payment token was already used for another order or amount.")
 
 
 class KhaltiAlreadyPaid(KhaltiError):
-    """The order already has a payment Khalti confirmed (HTTP 409)."""
+    """The order already has a payment Khalti confirmed."""
 
     code = "already_paid"
+    status_code = 409
     default_detail = _("This order has already been paid.")
 
 
 class KhaltiInProgress(KhaltiError):
-    """Another request is settling this payment or order right now: retry shortly (HTTP 409)."""
+    """Another request is settling this payment or order right now: retry shortly."""
 
     code = "in_progress"
+    status_code = 409
     default_detail = _("This payment is being confirmed right now. Try again in a moment.")
 
 
 class KhaltiAmountTooSmall(KhaltiError):
-    """The order is below Khalti's ePayment minimum of Rs 10 (HTTP 400)."""
+    """The order is below Khalti's ePayment minimum of Rs 10."""
 
     code = "amount_too_small"
     default_detail = _("Khalti takes online payments of Rs 10 or more.")
@@ -135,10 +153,10 @@ class KhaltiRejected(KhaltiError):
 
     code = "khalti_rejected"
 
-    def __init__(self, detail: str | Promise, status_code: int, body: Any = None) -> None:
-        self.status_code = status_code
+    def __init__(self, detail: str | Promise, khalti_status: int, body: Any = None) -> None:
+        #: Khalti's answer, for the payment's record (never in the message).
         self.body = body
-        super().__init__(detail)
+        super().__init__(detail, khalti_status=khalti_status)
 
 
 class KhaltiUnavailable(KhaltiError):
@@ -146,26 +164,26 @@ class KhaltiUnavailable(KhaltiError):
 
     code = "khalti_unavailable"
     default_detail = _("Khalti could not be reached. The payment is pending; try again shortly.")
-    http_status = 502
+    status_code = 502
 
 
 class KhaltiTimeout(KhaltiUnavailable):
-    """Khalti did not answer within ``TIMEOUT`` (HTTP 504); the outcome is unknown."""
+    """Khalti did not answer within ``TIMEOUT``; the outcome is unknown."""
 
     default_detail = _("Khalti did not answer in time. The payment is pending; try again shortly.")
-    http_status = 504
+    status_code = 504
 
 
 class KhaltiConnectionError(KhaltiUnavailable):
-    """Khalti could not be connected to (HTTP 503); it never saw the request."""
+    """Khalti could not be connected to; it never saw the request."""
 
-    http_status = 503
+    status_code = 503
 
 
 class KhaltiBadResponse(KhaltiUnavailable):
     """Khalti answered, but not with anything we can trust (5xx, non-JSON, wrong shape, 401)."""
 
-    http_status = 502
+    status_code = 502
 
 
 # --- Refunds ---
@@ -189,6 +207,7 @@ class KhaltiRefundInProgress(KhaltiError):
     """Another refund of the payment awaits Khalti's answer: one refund at a time."""
 
     code = "refund_in_progress"
+    status_code = 409
     default_detail = _(
         "Another refund of this payment awaits Khalti's answer. Re-check it before refunding again."
     )
@@ -208,6 +227,7 @@ class KhaltiRefundConflict(KhaltiError):
     """
 
     code = "refund_conflict"
+    status_code = 409
     default_detail = _(
         "This refund was settled otherwise meanwhile; the payment needs review in the admin."
     )

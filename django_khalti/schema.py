@@ -5,7 +5,7 @@ Each API view names what it takes and answers: ``request_serializer``,
 From that, :class:`KhaltiAutoSchema` describes it to DRF's own generator
 (``generateschema``, ``get_schema_view``), and :mod:`django_khalti.spectacular`
 to drf-spectacular when a project has it installed. Both take the error answers
-from :func:`error_responses`, whose statuses come from ``views.http_status``
+from :func:`error_responses`, whose statuses are the refusals' ``status_code``
 (the one table from refusals to HTTP codes).
 
 DRF's own error bodies (field errors, ``{"detail"}``) are described as DRF's
@@ -94,14 +94,12 @@ def field_errors_body(serializer: serializers.Serializer[Any]) -> dict[str, Any]
 
 def error_responses(view: type[KhaltiAPIView]) -> dict[int, KhaltiErrorResponse]:
     """Every error status ``view`` answers, with its body: its refusals (each
-    under the status ``views.http_status`` gives it), then DRF's own answers.
+    under its ``status_code``), then DRF's own answers.
     """
-    from .views import http_status
-
     codes: dict[int, list[str]] = {}
     with_errors: set[int] = set()
     for refusal in view.refusals:
-        status = http_status(refusal())
+        status = refusal.status_code
         if refusal.code not in codes.setdefault(status, []):
             codes[status].append(refusal.code)
         if issubclass(refusal, KhaltiInitiationRejected):

@@ -62,35 +62,11 @@ from .serializers import (
 
 logger = logging.getLogger(__name__)
 
-#: The one table from refusals to HTTP codes. The most specific class wins.
-HTTP_STATUS: dict[type[KhaltiError], int] = {
-    KhaltiUnknownOrder: status.HTTP_404_NOT_FOUND,
-    KhaltiUnknownPayment: status.HTTP_404_NOT_FOUND,
-    KhaltiAmountMismatch: status.HTTP_400_BAD_REQUEST,
-    KhaltiAmountTooSmall: status.HTTP_400_BAD_REQUEST,
-    KhaltiInitiationRejected: status.HTTP_400_BAD_REQUEST,
-    KhaltiTokenUsed: status.HTTP_409_CONFLICT,
-    KhaltiAlreadyPaid: status.HTTP_409_CONFLICT,
-    KhaltiInProgress: status.HTTP_409_CONFLICT,
-    KhaltiVerificationFailed: status.HTTP_400_BAD_REQUEST,
-    KhaltiTimeout: status.HTTP_504_GATEWAY_TIMEOUT,
-    KhaltiConnectionError: status.HTTP_503_SERVICE_UNAVAILABLE,
-    KhaltiUnavailable: status.HTTP_502_BAD_GATEWAY,
-}
-
-
-def http_status(exc: KhaltiError) -> int:
-    """The HTTP status for a refusal: its most specific class in :data:`HTTP_STATUS`, else 400."""
-    return next(
-        (HTTP_STATUS[cls] for cls in type(exc).__mro__ if cls in HTTP_STATUS),
-        status.HTTP_400_BAD_REQUEST,
-    )
-
 
 def error_response(exc: KhaltiError) -> Response:
     """The API's answer to a refusal: ``{"code", "detail", ...}`` with its HTTP status."""
     return Response(
-        {"code": exc.code, "detail": str(exc.detail), **exc.extra()}, status=http_status(exc)
+        {"code": exc.code, "detail": str(exc.detail), **exc.extra()}, status=exc.status_code
     )
 
 
@@ -392,7 +368,7 @@ def epayment_start(request: HttpRequest, product_identity: str) -> HttpResponse:
         # the Pay button) a few times.
         return _result_page(request, error=exc, state="pending", http=status.HTTP_409_CONFLICT)
     except KhaltiError as exc:
-        return _result_page(request, error=exc, http=http_status(exc))
+        return _result_page(request, error=exc, http=exc.status_code)
     except (KhaltiConfigurationError, DatabaseError) as exc:
         return _unavailable_page(request, exc)
     return redirect(payment.payment_url)

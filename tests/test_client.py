@@ -18,9 +18,12 @@ from django_khalti.exceptions import (
     KhaltiConfigurationError,
     KhaltiConnectionError,
     KhaltiError,
+    KhaltiInProgress,
     KhaltiRejected,
     KhaltiTimeout,
     KhaltiUnavailable,
+    KhaltiUnknownOrder,
+    KhaltiVerificationFailed,
 )
 
 from .conftest import fixture
@@ -126,7 +129,7 @@ def test_field_errors_on_400_are_a_rejection_with_the_message(client, rsps):
     with pytest.raises(KhaltiRejected) as info:
         client.verify("tok", 1000)
     assert info.value.detail == "token: Invalid token."
-    assert info.value.status_code == 400
+    assert info.value.khalti_status == 400
     assert info.value.body == fixture("verify_invalid_token")
 
 
@@ -565,3 +568,32 @@ def test_no_failure_of_a_call_logs_the_secret_key(client, rsps, caplog, answer):
     with pytest.raises(KhaltiError):
         client.verify("tok", 1000)
     assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "khalti_status"),
+    [
+        ({"status": 400, "json": {"token": ["Invalid token."]}}, KhaltiRejected, 400),
+        ({"status": 401, "json": {"detail": "Invalid token."}}, KhaltiBadResponse, 401),
+        ({"status": 503, "body": "<html>down</html>"}, KhaltiUnavailable, 503),
+        ({"status": 200, "body": "not json"}, KhaltiBadResponse, 200),
+        ({"body": requests.exceptions.ConnectionError("refused")}, KhaltiConnectionError, None),
+    ],
+    ids=["400", "401", "503", "not-json", "unreachable"],
+)
+def test_an_error_about_khaltis_answer_names_the_endpoint_and_khaltis_status(
+    client, rsps, answer, error, khalti_status
+):
+    rsps.post("https://khalti.test/api/v2/payment/verify/", **answer)
+    with pytest.raises(error) as info:
+        client.verify("tok", 1000)
+    assert (info.value.endpoint, info.value.khalti_status) == ("verify", khalti_status)
+    assert SECRET not in f"{info.value!r} {info.value}"
+    assert "<html>" not in str(info.value)
+
+
+def test_each_refusal_carries_the_http_status_the_api_answers_with():
+    # One place for the statuses: the exceptions, as DRF's APIException does.
+    assert (KhaltiUnknownOrder.status_code, KhaltiInProgress.status_code) == (404, 409)
+    assert (KhaltiTimeout.status_code, KhaltiConnectionError.status_code) == (504, 503)
+    assert (KhaltiUnavailable.status_code, KhaltiVerificationFailed.status_code) == (502, 400)

@@ -360,7 +360,7 @@ def test_lookup_of_an_unknown_pidx_and_a_link_past_its_time(khalti):
     client = KhaltiClient.from_settings()
     with pytest.raises(KhaltiRejected) as caught:
         client.lookup("no-such-pidx")
-    assert caught.value.status_code == 404
+    assert caught.value.khalti_status == 404
     late = khalti.add_epayment(amount=1000, expires_at=timezone.now() - timedelta(seconds=1))
     assert client.lookup(late.pidx).status == "Expired"
 
