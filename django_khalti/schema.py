@@ -5,8 +5,8 @@ Each API view names what it takes and answers: ``request_serializer``,
 From that, :class:`KhaltiAutoSchema` describes it to DRF's own generator
 (``generateschema``, ``get_schema_view``), and :mod:`django_khalti.spectacular`
 to drf-spectacular when a project has it installed. Both take the error answers
-from :func:`error_responses`, whose statuses are the refusals' ``status_code``
-(the one table from refusals to HTTP codes).
+from :func:`error_responses`, whose statuses are the refusals' own
+``status_code``, the one place an HTTP status is given to a refusal.
 
 DRF's own error bodies (field errors, ``{"detail"}``) are described as DRF's
 default exception handler writes them.
