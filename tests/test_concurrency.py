@@ -459,7 +459,9 @@ def test_widget_payments_racing_past_an_open_link_supersede_it_and_verify_once(
     assert "Superseded" in link.failure_reason
     assert [code for code, _ in results].count(200) == 1
     refusals = [body.get("code") for code, body in results if code != 200]
-    assert set(refusals) <= {"in_progress", "already_paid"}, results
+    # (a latecomer finds the order paid: already_paid, or unknown_order once the
+    # shop's receiver marked it paid and its resolver hides it)
+    assert set(refusals) <= {"in_progress", "already_paid", "unknown_order"}, results
     # Every token told to wait is kept (one told the order is paid moved nothing);
     # Khalti moved the money of one.
     kept = Payment.objects.filter(flow=Payment.Flow.WIDGET).count()
