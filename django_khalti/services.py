@@ -38,7 +38,7 @@ from urllib.parse import urljoin
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Coalesce
@@ -513,12 +513,20 @@ def claim(payment: Payment, status: str = Status.PENDING) -> bool:
     """
     # Durable: a claim inside a caller's transaction would not be seen by other
     # workers before Khalti is called (Django raises RuntimeError instead).
-    with transaction.atomic(durable=True):
-        won = (
-            Payment.objects.filter(pk=payment.pk, status=status, attempts=payment.attempts)
-            .filter(_claimable())
-            .update(claimed_at=DbNow(), attempts=F("attempts") + 1, updated_at=DbNow())
-        )
+    try:
+        with transaction.atomic(durable=True):
+            won = (
+                Payment.objects.filter(pk=payment.pk, status=status, attempts=payment.attempts)
+                .filter(_claimable())
+                .update(claimed_at=DbNow(), attempts=F("attempts") + 1, updated_at=DbNow())
+            )
+    except OperationalError as exc:
+        if not _deadlocked(exc):
+            raise
+        # Claims racing at MariaDB's REPEATABLE READ: the deadlock's victim lost
+        # (the other claim goes on), as a guarded UPDATE that matched nothing.
+        logger.info("Payment %s: a claim lost a deadlock to another.", payment.pk)
+        won = 0
     if won:
         payment.attempts += 1
         _read_later(payment, "claimed_at", "updated_at")
@@ -1754,20 +1762,32 @@ def _transition(
     """
     stamps = {"updated_at": DbNow(), **({"verified_at": DbNow()} if to == Status.VERIFIED else {})}
     values: dict[str, Any] = {"status": to, "claimed_at": None, **fields}
-    with transaction.atomic():
-        rows = Payment.objects.filter(pk=payment.pk, status=source)
-        if held:
-            rows = rows.filter(_held(payment))
-        changed = rows.update(**values, **stamps)
-        if changed:
-            for name, value in values.items():
-                setattr(payment, name, value)
-            # The database's clock set these (the failed re-check spacing reads
-            # updated_at): read back for the signal's snapshot, else when used.
-            _read_later(payment, *stamps)
-            if notify:
-                payment.refresh_from_db(fields=list(stamps))
-                _announce(to, payment, refund_amount)
+    for attempt in range(1, DEADLOCK_RETRIES + 1):
+        try:
+            with transaction.atomic():
+                rows = Payment.objects.filter(pk=payment.pk, status=source)
+                if held:
+                    rows = rows.filter(_held(payment))
+                changed = rows.update(**values, **stamps)
+                if changed:
+                    for name, value in values.items():
+                        setattr(payment, name, value)
+                    # The database's clock set these (the failed re-check spacing reads
+                    # updated_at): read back for the signal's snapshot, else when used.
+                    _read_later(payment, *stamps)
+                    if notify:
+                        payment.refresh_from_db(fields=list(stamps))
+                        _announce(to, payment, refund_amount)
+            break
+        except OperationalError as exc:
+            # Two settlements of one row at MariaDB's REPEATABLE READ can deadlock;
+            # the victim's transaction is gone, so (outside a caller's transaction)
+            # it is simply run again: its guarded UPDATE then sees the winner's row.
+            if attempt == DEADLOCK_RETRIES or transaction.get_connection().in_atomic_block:
+                raise
+            if not _deadlocked(exc):
+                raise
+            logger.info("Payment %s: a deadlock settling it; trying again.", payment.pk)
     if not changed:
         payment.refresh_from_db()
     if not changed and payment.status != to:
@@ -1779,6 +1799,19 @@ def _transition(
             payment.status,
         )
     return bool(changed)
+
+
+#: How many times a status change that lost a deadlock is tried again.
+DEADLOCK_RETRIES = 3
+
+
+def _deadlocked(exc: OperationalError) -> bool:
+    """Whether the database chose this transaction as a deadlock's victim (MySQL
+    and MariaDB: error 1213; PostgreSQL: SQLSTATE 40P01).
+    """
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return sqlstate == "40P01" or (bool(exc.args) and exc.args[0] == 1213)
 
 
 def _announce(status: str, payment: Payment, refund_amount: int | None) -> None:
