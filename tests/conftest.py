@@ -12,7 +12,6 @@ from django_khalti.signals import (
     payment_refunded,
     payment_verified,
 )
-from django_khalti.testing import KhaltiFake
 from shop.models import Order
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -97,8 +96,8 @@ class Expectation:
                 yield f"{self!r}: sent {sent}"
 
 
-class KhaltiMock:
-    """The project's canned-answer helpers over the testing kit's :class:`KhaltiFake`.
+class KhaltiExpectations:
+    """Canned answers that are also expectations, over the testing kit's :class:`KhaltiFake`.
 
     Each helper call is one answer of the fake Khalti (``answer_next``, ``fail_next``
     or ``on_next``, for that endpoint and payment) *and* an expectation: at teardown
@@ -267,11 +266,13 @@ class KhaltiMock:
 
 
 @pytest.fixture
-def khalti():
-    with KhaltiFake() as fake:
-        mock = KhaltiMock(fake)
-        yield mock
-    mock.check()
+def expect_khalti(khalti_fake):
+    """Strict expectations on the kit's fake Khalti (``khalti_fake``, the same object as
+    the kit's ``khalti``): every call the app makes must be expected, and every expected
+    call made, with the parameters named."""
+    expectations = KhaltiExpectations(khalti_fake)
+    yield expectations
+    expectations.check()
 
 
 @pytest.fixture

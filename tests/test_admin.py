@@ -444,9 +444,9 @@ def unknown_refund(payment, amount=None, stale=False):
     return refund
 
 
-def mock_refund(khalti, idx, body, *, status=200, json=None):
+def mock_refund(expect_khalti, idx, body, *, status=200, json=None):
     """Khalti's refund endpoint for ``idx``, expecting exactly ``body`` ({} for a full refund)."""
-    return khalti.refund(
+    return expect_khalti.refund(
         idx,
         body,
         status=status,
@@ -454,9 +454,9 @@ def mock_refund(khalti, idx, body, *, status=200, json=None):
     )
 
 
-def mock_status(khalti, payment, answer, *, status=200):
+def mock_status(expect_khalti, payment, answer, *, status=200):
     """Khalti's status endpoint for ``payment``, answering ``answer``."""
-    return khalti.status(payment.token, payment.amount, status=status, json=answer)
+    return expect_khalti.status(payment.token, payment.amount, status=status, json=answer)
 
 
 def fresh(payment):
@@ -505,7 +505,7 @@ def test_changelist_shows_every_column(any_client, payments):
 
 
 def test_a_payment_that_needs_review_has_its_badge_filter_and_one_step_refund(
-    refunder_client, khalti, sent, django_capture_on_commit_callbacks
+    refunder_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     review = Payment.objects.create(
         token="tok-review",
@@ -525,7 +525,7 @@ def test_a_payment_that_needs_review_has_its_badge_filter_and_one_step_refund(
     assert "?status__exact=needs_review" in page  # the filter offers it
 
     # One step: the action's confirmation, then Khalti's full refund of what it took.
-    mock_refund(khalti, "idx-review", {})
+    mock_refund(expect_khalti, "idx-review", {})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunder_client, [review])
     assert messages_of(response) == [("success", "Refunded Rs 11.00 of ORD-REVIEW.")]
@@ -894,13 +894,13 @@ def test_recheck_is_offered_to_support_staff(support_client, payments):
 
 
 def test_recheck_settles_each_pending_payment_from_khaltis_answer(
-    support_client, khalti, sent, django_capture_on_commit_callbacks
+    support_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     complete, error, initiated = pending_payment(1), pending_payment(2, 2000), pending_payment(3)
     verified = verified_payment()
-    khalti.complete(complete.token, complete.amount)
-    khalti.status(error.token, error.amount, "status_error")
-    khalti.status(initiated.token, initiated.amount, "status_initiated")
+    expect_khalti.complete(complete.token, complete.amount)
+    expect_khalti.status(error.token, error.amount, "status_error")
+    expect_khalti.status(initiated.token, initiated.amount, "status_initiated")
 
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(support_client, "recheck", [complete, error, initiated, verified])
@@ -917,7 +917,7 @@ def test_recheck_settles_each_pending_payment_from_khaltis_answer(
     assert fresh(initiated).claimed_at is None  # free for the next re-check
     assert fresh(verified).status == Payment.Status.VERIFIED
     # The verified payment was not sent to Khalti: one status call per pending payment.
-    assert sorted(c.params["token"] for c in khalti.calls if c.endpoint == "status") == [
+    assert sorted(c.params["token"] for c in expect_khalti.calls if c.endpoint == "status") == [
         complete.token,
         error.token,
         initiated.token,
@@ -928,18 +928,18 @@ def test_recheck_settles_each_pending_payment_from_khaltis_answer(
     ]
 
 
-def test_recheck_of_nothing_pending_says_so_and_asks_khalti_nothing(support_client, khalti):
+def test_recheck_of_nothing_pending_says_so_and_asks_khalti_nothing(support_client, expect_khalti):
     verified = verified_payment()
     response = run_action(support_client, "recheck", [verified])
     assert messages_of(response) == [("warning", "None of the selected payments awaits Khalti.")]
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
 
 
 def test_recheck_when_khalti_is_down_reports_it_and_leaves_the_payment_pending(
-    support_client, khalti, sent, django_capture_on_commit_callbacks
+    support_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = pending_payment(1)
-    mock_status(khalti, payment, {"detail": "Internal server error"}, status=500)
+    mock_status(expect_khalti, payment, {"detail": "Internal server error"}, status=500)
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(support_client, "recheck", [payment])
     assert messages_of(response) == [
@@ -952,7 +952,7 @@ def test_recheck_when_khalti_is_down_reports_it_and_leaves_the_payment_pending(
 
 
 def test_recheck_settles_a_refund_whose_outcome_was_unknown(
-    support_client, khalti, sent, django_capture_on_commit_callbacks
+    support_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(amount=1000)
     refund = Refund.objects.create(
@@ -964,7 +964,9 @@ def test_recheck_settles_a_refund_whose_outcome_was_unknown(
     stale = timezone.now() - timedelta(seconds=khalti_settings.stale_after + 60)
     Refund.objects.filter(pk=refund.pk).update(created_at=stale)
     mock_status(
-        khalti, payment, {"status": True, "state": "Refunded", "detail": "Transaction is refunded"}
+        expect_khalti,
+        payment,
+        {"status": True, "state": "Refunded", "detail": "Transaction is refunded"},
     )
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -982,11 +984,11 @@ def test_recheck_settles_a_refund_whose_outcome_was_unknown(
     ]
 
 
-def test_recheck_leaves_a_refund_that_may_still_be_in_flight(support_client, khalti):
+def test_recheck_leaves_a_refund_that_may_still_be_in_flight(support_client, expect_khalti):
     payment = verified_payment(amount=1000)
     refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
     run_action(support_client, "recheck", [payment])
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     refund.refresh_from_db()
     assert refund.status == Refund.Status.PENDING
     assert fresh(payment).status == Payment.Status.VERIFIED
@@ -994,16 +996,16 @@ def test_recheck_leaves_a_refund_that_may_still_be_in_flight(support_client, kha
 
 @pytest.mark.parametrize("selected", [RECHECK_LIMIT, RECHECK_LIMIT + 5])
 def test_one_recheck_asks_khalti_about_at_most_20_pending_payments(
-    support_client, khalti, selected
+    support_client, expect_khalti, selected
 ):
     # Each call may take up to TIMEOUT: a click must not hold the request for minutes.
     assert RECHECK_LIMIT == 20
     chosen = [pending_payment(n) for n in range(selected)]
-    khalti.expect("status", json=fixture("status_initiated"), times=20)  # 20 calls, no more
+    expect_khalti.expect("status", json=fixture("status_initiated"), times=20)  # 20 calls, no more
     response = run_action(support_client, "recheck", chosen)
 
-    assert len(khalti.calls) == 20
-    asked = {c.params["token"] for c in khalti.calls}
+    assert len(expect_khalti.calls) == 20
+    asked = {c.params["token"] for c in expect_khalti.calls}
     assert len(asked) == 20  # each one once
     expected = [("success", "Re-checked 20 with Khalti: 20 pending.")]
     if selected > RECHECK_LIMIT:
@@ -1027,18 +1029,20 @@ def test_one_recheck_asks_khalti_about_at_most_20_pending_payments(
 
 
 def test_recheck_stops_at_the_first_payment_khalti_does_not_answer(
-    support_client, khalti, sent, django_capture_on_commit_callbacks
+    support_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     chosen = [pending_payment(n) for n in range(3)]
     # A refund of unknown outcome in the selection is not asked about either.
     refunded = verified_payment(amount=1000)
     refund = unknown_refund(refunded, stale=True)
-    khalti.expect("status", status=500, json={"detail": "Internal server error"})  # whichever first
+    expect_khalti.expect(
+        "status", status=500, json={"detail": "Internal server error"}
+    )  # whichever first
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(support_client, "recheck", [*chosen, refunded])
 
     # The others would only wait for Khalti's timeout too.
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
     assert messages_of(response) == [
         ("error", "Khalti could not be reached; the payments not re-checked stay pending.")
     ]
@@ -1052,12 +1056,12 @@ def test_recheck_stops_at_the_first_payment_khalti_does_not_answer(
 
 
 def test_recheck_reports_what_it_settled_before_khalti_stopped_answering(
-    support_client, khalti, sent, django_capture_on_commit_callbacks
+    support_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     chosen = [pending_payment(n) for n in range(3)]
     # Whichever payment is asked first is complete; Khalti fails on the next one.
-    khalti.expect("status", status=200, json=fixture("status_complete"))
-    khalti.expect(
+    expect_khalti.expect("status", status=200, json=fixture("status_complete"))
+    expect_khalti.expect(
         "transaction",
         # The token is no transaction's idx; the idx its page reported is Khalti's record.
         callback=lambda request: (
@@ -1067,11 +1071,11 @@ def test_recheck_reports_what_it_settled_before_khalti_stopped_answering(
         ),
         times=2,
     )
-    khalti.expect("status", status=500, json={"detail": "Internal server error"})
+    expect_khalti.expect("status", status=500, json={"detail": "Internal server error"})
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(support_client, "recheck", chosen)
 
-    assert len(khalti.calls) == 4
+    assert len(expect_khalti.calls) == 4
     assert messages_of(response) == [
         ("success", "Re-checked 1 with Khalti: 1 verified."),
         ("error", "Khalti could not be reached; the payments not re-checked stay pending."),
@@ -1083,7 +1087,7 @@ def test_recheck_reports_what_it_settled_before_khalti_stopped_answering(
 
 
 def test_a_payment_left_pending_by_a_timed_out_verify_is_settled_and_refunded_from_the_admin(
-    refunder_client, khalti, sent, django_capture_on_commit_callbacks
+    refunder_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     # What issue 3 calls done: re-check settles it with exactly one payment_verified,
     # then a staff member with the permission refunds it.
@@ -1096,7 +1100,7 @@ def test_a_payment_left_pending_by_a_timed_out_verify_is_settled_and_refunded_fr
         attempts=1,
     )
     mock_status(
-        khalti,
+        expect_khalti,
         payment,
         {
             "status": True,
@@ -1105,8 +1109,8 @@ def test_a_payment_left_pending_by_a_timed_out_verify_is_settled_and_refunded_fr
             "idx": "idx-late",
         },
     )
-    khalti.not_a_transaction(payment.token)
-    khalti.transaction("idx-late", json=transaction_record(amount=1000, idx="idx-late"))
+    expect_khalti.not_a_transaction(payment.token)
+    expect_khalti.transaction("idx-late", json=transaction_record(amount=1000, idx="idx-late"))
     with django_capture_on_commit_callbacks(execute=True):
         run_action(refunder_client, "recheck", [payment])
         run_action(refunder_client, "recheck", [payment])  # a second look changes nothing
@@ -1121,7 +1125,7 @@ def test_a_payment_left_pending_by_a_timed_out_verify_is_settled_and_refunded_fr
     assert order.paid
     assert [name for name, _ in sent] == ["verified"]
 
-    mock_refund(khalti, "idx-late", {})
+    mock_refund(expect_khalti, "idx-late", {})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunder_client, [payment])
     assert ("success", "Refunded Rs 10.00 of ORD-1.") in messages_of(response)
@@ -1137,7 +1141,7 @@ def test_refund_is_offered_only_to_users_with_the_permission(any_client):
     assert ("refund" in choices) == any_client.user.has_perm("django_khalti.refund_payment")
 
 
-def test_refund_action_first_asks_for_confirmation(refunding_client, khalti):
+def test_refund_action_first_asks_for_confirmation(refunding_client, expect_khalti):
     payment = verified_payment(amount=1000, mobile="98XXXXXXX9")
     response = run_action(refunding_client, "refund", [payment], follow=False)
     assert response.status_code == 200
@@ -1158,13 +1162,13 @@ def test_refund_action_first_asks_for_confirmation(refunding_client, khalti):
     assert hidden["refunded_before"] == ["0"]  # hidden: nothing to type in
     assert not re.search(r'<input\b(?![^>]*type="hidden")[^>]*name="refunded_before"', page)
     # Nothing happens before the user confirms.
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
     assert fresh(payment).status == Payment.Status.VERIFIED
 
 
 def test_confirmation_page_shows_the_refundable_amount_in_the_unit_it_names(
-    refunding_client, khalti
+    refunding_client, expect_khalti
 ):
     payment = verified_payment(
         amount=1000, refunded_amount=400, status=Payment.Status.PARTIALLY_REFUNDED
@@ -1190,9 +1194,9 @@ def test_confirmation_page_shows_the_refundable_amount_in_the_unit_it_names(
     ] == ["400"]
 
 
-def test_full_refund(refunding_client, khalti, sent, django_capture_on_commit_callbacks):
+def test_full_refund(refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks):
     payment = verified_payment(amount=1000)
-    mock_refund(khalti, "idx-V", {})
+    mock_refund(expect_khalti, "idx-V", {})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment])
 
@@ -1214,17 +1218,17 @@ def test_full_refund(refunding_client, khalti, sent, django_capture_on_commit_ca
 
 
 def test_partial_refund_then_the_rest(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(amount=1000)
-    mock_refund(khalti, "idx-V", {"amount": 400})
+    mock_refund(expect_khalti, "idx-V", {"amount": 400})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment], amount="4")  # rupees
     assert messages_of(response) == [("success", "Refunded Rs 4.00 of ORD-V.")]
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
 
-    mock_refund(khalti, "idx-V", {"amount": 600})
+    mock_refund(expect_khalti, "idx-V", {"amount": 600})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment], amount="6.00")
     assert messages_of(response) == [("success", "Refunded Rs 6.00 of ORD-V.")]
@@ -1238,12 +1242,12 @@ def test_partial_refund_then_the_rest(
 
 
 def test_refund_without_amount_after_a_partial_one_refunds_what_remains(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(
         amount=1000, refunded_amount=400, status=Payment.Status.PARTIALLY_REFUNDED
     )
-    mock_refund(khalti, "idx-V", {"amount": 600})
+    mock_refund(expect_khalti, "idx-V", {"amount": 600})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment])
     assert messages_of(response) == [("success", "Refunded Rs 6.00 of ORD-V.")]
@@ -1254,7 +1258,7 @@ def test_refund_without_amount_after_a_partial_one_refunds_what_remains(
 
 @pytest.mark.parametrize(("refunded_before", "amount"), [(0, "10.01"), (400, "6.01")])
 def test_refund_of_more_than_remains_is_refused_before_asking_khalti(
-    refunding_client, khalti, sent, refunded_before, amount
+    refunding_client, expect_khalti, sent, refunded_before, amount
 ):
     payment = verified_payment(
         amount=1000,
@@ -1266,14 +1270,14 @@ def test_refund_of_more_than_remains_is_refused_before_asking_khalti(
     assert messages_of(response) == [
         ("error", f"ORD-V was not refunded: A refund must be between 1 and {remaining} paisa.")
     ]
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
     assert fresh(payment).refunded_amount == refunded_before
     assert sent == []
 
 
 @pytest.mark.parametrize("amount", ["0", "0.00", "0.001", "-5", "ten", "4.555", "Rs 4"])
-def test_a_malformed_amount_is_a_form_error(refunding_client, khalti, amount):
+def test_a_malformed_amount_is_a_form_error(refunding_client, expect_khalti, amount):
     payment = verified_payment(amount=1000)
     response = submit_refund(
         refunding_client,
@@ -1288,15 +1292,15 @@ def test_a_malformed_amount_is_a_form_error(refunding_client, khalti, amount):
     # The page is shown again, ready for a corrected amount.
     assert 'name="confirm"' in page
     assert confirmation_form(response)["refunded_before"] == ["0"]
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
 
 
 def test_refund_to_a_khalti_id_sends_the_mobile(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(amount=1000)
-    mock_refund(khalti, "idx-V", {"mobile": "9800000001"})
+    mock_refund(expect_khalti, "idx-V", {"mobile": "9800000001"})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment], mobile="9800000001")
     assert messages_of(response) == [("success", "Refunded Rs 10.00 of ORD-V.")]
@@ -1304,9 +1308,9 @@ def test_refund_to_a_khalti_id_sends_the_mobile(
     assert fresh(payment).status == Payment.Status.REFUNDED
 
 
-def test_partial_refund_to_a_khalti_id_sends_both(refunding_client, khalti):
+def test_partial_refund_to_a_khalti_id_sends_both(refunding_client, expect_khalti):
     payment = verified_payment(amount=1000)
-    mock_refund(khalti, "idx-V", {"amount": 250, "mobile": "9800000001"})
+    mock_refund(expect_khalti, "idx-V", {"amount": 250, "mobile": "9800000001"})
     confirm_refund(refunding_client, [payment], amount="2.50", mobile="9800000001")
     assert fresh(payment).refunded_amount == 250
 
@@ -1322,14 +1326,14 @@ def test_partial_refund_to_a_khalti_id_sends_both(refunding_client, khalti):
     ],
 )
 def test_the_amount_is_typed_in_rupees_and_refunded_in_paisa(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks, typed, paisa, shown
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks, typed, paisa, shown
 ):
     payment = verified_payment(amount=1000)
-    mock_refund(khalti, "idx-V", {"amount": paisa})
+    mock_refund(expect_khalti, "idx-V", {"amount": paisa})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment], amount=typed)
     assert messages_of(response) == [("success", f"Refunded Rs {shown} of ORD-V.")]
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, paisa)
     assert row.refunds.get().amount == paisa
@@ -1337,9 +1341,9 @@ def test_the_amount_is_typed_in_rupees_and_refunded_in_paisa(
 
 
 @pytest.mark.parametrize("typed", ["10", "10.00"])
-def test_typing_the_whole_amount_in_rupees_refunds_it_all(refunding_client, khalti, typed):
+def test_typing_the_whole_amount_in_rupees_refunds_it_all(refunding_client, expect_khalti, typed):
     payment = verified_payment(amount=1000)
-    mock_refund(khalti, "idx-V", {})  # all of it: Khalti is sent no amount
+    mock_refund(expect_khalti, "idx-V", {})  # all of it: Khalti is sent no amount
     response = confirm_refund(refunding_client, [payment], amount=typed)
     assert messages_of(response) == [("success", "Refunded Rs 10.00 of ORD-V.")]
     row = fresh(payment)
@@ -1358,10 +1362,10 @@ def nonfield_errors(response):
 
 
 def test_submitting_the_same_confirmation_page_twice_refunds_once(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(amount=1000)
-    mock_refund(khalti, "idx-V", {"amount": 400})
+    mock_refund(expect_khalti, "idx-V", {"amount": 400})
     page = refund_confirmation(refunding_client, [payment])
     assert page["refunded_before"] == ["0"]
     with django_capture_on_commit_callbacks(execute=True):
@@ -1372,7 +1376,7 @@ def test_submitting_the_same_confirmation_page_twice_refunds_once(
     assert messages_of(first) == [("success", "Refunded Rs 4.00 of ORD-V.")]
     assert nonfield_errors(second) == ["These payments were refunded meanwhile: review them again."]
     assert messages_of(second) == []
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
     assert row.refunds.count() == 1
@@ -1380,23 +1384,23 @@ def test_submitting_the_same_confirmation_page_twice_refunds_once(
 
 
 def test_a_refund_made_since_the_page_was_shown_makes_it_refuse(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(amount=1000)
     stale_page = refund_confirmation(refunding_client, [payment])
     # Meanwhile a colleague (or another tab) refunds Rs 4.
-    mock_refund(khalti, "idx-V", {"amount": 400})
+    mock_refund(expect_khalti, "idx-V", {"amount": 400})
     with django_capture_on_commit_callbacks(execute=True):
         confirm_refund(refunding_client, [payment], amount="4")
         refused = submit_refund(refunding_client, stale_page, amount="6", follow=False)
     assert nonfield_errors(refused) == [
         "These payments were refunded meanwhile: review them again."
     ]
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
     assert fresh(payment).refunded_amount == 400
 
     # Choosing the action again shows what was refunded since, and goes through.
-    mock_refund(khalti, "idx-V", {"amount": 600})
+    mock_refund(expect_khalti, "idx-V", {"amount": 600})
     with django_capture_on_commit_callbacks(execute=True):
         page = refund_confirmation(refunding_client, [payment])
         assert page["refunded_before"] == ["400"]
@@ -1407,10 +1411,10 @@ def test_a_refund_made_since_the_page_was_shown_makes_it_refuse(
     assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 400), ("refunded", 600)]
 
 
-def test_the_guard_covers_every_selected_payment(refunding_client, khalti):
+def test_the_guard_covers_every_selected_payment(refunding_client, expect_khalti):
     first, second = verified_payment("A", amount=1000), verified_payment("B", amount=2500)
-    mock_refund(khalti, "idx-A", {})
-    mock_refund(khalti, "idx-B", {})
+    mock_refund(expect_khalti, "idx-A", {})
+    mock_refund(expect_khalti, "idx-B", {})
     page = refund_confirmation(refunding_client, [first, second])
     response = submit_refund(refunding_client, page)
     assert sorted(messages_of(response)) == [
@@ -1419,27 +1423,29 @@ def test_the_guard_covers_every_selected_payment(refunding_client, khalti):
     ]
     again = submit_refund(refunding_client, page, follow=False)
     assert nonfield_errors(again) == ["These payments were refunded meanwhile: review them again."]
-    assert len(khalti.calls) == 2
+    assert len(expect_khalti.calls) == 2
     assert Refund.objects.count() == 2
 
 
-def test_a_confirmation_without_the_guard_refunds_nothing(refunding_client, khalti):
+def test_a_confirmation_without_the_guard_refunds_nothing(refunding_client, expect_khalti):
     payment = verified_payment(amount=1000)
     page = refund_confirmation(refunding_client, [payment])
     del page["refunded_before"]  # a page from before the guard, or a hand-made post
     response = submit_refund(refunding_client, page, follow=False)
     assert response.status_code == 200
     assert 'name="confirm"' in response.content.decode()  # shown again
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
 
 
 def test_an_unknown_outcome_is_a_warning_beside_the_other_results(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     lost, done = verified_payment("A", amount=1000), verified_payment("B", amount=2500)
-    khalti.expect("refund", "idx-A", {}, body=requests.exceptions.ReadTimeout("read timed out"))
-    mock_refund(khalti, "idx-B", {})
+    expect_khalti.expect(
+        "refund", "idx-A", {}, body=requests.exceptions.ReadTimeout("read timed out")
+    )
+    mock_refund(expect_khalti, "idx-B", {})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [lost, done])
     assert sorted(messages_of(response)) == [
@@ -1456,11 +1462,11 @@ def test_an_unknown_outcome_is_a_warning_beside_the_other_results(
 
 
 def test_khalti_refusing_a_refund_shows_why_and_records_nothing_refunded(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(amount=1000)
-    mock_refund(khalti, "idx-V", {}, status=400, json={"detail": "Refund period expired."})
-    khalti.status(payment.token, 1000, "status_complete")  # asked: not refunded after all
+    mock_refund(expect_khalti, "idx-V", {}, status=400, json={"detail": "Refund period expired."})
+    expect_khalti.status(payment.token, 1000, "status_complete")  # asked: not refunded after all
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment])
     [(level, text)] = messages_of(response)
@@ -1478,13 +1484,13 @@ def test_khalti_refusing_a_refund_shows_why_and_records_nothing_refunded(
 
 @pytest.mark.parametrize("failure", ["503", "timeout", "connection"])
 def test_khalti_unreachable_leaves_the_refund_pending_and_blocks_another(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks, failure
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks, failure
 ):
     payment = verified_payment(amount=1000)
     if failure == "503":
-        mock_refund(khalti, "idx-V", {}, status=503, json={"detail": "Service unavailable"})
+        mock_refund(expect_khalti, "idx-V", {}, status=503, json={"detail": "Service unavailable"})
     else:
-        khalti.expect(
+        expect_khalti.expect(
             "refund",
             "idx-V",
             {},
@@ -1512,10 +1518,10 @@ def test_khalti_unreachable_leaves_the_refund_pending_and_blocks_another(
     [(level, text)] = messages_of(response)
     assert level == "error"
     assert "Another refund of this payment awaits Khalti" in text
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
 
 
-def test_a_partial_amount_for_several_payments_is_refused(refunding_client, khalti):
+def test_a_partial_amount_for_several_payments_is_refused(refunding_client, expect_khalti):
     first, second = verified_payment("A"), verified_payment("B")
     page = run_action(refunding_client, "refund", [first, second], follow=False)
     assert len(re.findall(r'<tr class="refund-candidate">', page.content.decode())) == 2
@@ -1523,15 +1529,15 @@ def test_a_partial_amount_for_several_payments_is_refused(refunding_client, khal
     response = refunding_client.post(CHANGELIST, data)
     assert response.status_code == 200
     assert "A partial amount refunds one payment at a time." in response.content.decode()
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
     assert {fresh(first).status, fresh(second).status} == {Payment.Status.VERIFIED}
 
 
-def test_several_payments_are_refunded_in_full_together(refunding_client, khalti):
+def test_several_payments_are_refunded_in_full_together(refunding_client, expect_khalti):
     first, second = verified_payment("A", amount=1000), verified_payment("B", amount=2500)
-    mock_refund(khalti, "idx-A", {})
-    mock_refund(khalti, "idx-B", {})
+    mock_refund(expect_khalti, "idx-A", {})
+    mock_refund(expect_khalti, "idx-B", {})
     response = confirm_refund(refunding_client, [first, second])
     assert sorted(messages_of(response)) == [
         ("success", "Refunded Rs 10.00 of ORD-A."),
@@ -1542,7 +1548,7 @@ def test_several_payments_are_refunded_in_full_together(refunding_client, khalti
 
 @pytest.mark.parametrize("status", ["pending", "failed", "refunded"])
 def test_a_payment_khalti_never_confirmed_or_fully_refunded_is_not_refundable(
-    refunding_client, khalti, payments, status
+    refunding_client, expect_khalti, payments, status
 ):
     payment = {
         "pending": payments.pending,
@@ -1556,13 +1562,13 @@ def test_a_payment_khalti_never_confirmed_or_fully_refunded_is_not_refundable(
         f"{payment.product_identity} was not refunded: "
         "Only a payment Khalti confirmed can be refunded."
     )
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
     assert fresh(payment).status == status
 
 
 def test_staff_without_the_permission_cannot_refund(
-    non_refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    non_refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(amount=1000)
     assert "refund" not in action_choices(non_refunding_client.get(CHANGELIST))
@@ -1587,27 +1593,27 @@ def test_staff_without_the_permission_cannot_refund(
     if action_choices(non_refunding_client.get(CHANGELIST)):
         followed = run_action(non_refunding_client, "refund", [payment], confirm="Yes, refund")
         assert ("warning", "No action selected.") in messages_of(followed)
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (Payment.Status.VERIFIED, 0)
     assert sent == []
 
 
-def test_granting_the_permission_lets_a_clerk_refund(clerk_client, khalti):
+def test_granting_the_permission_lets_a_clerk_refund(clerk_client, expect_khalti):
     payment = verified_payment(amount=1000)
     clerk_client.user.user_permissions.add(Permission.objects.get(codename="refund_payment"))
     assert "refund" in action_choices(clerk_client.get(CHANGELIST))
-    mock_refund(khalti, "idx-V", {})
+    mock_refund(expect_khalti, "idx-V", {})
     response = confirm_refund(clerk_client, [payment])
     assert messages_of(response) == [("success", "Refunded Rs 10.00 of ORD-V.")]
     assert fresh(payment).refunds.get().requested_by == clerk_client.user
 
 
-def test_view_only_staff_may_not_recheck(viewer_client, payments, khalti):
+def test_view_only_staff_may_not_recheck(viewer_client, payments, expect_khalti):
     assert "recheck" not in action_choices(viewer_client.get(CHANGELIST))
     viewer_client.post(CHANGELIST, {"action": "recheck", "_selected_action": [payments.pending.pk]})
-    assert not khalti.calls
+    assert not expect_khalti.calls
     assert fresh(payments.pending).status == Payment.Status.PENDING
 
 
@@ -1630,7 +1636,9 @@ def test_resolve_refund_is_offered_only_to_users_with_the_refund_permission(any_
     assert ("Resolve an unknown refund by hand" in response.content.decode()) == allowed
 
 
-def test_resolve_refund_first_shows_the_refunds_of_unknown_outcome(refunding_client, khalti, sent):
+def test_resolve_refund_first_shows_the_refunds_of_unknown_outcome(
+    refunding_client, expect_khalti, sent
+):
     unknown = verified_payment("A", amount=1000)
     refund = unknown_refund(unknown, amount=400, stale=True)
     settled = verified_payment(
@@ -1658,14 +1666,14 @@ def test_resolve_refund_first_shows_the_refunds_of_unknown_outcome(refunding_cli
     assert hidden["action"] == ["resolve_refund"]
     assert hidden["_selected_action"] == [str(unknown.pk)]
     # Nothing is settled before the person confirms, and Khalti is not asked.
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     refund.refresh_from_db()
     assert refund.status == Refund.Status.PENDING
     assert fresh(unknown).status == Payment.Status.VERIFIED
     assert sent == []
 
 
-def test_resolve_refund_with_nothing_unknown_says_so(refunding_client, khalti, payments):
+def test_resolve_refund_with_nothing_unknown_says_so(refunding_client, expect_khalti, payments):
     response = run_action(
         refunding_client, "resolve_refund", [payments.verified, payments.partially_refunded]
     )
@@ -1686,7 +1694,7 @@ def test_resolve_refund_with_nothing_unknown_says_so(refunding_client, khalti, p
 )
 def test_resolving_an_unknown_refund_as_succeeded_refunds_the_payment(
     refunding_client,
-    khalti,
+    expect_khalti,
     sent,
     django_capture_on_commit_callbacks,
     refunded_before,
@@ -1704,7 +1712,7 @@ def test_resolving_an_unknown_refund_as_succeeded_refunds_the_payment(
             refunding_client, [payment], "succeeded", note="Shown as refunded in the dashboard."
         )
     assert messages_of(response) == [("success", "Resolved 1 refund.")]
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     refund.refresh_from_db()
     assert refund.status == Refund.Status.SUCCEEDED
     assert refund.settled_at is not None
@@ -1728,14 +1736,14 @@ def test_resolving_an_unknown_refund_as_succeeded_refunds_the_payment(
     ],
 )
 def test_resolving_an_unknown_refund_as_failed_leaves_the_payment_and_allows_a_new_refund(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks, note, reason
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks, note, reason
 ):
     payment = verified_payment(amount=1000)
     refund = unknown_refund(payment, stale=True)
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_resolve(refunding_client, [payment], "failed", note=note)
     assert messages_of(response) == [("success", "Resolved 1 refund.")]
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     refund.refresh_from_db()
     assert refund.status == Refund.Status.FAILED
     assert refund.settled_at is not None
@@ -1745,7 +1753,7 @@ def test_resolving_an_unknown_refund_as_failed_leaves_the_payment_and_allows_a_n
     assert sent == []
 
     # The payment is free for a new refund.
-    mock_refund(khalti, "idx-V", {"amount": 400})
+    mock_refund(expect_khalti, "idx-V", {"amount": 400})
     with django_capture_on_commit_callbacks(execute=True):
         response = confirm_refund(refunding_client, [payment], amount="4")
     assert messages_of(response) == [("success", "Refunded Rs 4.00 of ORD-V.")]
@@ -1759,7 +1767,7 @@ def test_resolving_an_unknown_refund_as_failed_leaves_the_payment_and_allows_a_n
 
 
 def test_resolve_refund_settles_every_selected_unknown_refund(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     first, second = verified_payment("A", amount=1000), verified_payment("B", amount=2500)
     unknown_refund(first, stale=True), unknown_refund(second, amount=500, stale=True)
@@ -1777,7 +1785,7 @@ def test_resolve_refund_settles_every_selected_unknown_refund(
     assert not Refund.objects.filter(status=Refund.Status.PENDING).exists()
 
 
-def test_resolve_refund_without_an_outcome_settles_nothing(refunding_client, khalti, sent):
+def test_resolve_refund_without_an_outcome_settles_nothing(refunding_client, expect_khalti, sent):
     payment = verified_payment(amount=1000)
     refund = unknown_refund(payment, stale=True)
     page = run_action(refunding_client, "resolve_refund", [payment], follow=False)
@@ -1792,7 +1800,7 @@ def test_resolve_refund_without_an_outcome_settles_nothing(refunding_client, kha
 
 
 def test_staff_without_the_permission_cannot_resolve_a_refund(
-    non_refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    non_refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(amount=1000)
     refund = unknown_refund(payment, stale=True)
@@ -1820,7 +1828,7 @@ def test_staff_without_the_permission_cannot_resolve_a_refund(
             confirm="Record it",
         )
         assert ("warning", "No action selected.") in messages_of(followed)
-    assert len(khalti.calls) == 0
+    assert len(expect_khalti.calls) == 0
     refund.refresh_from_db()
     assert refund.status == Refund.Status.PENDING
     row = fresh(payment)
@@ -1833,20 +1841,20 @@ def test_staff_without_the_permission_cannot_resolve_a_refund(
 
 @pytest.mark.django_db(transaction=True)
 def test_the_actions_work_in_a_project_with_atomic_requests(
-    refunder_client, khalti, sent, monkeypatch
+    refunder_client, expect_khalti, sent, monkeypatch
 ):
     # The actions claim payments in durable transactions before calling Khalti: they
     # must not run inside the request's transaction.
     monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
     pending = pending_payment(1)
-    khalti.complete(pending.token, pending.amount)
+    expect_khalti.complete(pending.token, pending.amount)
     response = run_action(refunder_client, "recheck", [pending])
     assert response.status_code == 200
     assert messages_of(response) == [("success", "Re-checked 1 with Khalti: 1 verified.")]
     assert fresh(pending).status == Payment.Status.VERIFIED
 
     payment = verified_payment(amount=1000)
-    mock_refund(khalti, "idx-V", {"amount": 400})
+    mock_refund(expect_khalti, "idx-V", {"amount": 400})
     response = confirm_refund(refunder_client, [payment], amount="4")
     assert response.status_code == 200
     assert messages_of(response) == [("success", "Refunded Rs 4.00 of ORD-V.")]
@@ -1860,7 +1868,9 @@ def test_the_actions_work_in_a_project_with_atomic_requests(
     ]
 
 
-def test_resolve_refund_leaves_a_refund_that_may_still_be_in_flight(refunding_client, khalti):
+def test_resolve_refund_leaves_a_refund_that_may_still_be_in_flight(
+    refunding_client, expect_khalti
+):
     payment = verified_payment(amount=1000)
     unknown_refund(payment)  # just now: its call to Khalti may still be running
     response = run_action(refunding_client, "resolve_refund", [payment])
@@ -1871,11 +1881,11 @@ def test_resolve_refund_leaves_a_refund_that_may_still_be_in_flight(refunding_cl
 
 
 def test_a_refused_page_shows_what_stands_now_and_can_be_confirmed_anew(
-    refunding_client, khalti, sent, django_capture_on_commit_callbacks
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
 ):
     payment = verified_payment(amount=1000)
     stale_page = refund_confirmation(refunding_client, [payment])
-    mock_refund(khalti, "idx-V", {"amount": 400})
+    mock_refund(expect_khalti, "idx-V", {"amount": 400})
     with django_capture_on_commit_callbacks(execute=True):
         confirm_refund(refunding_client, [payment], amount="4")
         refused = submit_refund(refunding_client, stale_page, amount="6", follow=False)
@@ -1884,7 +1894,7 @@ def test_a_refused_page_shows_what_stands_now_and_can_be_confirmed_anew(
     ]
     reshown = confirmation_form(refused)
     assert reshown["refunded_before"] == ["400"]
-    mock_refund(khalti, "idx-V", {"amount": 600})
+    mock_refund(expect_khalti, "idx-V", {"amount": 600})
     with django_capture_on_commit_callbacks(execute=True):
         response = submit_refund(refunding_client, reshown, amount="6")
     assert messages_of(response) == [("success", "Refunded Rs 6.00 of ORD-V.")]

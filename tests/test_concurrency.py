@@ -47,7 +47,7 @@ def post_all(payloads):
         return list(pool.map(one, payloads))
 
 
-def slow_verify(khalti, calls, amount=1000):
+def slow_verify(expect_khalti, calls, amount=1000):
     """A verify endpoint that takes a while, so that the requests overlap: one call,
     for ``amount``, with whichever token (the fake checks the key)."""
 
@@ -55,12 +55,14 @@ def slow_verify(khalti, calls, amount=1000):
         calls.append(request.params["token"])
         return 200, transaction_record(amount=amount, idx=f"idx-{len(calls)}")
 
-    khalti.expect("verify", None, {"amount": amount}, subset=True, callback=callback, delay=0.3)
+    expect_khalti.expect(
+        "verify", None, {"amount": amount}, subset=True, callback=callback, delay=0.3
+    )
 
 
-def test_simultaneous_identical_submissions_verify_once(khalti, payload, signals):
+def test_simultaneous_identical_submissions_verify_once(expect_khalti, payload, signals):
     calls = []
-    slow_verify(khalti, calls)
+    slow_verify(expect_khalti, calls)
 
     results = post_all([payload] * N)
 
@@ -77,9 +79,9 @@ def test_simultaneous_identical_submissions_verify_once(khalti, payload, signals
     assert Order.objects.get(reference=payload["product_identity"]).paid
 
 
-def test_different_tokens_racing_for_one_order_reach_khalti_once(khalti, payload, signals):
+def test_different_tokens_racing_for_one_order_reach_khalti_once(expect_khalti, payload, signals):
     calls = []
-    slow_verify(khalti, calls)
+    slow_verify(expect_khalti, calls)
 
     results = post_all([{**payload, "token": f"token-{i}"} for i in range(N)])
 
@@ -104,7 +106,7 @@ def test_different_tokens_racing_for_one_order_reach_khalti_once(khalti, payload
     assert [name for name, _, _ in signals] == ["verified"]
 
 
-def test_resubmissions_racing_after_unknown_outcome_settle_once(khalti, payload, signals):
+def test_resubmissions_racing_after_unknown_outcome_settle_once(expect_khalti, payload, signals):
     # A pending payment whose first verify had an unknown outcome.
     Payment.objects.create(
         token=payload["token"],
@@ -114,18 +116,18 @@ def test_resubmissions_racing_after_unknown_outcome_settle_once(khalti, payload,
         attempts=1,
         claimed_idx=payload["idx"],
     )
-    khalti.status(
+    expect_khalti.status(
         payload["token"],
         1000,
         json={"status": True, "state": "Complete", "detail": "ok"},
         delay=0.3,
     )
-    khalti.not_a_transaction(payload["token"])
-    khalti.transaction(payload["idx"])
+    expect_khalti.not_a_transaction(payload["token"])
+    expect_khalti.transaction(payload["idx"])
 
     results = post_all([payload] * N)
 
-    assert len(khalti.fake.status_calls) == 1
+    assert len(expect_khalti.fake.status_calls) == 1
     assert Payment.objects.get().status == Payment.Status.VERIFIED
     assert [name for name, _, _ in signals] == ["verified"]
     assert sorted({code for code, _ in results}) in ([200], [200, 409])
@@ -166,7 +168,7 @@ def test_simultaneous_submissions_from_several_processes_verify_once(payload):
     assert OrderEvent.objects.filter(kind="paid").count() == 1
 
 
-def test_pending_row_is_committed_before_khalti_is_called(khalti, payload):
+def test_pending_row_is_committed_before_khalti_is_called(expect_khalti, payload):
     seen_by_another_connection = []
 
     def callback(request):
@@ -184,7 +186,7 @@ def test_pending_row_is_committed_before_khalti_is_called(khalti, payload):
         thread.join()
         return 200, transaction_record()
 
-    khalti.verify(payload["token"], 1000, callback=callback)
+    expect_khalti.verify(payload["token"], 1000, callback=callback)
     ((code, _),) = post_all([payload])
     assert code == 200
     assert len(seen_by_another_connection) == 1
@@ -193,7 +195,9 @@ def test_pending_row_is_committed_before_khalti_is_called(khalti, payload):
     assert claimed_at is not None
 
 
-def test_atomic_requests_project_still_commits_the_pending_row_first(khalti, payload, monkeypatch):
+def test_atomic_requests_project_still_commits_the_pending_row_first(
+    expect_khalti, payload, monkeypatch
+):
     from django.db import connection
 
     monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
@@ -211,7 +215,7 @@ def test_atomic_requests_project_still_commits_the_pending_row_first(khalti, pay
         thread.join()
         raise requests.exceptions.ReadTimeout()
 
-    khalti.verify(payload["token"], 1000, callback=callback)
+    expect_khalti.verify(payload["token"], 1000, callback=callback)
     response = Client().post(
         reverse("django_khalti:verify"), json.dumps(payload), content_type="application/json"
     )
@@ -220,7 +224,7 @@ def test_atomic_requests_project_still_commits_the_pending_row_first(khalti, pay
     assert Payment.objects.get().status == Payment.Status.PENDING
 
 
-def test_services_refuse_to_run_inside_a_callers_transaction(khalti, payload):
+def test_services_refuse_to_run_inside_a_callers_transaction(expect_khalti, payload):
     from django.db import transaction
 
     from django_khalti import services
@@ -233,10 +237,10 @@ def test_services_refuse_to_run_inside_a_callers_transaction(khalti, payload):
             product_identity=payload["product_identity"],
         )
     assert not Payment.objects.exists()
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
-def test_return_callbacks_racing_reconcile_settle_an_epayment_once(khalti, order, signals):
+def test_return_callbacks_racing_reconcile_settle_an_epayment_once(expect_khalti, order, signals):
     from django_khalti import services
 
     payment = Payment.objects.create(
@@ -246,7 +250,7 @@ def test_return_callbacks_racing_reconcile_settle_an_epayment_once(khalti, order
         amount=1000,
         order_claim=order_key(order.reference),
     )
-    khalti.lookup(
+    expect_khalti.lookup(
         "pidx-race",
         json={
             "pidx": "pidx-race",
@@ -284,7 +288,7 @@ def test_return_callbacks_racing_reconcile_settle_an_epayment_once(khalti, order
         ]
         results = [f.result() for f in futures]
 
-    assert len(khalti.fake.lookup_calls) == 1, "lookup must be asked once"
+    assert len(expect_khalti.fake.lookup_calls) == 1, "lookup must be asked once"
     assert results[:4] == [200] * 4
     payment.refresh_from_db()
     assert payment.status == Payment.Status.VERIFIED
@@ -293,7 +297,7 @@ def test_return_callbacks_racing_reconcile_settle_an_epayment_once(khalti, order
     assert OrderEvent.objects.filter(kind="paid").count() == 1
 
 
-def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(khalti, signals):
+def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(expect_khalti, signals):
     from datetime import timedelta
 
     from django.utils import timezone
@@ -314,7 +318,7 @@ def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(khalti, signa
     Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
 
     # Each reconciler may ask Khalti (times=None: every call); the refund settles once.
-    khalti.status(
+    expect_khalti.status(
         "tok-r",
         1000,
         json={"status": True, "state": "Refunded", "detail": "refunded"},
@@ -338,7 +342,7 @@ def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(khalti, signa
     assert [(n, kw["amount"]) for n, _, kw in signals] == [("refunded", 1000)]
 
 
-def test_a_batch_passes_over_rows_another_reconciler_holds(khalti):
+def test_a_batch_passes_over_rows_another_reconciler_holds(expect_khalti):
     """A payment another reconciler has claimed (fresh, on the database's clock) is
     left to it; once its claim is stale, the batch takes it again. (A row *locked*
     elsewhere is not passed over: tests/test_reconcile_command.py.)"""
@@ -369,24 +373,24 @@ def test_a_batch_passes_over_rows_another_reconciler_holds(khalti):
     assert [p.token for p in batch] == ["held", "free"]
 
 
-def test_epayment_views_work_in_an_atomic_requests_project(khalti, order, monkeypatch):
+def test_epayment_views_work_in_an_atomic_requests_project(expect_khalti, order, monkeypatch):
     from django.db import connection
 
     from .conftest import epayment_started
 
     monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
-    khalti.initiate(1000, order.reference, json=epayment_started())
+    expect_khalti.initiate(1000, order.reference, json=epayment_started())
     client = Client()
     start = client.post(reverse("django_khalti:epayment-start", args=[order.reference]))
     assert start.status_code == 302
-    khalti.lookup("bZQLD9wRVWo4CdESSfuSsB", "epayment_lookup_completed")
+    expect_khalti.lookup("bZQLD9wRVWo4CdESSfuSsB", "epayment_lookup_completed")
     back = client.get(reverse("django_khalti:epayment-return"), {"pidx": "bZQLD9wRVWo4CdESSfuSsB"})
     assert back.status_code == 200
     assert Payment.objects.get().status == Payment.Status.VERIFIED
     assert OrderEvent.objects.filter(kind="paid").count() == 1
 
 
-def test_return_callbacks_racing_the_reconcile_command_settle_once(khalti, order, signals):
+def test_return_callbacks_racing_the_reconcile_command_settle_once(expect_khalti, order, signals):
     import io
     from datetime import timedelta
 
@@ -401,7 +405,7 @@ def test_return_callbacks_racing_the_reconcile_command_settle_once(khalti, order
         order_claim=order_key(order.reference),
     )
     Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(minutes=10))
-    khalti.lookup(
+    expect_khalti.lookup(
         "pidx-cmd",
         json={
             "pidx": "pidx-cmd",
@@ -438,7 +442,7 @@ def test_return_callbacks_racing_the_reconcile_command_settle_once(khalti, order
             pool.submit(command) for _ in range(2)
         ]
         [f.result() for f in futures]
-    assert len(khalti.fake.lookup_calls) == 1
+    assert len(expect_khalti.fake.lookup_calls) == 1
     assert Payment.objects.get().status == Payment.Status.VERIFIED
     assert [name for name, _, _ in signals] == ["verified"]
 

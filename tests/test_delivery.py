@@ -99,9 +99,9 @@ def paid(reference="ORD-1"):
 
 
 def test_a_raising_receiver_is_logged_and_its_signal_delivered_again_after_the_grace(
-    client, khalti, payload, caplog, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, caplog, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with Flaky() as flaky, caplog.at_level(logging.ERROR, "django_khalti"):
         with django_capture_on_commit_callbacks(execute=True):
             assert post(client, payload).status_code == 200
@@ -127,9 +127,9 @@ def test_a_raising_receiver_is_logged_and_its_signal_delivered_again_after_the_g
 
 
 def test_a_resubmission_delivers_what_is_still_undelivered(
-    client, khalti, payload, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with Flaky() as flaky:
         with django_capture_on_commit_callbacks(execute=True):
             post(client, payload)
@@ -141,13 +141,13 @@ def test_a_resubmission_delivers_what_is_still_undelivered(
             assert post(client, payload).json()["status"] == "verified"
     assert len(flaky.seen) == 1
     assert SignalDelivery.objects.get().delivered_at is not None
-    assert len(khalti.calls) == 1  # Khalti was not asked again
+    assert len(expect_khalti.calls) == 1  # Khalti was not asked again
 
 
 def test_a_receiver_that_keeps_raising_is_retried_less_and_less_often_and_reported(
-    client, khalti, payload, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with Flaky(times=10):
         with django_capture_on_commit_callbacks(execute=True):
             post(client, payload)
@@ -167,11 +167,11 @@ def test_a_receiver_that_keeps_raising_is_retried_less_and_less_often_and_report
 
 
 def test_a_worker_killed_in_a_receiver_leaves_the_signal_to_deliver_again(
-    client, khalti, payload, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, django_capture_on_commit_callbacks
 ):
     """gunicorn's worker timeout raises SystemExit in the receiver, which send_robust
     does not catch: the status is committed, the shop's receiver never ran."""
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with Flaky(exc=SystemExit(1)):
         with pytest.raises(SystemExit), django_capture_on_commit_callbacks(execute=True):
             post(client, payload)
@@ -184,10 +184,10 @@ def test_a_worker_killed_in_a_receiver_leaves_the_signal_to_deliver_again(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_commit_the_client_saw_fail_still_delivers(khalti, payload):
+def test_a_commit_the_client_saw_fail_still_delivers(expect_khalti, payload):
     """The database commits the settlement but the client sees an error (an ambiguous
     commit): the on_commit callbacks are dropped; the outbox row committed with the status."""
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     real_commit = connection.commit
     settled = []
 
@@ -238,7 +238,7 @@ def unknown_refund(payment):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_person_resolving_not_refunded_while_khalti_says_refunded_loses_to_khalti(
-    khalti, admin_user, signals, caplog
+    expect_khalti, admin_user, signals, caplog
 ):
     payment = verified_payment()
     refund = unknown_refund(payment)
@@ -247,7 +247,7 @@ def test_a_person_resolving_not_refunded_while_khalti_says_refunded_loses_to_kha
         services.resolve_refund(refund, succeeded=False, by=admin_user, note="dashboard")
         return 200, fixture("status_refunded")
 
-    khalti.expect(
+    expect_khalti.expect(
         "status", "tok-v", {"token": "tok-v", "amount": "1000"}, callback=person_meanwhile
     )
     with caplog.at_level(logging.WARNING, "django_khalti"):
@@ -266,7 +266,7 @@ def test_a_person_resolving_not_refunded_while_khalti_says_refunded_loses_to_kha
 
 @pytest.mark.django_db(transaction=True)
 def test_a_refund_khalti_confirms_after_a_person_recorded_it_failed_raises(
-    khalti, admin_user, signals
+    expect_khalti, admin_user, signals
 ):
     payment = verified_payment()
 
@@ -275,7 +275,7 @@ def test_a_refund_khalti_confirms_after_a_person_recorded_it_failed_raises(
         services.resolve_refund(pending, succeeded=False, by=admin_user)
         return 200, fixture("refund_success")
 
-    khalti.expect("refund", "IDX-1", {}, callback=person_meanwhile)
+    expect_khalti.expect("refund", "IDX-1", {}, callback=person_meanwhile)
     with pytest.raises(KhaltiRefundConflict, match="recorded failed meanwhile"):
         services.refund_payment(payment, by=admin_user)
     payment.refresh_from_db()
@@ -283,10 +283,10 @@ def test_a_refund_khalti_confirms_after_a_person_recorded_it_failed_raises(
     assert [name for name, _, _ in signals] == ["needs_review"]
 
 
-def test_a_person_cannot_overrule_what_khalti_settled(khalti, admin_user, signals):
+def test_a_person_cannot_overrule_what_khalti_settled(expect_khalti, admin_user, signals):
     payment = verified_payment()
     refund = unknown_refund(payment)
-    khalti.status("tok-v", 1000, "status_refunded")
+    expect_khalti.status("tok-v", 1000, "status_refunded")
     services.reconcile_refund(refund)
     with pytest.raises(KhaltiRefundConflict, match="already recorded Succeeded"):
         services.resolve_refund(refund, succeeded=False, by=admin_user)
@@ -297,11 +297,11 @@ def test_a_person_cannot_overrule_what_khalti_settled(khalti, admin_user, signal
 
 
 def test_khalti_already_refunded_is_reconciled_not_a_failure(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     payment = verified_payment()
-    khalti.refund("IDX-1", {}, status=400, json={"detail": "Transaction already refunded."})
-    khalti.status("tok-v", 1000, "status_refunded")
+    expect_khalti.refund("IDX-1", {}, status=400, json={"detail": "Transaction already refunded."})
+    expect_khalti.status("tok-v", 1000, "status_refunded")
     with django_capture_on_commit_callbacks(execute=True):
         refund = services.refund_payment(payment)
     assert refund.status == Refund.Status.SUCCEEDED
@@ -309,10 +309,12 @@ def test_khalti_already_refunded_is_reconciled_not_a_failure(
     assert [(n, kw["amount"]) for n, _, kw in signals] == [("refunded", 1000)]
 
 
-def test_already_refunded_that_status_cannot_confirm_stays_pending(khalti, signals):
+def test_already_refunded_that_status_cannot_confirm_stays_pending(expect_khalti, signals):
     payment = verified_payment()
-    khalti.refund("IDX-1", {}, status=400, json={"detail": "This payment is already refunded."})
-    khalti.status("tok-v", 1000, status=503, json={"detail": "down"})
+    expect_khalti.refund(
+        "IDX-1", {}, status=400, json={"detail": "This payment is already refunded."}
+    )
+    expect_khalti.status("tok-v", 1000, status=503, json={"detail": "down"})
     with pytest.raises(KhaltiRefundUnknown, match="already refunded"):
         services.refund_payment(payment)
     assert payment.refunds.get().status == Refund.Status.PENDING
@@ -323,7 +325,7 @@ def test_already_refunded_that_status_cannot_confirm_stays_pending(khalti, signa
 
 
 def test_a_receiver_that_refunds_does_not_change_what_the_next_receiver_sees(
-    client, khalti, payload, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, django_capture_on_commit_callbacks
 ):
     seen = []
 
@@ -333,8 +335,8 @@ def test_a_receiver_that_refunds_does_not_change_what_the_next_receiver_sees(
     def fulfil(sender, payment, **kwargs):
         seen.append(payment.status)
 
-    khalti.verify(payload["token"], 1000)
-    khalti.refund("8xmeJnNXfoVjCvGcZiiGe7", {})
+    expect_khalti.verify(payload["token"], 1000)
+    expect_khalti.refund("8xmeJnNXfoVjCvGcZiiGe7", {})
     payment_verified.connect(refund_at_once, sender=Payment, weak=False)
     payment_verified.connect(fulfil, sender=Payment, weak=False)
     try:
@@ -348,9 +350,9 @@ def test_a_receiver_that_refunds_does_not_change_what_the_next_receiver_sees(
 
 
 def test_a_signal_delivered_again_carries_the_payment_as_it_was_then(
-    client, khalti, payload, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with Flaky() as flaky:
         with django_capture_on_commit_callbacks(execute=True):
             post(client, payload)
@@ -371,7 +373,7 @@ def host_clock_ahead(hours=1):
     return mock.patch("django.utils.timezone.now", return_value=ahead)
 
 
-def test_a_host_whose_clock_runs_ahead_does_not_take_over_a_live_claim(khalti):
+def test_a_host_whose_clock_runs_ahead_does_not_take_over_a_live_claim(expect_khalti):
     payment = Payment.objects.create(
         token="tok-live", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
     )
@@ -384,7 +386,7 @@ def test_a_host_whose_clock_runs_ahead_does_not_take_over_a_live_claim(khalti):
     assert Payment.objects.get(pk=payment.pk).status == Status.PENDING
 
 
-def test_a_host_whose_clock_runs_ahead_leaves_a_refund_in_flight_alone(khalti):
+def test_a_host_whose_clock_runs_ahead_leaves_a_refund_in_flight_alone(expect_khalti):
     payment = verified_payment()
     refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
     with host_clock_ahead():
@@ -392,7 +394,7 @@ def test_a_host_whose_clock_runs_ahead_leaves_a_refund_in_flight_alone(khalti):
     # (the strict fake fails the test if Khalti was asked)
 
 
-def test_reconcile_ages_are_read_on_the_database_clock(khalti):
+def test_reconcile_ages_are_read_on_the_database_clock(expect_khalti):
     fresh = Payment.objects.create(
         token="tok-new", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
     )
@@ -407,9 +409,9 @@ DELIVERIES = reverse("admin:django_khalti_signaldelivery_changelist")
 
 
 def test_the_admin_lists_undelivered_signals_and_re_sends_them(
-    admin_client, khalti, payload, django_capture_on_commit_callbacks
+    admin_client, expect_khalti, payload, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with Flaky(times=1) as flaky:
         with django_capture_on_commit_callbacks(execute=True):
             post(Client(), payload)
@@ -484,7 +486,7 @@ class Watch:
 
 @pytest.mark.django_db(transaction=True)
 def test_review_person_says_refunded_khalti_says_not_leaves_needs_review_unrefundable(
-    khalti, admin_user, signals
+    expect_khalti, admin_user, signals
 ):
     payment = verified_payment()
     refund = unknown_refund(payment)
@@ -494,7 +496,7 @@ def test_review_person_says_refunded_khalti_says_not_leaves_needs_review_unrefun
         services.resolve_refund(refund, succeeded=True, by=admin_user, note="looked refunded")
         return 200, fixture("status_complete")
 
-    khalti.expect(
+    expect_khalti.expect(
         "status", "tok-v", {"token": "tok-v", "amount": "1000"}, callback=person_meanwhile
     )
     services.reconcile_refund(Refund.objects.get(pk=refund.pk))
@@ -503,22 +505,22 @@ def test_review_person_says_refunded_khalti_says_not_leaves_needs_review_unrefun
     assert payment.refunded_amount == 0  # Khalti's answer stands: nothing went back
     assert Refund.objects.get(pk=refund.pk).status == Refund.Status.FAILED
     # ...so a person can refund it now, whole.
-    khalti.refund("IDX-1", {})
+    expect_khalti.refund("IDX-1", {})
     refunded = services.refund_payment(payment, by=admin_user)
     assert refunded.payment.status == Status.REFUNDED
 
 
 def test_review_refused_partial_refund_recorded_succeeded_from_unrelated_partial_state(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     """Someone refunded Rs 1 in Khalti's dashboard (state: Partially refunded). The app's
     refund of Rs 4 is refused outright (e.g. merchant balance too low); the status is
     asked and its "Partially refunded" is taken as proof that *this* refund went through."""
     payment = verified_payment()
-    khalti.refund(
+    expect_khalti.refund(
         "IDX-1", {"amount": 400}, status=400, json={"detail": "Insufficient merchant balance."}
     )
-    khalti.status("tok-v", 1000, "status_partially_refunded")
+    expect_khalti.status("tok-v", 1000, "status_partially_refunded")
     with django_capture_on_commit_callbacks(execute=True):
         with pytest.raises(KhaltiRefundFailed):
             services.refund_payment(payment, amount=400)
@@ -527,7 +529,7 @@ def test_review_refused_partial_refund_recorded_succeeded_from_unrelated_partial
 
 
 def test_review_admin_resend_runs_receivers_concurrently_with_the_first_delivery(
-    admin_client, khalti, payload, django_capture_on_commit_callbacks
+    admin_client, expect_khalti, payload, django_capture_on_commit_callbacks
 ):
     def admin_resends():
         delivery = SignalDelivery.objects.get()
@@ -538,7 +540,7 @@ def test_review_admin_resend_runs_receivers_concurrently_with_the_first_delivery
             DELIVERIES, {"action": "resend", "_selected_action": [str(delivery.pk)], "index": "0"}
         )
 
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with Watch(during=admin_resends) as watch:
         with django_capture_on_commit_callbacks(execute=True):
             assert post(Client(), payload).status_code == 200
@@ -546,7 +548,7 @@ def test_review_admin_resend_runs_receivers_concurrently_with_the_first_delivery
 
 
 def test_review_admin_resend_runs_concurrently_with_reconciles_redelivery(
-    admin_client, khalti, payload, django_capture_on_commit_callbacks
+    admin_client, expect_khalti, payload, django_capture_on_commit_callbacks
 ):
     """The first attempt raised (last_error set); reconcile redelivers after the grace;
     meanwhile a person, seeing "not delivered, last error ...", re-sends."""
@@ -562,7 +564,7 @@ def test_review_admin_resend_runs_concurrently_with_reconciles_redelivery(
             DELIVERIES, {"action": "resend", "_selected_action": [str(delivery.pk)], "index": "0"}
         )
 
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     payment_verified.connect(receiver, sender=Payment, weak=False)
     try:
         with django_capture_on_commit_callbacks(execute=True):
@@ -577,9 +579,9 @@ def test_review_admin_resend_runs_concurrently_with_reconciles_redelivery(
 
 
 def test_review_a_delivery_taken_by_another_deliverer_is_reported_as_a_raising_receiver(
-    khalti, payload, django_capture_on_commit_callbacks
+    expect_khalti, payload, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with Watch(during=lambda: 1 / 0):  # first attempt raises
         with django_capture_on_commit_callbacks(execute=True):
             post(Client(), payload)
@@ -599,7 +601,7 @@ def test_review_a_delivery_taken_by_another_deliverer_is_reported_as_a_raising_r
     assert "signals delivered again 0, still undelivered 0" in out
 
 
-def test_review_host_clock_ahead_fails_a_live_epayment(khalti, order, signals):
+def test_review_host_clock_ahead_fails_a_live_epayment(expect_khalti, order, signals):
     pidx = "bZQLD9wRVWo4CdESSfuSsB"
     payment = Payment.objects.create(
         flow=Payment.Flow.EPAYMENT,
@@ -611,7 +613,7 @@ def test_review_host_clock_ahead_fails_a_live_epayment(khalti, order, signals):
         expires_at=timezone.now() + timedelta(minutes=50),  # Khalti's link: live
     )
     Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(minutes=5))
-    khalti.lookup(pidx, "epayment_lookup_initiated")
+    expect_khalti.lookup(pidx, "epayment_lookup_initiated")
     ahead = timezone.now() + timedelta(hours=2)
     with mock.patch("django.utils.timezone.now", return_value=ahead):
         reconcile("--payment", str(payment.pk))
@@ -622,7 +624,7 @@ def test_review_host_clock_ahead_fails_a_live_epayment(khalti, order, signals):
     )
 
 
-def test_review_failed_recheck_schedule_mixes_host_stamps_with_the_db_clock(khalti, order):
+def test_review_failed_recheck_schedule_mixes_host_stamps_with_the_db_clock(expect_khalti, order):
     """A payment failed by a host running 2 hours ahead is not re-checked an hour (or
     even 65 minutes) later: updated_at is the host's stamp, compared with DbNow()."""
     payment = Payment.objects.create(
@@ -641,9 +643,9 @@ def test_review_failed_recheck_schedule_mixes_host_stamps_with_the_db_clock(khal
 
 
 def test_review_holds_two_deliverers_with_the_same_stale_copy_run_once(
-    khalti, payload, django_capture_on_commit_callbacks
+    expect_khalti, payload, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with Watch(during=lambda: 1 / 0) as watch:
         with django_capture_on_commit_callbacks(execute=True):
             post(Client(), payload)
@@ -657,9 +659,9 @@ def test_review_holds_two_deliverers_with_the_same_stale_copy_run_once(
 
 
 def test_review_holds_resubmission_inside_grace_while_first_delivery_runs(
-    khalti, payload, django_capture_on_commit_callbacks
+    expect_khalti, payload, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
 
     def buyer_resubmits():
         assert post(Client(), payload).status_code == 200
@@ -672,9 +674,9 @@ def test_review_holds_resubmission_inside_grace_while_first_delivery_runs(
 
 
 def test_review_holds_systemexit_during_redelivery_leaves_it_for_later(
-    khalti, payload, django_capture_on_commit_callbacks
+    expect_khalti, payload, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with Watch(during=lambda: 1 / 0):
         with django_capture_on_commit_callbacks(execute=True):
             post(Client(), payload)
@@ -695,9 +697,9 @@ def test_review_holds_systemexit_during_redelivery_leaves_it_for_later(
 
 
 def test_review_holds_database_error_on_the_outbox_insert_keeps_the_payment_pending(
-    khalti, payload, signals
+    expect_khalti, payload, signals
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with mock.patch.object(
         SignalDelivery.objects, "create", side_effect=OperationalError("disk full")
     ):
@@ -706,7 +708,7 @@ def test_review_holds_database_error_on_the_outbox_insert_keeps_the_payment_pend
     assert not signals
 
 
-def test_review_holds_stale_payment_copy_cannot_claim(khalti):
+def test_review_holds_stale_payment_copy_cannot_claim(expect_khalti):
     payment = Payment.objects.create(
         token="tok-s", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
     )
@@ -721,11 +723,11 @@ def test_review_holds_stale_payment_copy_cannot_claim(khalti):
 
 
 def test_review_view_signaldelivery_alone_exposes_the_payments_token_and_payer(
-    client, khalti, payload, django_user_model, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, django_user_model, django_capture_on_commit_callbacks
 ):
     from django.contrib.auth.models import Permission
 
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with django_capture_on_commit_callbacks(execute=True):
         post(Client(), payload)
     delivery = SignalDelivery.objects.get()

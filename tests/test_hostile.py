@@ -275,22 +275,22 @@ def shop(db):
     return paid
 
 
-def assert_refused_json(response, khalti, shop):
+def assert_refused_json(response, expect_khalti, shop):
     """A 4xx with a JSON body; Khalti never called; no payment made or changed."""
     assert 400 <= response.status_code < 500, (response.status_code, response.content[:300])
     assert response["Content-Type"].startswith("application/json"), response["Content-Type"]
     assert isinstance(response.json(), (dict, list))
-    assert_untouched(khalti, shop)
+    assert_untouched(expect_khalti, shop)
 
 
-def assert_refused_page(response, khalti, shop):
+def assert_refused_page(response, expect_khalti, shop):
     assert 400 <= response.status_code < 500, (response.status_code, response.content[:300])
     assert response["Content-Type"].startswith("text/html"), response["Content-Type"]
-    assert_untouched(khalti, shop)
+    assert_untouched(expect_khalti, shop)
 
 
-def assert_untouched(khalti, shop):
-    assert not khalti.calls, khalti.calls
+def assert_untouched(expect_khalti, shop):
+    assert not expect_khalti.calls, expect_khalti.calls
     assert list(Payment.objects.values_list("pk", "status")) == [(shop.pk, Payment.Status.VERIFIED)]
 
 
@@ -304,12 +304,12 @@ def hostile_client() -> Client:
 
 @HOSTILE
 @given(data=st.one_of(verify_payloads, json_values), ascii_only=st.booleans())
-def test_verify_refuses_any_json_with_a_4xx_json_answer(khalti, shop, data, ascii_only):
+def test_verify_refuses_any_json_with_a_4xx_json_answer(expect_khalti, shop, data, ascii_only):
     assume(not proceeds(VerifySerializer, data))
     response = hostile_client().post(
         VERIFY, data=encode_json(data, ascii_only), content_type="application/json"
     )
-    assert_refused_json(response, khalti, shop)
+    assert_refused_json(response, expect_khalti, shop)
 
 
 well_formed_tokens = st.one_of(
@@ -337,11 +337,11 @@ well_formed_amounts = st.one_of(
         }
     )
 )
-def test_verify_refuses_well_formed_payloads_that_do_not_match_an_order(khalti, shop, data):
+def test_verify_refuses_well_formed_payloads_that_do_not_match_an_order(expect_khalti, shop, data):
     """Tampered amounts, unknown or paid orders, a paid order's token on another order."""
     assume(not proceeds(VerifySerializer, data))
     response = hostile_client().post(VERIFY, data=json.dumps(data), content_type="application/json")
-    assert_refused_json(response, khalti, shop)
+    assert_refused_json(response, expect_khalti, shop)
 
 
 @HOSTILE
@@ -356,18 +356,20 @@ def test_verify_refuses_well_formed_payloads_that_do_not_match_an_order(khalti, 
         optional={"amount": well_formed_amounts},
     )
 )
-def test_epayment_initiate_refuses_well_formed_payloads_for_no_payable_order(khalti, shop, data):
+def test_epayment_initiate_refuses_well_formed_payloads_for_no_payable_order(
+    expect_khalti, shop, data
+):
     """Unknown and paid orders, and orders under Khalti's Rs 10 minimum; a client amount changes nothing."""
     assume(not proceeds(EpaymentInitiateSerializer, data))
     response = hostile_client().post(
         INITIATE, data=json.dumps(data), content_type="application/json"
     )
-    assert_refused_json(response, khalti, shop)
+    assert_refused_json(response, expect_khalti, shop)
 
 
 @HOSTILE
 @given(data=verify_payloads, multipart=st.booleans())
-def test_verify_refuses_any_form_body_with_a_4xx_json_answer(khalti, shop, data, multipart):
+def test_verify_refuses_any_form_body_with_a_4xx_json_answer(expect_khalti, shop, data, multipart):
     if multipart:
         # Multipart as a browser sends it: text only (the test client encodes it in UTF-8).
         fields = {k: form_value(v) for k, v in data.items()}
@@ -386,7 +388,7 @@ def test_verify_refuses_any_form_body_with_a_4xx_json_answer(khalti, shop, data,
         response = hostile_client().post(
             VERIFY, data=body, content_type="application/x-www-form-urlencoded"
         )
-    assert_refused_json(response, khalti, shop)
+    assert_refused_json(response, expect_khalti, shop)
 
 
 @HOSTILE
@@ -397,20 +399,20 @@ def test_verify_refuses_any_form_body_with_a_4xx_json_answer(khalti, shop, data,
     url=st.sampled_from([VERIFY, INITIATE]),
 )
 def test_api_refuses_garbage_bytes_and_wrong_content_types(
-    khalti, shop, body, content_type, method, url
+    expect_khalti, shop, body, content_type, method, url
 ):
     if method == "post" and content_type.startswith("application/x-www-form-urlencoded"):
         serializer = VerifySerializer if url == VERIFY else EpaymentInitiateSerializer
         assume(not proceeds(serializer, form_data(body)))
     # generic(): the bytes as they are, whatever charset the content type names.
     response = hostile_client().generic(method.upper(), url, body, content_type=content_type)
-    assert_refused_json(response, khalti, shop)
+    assert_refused_json(response, expect_khalti, shop)
 
 
 @HOSTILE
 @given(data=st.one_of(initiate_payloads, json_values), ascii_only=st.booleans(), form=st.booleans())
 def test_epayment_initiate_refuses_any_body_with_a_4xx_json_answer(
-    khalti, shop, data, ascii_only, form
+    expect_khalti, shop, data, ascii_only, form
 ):
     if form and isinstance(data, dict):
         body = urlencoded(data)
@@ -423,7 +425,7 @@ def test_epayment_initiate_refuses_any_body_with_a_4xx_json_answer(
         response = hostile_client().post(
             INITIATE, data=encode_json(data, ascii_only), content_type="application/json"
         )
-    assert_refused_json(response, khalti, shop)
+    assert_refused_json(response, expect_khalti, shop)
 
 
 query_params = st.dictionaries(
@@ -450,7 +452,7 @@ def query_string(params: dict) -> str:
     method=st.sampled_from(["get", "post", "put", "delete"]),
 )
 def test_epayment_start_refuses_any_reference_with_a_4xx_page(
-    khalti, shop, reference, params, method
+    expect_khalti, shop, reference, params, method
 ):
     path_part = quote(reference.encode("utf-8", "surrogatepass"), safe="")
     url = f"/khalti/epayment/start/{path_part}/"
@@ -475,16 +477,16 @@ def test_epayment_start_refuses_any_reference_with_a_4xx_page(
     )
     response = getattr(hostile_client(), method)(f"{url}?{query_string(params)}")
     if response.status_code == 404 and response["Content-Type"].startswith("text/html"):
-        assert_untouched(khalti, shop)  # no such URL, or no such order
+        assert_untouched(expect_khalti, shop)  # no such URL, or no such order
     else:
-        assert_refused_page(response, khalti, shop)
+        assert_refused_page(response, expect_khalti, shop)
 
 
 @HOSTILE
 @given(params=query_params)
-def test_epayment_return_refuses_any_query_with_a_4xx_page(khalti, shop, params):
+def test_epayment_return_refuses_any_query_with_a_4xx_page(expect_khalti, shop, params):
     response = hostile_client().get(f"{RETURN}?{query_string(params)}")
-    assert_refused_page(response, khalti, shop)
+    assert_refused_page(response, expect_khalti, shop)
 
 
 @pytest.mark.parametrize(
@@ -505,13 +507,13 @@ def test_epayment_return_refuses_any_query_with_a_4xx_page(khalti, shop, params)
 )
 @pytest.mark.parametrize("url", [VERIFY, INITIATE])
 def test_oversized_and_deeply_nested_bodies_are_400_json_not_an_html_page_or_500(
-    client, khalti, shop, url, content_type, body
+    client, expect_khalti, shop, url, content_type, body
 ):
     response = client.post(url, data=body, content_type=content_type)
     assert response.status_code == 400
     assert response["Content-Type"] == "application/json"
     assert response.json()["detail"]
-    assert_untouched(khalti, shop)
+    assert_untouched(expect_khalti, shop)
 
 
 # --- 2. DRF throttling ---------------------------------------------------------------------
@@ -535,7 +537,7 @@ def refused_verify(client, **extra):
 
 
 def test_the_widget_endpoint_answers_429_past_the_khalti_rate(
-    settings, throttle_cache, khalti, shop
+    settings, throttle_cache, expect_khalti, shop
 ):
     settings.REST_FRAMEWORK = {"DEFAULT_THROTTLE_RATES": {"khalti": "5/min"}}
     client = Client()
@@ -550,11 +552,11 @@ def test_the_widget_endpoint_answers_429_past_the_khalti_rate(
     # The rate is per client (and shared by the kit's endpoints).
     assert client.post(INITIATE, data={"product_identity": "ORD-1"}).status_code == 429
     assert refused_verify(Client(), REMOTE_ADDR="10.0.0.2").status_code == 404
-    assert_untouched(khalti, shop)
+    assert_untouched(expect_khalti, shop)
 
 
 def test_without_a_khalti_rate_nothing_is_throttled_even_with_drfs_scoped_throttle(
-    settings, throttle_cache, khalti, shop
+    settings, throttle_cache, expect_khalti, shop
 ):
     settings.REST_FRAMEWORK = {
         "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
@@ -562,10 +564,12 @@ def test_without_a_khalti_rate_nothing_is_throttled_even_with_drfs_scoped_thrott
     }
     client = Client()
     assert {refused_verify(client).status_code for _ in range(20)} == {404}
-    assert_untouched(khalti, shop)
+    assert_untouched(expect_khalti, shop)
 
 
-def test_the_projects_own_throttles_apply_too(settings, throttle_cache, khalti, shop, monkeypatch):
+def test_the_projects_own_throttles_apply_too(
+    settings, throttle_cache, expect_khalti, shop, monkeypatch
+):
     settings.REST_FRAMEWORK = {
         "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.AnonRateThrottle"],
         "DEFAULT_THROTTLE_RATES": {"anon": "3/min"},
@@ -574,7 +578,7 @@ def test_the_projects_own_throttles_apply_too(settings, throttle_cache, khalti, 
     monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"anon": "3/min"})
     client = Client()
     assert [refused_verify(client).status_code for _ in range(4)] == [404, 404, 404, 429]
-    assert_untouched(khalti, shop)
+    assert_untouched(expect_khalti, shop)
 
 
 # --- 3. secrets and the payer's details ------------------------------------------------
@@ -618,7 +622,7 @@ def loud(settings, caplog):
     return caplog
 
 
-def widget_order(reference, token, khalti=None):
+def widget_order(reference, token, expect_khalti=None):
     Order.objects.create(reference=reference, total=1000)
     return {
         "token": token,
@@ -630,7 +634,7 @@ def widget_order(reference, token, khalti=None):
 
 
 def test_the_secret_key_and_payer_details_never_leave_the_kit(
-    loud, client, khalti, django_capture_on_commit_callbacks
+    loud, client, expect_khalti, django_capture_on_commit_callbacks
 ):
     responses, exceptions, output = [], [], []
 
@@ -647,23 +651,25 @@ def test_the_secret_key_and_payer_details_never_leave_the_kit(
             return None
 
     # Widget: verified, rejected, timed out, and our key refused (401) by Khalti.
-    khalti.verify("tok-ok", 1000)
+    expect_khalti.verify("tok-ok", 1000)
     with django_capture_on_commit_callbacks(execute=True):
         assert post(widget_order("ORD-OK", "tok-ok")).status_code == 200
-    khalti.refused("tok-no", 1000)
+    expect_khalti.refused("tok-no", 1000)
     assert post(widget_order("ORD-NO", "tok-no")).status_code == 400
-    khalti.verify("tok-slow", 1000, body=requests.exceptions.ReadTimeout("Read timed out."))
+    expect_khalti.verify("tok-slow", 1000, body=requests.exceptions.ReadTimeout("Read timed out."))
     assert post(widget_order("ORD-SLOW", "tok-slow")).status_code == 504
-    khalti.verify("tok-401", 1000, status=401, json=fixture("error_bad_key"))
+    expect_khalti.verify("tok-401", 1000, status=401, json=fixture("error_bad_key"))
     assert post(widget_order("ORD-401", "tok-401")).status_code == 502
     # The same faults through the service, for the exceptions' own text.
     for token, kind in (("tok-svc-slow", "timeout"), ("tok-svc-401", "401"), ("tok-svc-no", "no")):
         if kind == "timeout":
-            khalti.verify(token, 1000, body=requests.exceptions.ReadTimeout("Read timed out."))
+            expect_khalti.verify(
+                token, 1000, body=requests.exceptions.ReadTimeout("Read timed out.")
+            )
         elif kind == "401":
-            khalti.verify(token, 1000, status=401, json=fixture("error_bad_key"))
+            expect_khalti.verify(token, 1000, status=401, json=fixture("error_bad_key"))
         else:
-            khalti.refused(token, 1000)
+            expect_khalti.refused(token, 1000)
         data = widget_order(f"ORD-{token}", token)
         attempt(
             services.verify_payment,
@@ -677,7 +683,7 @@ def test_the_secret_key_and_payer_details_never_leave_the_kit(
 
     # ePayment: started with the buyer's details, and the buyer back with a mobile.
     Order.objects.create(reference="ORD-EP", total=1000)
-    khalti.initiate(1000, "ORD-EP", customer_info=CUSTOMER, json=epayment_started())
+    expect_khalti.initiate(1000, "ORD-EP", customer_info=CUSTOMER, json=epayment_started())
     started = client.post(
         INITIATE,
         data=json.dumps(
@@ -688,7 +694,7 @@ def test_the_secret_key_and_payer_details_never_leave_the_kit(
     responses.append(started)
     assert started.status_code == 201
     pidx = started.json()["pidx"]
-    khalti.lookup(pidx, "epayment_lookup_completed")
+    expect_khalti.lookup(pidx, "epayment_lookup_completed")
     with django_capture_on_commit_callbacks(execute=True):
         back = client.get(
             RETURN,
@@ -705,11 +711,11 @@ def test_the_secret_key_and_payer_details_never_leave_the_kit(
 
     # Refunds: refused, then done.
     paid = Payment.objects.get(token="tok-ok")
-    khalti.refund(paid.idx, {}, status=400, json=fixture("refund_refused"))
-    khalti.status("tok-ok", 1000, "status_complete")  # asked after the refusal: not refunded
+    expect_khalti.refund(paid.idx, {}, status=400, json=fixture("refund_refused"))
+    expect_khalti.status("tok-ok", 1000, "status_complete")  # asked after the refusal: not refunded
     attempt(services.refund_payment, paid)
     assert len(exceptions) == 4
-    khalti.refund(paid.idx, {})
+    expect_khalti.refund(paid.idx, {})
     assert attempt(services.refund_payment, paid) is not None
 
     # Reconciliation of the payment whose answer timed out, and of the one refused our key.
@@ -717,7 +723,7 @@ def test_the_secret_key_and_payer_details_never_leave_the_kit(
         created_at=timezone.now() - timedelta(minutes=10), claimed_at=None
     )
     for token in ("tok-slow", "tok-401", "tok-svc-slow", "tok-svc-401"):
-        khalti.complete(token, 1000)
+        expect_khalti.complete(token, 1000)
     out, err = io.StringIO(), io.StringIO()
     with django_capture_on_commit_callbacks(execute=True):
         call_command("khalti_reconcile", stdout=out, stderr=err)
@@ -769,12 +775,14 @@ def test_the_technical_500_page_shows_no_secret_key_in_settings(rf, settings, de
     assert SECRET not in reporter.get_traceback_text()
 
 
-def test_an_error_report_of_a_crash_inside_a_khalti_call_shows_no_secret_key(settings, khalti):
+def test_an_error_report_of_a_crash_inside_a_khalti_call_shows_no_secret_key(
+    settings, expect_khalti
+):
     """With DEBUG off (production), Django's error e-mails show every frame's local
     variables, cleansed only below a ``sensitive_variables`` frame."""
     settings.DEBUG = False
     Order.objects.create(reference="ORD-CRASH", total=1000)
-    khalti.verify("tok-crash", 1000, body=RuntimeError("a bug below requests"))
+    expect_khalti.verify("tok-crash", 1000, body=RuntimeError("a bug below requests"))
     with pytest.raises(RuntimeError) as raised:
         services.verify_payment(None, token="tok-crash", amount=1000, product_identity="ORD-CRASH")
     reporter = ExceptionReporter(None, raised.type, raised.value, raised.tb, is_email=True)
@@ -794,7 +802,7 @@ def test_an_error_report_of_a_crash_inside_a_khalti_call_shows_no_secret_key(set
         st.sampled_from(["1000.0", "1e3", "10e2", "+1000", "-1000", "0x3e8", "1_000", "１０００"]),
     )
 )
-def test_an_amount_that_is_not_whole_positive_paisa_is_always_a_400(khalti, shop, amount):
+def test_an_amount_that_is_not_whole_positive_paisa_is_always_a_400(expect_khalti, shop, amount):
     """The spec, not the app's serializer, is the oracle here: a boolean, a
     float (even 1000.0), a non-positive or huge number, or a numeral in any
     other form is refused, for an order whose amount it may even equal."""
@@ -806,4 +814,4 @@ def test_an_amount_that_is_not_whole_positive_paisa_is_always_a_400(khalti, shop
     body = response.json()
     # NaN and infinities are not even JSON (DRF's parser refuses them).
     assert "amount" in body or body.get("detail", "").startswith("JSON parse error"), body
-    assert_untouched(khalti, shop)
+    assert_untouched(expect_khalti, shop)

@@ -37,12 +37,6 @@ Status = Payment.Status
 
 
 @pytest.fixture
-def khalti(khalti_fake):
-    """The shipped kit's fake Khalti (this project's ``khalti`` fixture is canned answers)."""
-    return khalti_fake
-
-
-@pytest.fixture
 def orders(db):
     return {
         ref: Order.objects.create(reference=ref, total=total)

@@ -36,11 +36,6 @@ from shop.models import Order
 VERIFY_URL = reverse("django_khalti:verify")
 
 
-@pytest.fixture
-def khalti(khalti_fake):
-    return khalti_fake
-
-
 @pytest.mark.parametrize("seed", range(10))
 @pytest.mark.django_db(transaction=True)
 def test_storm(khalti, seed):

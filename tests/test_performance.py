@@ -82,9 +82,9 @@ def post(client, payload):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_successful_verification_costs_seven_queries_in_two_short_transactions(
-    client, khalti, payload, no_shop_receivers
+    client, expect_khalti, payload, no_shop_receivers
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with CaptureQueriesContext(connection) as queries:
         response = post(client, payload)
     assert response.status_code == 200, response.content
@@ -106,8 +106,10 @@ def test_a_successful_verification_costs_seven_queries_in_two_short_transactions
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_idempotent_resubmission_costs_one_query(client, khalti, payload, no_shop_receivers):
-    khalti.verify(payload["token"], 1000)
+def test_an_idempotent_resubmission_costs_one_query(
+    client, expect_khalti, payload, no_shop_receivers
+):
+    expect_khalti.verify(payload["token"], 1000)
     assert post(client, payload).status_code == 200
     with CaptureQueriesContext(connection) as queries:
         response = post(client, payload)
@@ -117,7 +119,7 @@ def test_an_idempotent_resubmission_costs_one_query(client, khalti, payload, no_
     # again); neither Khalti nor the resolver is asked.
     assert kinds(statements(queries)) == ["SELECT django_khalti_payment"]
     assert commits(queries) == 0
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
 
 
 # --- the ePayment return ------------------------------------------------------------
@@ -125,10 +127,10 @@ def test_an_idempotent_resubmission_costs_one_query(client, khalti, payload, no_
 
 @pytest.mark.django_db(transaction=True)
 def test_the_return_of_a_completed_epayment_costs_six_queries(
-    client, khalti, order, no_shop_receivers
+    client, expect_khalti, order, no_shop_receivers
 ):
-    started(client, khalti, order)
-    khalti.lookup(PIDX, "epayment_lookup_completed")
+    started(client, expect_khalti, order)
+    expect_khalti.lookup(PIDX, "epayment_lookup_completed")
     with CaptureQueriesContext(connection) as queries:
         response = come_back(client, status="Completed")
     assert response.status_code == 200
@@ -150,7 +152,7 @@ def test_the_return_of_a_completed_epayment_costs_six_queries(
         assert come_back(client, status="Completed").status_code == 200
     assert len(statements(queries)) == 1
     assert commits(queries) == 0
-    assert len(khalti.calls_to("https://khalti.test/api/v2/epayment/lookup/")) == 1
+    assert len(expect_khalti.calls_to("https://khalti.test/api/v2/epayment/lookup/")) == 1
 
 
 # --- the admin's list ---------------------------------------------------------------

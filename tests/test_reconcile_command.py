@@ -38,12 +38,12 @@ def reconcile(*args):
 
 
 def test_settles_every_old_pending_payment_and_prints_a_summary(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     paid, _refused, _waiting = pending("paid"), pending("refused"), pending("waiting")
-    khalti.complete("paid", 1000)
-    khalti.status("refused", 1000, "status_error")
-    khalti.status("waiting", 1000, "status_initiated")
+    expect_khalti.complete("paid", 1000)
+    expect_khalti.status("refused", 1000, "status_error")
+    expect_khalti.status("waiting", 1000, "status_initiated")
     with django_capture_on_commit_callbacks(execute=True):
         out = reconcile()
     assert "checked 3: 1 verified, 1 failed, 1 still pending" in out
@@ -54,34 +54,34 @@ def test_settles_every_old_pending_payment_and_prints_a_summary(
     assert Order.objects.get(reference=paid.product_identity).paid
 
 
-def test_confirmed_payment_is_verified_with_the_expected_amount(khalti):
+def test_confirmed_payment_is_verified_with_the_expected_amount(expect_khalti):
     pending("tok", amount=2500)
-    khalti.status("tok", 2500, "status_confirmed")
-    khalti.verify("tok", 2500)
+    expect_khalti.status("tok", 2500, "status_confirmed")
+    expect_khalti.verify("tok", 2500)
     assert "1 verified" in reconcile()
     assert Payment.objects.get().idx == "8xmeJnNXfoVjCvGcZiiGe7"
 
 
-def test_fresh_payments_are_left_alone_until_older_than(khalti):
+def test_fresh_payments_are_left_alone_until_older_than(expect_khalti):
     pending("fresh", age=timedelta(seconds=30))
     assert "checked 0" in reconcile()
-    assert not khalti.calls
-    khalti.complete("fresh", 1000)
+    assert not expect_khalti.calls
+    expect_khalti.complete("fresh", 1000)
     assert "checked 1: 1 verified" in reconcile("--older-than", "10")
 
 
-def test_a_payment_held_by_a_live_worker_is_skipped(khalti):
+def test_a_payment_held_by_a_live_worker_is_skipped(expect_khalti):
     payment = pending("held")
     Payment.objects.filter(pk=payment.pk).update(claimed_at=timezone.now())
     assert "checked 0" in reconcile()
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
-def test_limit_and_batches(khalti):
+def test_limit_and_batches(expect_khalti):
     for i in range(5):
         pending(f"t{i}", age=timedelta(minutes=10 - i))
     for i in range(3):
-        khalti.complete(f"t{i}", 1000)
+        expect_khalti.complete(f"t{i}", 1000)
     out = reconcile("--limit", "3", "--batch-size", "2")
     assert "batch 1: 2 pending payment(s)" in out
     assert "batch 2: 1 pending payment(s)" in out
@@ -90,45 +90,45 @@ def test_limit_and_batches(khalti):
     assert set(Payment.objects.verified().values_list("token", flat=True)) == {"t0", "t1", "t2"}
 
 
-def test_batches_walk_past_payments_that_stay_pending(khalti):
+def test_batches_walk_past_payments_that_stay_pending(expect_khalti):
     for i in range(5):
         pending(f"w{i}", age=timedelta(minutes=10 - i))
-        khalti.status(f"w{i}", 1000, "status_initiated")
+        expect_khalti.status(f"w{i}", 1000, "status_initiated")
     out = reconcile("--batch-size", "2")
     assert "checked 5: 0 verified, 0 failed, 5 still pending" in out
-    assert len(khalti.calls) == 5  # each asked once, no endless loop
+    assert len(expect_khalti.calls) == 5  # each asked once, no endless loop
 
 
-def test_dry_run_asks_khalti_nothing_and_changes_nothing(khalti):
+def test_dry_run_asks_khalti_nothing_and_changes_nothing(expect_khalti):
     payment = pending("tok")
     out = reconcile("--dry-run")
     assert f"would check {payment.pk} ORD-tok Rs 10.00 pending" in out
     assert "dry run: 1 payment(s) would be checked, nothing changed" in out
-    assert not khalti.calls
+    assert not expect_khalti.calls
     payment.refresh_from_db()
     assert payment.status == Payment.Status.PENDING
     assert payment.attempts == 0
 
 
-def test_one_payment_by_id_whatever_its_age(khalti):
+def test_one_payment_by_id_whatever_its_age(expect_khalti):
     target = pending("target", age=timedelta(seconds=1))
     pending("other")
-    khalti.complete("target", 1000)
+    expect_khalti.complete("target", 1000)
     assert "checked 1: 1 verified" in reconcile("--payment", str(target.pk))
     assert Payment.objects.get(token="other").status == Payment.Status.PENDING
 
 
 @pytest.mark.parametrize("bad", ["not-a-uuid", "00000000-0000-0000-0000-000000000000"])
-def test_unknown_payment_id_is_an_error(khalti, bad):
+def test_unknown_payment_id_is_an_error(expect_khalti, bad):
     with pytest.raises(CommandError, match="No Khalti payment"):
         reconcile("--payment", bad)
 
 
-def test_exits_non_zero_when_khalti_is_unreachable_after_settling_what_it_could(khalti):
+def test_exits_non_zero_when_khalti_is_unreachable_after_settling_what_it_could(expect_khalti):
     pending("ok", age=timedelta(minutes=20))
     pending("down", age=timedelta(minutes=10))
-    khalti.complete("ok", 1000)
-    khalti.status("down", 1000, body=requests.exceptions.ConnectTimeout())
+    expect_khalti.complete("ok", 1000)
+    expect_khalti.status("down", 1000, body=requests.exceptions.ConnectTimeout())
     out = io.StringIO()
     with pytest.raises(CommandError, match="could not be reached for 1"):
         call_command("khalti_reconcile", stdout=out)
@@ -138,10 +138,10 @@ def test_exits_non_zero_when_khalti_is_unreachable_after_settling_what_it_could(
 
 
 def test_a_timed_out_verification_is_settled_with_exactly_one_signal(
-    client, khalti, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     Order.objects.create(reference="ORD-T", total=1000)
-    khalti.verify("tok-t", 1000, body=requests.exceptions.ReadTimeout())
+    expect_khalti.verify("tok-t", 1000, body=requests.exceptions.ReadTimeout())
     response = client.post(
         "/khalti/verify/",
         {"token": "tok-t", "amount": 1000, "product_identity": "ORD-T", "idx": "IDX-T"},
@@ -150,19 +150,21 @@ def test_a_timed_out_verification_is_settled_with_exactly_one_signal(
     assert response.status_code == 504
     assert Payment.objects.get().status == Payment.Status.PENDING
 
-    khalti.status("tok-t", 1000, "status_complete")
-    khalti.not_a_transaction("tok-t")
-    khalti.transaction("IDX-T")
+    expect_khalti.status("tok-t", 1000, "status_complete")
+    expect_khalti.not_a_transaction("tok-t")
+    expect_khalti.transaction("IDX-T")
     with django_capture_on_commit_callbacks(execute=True):
         reconcile("--older-than", "0")
         reconcile("--older-than", "0")  # a second run finds nothing to do
     assert Payment.objects.get().status == Payment.Status.VERIFIED
     assert [name for name, _, _ in signals] == ["verified"]
     assert OrderEvent.objects.filter(kind="paid").count() == 1
-    assert len(khalti.calls_to("https://khalti.test/api/v2/payment/verify/")) == 1
+    assert len(expect_khalti.calls_to("https://khalti.test/api/v2/payment/verify/")) == 1
 
 
-def test_settles_a_refund_of_unknown_outcome(khalti, signals, django_capture_on_commit_callbacks):
+def test_settles_a_refund_of_unknown_outcome(
+    expect_khalti, signals, django_capture_on_commit_callbacks
+):
     payment = Payment.objects.create(
         token="tok-r",
         product_identity="ORD-R",
@@ -173,7 +175,7 @@ def test_settles_a_refund_of_unknown_outcome(khalti, signals, django_capture_on_
     )
     refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
     Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
-    khalti.status("tok-r", 1000, "status_refunded")
+    expect_khalti.status("tok-r", 1000, "status_refunded")
     with django_capture_on_commit_callbacks(execute=True):
         out = reconcile()
     assert "refunds checked 1: 1 succeeded" in out
@@ -230,41 +232,41 @@ def test_nonsense_options_are_refused(args):
         reconcile(*args)
 
 
-def test_gives_up_after_three_unanswered_calls_in_a_row(khalti):
+def test_gives_up_after_three_unanswered_calls_in_a_row(expect_khalti):
     for i in range(6):
         pending(f"d{i}", age=timedelta(minutes=10 - i))
-    khalti.expect("status", body=requests.exceptions.ConnectTimeout(), times=3)
+    expect_khalti.expect("status", body=requests.exceptions.ConnectTimeout(), times=3)
     out = io.StringIO()
     with pytest.raises(CommandError, match="3 times in a row"):
         call_command("khalti_reconcile", stdout=out)
-    assert len(khalti.calls) == 3
+    assert len(expect_khalti.calls) == 3
     assert "checked 3: 0 verified, 0 failed, 3 still pending" in out.getvalue()
     assert Payment.objects.pending().count() == 6
 
 
-def test_progress_line_per_batch_counts_what_was_settled(khalti):
+def test_progress_line_per_batch_counts_what_was_settled(expect_khalti):
     for i in range(3):
         pending(f"p{i}", age=timedelta(minutes=10 - i))
         if i < 2:
-            khalti.complete(f"p{i}", 1000)
+            expect_khalti.complete(f"p{i}", 1000)
         else:
-            khalti.status(f"p{i}", 1000, "status_error")
+            expect_khalti.status(f"p{i}", 1000, "status_error")
     out = reconcile("--batch-size", "2")
     assert "batch 1: 2 pending payment(s) read; so far 2 verified, 0 failed, 0 still pending" in out
     assert "batch 2: 1 pending payment(s) read; so far 2 verified, 1 failed, 0 still pending" in out
 
 
-def test_one_payment_that_is_not_pending_says_so(khalti):
+def test_one_payment_that_is_not_pending_says_so(expect_khalti):
     payment = pending("done")
     Payment.objects.filter(pk=payment.pk).update(status=Payment.Status.VERIFIED)
     out = reconcile("--payment", str(payment.pk))
     assert f"payment {payment.pk} is verified: nothing to settle" in out
     assert "checked 0" in out
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
 def test_done_when_timed_out_verify_reconciled_then_refunded_with_documented_answers(
-    client, khalti, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     """The issue's "done when", with Khalti's status answer as documented (no idx):
     the transaction is found by the idx the widget reported, once Khalti's record
@@ -272,22 +274,22 @@ def test_done_when_timed_out_verify_reconciled_then_refunded_with_documented_ans
     from django_khalti.services import refund_payment
 
     Order.objects.create(reference="ORD-D", total=1000)
-    khalti.verify("tok-d", 1000, body=requests.exceptions.ReadTimeout())
+    expect_khalti.verify("tok-d", 1000, body=requests.exceptions.ReadTimeout())
     payload = {"token": "tok-d", "amount": 1000, "product_identity": "ORD-D", "idx": "IDX-D"}
     assert (
         client.post("/khalti/verify/", payload, content_type="application/json").status_code == 504
     )
 
-    khalti.status("tok-d", 1000, "status_complete")  # {"status", "state", "detail"} only
-    khalti.not_a_transaction("tok-d")
-    khalti.transaction("IDX-D")
+    expect_khalti.status("tok-d", 1000, "status_complete")  # {"status", "state", "detail"} only
+    expect_khalti.not_a_transaction("tok-d")
+    expect_khalti.transaction("IDX-D")
     with django_capture_on_commit_callbacks(execute=True):
         assert "1 verified" in reconcile("--older-than", "0")
     payment = Payment.objects.get()
     assert (payment.status, payment.idx, payment.fee_amount) == ("verified", "IDX-D", 30)
     assert [name for name, _, _ in signals] == ["verified"]
 
-    khalti.refund("IDX-D", {"amount": 400})
+    expect_khalti.refund("IDX-D", {"amount": 400})
     with django_capture_on_commit_callbacks(execute=True):
         refund_payment(payment, amount=400)
     payment.refresh_from_db()
@@ -303,7 +305,7 @@ def test_done_when_timed_out_verify_reconciled_then_refunded_with_documented_ans
     ],
 )
 def test_a_paid_status_whose_reported_idx_does_not_match_needs_review(
-    khalti, record_changes, held_elsewhere, why, signals, django_capture_on_commit_callbacks
+    expect_khalti, record_changes, held_elsewhere, why, signals, django_capture_on_commit_callbacks
 ):
     from .conftest import transaction_record
 
@@ -317,9 +319,9 @@ def test_a_paid_status_whose_reported_idx_does_not_match_needs_review(
             idx="IDX-H",
             status=Payment.Status.VERIFIED,
         )
-    khalti.status("tok-h", 1000, "status_complete")
-    khalti.not_a_transaction("tok-h")
-    khalti.transaction("IDX-H", json={**transaction_record(idx="IDX-H"), **record_changes})
+    expect_khalti.status("tok-h", 1000, "status_complete")
+    expect_khalti.not_a_transaction("tok-h")
+    expect_khalti.transaction("IDX-H", json={**transaction_record(idx="IDX-H"), **record_changes})
     with django_capture_on_commit_callbacks(execute=True):
         out = reconcile()
     assert "1 need review" in out
@@ -332,7 +334,7 @@ def test_a_paid_status_whose_reported_idx_does_not_match_needs_review(
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.concurrency
-def test_a_row_locked_elsewhere_does_not_hide_the_others(khalti):
+def test_a_row_locked_elsewhere_does_not_hide_the_others(expect_khalti):
     """Another transaction holds a pending payment's row (a reconciler selecting its
     batch, the shop's own code): the run still settles every payment, that one
     included once the lock is let go. (Rows read with ``FOR UPDATE SKIP LOCKED``
@@ -343,7 +345,7 @@ def test_a_row_locked_elsewhere_does_not_hide_the_others(khalti):
 
     payments = [pending(f"lk{i}") for i in range(6)]
     for payment in payments:
-        khalti.complete(payment.token, 1000)
+        expect_khalti.complete(payment.token, 1000)
     locked, release = threading.Event(), threading.Event()
 
     def hold() -> None:

@@ -30,7 +30,7 @@ Status = Payment.Status
 
 @pytest.mark.django_db(transaction=True)
 def test_a_refusal_never_overturns_a_refund_a_person_recorded_succeeded(
-    khalti, admin_user, signals
+    expect_khalti, admin_user, signals
 ):
     """The person saw the money back in the dashboard (it was refunded there) and
     recorded it; the app's own call, still in flight, is then refused. Khalti's
@@ -42,8 +42,8 @@ def test_a_refusal_never_overturns_a_refund_a_person_recorded_succeeded(
         services.resolve_refund(pending, succeeded=True, by=admin_user, note="dashboard")
         return 400, {"detail": "Refund period expired."}
 
-    khalti.expect("refund", "IDX-1", {}, callback=person_meanwhile)
-    khalti.status("tok-v", 1000, "status_refunded")
+    expect_khalti.expect("refund", "IDX-1", {}, callback=person_meanwhile)
+    expect_khalti.status("tok-v", 1000, "status_refunded")
     with pytest.raises((KhaltiRefundFailed, KhaltiRefundConflict)):
         services.refund_payment(payment, by=admin_user)
     payment.refresh_from_db()
@@ -54,7 +54,9 @@ def test_a_refusal_never_overturns_a_refund_a_person_recorded_succeeded(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_refusal_never_overturns_a_partial_refund_a_person_recorded(khalti, admin_user, signals):
+def test_a_refusal_never_overturns_a_partial_refund_a_person_recorded(
+    expect_khalti, admin_user, signals
+):
     """Same, for a partial refund of 300: the app then believes nothing was refunded,
     needs_review demands a whole refund of 1000, which Khalti refuses (700 left):
     the buyer's remaining 700 can never be refunded through the app."""
@@ -65,8 +67,8 @@ def test_a_refusal_never_overturns_a_partial_refund_a_person_recorded(khalti, ad
         services.resolve_refund(pending, succeeded=True, by=admin_user, note="dashboard")
         return 400, {"detail": "Refund period expired."}
 
-    khalti.expect("refund", "IDX-1", {"amount": 300}, callback=person_meanwhile)
-    khalti.status("tok-v", 1000, "status_partially_refunded")
+    expect_khalti.expect("refund", "IDX-1", {"amount": 300}, callback=person_meanwhile)
+    expect_khalti.status("tok-v", 1000, "status_partially_refunded")
     with pytest.raises((KhaltiRefundFailed, KhaltiRefundConflict)):
         services.refund_payment(payment, amount=300, by=admin_user)
     payment.refresh_from_db()
@@ -76,31 +78,33 @@ def test_a_refusal_never_overturns_a_partial_refund_a_person_recorded(khalti, ad
 # --- D. deliveries ---------------------------------------------------------------------
 
 
-def _verified_with_delivery(khalti, payload, capture, client):
+def _verified_with_delivery(expect_khalti, payload, capture, client):
     from .test_delivery import post
 
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with capture(execute=True):
         post(client, payload)
     return SignalDelivery.objects.get()
 
 
 def test_resend_of_a_delivered_signal_is_refused(
-    khalti, payload, client, django_capture_on_commit_callbacks
+    expect_khalti, payload, client, django_capture_on_commit_callbacks
 ):
-    delivery = _verified_with_delivery(khalti, payload, django_capture_on_commit_callbacks, client)
+    delivery = _verified_with_delivery(
+        expect_khalti, payload, django_capture_on_commit_callbacks, client
+    )
     assert delivery.delivered_at is not None
     assert services.deliver(delivery, now=True) is None
 
 
 def test_resend_after_a_raise_runs_at_once_then_blocks_while_running(
-    khalti, payload, client, django_capture_on_commit_callbacks
+    expect_khalti, payload, client, django_capture_on_commit_callbacks
 ):
     from .test_delivery import Flaky, Watch
 
     with Flaky():
         delivery = _verified_with_delivery(
-            khalti, payload, django_capture_on_commit_callbacks, client
+            expect_khalti, payload, django_capture_on_commit_callbacks, client
         )
     delivery.refresh_from_db()
     assert (delivery.attempts, delivery.attempts_finished) == (1, 1)
@@ -116,9 +120,9 @@ def test_resend_after_a_raise_runs_at_once_then_blocks_while_running(
 
 
 def test_killed_attempt_resend_waits_then_runs(
-    khalti, payload, client, django_capture_on_commit_callbacks
+    expect_khalti, payload, client, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     from .test_delivery import post
 
     with django_capture_on_commit_callbacks(execute=False):
@@ -171,7 +175,9 @@ def test_link_still_good(expires_in_seconds, good):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_older_answer_arriving_last_never_undoes_khaltis_proof_of_a_refund(khalti, signals):
+def test_an_older_answer_arriving_last_never_undoes_khaltis_proof_of_a_refund(
+    expect_khalti, signals
+):
     """Two reconcilers (two cron hosts). R2 asks first and reads 'Complete' (the refund
     is not through yet); R1 asks a moment later, reads 'Refunded' and records it.
     R2's older answer lands last: the refund is flipped to failed, refunded_amount
@@ -184,8 +190,10 @@ def test_an_older_answer_arriving_last_never_undoes_khaltis_proof_of_a_refund(kh
         services.reconcile_refund(Refund.objects.get(pk=refund.pk))  # R1
         return 200, fixture("status_complete")  # R2's answer, read earlier
 
-    khalti.expect("status", "tok-v", {"token": "tok-v", "amount": "1000"}, callback=r1_meanwhile)
-    khalti.status("tok-v", 1000, "status_refunded")  # R1's
+    expect_khalti.expect(
+        "status", "tok-v", {"token": "tok-v", "amount": "1000"}, callback=r1_meanwhile
+    )
+    expect_khalti.status("tok-v", 1000, "status_refunded")  # R1's
     services.reconcile_refund(stale)  # R2
     payment.refresh_from_db()
     assert Refund.objects.get(pk=refund.pk).status == Refund.Status.SUCCEEDED
@@ -193,7 +201,7 @@ def test_an_older_answer_arriving_last_never_undoes_khaltis_proof_of_a_refund(kh
 
 
 def test_deliveries_admin_without_payment_permission(
-    client, django_user_model, khalti, payload, django_capture_on_commit_callbacks
+    client, django_user_model, expect_khalti, payload, django_capture_on_commit_callbacks
 ):
     from django.contrib.auth.models import Permission
     from django.urls import reverse
@@ -202,7 +210,7 @@ def test_deliveries_admin_without_payment_permission(
 
     with Flaky():
         delivery = _verified_with_delivery(
-            khalti, payload, django_capture_on_commit_callbacks, client
+            expect_khalti, payload, django_capture_on_commit_callbacks, client
         )
     user = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
     user.user_permissions.set(

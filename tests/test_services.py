@@ -93,17 +93,17 @@ def pending(token="tok", claimed_at=None, attempts=1, claimed_idx="IDX-1"):
 
 
 def test_reconcile_complete_verifies_and_signals_once(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     payment = pending()
-    khalti.status("tok", 1000, "status_complete")
-    khalti.not_a_transaction("tok")
-    khalti.transaction("IDX-1")  # what ties Khalti's "Complete" to this payment
+    expect_khalti.status("tok", 1000, "status_complete")
+    expect_khalti.not_a_transaction("tok")
+    expect_khalti.transaction("IDX-1")  # what ties Khalti's "Complete" to this payment
     with django_capture_on_commit_callbacks(execute=True):
         assert services.reconcile(payment).status == Payment.Status.VERIFIED
         services.reconcile(payment)  # already settled: no call, no signal
     assert [name for name, _, _ in signals] == ["verified"]
-    assert len(khalti.calls) == 3  # status, the token's record (none), the idx's record
+    assert len(expect_khalti.calls) == 3  # status, the token's record (none), the idx's record
     payment.refresh_from_db()
     assert payment.verified_at is not None
     assert payment.idx == "IDX-1"
@@ -111,13 +111,13 @@ def test_reconcile_complete_verifies_and_signals_once(
 
 
 def test_a_complete_status_nothing_ties_to_the_payment_needs_review(
-    khalti, signals, django_capture_on_commit_callbacks, caplog
+    expect_khalti, signals, django_capture_on_commit_callbacks, caplog
 ):
     # The status endpoint answers for a token *or an idx* and names no transaction:
     # without Khalti's record of one, its "Complete" may be another payment's.
     payment = pending(claimed_idx="")
-    khalti.status("tok", 1000, "status_complete")
-    khalti.not_a_transaction("tok")
+    expect_khalti.status("tok", 1000, "status_complete")
+    expect_khalti.not_a_transaction("tok")
     with django_capture_on_commit_callbacks(execute=True):
         assert services.reconcile(payment).status == Payment.Status.NEEDS_REVIEW
     assert [(name, kwargs["reason"]) for name, _, kwargs in signals] == [
@@ -135,27 +135,29 @@ def test_a_complete_status_nothing_ties_to_the_payment_needs_review(
         ({"json": transaction_record(state="Pending", idx="IDX-1")}, "is Pending"),
     ],
 )
-def test_a_complete_status_whose_record_does_not_match_needs_review(khalti, record, why):
+def test_a_complete_status_whose_record_does_not_match_needs_review(expect_khalti, record, why):
     payment = pending()
-    khalti.status("tok", 1000, "status_complete")
-    khalti.not_a_transaction("tok")
-    khalti.transaction("IDX-1", **record)
+    expect_khalti.status("tok", 1000, "status_complete")
+    expect_khalti.not_a_transaction("tok")
+    expect_khalti.transaction("IDX-1", **record)
     assert services.reconcile(payment).status == Payment.Status.NEEDS_REVIEW
     assert why in payment.failure_reason
     assert payment.idx is None
 
 
-def test_a_complete_status_for_a_token_that_is_its_own_idx_needs_review(khalti):
+def test_a_complete_status_for_a_token_that_is_its_own_idx_needs_review(expect_khalti):
     # An idx posted as a token, with the page's "idx" the same: the status endpoint
     # answers Complete for the idx; the "token" is a transaction id, not a token.
     payment = pending(token="IDX-A", claimed_idx="")
-    khalti.status("IDX-A", 1000, "status_complete")
-    khalti.transaction("IDX-A", json=transaction_record(idx="IDX-A"))  # found by its own name
+    expect_khalti.status("IDX-A", 1000, "status_complete")
+    expect_khalti.transaction(
+        "IDX-A", json=transaction_record(idx="IDX-A")
+    )  # found by its own name
     assert services.reconcile(payment).status == Payment.Status.NEEDS_REVIEW
     assert "transaction id, not a payment token" in payment.failure_reason
 
 
-def test_a_complete_status_whose_record_is_another_payments_needs_review(khalti):
+def test_a_complete_status_whose_record_is_another_payments_needs_review(expect_khalti):
     Payment.objects.create(
         token="tok-a",
         product_identity="ORD-A",
@@ -165,27 +167,27 @@ def test_a_complete_status_whose_record_is_another_payments_needs_review(khalti)
         verified_at=timezone.now(),
     )
     payment = pending()
-    khalti.status("tok", 1000, "status_complete")
-    khalti.not_a_transaction("tok")
-    khalti.transaction("IDX-1")
+    expect_khalti.status("tok", 1000, "status_complete")
+    expect_khalti.not_a_transaction("tok")
+    expect_khalti.transaction("IDX-1")
     assert services.reconcile(payment).status == Payment.Status.NEEDS_REVIEW
     assert "another payment" in payment.failure_reason
 
 
-def test_reconcile_confirmed_verifies_with_the_expected_amount(khalti, signals):
+def test_reconcile_confirmed_verifies_with_the_expected_amount(expect_khalti, signals):
     payment = pending()
-    khalti.status("tok", 1000, "status_confirmed")
-    khalti.verify("tok", 1000)
+    expect_khalti.status("tok", 1000, "status_confirmed")
+    expect_khalti.verify("tok", 1000)
     assert services.reconcile(payment).status == Payment.Status.VERIFIED
     assert payment.idx == "8xmeJnNXfoVjCvGcZiiGe7"
     assert payment.fee_amount == 30
 
 
 def test_reconcile_error_fails_and_frees_the_order_for_another_token(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     payment = pending()
-    khalti.status("tok", 1000, "status_error")
+    expect_khalti.status("tok", 1000, "status_error")
     with django_capture_on_commit_callbacks(execute=True):
         assert services.reconcile(payment).status == Payment.Status.FAILED
     assert "Transaction not found" in payment.failure_reason
@@ -194,18 +196,18 @@ def test_reconcile_error_fails_and_frees_the_order_for_another_token(
     assert signals[0][2]["reason"] == payment.failure_reason
 
 
-def test_reconcile_initiated_stays_pending_and_unclaimed(khalti, signals):
+def test_reconcile_initiated_stays_pending_and_unclaimed(expect_khalti, signals):
     payment = pending()
-    khalti.status("tok", 1000, "status_initiated")
+    expect_khalti.status("tok", 1000, "status_initiated")
     assert services.reconcile(payment).status == Payment.Status.PENDING
     payment.refresh_from_db()
     assert payment.claimed_at is None
     assert not signals
 
 
-def test_reconcile_when_khalti_is_down_raises_and_stays_pending(khalti):
+def test_reconcile_when_khalti_is_down_raises_and_stays_pending(expect_khalti):
     payment = pending()
-    khalti.status(payment.token, payment.amount, status=500, body="")
+    expect_khalti.status(payment.token, payment.amount, status=500, body="")
     with pytest.raises(KhaltiUnavailable):
         services.reconcile(payment)
     payment.refresh_from_db()
@@ -213,17 +215,17 @@ def test_reconcile_when_khalti_is_down_raises_and_stays_pending(khalti):
     assert payment.claimed_at is None
 
 
-def test_reconcile_leaves_a_payment_another_worker_holds(khalti):
+def test_reconcile_leaves_a_payment_another_worker_holds(expect_khalti):
     payment = pending(claimed_at=timezone.now())
     assert services.reconcile(payment).status == Payment.Status.PENDING
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
-def test_a_stale_claim_is_taken_over(khalti):
+def test_a_stale_claim_is_taken_over(expect_khalti):
     payment = pending(claimed_at=timezone.now() - timedelta(minutes=5), attempts=1)
-    khalti.status("tok", 1000, "status_complete")
-    khalti.not_a_transaction("tok")
-    khalti.transaction("IDX-1")
+    expect_khalti.status("tok", 1000, "status_complete")
+    expect_khalti.not_a_transaction("tok")
+    expect_khalti.transaction("IDX-1")
     assert services.reconcile(payment).status == Payment.Status.VERIFIED
     payment.refresh_from_db()
     assert payment.attempts == 2
@@ -252,11 +254,11 @@ def test_signal_is_sent_only_after_commit(signals, django_capture_on_commit_call
 # --- reconcile: refunded states and transaction details ------------------------------
 
 
-def test_reconcile_complete_with_idx_fetches_fee_and_mobile_from_the_record(khalti, signals):
+def test_reconcile_complete_with_idx_fetches_fee_and_mobile_from_the_record(expect_khalti, signals):
     payment = pending()
-    khalti.status("tok", 1000, "status_complete_with_idx")
-    khalti.not_a_transaction("tok")
-    khalti.transaction("8xmeJnNXfoVjCvGcZiiGe7")
+    expect_khalti.status("tok", 1000, "status_complete_with_idx")
+    expect_khalti.not_a_transaction("tok")
+    expect_khalti.transaction("8xmeJnNXfoVjCvGcZiiGe7")
     services.reconcile(payment)
     payment.refresh_from_db()
     assert payment.status == Payment.Status.VERIFIED
@@ -267,12 +269,12 @@ def test_reconcile_complete_with_idx_fetches_fee_and_mobile_from_the_record(khal
     )
 
 
-def test_a_complete_status_stays_pending_while_khalti_has_no_record_of_its_idx(khalti):
+def test_a_complete_status_stays_pending_while_khalti_has_no_record_of_its_idx(expect_khalti):
     # A record may lag behind the status: "not found" decides nothing (yet).
     payment = pending()
-    khalti.status("tok", 1000, "status_complete")
-    khalti.not_a_transaction("tok")
-    khalti.transaction("IDX-1", status=404, json={"detail": "Not found."})
+    expect_khalti.status("tok", 1000, "status_complete")
+    expect_khalti.not_a_transaction("tok")
+    expect_khalti.transaction("IDX-1", status=404, json={"detail": "Not found."})
     with pytest.raises(KhaltiUnavailable):
         services.reconcile(payment)
     payment.refresh_from_db()
@@ -280,24 +282,24 @@ def test_a_complete_status_stays_pending_while_khalti_has_no_record_of_its_idx(k
 
 
 def test_a_refunded_status_for_a_token_that_is_an_idx_fails_the_payment(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     # The status of someone's refunded transaction, asked by its idx posted as a
     # token: nothing of this payment's moved, and the shop is not told of a refund.
     payment = pending(token="IDX-R", claimed_idx="")
-    khalti.status("IDX-R", 1000, "status_refunded")
-    khalti.transaction("IDX-R", json=transaction_record(idx="IDX-R"))
+    expect_khalti.status("IDX-R", 1000, "status_refunded")
+    expect_khalti.transaction("IDX-R", json=transaction_record(idx="IDX-R"))
     with django_capture_on_commit_callbacks(execute=True):
         assert services.reconcile(payment).status == Payment.Status.FAILED
     assert "transaction id" in payment.failure_reason
     assert [name for name, _, _ in signals] == ["failed"]
 
 
-def test_a_complete_status_stays_pending_while_its_record_cannot_be_fetched(khalti):
+def test_a_complete_status_stays_pending_while_its_record_cannot_be_fetched(expect_khalti):
     payment = pending()
-    khalti.status("tok", 1000, "status_complete_with_idx")
-    khalti.not_a_transaction("tok")
-    khalti.transaction("8xmeJnNXfoVjCvGcZiiGe7", status=500, json={})
+    expect_khalti.status("tok", 1000, "status_complete_with_idx")
+    expect_khalti.not_a_transaction("tok")
+    expect_khalti.transaction("8xmeJnNXfoVjCvGcZiiGe7", status=500, json={})
     with pytest.raises(KhaltiUnavailable):
         services.reconcile(payment)
     payment.refresh_from_db()
@@ -306,11 +308,11 @@ def test_a_complete_status_stays_pending_while_its_record_cannot_be_fetched(khal
 
 
 def test_refunded_before_verified_lets_the_order_go_and_tells_the_shop(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     payment = pending()
-    khalti.status("tok", 1000, "status_refunded")
-    khalti.not_a_transaction("tok")  # the token is a token, not a refunded payment's idx
+    expect_khalti.status("tok", 1000, "status_refunded")
+    expect_khalti.not_a_transaction("tok")  # the token is a token, not a refunded payment's idx
     with django_capture_on_commit_callbacks(execute=True):
         assert services.reconcile(payment).status == Payment.Status.REFUNDED
     assert payment.refunded_amount == 1000
@@ -320,12 +322,12 @@ def test_refunded_before_verified_lets_the_order_go_and_tells_the_shop(
 
 
 def test_partially_refunded_before_verified_needs_review(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     # Part of the money stayed with the merchant for an order never fulfilled.
     payment = pending()
-    khalti.status("tok", 1000, "status_partially_refunded")
-    khalti.not_a_transaction("tok")
+    expect_khalti.status("tok", 1000, "status_partially_refunded")
+    expect_khalti.not_a_transaction("tok")
     with django_capture_on_commit_callbacks(execute=True):
         assert services.reconcile(payment).status == Payment.Status.NEEDS_REVIEW
     assert [name for name, _, _ in signals] == ["needs_review"]
@@ -348,10 +350,10 @@ def verified(amount=1000, idx="IDX-1", token="tok-v"):
 
 
 def test_full_refund_calls_khalti_with_an_empty_body_and_records_it(
-    khalti, signals, admin_user, django_capture_on_commit_callbacks
+    expect_khalti, signals, admin_user, django_capture_on_commit_callbacks
 ):
     payment = verified()
-    khalti.refund("IDX-1", {})
+    expect_khalti.refund("IDX-1", {})
     with django_capture_on_commit_callbacks(execute=True):
         refund = services.refund_payment(payment, by=admin_user)
     payment.refresh_from_db()
@@ -365,10 +367,10 @@ def test_full_refund_calls_khalti_with_an_empty_body_and_records_it(
     assert [(name, kw["amount"]) for name, _, kw in signals] == [("refunded", 1000)]
 
 
-def test_partial_refunds_then_the_rest(khalti, signals, django_capture_on_commit_callbacks):
+def test_partial_refunds_then_the_rest(expect_khalti, signals, django_capture_on_commit_callbacks):
     payment = verified()
-    khalti.refund("IDX-1", {"amount": 400})
-    khalti.refund("IDX-1", {"amount": 600})
+    expect_khalti.refund("IDX-1", {"amount": 400})
+    expect_khalti.refund("IDX-1", {"amount": 600})
     with django_capture_on_commit_callbacks(execute=True):
         services.refund_payment(payment, amount=400)
         payment.refresh_from_db()
@@ -385,45 +387,45 @@ def test_partial_refunds_then_the_rest(khalti, signals, django_capture_on_commit
     ]
 
 
-def test_mobile_is_sent_for_bank_funded_payments(khalti):
+def test_mobile_is_sent_for_bank_funded_payments(expect_khalti):
     payment = verified()
-    khalti.refund("IDX-1", {"mobile": "9800000001"})
+    expect_khalti.refund("IDX-1", {"mobile": "9800000001"})
     assert services.refund_payment(payment, mobile="9800000001").mobile == "9800000001"
 
 
 @pytest.mark.parametrize("amount", [0, -1, 1001, True, 10.5])
-def test_refund_amount_must_be_within_what_remains(khalti, amount):
+def test_refund_amount_must_be_within_what_remains(expect_khalti, amount):
     payment = verified()
     with pytest.raises(KhaltiInvalidRefundAmount):
         services.refund_payment(payment, amount=amount)
-    assert not khalti.calls
+    assert not expect_khalti.calls
     assert not Refund.objects.exists()
 
 
 @pytest.mark.parametrize(
     "status", [Payment.Status.PENDING, Payment.Status.FAILED, Payment.Status.REFUNDED]
 )
-def test_only_a_confirmed_payment_with_money_left_can_be_refunded(khalti, status):
+def test_only_a_confirmed_payment_with_money_left_can_be_refunded(expect_khalti, status):
     payment = verified()
     Payment.objects.filter(pk=payment.pk).update(status=status)
     with pytest.raises(KhaltiNotRefundable):
         services.refund_payment(payment)
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
-def test_a_payment_without_khalti_idx_cannot_be_refunded(khalti):
+def test_a_payment_without_khalti_idx_cannot_be_refunded(expect_khalti):
     payment = verified(idx=None)
     with pytest.raises(KhaltiNotRefundable):
         services.refund_payment(payment)
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
 def test_khalti_refusing_records_nothing_refunded(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     payment = verified()
-    khalti.refund("IDX-1", {}, status=400, json=fixture("refund_refused"))
-    khalti.status("tok-v", 1000, "status_complete")  # asked: not refunded after all
+    expect_khalti.refund("IDX-1", {}, status=400, json=fixture("refund_refused"))
+    expect_khalti.status("tok-v", 1000, "status_complete")  # asked: not refunded after all
     with django_capture_on_commit_callbacks(execute=True):
         with pytest.raises(KhaltiRefundFailed, match=r"Refund period expired\."):
             services.refund_payment(payment)
@@ -436,25 +438,25 @@ def test_khalti_refusing_records_nothing_refunded(
     assert not signals
 
 
-def test_refund_needs_the_permission_when_a_user_asks(khalti, django_user_model):
+def test_refund_needs_the_permission_when_a_user_asks(expect_khalti, django_user_model):
     from django.contrib.auth.models import Permission
 
     payment = verified()
     clerk = django_user_model.objects.create_user("clerk", is_staff=True)
     with pytest.raises(PermissionDenied):
         services.refund_payment(payment, by=clerk)
-    assert not khalti.calls
+    assert not expect_khalti.calls
     clerk.user_permissions.add(Permission.objects.get(codename="refund_payment"))
     clerk = django_user_model.objects.get(pk=clerk.pk)  # fresh permission cache
-    khalti.refund("IDX-1", {})
+    expect_khalti.refund("IDX-1", {})
     assert services.refund_payment(payment, by=clerk).status == Refund.Status.SUCCEEDED
 
 
 def test_unknown_refund_outcome_blocks_another_refund_until_reconciled(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     payment = verified()
-    khalti.expect("refund", "IDX-1", {}, body=requests.exceptions.ReadTimeout())
+    expect_khalti.expect("refund", "IDX-1", {}, body=requests.exceptions.ReadTimeout())
     with pytest.raises(KhaltiUnavailable):
         services.refund_payment(payment)
     refund = payment.refunds.get()
@@ -470,7 +472,7 @@ def test_unknown_refund_outcome_blocks_another_refund_until_reconciled(
 
     Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
     refund.refresh_from_db()
-    khalti.status("tok-v", 1000, "status_refunded")
+    expect_khalti.status("tok-v", 1000, "status_refunded")
     with django_capture_on_commit_callbacks(execute=True):
         assert services.reconcile_refund(refund).status == Refund.Status.SUCCEEDED
     payment.refresh_from_db()
@@ -478,21 +480,23 @@ def test_unknown_refund_outcome_blocks_another_refund_until_reconciled(
     assert [(name, kw["amount"]) for name, _, kw in signals] == [("refunded", 1000)]
 
 
-def test_unknown_refund_that_khalti_shows_not_refunded_is_failed(khalti):
+def test_unknown_refund_that_khalti_shows_not_refunded_is_failed(expect_khalti):
     payment = verified()
     refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
     Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
     refund.refresh_from_db()
-    khalti.status("tok-v", 1000, "status_complete")
+    expect_khalti.status("tok-v", 1000, "status_complete")
     assert services.reconcile_refund(refund).status == Refund.Status.FAILED
     payment.refresh_from_db()
     assert payment.status == Payment.Status.VERIFIED
     # The payment is free for a new refund again.
-    khalti.refund("IDX-1", {})
+    expect_khalti.refund("IDX-1", {})
     assert services.refund_payment(payment).status == Refund.Status.SUCCEEDED
 
 
-def test_resubmitting_the_payload_of_a_refunded_payment_is_200_with_its_status(client, khalti):
+def test_resubmitting_the_payload_of_a_refunded_payment_is_200_with_its_status(
+    client, expect_khalti
+):
     verified(token="QUvsT4Y8aWd3zTVdLCbsNs")
     Payment.objects.update(status=Payment.Status.REFUNDED, refunded_amount=1000)
     response = client.post(
@@ -502,10 +506,10 @@ def test_resubmitting_the_payload_of_a_refunded_payment_is_200_with_its_status(c
     )
     assert response.status_code == 200
     assert response.json()["payment"]["status"] == "refunded"
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
-def test_a_late_worker_cannot_fail_a_payment_another_worker_took_over(khalti, signals):
+def test_a_late_worker_cannot_fail_a_payment_another_worker_took_over(expect_khalti, signals):
     payment = pending(claimed_at=timezone.now() - timedelta(hours=1))  # worker A, stalled
     late_a = Payment.objects.get(pk=payment.pk)
     assert services.claim(payment)  # worker B takes the stale claim over
@@ -528,11 +532,11 @@ def test_release_only_lets_go_of_this_workers_own_claim():
     assert payment.claimed_at is None
 
 
-def test_settling_clears_the_claim(khalti):
+def test_settling_clears_the_claim(expect_khalti):
     payment = pending()
-    khalti.status("tok", 1000, "status_complete")
-    khalti.not_a_transaction("tok")
-    khalti.transaction("IDX-1")
+    expect_khalti.status("tok", 1000, "status_complete")
+    expect_khalti.not_a_transaction("tok")
+    expect_khalti.transaction("IDX-1")
     services.reconcile(payment)
     payment.refresh_from_db()
     assert payment.status == Payment.Status.VERIFIED
@@ -546,7 +550,7 @@ def stale_refund(payment, amount):
     return refund
 
 
-def test_a_second_partial_refund_of_unknown_outcome_is_not_taken_as_done(khalti, signals):
+def test_a_second_partial_refund_of_unknown_outcome_is_not_taken_as_done(expect_khalti, signals):
     """After one partial refund, "Partially refunded" proves nothing about the next."""
     payment = verified()
     Payment.objects.filter(pk=payment.pk).update(
@@ -554,32 +558,32 @@ def test_a_second_partial_refund_of_unknown_outcome_is_not_taken_as_done(khalti,
     )
     payment.refresh_from_db()
     refund = stale_refund(payment, 200)
-    khalti.status("tok-v", 1000, "status_partially_refunded")
+    expect_khalti.status("tok-v", 1000, "status_partially_refunded")
     assert services.reconcile_refund(refund).status == Refund.Status.PENDING
     payment.refresh_from_db()
     assert payment.refunded_amount == 300
     assert not signals
 
 
-def test_refunded_for_less_than_what_remains_is_not_taken_as_this_refund(khalti):
+def test_refunded_for_less_than_what_remains_is_not_taken_as_this_refund(expect_khalti):
     payment = verified()
     refund = stale_refund(payment, 400)
-    khalti.status("tok-v", 1000, "status_refunded")
+    expect_khalti.status("tok-v", 1000, "status_refunded")
     assert services.reconcile_refund(refund).status == Refund.Status.PENDING
 
 
-def test_a_first_partial_refund_is_proven_by_partially_refunded(khalti):
+def test_a_first_partial_refund_is_proven_by_partially_refunded(expect_khalti):
     payment = verified()
     refund = stale_refund(payment, 400)
-    khalti.status("tok-v", 1000, "status_partially_refunded")
+    expect_khalti.status("tok-v", 1000, "status_partially_refunded")
     assert services.reconcile_refund(refund).status == Refund.Status.SUCCEEDED
     payment.refresh_from_db()
     assert (payment.status, payment.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
 
 
-def test_reconcile_refund_when_khalti_is_down_raises_and_stays_pending(khalti):
+def test_reconcile_refund_when_khalti_is_down_raises_and_stays_pending(expect_khalti):
     refund = stale_refund(verified(), 1000)
-    khalti.status(refund.payment.token, refund.payment.amount, status=503, body="")
+    expect_khalti.status(refund.payment.token, refund.payment.amount, status=503, body="")
     with pytest.raises(KhaltiUnavailable):
         services.reconcile_refund(refund)
     refund.refresh_from_db()
@@ -587,7 +591,7 @@ def test_reconcile_refund_when_khalti_is_down_raises_and_stays_pending(khalti):
 
 
 def test_a_person_resolves_what_khalti_cannot_tell(
-    khalti, signals, admin_user, django_user_model, django_capture_on_commit_callbacks
+    expect_khalti, signals, admin_user, django_user_model, django_capture_on_commit_callbacks
 ):
     payment = verified()
     refund = stale_refund(payment, 1000)
@@ -600,34 +604,34 @@ def test_a_person_resolves_what_khalti_cannot_tell(
     assert payment.status == Payment.Status.REFUNDED
     assert refund.khalti_response == {"resolved_by": str(admin_user), "note": "seen in dashboard"}
     assert [(n, kw["amount"]) for n, _, kw in signals] == [("refunded", 1000)]
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
-def test_refund_uses_the_rows_idx_not_a_stale_copy(khalti):
+def test_refund_uses_the_rows_idx_not_a_stale_copy(expect_khalti):
     payment = verified(idx="IDX-ROW")
     stale_copy = Payment.objects.get(pk=payment.pk)
     stale_copy.idx = None
-    khalti.refund("IDX-ROW", {})
+    expect_khalti.refund("IDX-ROW", {})
     assert services.refund_payment(stale_copy).status == Refund.Status.SUCCEEDED
 
 
-def test_a_payment_refunded_before_we_verified_it_is_not_refundable_from_the_app(khalti):
+def test_a_payment_refunded_before_we_verified_it_is_not_refundable_from_the_app(expect_khalti):
     payment = pending()
-    khalti.status("tok", 1000, "status_refunded")
-    khalti.not_a_transaction("tok")
+    expect_khalti.status("tok", 1000, "status_refunded")
+    expect_khalti.not_a_transaction("tok")
     services.reconcile(payment)
     assert payment.status == Payment.Status.REFUNDED
     assert payment.refundable_amount == 0
     with pytest.raises(KhaltiNotRefundable):
         services.refund_payment(payment, amount=100)
-    assert [c.endpoint for c in khalti.calls] == ["status", "transaction"]  # no refund
+    assert [c.endpoint for c in expect_khalti.calls] == ["status", "transaction"]  # no refund
 
 
 def test_reconcile_status_failed_fails_the_payment(
-    khalti, signals, django_capture_on_commit_callbacks
+    expect_khalti, signals, django_capture_on_commit_callbacks
 ):
     payment = pending()
-    khalti.status("tok", 1000, "status_failed")
+    expect_khalti.status("tok", 1000, "status_failed")
     with django_capture_on_commit_callbacks(execute=True):
         assert services.reconcile(payment).status == Payment.Status.FAILED
     assert "Payment failed" in payment.failure_reason
@@ -644,12 +648,12 @@ def test_reconcile_status_failed_fails_the_payment(
         ({"status": 400, "json": {"token": ["Invalid token."]}}, "status_confirmed", "pending"),
     ],
 )
-def test_confirmed_then_verify_times_out_or_is_rejected(khalti, verify, then, status):
+def test_confirmed_then_verify_times_out_or_is_rejected(expect_khalti, verify, then, status):
     payment = pending()
-    khalti.status("tok", 1000, "status_confirmed")
-    khalti.verify("tok", 1000, **verify)
+    expect_khalti.status("tok", 1000, "status_confirmed")
+    expect_khalti.verify("tok", 1000, **verify)
     if then:
-        khalti.status("tok", 1000, then)
+        expect_khalti.status("tok", 1000, then)
     if status == Payment.Status.PENDING and not then:
         with pytest.raises(KhaltiUnavailable):
             services.reconcile(payment)

@@ -90,7 +90,7 @@ def test_payment_url_must_be_on_khaltis_hosts(rsps, payment_url, accepted):
 
 
 def test_the_admins_refund_is_checked_against_what_was_refunded_under_the_row_lock(
-    admin_client, khalti, monkeypatch
+    admin_client, expect_khalti, monkeypatch
 ):
     """Between the request's check of the page and the refund's claim, another refund
     completes: the refund is refused under the row lock, and Khalti is not asked."""
@@ -137,6 +137,6 @@ def test_the_admins_refund_is_checked_against_what_was_refunded_under_the_row_lo
     )
     texts = [str(m) for m in response.context["messages"]]
     assert any("refunded meanwhile" in text for text in texts), texts
-    assert not khalti.calls  # nothing reached Khalti
+    assert not expect_khalti.calls  # nothing reached Khalti
     payment.refresh_from_db()
     assert payment.refunded_amount == 300

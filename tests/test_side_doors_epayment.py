@@ -39,11 +39,6 @@ def start_url(reference="ORD-A"):
 
 
 @pytest.fixture
-def khalti(khalti_fake):
-    return khalti_fake
-
-
-@pytest.fixture
 def orders(db):
     return {ref: Order.objects.create(reference=ref, total=1000) for ref in ("ORD-A", "ORD-B")}
 

@@ -38,7 +38,7 @@ from django_khalti.models import Payment, Refund
 from django_khalti.testing import OUTCOMES, KhaltiFake
 from shop.models import Order, OrderEvent
 
-from .conftest import KhaltiMock
+from .conftest import KhaltiExpectations
 
 pytestmark = pytest.mark.django_db
 
@@ -46,12 +46,6 @@ ROOT = Path(__file__).resolve().parent.parent
 VERIFY_URL = reverse("django_khalti:verify")
 INITIATE_URL = reverse("django_khalti:epayment-initiate")
 Status = Payment.Status
-
-
-@pytest.fixture
-def khalti(khalti_fake):
-    """The kit's fake, under the name the README uses."""
-    return khalti_fake
 
 
 def verify(client, payload):
@@ -670,10 +664,10 @@ def test_the_plugin_is_loaded_by_its_entry_point(request, khalti):
     plugin = request.config.pluginmanager.get_plugin("django_khalti")
     assert plugin is not None
     assert plugin.__name__ == "django_khalti.testing.plugin"
-    # This module's ``khalti`` is the plugin's; elsewhere in tests/, conftest.py's wins
-    # (the whole suite, written for KhaltiMock, shows it; so does the bare project below).
+    # Nothing in this project shadows the plugin's ``khalti``: conftest.py's strict
+    # expectations are a fixture of their own name, ``expect_khalti``, over ``khalti_fake``.
     assert isinstance(khalti, KhaltiFake)
-    assert not isinstance(khalti, KhaltiMock)
+    assert not isinstance(khalti, KhaltiExpectations)
 
 
 # --- the README's example, run here and in a bare shop project --------------------------
@@ -773,9 +767,9 @@ def test_the_plugin_never_breaks_a_run_without_responses(tmp_path):
 
 
 @pytest.mark.parametrize("mistake", ["amount", "token", "key", "twice", "never", "unexpected"])
-def test_the_suites_khalti_mock_fails_a_test_whose_calls_are_not_the_expected_ones(mistake):
+def test_the_suites_expectations_fails_a_test_whose_calls_are_not_the_expected_ones(mistake):
     with KhaltiFake() as fake:
-        mock = KhaltiMock(fake)
+        mock = KhaltiExpectations(fake)
         mock.verify("tok", 1000)
         client = KhaltiClient.from_settings()
         if mistake == "key":
@@ -795,9 +789,9 @@ def test_the_suites_khalti_mock_fails_a_test_whose_calls_are_not_the_expected_on
         mock.check()
 
 
-def test_the_suites_khalti_mock_passes_calls_made_as_expected():
+def test_the_suites_expectations_passes_calls_made_as_expected():
     with KhaltiFake() as fake:
-        mock = KhaltiMock(fake)
+        mock = KhaltiExpectations(fake)
         mock.verify("tok", 1000, body=requests.exceptions.ConnectTimeout())
         mock.verify("tok", 1000)
         mock.expect("status", json={"status": True, "state": "Initiated", "detail": ""}, times=2)

@@ -43,7 +43,7 @@ def post(client, data, **kwargs):
 
 @pytest.mark.parametrize("accept", ["ne", "ne-NP,ne;q=0.9,en;q=0.8"])
 def test_a_nepali_reader_gets_the_refusal_in_nepali_with_the_same_code(
-    client, khalti, payload, accept
+    client, expect_khalti, payload, accept
 ):
     english = post(client, {**payload, "product_identity": "NOPE"})
     nepali = post(
@@ -61,7 +61,7 @@ def test_a_nepali_reader_gets_the_refusal_in_nepali_with_the_same_code(
     assert nepali["Content-Language"] == "ne"
 
 
-def test_amount_mismatch_in_nepali(client, khalti, payload):
+def test_amount_mismatch_in_nepali(client, expect_khalti, payload):
     response = post(client, {**payload, "amount": 10}, headers=NE)
     assert response.status_code == 400
     assert response.json() == {
@@ -70,17 +70,17 @@ def test_amount_mismatch_in_nepali(client, khalti, payload):
     }
 
 
-def test_bad_input_is_a_nepali_field_error_under_the_same_field(client, khalti, payload):
+def test_bad_input_is_a_nepali_field_error_under_the_same_field(client, expect_khalti, payload):
     response = post(client, {**payload, "amount": "१०००"}, headers=NE)
     assert response.status_code == 400
     assert response.json() == {"amount": ["रकम पैसामा पूर्णाङ्कको रूपमा लेख्नुहोस्।"]}
     assert post(client, {**payload, "amount": "१०००"}).json() == {
         "amount": ["Enter the amount in paisa as a whole number."]
     }
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
-def test_a_misconfigured_shop_answers_503_in_nepali(client, khalti, payload):
+def test_a_misconfigured_shop_answers_503_in_nepali(client, expect_khalti, payload):
     with override_settings(
         KHALTI={"SECRET_KEY": "", "AMOUNT_RESOLVER": "shop.khalti.order_amount"}
     ):
@@ -89,8 +89,8 @@ def test_a_misconfigured_shop_answers_503_in_nepali(client, khalti, payload):
     assert response.json() == {"code": "not_configured", "detail": "अहिले भुक्तानी उपलब्ध छैन।"}
 
 
-def test_khalti_timing_out_answers_504_in_nepali(client, khalti, payload):
-    khalti.verify(payload["token"], 1000, body=requests.exceptions.ReadTimeout())
+def test_khalti_timing_out_answers_504_in_nepali(client, expect_khalti, payload):
+    expect_khalti.verify(payload["token"], 1000, body=requests.exceptions.ReadTimeout())
     response = post(client, payload, headers=NE)
     assert response.status_code == 504
     assert response.json() == {
@@ -100,8 +100,10 @@ def test_khalti_timing_out_answers_504_in_nepali(client, khalti, payload):
     assert Payment.objects.get().status == "pending"  # the status value stays a code
 
 
-def test_a_reason_khalti_gave_reaches_the_nepali_reader_inside_nepali_text(client, khalti, payload):
-    khalti.refused(payload["token"], 1000)
+def test_a_reason_khalti_gave_reaches_the_nepali_reader_inside_nepali_text(
+    client, expect_khalti, payload
+):
+    expect_khalti.refused(payload["token"], 1000)
     response = post(client, payload, headers=NE)
     assert response.status_code == 400
     assert response.json() == {
@@ -116,15 +118,15 @@ def test_a_reason_khalti_gave_reaches_the_nepali_reader_inside_nepali_text(clien
 # --- the ePayment result page ------------------------------------------------------------
 
 
-def test_the_epayment_result_page_renders_in_nepali(client, khalti, order):
-    khalti.initiate(order.total, order.reference, json=epayment_started())
+def test_the_epayment_result_page_renders_in_nepali(client, expect_khalti, order):
+    expect_khalti.initiate(order.total, order.reference, json=epayment_started())
     initiated = client.post(
         reverse("django_khalti:epayment-initiate"),
         json.dumps({"product_identity": order.reference, "product_name": "Dragon"}),
         content_type="application/json",
     )
     pidx = initiated.json()["pidx"]
-    khalti.lookup(pidx, "epayment_lookup_completed")
+    expect_khalti.lookup(pidx, "epayment_lookup_completed")
     page = client.get(reverse("django_khalti:epayment-return"), {"pidx": pidx}, headers=NE)
     assert page.status_code == 200
     text = page.content.decode()
@@ -135,14 +137,14 @@ def test_the_epayment_result_page_renders_in_nepali(client, khalti, order):
     assert "Payment received" not in text
 
 
-def test_a_refused_start_shows_the_nepali_page_with_the_nepali_reason(client, khalti):
+def test_a_refused_start_shows_the_nepali_page_with_the_nepali_reason(client, expect_khalti):
     Order.objects.create(reference="CHEAP", total=500)
     page = client.get(reverse("django_khalti:epayment-start", args=["CHEAP"]), headers=NE)
     assert page.status_code == 400
     text = page.content.decode()
     assert "<h1>भुक्तानी पूरा भएन</h1>" in text
     assert "खल्तीले रु. 10 वा सोभन्दा बढीको अनलाइन भुक्तानी मात्र लिन्छ।" in text
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
 # --- the admin -----------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def test_the_admin_in_nepali_shows_translated_labels_and_actions(admin_client, v
         assert label in change, label
 
 
-def test_admin_action_messages_and_pages_are_nepali(admin_client, khalti, verified):
+def test_admin_action_messages_and_pages_are_nepali(admin_client, expect_khalti, verified):
     pending = Payment.objects.create(
         token="tok-ne-pending",
         product_identity="ORD-NE-P",
@@ -194,7 +196,7 @@ def test_admin_action_messages_and_pages_are_nepali(admin_client, khalti, verifi
         order_claim=order_key("ORD-NE-P"),
         claimed_idx="idx-tok-ne-pending",
     )
-    khalti.complete(pending.token, pending.amount)
+    expect_khalti.complete(pending.token, pending.amount)
     changelist = reverse("admin:django_khalti_payment_changelist")
     selected = {"_selected_action": [str(pending.pk), str(verified.pk)], "index": "0"}
 

@@ -26,9 +26,9 @@ def test_url_is_named_and_prefixed():
 
 
 def test_verified_answers_200_marks_order_paid_and_fires_signal_once(
-    client, khalti, payload, order, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, order, signals, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
 
@@ -57,8 +57,8 @@ def test_verified_answers_200_marks_order_paid_and_fires_signal_once(
     assert order.paid
 
 
-def test_response_carries_no_payer_details_or_raw_record(client, khalti, payload):
-    khalti.verify(payload["token"], 1000)
+def test_response_carries_no_payer_details_or_raw_record(client, expect_khalti, payload):
+    expect_khalti.verify(payload["token"], 1000)
     text = post(client, payload).content.decode()
     assert "Test User" not in text
     assert "98XXXXXXX9" not in text
@@ -66,17 +66,17 @@ def test_response_carries_no_payer_details_or_raw_record(client, khalti, payload
     assert "fee_amount" not in text
 
 
-def test_form_body_is_accepted(client, khalti, payload):
-    khalti.verify(payload["token"], 1000)
+def test_form_body_is_accepted(client, expect_khalti, payload):
+    expect_khalti.verify(payload["token"], 1000)
     response = client.post(URL, data={**payload, "amount": "1000"})
     assert response.status_code == 200
     assert response.json()["status"] == "verified"
 
 
 def test_same_payload_again_is_200_without_calling_khalti_or_signalling_again(
-    client, khalti, payload, order, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, order, signals, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with django_capture_on_commit_callbacks(execute=True):
         first = post(client, payload)
     # The receiver has run: the shop's resolver no longer knows the (paid) order.
@@ -86,7 +86,7 @@ def test_same_payload_again_is_200_without_calling_khalti_or_signalling_again(
         second = post(client, payload)
     assert first.status_code == second.status_code == 200
     assert first.json() == second.json()
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
     assert len(signals) == 1
 
 
@@ -110,14 +110,14 @@ def test_same_payload_again_is_200_without_calling_khalti_or_signalling_again(
     ],
 )
 def test_malformed_input_is_400_field_errors_and_never_reaches_khalti(
-    client, khalti, payload, change, field
+    client, expect_khalti, payload, change, field
 ):
     data = {**payload, **change}
     data = {k: v for k, v in data.items() if v is not None}
     response = post(client, data)
     assert response.status_code == 400
     assert field in response.json()
-    assert not khalti.calls
+    assert not expect_khalti.calls
     assert not Payment.objects.exists()
 
 
@@ -129,12 +129,12 @@ def test_malformed_input_is_400_field_errors_and_never_reaches_khalti(
         ("<xml/>", "application/xml", 415),
     ],
 )
-def test_unparseable_bodies_are_4xx_json(client, khalti, body, content_type, status):
+def test_unparseable_bodies_are_4xx_json(client, expect_khalti, body, content_type, status):
     response = client.post(URL, data=body, content_type=content_type)
     assert response.status_code == status
     assert response["Content-Type"] == "application/json"
     assert response.json()
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
 def test_get_is_405(client):
@@ -143,49 +143,49 @@ def test_get_is_405(client):
     assert response.json()["detail"]
 
 
-def test_unknown_order_is_404(client, khalti, payload):
+def test_unknown_order_is_404(client, expect_khalti, payload):
     response = post(client, {**payload, "product_identity": "NOPE"})
     assert response.status_code == 404
     assert response.json()["code"] == "unknown_order"
     assert response.json()["detail"]
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
-def test_amount_differing_from_the_shops_is_400_amount_mismatch(client, khalti, payload):
+def test_amount_differing_from_the_shops_is_400_amount_mismatch(client, expect_khalti, payload):
     response = post(client, {**payload, "amount": 10})
     assert response.status_code == 400
     assert response.json()["code"] == "amount_mismatch"
-    assert not khalti.calls
+    assert not expect_khalti.calls
     assert not Payment.objects.exists()
 
 
-def test_token_replayed_on_another_order_is_409_token_used(client, khalti, payload):
+def test_token_replayed_on_another_order_is_409_token_used(client, expect_khalti, payload):
     Order.objects.create(reference="ORD-2", total=1000)
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     assert post(client, payload).status_code == 200
 
     response = post(client, {**payload, "product_identity": "ORD-2"})
     assert response.status_code == 409
     assert response.json()["code"] == "token_used"
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
     assert not Order.objects.get(reference="ORD-2").paid
 
 
-def test_token_replayed_for_another_amount_is_409_token_used(client, khalti, payload, order):
-    khalti.verify(payload["token"], 1000)
+def test_token_replayed_for_another_amount_is_409_token_used(client, expect_khalti, payload, order):
+    expect_khalti.verify(payload["token"], 1000)
     assert post(client, payload).status_code == 200
     # The shop changed the order's total since (or another order costs more).
     Order.objects.create(reference="ORD-3", total=5000)
     response = post(client, {**payload, "product_identity": "ORD-3", "amount": 5000})
     assert response.status_code == 409
     assert response.json()["code"] == "token_used"
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
 
 
 def test_second_token_for_a_paid_order_the_resolver_hides_is_404_and_never_verified(
-    client, khalti, payload, order, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, order, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     with django_capture_on_commit_callbacks(execute=True):
         assert post(client, payload).status_code == 200
     order.refresh_from_db()
@@ -195,48 +195,50 @@ def test_second_token_for_a_paid_order_the_resolver_hides_is_404_and_never_verif
     response = post(client, {**payload, "token": "another-token"})
     assert response.status_code == 404
     assert response.json()["code"] == "unknown_order"
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
     assert Payment.objects.count() == 1
 
 
 def test_second_token_for_a_paid_order_the_resolver_names_is_409_already_paid(
-    client, khalti, payload, order
+    client, expect_khalti, payload, order
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     assert post(client, payload).status_code == 200  # no receiver ran: the order looks unpaid
     response = post(client, {**payload, "token": "another-token"})
     assert (response.status_code, response.json()["code"]) == (409, "already_paid")
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
     assert Payment.objects.count() == 1
 
 
 def test_second_token_for_a_paid_order_the_resolver_still_knows_is_409_already_paid(
-    client, khalti, payload, order
+    client, expect_khalti, payload, order
 ):
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     assert post(client, payload).status_code == 200  # receiver not run: order unpaid
     response = post(client, {**payload, "token": "another-token"})
     assert response.status_code == 409
     assert response.json()["code"] == "already_paid"
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
 
 
 def test_second_token_while_first_is_pending_settles_the_first_and_is_409_in_progress(
-    client, khalti, payload
+    client, expect_khalti, payload
 ):
     first = Payment.objects.create(
         token="first", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
     )
-    khalti.status("first", 1000, "status_initiated")  # Khalti cannot tell yet
+    expect_khalti.status("first", 1000, "status_initiated")  # Khalti cannot tell yet
     response = post(client, {**payload, "token": "second"})
     assert response.status_code == 409
     assert response.json()["code"] == "in_progress"
-    assert not khalti.calls_to("https://khalti.test/api/v2/payment/verify/")
+    assert not expect_khalti.calls_to("https://khalti.test/api/v2/payment/verify/")
     first.refresh_from_db()
     assert first.status == Payment.Status.PENDING
 
 
-def test_second_token_while_first_is_pending_and_paid_is_409_already_paid(client, khalti, payload):
+def test_second_token_while_first_is_pending_and_paid_is_409_already_paid(
+    client, expect_khalti, payload
+):
     Payment.objects.create(
         token="first",
         product_identity="ORD-1",
@@ -244,9 +246,9 @@ def test_second_token_while_first_is_pending_and_paid_is_409_already_paid(client
         order_claim=order_key("ORD-1"),
         claimed_idx="IDX-FIRST",
     )
-    khalti.status("first", 1000, "status_complete")
-    khalti.not_a_transaction("first")
-    khalti.transaction("IDX-FIRST")
+    expect_khalti.status("first", 1000, "status_complete")
+    expect_khalti.not_a_transaction("first")
+    expect_khalti.transaction("IDX-FIRST")
     response = post(client, {**payload, "token": "second"})
     assert response.status_code == 409
     assert response.json()["code"] == "already_paid"
@@ -255,13 +257,13 @@ def test_second_token_while_first_is_pending_and_paid_is_409_already_paid(client
 
 
 def test_second_token_after_the_pending_first_turns_out_failed_pays_the_order(
-    client, khalti, payload
+    client, expect_khalti, payload
 ):
     Payment.objects.create(
         token="first", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
     )
-    khalti.status("first", 1000, "status_error")
-    khalti.verify("second", 1000)
+    expect_khalti.status("first", 1000, "status_error")
+    expect_khalti.verify("second", 1000)
     response = post(client, {**payload, "token": "second"})
     assert response.status_code == 200
     assert Payment.objects.get(token="first").status == Payment.Status.FAILED
@@ -269,7 +271,7 @@ def test_second_token_after_the_pending_first_turns_out_failed_pays_the_order(
 
 
 def test_second_token_while_the_first_is_in_flight_is_409_without_asking_khalti(
-    client, khalti, payload
+    client, expect_khalti, payload
 ):
     from django.utils import timezone
 
@@ -283,7 +285,7 @@ def test_second_token_while_the_first_is_in_flight_is_409_without_asking_khalti(
     response = post(client, {**payload, "token": "second"})
     assert response.status_code == 409
     assert response.json()["code"] == "in_progress"
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
 def every_order_costs_1000(request, product_identity):
@@ -297,17 +299,19 @@ def every_order_costs_1000(request, product_identity):
         "AMOUNT_RESOLVER": "tests.test_views.every_order_costs_1000",
     }
 )
-def test_order_references_differing_only_in_case_are_different_orders(client, khalti, payload):
+def test_order_references_differing_only_in_case_are_different_orders(
+    client, expect_khalti, payload
+):
     # (The shop's own Order table could not even hold both on MariaDB: a resolver
     # that knows every reference stands in for a shop whose references differ in case.)
-    khalti.verify(payload["token"], 1000)
-    khalti.verify("lower", 1000, json=transaction_record(idx="idx-of-lower"))
+    expect_khalti.verify(payload["token"], 1000)
+    expect_khalti.verify("lower", 1000, json=transaction_record(idx="idx-of-lower"))
     assert post(client, payload).status_code == 200
     response = post(client, {**payload, "token": "lower", "product_identity": "ord-1"})
     assert response.status_code == 200
 
 
-def test_token_being_verified_right_now_is_409_in_progress(client, khalti, payload):
+def test_token_being_verified_right_now_is_409_in_progress(client, expect_khalti, payload):
     from django.utils import timezone
 
     Payment.objects.create(
@@ -321,13 +325,13 @@ def test_token_being_verified_right_now_is_409_in_progress(client, khalti, paylo
     response = post(client, payload)
     assert response.status_code == 409
     assert response.json()["code"] == "in_progress"
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
 def test_khalti_rejecting_the_token_is_400_and_payment_failed(
-    client, khalti, payload, order, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, order, signals, django_capture_on_commit_callbacks
 ):
-    khalti.refused(payload["token"], 1000)
+    expect_khalti.refused(payload["token"], 1000)
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 400
@@ -345,19 +349,19 @@ def test_khalti_rejecting_the_token_is_400_and_payment_failed(
 
 
 def test_failed_token_resubmitted_gives_the_same_answer_without_calling_khalti(
-    client, khalti, payload
+    client, expect_khalti, payload
 ):
-    khalti.refused(payload["token"], 1000)
+    expect_khalti.refused(payload["token"], 1000)
     first = post(client, payload)
     second = post(client, payload)
     assert first.status_code == second.status_code == 400
     assert first.json() == second.json()
-    assert len(khalti.calls) == 2  # verify, then status's proof; nothing the second time
+    assert len(expect_khalti.calls) == 2  # verify, then status's proof; nothing the second time
 
 
-def test_new_token_after_a_failed_one_can_pay_the_order(client, khalti, payload, order):
-    khalti.refused(payload["token"], 1000)
-    khalti.verify("second-token", 1000)
+def test_new_token_after_a_failed_one_can_pay_the_order(client, expect_khalti, payload, order):
+    expect_khalti.refused(payload["token"], 1000)
+    expect_khalti.verify("second-token", 1000)
     assert post(client, payload).status_code == 400
     response = post(client, {**payload, "token": "second-token"})
     assert response.status_code == 200
@@ -374,11 +378,11 @@ def test_new_token_after_a_failed_one_can_pay_the_order(client, khalti, payload,
     ],
 )
 def test_khalti_record_not_completed_or_for_another_amount_is_400(
-    client, khalti, payload, order, record, code, status, reason
+    client, expect_khalti, payload, order, record, code, status, reason
 ):
-    khalti.verify(payload["token"], 1000, json=record)
+    expect_khalti.verify(payload["token"], 1000, json=record)
     if status == "failed":
-        khalti.status(payload["token"], 1000, "status_error")  # the proof nothing moved
+        expect_khalti.status(payload["token"], 1000, "status_error")  # the proof nothing moved
     response = post(client, payload)
     assert response.status_code == 400
     assert response.json()["code"] == code
@@ -392,9 +396,9 @@ def test_khalti_record_not_completed_or_for_another_amount_is_400(
 
 @pytest.mark.parametrize("state", ["Pending", "Initiated", "Processing", "Completed!"])
 def test_a_record_in_a_state_not_final_or_unknown_leaves_the_payment_pending(
-    client, khalti, payload, order, state, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, order, state, signals, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000, json=transaction_record(state=state))
+    expect_khalti.verify(payload["token"], 1000, json=transaction_record(state=state))
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 502
@@ -407,9 +411,9 @@ def test_a_record_in_a_state_not_final_or_unknown_leaves_the_payment_pending(
 
 @pytest.mark.parametrize("state", ["completed", "Complete", "COMPLETED", " Completed "])
 def test_a_completed_record_is_paid_however_khalti_spells_it(
-    client, khalti, payload, order, state, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, order, state, signals, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000, json=transaction_record(state=state))
+    expect_khalti.verify(payload["token"], 1000, json=transaction_record(state=state))
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 200
@@ -444,9 +448,9 @@ def test_a_completed_record_is_paid_however_khalti_spells_it(
     ],
 )
 def test_khalti_unavailable_or_unusable_is_5xx_and_payment_stays_pending(
-    client, khalti, payload, order, signals, django_capture_on_commit_callbacks, mock, status
+    client, expect_khalti, payload, order, signals, django_capture_on_commit_callbacks, mock, status
 ):
-    khalti.verify(payload["token"], 1000, **mock)
+    expect_khalti.verify(payload["token"], 1000, **mock)
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == status
@@ -460,47 +464,49 @@ def test_khalti_unavailable_or_unusable_is_5xx_and_payment_stays_pending(
 
 
 def test_resubmit_after_unknown_outcome_asks_status_and_never_verifies_blindly(
-    client, khalti, payload, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, signals, django_capture_on_commit_callbacks
 ):
-    khalti.verify(payload["token"], 1000, body=requests.exceptions.ReadTimeout())
+    expect_khalti.verify(payload["token"], 1000, body=requests.exceptions.ReadTimeout())
     assert post(client, payload).status_code == 504
     # Khalti did complete the payment; the answer was lost. A second verify
     # would be wrong: the status endpoint tells the truth, and Khalti's record of
     # the idx the buyer's page reported ties it to this payment. While that
     # record is out of reach, the payment stays pending.
-    khalti.status(payload["token"], 1000, "status_complete")
-    khalti.not_a_transaction(payload["token"])
-    khalti.transaction(payload["idx"], body=requests.exceptions.ConnectionError())
+    expect_khalti.status(payload["token"], 1000, "status_complete")
+    expect_khalti.not_a_transaction(payload["token"])
+    expect_khalti.transaction(payload["idx"], body=requests.exceptions.ConnectionError())
     assert post(client, payload).status_code == 503
     assert Payment.objects.get().status == Payment.Status.PENDING
-    khalti.status(payload["token"], 1000, "status_complete")
-    khalti.not_a_transaction(payload["token"])
-    khalti.transaction(payload["idx"])
+    expect_khalti.status(payload["token"], 1000, "status_complete")
+    expect_khalti.not_a_transaction(payload["token"])
+    expect_khalti.transaction(payload["idx"])
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 200
     assert response.json()["status"] == "verified"
     assert response.json()["payment"]["idx"] == payload["idx"]
-    assert len(khalti.calls_to("https://khalti.test/api/v2/payment/verify/")) == 1
+    assert len(expect_khalti.calls_to("https://khalti.test/api/v2/payment/verify/")) == 1
     assert len(signals) == 1
 
 
-def test_resubmit_after_unknown_outcome_verifies_when_khalti_awaits_it(client, khalti, payload):
-    khalti.verify(payload["token"], 1000, status=503, body="down")
+def test_resubmit_after_unknown_outcome_verifies_when_khalti_awaits_it(
+    client, expect_khalti, payload
+):
+    expect_khalti.verify(payload["token"], 1000, status=503, body="down")
     assert post(client, payload).status_code == 502
-    khalti.status(payload["token"], 1000, "status_confirmed")
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.status(payload["token"], 1000, "status_confirmed")
+    expect_khalti.verify(payload["token"], 1000)
     response = post(client, payload)
     assert response.status_code == 200
     assert Payment.objects.get().idx == "8xmeJnNXfoVjCvGcZiiGe7"
 
 
 def test_our_database_failing_after_khalti_answered_leaves_it_pending(
-    client, khalti, payload, monkeypatch, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, monkeypatch, signals, django_capture_on_commit_callbacks
 ):
     from django_khalti import services
 
-    khalti.verify(payload["token"], 1000)
+    expect_khalti.verify(payload["token"], 1000)
     real_transition = services._transition
 
     def broken(*args, **kwargs):
@@ -518,9 +524,9 @@ def test_our_database_failing_after_khalti_answered_leaves_it_pending(
     # tied to this payment by the transaction the page reported.
     monkeypatch.setattr(services, "_transition", real_transition)
     Payment.objects.update(claimed_at=Payment.objects.get().created_at.replace(year=2000))
-    khalti.status(payload["token"], 1000, "status_complete")
-    khalti.not_a_transaction(payload["token"])
-    khalti.transaction(payload["idx"])
+    expect_khalti.status(payload["token"], 1000, "status_complete")
+    expect_khalti.not_a_transaction(payload["token"])
+    expect_khalti.transaction(payload["idx"])
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 200
@@ -528,7 +534,7 @@ def test_our_database_failing_after_khalti_answered_leaves_it_pending(
 
 
 def test_receiver_that_raises_is_logged_and_payment_stays_verified(
-    client, khalti, payload, caplog, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, caplog, django_capture_on_commit_callbacks
 ):
     from django_khalti.signals import payment_verified
 
@@ -537,7 +543,7 @@ def test_receiver_that_raises_is_logged_and_payment_stays_verified(
 
     payment_verified.connect(broken_receiver)
     try:
-        khalti.verify(payload["token"], 1000)
+        expect_khalti.verify(payload["token"], 1000)
         with django_capture_on_commit_callbacks(execute=True):
             response = post(client, payload)
     finally:
@@ -554,9 +560,9 @@ def test_receiver_that_raises_is_logged_and_payment_stays_verified(
         "AMOUNT_RESOLVER": "shop.khalti.order_amount",
     }
 )
-def test_secret_key_never_in_responses_or_logs(client, khalti, payload, caplog):
+def test_secret_key_never_in_responses_or_logs(client, expect_khalti, payload, caplog):
     caplog.set_level("DEBUG")
-    khalti.verify(payload["token"], 1000, status=401, json=fixture("error_bad_key"))
+    expect_khalti.verify(payload["token"], 1000, status=401, json=fixture("error_bad_key"))
     response = post(client, payload)
     assert response.status_code == 502
     assert "test_secret_key_testproject" not in response.content.decode()
@@ -566,7 +572,7 @@ def test_secret_key_never_in_responses_or_logs(client, khalti, payload, caplog):
 
 @pytest.mark.parametrize("resolver", [None, "shop.nowhere.resolver", "shop.models.Order.objects"])
 def test_a_misconfigured_shop_gets_503_json_and_a_logged_error(
-    client, khalti, payload, caplog, resolver
+    client, expect_khalti, payload, caplog, resolver
 ):
     with override_settings(
         KHALTI={
@@ -580,18 +586,20 @@ def test_a_misconfigured_shop_gets_503_json_and_a_logged_error(
     assert response.json()["code"] == "not_configured"
     assert "AMOUNT_RESOLVER" in caplog.text
     assert "AMOUNT_RESOLVER" not in response.content.decode()
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
-def test_same_token_and_order_with_another_amount_is_409_token_used(client, khalti, payload, order):
-    khalti.verify(payload["token"], 1000)
+def test_same_token_and_order_with_another_amount_is_409_token_used(
+    client, expect_khalti, payload, order
+):
+    expect_khalti.verify(payload["token"], 1000)
     assert post(client, payload).status_code == 200
     # The shop raised the order's total since; the old token cannot pay the new amount.
     Order.objects.filter(pk=order.pk).update(total=2000, paid=False)
     response = post(client, {**payload, "amount": 2000})
     assert response.status_code == 409
     assert response.json()["code"] == "token_used"
-    assert len(khalti.calls) == 1
+    assert len(expect_khalti.calls) == 1
 
 
 def resolver_raising_type_error(request, product_identity):
@@ -611,7 +619,9 @@ def resolver_raising_http404(request, product_identity):
         ("tests.test_views.resolver_raising_http404", 404, "unknown_order"),
     ],
 )
-def test_a_resolver_raising_is_never_a_500(client, khalti, payload, caplog, resolver, status, code):
+def test_a_resolver_raising_is_never_a_500(
+    client, expect_khalti, payload, caplog, resolver, status, code
+):
     with override_settings(
         KHALTI={
             "SECRET_KEY": "test_secret_key_testproject",
@@ -623,13 +633,15 @@ def test_a_resolver_raising_is_never_a_500(client, khalti, payload, caplog, reso
     assert response.status_code == status
     assert response.json()["code"] == code
     assert not Payment.objects.exists()
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
 @pytest.mark.parametrize(
     "change", [{"TIMEOUT": "abc"}, {"BASE_URL": None}, {"SECRET_KEY": ""}], ids=str
 )
-def test_broken_client_settings_are_503_before_anything_is_written(client, khalti, payload, change):
+def test_broken_client_settings_are_503_before_anything_is_written(
+    client, expect_khalti, payload, change
+):
     config = {
         "SECRET_KEY": "test_secret_key_testproject",
         "BASE_URL": "https://khalti.test/",
@@ -643,7 +655,9 @@ def test_broken_client_settings_are_503_before_anything_is_written(client, khalt
     assert not Payment.objects.exists()  # no orphan claim on the order
 
 
-def test_our_database_failing_before_khalti_is_503_json(client, khalti, payload, monkeypatch):
+def test_our_database_failing_before_khalti_is_503_json(
+    client, expect_khalti, payload, monkeypatch
+):
     from django_khalti import services
 
     def broken(*args, **kwargs):
@@ -654,22 +668,22 @@ def test_our_database_failing_before_khalti_is_503_json(client, khalti, payload,
     assert response.status_code == 503
     assert response.json()["code"] == "unavailable"
     assert "locked" not in response.content.decode()
-    assert not khalti.calls
+    assert not expect_khalti.calls
 
 
-def test_a_long_payer_mobile_is_trimmed_not_a_database_error(client, khalti, payload):
+def test_a_long_payer_mobile_is_trimmed_not_a_database_error(client, expect_khalti, payload):
     record = transaction_record()
     record["user"]["mobile"] = "98" + "X" * 60
-    khalti.verify(payload["token"], 1000, json=record)
+    expect_khalti.verify(payload["token"], 1000, json=record)
     response = post(client, payload)
     assert response.status_code == 200
     assert len(Payment.objects.get().mobile) == 32
 
 
-def test_status_failed_after_unknown_outcome_fails_the_payment(client, khalti, payload):
-    khalti.verify(payload["token"], 1000, body=requests.exceptions.ConnectionError())
+def test_status_failed_after_unknown_outcome_fails_the_payment(client, expect_khalti, payload):
+    expect_khalti.verify(payload["token"], 1000, body=requests.exceptions.ConnectionError())
     assert post(client, payload).status_code == 503
-    khalti.status(
+    expect_khalti.status(
         payload["token"],
         1000,
         json={"status": False, "state": "Failed", "detail": "Payment failed"},
@@ -681,16 +695,16 @@ def test_status_failed_after_unknown_outcome_fails_the_payment(client, khalti, p
 
 
 def test_a_paid_status_nothing_ties_to_the_payment_needs_review(
-    client, khalti, payload, order, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, order, signals, django_capture_on_commit_callbacks
 ):
     """Khalti's status answer names no transaction: without the idx the widget
     reported, nothing ties its "Complete" to this payment (it may be another
     payment's idx posted as a token): the payment needs review, never verified."""
     del payload["idx"]
-    khalti.verify(payload["token"], 1000, body=requests.exceptions.ReadTimeout())
+    expect_khalti.verify(payload["token"], 1000, body=requests.exceptions.ReadTimeout())
     assert post(client, payload).status_code == 504
-    khalti.status(payload["token"], 1000, "status_complete")
-    khalti.not_a_transaction(payload["token"])
+    expect_khalti.status(payload["token"], 1000, "status_complete")
+    expect_khalti.not_a_transaction(payload["token"])
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 400
@@ -702,11 +716,11 @@ def test_a_paid_status_nothing_ties_to_the_payment_needs_review(
 
 
 def test_a_record_khalti_already_refunded_is_not_paid(
-    client, khalti, payload, order, signals, django_capture_on_commit_callbacks
+    client, expect_khalti, payload, order, signals, django_capture_on_commit_callbacks
 ):
     record = transaction_record()
     record["refunded"] = True
-    khalti.verify(payload["token"], 1000, json=record)
+    expect_khalti.verify(payload["token"], 1000, json=record)
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 400
