@@ -631,13 +631,7 @@ class PaymentAdmin(_PaymentAdmin):
     ) -> HttpResponse | None:
         """For a refund Khalti's API cannot settle: a person records what the dashboard shows."""
         # A refund younger than the claim timeout may still be in flight: not yet.
-        refunds = list(
-            Refund.objects.filter(
-                payment__in=queryset,
-                status=Refund.Status.PENDING,
-                created_at__lt=services.stale_since(),
-            ).select_related("payment")
-        )
+        refunds = list(services.refunds_awaiting_outcome().filter(payment__in=queryset))
         if not refunds:
             self.message_user(
                 request,

@@ -21,6 +21,7 @@ from django.utils import timezone
 from django_khalti import services
 from django_khalti.conf import khalti_settings
 from django_khalti.models import Payment, SignalDelivery, order_key
+from django_khalti.services import state
 from shop.models import Order, OrderEvent
 
 from .conftest import transaction_record
@@ -227,8 +228,6 @@ def test_atomic_requests_project_still_commits_the_pending_row_first(
 def test_services_refuse_to_run_inside_a_callers_transaction(expect_khalti, payload):
     from django.db import transaction
 
-    from django_khalti import services
-
     with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
         services.verify_payment(
             None,
@@ -241,7 +240,6 @@ def test_services_refuse_to_run_inside_a_callers_transaction(expect_khalti, payl
 
 
 def test_return_callbacks_racing_reconcile_settle_an_epayment_once(expect_khalti, order, signals):
-    from django_khalti import services
 
     payment = Payment.objects.create(
         flow=Payment.Flow.EPAYMENT,
@@ -302,7 +300,6 @@ def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(expect_khalti
 
     from django.utils import timezone
 
-    from django_khalti import services
     from django_khalti.models import Refund
 
     payment = Payment.objects.create(
@@ -350,7 +347,6 @@ def test_a_batch_passes_over_rows_another_reconciler_holds(expect_khalti):
 
     from django.utils import timezone
 
-    from django_khalti import services
     from django_khalti.conf import khalti_settings
 
     for minutes, token in ((11, "held"), (10, "free")):
@@ -363,13 +359,17 @@ def test_a_batch_passes_over_rows_another_reconciler_holds(expect_khalti):
         Payment.objects.filter(pk=p.pk).update(
             created_at=timezone.now() - timedelta(minutes=minutes)
         )
-    assert services.claim(Payment.objects.get(token="held"))
-    batch, _ = services.pending_batch(timedelta(0), 10)
+    assert state.claim(Payment.objects.get(token="held"))
+    batch = services.reconcile_due(
+        older_than=timedelta(0), failed_within=timedelta(0), dry_run=True
+    ).would_check
     assert [p.token for p in batch] == ["free"]
 
     stale = timezone.now() - timedelta(seconds=khalti_settings.stale_after + 1)
     Payment.objects.filter(token="held").update(claimed_at=stale)
-    batch, _ = services.pending_batch(timedelta(0), 10)
+    batch = services.reconcile_due(
+        older_than=timedelta(0), failed_within=timedelta(0), dry_run=True
+    ).would_check
     assert [p.token for p in batch] == ["held", "free"]
 
 
@@ -509,9 +509,9 @@ def test_two_settlements_racing_on_one_payment_change_it_once(signals):
         payment = pending_payment(f"ORD-SETTLE-{run}")
         verifier, failer = (Payment.objects.get(pk=payment.pk) for _ in range(2))
         won = race(
-            partial(services._transition, verifier, Payment.Status.VERIFIED, received_amount=1000),
+            partial(state._transition, verifier, Payment.Status.VERIFIED, received_amount=1000),
             partial(
-                services._transition,
+                state._transition,
                 failer,
                 Payment.Status.FAILED,
                 order_claim=None,
@@ -531,10 +531,10 @@ def test_a_worker_whose_claim_was_taken_over_never_fails_the_payment(signals):
         payment = pending_payment(f"ORD-STALE-{run}", claimed_at=stale, attempts=1)
         a = Payment.objects.get(pk=payment.pk)
         b = Payment.objects.get(pk=payment.pk)
-        assert services.claim(b)
+        assert state.claim(b)
         race(
-            partial(services._fail, a, "Khalti refused the repeat."),
-            partial(services._verified, b, 1000, {"idx": f"TX-STALE-{run}"}),
+            partial(state._fail, a, "Khalti refused the repeat."),
+            partial(state._verified, b, 1000, {"idx": f"TX-STALE-{run}"}),
         )
         payment.refresh_from_db()
         assert payment.status == Payment.Status.VERIFIED, (run, payment.failure_reason)

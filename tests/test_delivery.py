@@ -30,6 +30,7 @@ from django_khalti.exceptions import (
     KhaltiRefundUnknown,
 )
 from django_khalti.models import Payment, Refund, SignalDelivery, order_key
+from django_khalti.services import reconciliation, state
 from django_khalti.signals import payment_verified
 from shop import receivers
 from shop.models import Order, OrderEvent
@@ -378,7 +379,7 @@ def test_a_host_whose_clock_runs_ahead_does_not_take_over_a_live_claim(expect_kh
         token="tok-live", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
     )
     Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(hours=2))
-    assert services.claim(Payment.objects.get(pk=payment.pk))  # a worker is at it right now
+    assert state.claim(Payment.objects.get(pk=payment.pk))  # a worker is at it right now
     with host_clock_ahead():
         out = reconcile("--payment", str(payment.pk))
     assert "0 verified" in out
@@ -399,7 +400,7 @@ def test_reconcile_ages_are_read_on_the_database_clock(expect_khalti):
         token="tok-new", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
     )
     with host_clock_ahead():
-        batch, _ = services.pending_batch(timedelta(seconds=120), 10)
+        batch = services.reconcile_due(dry_run=True, failed_within=timedelta(0)).would_check
     assert fresh not in batch
 
 
@@ -596,7 +597,7 @@ def test_review_a_delivery_taken_by_another_deliverer_is_reported_as_a_raising_r
             assert services.deliver(delivery)  # reconciler A: delivered
         return due
 
-    with mock.patch.object(services, "due_deliveries", read_then_other_delivers):
+    with mock.patch.object(reconciliation, "due_deliveries", read_then_other_delivers):
         out = reconcile()  # no CommandError: nothing raised
     assert "signals delivered again 0, still undelivered 0" in out
 
@@ -630,15 +631,15 @@ def test_review_failed_recheck_schedule_mixes_host_stamps_with_the_db_clock(expe
     payment = Payment.objects.create(
         token="tok-f", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
     )
-    services.claim(payment)
+    state.claim(payment)
     with mock.patch("django.utils.timezone.now", return_value=timezone.now() + timedelta(hours=2)):
-        services._fail(payment, "Khalti says failed")
+        state._fail(payment, "Khalti says failed")
     # 65 minutes pass on every clock.
     Payment.objects.filter(pk=payment.pk).update(
         updated_at=F("updated_at") - timedelta(minutes=65),
         created_at=F("created_at") - timedelta(minutes=65),
     )
-    batch, _ = services.failed_batch(timedelta(days=7), 10)
+    batch = services.reconcile_due(dry_run=True).would_check
     assert [p.pk for p in batch] == [payment.pk]
 
 
@@ -713,12 +714,12 @@ def test_review_holds_stale_payment_copy_cannot_claim(expect_khalti):
         token="tok-s", product_identity="ORD-1", amount=1000, order_claim=order_key("ORD-1")
     )
     stale = Payment.objects.get(pk=payment.pk)
-    assert services.claim(payment)
-    services._release(payment)
-    assert not services.claim(stale)  # same status, no claim, but an older generation
+    assert state.claim(payment)
+    state._release(payment)
+    assert not state.claim(stale)  # same status, no claim, but an older generation
     stale.refresh_from_db()
-    assert services.claim(stale)
-    assert not services._fail(payment, "old holder")  # the older holder cannot fail it
+    assert state.claim(stale)
+    assert not state._fail(payment, "old holder")  # the older holder cannot fail it
     assert Payment.objects.get(pk=payment.pk).status == Status.PENDING
 
 

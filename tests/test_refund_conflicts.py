@@ -17,6 +17,7 @@ from django_khalti.exceptions import (
     KhaltiRefundFailed,
 )
 from django_khalti.models import Payment, Refund, SignalDelivery
+from django_khalti.services import epayment, lookup
 
 from .conftest import fixture
 from .test_delivery import past_grace, short_grace, unknown_refund, verified_payment  # noqa: F401
@@ -155,7 +156,7 @@ def test_link_dead_without_expires_at(age_minutes, dead):
     Payment.objects.filter(pk=payment.pk).update(
         created_at=timezone.now() - timedelta(minutes=age_minutes)
     )
-    assert services._link_dead(payment) is dead
+    assert lookup._link_dead(payment) is dead
 
 
 @pytest.mark.parametrize(
@@ -163,7 +164,7 @@ def test_link_dead_without_expires_at(age_minutes, dead):
 )
 def test_link_dead_with_expires_at(expires_in_minutes, dead):
     payment = _epayment(expires_at=timezone.now() + timedelta(minutes=expires_in_minutes))
-    assert services._link_dead(payment) is dead
+    assert lookup._link_dead(payment) is dead
 
 
 @pytest.mark.parametrize(
@@ -171,7 +172,7 @@ def test_link_dead_with_expires_at(expires_in_minutes, dead):
 )
 def test_link_still_good(expires_in_seconds, good):
     payment = _epayment(expires_at=timezone.now() + timedelta(seconds=expires_in_seconds))
-    assert services._link_still_good(payment, 1000) is good
+    assert epayment._link_still_good(payment, 1000) is good
 
 
 @pytest.mark.django_db(transaction=True)

@@ -19,6 +19,7 @@ from django_khalti.exceptions import (
     KhaltiUnknownOrder,
 )
 from django_khalti.models import Payment, Refund, order_key
+from django_khalti.services import state
 
 from .conftest import fixture, transaction_record
 
@@ -235,8 +236,8 @@ def test_transition_changes_a_status_only_once(signals, django_capture_on_commit
     payment = pending()
     other_copy = Payment.objects.get(pk=payment.pk)
     with django_capture_on_commit_callbacks(execute=True):
-        assert services._transition(payment, Payment.Status.VERIFIED) is True
-        assert services._transition(other_copy, Payment.Status.FAILED, failure_reason="x") is False
+        assert state._transition(payment, Payment.Status.VERIFIED) is True
+        assert state._transition(other_copy, Payment.Status.FAILED, failure_reason="x") is False
     assert other_copy.status == Payment.Status.VERIFIED  # sees the winner's row
     assert [name for name, _, _ in signals] == ["verified"]
 
@@ -244,7 +245,7 @@ def test_transition_changes_a_status_only_once(signals, django_capture_on_commit
 def test_signal_is_sent_only_after_commit(signals, django_capture_on_commit_callbacks):
     payment = pending()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services._transition(payment, Payment.Status.VERIFIED)
+        state._transition(payment, Payment.Status.VERIFIED)
     assert not signals
     assert len(callbacks) == 1
     callbacks[0]()
@@ -512,8 +513,8 @@ def test_resubmitting_the_payload_of_a_refunded_payment_is_200_with_its_status(
 def test_a_late_worker_cannot_fail_a_payment_another_worker_took_over(expect_khalti, signals):
     payment = pending(claimed_at=timezone.now() - timedelta(hours=1))  # worker A, stalled
     late_a = Payment.objects.get(pk=payment.pk)
-    assert services.claim(payment)  # worker B takes the stale claim over
-    assert services._fail(late_a, "Khalti rejected the payment: token: Invalid token.") is False
+    assert state.claim(payment)  # worker B takes the stale claim over
+    assert state._fail(late_a, "Khalti rejected the payment: token: Invalid token.") is False
     payment.refresh_from_db()
     assert payment.status == Payment.Status.PENDING
     assert payment.order_claim == order_key("ORD-1")
@@ -523,11 +524,11 @@ def test_a_late_worker_cannot_fail_a_payment_another_worker_took_over(expect_kha
 def test_release_only_lets_go_of_this_workers_own_claim():
     payment = pending(claimed_at=timezone.now() - timedelta(hours=1))
     late_a = Payment.objects.get(pk=payment.pk)
-    assert services.claim(payment)
-    services._release(late_a)  # A's stale claim is no longer the row's
+    assert state.claim(payment)
+    state._release(late_a)  # A's stale claim is no longer the row's
     payment.refresh_from_db()
     assert payment.claimed_at is not None
-    services._release(Payment.objects.get(pk=payment.pk))
+    state._release(Payment.objects.get(pk=payment.pk))
     payment.refresh_from_db()
     assert payment.claimed_at is None
 

@@ -545,8 +545,8 @@ def test_a_start_taken_over_while_khalti_was_slow_tells_the_truth(
     now" (409, a pending page that reloads) of a row stored failed. (The
     KhaltiUnavailable branch just above handles the same takeover truthfully.)
     """
-    from django_khalti import services
     from django_khalti.client import KhaltiClient
+    from django_khalti.services import lookup, state
 
     real_initiate = KhaltiClient.initiate
 
@@ -558,8 +558,8 @@ def test_a_start_taken_over_while_khalti_was_slow_tells_the_truth(
             claimed_at=timezone.now() - timedelta(hours=1)
         )
         holder = Payment.objects.get(flow=Payment.Flow.EPAYMENT)
-        assert services.claim(holder)
-        services._settle(self, holder, services._supersede)
+        assert state.claim(holder)
+        state._settle(self, holder, lookup._supersede)
         return real_initiate(self, **kwargs)
 
     monkeypatch.setattr(KhaltiClient, "initiate", slow_initiate)
@@ -687,12 +687,12 @@ def test_a_late_completion_retries_after_the_second_holder_let_go(
     needs_review ("paid or being paid by another payment": neither is true).
     The stranger's second start in the window is simulated by wrapping _free_order.
     """
-    from django_khalti import services
+    from django_khalti.services import settle
 
     buyer, stranger = Client(), Client()
     epayment, link = open_link(buyer, khalti)
     assert stranger.post(start_url()).status_code == 302  # link B superseded
-    real_free = services._free_order
+    real_free = settle._free_order
     starts = []
 
     def free_then_a_stranger_starts(client, holder, **kwargs):
@@ -701,7 +701,7 @@ def test_a_late_completion_retries_after_the_second_holder_let_go(
             starts.append(Client().post(start_url()))  # another fresh session
         return freed
 
-    monkeypatch.setattr(services, "_free_order", free_then_a_stranger_starts)
+    monkeypatch.setattr(settle, "_free_order", free_then_a_stranger_starts)
     with django_capture_on_commit_callbacks(execute=True):
         buyer.get(khalti.pay(epayment))
     assert starts

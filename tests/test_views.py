@@ -504,15 +504,15 @@ def test_resubmit_after_unknown_outcome_verifies_when_khalti_awaits_it(
 def test_our_database_failing_after_khalti_answered_leaves_it_pending(
     client, expect_khalti, payload, monkeypatch, signals, django_capture_on_commit_callbacks
 ):
-    from django_khalti import services
+    from django_khalti.services import state
 
     expect_khalti.verify(payload["token"], 1000)
-    real_transition = services._transition
+    real_transition = state._transition
 
     def broken(*args, **kwargs):
         raise DatabaseError("connection lost")
 
-    monkeypatch.setattr(services, "_transition", broken)
+    monkeypatch.setattr(state, "_transition", broken)
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, payload)
     assert response.status_code == 502
@@ -522,7 +522,7 @@ def test_our_database_failing_after_khalti_answered_leaves_it_pending(
 
     # Later, once the claim is stale, a resubmission settles it from Khalti's status,
     # tied to this payment by the transaction the page reported.
-    monkeypatch.setattr(services, "_transition", real_transition)
+    monkeypatch.setattr(state, "_transition", real_transition)
     Payment.objects.update(claimed_at=Payment.objects.get().created_at.replace(year=2000))
     expect_khalti.status(payload["token"], 1000, "status_complete")
     expect_khalti.not_a_transaction(payload["token"])
@@ -658,12 +658,12 @@ def test_broken_client_settings_are_503_before_anything_is_written(
 def test_our_database_failing_before_khalti_is_503_json(
     client, expect_khalti, payload, monkeypatch
 ):
-    from django_khalti import services
+    from django_khalti.services import widget
 
     def broken(*args, **kwargs):
         raise DatabaseError("database is locked")
 
-    monkeypatch.setattr(services, "_claim_order", broken)
+    monkeypatch.setattr(widget, "_claim_order", broken)
     response = post(client, payload)
     assert response.status_code == 503
     assert response.json()["code"] == "unavailable"

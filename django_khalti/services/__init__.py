@@ -1,0 +1,44 @@
+"""Business rules: the shop's amount, exactly-once, every status change.
+
+The views, the admin and ``khalti_reconcile`` call only what this package
+exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
+
+- use cases: :mod:`.widget` (verify a widget payment), :mod:`.epayment` (start
+  a link, settle its return), :mod:`.refunds`, :mod:`.reconciliation` (the one
+  reconciliation path, for the command and the admin);
+- settling with Khalti: :mod:`.settle` (ask Khalti about a claimed payment in
+  its flow; one live payment an order), over :mod:`.answers` (the widget's
+  verify and status) and :mod:`.lookup` (ePayment's lookup);
+- state: :mod:`.state` (claims, and :func:`~.state._transition`, the only place
+  a status changes) and :mod:`.outbox` (signals, delivered at least once);
+- :mod:`.shop`: the shop's resolver, the only source of an order's amount.
+"""
+
+from .epayment import settle_epayment_return, start_epayment
+from .outbox import deliver, deliver_due, due_deliveries
+from .reconciliation import Reconciliation, recheck_failed, reconcile, reconcile_due
+from .refunds import reconcile_refund, refund_payment, refunds_awaiting_outcome, resolve_refund
+from .shop import MAX_AMOUNT, MIN_EPAYMENT_AMOUNT, epayment_order, expected_amount, resolve_order
+from .widget import verify_payment
+
+__all__ = [
+    "MAX_AMOUNT",
+    "MIN_EPAYMENT_AMOUNT",
+    "Reconciliation",
+    "deliver",
+    "deliver_due",
+    "due_deliveries",
+    "epayment_order",
+    "expected_amount",
+    "recheck_failed",
+    "reconcile",
+    "reconcile_due",
+    "reconcile_refund",
+    "refund_payment",
+    "refunds_awaiting_outcome",
+    "resolve_order",
+    "resolve_refund",
+    "settle_epayment_return",
+    "start_epayment",
+    "verify_payment",
+]

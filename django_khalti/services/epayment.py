@@ -1,0 +1,211 @@
+"""ePayment (KPG-2): start a payment link for an order, settle the buyer's return."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
+
+from django.conf import settings
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.crypto import salted_hmac
+from django.utils.translation import gettext as _
+
+from ..client import KhaltiClient
+from ..conf import khalti_settings, website_url_is_sane
+from ..exceptions import (
+    KhaltiConfigurationError,
+    KhaltiInitiationRejected,
+    KhaltiInProgress,
+    KhaltiRejected,
+    KhaltiUnavailable,
+    KhaltiUnknownPayment,
+)
+from ..models import DbNow, Payment
+from .outbox import _due_exists, deliver_due
+from .reconciliation import reconcile
+from .settle import _claim_order
+from .shop import epayment_order
+from .state import _fail, _held, _read_later
+
+if TYPE_CHECKING:
+    from rest_framework.request import Request
+
+logger = logging.getLogger(__name__)
+
+Status = Payment.Status
+
+
+def start_epayment(
+    request: HttpRequest | Request,
+    product_identity: str,
+    product_name: str,
+    customer_info: dict[str, Any] | None = None,
+    amount_breakdown: list[dict[str, Any]] | None = None,
+    product_details: list[dict[str, Any]] | None = None,
+) -> Payment:
+    """Start an ePayment for the order and return its pending :class:`Payment`,
+    whose ``payment_url`` the buyer is sent to.
+
+    The amount is the resolver's, never the client's. While the order's
+    ePayment link is still good, the same buyer (user, else session) asking
+    again gets that same payment; anyone else gets a new link, and the old
+    one, looked up and found unpaid, is superseded.
+    """
+    client = KhaltiClient.from_settings()
+    # Everything that can fail on our side, before the order is claimed.
+    website_url = _website_url(request)
+    return_url = urljoin(website_url, reverse("django_khalti:epayment-return"))
+    buyer = _buyer_of(request)
+    order = epayment_order(request, product_identity)
+    expected = order.amount
+    payment, created = _claim_order(
+        client,
+        product_identity,
+        order,
+        flow=Payment.Flow.EPAYMENT,
+        purchase_order_name=product_name,
+        started_by=buyer,
+        reuse=lambda holder: (
+            bool(buyer) and holder.started_by == buyer and _link_still_good(holder, expected)
+        ),
+    )
+    if not created:
+        return payment
+    try:
+        started = client.initiate(
+            return_url=return_url,
+            website_url=website_url,
+            amount=expected,
+            purchase_order_id=order.reference,
+            purchase_order_name=product_name,
+            customer_info=customer_info,
+            amount_breakdown=amount_breakdown,
+            product_details=product_details,
+        )
+    except KhaltiRejected as exc:
+        # Never started: the buyer paid nothing, so no payment_failed is sent.
+        _fail(
+            payment,
+            _("Khalti refused to start the payment: %s") % exc.detail,
+            exc.body,
+            notify=False,
+        )
+        errors = {k: v for k, v in (exc.body or {}).items() if k != "error_key"}
+        raise KhaltiInitiationRejected(exc.detail, errors=errors) from exc
+    except KhaltiUnavailable as exc:
+        # Whatever Khalti made of it, the buyer never got a link to pay.
+        if not _fail(payment, _("Khalti could not be reached to start the payment."), notify=False):
+            raise  # taken over meanwhile (a claim gone stale): it is pending, as exc says
+        raise type(exc)(
+            _("Khalti could not be reached, so the payment was not started. Try again shortly.")
+        ) from None
+    fields = {
+        "pidx": started.pidx,
+        "payment_url": started.payment_url,
+        # Khalti's expiry; else Khalti's documented hour, on the database's clock.
+        "expires_at": started.expires_at or DbNow() + timedelta(minutes=60),
+        "khalti_response": started.raw,
+    }
+    # The pidx is a fact about this row, stored whatever became of it meanwhile...
+    Payment.objects.filter(pk=payment.pk).update(updated_at=DbNow(), **fields)
+    # ...but the link goes to the buyer only if the row is still ours and pending.
+    still_ours = Payment.objects.filter(
+        _held(payment), pk=payment.pk, status=Status.PENDING
+    ).update(claimed_at=None)
+    if not still_ours:
+        payment.refresh_from_db()
+        if payment.status == Status.FAILED:
+            raise KhaltiInProgress(
+                _(
+                    "The payment was not started: another payment for this order took its "
+                    "place meanwhile. Try again."
+                )
+            )
+        raise KhaltiInProgress()
+    for name, value in fields.items():
+        setattr(payment, name, value)
+    payment.claimed_at = None
+    _read_later(payment, "updated_at", *([] if started.expires_at else ["expires_at"]))
+    return payment
+
+
+def _website_url(request: HttpRequest | Request) -> str:
+    """The shop's public origin, ``KHALTI["WEBSITE_URL"]``, that Khalti's return URL
+    is built on: never the request's ``Host`` header, which the buyer (or an
+    attacker) writes. Only with ``DEBUG`` does the request's origin stand in.
+    """
+    website_url = khalti_settings.WEBSITE_URL
+    if website_url:
+        if not website_url_is_sane(website_url):
+            raise KhaltiConfigurationError(
+                "KHALTI['WEBSITE_URL'] must be the shop's public origin, such as "
+                f"'https://shop.example.com', not {website_url!r}."
+            )
+        return str(website_url)
+    if settings.DEBUG:
+        return f"{request.scheme}://{request.get_host()}"
+    raise KhaltiConfigurationError(
+        "KHALTI['WEBSITE_URL'] is not set: an ePayment's return URL is built on the shop's "
+        "public origin, never on the request's Host header (check django_khalti.E005)."
+    )
+
+
+def _buyer_of(request: HttpRequest | Request) -> str:
+    """Who is starting a payment: a keyed hash of the logged-in user, else of the
+    session (saved now if new); empty when neither tells the buyer apart.
+    """
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        who = f"user:{user.pk}"
+    else:
+        session = getattr(request, "session", None)
+        if session is None:
+            return ""
+        if not session.session_key:
+            session.save()
+        if not session.session_key:
+            return ""
+        who = f"session:{session.session_key}"
+    return salted_hmac("django_khalti.buyer", who, algorithm="sha256").hexdigest()
+
+
+def _link_still_good(payment: Payment, amount: int) -> bool:
+    """A pending ePayment for this amount whose link the buyer can still use (for a
+    minute more, on the database's clock).
+    """
+    return bool(
+        payment.flow == Payment.Flow.EPAYMENT
+        and payment.status == Status.PENDING
+        and payment.amount == amount
+        and payment.payment_url
+        and Payment.objects.filter(
+            pk=payment.pk, expires_at__gt=DbNow() + timedelta(minutes=1)
+        ).exists()
+    )
+
+
+def settle_epayment_return(pidx: str) -> Payment:
+    """Settle the ePayment the buyer came back from, by asking Khalti's lookup.
+
+    Only the ``pidx`` is taken from the return URL; everything else in it is
+    the browser's word. A payment recorded failed is looked up again, read-only
+    (the buyer may have paid after all: :func:`recheck_failed`). Returns the
+    payment as it stands afterwards (still pending if Khalti says so, or
+    another worker is settling it right now).
+    Raises :class:`KhaltiUnknownPayment` for a pidx we never started and
+    :class:`KhaltiUnavailable` when Khalti could not be asked.
+    """
+    payment = (
+        Payment.objects.filter(pidx=pidx, flow=Payment.Flow.EPAYMENT)
+        .annotate(undelivered=_due_exists())
+        .first()
+    )
+    if payment is None:
+        raise KhaltiUnknownPayment()
+    if payment.status in (Status.PENDING, Status.FAILED):
+        payment = reconcile(payment)  # an ePayment: settled (or re-checked) by lookup
+    deliver_due(payment)  # what a dead worker or a raising receiver left undelivered
+    return payment

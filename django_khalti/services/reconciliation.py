@@ -1,0 +1,270 @@
+"""Reconciliation: Khalti has no webhooks, so somebody asks.
+
+:func:`reconcile_due` is the one path ``khalti_reconcile`` and the admin's
+"Re-check with Khalti" both take: pending payments (settled), recently failed
+ones (re-checked read-only), refunds of unknown outcome, and signals left
+undelivered. Each payment is won by a claim before Khalti is asked about it, so
+several reconcilers may run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from ..client import KhaltiClient
+from ..exceptions import KhaltiError, KhaltiUnavailable
+from ..models import DbNow, Payment, Refund, SignalDelivery
+from .outbox import deliver, due_deliveries
+from .refunds import reconcile_refund, refunds_awaiting_outcome
+from .settle import _ask_khalti, _recheck
+from .state import _claimable, _release, _settle, claim
+
+logger = logging.getLogger(__name__)
+
+Status = Payment.Status
+
+
+def reconcile(payment: Payment) -> Payment:
+    """Settle a payment from what Khalti says of it now.
+
+    A pending payment is settled (verified only if Khalti has not been asked
+    to before, or says it awaits verification); a failed one is re-checked
+    read-only, in case Khalti completed it after all (see
+    :func:`recheck_failed`). Returns the payment as it stands afterwards:
+    unchanged when Khalti cannot tell yet, or when another worker holds it
+    right now. Raises :class:`~django_khalti.exceptions.KhaltiUnavailable` when
+    Khalti could not be asked.
+    """
+    if payment.status == Status.FAILED:
+        return recheck_failed(payment)
+    client = KhaltiClient.from_settings()
+    if payment.status == Status.PENDING and claim(payment):
+        return _settle(client, payment, _ask_khalti)
+    payment.refresh_from_db()
+    return payment
+
+
+def recheck_failed(payment: Payment) -> Payment:
+    """Ask Khalti, read-only, whether a failed payment was completed after all.
+
+    Khalti may complete a payment after it was recorded failed (an ePayment
+    cancelled, then paid; a verification refused, then completed). If it did,
+    for the order's amount, and no other payment holds the order, the payment
+    is verified (``payment_verified``); otherwise it needs review
+    (``payment_needs_review``). Anything else leaves it failed. Nothing is
+    verified at Khalti here: only status and lookup are asked. Returns the
+    payment as it stands afterwards; raises :class:`KhaltiUnavailable` when
+    Khalti could not be asked.
+    """
+    client = KhaltiClient.from_settings()
+    if payment.status != Status.FAILED or not (payment.token or payment.pidx):
+        return payment
+    if not claim(payment, status=Status.FAILED):
+        payment.refresh_from_db()
+        return payment
+    try:
+        _settle(client, payment, _recheck)
+    finally:
+        _release(payment, status=Status.FAILED)
+    return payment
+
+
+#: After this many unanswered calls in a row, Khalti is down: a reconciliation
+#: stops, so that a cron run does not wait out every timeout in turn.
+GIVE_UP_AFTER = 3
+#: How often a failed payment is re-checked by the reconciliation of what is due.
+RECHECK_FAILED_EVERY = timedelta(hours=1)
+
+
+@dataclass
+class Reconciliation:
+    """What one :func:`reconcile_due` did (or, in a dry run, would do).
+
+    The counters are by the status each item was left in; an item Khalti did not
+    answer is counted in the status it stays in (pending, or failed) and in
+    :attr:`unreachable`.
+    """
+
+    #: Pending payments checked.
+    pending: Counter[str] = field(default_factory=Counter)
+    #: Failed payments re-checked, read-only.
+    failed: Counter[str] = field(default_factory=Counter)
+    #: Refunds of unknown outcome checked, by the refund's status.
+    refunds: Counter[str] = field(default_factory=Counter)
+    #: Items Khalti could not be asked about (they stay as they were).
+    unreachable: int = 0
+    #: Whether it stopped because Khalti went unanswered ``give_up_after`` times in a row.
+    given_up: bool = False
+    #: Whether ``limit`` left some due items unchecked.
+    limited: bool = False
+    #: Signals whose delivery was due again; of them, the ones delivered, and the
+    #: ones still undelivered (a receiver raised; the rest another deliverer took).
+    signals_due: int = 0
+    delivered: int = 0
+    undelivered: int = 0
+    #: In a dry run: the payments that would be checked, the signals delivered again.
+    would_check: list[Payment] = field(default_factory=list)
+    would_deliver: list[SignalDelivery] = field(default_factory=list)
+    _in_a_row: int = 0
+
+    def settle(
+        self, settle: Callable[[Any], Any], item: Any, counts: Counter[str], unknown: str
+    ) -> None:
+        """Count what ``settle(item)`` left it as; ``unknown`` when Khalti did not answer."""
+        try:
+            counts[settle(item).status] += 1
+            self._in_a_row = 0
+        except KhaltiUnavailable:
+            self.unreachable += 1
+            self._in_a_row += 1
+            counts[unknown] += 1
+        except KhaltiError as exc:
+            # Any other refusal concerns this one item: the run goes on.
+            logger.error("Reconciliation could not settle %r: %s", item, exc, exc_info=exc)
+            self.unreachable += 1
+            counts[unknown] += 1
+
+
+def reconcile_due(
+    payments: QuerySet[Payment] | None = None,
+    *,
+    older_than: timedelta = timedelta(seconds=120),
+    failed_within: timedelta = timedelta(days=7),
+    limit: int | None = None,
+    batch_size: int = 100,
+    give_up_after: int = GIVE_UP_AFTER,
+    deliver_signals: bool = True,
+    dry_run: bool = False,
+    on_batch: Callable[[int, int, Counter[str]], None] | None = None,
+) -> Reconciliation:
+    """Ask Khalti about what awaits it, and record the answers.
+
+    With ``payments`` None, what is due: pending payments at least
+    ``older_than`` old (settled), failed payments created within
+    ``failed_within`` (re-checked read-only, each at most once per
+    :data:`RECHECK_FAILED_EVERY`), refunds of unknown outcome at least
+    ``older_than`` old, and signals whose delivery is due again. With
+    ``payments``, those payments whatever their age: the pending ones settled,
+    the failed ones re-checked, their refunds of unknown outcome, their due
+    signals. At most ``limit`` of each kind, oldest first, read ``batch_size``
+    at a time (``on_batch(number, read, counts so far)`` after each batch of
+    pending payments). Stops once Khalti went unanswered ``give_up_after`` times
+    in a row. ``deliver_signals`` False leaves signals alone; ``dry_run`` asks
+    Khalti nothing and changes nothing.
+
+    Raises :class:`~django_khalti.exceptions.KhaltiConfigurationError` before
+    anything is asked when dj-khalti is misconfigured.
+    """
+    report = Reconciliation()
+    refunds = refunds_awaiting_outcome()
+    pending: QuerySet[Payment]
+    failed: QuerySet[Payment]
+    if payments is None:
+        pending = Payment.objects.pending().filter(_claimable())
+        pending = pending.filter(created_at__lte=DbNow() - older_than)
+        failed = Payment.objects.none()
+        if failed_within:
+            failed = _recheckable(Payment.objects.filter(_claimable()))
+            failed = failed.filter(
+                created_at__gte=DbNow() - failed_within,
+                updated_at__lt=DbNow() - RECHECK_FAILED_EVERY,
+            )
+        refunds = refunds.filter(created_at__lte=DbNow() - older_than)
+    else:
+        pending = payments.filter(status=Status.PENDING)
+        failed = _recheckable(payments)
+        refunds = refunds.filter(payment__in=payments)
+    deliveries = due_deliveries(limit or 1000, payments=payments) if deliver_signals else []
+    pending_batches = _batches(pending, batch_size, limit, report)
+    failed_batches = _batches(failed, batch_size, limit, report)
+    if dry_run:
+        report.would_deliver = deliveries
+        report.would_check = [
+            p for batches in (pending_batches, failed_batches) for b in batches for p in b
+        ]
+        return report
+    KhaltiClient.from_settings()  # a broken configuration fails before anything is asked
+
+    def going() -> bool:
+        report.given_up = report._in_a_row >= give_up_after
+        return not report.given_up
+
+    for number, batch in enumerate(pending_batches, start=1):
+        for payment in batch:
+            if not going():
+                break
+            if payment.status != Status.PENDING or not claim(payment):
+                continue  # settled meanwhile, or another worker holds it
+            report.settle(_settle_claimed, payment, report.pending, Status.PENDING)
+        if on_batch is not None:
+            on_batch(number, len(batch), report.pending)
+        if not going():
+            break
+    for batch in failed_batches:
+        for payment in batch:
+            if going():
+                report.settle(recheck_failed, payment, report.failed, Status.FAILED)
+    refund_list = list(refunds.order_by("created_at")[: (limit or 1000) + 1])
+    if len(refund_list) > (limit or 1000):
+        report.limited = True
+        refund_list.pop()
+    for refund in refund_list:
+        if going():
+            report.settle(reconcile_refund, refund, report.refunds, Refund.Status.PENDING)
+    # Signals last: what this run settled is delivered already (after its commit).
+    # None: another deliverer took it meanwhile (not a failure).
+    delivered = [deliver(delivery) for delivery in deliveries]
+    report.signals_due = len(deliveries)
+    report.delivered, report.undelivered = delivered.count(True), delivered.count(False)
+    return report
+
+
+def _settle_claimed(payment: Payment) -> Payment:
+    return _settle(KhaltiClient.from_settings(), payment, _ask_khalti)
+
+
+def _recheckable(rows: QuerySet[Payment]) -> QuerySet[Payment]:
+    """The failed ones among ``rows`` that Khalti could still complete (they have a
+    token or a pidx).
+    """
+    return rows.filter(status=Status.FAILED).filter(Q(token__isnull=False) | Q(pidx__isnull=False))
+
+
+def _batches(
+    rows: QuerySet[Payment], size: int, limit: int | None, report: Reconciliation
+) -> Iterator[list[Payment]]:
+    """``rows``, oldest first, ``size`` at a time and at most ``limit`` in all
+    (``report.limited`` when some were left), each batch read after the last was settled.
+
+    The reads take no row locks: each payment is won with a claim just before it
+    is settled, and the claim, not this selection, makes sure no payment is
+    settled twice (rows another reconciler holds by a fresh claim are passed
+    over, so several reconcilers on several hosts share the work). ``SELECT ...
+    FOR UPDATE SKIP LOCKED`` would lock every row MariaDB sorts, not just the
+    batch, so a second reconciler read nothing and stopped; and MariaDB 10.5 has
+    no ``SKIP LOCKED``.
+    """
+    seen = 0
+    rows = rows.order_by("created_at", "pk")
+    after = rows
+    while True:
+        if limit is not None and seen >= limit:
+            report.limited = after.exists()
+            return
+        want = size if limit is None else min(size, limit - seen)
+        batch = list(after[:want])
+        seen += len(batch)
+        yield batch
+        if len(batch) < want:
+            return
+        last = batch[-1]
+        after = rows.filter(
+            Q(created_at__gt=last.created_at) | Q(created_at=last.created_at, pk__gt=last.pk)
+        )

@@ -1,0 +1,353 @@
+"""Claims and status changes: the only place a payment's status changes.
+
+- A pending payment is held by one worker at a time: :func:`claim` is a guarded
+  ``UPDATE ... WHERE claimed_at IS NULL OR claimed_at < stale``, on the
+  database's clock (never a host's). No transaction or row lock is held while
+  Khalti is called.
+- :func:`_transition` is the one choke point: a guarded ``UPDATE ... WHERE
+  status = <source>`` (and, for a held payment, ``claimed_at = <ours>``) whose
+  winner writes the signal to the outbox in the same transaction and delivers
+  it after the commit (:mod:`.outbox`).
+- An unknown outcome (timeout, 5xx, garbage, our database failing) leaves the
+  payment pending, for a resubmission or reconciliation to settle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, OperationalError, transaction
+from django.db.models import F, Q
+from django.db.models.expressions import CombinedExpression
+from django.utils.translation import gettext as _
+
+from ..client import KhaltiClient
+from ..conf import khalti_settings
+from ..exceptions import (
+    KhaltiUnavailable,
+)
+from ..models import DbNow, Payment, SignalDelivery, snapshot_of
+from .outbox import _retry_wait, deliver
+
+logger = logging.getLogger(__name__)
+
+Status = Payment.Status
+
+
+def claim(payment: Payment, status: str = Status.PENDING) -> bool:
+    """Take a payment in ``status`` to call Khalti about it; True for the one winner.
+
+    ``payment`` must be as the database has it: a copy older than the last
+    claim wins nothing. The claim's time is the database's, so hosts whose
+    clocks differ agree on when a claim is stale.
+    """
+    # Durable: a claim inside a caller's transaction would not be seen by other
+    # workers before Khalti is called (Django raises RuntimeError instead).
+    try:
+        with transaction.atomic(durable=True):
+            won = (
+                Payment.objects.filter(pk=payment.pk, status=status, attempts=payment.attempts)
+                .filter(_claimable())
+                .update(claimed_at=DbNow(), attempts=F("attempts") + 1, updated_at=DbNow())
+            )
+    except OperationalError as exc:
+        if not _deadlocked(exc):
+            raise
+        # Claims racing at MariaDB's REPEATABLE READ: the deadlock's victim lost
+        # (the other claim goes on), as a guarded UPDATE that matched nothing.
+        logger.info("Payment %s: a claim lost a deadlock to another.", payment.pk)
+        won = 0
+    if won:
+        payment.attempts += 1
+        _read_later(payment, "claimed_at", "updated_at")
+    return bool(won)
+
+
+def stale_since() -> CombinedExpression:
+    """On the database's clock, the time before which a claim (or a refund's call)
+    can no longer be in flight: ``now - stale_after``.
+    """
+    return DbNow() - timedelta(seconds=khalti_settings.stale_after)
+
+
+def _claimable() -> Q:
+    """Nobody holds the payment, or its holder's claim is stale (the worker died)."""
+    return Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale_since())
+
+
+def _held(payment: Payment) -> Q:
+    """The row still carries this worker's claim: the claim it won (its generation,
+    ``attempts``), not released, not taken over.
+    """
+    return Q(attempts=payment.attempts, claimed_at__isnull=False)
+
+
+def _read_later(payment: Payment, *names: str) -> None:
+    """Forget fields the database just set from its own clock: read on next access."""
+    for name in names:
+        payment.__dict__.pop(name, None)
+
+
+def _release(payment: Payment, status: str = Status.PENDING) -> None:
+    """Let go of a claim after an unknown outcome, so a retry need not wait."""
+    try:
+        Payment.objects.filter(_held(payment), pk=payment.pk, status=status).update(
+            claimed_at=None, updated_at=DbNow()
+        )
+    except DatabaseError:
+        logger.exception("Could not release the claim on payment %s.", payment.pk)
+
+
+def _settle(
+    client: KhaltiClient, payment: Payment, ask: Callable[[KhaltiClient, Payment], None]
+) -> Payment:
+    """Call Khalti through ``ask`` while holding the claim, then record its answer."""
+    try:
+        ask(client, payment)
+    except KhaltiUnavailable:
+        _release(payment, status=payment.status)
+        raise
+    except DatabaseError as exc:
+        # Khalti answered but we could not record it: the claim goes stale and a
+        # resubmission or reconciliation asks Khalti again.
+        logger.exception("Could not record Khalti's answer for payment %s.", payment.pk)
+        raise KhaltiUnavailable(
+            _("The payment could not be recorded yet. It is pending; try again shortly.")
+        ) from exc
+    return payment
+
+
+def _refunded_before_verified(payment: Payment, **fields: Any) -> None:
+    """A pending payment Khalti reports paid and then all refunded, outside this app.
+
+    The shop never fulfilled the order and no money stayed with it: the order
+    is let go (a new payment may pay it) and ``payment_refunded`` tells the shop,
+    with ``payment.verified_at`` None.
+    """
+    changed = _recording_idx_if_free(
+        payment,
+        Status.REFUNDED,
+        held=True,
+        refunded_amount=payment.amount,
+        refund_amount=payment.amount,
+        order_claim=None,
+        **fields,
+    )
+    if changed:
+        logger.warning(
+            "Khalti reports payment %s refunded before it was verified; the order is free "
+            "to be paid again.",
+            payment.pk,
+        )
+
+
+def _verified(payment: Payment, received: int, fields: dict[str, Any]) -> None:
+    """Verify a pending payment Khalti completed, unless its ``idx`` is another
+    payment's (the unique column says so): then it needs review.
+    """
+    try:
+        _transition(payment, Status.VERIFIED, received_amount=received, **fields)
+    except IntegrityError:
+        _not_this_payments(payment, fields.get("idx"), received, fields)
+
+
+def _not_this_payments(
+    payment: Payment,
+    idx: str | None,
+    received: int | None,
+    fields: dict[str, Any],
+    source: str = Status.PENDING,
+) -> None:
+    """Khalti answered with a transaction that is another payment's (or the token
+    itself): the answer is not this payment's, so it needs review.
+    """
+    _needs_review(
+        payment,
+        _(
+            "Khalti's answer names transaction %(idx)s, which is another payment's (or the "
+            "token itself)."
+        )
+        % {"idx": idx},
+        source=source,
+        received_amount=received,
+        **{name: value for name, value in fields.items() if name != "idx"},
+    )
+
+
+def _fail(
+    payment: Payment, reason: str, raw: Any = None, notify: bool = True, **fields: Any
+) -> bool:
+    """Fail a payment this worker still holds: Khalti proved no money moved.
+
+    A worker whose claim went stale and was taken over must not fail the
+    payment: its successor may have seen Khalti complete it. (Verifying needs
+    no such guard: Khalti's completed record is proof whoever brings it.) The
+    order and the token are let go: a new payment may pay the order, and the
+    token may be bound again (Khalti refused it).
+    """
+    if raw is not None:
+        fields.setdefault("khalti_response", raw)
+    fields.pop("idx", None)  # no money moved: no transaction of this payment's to hold
+    return _transition(
+        payment,
+        Status.FAILED,
+        held=True,
+        notify=notify,
+        failure_reason=reason,
+        order_claim=None,
+        token_claim=None,
+        **fields,
+    )
+
+
+def _recording_idx_if_free(payment: Payment, to: str, **fields: Any) -> bool:
+    """:func:`_transition`, with Khalti's ``idx`` recorded only if it is no other
+    payment's (a unique column): a settlement that does not pay the order must not
+    fail on an id that is not this payment's to hold.
+    """
+    try:
+        return _transition(payment, to, **fields)
+    except IntegrityError:
+        if not fields.get("idx"):
+            raise
+        logger.warning(
+            "Khalti named transaction %s, another payment's, for payment %s; not recorded.",
+            fields.pop("idx"),
+            payment.pk,
+        )
+        return _transition(payment, to, **fields)
+
+
+def _needs_review(
+    payment: Payment, reason: str, *, source: str = Status.PENDING, **fields: Any
+) -> bool:
+    """Money moved that the shop must not honour: hold the payment for a person.
+
+    Like failing, only by the worker that holds the claim. The order is let go
+    (this payment does not pay it); the token stays bound.
+    """
+    changed = _recording_idx_if_free(
+        payment,
+        Status.NEEDS_REVIEW,
+        source=source,
+        held=True,
+        failure_reason=reason,
+        order_claim=None,
+        **fields,
+    )
+    if changed:
+        logger.error(
+            "Khalti payment %s (order %s) needs review: %s",
+            payment.pk,
+            payment.order_reference,
+            reason,
+        )
+    return changed
+
+
+_SIGNALS: dict[str, SignalDelivery.Signal] = {
+    Status.VERIFIED: SignalDelivery.Signal.VERIFIED,
+    Status.FAILED: SignalDelivery.Signal.FAILED,
+    Status.REFUNDED: SignalDelivery.Signal.REFUNDED,
+    Status.PARTIALLY_REFUNDED: SignalDelivery.Signal.REFUNDED,
+    Status.NEEDS_REVIEW: SignalDelivery.Signal.NEEDS_REVIEW,
+}
+
+
+def _transition(
+    payment: Payment,
+    to: str,
+    *,
+    source: str = Status.PENDING,
+    notify: bool = True,
+    held: bool = False,
+    refund_amount: int | None = None,
+    **fields: Any,
+) -> bool:
+    """Move ``payment`` from ``source`` to ``to``; True if this call made the change.
+
+    Every status change goes through here. The ``UPDATE`` is guarded by the
+    current status, so of any number of concurrent callers exactly one changes
+    the row and, in the same transaction, writes the signal to the outbox
+    (unless ``notify`` is False), delivered after the commit. The others see
+    the row as the winner left it, and a loser that wanted another status logs
+    it at WARNING. With ``held``, the row must also still carry this worker's
+    claim.
+    """
+    stamps = {"updated_at": DbNow(), **({"verified_at": DbNow()} if to == Status.VERIFIED else {})}
+    values: dict[str, Any] = {"status": to, "claimed_at": None, **fields}
+    for attempt in range(1, DEADLOCK_RETRIES + 1):
+        try:
+            with transaction.atomic():
+                rows = Payment.objects.filter(pk=payment.pk, status=source)
+                if held:
+                    rows = rows.filter(_held(payment))
+                changed = rows.update(**values, **stamps)
+                if changed:
+                    for name, value in values.items():
+                        setattr(payment, name, value)
+                    # The database's clock set these (the failed re-check spacing reads
+                    # updated_at): read back for the signal's snapshot, else when used.
+                    _read_later(payment, *stamps)
+                    if notify:
+                        payment.refresh_from_db(fields=list(stamps))
+                        _announce(to, payment, refund_amount)
+            break
+        except OperationalError as exc:
+            # Two settlements of one row at MariaDB's REPEATABLE READ can deadlock;
+            # the victim's transaction is gone, so (outside a caller's transaction)
+            # it is simply run again: its guarded UPDATE then sees the winner's row.
+            if attempt == DEADLOCK_RETRIES or transaction.get_connection().in_atomic_block:
+                raise
+            if not _deadlocked(exc):
+                raise
+            logger.info("Payment %s: a deadlock settling it; trying again.", payment.pk)
+    if not changed:
+        payment.refresh_from_db()
+    if not changed and payment.status != to:
+        logger.warning(
+            "Payment %s was not moved from %s to %s: it is %s (settled meanwhile).",
+            payment.pk,
+            source,
+            to,
+            payment.status,
+        )
+    return bool(changed)
+
+
+#: How many times a status change that lost a deadlock is tried again.
+DEADLOCK_RETRIES = 3
+
+
+def _deadlocked(exc: OperationalError) -> bool:
+    """Whether the database chose this transaction as a deadlock's victim (MySQL
+    and MariaDB: error 1213; PostgreSQL: SQLSTATE 40P01).
+    """
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return sqlstate == "40P01" or (bool(exc.args) and exc.args[0] == 1213)
+
+
+def _announce(status: str, payment: Payment, refund_amount: int | None) -> None:
+    """Write the signal for ``payment``'s new ``status`` to the outbox (inside the
+    status change's transaction), and deliver it once that commits.
+    """
+    arguments: dict[str, Any] = {}
+    if status in (Status.FAILED, Status.NEEDS_REVIEW):
+        arguments["reason"] = payment.failure_reason
+    if status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED):
+        arguments["amount"] = refund_amount
+    # The first attempt is this worker's, after the commit: counted already, so
+    # that if the worker dies before it ends, it is delivered again after the grace.
+    delivery = SignalDelivery.objects.create(
+        payment=payment,
+        signal=_SIGNALS[status],
+        snapshot=snapshot_of(payment),
+        arguments=arguments,
+        attempts=1,
+        next_attempt_at=DbNow() + _retry_wait(1),
+    )
+    transaction.on_commit(lambda: deliver(delivery, first=True))
