@@ -44,15 +44,22 @@ _TRANSPORT_OUTCOMES = frozenset({"timeout", "connection_error"})
 
 
 @dataclass(frozen=True)
-class KhaltiCall:
-    """One request the app made to the fake Khalti."""
+class _Asked:
+    """What a request to the fake Khalti asked: the fields a call and a request share."""
 
     #: One of ``verify``, ``status``, ``transaction``, ``refund``, ``initiate``, ``lookup``.
     endpoint: str
     method: str
     url: str
-    #: The JSON or form body sent, or the query string for GET.
+    #: The JSON or form body sent, or the query string for GET (plus ``idx`` taken
+    #: from the URL for refund and transaction).
     params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class KhaltiCall(_Asked):
+    """One request the app made to the fake Khalti."""
+
     #: Whether the ``Authorization`` header carried the right key.
     authorized: bool
     #: The outcome chosen for this call (``None``: Khalti answered by its state).
@@ -65,15 +72,9 @@ class KhaltiCall:
 
 
 @dataclass(frozen=True)
-class KhaltiRequest:
+class KhaltiRequest(_Asked):
     """A request to the fake Khalti, as an :meth:`~KhaltiFake.on_next` callback sees it."""
 
-    endpoint: str
-    method: str
-    url: str
-    #: The JSON or form body sent, or the query string for GET (plus ``idx`` taken
-    #: from the URL for refund and transaction).
-    params: dict[str, Any]
     headers: dict[str, str]
     #: Whether the ``Authorization`` header carried the right key.
     authorized: bool

@@ -82,50 +82,27 @@ import responses
 
 from ..conf import khalti_settings
 from .answering import _Answering
-from .calls import (
-    ENDPOINTS,
-    OUTCOMES,
-    CallbackResult,
-    KhaltiCall,
-    KhaltiChoice,
-    KhaltiRefundCall,
-    KhaltiRequest,
-    KhaltiStatusCall,
-    KhaltiVerifyCall,
-    _CallRecords,
-    _Choosing,
-)
-from .records import (
-    EPAYMENT_400,
-    EPAYMENT_STATUSES,
-    NPT,
-    WIDGET_STATES,
-    KhaltiFakeEpayment,
-    KhaltiFakePayment,
-    _canonical,
-    _now,
-    khalti_id,
-)
 
-__all__ = [
-    "ENDPOINTS",
-    "EPAYMENT_400",
-    "EPAYMENT_STATUSES",
-    "NPT",
-    "OUTCOMES",
-    "WIDGET_STATES",
-    "CallbackResult",
-    "KhaltiCall",
-    "KhaltiChoice",
-    "KhaltiFake",
-    "KhaltiFakeEpayment",
-    "KhaltiFakePayment",
-    "KhaltiRefundCall",
-    "KhaltiRequest",
-    "KhaltiStatusCall",
-    "KhaltiVerifyCall",
-    "khalti_id",
-]
+# The parts' public names, importable from here as before the kit was split
+# (``X as X``: re-exported, for type checkers too).
+from .calls import ENDPOINTS as ENDPOINTS
+from .calls import OUTCOMES as OUTCOMES
+from .calls import CallbackResult as CallbackResult
+from .calls import KhaltiCall as KhaltiCall
+from .calls import KhaltiChoice as KhaltiChoice
+from .calls import KhaltiRefundCall as KhaltiRefundCall
+from .calls import KhaltiRequest as KhaltiRequest
+from .calls import KhaltiStatusCall as KhaltiStatusCall
+from .calls import KhaltiVerifyCall as KhaltiVerifyCall
+from .calls import _CallRecords, _Choosing
+from .records import EPAYMENT_400 as EPAYMENT_400
+from .records import EPAYMENT_STATUSES as EPAYMENT_STATUSES
+from .records import NPT as NPT
+from .records import WIDGET_STATES as WIDGET_STATES
+from .records import KhaltiFakeEpayment as KhaltiFakeEpayment
+from .records import KhaltiFakePayment as KhaltiFakePayment
+from .records import _canonical, _now
+from .records import khalti_id as khalti_id
 
 
 class KhaltiFake(_Choosing, _CallRecords, _Answering):
