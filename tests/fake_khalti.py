@@ -20,29 +20,46 @@ What it knows, like Khalti:
   ``states[token]`` says otherwise.
 
 Faults, switched per token with ``fault(token, mode)`` and cleared with
-``clear(token)`` (they apply to every endpoint asked about the token):
+``clear(token)`` (they apply to every endpoint asked about the token). Those of
+the testing kit's outcomes (``django_khalti.testing.OUTCOMES``, the outcomes of
+``KhaltiFake.fail_next``) that this fake plays carry the kit's name and mean what
+they mean there, on a real socket (:data:`KIT_OUTCOMES`):
 
-==============  ================================================================
-``reject``       verify: 400 ``{"token": ["Invalid token."]}``; status: ``Error``
-``wrong_amount`` verify completes and answers a record for ``amount`` (default:
-                 the issued amount, else the asked amount - 100)
-``slow``         sleeps ``slow_for`` seconds (longer than the app's TIMEOUT)
-                 before answering; the verification is completed at once:
-                 Khalti did it, the answer is lost
-``reset``        closes the socket with a TCP reset, no answer (``complete``
-                 says whether Khalti completed the verification first)
-``html_5xx``     502 with an HTML page
-``truncated``    200 whose JSON body is cut short
-``amount_str``   200 with ``"amount": "1000"`` (a string)
-``no_state``     200 without ``state``
-``unauthorized`` 401 ``{"detail": "Invalid token."}``
-``hold``         completes (if ``complete``), sets ``holding``, then waits for
-                 ``release`` (bounded) before answering
-``processing``   Khalti is slow to process a verify: it completes it only after
-                 ``slow_for`` seconds (the status endpoint says Confirmed
-                 meanwhile); a second verify of the token meanwhile waits for the
-                 first, then is refused as a repeat ("Token already used.")
-==============  ================================================================
+============================  ==================================================
+``rejected``                   verify: 400 ``{"token": ["Invalid token."]}``;
+                               status: ``Error``
+``wrong_amount``               verify completes and answers a record for
+                               ``amount`` (default: the issued amount, else the
+                               asked amount - 100)
+``timeout_after_processing``   the verification is completed at once (Khalti
+                               did it), then the answer waits ``slow_for``
+                               seconds (longer than the app's TIMEOUT): lost
+``connection_error``           the socket is closed with a TCP reset before
+                               Khalti did anything: no answer
+``server_error``               500 with an HTML page
+``unauthorized``               401 ``{"detail": "Invalid token."}``
+============================  ==================================================
+
+The kit's ``timeout`` and ``not_json`` are not played here. The faults of this
+fake alone (:data:`RIG_FAULTS`), which the kit has no outcome for:
+
+============================  ==================================================
+``reset_after_processing``     verify completes, then the socket is closed with
+                               a TCP reset before the answer (status: reset)
+``truncated_json``             200 whose JSON body is cut short (verify
+                               completes first)
+``amount_as_string``           200 with ``"amount": "1000"`` (a string)
+``no_state``                   200 without ``state``
+``hold``                       completes (if ``complete``), sets ``holding``,
+                               then waits for ``release`` (bounded) before
+                               answering
+``processing``                 Khalti is slow to process a verify: it completes
+                               it only after ``slow_for`` seconds (the status
+                               endpoint says Confirmed meanwhile); a second
+                               verify of the token meanwhile waits for the
+                               first, then is refused as a repeat ("Token
+                               already used.")
+============================  ==================================================
 
 Every call is counted per endpoint and token (``count``), with the caller's
 address (``peers``), so a test can find the worker process that is asking.
@@ -61,21 +78,24 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from django_khalti.testing import OUTCOMES
+
 SECRET = "test_secret_key_testproject"
 
-FAULTS = (
-    "reject",
-    "wrong_amount",
-    "slow",
-    "reset",
-    "html_5xx",
-    "truncated",
-    "amount_str",
-    "no_state",
-    "unauthorized",
-    "hold",
-    "processing",
+#: The kit's outcomes this fake plays, by the kit's names (see the module's docstring).
+KIT_OUTCOMES = OUTCOMES - {"timeout", "not_json"}
+#: The faults of this fake alone: the kit has no outcome for them.
+RIG_FAULTS = frozenset(
+    {
+        "reset_after_processing",
+        "truncated_json",
+        "amount_as_string",
+        "no_state",
+        "hold",
+        "processing",
+    }
 )
+FAULTS = KIT_OUTCOMES | RIG_FAULTS
 #: How long a held answer waits for ``release`` at most: the fake stops by itself.
 HOLD_LIMIT = 30.0
 
@@ -95,7 +115,8 @@ def completed_record(token: str, amount: int) -> dict:
 @dataclass
 class Fault:
     mode: str
-    #: Whether Khalti completed the verification before the fault hit (verify only).
+    #: Whether Khalti completed the verification before the fault hit (``hold`` only;
+    #: the other faults' names say it).
     complete: bool = True
     amount: int | None = None
 
@@ -177,7 +198,7 @@ class FakeKhalti:
         self, token: str, mode: str, *, complete: bool = True, amount: int | None = None
     ) -> None:
         if mode not in FAULTS:
-            raise ValueError(f"unknown fault {mode!r}")
+            raise ValueError(f"unknown fault {mode!r}; one of {', '.join(sorted(FAULTS))}")
         self.faults[token] = Fault(mode, complete, amount)
 
     def clear(self, token: str | None = None) -> None:
@@ -243,22 +264,24 @@ class FakeKhalti:
         fault = self.faults.get(token)
         mode = fault.mode if fault else None
 
-        if mode == "reject" and endpoint == "status":
+        if mode == "rejected" and endpoint == "status":
             # Khalti's status for a payment it refuses: not found.
             return self._send(
                 handler,
                 200,
                 {"status": False, "state": "Error", "detail": "Transaction not found."},
             )
-        if mode == "reject":
+        if mode == "rejected":
             return self._send(handler, 400, {"token": ["Invalid token."]})
         if mode == "unauthorized":
             return self._send(handler, 401, {"detail": "Invalid token."})
-        if mode == "html_5xx":
+        if mode == "server_error":
             return self._send_raw(
-                handler, 502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"
+                handler, 500, b"<html><body><h1>Server Error (500)</h1></body></html>", "text/html"
             )
-        if mode == "reset" and not (endpoint == "verify" and fault.complete):
+        if mode == "connection_error" or (
+            mode == "reset_after_processing" and endpoint != "verify"
+        ):
             return self._reset(handler)
 
         if endpoint == "status":
@@ -289,18 +312,18 @@ class FakeKhalti:
                 if fault.amount is not None
                 else (issued if issued is not None else amount - 100)
             )
-        elif mode == "slow":
+        elif mode == "timeout_after_processing":
             time.sleep(self.slow_for)
-        elif mode == "reset":
+        elif mode == "reset_after_processing":
             return self._reset(handler)
         elif mode == "hold":
             # Without ``complete``, Khalti never got to it: nothing is completed.
             self.holding.set()
             self.release.wait(HOLD_LIMIT)
-        elif mode == "truncated":
+        elif mode == "truncated_json":
             text = json.dumps(record).encode()
             return self._send_raw(handler, 200, text[: len(text) // 2], "application/json")
-        elif mode == "amount_str":
+        elif mode == "amount_as_string":
             record["amount"] = str(amount)
         elif mode == "no_state":
             del record["state"]
@@ -331,7 +354,7 @@ class FakeKhalti:
         mode: str | None,
         amount: int | None = None,
     ) -> None:
-        if mode == "slow":
+        if mode == "timeout_after_processing":
             time.sleep(self.slow_for)
         elif mode == "hold":
             self.holding.set()
@@ -346,7 +369,7 @@ class FakeKhalti:
             )
         state = self.states.get(token) or ("Complete" if token in self.verified else "Confirmed")
         body: dict = {"status": True, "state": state, "detail": state}
-        if mode == "truncated":
+        if mode == "truncated_json":
             text = json.dumps(body).encode()
             return self._send_raw(handler, 200, text[: len(text) // 2], "application/json")
         if mode == "no_state":
