@@ -115,6 +115,11 @@ class KhaltiRateThrottle(SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
+#: The refusals of every view that asks Khalti: its answer is unknown (502, 503, 504),
+#: and the payment stays pending.
+UNKNOWN_OUTCOME = (KhaltiUnavailable, KhaltiConnectionError, KhaltiTimeout)
+
+
 # The payment row must be committed before Khalti is called, even in a project
 # with ATOMIC_REQUESTS: these views manage their own transactions.
 @method_decorator(transaction.non_atomic_requests, name="dispatch")
@@ -145,6 +150,16 @@ class KhaltiAPIView(APIView):
         # JSON and form bodies to its parsers unchecked. Read it here, whatever DRF.
         _ = request.body
         super().initial(request, *args, **kwargs)
+
+    def validated(self, request: Request) -> dict[str, Any]:
+        """The body, validated by :attr:`request_serializer` (a 400 when it is not)."""
+        serializer = self.request_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return dict(serializer.validated_data)
+
+    def answer(self, instance: Any) -> Response:
+        """``instance`` through :attr:`response_serializer`, with :attr:`success_status`."""
+        return Response(self.response_serializer(instance).data, status=self.success_status)
 
     def get_throttles(self) -> list[BaseThrottle]:
         """The project's throttles as its settings are now (or the view's own), and :class:`KhaltiRateThrottle`."""
@@ -199,9 +214,7 @@ class VerifyView(KhaltiAPIView):
         KhaltiTokenUsed,
         KhaltiAlreadyPaid,
         KhaltiInProgress,
-        KhaltiUnavailable,
-        KhaltiConnectionError,
-        KhaltiTimeout,
+        *UNKNOWN_OUTCOME,
     )
 
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -211,11 +224,8 @@ class VerifyView(KhaltiAPIView):
         (400, 404, 409; 502, 503 or 504 when Khalti's answer is unknown and the
         payment stays pending).
         """
-        serializer = self.request_serializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        payment = services.verify_payment(request, **serializer.validated_data)
-        answer = self.response_serializer({"status": "verified", "payment": payment})
-        return Response(answer.data, status=self.success_status)
+        payment = services.verify_payment(request, **self.validated(request))
+        return self.answer({"status": "verified", "payment": payment})
 
 
 class EpaymentInitiateView(KhaltiAPIView):
@@ -230,9 +240,7 @@ class EpaymentInitiateView(KhaltiAPIView):
         KhaltiInitiationRejected,
         KhaltiAlreadyPaid,
         KhaltiInProgress,
-        KhaltiUnavailable,
-        KhaltiConnectionError,
-        KhaltiTimeout,
+        *UNKNOWN_OUTCOME,
     )
 
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -242,10 +250,7 @@ class EpaymentInitiateView(KhaltiAPIView):
         A refusal answers ``{"code", "detail"}`` (and Khalti's field ``errors``
         when it refused the request) with its code's HTTP status.
         """
-        serializer = self.request_serializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        payment = services.start_epayment(request, **serializer.validated_data)
-        return Response(self.response_serializer(payment).data, status=self.success_status)
+        return self.answer(services.start_epayment(request, **self.validated(request)))
 
 
 # --- plain Django views for the browser (no JavaScript needed) ------------------------

@@ -119,7 +119,7 @@ def _ask_status(client: KhaltiClient, payment: Payment, *, refusal: str = "") ->
             khalti_response=answer.raw,
         )
     else:
-        # Initiated, awaiting a verification that was just refused, or a state we
+        # OPEN, awaiting a verification that was just refused, or a state we
         # do not know: not ours to decide yet.
         unusual = outcome in (KhaltiOutcome.UNKNOWN, KhaltiOutcome.AWAITING_VERIFICATION)
         log = logger.warning if unusual else logger.info

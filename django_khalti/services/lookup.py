@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 Status = Payment.Status
 
 
-#: How long after its link expired a Khalti answer of "not found" or "Initiated"
+#: How long after its link expired a Khalti answer of "not found" or OPEN
 #: means the buyer can no longer pay: no money can move on a dead link.
 EXPIRY_MARGIN = timedelta(minutes=15)
 
@@ -87,7 +87,7 @@ def _lookup(client: KhaltiClient, payment: Payment, *, supersede: bool = False) 
     outcome = answer.outcome
     fields = _lookup_fields(answer)
     if outcome is KhaltiOutcome.PAID and answer.total_amount is None:
-        logger.warning("Khalti's lookup for %s is Completed without an amount.", payment.pidx)
+        logger.warning("Khalti's lookup for %s is paid without an amount.", payment.pidx)
         raise KhaltiBadResponse()
     if outcome is KhaltiOutcome.PAID and answer.total_amount == payment.amount:
         _verified(payment, answer.total_amount, fields)
@@ -126,7 +126,7 @@ def _lookup(client: KhaltiClient, payment: Payment, *, supersede: bool = False) 
             **fields,
         )
     else:
-        # Pending (hold: do not fulfil, do not fail), Initiated, or unknown.
+        # HELD (do not fulfil, do not fail), OPEN, or UNKNOWN.
         log = logger.warning if outcome is KhaltiOutcome.UNKNOWN else logger.info
         log("Khalti reports ePayment %s as %r; it stays pending.", payment.pk, answer.status)
         _release(payment)

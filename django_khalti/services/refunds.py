@@ -115,7 +115,7 @@ def _refused_refund(client: KhaltiClient, refund: Refund, exc: KhaltiRejected) -
     ("already refunded": by the dashboard, or by an earlier call whose answer was lost).
     """
     try:
-        # Only "Refunded" for all that remained proves it: "Partially refunded"
+        # Only REFUNDED for all that remained proves it: PARTIALLY_REFUNDED
         # may be an earlier refund's doing, and Khalti just refused this one.
         proof = _refund_proof(client, refund, partial_proves=False)
     except KhaltiUnavailable:
@@ -197,7 +197,7 @@ def _refund_proof(
 ) -> tuple[bool, Any] | None:
     """What Khalti's state of the payment proves of ``refund``: ``(True, answer)``
     refunded, ``(False, answer)`` not, None when it cannot tell. With
-    ``partial_proves`` False, "Partially refunded" proves nothing. Raises
+    ``partial_proves`` False, :attr:`KhaltiOutcome.PARTIALLY_REFUNDED` proves nothing. Raises
     :class:`KhaltiUnavailable` when Khalti could not be asked.
     """
     payment = Payment.objects.get(pk=refund.payment_id)
@@ -224,7 +224,7 @@ def _refund_proof(
         return True, raw
     if outcome is KhaltiOutcome.PAID and first:
         return False, raw
-    # E.g. "Partially refunded" after an earlier partial refund: Khalti's state
+    # E.g. PARTIALLY_REFUNDED after an earlier partial refund: Khalti's state
     # cannot tell whether this one went through. A person decides (admin:
     # "Resolve unknown refund"), after a look at Khalti's dashboard.
     logger.warning(

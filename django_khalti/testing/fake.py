@@ -101,7 +101,7 @@ from .records import NPT as NPT
 from .records import WIDGET_STATES as WIDGET_STATES
 from .records import KhaltiFakeEpayment as KhaltiFakeEpayment
 from .records import KhaltiFakePayment as KhaltiFakePayment
-from .records import _canonical, _now
+from .records import _canonical, _now, _refunded
 from .records import khalti_id as khalti_id
 
 
@@ -223,10 +223,6 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         state = _canonical(state, WIDGET_STATES, "widget state")
         if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
             raise ValueError("amount must be a positive int (paisa).")
-        if refunded_amount is None:
-            refunded_amount = {"Refunded": amount, "Partially refunded": max(1, amount // 2)}.get(
-                state, 0
-            )
         payment = KhaltiFakePayment(
             token=token or khalti_id(),
             amount=amount,
@@ -235,7 +231,7 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
             verified=verified or state in ("Refunded", "Partially refunded"),
             mobile=mobile,
             fee_amount=amount * 3 // 100 if fee_amount is None else fee_amount,
-            refunded_amount=refunded_amount,
+            refunded_amount=_refunded(state, amount, refunded_amount),
         )
         with self._lock:
             self.payments[payment.token] = payment
@@ -274,10 +270,6 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         """
         status = _canonical(status, EPAYMENT_STATUSES, "ePayment status")
         paid = status in ("Pending", "Completed", "Refunded", "Partially Refunded")
-        if refunded_amount is None:
-            refunded_amount = {"Refunded": amount, "Partially Refunded": max(1, amount // 2)}.get(
-                status, 0
-            )
         epayment = KhaltiFakeEpayment(
             pidx=pidx or khalti_id(),
             amount=amount,
@@ -288,7 +280,7 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
             transaction_id=transaction_id or (khalti_id() if paid else None),
             fee=fee,
             mobile=mobile if paid else "",
-            refunded_amount=refunded_amount,
+            refunded_amount=_refunded(status, amount, refunded_amount),
             expires_at=expires_at or _now() + timedelta(seconds=self.EPAYMENT_LINK_SECONDS),
         )
         epayment.payment_url = self.PAYMENT_URL.format(pidx=epayment.pidx)

@@ -48,6 +48,15 @@ def _canonical(value: str, allowed: tuple[str, ...], what: str) -> str:
     raise ValueError(f"Unknown {what} {value!r}; one of {', '.join(allowed)}.")
 
 
+def _refunded(state: str, amount: int, given: int | None) -> int:
+    """What a payment in Khalti's ``state`` had refunded, unless ``given``: all of
+    it when refunded, half (at least a paisa) when partially refunded, else nothing.
+    """
+    if given is not None:
+        return given
+    return {"refunded": amount, "partially refunded": max(1, amount // 2)}.get(state.lower(), 0)
+
+
 def _now() -> datetime:
     return django_timezone.now().astimezone(NPT)
 

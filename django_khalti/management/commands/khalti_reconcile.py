@@ -42,6 +42,29 @@ SUMMARY = [
 RARE = (Status.REFUNDED, Status.PARTIALLY_REFUNDED, Status.NEEDS_REVIEW)
 
 
+#: The options that are counts: name, least value, default, metavar, help.
+COUNTS = [
+    (
+        "--older-than",
+        0,
+        120,
+        "SECONDS",
+        "Only payments created at least this long ago (default: 120; a fresher one may "
+        "still be in flight).",
+    ),
+    (
+        "--failed-within",
+        0,
+        7,
+        "DAYS",
+        "Also re-check, read-only, payments that failed in the last DAYS days, each at "
+        "most once an hour, in case Khalti completed them after all (default: 7; 0: none).",
+    ),
+    ("--limit", 1, None, "N", "Check at most N payments (and N failed ones, and N refunds)."),
+    ("--batch-size", 1, 100, "N", "Payments read from the database at a time (default: 100)."),
+]
+
+
 def _count(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         number = int(value)
@@ -64,37 +87,13 @@ class Command(BaseCommand):
     help = "Settle pending Khalti payments (and refunds of unknown outcome) by asking Khalti."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        """The options: ``--older-than``, ``--limit``, ``--batch-size``, ``--dry-run``, ``--payment``."""
-        parser.add_argument(
-            "--older-than",
-            type=_count(0),
-            default=120,
-            metavar="SECONDS",
-            help="Only payments created at least this long ago (default: 120; a fresher "
-            "one may still be in flight).",
-        )
-        parser.add_argument(
-            "--failed-within",
-            type=_count(0),
-            default=7,
-            metavar="DAYS",
-            help="Also re-check, read-only, payments that failed in the last DAYS days, each "
-            "at most once an hour, in case Khalti completed them after all (default: 7; 0: "
-            "none).",
-        )
-        parser.add_argument(
-            "--limit",
-            type=_count(1),
-            metavar="N",
-            help="Check at most N payments (and N failed ones, and N refunds).",
-        )
-        parser.add_argument(
-            "--batch-size",
-            type=_count(1),
-            default=100,
-            metavar="N",
-            help="Payments read from the database at a time (default: 100).",
-        )
+        """The options: ``--older-than``, ``--failed-within``, ``--limit``, ``--batch-size``,
+        ``--dry-run``, ``--payment``.
+        """
+        for name, minimum, default, metavar, text in COUNTS:
+            parser.add_argument(
+                name, type=_count(minimum), default=default, metavar=metavar, help=text
+            )
         parser.add_argument(
             "--dry-run",
             action="store_true",
