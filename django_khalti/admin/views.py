@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from django import forms
 from django.contrib import messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
@@ -75,15 +75,25 @@ class _ConfirmationView(_FormView[_FormT]):
             admin.has_view_or_change_permission(request) and admin.has_refund_permission(request)
         ):
             raise PermissionDenied
-        if self.queryset is None:  # at the view's own URL
-            selected = request.POST.getlist(ACTION_CHECKBOX_NAME) or request.GET.getlist(
-                ACTION_CHECKBOX_NAME
-            )
-            self.queryset = admin.get_queryset(request).filter(pk__in=selected)
-        nothing_to_do = self.select(self.queryset)
+        queryset = self.queryset if self.queryset is not None else self.selection(request)
+        if queryset is None:  # nothing selected at the view's own URL: nothing to confirm
+            return HttpResponseRedirect(self.get_success_url())
+        nothing_to_do = self.select(queryset)
         if nothing_to_do is not None:
             return nothing_to_do
         return super().dispatch(request, *args, **kwargs)
+
+    def selection(self, request: HttpRequest) -> QuerySet[Payment] | None:
+        """At the view's own URL: the payments selected in its query string or its form."""
+        selected = request.POST.getlist(ACTION_CHECKBOX_NAME) or request.GET.getlist(
+            ACTION_CHECKBOX_NAME
+        )
+        if not selected:
+            return None
+        try:
+            return self.admin.get_queryset(request).filter(pk__in=selected)
+        except ValidationError:  # not a payment's id
+            return None
 
     @classmethod
     def in_place(
