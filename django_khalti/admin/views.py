@@ -78,7 +78,7 @@ class _ConfirmationView(_FormView[_FormT]):
         queryset = self.queryset if self.queryset is not None else self.selection(request)
         if queryset is None:  # nothing selected at the view's own URL: nothing to confirm
             return HttpResponseRedirect(self.get_success_url())
-        nothing_to_do = self.select(queryset)
+        nothing_to_do = self.prepare(queryset)
         if nothing_to_do is not None:
             return nothing_to_do
         return super().dispatch(request, *args, **kwargs)
@@ -113,7 +113,7 @@ class _ConfirmationView(_FormView[_FormT]):
         assert self.model_admin is not None, "as_view(model_admin=...)"
         return self.model_admin
 
-    def select(self, queryset: QuerySet[Payment]) -> HttpResponseBase | None:
+    def prepare(self, queryset: QuerySet[Payment]) -> HttpResponseBase | None:
         """Read what the page is about from the selection; a response if there is nothing."""
         raise NotImplementedError
 
@@ -133,7 +133,8 @@ class _ConfirmationView(_FormView[_FormT]):
 
     def get_success_url(self) -> str:
         """Where the action was chosen, else the changelist."""
-        return str(self.success_url or reverse("admin:django_khalti_payment_changelist"))
+        site = self.admin.admin_site.name
+        return str(self.success_url or reverse(f"{site}:django_khalti_payment_changelist"))
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         """The admin's context, the page's title, and the selection's hidden fields."""
@@ -162,7 +163,7 @@ class RefundView(_ConfirmationView[RefundForm]):
     template_name = "admin/django_khalti/payment/refund_confirmation.html"
     title = _("Refund with Khalti")
 
-    def select(self, queryset: QuerySet[Payment]) -> None:
+    def prepare(self, queryset: QuerySet[Payment]) -> None:
         """The payments, and what had been refunded of them (the guard)."""
         self.payments = list(queryset)
         self.refunded_before = sum(p.refunded_amount for p in self.payments)
@@ -232,7 +233,7 @@ class ResolveRefundView(_ConfirmationView[ResolveRefundForm]):
     template_name = "admin/django_khalti/payment/resolve_refund.html"
     title = _("Resolve an unknown refund")
 
-    def select(self, queryset: QuerySet[Payment]) -> HttpResponseBase | None:
+    def prepare(self, queryset: QuerySet[Payment]) -> HttpResponseBase | None:
         """The selection's refunds of unknown outcome; back with a warning if none."""
         # A refund younger than the claim timeout may still be in flight: not yet.
         self.refunds = list(
