@@ -20,7 +20,7 @@ from django.db.models import Q, QuerySet
 
 from ..client import KhaltiClient
 from ..exceptions import KhaltiError, KhaltiUnavailable
-from ..models import DbNow, Payment, Refund, SignalDelivery
+from ..models import DbNow, Payment, SignalDelivery
 from .outbox import deliver, due_deliveries
 from .refunds import reconcile_refund, refunds_awaiting_outcome
 from .settle import _ask_khalti, _recheck
@@ -87,9 +87,9 @@ RECHECK_FAILED_EVERY = timedelta(hours=1)
 class Reconciliation:
     """What one :func:`reconcile_due` did (or, in a dry run, would do).
 
-    The counters are by the status each item was left in; an item Khalti did not
-    answer is counted in the status it stays in (pending, or failed) and in
-    :attr:`unreachable`.
+    The counters are by the status each item Khalti answered for was left in; the
+    ones it did not answer for stay as they were, counted in :attr:`unanswered`
+    by kind (``"pending"``, ``"failed"``, ``"refunds"``).
     """
 
     #: Pending payments checked.
@@ -98,8 +98,8 @@ class Reconciliation:
     failed: Counter[str] = field(default_factory=Counter)
     #: Refunds of unknown outcome checked, by the refund's status.
     refunds: Counter[str] = field(default_factory=Counter)
-    #: Items Khalti could not be asked about (they stay as they were).
-    unreachable: int = 0
+    #: How many of each kind Khalti could not be asked about (or refused to tell).
+    unanswered: Counter[str] = field(default_factory=Counter)
     #: Whether it stopped because Khalti went unanswered ``give_up_after`` times in a row.
     given_up: bool = False
     #: Whether ``limit`` left some due items unchecked.
@@ -114,22 +114,25 @@ class Reconciliation:
     would_deliver: list[SignalDelivery] = field(default_factory=list)
     _in_a_row: int = 0
 
-    def settle(
-        self, settle: Callable[[Any], Any], item: Any, counts: Counter[str], unknown: str
-    ) -> None:
-        """Count what ``settle(item)`` left it as; ``unknown`` when Khalti did not answer."""
+    @property
+    def unreachable(self) -> int:
+        """How many items Khalti could not be asked about: they stay as they were."""
+        return sum(self.unanswered.values())
+
+    def _settle(self, settle: Callable[[Any], Any], item: Any, kind: str) -> None:
+        """Count what ``settle(item)`` left it as, under ``kind``."""
         try:
-            counts[settle(item).status] += 1
-            self._in_a_row = 0
+            status = settle(item).status
         except KhaltiUnavailable:
-            self.unreachable += 1
             self._in_a_row += 1
-            counts[unknown] += 1
+            self.unanswered[kind] += 1
         except KhaltiError as exc:
             # Any other refusal concerns this one item: the run goes on.
             logger.error("Reconciliation could not settle %r: %s", item, exc, exc_info=exc)
-            self.unreachable += 1
-            counts[unknown] += 1
+            self.unanswered[kind] += 1
+        else:
+            getattr(self, kind)[status] += 1
+            self._in_a_row = 0
 
 
 def reconcile_due(
@@ -142,7 +145,7 @@ def reconcile_due(
     give_up_after: int = GIVE_UP_AFTER,
     deliver_signals: bool = True,
     dry_run: bool = False,
-    on_batch: Callable[[int, int, Counter[str]], None] | None = None,
+    on_batch: Callable[[int, int, Reconciliation], None] | None = None,
 ) -> Reconciliation:
     """Ask Khalti about what awaits it, and record the answers.
 
@@ -154,7 +157,7 @@ def reconcile_due(
     ``payments``, those payments whatever their age: the pending ones settled,
     the failed ones re-checked, their refunds of unknown outcome, their due
     signals. At most ``limit`` of each kind, oldest first, read ``batch_size``
-    at a time (``on_batch(number, read, counts so far)`` after each batch of
+    at a time (``on_batch(number, read, report so far)`` after each batch of
     pending payments). Stops once Khalti went unanswered ``give_up_after`` times
     in a row. ``deliver_signals`` False leaves signals alone; ``dry_run`` asks
     Khalti nothing and changes nothing.
@@ -196,28 +199,30 @@ def reconcile_due(
         report.given_up = report._in_a_row >= give_up_after
         return not report.given_up
 
+    settled = set()  # a payment this run failed is not re-checked by it
     for number, batch in enumerate(pending_batches, start=1):
         for payment in batch:
             if not going():
                 break
+            settled.add(payment.pk)
             if payment.status != Status.PENDING or not claim(payment):
                 continue  # settled meanwhile, or another worker holds it
-            report.settle(_settle_claimed, payment, report.pending, Status.PENDING)
+            report._settle(_settle_claimed, payment, "pending")
         if on_batch is not None:
-            on_batch(number, len(batch), report.pending)
+            on_batch(number, len(batch), report)
         if not going():
             break
     for batch in failed_batches:
         for payment in batch:
-            if going():
-                report.settle(recheck_failed, payment, report.failed, Status.FAILED)
+            if going() and payment.pk not in settled:
+                report._settle(recheck_failed, payment, "failed")
     refund_list = list(refunds.order_by("created_at")[: (limit or 1000) + 1])
     if len(refund_list) > (limit or 1000):
         report.limited = True
         refund_list.pop()
     for refund in refund_list:
         if going():
-            report.settle(reconcile_refund, refund, report.refunds, Refund.Status.PENDING)
+            report._settle(reconcile_refund, refund, "refunds")
     # Signals last: what this run settled is delivered already (after its commit).
     # None: another deliverer took it meanwhile (not a failure).
     delivered = [deliver(delivery) for delivery in deliveries]

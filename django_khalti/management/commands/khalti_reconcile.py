@@ -23,7 +23,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_khalti import services
 from django_khalti.exceptions import KhaltiConfigurationError
-from django_khalti.models import Payment
+from django_khalti.models import Payment, Refund
 from django_khalti.services.reconciliation import GIVE_UP_AFTER, Reconciliation
 
 Status = Payment.Status
@@ -132,10 +132,9 @@ class Command(BaseCommand):
         if options["dry_run"]:
             return self._dry_run(report)
 
-        self.stdout.write(
-            f"checked {sum(report.pending.values())}: {self._summary(report.pending)}"
-        )
-        rechecked = report.failed
+        checked = self._left(report, "pending", Status.PENDING)
+        self.stdout.write(f"checked {sum(checked.values())}: {self._summary(checked)}")
+        rechecked = self._left(report, "failed", Status.FAILED)
         if rechecked:
             late = rechecked[Status.VERIFIED] + rechecked[Status.NEEDS_REVIEW]
             self.stdout.write(
@@ -145,10 +144,11 @@ class Command(BaseCommand):
                 f"{rechecked[Status.FAILED]} still failed"
                 + (" (Khalti completed them after they failed)" if late else "")
             )
-        if report.refunds:
+        refunds = self._left(report, "refunds", Refund.Status.PENDING)
+        if refunds:
             self.stdout.write(
-                f"refunds checked {sum(report.refunds.values())}: "
-                + ", ".join(f"{n} {status}" for status, n in sorted(report.refunds.items()))
+                f"refunds checked {sum(refunds.values())}: "
+                + ", ".join(f"{n} {status}" for status, n in sorted(refunds.items()))
             )
         if report.signals_due:
             self.stdout.write(
@@ -171,10 +171,15 @@ class Command(BaseCommand):
                 "the log, or the admin's signal deliveries); they are delivered again later."
             )
 
-    def _batch_done(self, number: int, read: int, counts: Counter[str]) -> None:
-        self.stdout.write(
-            f"batch {number}: {read} pending payment(s) read; so far {self._summary(counts)}"
-        )
+    def _batch_done(self, number: int, read: int, report: Reconciliation) -> None:
+        so_far = self._summary(self._left(report, "pending", Status.PENDING))
+        self.stdout.write(f"batch {number}: {read} pending payment(s) read; so far {so_far}")
+
+    @staticmethod
+    def _left(report: Reconciliation, kind: str, unchanged: str) -> Counter[str]:
+        """What the run left the items of ``kind`` as, the unanswered ones ``unchanged``."""
+        left: Counter[str] = getattr(report, kind)
+        return left + Counter({unchanged: report.unanswered[kind]})
 
     @staticmethod
     def _summary(counts: Counter[str]) -> str:

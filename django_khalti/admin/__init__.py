@@ -1,0 +1,42 @@
+"""The Payment admin: an audit trail a support desk can live in.
+
+Everything Khalti told us is read-only. Two actions talk to Khalti: "Re-check
+with Khalti" settles pending payments (and refunds whose outcome was unknown),
+"Refund" gives money back after a confirmation page. The signal deliveries'
+page lists what the shop's receivers have not yet taken, and re-sends it.
+
+- :mod:`.payments`: the payments' changelist and change page;
+- :mod:`.deliveries`: the signal deliveries' changelist;
+- :mod:`.actions`: the actions of both;
+- :mod:`.views` and :mod:`.forms`: the refund and resolve-refund confirmation pages;
+- :mod:`.records`: what both show of a payment's record (inlines, filter, JSON).
+"""
+
+from django.contrib import admin
+
+from ..models import Payment, SignalDelivery
+from .actions import RECHECK_LIMIT
+from .deliveries import SignalDeliveryAdmin
+from .forms import RefundForm, ResolveRefundForm
+from .payments import STATUS_COLOURS, PaymentAdmin
+from .records import DeliveryInline, RefundInline, UndeliveredFilter, may_see_payments, pretty_json
+from .views import RefundView, ResolveRefundView
+
+__all__ = [
+    "RECHECK_LIMIT",
+    "STATUS_COLOURS",
+    "DeliveryInline",
+    "PaymentAdmin",
+    "RefundForm",
+    "RefundInline",
+    "RefundView",
+    "ResolveRefundForm",
+    "ResolveRefundView",
+    "SignalDeliveryAdmin",
+    "UndeliveredFilter",
+    "may_see_payments",
+    "pretty_json",
+]
+
+admin.site.register(Payment, PaymentAdmin)
+admin.site.register(SignalDelivery, SignalDeliveryAdmin)

@@ -1,0 +1,152 @@
+"""The admin's actions: "Re-check with Khalti", "Refund with Khalti…", "Resolve an
+unknown refund by hand…" (payments) and "Re-send to the receivers now" (signal
+deliveries).
+
+Each checks its permission through the admin's ``has_<name>_permission``. The
+two that need a confirmation render their page (:mod:`.views`) in place. All of
+them run in the changelist's request, which is exempt from ``ATOMIC_REQUESTS``
+(``PaymentAdmin.changelist_view``): each claim must be committed before Khalti
+is called.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponseBase
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from .. import services
+from ..exceptions import KhaltiConfigurationError
+from ..models import Payment, Refund, SignalDelivery
+from .views import RefundView, ResolveRefundView
+
+if TYPE_CHECKING:
+    from .deliveries import SignalDeliveryAdmin
+    from .payments import PaymentAdmin
+
+#: The most payments one "Re-check with Khalti" asks about: each may take up to
+#: TIMEOUT, and a web request must stay short. khalti_reconcile has no limit.
+RECHECK_LIMIT = 20
+
+
+@admin.action(description=_("Re-check with Khalti"), permissions=["recheck"])
+def recheck(modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
+    """Ask Khalti about the selected pending payments, failed ones (read-only: did
+    Khalti complete it after all?) and refunds of unknown outcome.
+
+    The reconciliation ``khalti_reconcile`` runs (:func:`~django_khalti.services.reconcile_due`),
+    for the selection whatever its age: at most :data:`RECHECK_LIMIT` of each per click;
+    it stops at the first that Khalti does not answer. Reports what became of them as
+    messages.
+    """
+    try:
+        report = services.reconcile_due(
+            queryset, limit=RECHECK_LIMIT, give_up_after=1, deliver_signals=False
+        )
+    except KhaltiConfigurationError as exc:
+        modeladmin.message_user(request, _("dj-khalti is misconfigured: %s") % exc, messages.ERROR)
+        return
+    if report.limited:
+        modeladmin.message_user(
+            request,
+            _(
+                "Only the first %(n)s pending payments were re-checked; run khalti_reconcile "
+                "for more."
+            )
+            % {"n": RECHECK_LIMIT},
+            messages.WARNING,
+        )
+    counts: Counter[str] = Counter()
+    for status, n in (report.pending + report.failed).items():
+        counts[str(Payment.Status(status).label).lower()] += n
+    for status, n in report.refunds.items():
+        outcome = str(Refund.Status(status).label).lower()
+        counts[_("refund %(status)s") % {"status": outcome}] += n
+    unreachable = report.unreachable
+    checked = sum(counts.values())
+    if not checked and not unreachable:
+        modeladmin.message_user(
+            request, _("None of the selected payments awaits Khalti."), messages.WARNING
+        )
+        return
+    if checked:
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        modeladmin.message_user(
+            request,
+            _("Re-checked %(checked)s with Khalti: %(summary)s.")
+            % {"checked": checked, "summary": summary},
+            messages.SUCCESS,
+        )
+    if unreachable:
+        modeladmin.message_user(
+            request,
+            _("Khalti could not be reached; the payments not re-checked stay pending."),
+            messages.ERROR,
+        )
+
+
+@admin.action(description=_("Refund with Khalti…"), permissions=["refund"])
+def refund(
+    modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[Payment]
+) -> HttpResponseBase:
+    """Refund the selected payments after a confirmation page (:class:`.views.RefundView`)."""
+    return RefundView.in_place(modeladmin, request, queryset)
+
+
+@admin.action(description=_("Resolve an unknown refund by hand…"), permissions=["refund"])
+def resolve_refund(
+    modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[Payment]
+) -> HttpResponseBase:
+    """Record what Khalti's dashboard shows of the selection's refunds of unknown outcome,
+    after a confirmation page (:class:`.views.ResolveRefundView`).
+    """
+    return ResolveRefundView.in_place(modeladmin, request, queryset)
+
+
+@admin.action(description=_("Re-send to the receivers now"), permissions=["resend"])
+def resend(
+    modeladmin: SignalDeliveryAdmin, request: HttpRequest, queryset: QuerySet[SignalDelivery]
+) -> None:
+    """Deliver the selected undelivered signals now; report how many took."""
+    undelivered = list(queryset.filter(next_attempt_at__isnull=False)[:RECHECK_LIMIT])
+    if not undelivered:
+        modeladmin.message_user(
+            request, _("The selected signals were all delivered already."), messages.WARNING
+        )
+        return
+    outcomes = [services.deliver(delivery, now=True) for delivery in undelivered]
+    delivered, failed = outcomes.count(True), outcomes.count(False)
+    if None in outcomes:
+        modeladmin.message_user(
+            request,
+            ngettext(
+                "%(n)s signal is being delivered right now: try again in a moment.",
+                "%(n)s signals are being delivered right now: try again in a moment.",
+                outcomes.count(None),
+            )
+            % {"n": outcomes.count(None)},
+            messages.WARNING,
+        )
+    if delivered:
+        modeladmin.message_user(
+            request,
+            ngettext("Delivered %(n)s signal.", "Delivered %(n)s signals.", delivered)
+            % {"n": delivered},
+            messages.SUCCESS,
+        )
+    if failed:
+        modeladmin.message_user(
+            request,
+            ngettext(
+                "%(n)s signal was not delivered: a receiver raised (see its last error).",
+                "%(n)s signals were not delivered: a receiver raised (see their last error).",
+                failed,
+            )
+            % {"n": failed},
+            messages.ERROR,
+        )
