@@ -136,7 +136,7 @@ def test_installed_wheel(wheel: Path, source: Path, work: Path, pytest_args: lis
     suite = work / "suite"
     for folder in ("tests", "testproject"):
         shutil.copytree(source / folder, suite / folder)
-    # pytest's settings; the documents tests/test_docs.py holds up against the code.
+    # pytest's settings; the documents tests/project/test_docs.py holds up against the code.
     for name in ("pyproject.toml", "README.rst", "CHANGELOG.rst"):
         shutil.copy(source / name, suite / name)
     shutil.copy(source / ".ci" / "installed_wheel.py", suite / "installed_wheel.py")

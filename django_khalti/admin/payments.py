@@ -57,7 +57,7 @@ class PaymentAdmin(_PaymentAdmin):
     ]
     list_filter = ["status", UndeliveredFilter, "flow", "created_at", "verified_at"]
     date_hierarchy = "created_at"
-    # Every field is looked up so that an index answers (tests/test_performance.py):
+    # Every field is looked up so that an index answers (tests/system/test_performance.py):
     # Khalti's ids and the masked mobile exactly, the order reference by its
     # beginning. "contains" or a case-insensitive lookup (the admin's "=" and "^")
     # would read the whole table on PostgreSQL, where case then matters.

@@ -169,7 +169,7 @@ if os.environ.get("DJANGO_LOG_FILE"):
         handlers=["console", "file"], level="DEBUG", propagate=False
     )
 
-# Test-only fault injection (tests/test_reliability.py): with
+# Test-only fault injection (tests/system/test_reliability.py): with
 # TESTPROJECT_FAIL_SETTLE_IF=<path>, while that file exists, every UPDATE that
 # changes a payment's status fails with OperationalError, as if the database
 # went away after Khalti answered (see testproject/faults.py). Never set otherwise.

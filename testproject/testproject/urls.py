@@ -10,7 +10,7 @@ khalti_urls = [path("khalti/", include("django_khalti.urls"))]
 urlpatterns = [
     path("admin/", admin.site.urls),
     *khalti_urls,
-    # dj-khalti's API described by DRF's own OpenAPI generator (tests/test_schema.py).
+    # dj-khalti's API described by DRF's own OpenAPI generator (tests/api/test_schema.py).
     path(
         "khalti-schema/",
         get_schema_view(

@@ -17,7 +17,7 @@ from django_khalti.client import KhaltiClient
 from django_khalti.models import Payment, order_key
 from shop.models import Order, OrderEvent
 
-from .conftest import epayment_started, fixture
+from ..conftest import epayment_started, fixture
 
 pytestmark = pytest.mark.django_db
 

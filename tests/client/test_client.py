@@ -26,7 +26,7 @@ from django_khalti.exceptions import (
     KhaltiVerificationFailed,
 )
 
-from .conftest import fixture
+from ..conftest import fixture
 
 SECRET = "test_secret_key_for_the_client_tests_only"
 

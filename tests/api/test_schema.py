@@ -36,7 +36,7 @@ from werkzeug.test import Client
 from django_khalti.models import Payment, order_key
 from shop.models import Order
 
-from .conftest import fixture
+from ..conftest import fixture
 
 VERIFY = "/khalti/verify/"
 INITIATE = "/khalti/epayment/initiate/"
@@ -135,7 +135,7 @@ class TaggedSchema(AutoSchema):
         return ["payments"]
 
 
-@override_settings(REST_FRAMEWORK={"DEFAULT_SCHEMA_CLASS": "tests.test_schema.TaggedSchema"})
+@override_settings(REST_FRAMEWORK={"DEFAULT_SCHEMA_CLASS": "tests.api.test_schema.TaggedSchema"})
 def test_drf_schema_over_a_projects_own_autoschema():
     schema = SchemaGenerator(patterns=KHALTI_URLS).get_schema(request=None, public=True)
     operation = schema["paths"][VERIFY]["post"]
@@ -171,7 +171,7 @@ def test_spectacular_is_optional():
         "response = Client().get('/khalti-schema/')\n"
         "print(response.status_code, sorted(response.json()['paths']))\n"
     )
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
@@ -246,7 +246,7 @@ KHALTI_ANSWERS = (None, "rejected", "timeout", "connection_error", "server_error
 def fuzzed_api(api, khalti_fake, settings):
     """:func:`api`, with :func:`any_order` for a shop and Khalti giving each of
     :data:`KHALTI_ANSWERS` in turn."""
-    settings.KHALTI = {**settings.KHALTI, "AMOUNT_RESOLVER": "tests.test_schema.any_order"}
+    settings.KHALTI = {**settings.KHALTI, "AMOUNT_RESOLVER": "tests.api.test_schema.any_order"}
 
     answers = itertools.cycle(KHALTI_ANSWERS)
 
@@ -349,7 +349,7 @@ def test_throttled_is_429_with_retry_after(api, settings, payload):
 
 
 def test_shop_misconfigured_or_database_down_is_503(api, settings, payload, monkeypatch):
-    settings.KHALTI = {**settings.KHALTI, "AMOUNT_RESOLVER": "tests.test_schema.no_such_thing"}
+    settings.KHALTI = {**settings.KHALTI, "AMOUNT_RESOLVER": "tests.api.test_schema.no_such_thing"}
     post(api, VERIFY, payload, status=503, code="not_configured")
 
     def database_down(*args, **kwargs):

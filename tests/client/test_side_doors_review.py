@@ -22,7 +22,7 @@ from django_khalti.client import KhaltiClient
 from django_khalti.exceptions import KhaltiBadResponse, KhaltiConfigurationError
 from django_khalti.models import Payment
 
-from .conftest import epayment_started, fixture
+from ..conftest import epayment_started, fixture
 from .test_client import exception_chain
 
 SECRET = "test_secret_key_testproject"
@@ -265,7 +265,7 @@ def test_the_same_refund_page_submitted_twice_refunds_once(admin_client, expect_
 
 @pytest.mark.django_db
 def test_huge_fee_in_khaltis_verify_answer_is_not_a_500(client, expect_khalti, payload):
-    from .conftest import transaction_record
+    from ..conftest import transaction_record
 
     record = transaction_record(amount=payload["amount"])
     record["fee_amount"] = 2**64
@@ -319,7 +319,7 @@ def test_bom_key_admin_refund_leaves_no_phantom_pending_refund(
 def test_out_of_range_amount_in_khaltis_verify_answer_is_not_a_500(
     client, expect_khalti, payload, amount
 ):
-    from .conftest import transaction_record
+    from ..conftest import transaction_record
 
     expect_khalti.verify(
         payload["token"], payload["amount"], json=transaction_record(amount=amount)

@@ -23,7 +23,7 @@ import django_khalti
 from django_khalti.models import Payment, order_key
 from shop.models import Order
 
-from .conftest import epayment_started
+from ..conftest import epayment_started
 
 pytestmark = pytest.mark.django_db
 

@@ -25,8 +25,8 @@ from django_khalti.models import Payment, order_key
 from django_khalti.signals import payment_failed, payment_verified
 from shop import receivers
 
-from .fake_khalti import FakeKhalti
-from .test_epayment import PIDX, come_back, started
+from ..epayment.test_epayment import PIDX, come_back, started
+from ..fake_khalti import FakeKhalti
 
 VERIFY = reverse("django_khalti:verify")
 CHANGELIST = reverse("admin:django_khalti_payment_changelist")

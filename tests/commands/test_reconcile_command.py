@@ -194,8 +194,8 @@ def test_two_reconcilers_at_once_settle_each_payment_once():
 
     from django.db import connection
 
-    from . import procs
-    from .fake_khalti import FakeKhalti
+    from .. import procs
+    from ..fake_khalti import FakeKhalti
 
     tokens = [f"c{i}" for i in range(12)]
     for token in tokens:
@@ -307,7 +307,7 @@ def test_done_when_timed_out_verify_reconciled_then_refunded_with_documented_ans
 def test_a_paid_status_whose_reported_idx_does_not_match_needs_review(
     expect_khalti, record_changes, held_elsewhere, why, signals, django_capture_on_commit_callbacks
 ):
-    from .conftest import transaction_record
+    from ..conftest import transaction_record
 
     payment = pending("tok-h")
     Payment.objects.filter(pk=payment.pk).update(claimed_idx="IDX-H")

@@ -4,7 +4,7 @@ conflicts surfaced, receivers given the payment as it was, one clock.
 Each scenario the second hostile review reproduced is a test here; they run on every
 database of the matrix (.ci/run: SQLite, PostgreSQL, and MariaDB at READ COMMITTED and
 at its own default, REPEATABLE READ). The worker killed by gunicorn's timeout in the
-middle of a receiver is ``tests/test_reliability.py``'s, through the rig.
+middle of a receiver is ``tests/system/test_reliability.py``'s, through the rig.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from django_khalti.signals import payment_verified
 from shop import receivers
 from shop.models import Order, OrderEvent
 
-from .conftest import fixture
+from ..conftest import fixture
 
 pytestmark = pytest.mark.django_db
 
@@ -61,7 +61,7 @@ def reconcile(*args):
 
 def past_grace(periods=1):
     """Let ``periods`` grace periods pass for the undelivered signals: date their next
-    attempt back (as tests/test_reliability.py's ``stale`` does for claims)."""
+    attempt back (as tests/system/test_reliability.py's ``stale`` does for claims)."""
     SignalDelivery.objects.filter(next_attempt_at__isnull=False).update(
         next_attempt_at=F("next_attempt_at") - timedelta(seconds=GRACE * periods)
     )

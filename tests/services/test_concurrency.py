@@ -24,7 +24,7 @@ from django_khalti.models import Payment, SignalDelivery, order_key
 from django_khalti.services import state
 from shop.models import Order, OrderEvent
 
-from .conftest import transaction_record
+from ..conftest import transaction_record
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
@@ -140,8 +140,8 @@ def test_simultaneous_submissions_from_several_processes_verify_once(payload):
 
     from django.db import connection
 
-    from . import procs
-    from .fake_khalti import FakeKhalti
+    from .. import procs
+    from ..fake_khalti import FakeKhalti
 
     workers = 4
     with FakeKhalti(delay=0.3) as fake:
@@ -342,7 +342,7 @@ def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(expect_khalti
 def test_a_batch_passes_over_rows_another_reconciler_holds(expect_khalti):
     """A payment another reconciler has claimed (fresh, on the database's clock) is
     left to it; once its claim is stale, the batch takes it again. (A row *locked*
-    elsewhere is not passed over: tests/test_reconcile_command.py.)"""
+    elsewhere is not passed over: tests/commands/test_reconcile_command.py.)"""
     from datetime import timedelta
 
     from django.utils import timezone
@@ -376,7 +376,7 @@ def test_a_batch_passes_over_rows_another_reconciler_holds(expect_khalti):
 def test_epayment_views_work_in_an_atomic_requests_project(expect_khalti, order, monkeypatch):
     from django.db import connection
 
-    from .conftest import epayment_started
+    from ..conftest import epayment_started
 
     monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
     expect_khalti.initiate(1000, order.reference, json=epayment_started())

@@ -5,7 +5,7 @@ Each scenario the hostile review reproduced is a test here, run in process again
 shipped kit (``django_khalti.testing``) playing Khalti: a Khalti that is slow, repeats
 itself, spells its states otherwise, answers for an idx as for a token, completes a
 payment after we failed it. Scenarios 1, 2 and 4 are also run through gunicorn on a real
-database in ``tests/test_reliability.py``.
+database in ``tests/system/test_reliability.py``.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def by_integer_id(request, product_identity):
 @pytest.mark.parametrize(
     ("resolver", "spellings"),
     [
-        ("tests.test_money_safety.by_integer_id", ["{pk}", "0{pk}"]),
+        ("tests.services.test_money_safety.by_integer_id", ["{pk}", "0{pk}"]),
         ("shop.khalti.order_amount", ["ORD-A", "ord-a"]),  # README's reference lookup
     ],
 )

@@ -126,7 +126,7 @@ def test_e001_message_never_shows_the_key_it_rejects():
         ("shop.khalti.no_such_resolver", "cannot be imported"),
         ("no_such_module_anywhere.order_amount", "cannot be imported"),
         ("order_amount", "cannot be imported"),
-        ("tests.test_checks.NOT_A_FUNCTION", "is not callable"),
+        ("tests.project.test_checks.NOT_A_FUNCTION", "is not callable"),
         (1000, "is not callable"),
     ],
     ids=["missing", "none", "empty", "no-attribute", "no-module", "no-dot", "constant", "int"],

@@ -27,7 +27,7 @@ from shop.models import Order
 # Real commits: each signal is sent when its transition commits, as in production.
 pytestmark = pytest.mark.django_db(transaction=True)
 
-README = (Path(__file__).resolve().parent.parent / "README.rst").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parents[2] / "README.rst").read_text(encoding="utf-8")
 VERIFY_URL = reverse("django_khalti:verify")
 
 

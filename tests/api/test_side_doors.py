@@ -1,5 +1,5 @@
 """Side doors (issue 14), the items closed so far: the secret key's hygiene and its
-exception chains are in tests/test_client.py and tests/test_checks.py; here, amounts
+exception chains are in tests/client/test_client.py and tests/project/test_checks.py; here, amounts
 beyond what a payment holds, ``payment_url`` off Khalti's hosts, and the admin's refund
 checked under the payment's row lock."""
 
@@ -16,7 +16,7 @@ from django_khalti.client import KhaltiClient
 from django_khalti.exceptions import KhaltiBadResponse
 from django_khalti.models import Payment, Refund, order_key
 
-from .conftest import fixture
+from ..conftest import fixture
 
 pytestmark = pytest.mark.django_db
 

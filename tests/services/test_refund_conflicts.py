@@ -19,7 +19,7 @@ from django_khalti.exceptions import (
 from django_khalti.models import Payment, Refund, SignalDelivery
 from django_khalti.services import epayment, lookup
 
-from .conftest import fixture
+from ..conftest import fixture
 from .test_delivery import past_grace, short_grace, unknown_refund, verified_payment  # noqa: F401
 
 pytestmark = pytest.mark.django_db

@@ -38,11 +38,11 @@ from django_khalti.models import Payment, Refund
 from django_khalti.testing import OUTCOMES, KhaltiFake
 from shop.models import Order, OrderEvent
 
-from .conftest import KhaltiExpectations
+from ..conftest import KhaltiExpectations
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VERIFY_URL = reverse("django_khalti:verify")
 INITIATE_URL = reverse("django_khalti:epayment-initiate")
 Status = Payment.Status

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django_khalti.models import Payment, order_key
 from shop.models import Order
 
-from .conftest import fixture, transaction_record
+from ..conftest import fixture, transaction_record
 
 pytestmark = pytest.mark.django_db
 URL = reverse("django_khalti:verify")
@@ -296,7 +296,7 @@ def every_order_costs_1000(request, product_identity):
     KHALTI={
         "SECRET_KEY": "test_secret_key_testproject",
         "BASE_URL": "https://khalti.test/",
-        "AMOUNT_RESOLVER": "tests.test_views.every_order_costs_1000",
+        "AMOUNT_RESOLVER": "tests.api.test_views.every_order_costs_1000",
     }
 )
 def test_order_references_differing_only_in_case_are_different_orders(
@@ -615,8 +615,8 @@ def resolver_raising_http404(request, product_identity):
 @pytest.mark.parametrize(
     ("resolver", "status", "code"),
     [
-        ("tests.test_views.resolver_raising_type_error", 503, "not_configured"),
-        ("tests.test_views.resolver_raising_http404", 404, "unknown_order"),
+        ("tests.api.test_views.resolver_raising_type_error", 503, "not_configured"),
+        ("tests.api.test_views.resolver_raising_http404", 404, "unknown_order"),
     ],
 )
 def test_a_resolver_raising_is_never_a_500(

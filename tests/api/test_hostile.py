@@ -38,7 +38,7 @@ from django_khalti.serializers import EpaymentInitiateSerializer, VerifySerializ
 from shop.khalti import order_amount
 from shop.models import Order
 
-from .conftest import SECRET, epayment_started, fixture
+from ..conftest import SECRET, epayment_started, fixture
 
 pytestmark = [pytest.mark.django_db, pytest.mark.reliability]
 

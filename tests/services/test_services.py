@@ -21,7 +21,7 @@ from django_khalti.exceptions import (
 from django_khalti.models import Payment, Refund, order_key
 from django_khalti.services import state
 
-from .conftest import fixture, transaction_record
+from ..conftest import fixture, transaction_record
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +54,7 @@ def khalti_settings_with(resolver):
 
 def test_resolver_gets_the_request_and_product_identity():
     request = RequestFactory().post("/")
-    with khalti_settings_with("tests.test_services.recording_resolver"):
+    with khalti_settings_with("tests.services.test_services.recording_resolver"):
         assert services.expected_amount(request, "ORD-9") == 1500
     assert seen == {"request": request, "product_identity": "ORD-9"}
 

@@ -33,8 +33,8 @@ from django_khalti.conf import CALLS_PER_CLAIM, CLAIM_MARGIN
 from django_khalti.models import Payment
 from shop.models import Order, OrderEvent
 
-from .fake_khalti import FakeKhalti
-from .rig import TIMEOUT, WORKERS, Rig
+from ..fake_khalti import FakeKhalti
+from ..rig import TIMEOUT, WORKERS, Rig
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reliability]
 
@@ -64,7 +64,7 @@ def assert_no_secret_in_the_logs(rig):
     """Checked when the module's rig stops: every test here ran against these 4
     workers with dj-khalti's and urllib3's loggers at DEBUG; their log (and
     gunicorn's) holds the traffic, but never the secret key."""
-    from .fake_khalti import SECRET
+    from ..fake_khalti import SECRET
 
     django_log = rig.log_file.read_text()
     assert "django_khalti" in django_log
