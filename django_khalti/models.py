@@ -29,6 +29,14 @@ class DbNow(Now):
         """``UTC_TIMESTAMP(6)``: Django stores datetimes in UTC on MySQL and MariaDB."""
         return self.as_sql(compiler, connection, template="UTC_TIMESTAMP(6)", **extra_context)
 
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        """Microseconds, as Django writes a datetime on SQLite: SQLite compares the
+        text, and its own ``%f`` (milliseconds) sorts before Django's ``.123000`` for
+        the same instant, so a batch's cursor would skip the rows of its last millisecond.
+        """
+        template = "STRFTIME('%%%%Y-%%%%m-%%%%d %%%%H:%%%%M:%%%%f000', 'NOW')"
+        return self.as_sql(compiler, connection, template=template, **extra_context)
+
 
 class PaymentQuerySet(models.QuerySet["Payment"]):
     """``Payment.objects``: payments by status and by order."""

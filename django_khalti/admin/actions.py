@@ -61,8 +61,10 @@ def recheck(modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[P
             % {"n": RECHECK_LIMIT},
             messages.WARNING,
         )
+    # A payment another worker is settling right now is still pending, as far as we know.
+    payments = report.pending + report.failed + Counter({Payment.Status.PENDING: report.busy})
     counts: Counter[str] = Counter()
-    for status, n in (report.pending + report.failed).items():
+    for status, n in payments.items():
         counts[str(Payment.Status(status).label).lower()] += n
     for status, n in report.refunds.items():
         outcome = str(Refund.Status(status).label).lower()

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import quote, urljoin
 
 from django.utils.decorators import method_decorator
@@ -88,18 +88,6 @@ def _about(endpoint: str) -> Callable[[_Method], _Method]:
         return cast("_Method", call)
 
     return decorate
-
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
-
-
-class EpaymentDetails(TypedDict, total=False):
-    """What an ePayment may tell Khalti beyond its amount and order; each is optional."""
-
-    customer_info: dict[str, Any] | None
-    amount_breakdown: list[dict[str, Any]] | None
-    product_details: list[dict[str, Any]] | None
 
 
 class KhaltiClient:
@@ -222,7 +210,9 @@ class KhaltiClient:
         amount: int,
         purchase_order_id: str,
         purchase_order_name: str,
-        **details: Unpack[EpaymentDetails],
+        customer_info: dict[str, Any] | None = None,
+        amount_breakdown: list[dict[str, Any]] | None = None,
+        product_details: list[dict[str, Any]] | None = None,
     ) -> KhaltiInitiation:
         """Start an ePayment. Raises :class:`KhaltiRejected` with Khalti's field
         messages (``exc.body``) when it refuses the request.
@@ -234,7 +224,12 @@ class KhaltiClient:
             "purchase_order_id": purchase_order_id,
             "purchase_order_name": purchase_order_name,
         }
-        body.update({key: value for key, value in details.items() if value})
+        optional = {
+            "customer_info": customer_info,
+            "amount_breakdown": amount_breakdown,
+            "product_details": product_details,
+        }
+        body.update({key: value for key, value in optional.items() if value})
         status, answer = self._request("POST", INITIATE_PATH, json=body)
         if status != 200:
             raise self._refusal(status, answer)

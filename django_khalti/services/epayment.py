@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from django.conf import settings
@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext as _
 
-from ..client import EpaymentDetails, KhaltiClient
+from ..client import KhaltiClient
 from ..conf import khalti_settings, website_url_is_sane
 from ..exceptions import (
     KhaltiConfigurationError,
@@ -32,7 +32,6 @@ from .state import _fail, _held, _read_later
 
 if TYPE_CHECKING:
     from rest_framework.request import Request
-    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +42,9 @@ def start_epayment(
     request: HttpRequest | Request,
     product_identity: str,
     product_name: str,
-    **details: Unpack[EpaymentDetails],
+    customer_info: dict[str, Any] | None = None,
+    amount_breakdown: list[dict[str, Any]] | None = None,
+    product_details: list[dict[str, Any]] | None = None,
 ) -> Payment:
     """Start an ePayment for the order and return its pending :class:`Payment`,
     whose ``payment_url`` the buyer is sent to.
@@ -80,7 +81,9 @@ def start_epayment(
             amount=expected,
             purchase_order_id=order.reference,
             purchase_order_name=product_name,
-            **details,
+            customer_info=customer_info,
+            amount_breakdown=amount_breakdown,
+            product_details=product_details,
         )
     except KhaltiRejected as exc:
         # Never started: the buyer paid nothing, so no payment_failed is sent.

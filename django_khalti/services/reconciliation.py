@@ -100,8 +100,10 @@ class Reconciliation:
     refunds: Counter[str] = field(default_factory=Counter)
     #: How many of each kind Khalti could not be asked about (or refused to tell).
     unanswered: Counter[str] = field(default_factory=Counter)
-    #: Whether it stopped because Khalti went unanswered ``give_up_after`` times in a row.
-    given_up: bool = False
+    #: Pending payments passed over because another worker is settling them right now.
+    busy: int = 0
+    #: After how many unanswered calls in a row it stops (see :attr:`given_up`).
+    give_up_after: int = GIVE_UP_AFTER
     #: Whether ``limit`` left some due items unchecked.
     limited: bool = False
     #: Signals whose delivery was due again; of them, the ones delivered, and the
@@ -113,6 +115,11 @@ class Reconciliation:
     would_check: list[Payment] = field(default_factory=list)
     would_deliver: list[SignalDelivery] = field(default_factory=list)
     _in_a_row: int = 0
+
+    @property
+    def given_up(self) -> bool:
+        """Whether Khalti went unanswered :attr:`give_up_after` times in a row: it stopped."""
+        return self._in_a_row >= self.give_up_after
 
     @property
     def unreachable(self) -> int:
@@ -165,7 +172,7 @@ def reconcile_due(
     Raises :class:`~django_khalti.exceptions.KhaltiConfigurationError` before
     anything is asked when dj-khalti is misconfigured.
     """
-    report = Reconciliation()
+    report = Reconciliation(give_up_after=give_up_after)
     refunds = refunds_awaiting_outcome()
     pending: QuerySet[Payment]
     failed: QuerySet[Payment]
@@ -195,33 +202,32 @@ def reconcile_due(
         return report
     KhaltiClient.from_settings()  # a broken configuration fails before anything is asked
 
-    def going() -> bool:
-        report.given_up = report._in_a_row >= give_up_after
-        return not report.given_up
-
     settled = set()  # a payment this run failed is not re-checked by it
     for number, batch in enumerate(pending_batches, start=1):
         for payment in batch:
-            if not going():
+            if report.given_up:
                 break
             settled.add(payment.pk)
-            if payment.status != Status.PENDING or not claim(payment):
-                continue  # settled meanwhile, or another worker holds it
+            if payment.status != Status.PENDING:
+                continue  # settled meanwhile
+            if not claim(payment):
+                report.busy += 1  # another worker is at it
+                continue
             report._settle(_settle_claimed, payment, "pending")
         if on_batch is not None:
             on_batch(number, len(batch), report)
-        if not going():
+        if report.given_up:
             break
     for batch in failed_batches:
         for payment in batch:
-            if going() and payment.pk not in settled:
+            if not report.given_up and payment.pk not in settled:
                 report._settle(recheck_failed, payment, "failed")
     refund_list = list(refunds.order_by("created_at")[: (limit or 1000) + 1])
     if len(refund_list) > (limit or 1000):
         report.limited = True
         refund_list.pop()
     for refund in refund_list:
-        if going():
+        if not report.given_up:
             report._settle(reconcile_refund, refund, "refunds")
     # Signals last: what this run settled is delivered already (after its commit).
     # None: another deliverer took it meanwhile (not a failure).
@@ -261,7 +267,7 @@ def _batches(
     after = rows
     while True:
         if limit is not None and seen >= limit:
-            report.limited = after.exists()
+            report.limited = report.limited or after.exists()
             return
         want = size if limit is None else min(size, limit - seen)
         batch = list(after[:want])

@@ -271,3 +271,34 @@ def test_a_payment_left_pending_by_a_timed_out_verify_is_settled_and_refunded_fr
     assert ("success", "Refunded Rs 10.00 of ORD-1.") in messages_of(response)
     assert fresh(payment).status == Payment.Status.REFUNDED
     assert [name for name, _ in sent] == ["verified", "refunded"]
+
+
+def test_recheck_warns_when_pending_payments_were_left_though_the_failed_ones_fit(
+    support_client, expect_khalti
+):
+    chosen = [pending_payment(n) for n in range(RECHECK_LIMIT + 1)]
+    for n in range(RECHECK_LIMIT):
+        failed = pending_payment(f"F{n}")
+        Payment.objects.filter(pk=failed.pk).update(
+            status=Payment.Status.FAILED, order_claim=None, token_claim=None
+        )
+        chosen.append(failed)
+    expect_khalti.expect("status", json=fixture("status_initiated"), times=2 * RECHECK_LIMIT)
+    response = run_action(support_client, "recheck", chosen)
+    assert messages_of(response) == [
+        (
+            "warning",
+            "Only the first 20 pending payments were re-checked; run khalti_reconcile for more.",
+        ),
+        ("success", "Re-checked 40 with Khalti: 20 failed, 20 pending."),
+    ]
+
+
+def test_recheck_counts_a_payment_another_worker_is_settling_as_pending(
+    support_client, expect_khalti
+):
+    payment = pending_payment(1)
+    Payment.objects.filter(pk=payment.pk).update(claimed_at=timezone.now())  # a worker is at it
+    response = run_action(support_client, "recheck", [payment])
+    assert messages_of(response) == [("success", "Re-checked 1 with Khalti: 1 pending.")]
+    assert not expect_khalti.calls

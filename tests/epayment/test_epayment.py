@@ -841,3 +841,28 @@ def test_a_pending_return_shows_the_confirming_page_even_with_success_and_failur
     assert response.status_code == 200  # not a redirect to SUCCESS_URL or FAILURE_URL
     assert "Confirming your payment" in response.content.decode()
     assert Payment.objects.get().status == Payment.Status.PENDING
+
+
+@pytest.fixture
+def rf_session_request(rf):
+    """A buyer's request as the service sees it: anonymous, with a session."""
+    from django.contrib.auth.models import AnonymousUser
+    from django.contrib.sessions.backends.db import SessionStore
+
+    request = rf.post("/")
+    request.user = AnonymousUser()
+    request.session = SessionStore()
+    return request
+
+
+def test_start_epayment_takes_its_details_as_documented(expect_khalti, rf_session_request):
+    """start_epayment(request, product_identity, product_name, customer_info=None,
+    amount_breakdown=None, product_details=None): positionally too, and a misspelt
+    detail is a TypeError before anything is stored or sent."""
+    Order.objects.create(reference="ORD-E", total=5000)
+    with pytest.raises(TypeError):
+        services.start_epayment(rf_session_request, "ORD-E", "Order E", customer_infoo={})  # type: ignore[call-arg]
+    assert not Payment.objects.exists()
+    expect_khalti.initiate(5000, "ORD-E", customer_info={"name": "Ram"})
+    payment = services.start_epayment(rf_session_request, "ORD-E", "Order E", {"name": "Ram"})
+    assert payment.status == Payment.Status.PENDING
