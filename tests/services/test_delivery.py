@@ -704,7 +704,7 @@ def test_review_holds_database_error_on_the_outbox_insert_keeps_the_payment_pend
     with mock.patch.object(
         SignalDelivery.objects, "create", side_effect=OperationalError("disk full")
     ):
-        assert post(Client(), payload).status_code in (502, 503, 504)
+        assert post(Client(), payload).status_code == 502  # Khalti answered; we did not record it
     assert Payment.objects.get().status == Status.PENDING
     assert not signals
 
@@ -741,3 +741,61 @@ def test_review_view_signaldelivery_alone_exposes_the_payments_token_and_payer(
     ).content.decode()
     assert payload["token"] not in page, "the widget token is shown without view_payment"
     assert "98XXXXXXX9" not in page, "the payer's mobile is shown without view_payment"
+
+
+# --- a re-send against a running delivery ----------------------------------------------
+
+
+def _verified_with_delivery(expect_khalti, payload, capture, client):
+    from .test_delivery import post
+
+    expect_khalti.verify(payload["token"], 1000)
+    with capture(execute=True):
+        post(client, payload)
+    return SignalDelivery.objects.get()
+
+
+def test_resend_of_a_delivered_signal_is_refused(
+    expect_khalti, payload, client, django_capture_on_commit_callbacks
+):
+    delivery = _verified_with_delivery(
+        expect_khalti, payload, django_capture_on_commit_callbacks, client
+    )
+    assert delivery.delivered_at is not None
+    assert services.deliver(delivery, now=True) is None
+
+
+def test_resend_after_a_raise_runs_at_once_then_blocks_while_running(
+    expect_khalti, payload, client, django_capture_on_commit_callbacks
+):
+    from .test_delivery import Flaky, Watch
+
+    with Flaky():
+        delivery = _verified_with_delivery(
+            expect_khalti, payload, django_capture_on_commit_callbacks, client
+        )
+    delivery.refresh_from_db()
+    assert (delivery.attempts, delivery.attempts_finished) == (1, 1)
+    results = []
+
+    def second():
+        results.append(services.deliver(SignalDelivery.objects.get(), now=True))
+
+    with Watch(during=second) as watch:
+        assert services.deliver(delivery, now=True) is True
+    assert results == [None]
+    assert watch.overlaps == 0
+
+
+def test_killed_attempt_resend_waits_then_runs(
+    expect_khalti, payload, client, django_capture_on_commit_callbacks
+):
+    expect_khalti.verify(payload["token"], 1000)
+    from .test_delivery import post
+
+    with django_capture_on_commit_callbacks(execute=False):
+        post(client, payload)  # the worker dies before its first delivery
+    delivery = SignalDelivery.objects.get()
+    assert services.deliver(delivery, now=True) is None
+    past_grace()
+    assert services.deliver(SignalDelivery.objects.get(), now=True) is True

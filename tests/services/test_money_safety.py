@@ -163,7 +163,7 @@ def test_an_idx_reported_by_a_settled_payment_locks_nobody_out(client, khalti, o
     own = khalti.add_payment(amount=1000)
     assert post(client, {**own.payload("ORD-B"), "idx": honest.token}).status_code == 200
     garbage = {"token": "garbage", "amount": 1000, "product_identity": "ORD-C", "idx": honest.token}
-    assert post(client, garbage).status_code in (400, 409)
+    assert post(client, garbage).status_code == 400  # Khalti refuses the garbage token
     assert post(client, honest.payload("ORD-A")).status_code == 200
 
 

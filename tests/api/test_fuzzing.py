@@ -1,51 +1,39 @@
-"""A hostile client, DRF throttling, and what the kit lets out: secrets and payer details.
-
-The hostile-input properties post what hypothesis makes of the API's fields
-(and of anything else) to the real endpoints: every answer is a 4xx with a JSON
-body (the browser views: a 4xx page), never a 500, and Khalti is never called.
-Inputs that would honestly reach Khalti are left out by asking the app's own
-serializer and the shop's resolver (see :func:`proceeds`), so the properties
-are about refusals only.
+"""A hostile client: what hypothesis makes of the API's fields (and of anything else),
+posted to the real endpoints. Every answer is a 4xx with a JSON body (the browser
+views: a 4xx page), never a 500, and Khalti is never called. Inputs that would
+honestly reach Khalti are left out by asking the app's own serializer and the shop's
+resolver (see :func:`proceeds`), so the properties are about refusals only.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import logging
-import sys
-import traceback
-from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
-import requests
-from django.core.cache import cache
-from django.core.management import call_command
 from django.db import transaction
 from django.http import QueryDict
-from django.test import Client
-from django.urls import reverse
-from django.utils import timezone
-from django.views.debug import ExceptionReporter, get_default_exception_reporter_filter
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from rest_framework.throttling import AnonRateThrottle
 
 from django_khalti import services
-from django_khalti.models import Payment, order_key
+from django_khalti.models import Payment
 from django_khalti.serializers import EpaymentInitiateSerializer, VerifySerializer
 from shop.khalti import order_amount
-from shop.models import Order
 
-from ..conftest import SECRET, epayment_started, fixture
+from .conftest import (
+    INITIATE,
+    PAID_TOKEN,
+    RETURN,
+    VERIFY,
+    assert_refused_json,
+    assert_refused_page,
+    assert_untouched,
+    hostile_client,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.reliability]
 
-VERIFY = reverse("django_khalti:verify")
-INITIATE = reverse("django_khalti:epayment-initiate")
-RETURN = reverse("django_khalti:epayment-return")
-PAID_TOKEN = "paid-token"
 #: Orders the hostile inputs aim at: one awaiting 1000 paisa, one below Khalti's Rs 10
 #: minimum, one paid (its resolver answer is None), and one that does not exist.
 REFERENCES = ["ORD-1", " ORD-1 ", "ord-1", "ORD-CHEAP", "ORD-PAID", "ORD-NONE"]
@@ -254,52 +242,7 @@ def form_data(body: bytes) -> QueryDict:
     return QueryDict(body, encoding="utf-8")
 
 
-# --- fixtures and checks ----------------------------------------------------------------
-
-
-@pytest.fixture
-def shop(db):
-    """The orders the hostile inputs aim at, and one verified payment."""
-    Order.objects.create(reference="ORD-1", total=1000)
-    Order.objects.create(reference="ORD-CHEAP", total=500)
-    Order.objects.create(reference="ORD-PAID", total=1000, paid=True)
-    paid = Payment.objects.create(
-        token=PAID_TOKEN,
-        product_identity="ORD-PAID",
-        amount=1000,
-        idx="paid-idx",
-        status=Payment.Status.VERIFIED,
-        verified_at=timezone.now(),
-        order_claim=order_key("ORD-PAID"),
-    )
-    return paid
-
-
-def assert_refused_json(response, expect_khalti, shop):
-    """A 4xx with a JSON body; Khalti never called; no payment made or changed."""
-    assert 400 <= response.status_code < 500, (response.status_code, response.content[:300])
-    assert response["Content-Type"].startswith("application/json"), response["Content-Type"]
-    assert isinstance(response.json(), (dict, list))
-    assert_untouched(expect_khalti, shop)
-
-
-def assert_refused_page(response, expect_khalti, shop):
-    assert 400 <= response.status_code < 500, (response.status_code, response.content[:300])
-    assert response["Content-Type"].startswith("text/html"), response["Content-Type"]
-    assert_untouched(expect_khalti, shop)
-
-
-def assert_untouched(expect_khalti, shop):
-    assert not expect_khalti.calls, expect_khalti.calls
-    assert list(Payment.objects.values_list("pk", "status")) == [(shop.pk, Payment.Status.VERIFIED)]
-
-
-def hostile_client() -> Client:
-    """A fresh client a request, so that no cookie or session carries over."""
-    return Client()
-
-
-# --- 1. hostile input ----------------------------------------------------------------------
+# --- hostile input ----------------------------------------------------------------------
 
 
 @HOSTILE
@@ -514,280 +457,6 @@ def test_oversized_and_deeply_nested_bodies_are_400_json_not_an_html_page_or_500
     assert response["Content-Type"] == "application/json"
     assert response.json()["detail"]
     assert_untouched(expect_khalti, shop)
-
-
-# --- 2. DRF throttling ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def throttle_cache():
-    """Throttles count in Django's cache: a clean count for each test."""
-    cache.clear()
-    yield cache
-    cache.clear()
-
-
-def refused_verify(client, **extra):
-    return client.post(
-        VERIFY,
-        data=json.dumps({"token": "t", "amount": 1000, "product_identity": "ORD-NONE"}),
-        content_type="application/json",
-        **extra,
-    )
-
-
-def test_the_widget_endpoint_answers_429_past_the_khalti_rate(
-    settings, throttle_cache, expect_khalti, shop
-):
-    settings.REST_FRAMEWORK = {"DEFAULT_THROTTLE_RATES": {"khalti": "5/min"}}
-    client = Client()
-    assert [refused_verify(client).status_code for _ in range(5)] == [404] * 5
-    # The 6th is refused before anything is read, even an honest payload.
-    honest = {"token": "QUvsT4Y8aWd3zTVdLCbsNs", "amount": 1000, "product_identity": "ORD-1"}
-    response = client.post(VERIFY, data=json.dumps(honest), content_type="application/json")
-    assert response.status_code == 429
-    assert response["Content-Type"] == "application/json"
-    assert "throttled" in response.json()["detail"]
-    assert int(response["Retry-After"]) > 0
-    # The rate is per client (and shared by the kit's endpoints).
-    assert client.post(INITIATE, data={"product_identity": "ORD-1"}).status_code == 429
-    assert refused_verify(Client(), REMOTE_ADDR="10.0.0.2").status_code == 404
-    assert_untouched(expect_khalti, shop)
-
-
-def test_without_a_khalti_rate_nothing_is_throttled_even_with_drfs_scoped_throttle(
-    settings, throttle_cache, expect_khalti, shop
-):
-    settings.REST_FRAMEWORK = {
-        "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
-        "DEFAULT_THROTTLE_RATES": {"other": "1/min"},
-    }
-    client = Client()
-    assert {refused_verify(client).status_code for _ in range(20)} == {404}
-    assert_untouched(expect_khalti, shop)
-
-
-def test_the_projects_own_throttles_apply_too(
-    settings, throttle_cache, expect_khalti, shop, monkeypatch
-):
-    settings.REST_FRAMEWORK = {
-        "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.AnonRateThrottle"],
-        "DEFAULT_THROTTLE_RATES": {"anon": "3/min"},
-    }
-    # DRF's own throttles keep the rates they saw at import (a class attribute).
-    monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"anon": "3/min"})
-    client = Client()
-    assert [refused_verify(client).status_code for _ in range(4)] == [404, 404, 404, 429]
-    assert_untouched(expect_khalti, shop)
-
-
-# --- 3. secrets and the payer's details ------------------------------------------------
-
-
-CUSTOMER = {"name": "Ram Bahadur Thapa", "email": "ram.thapa@example.com", "phone": "9812345678"}
-PAYER = ("Test User", "98XXXXXXX9")
-RETURN_MOBILE = "9800000001"
-
-
-def record_texts(records):
-    """Everything a log handler could write of these records."""
-    formatter = logging.Formatter()
-    for record in records:
-        yield record.getMessage()
-        yield repr(record.msg)
-        yield repr(record.args)
-        if record.exc_info:
-            yield formatter.formatException(record.exc_info)
-        for text in (record.exc_text, record.stack_info):
-            if text:
-                yield text
-
-
-def exception_text(exc: BaseException) -> str:
-    """The exception as a traceback shows it, with its causes and their messages."""
-    return "".join(traceback.format_exception(exc)) + repr(exc) + repr(getattr(exc, "__dict__", {}))
-
-
-def response_text(response) -> str:
-    return response.content.decode("utf-8", "replace") + repr(sorted(response.items()))
-
-
-@pytest.fixture
-def loud(settings, caplog):
-    """DEBUG everywhere: Django's DEBUG (SQL logged too) and every logger at DEBUG."""
-    settings.DEBUG = True
-    caplog.set_level(logging.DEBUG)
-    caplog.set_level(logging.DEBUG, logger="django_khalti")
-    caplog.set_level(logging.DEBUG, logger="django")
-    return caplog
-
-
-def widget_order(reference, token, expect_khalti=None):
-    Order.objects.create(reference=reference, total=1000)
-    return {
-        "token": token,
-        "amount": 1000,
-        "product_identity": reference,
-        "mobile": PAYER[1],
-        "idx": f"idx-{token}",
-    }
-
-
-def test_the_secret_key_and_payer_details_never_leave_the_kit(
-    loud, client, expect_khalti, django_capture_on_commit_callbacks
-):
-    responses, exceptions, output = [], [], []
-
-    def post(data):
-        response = client.post(VERIFY, data=json.dumps(data), content_type="application/json")
-        responses.append(response)
-        return response
-
-    def attempt(call, *args, **kwargs):
-        try:
-            return call(*args, **kwargs)
-        except Exception as exc:
-            exceptions.append(exc)
-            return None
-
-    # Widget: verified, rejected, timed out, and our key refused (401) by Khalti.
-    expect_khalti.verify("tok-ok", 1000)
-    with django_capture_on_commit_callbacks(execute=True):
-        assert post(widget_order("ORD-OK", "tok-ok")).status_code == 200
-    expect_khalti.refused("tok-no", 1000)
-    assert post(widget_order("ORD-NO", "tok-no")).status_code == 400
-    expect_khalti.verify("tok-slow", 1000, body=requests.exceptions.ReadTimeout("Read timed out."))
-    assert post(widget_order("ORD-SLOW", "tok-slow")).status_code == 504
-    expect_khalti.verify("tok-401", 1000, status=401, json=fixture("error_bad_key"))
-    assert post(widget_order("ORD-401", "tok-401")).status_code == 502
-    # The same faults through the service, for the exceptions' own text.
-    for token, kind in (("tok-svc-slow", "timeout"), ("tok-svc-401", "401"), ("tok-svc-no", "no")):
-        if kind == "timeout":
-            expect_khalti.verify(
-                token, 1000, body=requests.exceptions.ReadTimeout("Read timed out.")
-            )
-        elif kind == "401":
-            expect_khalti.verify(token, 1000, status=401, json=fixture("error_bad_key"))
-        else:
-            expect_khalti.refused(token, 1000)
-        data = widget_order(f"ORD-{token}", token)
-        attempt(
-            services.verify_payment,
-            None,
-            token=token,
-            amount=1000,
-            product_identity=data["product_identity"],
-            idx=data["idx"],
-        )
-    assert len(exceptions) == 3
-
-    # ePayment: started with the buyer's details, and the buyer back with a mobile.
-    Order.objects.create(reference="ORD-EP", total=1000)
-    expect_khalti.initiate(1000, "ORD-EP", customer_info=CUSTOMER, json=epayment_started())
-    started = client.post(
-        INITIATE,
-        data=json.dumps(
-            {"product_identity": "ORD-EP", "product_name": "Dragon", "customer_info": CUSTOMER}
-        ),
-        content_type="application/json",
-    )
-    responses.append(started)
-    assert started.status_code == 201
-    pidx = started.json()["pidx"]
-    expect_khalti.lookup(pidx, "epayment_lookup_completed")
-    with django_capture_on_commit_callbacks(execute=True):
-        back = client.get(
-            RETURN,
-            {
-                "pidx": pidx,
-                "status": "Completed",
-                "mobile": RETURN_MOBILE,
-                "transaction_id": "GFq9PFS7b2iYvL8Lir9oXe",
-            },
-        )
-    responses.append(back)
-    assert back.status_code == 200
-    assert Payment.objects.get(pidx=pidx).status == Payment.Status.VERIFIED
-
-    # Refunds: refused, then done.
-    paid = Payment.objects.get(token="tok-ok")
-    expect_khalti.refund(paid.idx, {}, status=400, json=fixture("refund_refused"))
-    expect_khalti.status("tok-ok", 1000, "status_complete")  # asked after the refusal: not refunded
-    attempt(services.refund_payment, paid)
-    assert len(exceptions) == 4
-    expect_khalti.refund(paid.idx, {})
-    assert attempt(services.refund_payment, paid) is not None
-
-    # Reconciliation of the payment whose answer timed out, and of the one refused our key.
-    Payment.objects.filter(status=Payment.Status.PENDING).update(
-        created_at=timezone.now() - timedelta(minutes=10), claimed_at=None
-    )
-    for token in ("tok-slow", "tok-401", "tok-svc-slow", "tok-svc-401"):
-        expect_khalti.complete(token, 1000)
-    out, err = io.StringIO(), io.StringIO()
-    with django_capture_on_commit_callbacks(execute=True):
-        call_command("khalti_reconcile", stdout=out, stderr=err)
-    output += [out.getvalue(), err.getvalue()]
-    assert "4 verified" in output[0]
-
-    logged = list(record_texts(loud.records))
-    assert any("Khalti" in text for text in logged)  # the run did log, at DEBUG too
-    assert any(record.levelno == logging.DEBUG for record in loud.records)
-    texts = {
-        "log": [*logged, loud.text],
-        "response": [response_text(r) for r in responses],
-        "exception": [exception_text(e) for e in exceptions],
-        "command output": output,
-    }
-    for where, found in texts.items():
-        leaks = [text for text in found if SECRET in text]
-        assert not leaks, f"the secret key is in a {where}: {leaks[0][:500]}"
-    for response in responses:
-        text = response_text(response)
-        for detail in (*PAYER, *CUSTOMER.values(), RETURN_MOBILE):
-            assert detail not in text, f"{detail!r} in a response: {text[:500]}"
-    # The return URL's mobile is in no record of the kit's. (Django's own DEBUG loggers may
-    # show the request: django.template logs the context of a missing variable, request
-    # and URL included.)
-    kits = [r for r in loud.records if r.name.startswith("django_khalti")]
-    assert kits
-    for text in record_texts(kits):
-        assert RETURN_MOBILE not in text, text[:500]
-
-
-def test_django_hides_the_secret_key_in_its_settings_dump(settings):
-    settings.DEBUG = True
-    safe = get_default_exception_reporter_filter().get_safe_settings()
-    assert safe["KHALTI"]["SECRET_KEY"] != SECRET
-    assert set(safe["KHALTI"]["SECRET_KEY"]) == {"*"}
-    assert SECRET not in repr(safe)
-
-
-@pytest.mark.parametrize("debug", [True, False])
-def test_the_technical_500_page_shows_no_secret_key_in_settings(rf, settings, debug):
-    settings.DEBUG = debug
-    request = rf.get("/khalti/verify/")
-    try:
-        raise RuntimeError("boom")
-    except RuntimeError:
-        reporter = ExceptionReporter(request, *sys.exc_info())
-    assert SECRET not in reporter.get_traceback_html()
-    assert SECRET not in reporter.get_traceback_text()
-
-
-def test_an_error_report_of_a_crash_inside_a_khalti_call_shows_no_secret_key(
-    settings, expect_khalti
-):
-    """With DEBUG off (production), Django's error e-mails show every frame's local
-    variables, cleansed only below a ``sensitive_variables`` frame."""
-    settings.DEBUG = False
-    Order.objects.create(reference="ORD-CRASH", total=1000)
-    expect_khalti.verify("tok-crash", 1000, body=RuntimeError("a bug below requests"))
-    with pytest.raises(RuntimeError) as raised:
-        services.verify_payment(None, token="tok-crash", amount=1000, product_identity="ORD-CRASH")
-    reporter = ExceptionReporter(None, raised.type, raised.value, raised.tb, is_email=True)
-    assert SECRET not in reporter.get_traceback_text()
-    assert SECRET not in reporter.get_traceback_html()
 
 
 @HOSTILE
