@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
+from django.core.handlers.exception import convert_exception_to_response
+from django.db import connections
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory
 from django.urls import NoReverseMatch, reverse
 from django.utils.module_loading import import_string
 
 from .client import MAX_TIMEOUT, key_is_clean, timeout_is_sane
 from .conf import DEFAULTS, website_url_is_sane
+from .decorators import COOP_HEADER, KEEPS_POPUP_OPENER, allow_khalti_popups
 
 
 def _is_loopback(host: str) -> bool:
@@ -167,6 +173,89 @@ def _check_website_url(config: dict[str, Any]) -> list[checks.CheckMessage]:
     ]
 
 
+def _check_widget_script_url(config: dict[str, Any]) -> list[checks.CheckMessage]:
+    url = config.get("WIDGET_SCRIPT_URL", DEFAULTS["WIDGET_SCRIPT_URL"])
+    good = False
+    if isinstance(url, str) and url.isprintable() and url.isascii() and " " not in url:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+        except ValueError:
+            parts, host = None, ""
+        if parts is not None:
+            good = (parts.scheme == "https" and bool(host)) or (
+                parts.scheme == "http" and _is_loopback(host)
+            )
+            good = good or (not parts.scheme and url.startswith("/") and not url.startswith("//"))
+    if good:
+        return []
+    return [
+        checks.Error(
+            "KHALTI['WIDGET_SCRIPT_URL'] is not an https URL or a path on this site.",
+            hint="Khalti's loader, e.g. the default "
+            f"{DEFAULTS['WIDGET_SCRIPT_URL']!r}; a copy you serve may be a path such as "
+            "'/static/khalti-checkout.iffe.js'.",
+            id="django_khalti.E006",
+        )
+    ]
+
+
+def _a_host() -> str:
+    """A host name ``ALLOWED_HOSTS`` accepts, for a request made up by a check."""
+    for host in settings.ALLOWED_HOSTS:
+        if host and host != "*" and not host.startswith("."):
+            return str(host)
+    return "localhost"
+
+
+def _middleware_coop() -> str | None:
+    """The ``Cross-Origin-Opener-Policy`` the project's middleware leaves on a response of
+    a view decorated with ``allow_khalti_popups``; None when that cannot be told (a
+    middleware answered instead of the view, or raised: nothing to say then).
+    """
+    ran = []
+
+    @allow_khalti_popups
+    def pay_page(request: HttpRequest) -> HttpResponse:
+        ran.append(True)
+        return HttpResponse("")
+
+    def no_queries(*args: Any) -> Any:
+        raise RuntimeError("a system check runs no queries")
+
+    try:
+        handler: Any = convert_exception_to_response(pay_page)
+        for path in reversed(settings.MIDDLEWARE):
+            # As BaseHandler.load_middleware chains them (process_view hooks aside).
+            handler = convert_exception_to_response(import_string(path)(handler))
+        request = RequestFactory().get("/", secure=True, headers={"host": _a_host()})
+        with ExitStack() as stack:  # a middleware that queries cannot be told: skipped
+            for connection in connections.all():
+                stack.enter_context(connection.execute_wrapper(no_queries))
+            response = handler(request)
+    except Exception:  # MiddlewareNotUsed, an async-only middleware, anything: cannot tell
+        return None
+    if not ran or not hasattr(response, "headers"):
+        return None
+    return str(response.headers.get(COOP_HEADER, ""))
+
+
+def _check_popups_survive_middleware() -> list[checks.CheckMessage]:
+    coop = _middleware_coop()
+    if coop is None or coop.strip().lower() in KEEPS_POPUP_OPENER:
+        return []
+    return [
+        checks.Warning(
+            f"A middleware in MIDDLEWARE sends 'Cross-Origin-Opener-Policy: {coop}' even on "
+            "views decorated with django_khalti.decorators.allow_khalti_popups.",
+            hint="Payments in the Khalti widget's bank tabs are then lost: the buyer pays in "
+            "a popup, and the page never hears of it. Let the view's header stand (set it "
+            "with setdefault, as Django's SecurityMiddleware does), or exempt the pay pages.",
+            id="django_khalti.W003",
+        )
+    ]
+
+
 @checks.register("django_khalti")
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
@@ -176,8 +265,11 @@ def check_settings(
     Errors: E001 no secret key (or ``KHALTI`` not a dict), E002 no callable amount
     resolver, E003 ``BASE_URL`` not an http(s) URL, E004 ``TIMEOUT`` or
     ``SIGNAL_GRACE_PERIOD`` not a positive number, E005 ``WEBSITE_URL`` malformed,
-    or unset while the ePayment pages are served with ``DEBUG`` off. Warnings: W001 ``BASE_URL`` without https to a remote host,
-    W002 a test key while ``DEBUG`` is False.
+    or unset while the ePayment pages are served with ``DEBUG`` off, E006
+    ``WIDGET_SCRIPT_URL`` not an https URL or a path. Warnings: W001 ``BASE_URL``
+    without https to a remote host, W002 a test key while ``DEBUG`` is False, W003
+    a middleware overriding the ``Cross-Origin-Opener-Policy`` of
+    ``allow_khalti_popups``.
     """
     config = getattr(settings, "KHALTI", None)
     if config is not None and not isinstance(config, dict):
@@ -195,4 +287,6 @@ def check_settings(
         *_check_base_url(config),
         *_check_timeout(config),
         *_check_website_url(config),
+        *_check_widget_script_url(config),
+        *_check_popups_survive_middleware(),
     ]

@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "WEBSITE_URL": None,
     "SUCCESS_URL": None,
     "FAILURE_URL": None,
+    "WIDGET_SCRIPT_URL": (
+        "https://khalti.s3.ap-south-1.amazonaws.com/KPG/dist/2020.12.17.0.0.0/khalti-checkout.iffe.js"
+    ),
 }
 
 #: Settings holding a dotted path, resolved with ``import_string`` on access.

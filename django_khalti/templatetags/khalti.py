@@ -1,0 +1,215 @@
+"""``{% load khalti %}``: Khalti's widget and the ePayment button, one tag each.
+
+``{% khalti_widget order.reference order.title %}`` renders a Pay button, the
+widget's configuration (``json_script``), Khalti's loader script and the app's
+``django_khalti/khalti-pay.js``, which forwards the widget's payload to
+``django_khalti:verify``. The amount is always the shop's resolver's, never the
+template's. ``{% khalti_epayment_button order.reference %}`` renders a POST form
+to ``django_khalti:epayment-start``, with the CSRF token.
+
+Both render overridable templates (``django_khalti/widget.html``,
+``django_khalti/epayment_button.html``) and need the ``request`` in the
+template's context (``django.template.context_processors.request``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from django import template
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest
+from django.middleware.csrf import get_token
+from django.shortcuts import resolve_url
+from django.template.loader import render_to_string
+from django.urls import NoReverseMatch, reverse
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext as _
+
+from .. import services
+from ..conf import khalti_settings
+from ..decorators import popups_allowed
+from ..exceptions import KhaltiConfigurationError, KhaltiError
+
+logger = logging.getLogger(__name__)
+register = template.Library()
+
+#: The widget's tabs, as Khalti's loader names them (``paymentPreference``).
+PAYMENT_PREFERENCES = ("KHALTI", "EBANKING", "MOBILE_BANKING", "CONNECT_IPS", "SCT")
+#: The largest amount a browser's JavaScript number holds exactly (``Number.MAX_SAFE_INTEGER``).
+MAX_SAFE_AMOUNT = 2**53 - 1
+#: How many widgets this request rendered (their elements' ids are numbered).
+_COUNTER = "_khalti_widgets"
+
+
+def _request(context: template.Context, tag: str) -> HttpRequest:
+    request = context.get("request")
+    if not isinstance(request, HttpRequest):
+        raise KhaltiConfigurationError(
+            f"{{% {tag} %}} needs the request in the template's context: add "
+            "'django.template.context_processors.request' to the context processors "
+            "of TEMPLATES, and render with render(request, ...)."
+        )
+    return request
+
+
+def _preferences(value: str | Iterable[str] | None) -> list[str] | None:
+    if value is None or value == "":
+        return None
+    names = value.split(",") if isinstance(value, str) else list(value)
+    chosen = [str(name).strip().upper() for name in names if str(name).strip()]
+    unknown = [name for name in chosen if name not in PAYMENT_PREFERENCES]
+    if unknown:
+        raise KhaltiConfigurationError(
+            f"{{% khalti_widget %}}: payment_preference names {unknown!r}; Khalti's tabs "
+            f"are {', '.join(PAYMENT_PREFERENCES)}."
+        )
+    return chosen or None
+
+
+def _success_url(success_url: str | None) -> str | None:
+    target = success_url or khalti_settings.SUCCESS_URL
+    if not target:
+        return None
+    try:
+        return str(resolve_url(target))
+    except NoReverseMatch:
+        logger.error("KHALTI success URL %r cannot be resolved.", target)
+        return None
+
+
+def _product_url(request: HttpRequest, product_url: str | None) -> str:
+    if product_url:
+        return str(product_url)
+    # Only shown by Khalti; still, the shop's own origin rather than the Host header when known.
+    website = khalti_settings.WEBSITE_URL
+    if website:
+        return str(website).rstrip("/") + request.get_full_path()
+    return request.build_absolute_uri()
+
+
+def _warn_without_popups(request: HttpRequest) -> None:
+    if settings.DEBUG and not popups_allowed(request):
+        logger.warning(
+            "{%% khalti_widget %%} on %s, a view not decorated with "
+            "django_khalti.decorators.allow_khalti_popups: with Django's default "
+            "Cross-Origin-Opener-Policy (same-origin), payments in the widget's bank "
+            "tabs are lost (the buyer pays, the page never hears of it).",
+            request.path,
+        )
+
+
+@register.simple_tag(takes_context=True)
+def khalti_widget(
+    context: template.Context,
+    product_identity: Any,
+    product_name: Any = None,
+    *,
+    product_url: str | None = None,
+    label: str | None = None,
+    payment_preference: str | Iterable[str] | None = None,
+    success_url: str | None = None,
+    button_id: str | None = None,
+    button_class: str = "",
+) -> SafeString:
+    """Khalti's widget for the order ``product_identity``: a Pay button and what it needs.
+
+    The amount is the shop's resolver's for this request. An order the resolver
+    does not know renders a message and no button; a misconfigured shop (the
+    resolver raising, ...) renders "not available" and logs the error, as the
+    views answer ``503 not_configured``. ``success_url`` (default
+    ``KHALTI["SUCCESS_URL"]``; a path, URL or URL name) is where the buyer goes
+    once verified, with ``?payment=<id>``; without one, the page reloads.
+    """
+    request = _request(context, "khalti_widget")
+    identity = str(product_identity)
+    number = getattr(request, _COUNTER, 0) + 1
+    setattr(request, _COUNTER, number)
+    widget_id = f"khalti-widget-{number}"
+    page: dict[str, Any] = {
+        "widget_id": widget_id,
+        "config_id": f"{widget_id}-config",
+        "first": number == 1,
+        "label": label or _("Pay with Khalti"),
+        "button_id": button_id,
+        "button_class": button_class,
+        "script_url": khalti_settings.WIDGET_SCRIPT_URL,
+        "config": None,
+        "error": None,
+    }
+    preferences = _preferences(payment_preference)  # the template's bug: raised, loud
+    try:
+        amount = services.expected_amount(request, identity)
+        if amount > MAX_SAFE_AMOUNT:
+            raise KhaltiConfigurationError(
+                f"The order {identity!r} costs {amount} paisa, more than a browser counts exactly."
+            )
+    except KhaltiError as exc:  # KhaltiUnknownOrder: the refusal's own words
+        page["error"] = exc.detail
+    except (KhaltiConfigurationError, DatabaseError) as exc:
+        logger.error("{%% khalti_widget %%} cannot offer %r: %s", identity, exc, exc_info=exc)
+        page["error"] = _("Payments are not available right now.")
+    else:
+        _warn_without_popups(request)
+        config: dict[str, Any] = {
+            "publicKey": khalti_settings.PUBLIC_KEY or "",
+            "productIdentity": identity,
+            "productName": str(product_name) if product_name else identity,
+            "productUrl": _product_url(request, product_url),
+            "amount": amount,
+            "verifyUrl": reverse("django_khalti:verify"),
+            "csrfToken": get_token(request),
+            "successUrl": _success_url(success_url),
+            "messages": {
+                "confirming": _("Paid at Khalti; confirming your payment with the shop…"),
+                "verified": _("Khalti confirmed your payment. Thank you!"),
+                "failed": _("Your payment could not be confirmed."),
+                "unconfirmed": _(
+                    "Your payment is not confirmed yet. Do not pay again: check again in a moment."
+                ),
+                "checkAgain": _("Check again"),
+                "closed": _("The Khalti window was closed; nothing was paid."),
+                "unavailable": _("Khalti's widget could not be loaded."),
+            },
+        }
+        if preferences:
+            config["paymentPreference"] = preferences
+        page["config"] = config
+    return render_to_string("django_khalti/widget.html", page, request=request)
+
+
+@register.simple_tag(takes_context=True)
+def khalti_epayment_button(
+    context: template.Context,
+    product_identity: Any,
+    label: str | None = None,
+    *,
+    button_id: str | None = None,
+    button_class: str = "",
+) -> SafeString:
+    """A button that starts an ePayment for ``product_identity``: a POST form to
+    ``django_khalti:epayment-start`` with the CSRF token. The order and its
+    amount are checked there, by the shop's resolver.
+    """
+    request = _request(context, "khalti_epayment_button")
+    try:
+        action = reverse("django_khalti:epayment-start", args=[str(product_identity)])
+    except NoReverseMatch as exc:
+        raise KhaltiConfigurationError(
+            f"{{% khalti_epayment_button %}} cannot link {str(product_identity)!r} to "
+            "django_khalti:epayment-start: include 'django_khalti.urls' (not widget_urls), "
+            "and use references without '/'."
+        ) from exc
+    return render_to_string(
+        "django_khalti/epayment_button.html",
+        {
+            "action": action,
+            "label": label or _("Pay with Khalti"),
+            "button_id": button_id,
+            "button_class": button_class,
+        },
+        request=request,
+    )
