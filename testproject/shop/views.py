@@ -1,9 +1,9 @@
 """The demo shop: products and orders, an order page with both ways to pay Khalti,
 and the pages dj-khalti's ePayment flow sends the buyer back to.
 
-The order page is the reference integration of the widget: it renders the
-widget's configuration, and forwards ``onSuccess(payload)`` unchanged to
-``django_khalti:verify`` with the CSRF token.
+The order page is the reference integration: ``{% khalti_widget %}`` and
+``{% khalti_epayment_button %}`` (``{% load khalti %}``), and the view decorated
+with ``allow_khalti_popups`` so that the widget's bank tabs can report back.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
-from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from django_khalti.conf import khalti_settings
+from django_khalti.decorators import allow_khalti_popups
 from django_khalti.models import Payment
 
 from .catalogue import PRODUCTS, PRODUCTS_BY_SLUG, new_order
@@ -51,6 +50,7 @@ def order_create(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+@allow_khalti_popups
 def order_detail(request: HttpRequest, reference: str) -> HttpResponse:
     order = get_object_or_404(Order, reference=reference)
     payments = Payment.objects.for_order(order.reference)
@@ -63,15 +63,6 @@ def order_detail(request: HttpRequest, reference: str) -> HttpResponse:
         .exclude(payment_url="")
         .first()
     )
-    widget = {
-        "publicKey": khalti_settings.PUBLIC_KEY,
-        "productIdentity": order.reference,
-        "productName": order.title,
-        "productUrl": request.build_absolute_uri(),
-        "amount": order.total,  # paisa
-        "verifyUrl": reverse("django_khalti:verify"),
-        "csrfToken": get_token(request),
-    }
     return _page(
         request,
         "shop/order.html",
@@ -79,9 +70,6 @@ def order_detail(request: HttpRequest, reference: str) -> HttpResponse:
             "order": order,
             "payments": payments,
             "open_epayment": None if order.paid else open_epayment,
-            "khalti": widget,
-            "checkout_js": settings.SHOP_KHALTI_CHECKOUT_JS
-            or reverse("khalti_sandbox:checkout-js"),
         },
     )
 

@@ -185,8 +185,9 @@ SILENCED_SYSTEM_CHECKS = ["django_khalti.W002"]
 
 # --- the demo (``make demo``) ---------------------------------------------------------
 
-#: Khalti's widget script; the shop's order page loads it when Khalti's real
-#: sandbox is used, and the local stand-in (``khalti_sandbox:checkout-js``) otherwise.
+#: Khalti's widget script when Khalti's real sandbox is used; otherwise the demo's
+#: widget loads the local stand-in (``khalti_sandbox:checkout-js``), so that
+#: ``make demo`` works offline. KHALTI["WIDGET_SCRIPT_URL"] is set from it below.
 KHALTI_CHECKOUT_JS_URL = (
     "https://khalti.s3.ap-south-1.amazonaws.com/KPG/dist/2020.12.17.0.0.0/khalti-checkout.iffe.js"
 )
@@ -216,4 +217,5 @@ if DEMO:
             BASE_URL=os.environ.get("KHALTI_BASE_URL", f"http://{DEMO_ADDR}/sandbox/"),
         )
     KHALTI.update(SUCCESS_URL="shop:payment-success", FAILURE_URL="shop:payment-failure")
+    KHALTI["WIDGET_SCRIPT_URL"] = SHOP_KHALTI_CHECKOUT_JS or "/sandbox/khalti-checkout.js"
     KHALTI["WEBSITE_URL"] = os.environ.get("KHALTI_WEBSITE_URL", f"http://{DEMO_ADDR}")
