@@ -72,7 +72,7 @@ def order_detail(request: HttpRequest, reference: str) -> HttpResponse:
         "verifyUrl": reverse("django_khalti:verify"),
         "csrfToken": get_token(request),
     }
-    return _page(
+    response = _page(
         request,
         "shop/order.html",
         {
@@ -84,6 +84,9 @@ def order_detail(request: HttpRequest, reference: str) -> HttpResponse:
             or reverse("khalti_sandbox:checkout-js"),
         },
     )
+    # TEMP until the COOP decorator lands
+    response["Cross-Origin-Opener-Policy"] = "same-origin-allow-popups"
+    return response
 
 
 def _result(request: HttpRequest, *, success: bool) -> HttpResponse:
