@@ -22,10 +22,32 @@ EPAYMENT_LIFETIME = timedelta(minutes=30)
 #: The sandbox's test Khalti ids and MPIN (those of Khalti's own sandbox).
 TEST_MOBILES = [f"980000000{n}" for n in range(6)]
 TEST_MPIN = "1111"
+#: The widget's confirmation code (OTP) in the sandbox (Khalti's sandbox's).
+TEST_OTP = "987654"
+
+#: The sandbox's banks, as the bank list answers them, by ``payment_type``.
+BANKS = {
+    "sdkebanking": [
+        {"idx": "SandboxEbankA7kqWmR3xTn2Y", "name": "Sandbox Bank Ltd.", "short_name": "SBL"},
+        {"idx": "SandboxEbankB9pzHcV4uJs6Q", "name": "Test Bank Ltd.", "short_name": "TBL"},
+    ],
+    "mobilecheckout": [
+        {"idx": "SandboxMobileC3mdKfX8wPr5", "name": "Sandbox Mobile Bank", "short_name": "SMB"},
+    ],
+}
+#: The banks of connectIPS and SCT, which the widget names itself.
+FIXED_BANKS = {"connectips": "connectIPS", "npay": "SCT card (NPay)"}
 
 
 def new_id() -> str:
     return "".join(secrets.choice(ID_ALPHABET) for _ in range(22))
+
+
+def bank_name(idx: str) -> str | None:
+    for bank in (*BANKS["sdkebanking"], *BANKS["mobilecheckout"]):
+        if bank["idx"] == idx:
+            return bank["name"]
+    return FIXED_BANKS.get(idx)
 
 
 def rupees(paisa: int) -> str:
@@ -49,6 +71,8 @@ class SandboxTransaction(models.Model):
         EPAYMENT = "epayment", "ePayment (KPG-2)"
 
     class State(models.TextChoices):
+        #: Widget: the buyer started paying (initiate), the OTP is not confirmed yet.
+        INITIATED = "Initiated"
         #: Widget: the buyer paid, the merchant has not verified the token yet.
         CONFIRMED = "Confirmed"
         #: Verified by the merchant (widget), or paid (ePayment).
@@ -88,8 +112,8 @@ class SandboxTransaction(models.Model):
 
     def khalti_state(self) -> str:
         """The state as the status endpoint names it."""
-        if self.state == self.State.CONFIRMED:
-            return "Confirmed"
+        if self.state in (self.State.INITIATED, self.State.CONFIRMED):
+            return str(self.state)
         if self.refunded_amount >= self.amount:
             return "Refunded"
         if self.refunded_amount:
@@ -106,7 +130,9 @@ class SandboxTransaction(models.Model):
                 if self.state == self.State.COMPLETED
                 else "a2dfnRvkUqaSTjPWnWqnNo",
                 "name": self.state,
-                "template": "is complete" if self.state == self.State.COMPLETED else "is confirmed",
+                "template": "is complete"
+                if self.state == self.State.COMPLETED
+                else f"is {self.state.lower()}",
             },
             "amount": self.amount,
             "fee_amount": self.fee_amount,
@@ -125,8 +151,9 @@ class SandboxTransaction(models.Model):
             },
         }
 
-    def widget_payload(self, widget_id: str) -> dict[str, Any]:
-        """What Khalti's widget hands ``onSuccess``."""
+    def confirm_answer(self) -> dict[str, Any]:
+        """Khalti's answer to the widget's confirm (and the bank popup's report): what
+        ``onSuccess`` gets, once the widget has added its ``widget_id``."""
         return {
             "idx": self.idx,
             "token": self.token,
@@ -135,7 +162,6 @@ class SandboxTransaction(models.Model):
             "product_identity": self.product_identity,
             "product_name": self.product_name,
             "product_url": self.product_url,
-            "widget_id": widget_id,
         }
 
 

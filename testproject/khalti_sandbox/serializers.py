@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from rest_framework import serializers
 
-from .models import TEST_MOBILES, TEST_MPIN
+from .models import TEST_MOBILES, TEST_MPIN, bank_name
 
 MIN_AMOUNT = 1000
 MIN_AMOUNT_MESSAGE = "Amount should be greater than Rs. 10, that is 1000 paisa."
@@ -80,6 +80,22 @@ class LookupSerializer(serializers.Serializer):
     pidx = serializers.CharField()
 
 
+def sandbox_mobile(value: str) -> str:
+    """One of the sandbox's test Khalti ids."""
+    value = value.strip()
+    if value not in TEST_MOBILES:
+        raise serializers.ValidationError(
+            f"Use a sandbox Khalti id: {TEST_MOBILES[0]} to {TEST_MOBILES[-1]}."
+        )
+    return value
+
+
+def sandbox_mpin(value: str) -> str:
+    if value != TEST_MPIN:
+        raise serializers.ValidationError(f"Incorrect MPIN (the sandbox's is {TEST_MPIN}).")
+    return value
+
+
 class PayerSerializer(serializers.Serializer):
     """The buyer's Khalti id and MPIN, on the hosted page and in the widget's dialog."""
 
@@ -87,21 +103,14 @@ class PayerSerializer(serializers.Serializer):
     mpin = serializers.CharField()
 
     def validate_mobile(self, value: str) -> str:
-        value = value.strip()
-        if value not in TEST_MOBILES:
-            raise serializers.ValidationError(
-                f"Use a sandbox Khalti id: {TEST_MOBILES[0]} to {TEST_MOBILES[-1]}."
-            )
-        return value
+        return sandbox_mobile(value)
 
     def validate_mpin(self, value: str) -> str:
-        if value != TEST_MPIN:
-            raise serializers.ValidationError(f"Incorrect MPIN (the sandbox's is {TEST_MPIN}).")
-        return value
+        return sandbox_mpin(value)
 
 
-class WidgetPaySerializer(PayerSerializer):
-    """What the stand-in widget script sends when the buyer presses Pay."""
+class ProductSerializer(serializers.Serializer):
+    """What the widget says is being bought, and for how much."""
 
     public_key = serializers.CharField()
     amount = serializers.IntegerField(
@@ -110,3 +119,44 @@ class WidgetPaySerializer(PayerSerializer):
     product_identity = serializers.CharField(max_length=255)
     product_name = serializers.CharField(max_length=255)
     product_url = serializers.CharField(max_length=1000, required=False, allow_blank=True)
+
+
+class WidgetPaySerializer(PayerSerializer, ProductSerializer):
+    """What the stand-in widget script sends when the buyer presses Pay."""
+
+
+class WidgetInitiateSerializer(ProductSerializer):
+    """Khalti's widget, wallet tab: ``api/v2/payment/initiate/`` (other keys ignored)."""
+
+    mobile = serializers.CharField()
+    transaction_pin = serializers.CharField()
+
+    def validate_mobile(self, value: str) -> str:
+        return sandbox_mobile(value)
+
+    def validate_transaction_pin(self, value: str) -> str:
+        return sandbox_mpin(value)
+
+
+class WidgetConfirmSerializer(serializers.Serializer):
+    """Khalti's widget, wallet tab: ``api/v2/payment/confirm/``."""
+
+    public_key = serializers.CharField()
+    token = serializers.CharField()
+    confirmation_code = serializers.CharField()
+    transaction_pin = serializers.CharField()
+
+
+class BankInitiateSerializer(ProductSerializer):
+    """The query of the widget's bank popup, ``ebanking/initiate/?...``."""
+
+    bank = serializers.CharField()
+    mobile = serializers.RegexField(
+        r"^9[678]\d{8}$", error_messages={"invalid": "Please enter a valid mobile number."}
+    )
+    payment_type = serializers.CharField(required=False, allow_blank=True)
+
+    def validate_bank(self, value: str) -> str:
+        if bank_name(value) is None:
+            raise serializers.ValidationError("Unknown bank.")
+        return value

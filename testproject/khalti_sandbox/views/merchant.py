@@ -1,4 +1,4 @@
-"""Khalti's endpoints, played by the sandbox.
+"""Khalti's merchant API and hosted ePayment page, played by the sandbox.
 
 Paths, bodies and answers follow /work/shared/khalti-api.md (what is known of
 Khalti's API): the merchant API checks ``Authorization: Key <secret>`` against
@@ -10,7 +10,6 @@ take the buyer's sandbox Khalti id and MPIN. The API is CSRF-exempt: it is
 from __future__ import annotations
 
 import hmac
-import secrets
 from typing import Any
 
 from django.conf import settings
@@ -33,8 +32,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import serializers
-from .models import TEST_MOBILES, TEST_MPIN, SandboxEpayment, SandboxTransaction, new_id
+from .. import serializers
+from ..models import TEST_MOBILES, TEST_MPIN, SandboxEpayment, SandboxTransaction
 
 INVALID_TOKEN = {"token": ["Invalid token."]}
 NOT_FOUND = {"detail": "Not found."}
@@ -112,6 +111,7 @@ class StatusView(SandboxAPIView):
             return Response({"status": False, "state": "Error", "detail": "Transaction not found"})
         state = record.khalti_state()
         detail = {
+            "Initiated": "Transaction is initiated",
             "Confirmed": "User has confirmed the transaction",
             "Complete": "Transaction is complete",
             "Refunded": "Transaction is refunded",
@@ -157,58 +157,6 @@ class RefundView(SandboxAPIView):
                 refunded_amount=F("refunded_amount") + (wanted or remaining)
             )
         return Response({"detail": "Transaction refund successful."})
-
-
-class WidgetPayView(APIView):
-    """The stand-in widget's Pay button: takes the payment, answers ``onSuccess``'s payload.
-
-    Called by the buyer's browser with the merchant's public key, like Khalti's
-    own widget; not part of the merchant API.
-    """
-
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
-    renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser]
-
-    def post(self, request: Request) -> Response:
-        serializer = serializers.WidgetPaySerializer(data=request.data)
-        if not serializer.is_valid():
-            return invalid(serializer)
-        data = serializer.validated_data
-        public_key = khalti_setting("PUBLIC_KEY")
-        if not public_key or not hmac.compare_digest(
-            data["public_key"].encode(), public_key.encode()
-        ):
-            return Response(
-                {"public_key": ["Invalid public key."]}, status=status.HTTP_400_BAD_REQUEST
-            )
-        record = SandboxTransaction.objects.create(
-            kind=SandboxTransaction.Kind.WIDGET,
-            state=SandboxTransaction.State.CONFIRMED,
-            token=new_id(),
-            amount=data["amount"],
-            mobile=data["mobile"],
-            product_identity=data["product_identity"],
-            product_name=data["product_name"],
-            product_url=data.get("product_url", ""),
-        )
-        return Response(record.widget_payload(widget_id=f"khalti-widget-{secrets.token_hex(6)}"))
-
-
-@never_cache
-def checkout_js(request: HttpRequest) -> HttpResponse:
-    """``khalti-checkout.js``: a stand-in for Khalti's widget script, same API."""
-    return render(
-        request,
-        "khalti_sandbox/khalti-checkout.js",
-        {
-            "pay_url": request.build_absolute_uri(reverse("khalti_sandbox:widget-pay")),
-            "test_mobile": TEST_MOBILES[1],
-            "test_mpin": TEST_MPIN,
-        },
-        content_type="application/javascript; charset=utf-8",
-    )
 
 
 # --- ePayment (KPG-2) -----------------------------------------------------------------
