@@ -51,6 +51,14 @@ def order_create(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @allow_khalti_popups
+def pay_page(request: HttpRequest, reference: str) -> HttpResponse:
+    """The README's pay page, as a shop writes it: the template is the tag alone."""
+    order = get_object_or_404(Order, reference=reference)
+    return render(request, "shop/pay.html", {"order": order})
+
+
+@require_GET
+@allow_khalti_popups
 def order_detail(request: HttpRequest, reference: str) -> HttpResponse:
     order = get_object_or_404(Order, reference=reference)
     payments = Payment.objects.for_order(order.reference)

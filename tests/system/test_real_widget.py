@@ -312,3 +312,24 @@ def test_bank_tab_never_reports_under_djangos_default_coop(page, demo):
     page.wait_for_timeout(1500)
     expect(page.locator("#order-status")).to_have_text("Not paid")
     assert shop_state(demo, reference) == {"paid": False, "payments": [], "khalti": ["Confirmed"]}
+
+
+def test_a_page_made_of_the_tag_alone_pays_through_a_bank_tab(page, demo):
+    """The README's pay page: ``{% load khalti %}{% khalti_widget ... %}`` and the
+    view decorated with ``allow_khalti_popups``; Khalti's real script, a bank tab, and
+    the buyer lands on the shop's success page with the order paid."""
+    base, _ = demo
+    page.goto(base + "/")
+    page.click("#buy-momo")
+    page.wait_for_url("**/orders/*/")
+    reference = page.locator("#order").get_attribute("data-reference")
+    page.goto(f"{base}/orders/{reference}/pay/")
+    page.click("[data-khalti-pay]")
+    expect(page.locator(f"iframe[src^='{S3}']")).to_be_visible()
+    popup = pay_by_bank(page, page.frame_locator(f"iframe[src^='{S3}']"))
+    with popup.expect_event("close"):
+        popup.click("#bank-pay")
+    page.wait_for_url("**/payment/success/?payment=*")
+    expect(page.locator("#payment-result")).to_have_attribute("data-status", "verified")
+    state = shop_state(demo, reference)
+    assert state == {"paid": True, "payments": ["verified"], "khalti": ["Completed"]}
