@@ -14,7 +14,8 @@ view's wins (a middleware that overwrites it is the system check
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -31,10 +32,21 @@ REQUEST_FLAG = "_khalti_popups_allowed"
 View = TypeVar("View", bound=Callable[..., Any])
 
 
+def keeps_popup_opener(coop: str) -> bool:
+    """Whether a ``Cross-Origin-Opener-Policy`` value (parameters such as
+    ``report-to`` aside) keeps ``window.opener`` for the popups a page opens.
+    """
+    return coop.split(";")[0].strip().lower() in KEEPS_POPUP_OPENER
+
+
 def _allow_popups(response: HttpResponseBase) -> HttpResponseBase:
-    if response.headers.get(COOP_HEADER, "").strip().lower() not in KEEPS_POPUP_OPENER:
+    if not keeps_popup_opener(response.headers.get(COOP_HEADER, "")):
         response.headers[COOP_HEADER] = ALLOW_POPUPS
     return response
+
+
+async def _allow_popups_later(response: Awaitable[HttpResponseBase]) -> HttpResponseBase:
+    return _allow_popups(await response)
 
 
 def allow_khalti_popups(view: View) -> View:
@@ -57,7 +69,10 @@ def allow_khalti_popups(view: View) -> View:
 
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
             setattr(request, REQUEST_FLAG, True)
-            return _allow_popups(view(request, *args, **kwargs))
+            response = view(request, *args, **kwargs)
+            if inspect.isawaitable(response):  # an async view's dispatch (method_decorator)
+                return _allow_popups_later(response)
+            return _allow_popups(response)
 
     return cast("View", functools.wraps(view)(wrapper))
 

@@ -26,6 +26,7 @@ from django.middleware.csrf import get_token
 from django.shortcuts import resolve_url
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 
@@ -43,6 +44,8 @@ PAYMENT_PREFERENCES = ("KHALTI", "EBANKING", "MOBILE_BANKING", "CONNECT_IPS", "S
 MAX_SAFE_AMOUNT = 2**53 - 1
 #: How many widgets this request rendered (their elements' ids are numbered).
 _COUNTER = "_khalti_widgets"
+#: Set on the request once a widget has rendered the scripts.
+_SCRIPTS = "_khalti_widget_scripts"
 
 
 def _request(context: template.Context, tag: str) -> HttpRequest:
@@ -70,15 +73,28 @@ def _preferences(value: str | Iterable[str] | None) -> list[str] | None:
     return chosen or None
 
 
-def _success_url(success_url: str | None) -> str | None:
+def _success_url(request: HttpRequest, success_url: str | None) -> str | None:
+    """Where the buyer goes once verified: a page of this site only (a ``next``
+    parameter passed in must not make an open redirect, nor a ``javascript:`` URL).
+    """
     target = success_url or khalti_settings.SUCCESS_URL
     if not target:
         return None
     try:
-        return str(resolve_url(target))
+        url = str(resolve_url(target))
     except NoReverseMatch:
         logger.error("KHALTI success URL %r cannot be resolved.", target)
         return None
+    if not url_has_allowed_host_and_scheme(
+        url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        logger.warning(
+            "{%% khalti_widget %%}: the success URL %r is not a page of this site; the "
+            "page reloads instead.",
+            url,
+        )
+        return None
+    return url
 
 
 def _product_url(request: HttpRequest, product_url: str | None) -> str:
@@ -132,7 +148,7 @@ def khalti_widget(
     page: dict[str, Any] = {
         "widget_id": widget_id,
         "config_id": f"{widget_id}-config",
-        "first": number == 1,
+        "first": False,
         "label": label or _("Pay with Khalti"),
         "button_id": button_id,
         "button_class": button_class,
@@ -147,6 +163,8 @@ def khalti_widget(
             raise KhaltiConfigurationError(
                 f"The order {identity!r} costs {amount} paisa, more than a browser counts exactly."
             )
+        if not khalti_settings.PUBLIC_KEY:
+            raise KhaltiConfigurationError("KHALTI['PUBLIC_KEY'] is not set: the widget needs it.")
     except KhaltiError as exc:  # KhaltiUnknownOrder: the refusal's own words
         page["error"] = exc.detail
     except (KhaltiConfigurationError, DatabaseError) as exc:
@@ -155,14 +173,14 @@ def khalti_widget(
     else:
         _warn_without_popups(request)
         config: dict[str, Any] = {
-            "publicKey": khalti_settings.PUBLIC_KEY or "",
+            "publicKey": khalti_settings.PUBLIC_KEY,
             "productIdentity": identity,
             "productName": str(product_name) if product_name else identity,
             "productUrl": _product_url(request, product_url),
             "amount": amount,
             "verifyUrl": reverse("django_khalti:verify"),
             "csrfToken": get_token(request),
-            "successUrl": _success_url(success_url),
+            "successUrl": _success_url(request, success_url),
             "messages": {
                 "confirming": _("Paid at Khalti; confirming your payment with the shop…"),
                 "verified": _("Khalti confirmed your payment. Thank you!"),
@@ -178,6 +196,9 @@ def khalti_widget(
         if preferences:
             config["paymentPreference"] = preferences
         page["config"] = config
+        # The scripts, once a page: with the first widget that can be paid.
+        page["first"] = not getattr(request, _SCRIPTS, False)
+        setattr(request, _SCRIPTS, True)
     return render_to_string("django_khalti/widget.html", page, request=request)
 
 

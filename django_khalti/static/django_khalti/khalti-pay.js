@@ -6,7 +6,7 @@
  * POST onSuccess(payload), unchanged, to dj-khalti's verify URL with the CSRF token.
  *
  * Verify's answers (django_khalti/views.py, exceptions.py):
- *   200                       verified: go to the success URL (?payment=<id>), else reload.
+ *   200                       verified: go to the success URL (?payment=<id>; a page of this site only), else reload.
  *   409 in_progress,          the outcome is not known yet (the payment is pending, the token
  *   502, 503, 504, 429,       kept): the same payload is sent again after 1, 2, 4, 8, 8 s.
  *   no answer, not JSON       Resubmitting is safe: dj-khalti asks Khalti's status first.
@@ -29,11 +29,16 @@
     if (!response || body === null) { return true; } // no answer, or not ours (a proxy's HTML)
     if (response.status === 409) { return body.code === "in_progress"; }
     if (response.status === 503) { return body.code !== "not_configured"; }
-    return response.status >= 500 || RETRY_STATUSES.indexOf(response.status) !== -1;
+    return RETRY_STATUSES.indexOf(response.status) !== -1;
   }
 
-  function withPayment(url, paymentId) {
-    return url + (url.indexOf("?") === -1 ? "?" : "&") + "payment=" + encodeURIComponent(paymentId);
+  // The success page with ?payment=<id>; null unless it is a page of this site.
+  function successPage(url, paymentId) {
+    var page;
+    try { page = new URL(url, window.location.href); } catch (error) { return null; }
+    if (page.origin !== window.location.origin) { return null; }
+    page.searchParams.set("payment", paymentId);
+    return page.href;
   }
 
   function setUp(element) {
@@ -87,8 +92,9 @@
         say(text.verified);
         if (emit("khalti:verified", body, true)) {
           var id = body.payment && body.payment.id;
-          if (config.successUrl && id) {
-            window.location.assign(withPayment(config.successUrl, id));
+          var next = config.successUrl && id ? successPage(config.successUrl, String(id)) : null;
+          if (next) {
+            window.location.assign(next);
           } else {
             window.location.reload();
           }
@@ -113,6 +119,7 @@
     }
 
     function submit(payload) {
+      if (busy) { return; } // a second onSuccess, or a click, while one is being confirmed
       busy = true;
       button.disabled = true;
       say(text.confirming);
