@@ -9,8 +9,7 @@ Khalti's hosts are answered here: ``https://khalti.s3.ap-south-1.amazonaws.com/K
 demo's sandbox (``/sandbox/<path>``), which speaks the widget's API
 (khalti_sandbox/views/widget.py). Anything else outside this machine is refused.
 
-The package: ``$KHALTI_CHECKOUT_WEB`` (its unpacked ``package/`` directory, as `.ci/run`
-leaves it), else ``npm pack`` into a temporary directory. Without npm or chromium these
+The package: the ``widget_dist`` fixture (conftest.py). Without npm or chromium these
 tests are skipped, never in CI.
 """
 
@@ -21,11 +20,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -34,7 +31,6 @@ from playwright.sync_api import expect, sync_playwright
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "artifacts" / "browser"
-PACKAGE = "khalti-checkout-web@2.2.0"
 S3 = "https://khalti.s3.ap-south-1.amazonaws.com/"
 KHALTI = "https://khalti.com/"
 #: Asked for by the widget's stylesheet (a web font); answered empty.
@@ -47,43 +43,6 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
-
-
-def unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the real widget's tests: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def widget_dist(tmp_path_factory):
-    """The ``dist/`` directory of Khalti's npm package."""
-    given = os.environ.get("KHALTI_CHECKOUT_WEB")
-    if given:
-        dist = Path(given) / "dist"
-        if not (dist / "khalti-checkout.iffe.js").is_file():
-            pytest.fail(f"KHALTI_CHECKOUT_WEB={given} is not khalti-checkout-web's package/")
-        return dist
-    npm = shutil.which("npm")
-    if not npm:
-        unavailable(f"npm is not installed (.ci/run installs it and packs {PACKAGE})")
-    where = tmp_path_factory.mktemp("npm")
-    packed = subprocess.run(
-        [npm, "pack", PACKAGE, "--silent", "--pack-destination", str(where)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    tarballs = list(where.glob("khalti-checkout-web-*.tgz"))
-    if packed.returncode or not tarballs:
-        unavailable(f"npm pack {PACKAGE} failed: {packed.stderr.strip()[-500:]}")
-    with tarfile.open(tarballs[0]) as tarball:
-        if hasattr(tarfile, "data_filter"):  # Python 3.10.12 and later
-            tarball.extractall(where, filter="data")
-        else:
-            tarball.extractall(where)  # npm's own tarball
-    return where / "package" / "dist"
 
 
 def free_port():
