@@ -8,14 +8,7 @@ import json
 import pytest
 from playwright.sync_api import expect
 
-from tests.widget.test_khalti_pay_js import (  # noqa: F401  (fixtures)
-    SHOP,
-    VERIFIED,
-    Shop,
-    browser,
-    page,
-    pay_page,
-)
+from .test_khalti_pay_js import SHOP, VERIFIED, Shop, pay_page
 
 pytestmark = pytest.mark.browser
 

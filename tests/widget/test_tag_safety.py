@@ -28,9 +28,9 @@ BASE = {
 
 def widget(options="", **khalti):
     with override_settings(KHALTI={**BASE, **khalti}):
-        return Template("{% load khalti %}{% khalti_widget 'ORD-9' 'Tea' " + options + " %}").render(
-            Context({"request": RequestFactory().get("/pay/")})
-        )
+        return Template(
+            "{% load khalti %}{% khalti_widget 'ORD-9' 'Tea' " + options + " %}"
+        ).render(Context({"request": RequestFactory().get("/pay/")}))
 
 
 def config_of(html):
@@ -60,7 +60,9 @@ def test_the_tag_refuses_a_success_url_off_this_site(target):
     assert config["successUrl"] in (None, "/")
 
 
-@pytest.mark.parametrize("target", ["javascript:alert(1)//", "data:text/html,<script>alert(1)</script>"])
+@pytest.mark.parametrize(
+    "target", ["javascript:alert(1)//", "data:text/html,<script>alert(1)</script>"]
+)
 def test_check_or_tag_refuses_a_dangerous_success_url_setting(target):
     # KHALTI["SUCCESS_URL"] reaches window.location.assign unchecked: neither a system
     # check nor the tag says anything about a javascript: URL.
@@ -96,7 +98,7 @@ def test_method_decorator_on_the_dispatch_of_an_async_view():
 
     decorated = method_decorator(allow_khalti_popups, name="dispatch")(AsyncPayPage)
     view = decorated.as_view()
-    response = asyncio.run(view(RequestFactory().get("/")))
+    response = asyncio.run(view(RequestFactory().get("/")))  # type: ignore[arg-type]
     assert response[HEADER] == "same-origin-allow-popups"
 
 
@@ -133,7 +135,7 @@ class QueryingMiddleware:
     KHALTI=BASE,
     MIDDLEWARE=[
         "django.middleware.security.SecurityMiddleware",
-        "tests.widget.test_review_widget.QueryingMiddleware",
+        "tests.widget.test_tag_safety.QueryingMiddleware",
     ],
 )
 def test_w003_does_not_report_a_fake_server_error(caplog):
@@ -190,7 +192,7 @@ class OverridingMiddleware:
     KHALTI=BASE,
     MIDDLEWARE=[
         "django.middleware.common.CommonMiddleware",
-        "tests.widget.test_review_widget.OverridingMiddleware",
+        "tests.widget.test_tag_safety.OverridingMiddleware",
     ],
 )
 def test_w003_sees_an_override_behind_a_leading_dot_allowed_hosts():
