@@ -73,24 +73,23 @@ def _preferences(value: str | Iterable[str] | None) -> list[str] | None:
     return chosen or None
 
 
-def _success_url(request: HttpRequest, success_url: str | None) -> str | None:
-    """Where the buyer goes once verified: a page of this site only (a ``next``
-    parameter passed in must not make an open redirect, nor a ``javascript:`` URL).
+def _page_url(request: HttpRequest, target: str | None) -> str | None:
+    """A page of this site to send the buyer to, or None: a ``next`` parameter passed
+    in must not make an open redirect, nor run a ``javascript:`` URL.
     """
-    target = success_url or khalti_settings.SUCCESS_URL
     if not target:
         return None
     try:
         url = str(resolve_url(target))
     except NoReverseMatch:
-        logger.error("KHALTI success URL %r cannot be resolved.", target)
+        logger.error("{%% khalti_widget %%}: the URL %r cannot be resolved.", target)
         return None
     if not url_has_allowed_host_and_scheme(
         url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):
         logger.warning(
-            "{%% khalti_widget %%}: the success URL %r is not a page of this site; the "
-            "page reloads instead.",
+            "{%% khalti_widget %%}: %r is not a page of this site; the buyer stays on the "
+            "pay page instead.",
             url,
         )
         return None
@@ -128,6 +127,7 @@ def khalti_widget(
     label: str | None = None,
     payment_preference: str | Iterable[str] | None = None,
     success_url: str | None = None,
+    failure_url: str | None = None,
     button_id: str | None = None,
     button_class: str = "",
 ) -> SafeString:
@@ -139,6 +139,9 @@ def khalti_widget(
     views answer ``503 not_configured``. ``success_url`` (default
     ``KHALTI["SUCCESS_URL"]``; a path, URL or URL name) is where the buyer goes
     once verified, with ``?payment=<id>``; without one, the page reloads.
+    ``failure_url`` is where a refused payment goes, with ``?code=<the refusal's
+    code>``; without one, the buyer stays on the page with the refusal's words.
+    Both must be pages of this site.
     """
     request = _request(context, "khalti_widget")
     identity = str(product_identity)
@@ -180,7 +183,8 @@ def khalti_widget(
             "amount": amount,
             "verifyUrl": reverse("django_khalti:verify"),
             "csrfToken": get_token(request),
-            "successUrl": _success_url(request, success_url),
+            "successUrl": _page_url(request, success_url or khalti_settings.SUCCESS_URL),
+            "failureUrl": _page_url(request, failure_url),
             "messages": {
                 "confirming": _("Paid at Khalti; confirming your payment with the shop…"),
                 "verified": _("Khalti confirmed your payment. Thank you!"),

@@ -198,3 +198,22 @@ def test_without_khaltis_script_the_button_stays_disabled(page):
         "Khalti's widget could not be loaded."
     )
     expect(page.locator("[data-khalti-pay]")).to_be_disabled()
+
+
+def test_a_refusal_goes_to_the_failure_url_with_its_code(page):
+    refused = (400, {"code": "verification_failed", "detail": "Khalti refused the payment."})
+    shop = Shop(page, pay_page(failure_url="/sorry/"), [refused])
+    page.route(f"{SHOP}/sorry/**", lambda route: route.fulfill(body="<p>Sorry</p>"))
+    page.goto(f"{SHOP}/pay/")
+    page.click("[data-khalti-pay]")
+    page.wait_for_url(f"{SHOP}/sorry/?code=verification_failed")
+    assert len(shop.calls) == 1
+
+
+def test_an_unknown_outcome_never_goes_to_the_failure_url(page):
+    answers = [(504, {"code": "khalti_timeout", "detail": "Khalti did not answer."}), VERIFIED]
+    shop = Shop(page, pay_page(failure_url="/sorry/", success_url="/thanks/"), answers)
+    page.goto(f"{SHOP}/pay/")
+    page.click("[data-khalti-pay]")
+    page.wait_for_url(f"{SHOP}/thanks/?payment=5f0c")
+    assert len(shop.calls) == 2

@@ -42,6 +42,7 @@ def test_the_widget_renders_a_button_its_config_and_the_scripts(order, settings)
         "verifyUrl": "/khalti/verify/",
         "csrfToken": config["csrfToken"],
         "successUrl": None,
+        "failureUrl": None,
         "messages": config["messages"],
     }
     assert len(config["csrfToken"]) == 64

@@ -11,7 +11,8 @@
  *   502, 503, 504, 429,       kept): the same payload is sent again after 1, 2, 4, 8, 8 s.
  *   no answer, not JSON       Resubmitting is safe: dj-khalti asks Khalti's status first.
  *                             Past that, the button offers to check again (same payload).
- *   503 not_configured,       final: the answer's detail is shown; no retry.
+ *   503 not_configured,       final: the answer's detail is shown (or, with a failure URL,
+ *                             the buyer goes there with ?code=<its code>); no retry.
  *   400, 403, 404,
  *   409 token_used / already_paid
  *
@@ -32,12 +33,12 @@
     return RETRY_STATUSES.indexOf(response.status) !== -1;
   }
 
-  // The success page with ?payment=<id>; null unless it is a page of this site.
-  function successPage(url, paymentId) {
+  // A page of this site with ?name=value; null unless it is one.
+  function pageWith(url, name, value) {
     var page;
     try { page = new URL(url, window.location.href); } catch (error) { return null; }
     if (page.origin !== window.location.origin) { return null; }
-    page.searchParams.set("payment", paymentId);
+    page.searchParams.set(name, value);
     return page.href;
   }
 
@@ -92,7 +93,7 @@
         say(text.verified);
         if (emit("khalti:verified", body, true)) {
           var id = body.payment && body.payment.id;
-          var next = config.successUrl && id ? successPage(config.successUrl, String(id)) : null;
+          var next = config.successUrl && id ? pageWith(config.successUrl, "payment", String(id)) : null;
           if (next) {
             window.location.assign(next);
           } else {
@@ -116,6 +117,9 @@
       unconfirmed = null;
       say((body && typeof body.detail === "string" && body.detail) || text.failed);
       done(body !== null && body.code === "already_paid");
+      var code = (body && typeof body.code === "string" && body.code) || "failed";
+      var failure = config.failureUrl ? pageWith(config.failureUrl, "code", code) : null;
+      if (failure) { window.location.assign(failure); }
     }
 
     function submit(payload) {
