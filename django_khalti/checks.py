@@ -292,3 +292,46 @@ def check_settings(
         *_check_widget_script_url(config),
         *_check_popups_survive_middleware(),
     ]
+
+
+#: Database engines where opening a connection is a round trip of its own (or several).
+SERVER_DATABASES = ("postgresql", "mysql")
+
+
+def connections_per_request(databases: dict[str, Any]) -> bool:
+    """Whether the ``default`` database of ``databases`` (``settings.DATABASES``) is a
+    PostgreSQL or MariaDB/MySQL server that Django connects to anew for each request:
+    ``CONN_MAX_AGE`` 0 (Django's default) and no connection pool.
+    """
+    default = databases.get("default") or {}
+    engine = str(default.get("ENGINE", ""))
+    if not any(name in engine for name in SERVER_DATABASES):
+        return False
+    options = default.get("OPTIONS") or {}
+    return default.get("CONN_MAX_AGE", 0) == 0 and not options.get("pool")
+
+
+@checks.register("django_khalti", deploy=True)
+def check_deployment(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """``check --deploy`` (tag ``django_khalti``): W004, a new database connection for
+    every request to PostgreSQL or MariaDB.
+    """
+    return _check_connections(settings.DATABASES)
+
+
+def _check_connections(databases: dict[str, Any]) -> list[checks.CheckMessage]:
+    if not connections_per_request(databases):
+        return []
+    return [
+        checks.Warning(
+            "DATABASES['default'] opens a new connection for every request "
+            "(CONN_MAX_AGE = 0, no pool): a payment's verification then spends more time "
+            "connecting to the database than on dj-khalti's own work.",
+            hint="Keep connections: CONN_MAX_AGE = 60 with CONN_HEALTH_CHECKS = True, or on "
+            'PostgreSQL with psycopg 3 (Django 5.1+) a pool: "OPTIONS": {"pool": True}. '
+            "See README's Deployment section.",
+            id="django_khalti.W004",
+        )
+    ]

@@ -439,3 +439,49 @@ def test_e005_quiet_for_a_widget_only_shop():
 )
 def test_e005_for_a_website_url_that_is_no_origin(origin):
     assert "django_khalti.E005" in ids_for(khalti(WEBSITE_URL=origin), debug=True)
+
+
+# --- django_khalti.W004: a new database connection for every request (check --deploy) ---
+
+
+@pytest.mark.parametrize(
+    ("database", "per_request"),
+    [
+        ({"ENGINE": "django.db.backends.postgresql"}, True),
+        ({"ENGINE": "django.db.backends.postgresql", "CONN_MAX_AGE": 0}, True),
+        ({"ENGINE": "django.db.backends.mysql", "CONN_MAX_AGE": 0}, True),
+        ({"ENGINE": "django.db.backends.postgresql", "CONN_MAX_AGE": 60}, False),
+        ({"ENGINE": "django.db.backends.postgresql", "CONN_MAX_AGE": None}, False),
+        ({"ENGINE": "django.db.backends.postgresql", "OPTIONS": {"pool": True}}, False),
+        ({"ENGINE": "django.db.backends.postgresql", "OPTIONS": {"pool": {"max_size": 8}}}, False),
+        ({"ENGINE": "django.db.backends.mysql", "CONN_MAX_AGE": 600}, False),
+        ({"ENGINE": "django.db.backends.sqlite3"}, False),
+    ],
+)
+def test_w004_is_about_servers_connected_to_anew_for_each_request(database, per_request):
+    from django_khalti.checks import connections_per_request
+
+    assert connections_per_request({"default": database}) is per_request
+
+
+def test_w004_comes_with_check_deploy_only():
+    from django.core.checks import run_checks
+    from django.db import connection
+
+    from django_khalti.checks import connections_per_request
+
+    expected = connections_per_request({"default": connection.settings_dict})
+    deploy = [m.id for m in run_checks(include_deployment_checks=True, tags=["django_khalti"])]
+    plain = [m.id for m in run_checks(tags=["django_khalti"])]
+    assert ("django_khalti.W004" in deploy) is expected
+    assert "django_khalti.W004" not in plain
+
+
+def test_w004_says_what_to_do():
+    from django_khalti.checks import _check_connections
+
+    shop = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "shop"}}
+    (warning,) = _check_connections(shop)
+    assert warning.id == "django_khalti.W004"
+    assert "CONN_MAX_AGE" in warning.hint
+    assert '"pool": True' in warning.hint
