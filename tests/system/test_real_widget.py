@@ -16,26 +16,22 @@ tests are skipped, never in CI.
 import json
 import mimetypes
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "artifacts" / "browser"
+from .conftest import CHROMIUM, ROOT, SHOTS, running_demo
+
 S3 = "https://khalti.s3.ap-south-1.amazonaws.com/"
 KHALTI = "https://khalti.com/"
 #: Asked for by the widget's stylesheet (a web font); answered empty.
 STUBBED = ("https://fonts.googleapis.com/", "https://fonts.gstatic.com/")
 MOBILE, MPIN, OTP = "9800000001", "1111", "987654"
+
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -45,54 +41,13 @@ if not Path(CHROMIUM).exists():
 pytestmark = pytest.mark.browser
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The demo server with Khalti's real loader on the order page; yields (base URL, env)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_DEMO": "1",
-        "DJANGO_DEMO_ADDR": f"127.0.0.1:{port}",
-        "DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('demo') / 'demo.sqlite3'}",
-        "DJANGO_SETTINGS_MODULE": "tests.system.real_widget_settings",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "testproject")]),
-    }
-    for key in ("KHALTI_SECRET_KEY", "KHALTI_PUBLIC_KEY", "KHALTI_BASE_URL"):
-        env.pop(key, None)  # always the offline sandbox here
-    manage = [sys.executable, str(ROOT / "testproject" / "manage.py")]
-    for command in (["migrate", "--noinput"], ["seed_demo"]):
-        subprocess.run(manage + command, env=env, check=True, capture_output=True, timeout=120)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    log = SHOTS / "real-widget-server.log"
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            [*manage, "runserver", "--noreload", f"127.0.0.1:{port}"],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            if server.poll() is not None:
-                raise RuntimeError(f"the demo server exited:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(base + "/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"the demo server did not start:\n{log.read_text()[-3000:]}")
-        yield base, env
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with running_demo(
+        tmp_path_factory, "real-widget-server", "tests.system.real_widget_settings"
+    ) as demo:
+        yield demo
 
 
 def shop_state(demo, reference):
@@ -118,25 +73,6 @@ def shop_state(demo, reference):
         timeout=60,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def browser():
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -11,20 +11,13 @@ fixture), so the same config can be handed to both. The real loader's iframe
 
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "artifacts" / "browser"
+from .conftest import CHROMIUM, SHOTS, running_demo
+
 S3 = "https://khalti.s3.ap-south-1.amazonaws.com/"
 PUBLIC_KEY = "test_public_key_dj_khalti_demo_sandbox"  # the demo's, against its sandbox
 MOBILE, MASKED_MOBILE = "9800000001", "98XXXXXXX1"
@@ -32,6 +25,7 @@ MOBILE, MASKED_MOBILE = "9800000001", "98XXXXXXX1"
 #: ["KHALTI", "EBANKING", "MOBILE_BANKING", "CONNECT_IPS", "SCT"]``), with its labels.
 DEFAULT_TABS = ["KHALTI", "EBANKING", "MOBILE_BANKING", "CONNECT_IPS", "SCT"]
 TAB_LABELS = ["Khalti Wallet", "e-Banking", "Mobile banking", "Connect IPS", "SCT Card"]
+
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -41,72 +35,11 @@ if not Path(CHROMIUM).exists():
 pytestmark = pytest.mark.browser
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The demo server, seeded; yields its base URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_DEMO": "1",
-        "DJANGO_DEMO_ADDR": f"127.0.0.1:{port}",
-        "DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('demo') / 'demo.sqlite3'}",
-        "DJANGO_SETTINGS_MODULE": "testproject.settings",
-    }
-    for key in ("KHALTI_SECRET_KEY", "KHALTI_PUBLIC_KEY", "KHALTI_BASE_URL"):
-        env.pop(key, None)  # always the offline sandbox here
-    manage = [sys.executable, str(ROOT / "testproject" / "manage.py")]
-    for command in (["migrate", "--noinput"], ["seed_demo"]):
-        subprocess.run(manage + command, env=env, check=True, capture_output=True, timeout=120)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    log = SHOTS / "stand-in-server.log"
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            [*manage, "runserver", "--noreload", f"127.0.0.1:{port}"],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            if server.poll() is not None:
-                raise RuntimeError(f"the demo server exited:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(base + "/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"the demo server did not start:\n{log.read_text()[-3000:]}")
+    with running_demo(tmp_path_factory, "stand-in-server") as (base, _env):
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
 
 
 #: The page each test opens: a config factory and a log of the handlers' calls.
