@@ -1,6 +1,6 @@
 """Signals delivered at least once: the outbox (:class:`~django_khalti.models.SignalDelivery`).
 
-A status change writes its signal here in the same transaction; it is
+A status change writes its signal here atomically with the change; it is
 delivered after the commit, and again (by a resubmission, ``khalti_reconcile``
 or the admin) when a receiver raised or a worker died, once the grace period
 is over.

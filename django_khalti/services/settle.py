@@ -40,6 +40,7 @@ from .state import (
     _settle,
     _transition,
     claim,
+    committed_at_once,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def _claim_order(
     token = fields.get("token_claim")
 
     def insert() -> tuple[Payment, bool]:
-        with transaction.atomic(durable=True):
+        with committed_at_once():
             payment = Payment.objects.create(
                 product_identity=product_identity,
                 order_reference=order.reference,
@@ -173,7 +174,7 @@ def _wait_for_order(product_identity: str, order: KhaltiOrder, **fields: Any) ->
     :class:`KhaltiInProgress`: the buyer's token is kept, and the payment takes
     the order (:func:`_take_order`) once that payment lets go of it.
     """
-    with contextlib.suppress(IntegrityError), transaction.atomic(durable=True):
+    with contextlib.suppress(IntegrityError), committed_at_once():
         # order_claim NULL: pending, waiting for its order. (A concurrent insert
         # of the same token already stored it.)
         Payment.objects.create(

@@ -6,22 +6,35 @@
   Khalti is called.
 - :func:`_transition` is the one choke point: a guarded ``UPDATE ... WHERE
   status = <source>`` (and, for a held payment, ``claimed_at = <ours>``) whose
-  winner writes the signal to the outbox in the same transaction and delivers
-  it after the commit (:mod:`.outbox`).
+  winner writes the signal to the outbox atomically with the change (one
+  statement on PostgreSQL, a transaction elsewhere) and delivers it after the
+  commit (:mod:`.outbox`). A claim is one statement, committed on its own.
 - An unknown outcome (timeout, 5xx, garbage, our database failing) leaves the
   payment pending, for a resubmission or reconciliation to settle.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
-from django.db import DatabaseError, IntegrityError, OperationalError, transaction
-from django.db.models import F, Q
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
+from django.db.models import F, Q, QuerySet
 from django.db.models.expressions import CombinedExpression
+from django.db.models.sql import UpdateQuery
 from django.utils.translation import gettext as _
 
 from ..client import KhaltiClient
@@ -44,10 +57,8 @@ def claim(payment: Payment, status: str = Status.PENDING) -> bool:
     claim wins nothing. The claim's time is the database's, so hosts whose
     clocks differ agree on when a claim is stale.
     """
-    # Durable: a claim inside a caller's transaction would not be seen by other
-    # workers before Khalti is called (Django raises RuntimeError instead).
     try:
-        with transaction.atomic(durable=True):
+        with committed_at_once():
             won = (
                 Payment.objects.filter(pk=payment.pk, status=status, attempts=payment.attempts)
                 .filter(_claimable())
@@ -64,6 +75,17 @@ def claim(payment: Payment, status: str = Status.PENDING) -> bool:
         payment.attempts += 1
         _read_later(payment, "claimed_at", "updated_at")
     return bool(won)
+
+
+def committed_at_once(using: str | None = None) -> AbstractContextManager[Any]:
+    """For a single write that other workers must see before Khalti is called (a
+    claim): committed by itself, so never inside a caller's transaction (Django
+    then raises RuntimeError, as for ``atomic(durable=True)``). One statement
+    needs no transaction of its own: no BEGIN and COMMIT around it.
+    """
+    if connections[using or DEFAULT_DB_ALIAS].in_atomic_block:
+        return transaction.atomic(using=using, durable=True)  # raises, but in TestCase
+    return nullcontext()
 
 
 def stale_since() -> CombinedExpression:
@@ -271,36 +293,43 @@ def _transition(
 
     Every status change goes through here. The ``UPDATE`` is guarded by the
     current status, so of any number of concurrent callers exactly one changes
-    the row and, in the same transaction, writes the signal to the outbox
-    (unless ``notify`` is False), delivered after the commit. The others see
-    the row as the winner left it, and a loser that wanted another status logs
-    it at WARNING. With ``held``, the row must also still carry this worker's
-    claim.
+    the row and, atomically with it, writes the signal to the outbox (unless
+    ``notify`` is False), delivered after the commit. The others see the row as
+    the winner left it, and a loser that wanted another status logs it at
+    WARNING. With ``held``, the row must also still carry this worker's claim.
+
+    On PostgreSQL the change and its outbox row are one statement
+    (:func:`_changed_in_one_statement`): one round trip, no transaction to open.
+    Elsewhere they are a transaction of their own (:func:`_changed_in_transaction`).
     """
     stamps = {"updated_at": DbNow(), **({"verified_at": DbNow()} if to == Status.VERIFIED else {})}
     values: dict[str, Any] = {"status": to, "claimed_at": None, **fields}
+    using = router.db_for_write(Payment, instance=payment)
+    rows = Payment.objects.using(using).filter(pk=payment.pk, status=source)
+    if held:
+        rows = rows.filter(_held(payment))
+    connection = connections[using]
+    one_statement = connection.vendor == "postgresql"
+    change = _changed_in_one_statement if one_statement else _changed_in_transaction
+    announced = (to, refund_amount) if notify else None
     for attempt in range(1, DEADLOCK_RETRIES + 1):
         try:
-            with transaction.atomic():
-                rows = Payment.objects.filter(pk=payment.pk, status=source)
-                if held:
-                    rows = rows.filter(_held(payment))
-                changed = rows.update(**values, **stamps)
-                if changed:
-                    for name, value in values.items():
-                        setattr(payment, name, value)
-                    # The database's clock set these (the failed re-check spacing reads
-                    # updated_at): read back for the signal's snapshot, else when used.
-                    _read_later(payment, *stamps)
-                    if notify:
-                        payment.refresh_from_db(fields=list(stamps))
-                        _announce(to, payment, refund_amount)
+            # In a caller's transaction, a savepoint: a unique ``idx`` refused then
+            # leaves that transaction usable.
+            with (
+                transaction.atomic(using=using)
+                if connection.in_atomic_block or not one_statement
+                else nullcontext()
+            ):
+                changed, delivery = change(rows, payment, values, stamps, announced)
+                if delivery is not None:
+                    transaction.on_commit(partial(deliver, delivery, first=True), using=using)
             break
         except OperationalError as exc:
             # Two settlements of one row at MariaDB's REPEATABLE READ can deadlock;
             # the victim's transaction is gone, so (outside a caller's transaction)
             # it is simply run again: its guarded UPDATE then sees the winner's row.
-            if attempt == DEADLOCK_RETRIES or transaction.get_connection().in_atomic_block:
+            if attempt == DEADLOCK_RETRIES or connection.in_atomic_block:
                 raise
             if not _deadlocked(exc):
                 raise
@@ -315,7 +344,96 @@ def _transition(
             to,
             payment.status,
         )
-    return bool(changed)
+    return changed
+
+
+#: What a status change announces: the new status and, for a refund, its amount.
+_Announced = tuple[str, "int | None"]
+
+
+def _changed_in_transaction(
+    rows: QuerySet[Payment],
+    payment: Payment,
+    values: dict[str, Any],
+    stamps: dict[str, Any],
+    announced: _Announced | None,
+) -> tuple[bool, SignalDelivery | None]:
+    """In the transaction :func:`_transition` opened: the guarded ``UPDATE``, then
+    (if it changed the row) the times the database's clock gave it, read back for
+    the signal's snapshot, and the signal written to the outbox.
+    """
+    if not rows.update(**values, **stamps):
+        return False, None
+    for name, value in values.items():
+        setattr(payment, name, value)
+    # The failed re-check spacing reads updated_at: read on next access.
+    _read_later(payment, *stamps)
+    if announced is None:
+        return True, None
+    payment.refresh_from_db(fields=list(stamps))
+    delivery = _signal_of(payment, *announced)
+    delivery.snapshot = snapshot_of(payment)
+    delivery.save(force_insert=True)
+    return True, delivery
+
+
+def _changed_in_one_statement(
+    rows: QuerySet[Payment],
+    payment: Payment,
+    values: dict[str, Any],
+    stamps: dict[str, Any],
+    announced: _Announced | None,
+) -> tuple[bool, SignalDelivery | None]:
+    """PostgreSQL: the guarded ``UPDATE``, returning the times the database's clock
+    gave it, and (a data-modifying ``WITH``) the signal's outbox row, inserted
+    only if the update changed the row, its snapshot completed in SQL with those
+    times. One statement, so atomic without a transaction: one round trip.
+    """
+    connection = connections[rows.db]
+    quote = connection.ops.quote_name
+    query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
+    query.add_update_values({**values, **stamps})
+    update, update_params = query.get_compiler(rows.db).as_sql()
+    stamped = [quote(name) for name in stamps]  # updated_at, verified_at: named as their columns
+    sql, params = f"WITH changed AS ({update} RETURNING {', '.join(stamped)})", [*update_params]
+    delivery = None
+    if announced is not None:
+        after = copy.copy(payment)  # as the statement leaves it, but for the stamps
+        for name, value in {**values, **dict.fromkeys(stamps)}.items():
+            setattr(after, name, value)
+        delivery = _signal_of(after, *announced)
+        snapshot = "%s::jsonb"
+        for name, column in zip(stamps, stamped, strict=True):
+            snapshot = f"jsonb_set({snapshot}, '{{fields,{name}}}', to_jsonb(changed.{column}))"
+        columns, selected = [], []
+        for field in SignalDelivery._meta.concrete_fields:
+            if field.name == "created_at":
+                continue  # the database's default
+            columns.append(quote(field.column or field.name))
+            if field.name == "snapshot":
+                selected.append(snapshot)
+                params.append(field.get_db_prep_save(snapshot_of(after), connection))
+            elif field.name == "next_attempt_at":
+                selected.append("STATEMENT_TIMESTAMP() + %s")
+                params.append(_retry_wait(1))
+            else:
+                selected.append("%s")
+                params.append(field.get_db_prep_save(field.pre_save(delivery, True), connection))
+        sql += (
+            f", announced AS (INSERT INTO {quote(SignalDelivery._meta.db_table)} "
+            f"({', '.join(columns)}) SELECT {', '.join(selected)} FROM changed)"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} SELECT {', '.join(stamped)} FROM changed", params)
+        row = cursor.fetchone()
+    if row is None:
+        return False, None
+    for name, value in [*values.items(), *zip(stamps, row, strict=True)]:
+        setattr(payment, name, value)
+    if delivery is not None:
+        delivery.payment = payment
+        delivery.snapshot = snapshot_of(payment)
+    return True, delivery
 
 
 #: How many times a status change that lost a deadlock is tried again.
@@ -331,23 +449,23 @@ def _deadlocked(exc: OperationalError) -> bool:
     return sqlstate == "40P01" or (bool(exc.args) and exc.args[0] == 1213)
 
 
-def _announce(status: str, payment: Payment, refund_amount: int | None) -> None:
-    """Write the signal for ``payment``'s new ``status`` to the outbox (inside the
-    status change's transaction), and deliver it once that commits.
+def _signal_of(payment: Payment, status: str, refund_amount: int | None) -> SignalDelivery:
+    """The outbox row announcing ``payment``'s new ``status`` (its snapshot is the
+    caller's to take, once the database's clock has stamped the change).
+
+    The first attempt is the status change's own worker, after the commit:
+    counted already, so that if the worker dies before it ends, it is delivered
+    again after the grace period.
     """
     arguments: dict[str, Any] = {}
     if status in (Status.FAILED, Status.NEEDS_REVIEW):
         arguments["reason"] = payment.failure_reason
     if status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED):
         arguments["amount"] = refund_amount
-    # The first attempt is this worker's, after the commit: counted already, so
-    # that if the worker dies before it ends, it is delivered again after the grace.
-    delivery = SignalDelivery.objects.create(
+    return SignalDelivery(
         payment=payment,
         signal=_SIGNALS[status],
-        snapshot=snapshot_of(payment),
         arguments=arguments,
         attempts=1,
         next_attempt_at=DbNow() + _retry_wait(1),
     )
-    transaction.on_commit(lambda: deliver(delivery, first=True))

@@ -187,15 +187,20 @@ def test_a_worker_killed_in_a_receiver_leaves_the_signal_to_deliver_again(
 @pytest.mark.django_db(transaction=True)
 def test_a_commit_the_client_saw_fail_still_delivers(expect_khalti, payload):
     """The database commits the settlement but the client sees an error (an ambiguous
-    commit): the on_commit callbacks are dropped; the outbox row committed with the status."""
+    commit: of the transaction, or of the one statement that settles on PostgreSQL):
+    the signal is not delivered then; the outbox row committed with the status."""
     expect_khalti.verify(payload["token"], 1000)
     real_commit = connection.commit
     settled = []
 
     def watch(execute, sql, params, many, context):
-        if sql.lstrip().upper().startswith("INSERT") and "signaldelivery" in sql:
+        result = execute(sql, params, many, context)
+        if "INSERT INTO" in sql and "signaldelivery" in sql and not settled:
             settled.append(True)
-        return execute(sql, params, many, context)
+            if connection.get_autocommit():  # one statement (PostgreSQL): its own commit
+                settled.append(True)
+                raise OperationalError("server closed the connection unexpectedly")
+        return result
 
     def commit_then_fail():
         real_commit()
@@ -701,11 +706,56 @@ def test_review_holds_database_error_on_the_outbox_insert_keeps_the_payment_pend
     expect_khalti, payload, signals
 ):
     expect_khalti.verify(payload["token"], 1000)
-    with mock.patch.object(
-        SignalDelivery.objects, "create", side_effect=OperationalError("disk full")
-    ):
+
+    def refuse_the_outbox(execute, sql, params, many, context):
+        # The database refuses any statement writing to the outbox (on PostgreSQL
+        # the one that also settles the payment).
+        if "INSERT INTO" in sql and SignalDelivery._meta.db_table in sql:
+            raise OperationalError("disk full")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(refuse_the_outbox):
         assert post(Client(), payload).status_code == 502  # Khalti answered; we did not record it
     assert Payment.objects.get().status == Status.PENDING
+    assert not signals
+
+
+@pytest.fixture
+def outbox_refused():
+    """The database itself refuses every outbox row (a constraint, or on SQLite a
+    trigger): whatever writes one fails inside the database, mid-settlement."""
+    table = connection.ops.quote_name(SignalDelivery._meta.db_table)
+    if connection.vendor == "sqlite":
+        add = [
+            f"CREATE TRIGGER refuse_outbox BEFORE INSERT ON {table} "
+            "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END"
+        ]
+        drop = ["DROP TRIGGER refuse_outbox"]
+    else:
+        add = [f"ALTER TABLE {table} ADD CONSTRAINT refuse_outbox CHECK (attempts < 0)"]
+        drop = [f"ALTER TABLE {table} DROP CONSTRAINT refuse_outbox"]
+    with connection.cursor() as cursor:
+        for sql in add:
+            cursor.execute(sql)
+    yield
+    with connection.cursor() as cursor:
+        for sql in drop:
+            cursor.execute(sql)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_settlement_whose_outbox_row_the_database_refuses_is_not_recorded(
+    expect_khalti, payload, signals, outbox_refused
+):
+    """The status change and its signal commit together or not at all, on every
+    backend (on PostgreSQL they are one statement): no verified payment without
+    its signal in the outbox, whatever Khalti said."""
+    expect_khalti.verify(payload["token"], 1000)
+    response = post(Client(), payload)
+    assert response.status_code == 502, response.content  # Khalti answered; we did not record it
+    payment = Payment.objects.get()
+    assert (payment.status, payment.verified_at, payment.idx) == (Status.PENDING, None, None)
+    assert not SignalDelivery.objects.exists()
     assert not signals
 
 
