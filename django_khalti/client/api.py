@@ -273,7 +273,7 @@ class KhaltiClient:
         if status == 429 or status >= 500:
             raise KhaltiUnavailable(khalti_status=status)
         try:
-            body = json.loads(content)
+            body = _storable(json.loads(content, parse_constant=_no_constant))
         except (ValueError, RecursionError):
             logger.warning("Khalti %s %s answered with a body that is not JSON.", method, path)
             raise KhaltiBadResponse(khalti_status=status) from None
@@ -292,3 +292,23 @@ class KhaltiClient:
             return KhaltiRejected(message, khalti_status=status, body=body)
         logger.warning("Khalti answered HTTP %s with a body of an unknown shape.", status)
         return KhaltiBadResponse(khalti_status=status)
+
+
+def _no_constant(name: str) -> None:
+    """``NaN`` and ``Infinity``, which Python reads but JSON has no word for (and
+    a JSON column refuses): read as null, so an answer carrying one can be stored.
+    """
+    return None
+
+
+def _storable(value: Any) -> Any:
+    """Khalti's answer with every NUL character (which PostgreSQL refuses in text and
+    JSON) as U+FFFD: an answer that proves a payment must be storable with it.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    return value

@@ -23,6 +23,7 @@ from datetime import timedelta
 from functools import partial
 from typing import Any, cast
 
+from django.conf import settings
 from django.db import (
     DEFAULT_DB_ALIAS,
     DatabaseError,
@@ -360,20 +361,29 @@ def _changed_in_transaction(
 ) -> tuple[bool, SignalDelivery | None]:
     """In the transaction :func:`_transition` opened: the guarded ``UPDATE``, then
     (if it changed the row) the times the database's clock gave it, read back for
-    the signal's snapshot, and the signal written to the outbox.
+    the signal's snapshot, and the signal written to the outbox. ``payment`` is
+    changed only once all of it is written.
     """
     if not rows.update(**values, **stamps):
         return False, None
+    after = copy.copy(payment)
     for name, value in values.items():
-        setattr(payment, name, value)
-    # The failed re-check spacing reads updated_at: read on next access.
-    _read_later(payment, *stamps)
-    if announced is None:
-        return True, None
-    payment.refresh_from_db(fields=list(stamps))
-    delivery = _signal_of(payment, *announced)
-    delivery.snapshot = snapshot_of(payment)
-    delivery.save(force_insert=True)
+        setattr(after, name, value)
+    _read_later(after, *stamps)  # the failed re-check spacing reads updated_at
+    delivery = None
+    if announced is not None:
+        after.refresh_from_db(fields=list(stamps))
+        delivery = _signal_of(after, *announced)
+        delivery.snapshot = snapshot_of(after)
+        delivery.save(force_insert=True)
+        delivery.payment = payment
+    for name in values:
+        setattr(payment, name, getattr(after, name))
+    for name in stamps:  # read back, or to be read on next access
+        if name in after.__dict__:
+            setattr(payment, name, after.__dict__[name])
+        else:
+            payment.__dict__.pop(name, None)
     return True, delivery
 
 
@@ -402,9 +412,12 @@ def _changed_in_one_statement(
         for name, value in {**values, **dict.fromkeys(stamps)}.items():
             setattr(after, name, value)
         delivery = _signal_of(after, *announced)
+        # As Django would write them: aware (UTC), or without USE_TZ naive local times.
+        cast_to = "" if settings.USE_TZ else "::timestamp"
         snapshot = "%s::jsonb"
         for name, column in zip(stamps, stamped, strict=True):
-            snapshot = f"jsonb_set({snapshot}, '{{fields,{name}}}', to_jsonb(changed.{column}))"
+            stamp = f"to_jsonb(changed.{column}{cast_to})"
+            snapshot = f"jsonb_set({snapshot}, '{{fields,{name}}}', {stamp})"
         columns, selected = [], []
         for field in SignalDelivery._meta.concrete_fields:
             if field.name == "created_at":

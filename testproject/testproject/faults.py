@@ -3,8 +3,9 @@
 Installed by settings only when ``TESTPROJECT_FAIL_SETTLE_IF`` is set (the
 reliability rig does it, tests/rig.py). While the file it names exists, an
 ``UPDATE`` of ``django_khalti_payment`` that sets ``status`` (the settle step,
-``services._transition``) raises ``OperationalError`` before it reaches the
-database, as a connection lost at that moment would. The pending insert and the
+``services._transition``; on PostgreSQL, the statement that also writes the
+outbox) raises ``OperationalError`` before it reaches the database, as a
+connection lost at that moment would. The pending insert and the
 claim (which set no ``status``) go through, so a payment is claimed, Khalti is
 asked, and only the recording of its answer fails. Stopping the real database
 server instead would disturb everything else on a shared machine.
@@ -15,8 +16,12 @@ import re
 
 from django.db import OperationalError, connections
 
+#: The settle step's UPDATE: a statement of its own, or (PostgreSQL) the first part of
+#: the ``WITH changed AS (UPDATE ...) ...`` that also writes the outbox.
 SETTLE = re.compile(
-    r'^\s*UPDATE\s+["`]?django_khalti_payment["`]?\s+SET\s+["`]?status["`]?\s*=', re.IGNORECASE
+    r"^\s*(WITH\s+\w+\s+AS\s*\(\s*)?"
+    r'UPDATE\s+["`]?django_khalti_payment["`]?\s+SET\s+["`]?status["`]?\s*=',
+    re.IGNORECASE,
 )
 
 
