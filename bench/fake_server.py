@@ -6,7 +6,9 @@ base URL on its first line of output, then serves until its standard input close
 generator's threads do not share a GIL with it.
 
 The status endpoint answers ``Complete`` for every token (``khalti_reconcile``'s
-bench); verify accepts any fresh token for any amount, after ``DELAY`` seconds.
+bench); verify accepts any fresh token for any amount, after ``DELAY`` seconds, in a
+JSON body (dj-khalti, the naive baseline) or a form-encoded one (the peer
+``django-khalti`` 1.0 posts ``requests.post(url, payload)``; Khalti takes both).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ssl
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import parse_qs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,6 +34,23 @@ class AlwaysComplete(dict):
         return super().get(key, "Complete")
 
 
+def accept_forms(server) -> None:
+    """Verify bodies form-encoded as well as JSON (the fake itself reads JSON only)."""
+    json_handler = server.RequestHandlerClass
+
+    class Handler(json_handler):
+        def do_POST(self) -> None:
+            if not self.headers.get("Content-Type", "").startswith(
+                "application/x-www-form-urlencoded"
+            ):
+                return super().do_POST()
+            length = int(self.headers.get("Content-Length") or 0)
+            form = parse_qs(self.rfile.read(length).decode())
+            self.server.fake.answer(self, "verify", {k: v[0] for k, v in form.items()})
+
+    server.RequestHandlerClass = Handler
+
+
 def main() -> None:
     cert, key, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     _die_with_parent()
@@ -39,6 +59,8 @@ def main() -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server = fake.server
+    server.fake = fake
+    accept_forms(server)
     # The handshake happens in each connection's own thread, not in the accept loop.
     server.socket = context.wrap_socket(
         server.socket, server_side=True, do_handshake_on_connect=False
