@@ -1089,12 +1089,23 @@ def explain(connection, sql: str) -> str:
 
 
 def bench_reconcile(server_env: dict[str, str], n: int) -> None:
-    from django_khalti.models import Payment
+    from django_khalti.models import Payment, order_key
 
     new = new_orders(n, "REC")
     Payment.objects.bulk_create(
         [
-            Payment(token=f"rec-{uuid.uuid4().hex}", product_identity=reference, amount=total)
+            # A widget payment whose verification Khalti completed but whose answer the
+            # shop lost; the buyer's page reported its idx (bench/fake_server.py).
+            # bulk_create skips Payment.save: the claims a saved row has, set here.
+            Payment(
+                token=(token := f"rec-{uuid.uuid4().hex}"),
+                token_claim=token,
+                claimed_idx=f"idx-{token}",
+                product_identity=reference,
+                order_reference=reference,
+                order_claim=order_key(reference),
+                amount=total,
+            )
             for reference, total in new
         ],
         batch_size=5000,
@@ -1126,10 +1137,16 @@ def bench_reconcile(server_env: dict[str, str], n: int) -> None:
         token__startswith="rec-", status=Payment.Status.VERIFIED
     ).count()
     left = Payment.objects.filter(token__startswith="rec-", status=Payment.Status.PENDING).count()
+    # Anything not verified, by status and reason: the reader sees why.
+    unsettled = Counter(
+        Payment.objects.filter(token__startswith="rec-")
+        .exclude(status=Payment.Status.VERIFIED)
+        .values_list("status", "failure_reason")
+    )
     summary = [line for line in output.splitlines() if line.startswith("checked")]
     say(
         f"## 5. khalti_reconcile --older-than 0 over {pending:,} pending payments "
-        "(fake answers status Complete)"
+        "(Khalti completed them; the shop lost the answers)"
     )
     say()
     table(
@@ -1157,6 +1174,8 @@ def bench_reconcile(server_env: dict[str, str], n: int) -> None:
         ],
     )
     say(f"Command's summary: `{summary[-1] if summary else output[-300:]}`")
+    for (status, reason), n in unsettled.most_common(5):
+        say(f"- {n} left {status}: {reason[:200] or '(no reason stored)'}")
     say()
 
 
