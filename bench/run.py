@@ -698,7 +698,7 @@ def summarise_profile(raw: Path) -> dict:
 
 def report_profiles(profiles: dict[str, dict | str], clients: int) -> None:
     say(
-        f"## 1b. Where the time goes: py-spy on the app at {clients} clients "
+        f"## 1b. Where the time goes: py-spy on the app at {clients_word(clients)} "
         f"({PROFILE_REQUESTS} verifications per configuration, after the measured rounds)"
     )
     say()
