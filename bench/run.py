@@ -65,6 +65,10 @@ PROFILE_REQUESTS = int(os.environ.get("BENCH_PROFILE_REQUESTS", "600"))
 ADMIN_ROWS = int(os.environ.get("BENCH_ADMIN_ROWS", "100000"))
 RECONCILE_ROWS = int(os.environ.get("BENCH_RECONCILE_ROWS", "10000"))
 WARMUP = 2 * WORKERS * THREADS
+#: How every target is served (tests/rig.py's spawn_gunicorn: sync workers for 1 thread).
+SERVED = (
+    f"{WORKERS} gthread workers x {THREADS} threads" if THREADS > 1 else f"{WORKERS} sync workers"
+)
 #: The peer, installed by `make bench` (or below) where only its server looks for it.
 PEER_SITE = BIN.parent / "bench-peer"
 PEER_REQUIREMENT = "django-khalti==1.0"
@@ -537,8 +541,7 @@ def report_verify(targets: list[Target], results: dict) -> None:
             say(f"- {CONFIGS[config]}, {clients_word(clients)}, at most {goal:.2f}x: {verdict}")
     say()
     say(
-        f"Every target runs under the same gunicorn settings: {WORKERS} gthread workers x "
-        f"{THREADS} threads (`--worker-class gthread --threads {THREADS}`, `--preload`). "
+        f"Every target runs under the same gunicorn settings: {SERVED} (`--preload`). "
         "The naive view (bench/baseline.py) calls `requests.post` per verification: a new "
         "TCP+TLS connection each time, no database, no amount check, no idempotency. The "
         "peer (bench/peer/, `django-khalti` 1.0 from PyPI in a scratch shop written from "
@@ -1205,7 +1208,7 @@ def machine(database_url: str) -> list[str]:
         f"- Python {platform.python_version()}, Django {django.get_version()}, "
         f"gunicorn {gunicorn.__version__}, requests {requests.__version__}, {db} "
         f"({urlsplit(database_url).scheme} database created by the bench)",
-        f"- Settings: gunicorn {WORKERS} gthread workers x {THREADS} threads per target; "
+        f"- Settings: gunicorn {SERVED} per target; "
         f"fake Khalti latency {DELAY_MS:g} ms "
         f"(verify), HTTPS with a self-signed certificate trusted through REQUESTS_CA_BUNDLE; "
         f"load generator, fake Khalti, every server and the database on this one machine; "
