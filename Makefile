@@ -53,11 +53,21 @@ demo: $(VENV)/.installed-demo
 	cd testproject && ../$(BIN)/python manage.py seed_demo --url http://$(DEMO_ADDR)/
 	cd testproject && ../$(BIN)/python manage.py runserver $(DEMO_ADDR)
 
-# The speed report (issue 7): the app and a naive baseline under gunicorn against an
-# HTTPS fake Khalti, queries, admin over 100k payments, khalti_reconcile; prints a table
-# and writes bench/results.md. PostgreSQL at BENCH_DATABASE_URL (default
-# postgres://root@127.0.0.1:5432/bench, dropped and recreated), else SQLite.
-bench: $(VENV)/.installed-bench
+# The peer app `django-khalti` 1.0 (PyPI) for `make bench`, in a directory of its own
+# that only the bench's peer server puts on its path (bench/peer/README.md).
+BENCH_PEER := $(VENV)/bench-peer
+$(BENCH_PEER)/.installed: | $(BIN)/python
+	$(PIP) install --quiet --no-deps --target $(BENCH_PEER) 'django-khalti==1.0'
+	touch $@
+
+# The speed report (issues 7 and 17): under gunicorn (4 workers x 8 threads each)
+# against an HTTPS fake Khalti, the app on Django's default connections and on Django's
+# psycopg pool, a naive baseline and the peer django-khalti 1.0; a py-spy profile of
+# the app at 32 clients; queries, admin over 100k payments, khalti_reconcile. Prints the
+# tables and writes bench/results.md. PostgreSQL at BENCH_DATABASE_URL (default
+# postgres://root@127.0.0.1:5432/bench, and <name>_peer; dropped and recreated), else
+# SQLite. Shorter: BENCH_REQUESTS=60 BENCH_ADMIN_ROWS=10000 (bench/run.py: the knobs).
+bench: $(VENV)/.installed-bench $(BENCH_PEER)/.installed
 	$(BIN)/python bench/run.py
 
 clean:

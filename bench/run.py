@@ -1,21 +1,28 @@
-"""``make bench``: dj-khalti's speed, measured side by side in one run (issue 7).
+"""``make bench``: dj-khalti's speed, measured side by side in one run (issues 7 and 17).
 
-1. The verify endpoint at 1, 8 and 32 concurrent clients: the testproject under
-   gunicorn against (b) a naive baseline (bench/baseline.py) under the same gunicorn
-   settings, both talking to one fake Khalti over HTTPS with an added latency.
+1. The verify endpoint at 1, 8 and 32 concurrent clients, every target under the same
+   gunicorn settings (4 gthread workers x 8 threads), all talking to one fake Khalti over
+   HTTPS with an added latency: the testproject on Django's default database connections
+   (``CONN_MAX_AGE = 0``, no pool) and on Django's psycopg pool (``"pool": True``), a
+   naive baseline (bench/baseline.py) and the peer ``django-khalti`` 1.0 from PyPI in a
+   scratch shop written from its README (bench/peer/). Then a py-spy profile of the app
+   at 32 clients, in both configurations: where the time goes.
 2. The app's overhead: its p50 at one client minus the fake's latency.
 3. Queries per verification and per idempotent resubmission (in process).
 4. The admin's changelist, search and status filter over 100,000 payments, with EXPLAIN.
 5. ``khalti_reconcile`` over 10,000 pending payments: settled per second, peak memory.
 
 The report goes to stdout and to bench/results.md. Everything listens on 127.0.0.1
-and stops at the end. The database is PostgreSQL's ``bench`` database on
-BENCH_DATABASE_URL (default postgres://root@127.0.0.1:5432/bench), dropped and
-created anew; SQLite in a temporary directory when PostgreSQL cannot be reached.
+and stops at the end. The databases are PostgreSQL's ``bench`` (the app's) and
+``bench_peer`` (the peer's) on BENCH_DATABASE_URL (default
+postgres://root@127.0.0.1:5432/bench), dropped and created anew; SQLite in a temporary
+directory when PostgreSQL cannot be reached. Sections 2-5 run on Django's defaults.
 
 Knobs (environment): BENCH_DELAY_MS (20), BENCH_REQUESTS per level and target (300),
-BENCH_LEVELS ("1,8,32"), BENCH_WORKERS (4), BENCH_ADMIN_ROWS (100000),
-BENCH_RECONCILE_ROWS (10000).
+BENCH_LEVELS ("1,8,32"), BENCH_WORKERS (4), BENCH_THREADS per worker (8),
+BENCH_PROFILE_REQUESTS (600; 0: no profile), BENCH_ADMIN_ROWS (100000),
+BENCH_RECONCILE_ROWS (10000). A short run: BENCH_REQUESTS=60 BENCH_PROFILE_REQUESTS=200
+BENCH_ADMIN_ROWS=10000 BENCH_RECONCILE_ROWS=1000.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,9 +60,18 @@ DELAY_MS = float(os.environ.get("BENCH_DELAY_MS", "20"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "300"))
 LEVELS = [int(n) for n in os.environ.get("BENCH_LEVELS", "1,8,32").split(",")]
 WORKERS = int(os.environ.get("BENCH_WORKERS", "4"))
+THREADS = int(os.environ.get("BENCH_THREADS", "8"))
+PROFILE_REQUESTS = int(os.environ.get("BENCH_PROFILE_REQUESTS", "600"))
 ADMIN_ROWS = int(os.environ.get("BENCH_ADMIN_ROWS", "100000"))
 RECONCILE_ROWS = int(os.environ.get("BENCH_RECONCILE_ROWS", "10000"))
-WARMUP = 4 * WORKERS
+WARMUP = 2 * WORKERS * THREADS
+#: How every target is served (tests/rig.py's spawn_gunicorn: sync workers for 1 thread).
+SERVED = (
+    f"{WORKERS} gthread workers x {THREADS} threads" if THREADS > 1 else f"{WORKERS} sync workers"
+)
+#: The peer, installed by `make bench` (or below) where only its server looks for it.
+PEER_SITE = BIN.parent / "bench-peer"
+PEER_REQUIREMENT = "django-khalti==1.0"
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://root@127.0.0.1:5432/bench")
 KHALTI_TIMEOUT = "5"
 
@@ -203,11 +221,20 @@ def start_fake(cert: Path, key: Path) -> str:
     return url
 
 
-def start_gunicorn(name: str, app: str, chdir: Path, env: dict[str, str]) -> str:
-    """gunicorn serving ``app`` (WORKERS sync workers, as tests/rig.py), once it answers: its URL."""
+def start_gunicorn(
+    name: str, app: str, chdir: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen, str]:
+    """gunicorn serving ``app`` (WORKERS gthread workers of THREADS threads, tests/rig.py's
+    spawn_gunicorn), once it answers: the master process and the URL."""
     log = open(WORKDIR / f"{name}.log", "ab")  # noqa: SIM115 (the child process holds it)
     process, url = spawn_gunicorn(
-        app, chdir=chdir, env=env, log=log, workers=WORKERS, log_level="warning"
+        app,
+        chdir=chdir,
+        env=env,
+        log=log,
+        workers=WORKERS,
+        threads=THREADS,
+        log_level="warning",
     )
     children.append(process)
     deadline = time.monotonic() + 30
@@ -216,30 +243,46 @@ def start_gunicorn(name: str, app: str, chdir: Path, env: dict[str, str]) -> str
             raise RuntimeError(f"{name} exited: {(WORKDIR / f'{name}.log').read_text()[-3000:]}")
         try:
             requests.get(url + "/khalti/verify/", timeout=2)
-            return url
+            return process, url
         except requests.RequestException:
             time.sleep(0.1)
     raise RuntimeError(f"{name} did not start")
 
 
+def install_peer() -> Path:
+    """The peer's directory (``pip install --no-deps --target``): `make bench` installs it
+    there once; a direct ``python bench/run.py`` does it here if it is missing."""
+    if not (PEER_SITE / "khalti" / "views.py").is_file():
+        note(f"installing {PEER_REQUIREMENT} into {PEER_SITE}")
+        subprocess.run(
+            [
+                *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"),
+                *("--target", str(PEER_SITE), PEER_REQUIREMENT),
+            ],
+            check=True,
+        )
+    return PEER_SITE
+
+
 # --- the database ----------------------------------------------------------------------
 
 
-def prepare_database() -> str:
-    """DATABASE_URL of a fresh, empty bench database: PostgreSQL, else SQLite."""
+def prepare_database(suffix: str = "") -> str:
+    """DATABASE_URL of a fresh, empty bench database (``bench`` + ``suffix``):
+    PostgreSQL, else SQLite."""
     try:
         import psycopg
 
         parts = urlsplit(DATABASE_URL)
-        name = parts.path.lstrip("/") or "bench"
+        name = (parts.path.lstrip("/") or "bench") + suffix
         admin_url = urlunsplit(("postgresql", parts.netloc, "/postgres", "", ""))
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
-        return DATABASE_URL
+        return urlunsplit((parts.scheme, parts.netloc, "/" + name, "", ""))
     except Exception as exc:
         note(f"PostgreSQL unavailable ({exc.__class__.__name__}: {exc}); SQLite instead")
-        return f"sqlite:///{WORKDIR / 'bench.sqlite3'}"
+        return f"sqlite:///{WORKDIR / f'bench{suffix}.sqlite3'}"
 
 
 def drop_database(url: str) -> None:
@@ -268,73 +311,144 @@ def new_orders(n: int, prefix: str) -> list[tuple[str, int]]:
     return [(o.reference, o.total) for o in orders]
 
 
-def load(url: str, orders: list[tuple[str, int]], clients: int) -> dict:
+def load(target: Target, orders: list[tuple[str, int]], clients: int) -> dict:
     """POST one fresh token per order, ``clients`` at a time: latencies and wall time."""
     local = threading.local()
 
-    def one(order: tuple[str, int]) -> tuple[float, int]:
+    def one(order: tuple[str, int]) -> tuple[float, bool, int]:
         session = getattr(local, "session", None)
         if session is None:
             session = local.session = requests.Session()
         reference, total = order
-        payload = {
-            "token": f"tok-{uuid.uuid4().hex}",
-            "amount": total,
-            "product_identity": reference,
-        }
+        payload = {"token": f"tok-{uuid.uuid4().hex}", "amount": total}
         started = time.perf_counter()
         try:
-            response = session.post(url + "/khalti/verify/", json=payload, timeout=30)
+            if target.form:  # the peer reads request.POST: a form, token and amount only
+                response = session.post(target.verify_url, data=payload, timeout=30)
+            else:
+                payload["product_identity"] = reference
+                response = session.post(target.verify_url, json=payload, timeout=30)
             code = response.status_code
+            # The peer answers 200 for a refusal too, with "status": false.
+            ok = code == 200 and (not target.form or b'"status":true' in response.content)
         except requests.RequestException:
-            code = 0
-        return time.perf_counter() - started, code
+            code, ok = 0, False
+        return time.perf_counter() - started, ok, code
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         results = list(pool.map(one, orders))
     return {
-        "latencies": [t for t, _ in results],
+        "latencies": [t for t, _, _ in results],
         "wall": time.perf_counter() - started,
-        "ok": sum(1 for _, code in results if code == 200),
-        "codes": {code for _, code in results},
+        "ok": sum(1 for _, ok, _ in results if ok),
+        "codes": {code for _, _, code in results},
     }
 
 
-#: The targets of section 1: the app, the app with PostgreSQL not flushing its commits
-#: (for comparison only: what durable commits cost on this disk), the naive baseline.
-TARGETS = ("app", "app-unflushed", "baseline")
+@dataclass
+class Target:
+    """One server of section 1."""
+
+    name: str
+    label: str
+    app: str
+    chdir: Path
+    env: dict[str, str]
+    path: str = "/khalti/verify/"
+    form: bool = False
+    url: str = ""
+    process: subprocess.Popen | None = None
+
+    @property
+    def verify_url(self) -> str:
+        return self.url + self.path
+
+
+#: The app's two configurations (section 1's ratios and goals): Django's default
+#: connections, and Django's psycopg pool.
+CONFIGS = {
+    "defaults": "Django's default `CONN_MAX_AGE = 0`",
+    "pooled": 'psycopg pool, `OPTIONS = {"pool": True}`',
+}
+#: The issue's goals, per configuration and level: app p50 / naive p50 at most this.
+GOALS = {
+    "defaults": {1: 1.2, 8: 1.2, 32: 1.3},
+    "pooled": {1: 1.05, 8: 1.0, 32: 1.0},
+}
 #: Each level is run in this many rounds, the targets taking turns within each round,
 #: so that a change in the machine's background load weighs on every target alike.
 ROUNDS = 5
 
 
-def bench_verify(server_env: dict[str, str]) -> dict:
-    urls = {
-        "app": start_gunicorn("app", "testproject.wsgi:application", TESTPROJECT, server_env),
-        "baseline": start_gunicorn("baseline", "baseline:application", BENCH, server_env),
-    }
+def make_targets(server_env: dict[str, str], peer_database_url: str) -> list[Target]:
+    app = "testproject.wsgi:application"
+    targets = [
+        Target("naive", "naive `requests.post` view", "baseline:application", BENCH, server_env),
+        Target("defaults", "app, " + CONFIGS["defaults"], app, TESTPROJECT, server_env),
+    ]
     if server_env["DATABASE_URL"].startswith("postgres"):
-        urls["app-unflushed"] = start_gunicorn(
-            "app-unflushed",
-            "testproject.wsgi:application",
-            TESTPROJECT,
-            {**server_env, "DJANGO_PG_OPTIONS": "-c synchronous_commit=off"},
+        pooled = {**server_env, "DJANGO_DB_POOL": "1"}
+        targets += [
+            Target("pooled", "app, " + CONFIGS["pooled"], app, TESTPROJECT, pooled),
+            # For comparison only: what durable commits cost on this disk.
+            Target(
+                "pooled-unflushed",
+                "app, pooled, `synchronous_commit=off` (comparison only)",
+                app,
+                TESTPROJECT,
+                {**pooled, "DJANGO_PG_OPTIONS": "-c synchronous_commit=off"},
+            ),
+        ]
+    peer_env = {
+        **server_env,
+        "DATABASE_URL": peer_database_url,
+        "DJANGO_SETTINGS_MODULE": "peershop.settings",
+        "KHALTI_SECRET_KEY": "test_secret_key_testproject",  # the fake's key
+        "PYTHONPATH": os.pathsep.join([str(install_peer()), str(BENCH / "peer")]),
+    }
+    targets.append(
+        Target(
+            "peer",
+            "peer `django-khalti` 1.0",
+            "peershop.wsgi:application",
+            BENCH / "peer",
+            peer_env,
+            path="/khalti/verifypayment/",
+            form=True,
         )
-    note("targets: " + ", ".join(f"{name} on {url}" for name, url in urls.items()))
-    # Warm-up: every worker imports what it needs (and the app opens its pool).
-    for name, url in urls.items():
-        load(url, new_orders(WARMUP, f"W{name}"), WORKERS)
+    )
+    return targets
+
+
+def migrate_peer(peer: Target) -> None:
+    """The peer's scratch shop migrated, as its owner would (startproject's apps)."""
+    subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
+        env=peer.env,
+        cwd=peer.chdir,
+        check=True,
+    )
+
+
+def bench_verify(targets: list[Target]) -> dict:
+    for target in targets:
+        target.process, target.url = start_gunicorn(
+            target.name, target.app, target.chdir, target.env
+        )
+    note("targets: " + ", ".join(f"{t.name} on {t.url}" for t in targets))
+    # Warm-up: every worker thread imports what it needs (and the app opens its pool).
+    for target in targets:
+        load(target, new_orders(WARMUP, f"W{target.name}"), WORKERS * THREADS)
     results = {}
     per_round = max(1, REQUESTS // ROUNDS)
     for clients in LEVELS:
-        runs: dict[str, list[dict]] = {name: [] for name in urls}
+        runs: dict[str, list[dict]] = {t.name: [] for t in targets}
         for round_ in range(ROUNDS):
-            names = list(urls)
-            names = names[round_ % len(names) :] + names[: round_ % len(names)]
-            for name in names:
-                orders = new_orders(per_round, f"L{clients}{name}{round_}")
-                runs[name].append(load(urls[name], orders, clients))
+            turn = round_ % len(targets)
+            for target in targets[turn:] + targets[:turn]:
+                orders = new_orders(per_round, f"L{clients}{target.name}{round_}")
+                runs[target.name].append(load(target, orders, clients))
         for name, parts in runs.items():
             results[(name, clients)] = result = merge(parts)
             note(
@@ -362,73 +476,87 @@ def merge(parts: list[dict]) -> dict:
     }
 
 
-def report_verify(results: dict) -> None:
+def clients_word(n: int) -> str:
+    return f"{n} client" if n == 1 else f"{n} clients"
+
+
+def report_verify(targets: list[Target], results: dict) -> None:
     say(
-        f"## 1. Verify endpoint: app vs naive baseline ({REQUESTS} requests per level and target "
-        f"in {ROUNDS} interleaved rounds, fake Khalti latency {DELAY_MS:g} ms, HTTPS)"
+        f"## 1. Verify endpoint: the app's two configurations, a naive view and the peer "
+        f"({REQUESTS} requests per level and target in {ROUNDS} interleaved rounds, "
+        f"fake Khalti latency {DELAY_MS:g} ms, HTTPS)"
     )
     say()
     rows = []
-    for clients in LEVELS:
-        app, base = results[("app", clients)], results[("baseline", clients)]
-        rows.append(
-            [
-                clients,
-                f"{app['rps']:.1f}",
-                f"{app['p50']:.1f}",
-                f"{app['p99']:.1f}",
-                f"{app['ok']}/{app['n']}",
-                f"{base['rps']:.1f}",
-                f"{base['p50']:.1f}",
-                f"{base['p99']:.1f}",
-                f"{base['ok']}/{base['n']}",
-                f"{app['p50'] / base['p50']:.2f}x",
-                f"{app['p99'] / base['p99']:.2f}x",
-            ]
-        )
-    table(
-        [
-            "clients",
-            "app req/s",
-            "app p50 ms",
-            "app p99 ms",
-            "app ok",
-            "baseline req/s",
-            "baseline p50 ms",
-            "baseline p99 ms",
-            "baseline ok",
-            "p50 app/baseline",
-            "p99 app/baseline",
-        ],
-        rows,
-    )
-    for clients in LEVELS:
-        ratio = results[("app", clients)]["p50"] / results[("baseline", clients)]["p50"]
-        goal = 1.1 if clients == 1 else 1.0
-        wording = (
-            "at most 1.1x the baseline's p50"
-            if clients == 1
-            else "faster than the baseline (p50 < 1.0x)"
-        )
-        if (ratio <= goal) if clients == 1 else (ratio < goal):
-            verdict = f"**met** ({ratio:.2f}x)"
-        else:
-            verdict = (
-                f"**missed** by {(ratio - goal) / goal * 100:.0f}% ({ratio:.2f}x vs {goal:.1f}x)"
+    for target in targets:
+        for clients in LEVELS:
+            r = results[(target.name, clients)]
+            rows.append(
+                [
+                    target.label,
+                    clients,
+                    f"{r['rps']:.1f}",
+                    f"{r['p50']:.1f}",
+                    f"{r['p99']:.1f}",
+                    f"{r['ok']}/{r['n']}",
+                ]
             )
-        say(f"- Goal at {clients} client(s), app p50 {wording}: {verdict}")
+    table(["target", "clients", "req/s", "p50 ms", "p99 ms", "ok"], rows)
+
+    names = {t.name for t in targets}
+    ratio_rows = [(f"app, {CONFIGS[c]}", c) for c in CONFIGS if c in names]
+    ratio_rows.append(("peer `django-khalti` 1.0 (peer / naive)", "peer"))
+
+    def ratio(name: str, clients: int, key: str = "p50") -> float:
+        return results[(name, clients)][key] / results[("naive", clients)][key]
+
+    table(
+        ["p50, app / naive", *(clients_word(n) for n in LEVELS)],
+        [[label, *(f"{ratio(name, n):.2f}x" for n in LEVELS)] for label, name in ratio_rows],
+    )
+    table(
+        ["p99, app / naive", *(clients_word(n) for n in LEVELS)],
+        [[label, *(f"{ratio(name, n, 'p99'):.2f}x" for n in LEVELS)] for label, name in ratio_rows],
+    )
+    say("Goals (issue 17), app p50 / naive p50 in this run:")
+    say()
+    for config, goals in GOALS.items():
+        if config not in names:
+            say(f"- {CONFIGS[config]}: not measured (PostgreSQL unavailable)")
+            continue
+        for clients in LEVELS:
+            if clients not in goals:
+                continue
+            goal, got = goals[clients], ratio(config, clients)
+            app_ms = results[(config, clients)]["p50"]
+            naive_ms = results[("naive", clients)]["p50"]
+            if got <= goal:
+                verdict = f"**met** ({got:.2f}x)"
+            else:
+                verdict = (
+                    f"**missed** by {got - goal:.2f} ({got:.2f}x against at most {goal:.2f}x: "
+                    f"a p50 of {app_ms:.1f} ms, {app_ms - goal * naive_ms:.1f} ms over the "
+                    f"goal's {goal * naive_ms:.1f} ms; where the time goes: 1b)"
+                )
+            say(f"- {CONFIGS[config]}, {clients_word(clients)}, at most {goal:.2f}x: {verdict}")
     say()
     say(
-        "The baseline (bench/baseline.py) is a Django view under the same gunicorn settings "
-        f"({WORKERS} sync workers, --preload) that calls `requests.post` per verification: a new "
-        "TCP+TLS connection each time, no database, no amount check, no idempotency. Every "
-        "request of any target is a fresh token for a fresh order."
+        f"Every target runs under the same gunicorn settings: {SERVED} (`--preload`). "
+        "The naive view (bench/baseline.py) calls `requests.post` per verification: a new "
+        "TCP+TLS connection each time, no database, no amount check, no idempotency. The "
+        "peer (bench/peer/, `django-khalti` 1.0 from PyPI in a scratch shop written from "
+        "its README's quick start, Django's default connections, its own database) does the "
+        "same from a DRF view, reading a form body. The app runs on its own database twice: "
+        "on Django's defaults (a new PostgreSQL connection for every request) and on "
+        "Django's psycopg pool with its default size (4 connections per worker process, "
+        f"shared by its {THREADS} threads). Every request of any target is a fresh token for "
+        "a fresh order."
     )
     say()
-    if ("app-unflushed", LEVELS[0]) not in results:
+    if "pooled-unflushed" not in names:
         return
     say(
-        "Where the app's extra time goes: the same app with PostgreSQL told not to wait for "
+        "What flushing commits costs: the pooled app with PostgreSQL told not to wait for "
         "its commits to reach the disk (`synchronous_commit=off`, for comparison only; "
         "dj-khalti's guarantees assume durable commits). A verification commits twice (the "
         "claim before Khalti is called, the result after) and the shop's receiver once more."
@@ -436,16 +564,15 @@ def report_verify(results: dict) -> None:
     say()
     rows = []
     for clients in LEVELS:
-        app = results[("app", clients)]
-        fast = results[("app-unflushed", clients)]
-        base = results[("baseline", clients)]
+        app = results[("pooled", clients)]
+        fast = results[("pooled-unflushed", clients)]
         rows.append(
             [
                 clients,
                 f"{fast['rps']:.1f}",
                 f"{fast['p50']:.1f}",
                 f"{fast['ok']}/{fast['n']}",
-                f"{fast['p50'] / base['p50']:.2f}x",
+                f"{ratio('pooled-unflushed', clients):.2f}x",
                 f"{app['p50'] - fast['p50']:.1f}",
             ]
         )
@@ -455,12 +582,173 @@ def report_verify(results: dict) -> None:
             "unflushed req/s",
             "unflushed p50 ms",
             "unflushed ok",
-            "p50 unflushed/baseline",
-            "p50 ms spent flushing commits",
+            "p50 unflushed/naive",
+            "pooled p50 ms spent flushing commits",
         ],
         rows,
     )
+
+
+# --- 1b. profile -------------------------------------------------------------------------
+
+
+def profile(target: Target, clients: int) -> Path | None:
+    """py-spy on ``target``'s gunicorn (master and workers) while ``clients`` clients post
+    PROFILE_REQUESTS verifications: the raw (collapsed) stacks, or None (why: noted)."""
+    out = WORKDIR / f"profile-{target.name}.txt"
+    spy = subprocess.Popen(
+        [
+            *(str(BIN / "py-spy"), "record", "--pid", str(target.process.pid), "--subprocesses"),
+            *("--idle", "--nonblocking", "--nolineno", "--rate", "100", "--format", "raw"),
+            *("-o", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(WORKDIR / f"py-spy-{target.name}.log", "wb"),  # noqa: SIM115
+        start_new_session=True,
+    )
+    time.sleep(2)  # py-spy attaches to the workers
+    if spy.poll() is not None:
+        note(f"py-spy exited: {(WORKDIR / f'py-spy-{target.name}.log').read_text()[-500:]}")
+        return None
+    load(target, new_orders(PROFILE_REQUESTS, f"P{target.name}"), clients)
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+    if not out.is_file():
+        note(f"py-spy wrote nothing: {(WORKDIR / f'py-spy-{target.name}.log').read_text()[-500:]}")
+        return None
+    return out
+
+
+FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
+
+
+def short(file: str) -> str:
+    """A frame's file without the environment's prefix: ``django/db/models/query.py``."""
+    if "site-packages/" in file:
+        return file.split("site-packages/", 1)[1]
+    if re.search(r"/lib/python3\.\d+/", file):
+        return re.split(r"/lib/python3\.\d+/", file, maxsplit=1)[1]
+    return file.replace(str(ROOT) + "/", "")
+
+
+#: Where a request thread's sample goes, by what the stack is doing (first match wins):
+#: the waits by an ancestor frame, the rest by the innermost frame's package.
+WAITS = (
+    ("ConnectionPool.getconn", "waiting for a connection from the pool"),
+    ("get_new_connection", "opening a new database connection"),
+    ("django_khalti/client/", "the call to Khalti (our client, TLS, the fake's latency)"),
+)
+LEAVES = (
+    ("psycopg", "PostgreSQL statements and commits (psycopg waiting for the server)"),
+    ("testproject/shop/", "the shop's resolver and receivers (Python)"),
+    ("django_khalti/", "dj-khalti (Python, own time)"),
+    ("django/db/", "Django ORM (Python)"),
+    ("django/", "Django request handling, middleware (Python)"),
+    ("rest_framework/", "DRF (Python)"),
+)
+
+
+def category(frames: list[re.Match]) -> str:
+    for marker, name in WAITS:
+        if any(marker in f"{m['func']} ({m['file']})" for m in frames):
+            return name
+    for m in reversed(frames):  # the innermost frame that is not the standard library's
+        file = short(m["file"])
+        for prefix, name in LEAVES:
+            if file.startswith(prefix):
+                return name
+    return "other (the standard library: json, logging, uuid, ...)"
+
+
+def summarise_profile(raw: Path) -> dict:
+    """The samples of request threads (inside Django's WSGI handler), idle or not:
+    wall-clock time of the requests, by category, by innermost frame, and by the
+    innermost django_khalti function on the stack."""
+    own: Counter = Counter()
+    categories: Counter = Counter()
+    ours_own: Counter = Counter()
+    ours_innermost: Counter = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = [m for m in (FRAME.match(f) for f in stack.split(";")) if m]
+        if not any("django/core/handlers/wsgi.py" in m["file"] for m in frames):
+            continue  # a thread waiting for work, gunicorn's own loop, the pool's workers
+        n = int(count)
+        total += n
+        name = lambda m: f"{m['func']} ({short(m['file'])})"  # noqa: E731
+        own[name(frames[-1])] += n
+        categories[category(frames)] += n
+        ours = [m for m in frames if "django_khalti/" in m["file"]]
+        if ours:
+            ours_innermost[name(ours[-1])] += n
+            if ours[-1] is frames[-1]:
+                ours_own[name(frames[-1])] += n
+    return {
+        "total": total,
+        "own": own,
+        "categories": categories,
+        "ours_own": ours_own,
+        "ours_innermost": ours_innermost,
+    }
+
+
+def report_profiles(profiles: dict[str, dict | str], clients: int) -> None:
+    say(
+        f"## 1b. Where the time goes: py-spy on the app at {clients_word(clients)} "
+        f"({PROFILE_REQUESTS} verifications per configuration, after the measured rounds)"
+    )
     say()
+    say(
+        "`py-spy record --subprocesses --idle --nolineno --rate 100 --format raw` on the "
+        "gunicorn master of each configuration; only the samples of threads inside Django's "
+        "WSGI handler are kept, idle or not, so the shares below are shares of the requests' "
+        "wall-clock time (waiting included). C code (TLS, psycopg's libpq) is counted in the "
+        "Python frame that called it. Categories: a wait is recognised by a frame on the "
+        "stack (the pool's getconn, Django's get_new_connection, dj-khalti's Khalti client); "
+        "the rest goes by the innermost frame outside the standard library."
+    )
+    say()
+    for config, summary in profiles.items():
+        if isinstance(summary, str):
+            say(f"- {CONFIGS[config]}: no profile ({summary})")
+            say()
+            continue
+        total = summary["total"] or 1
+
+        def pct(n: int, total: int = total) -> str:
+            return f"{n / total * 100:.1f}%"
+
+        say(f"### {CONFIGS[config]}: {summary['total']} request-thread samples")
+        say()
+        table(
+            ["request time by category", "samples", "share"],
+            [[name, n, pct(n)] for name, n in summary["categories"].most_common()],
+        )
+        table(
+            ["innermost frame (top 12)", "samples", "share"],
+            [[f"`{name}`", n, pct(n)] for name, n in summary["own"].most_common(12)],
+        )
+        table(
+            [
+                "innermost django_khalti function on the stack (with what it calls)",
+                "samples",
+                "share",
+            ],
+            [[f"`{name}`", n, pct(n)] for name, n in summary["ours_innermost"].most_common(12)]
+            or [["(none sampled)", 0, "0%"]],
+        )
+        table(
+            ["django_khalti frames, own time", "samples", "share"],
+            [[f"`{name}`", n, pct(n)] for name, n in summary["ours_own"].most_common(8)]
+            or [["(none sampled)", 0, "0%"]],
+        )
 
 
 # --- 3. queries --------------------------------------------------------------------------
@@ -513,13 +801,14 @@ def bench_queries() -> list[list[object]]:
 
 def bench_breakdown(n: int = 100) -> dict[str, float]:
     """Where a verification's time goes, in process: mean ms per successful verification
-    spent in SQL statements, in COMMITs, in the call to Khalti, and in Python around them
-    (Django, DRF, dj-khalti, the shop's resolver and receiver)."""
+    opening database connections (Django's default: one per request), in SQL statements,
+    in COMMITs, in the call to Khalti, and in Python around them (Django, DRF, dj-khalti,
+    the shop's resolver and receiver)."""
     import requests as requests_module
     from django.db import connection
     from django.test import Client
 
-    spent = {"sql": 0.0, "commit": 0.0, "khalti": 0.0}
+    spent = {"connect": 0.0, "sql": 0.0, "commit": 0.0, "khalti": 0.0}
 
     def timed_sql(execute, sql, params, many, context):
         started = time.perf_counter()
@@ -529,6 +818,7 @@ def bench_breakdown(n: int = 100) -> dict[str, float]:
             spent["sql"] += time.perf_counter() - started
 
     plain_commit = connection.commit
+    plain_connect = connection.connect
     plain_send = requests_module.Session.send
 
     def timed_commit() -> None:
@@ -537,6 +827,13 @@ def bench_breakdown(n: int = 100) -> dict[str, float]:
             plain_commit()
         finally:
             spent["commit"] += time.perf_counter() - started
+
+    def timed_connect() -> None:
+        started = time.perf_counter()
+        try:
+            plain_connect()
+        finally:
+            spent["connect"] += time.perf_counter() - started
 
     def timed_send(self, request, **kwargs):
         started = time.perf_counter()
@@ -548,29 +845,37 @@ def bench_breakdown(n: int = 100) -> dict[str, float]:
     client = Client()
     orders = new_orders(n + 10, "T")
     connection.commit = timed_commit
+    connection.connect = timed_connect
     requests_module.Session.send = timed_send
     try:
         with connection.execute_wrapper(timed_sql):
             for i, (reference, total) in enumerate(orders):
                 if i == 10:  # the first ten warm up; the rest are measured
-                    spent.update(sql=0.0, commit=0.0, khalti=0.0)
+                    spent.update(connect=0.0, sql=0.0, commit=0.0, khalti=0.0)
                     started = time.perf_counter()
                 payload = {"token": f"tok-t-{uuid.uuid4().hex}", "amount": total}
                 payload["product_identity"] = reference
                 response = client.post("/khalti/verify/", payload, content_type="application/json")
                 assert response.status_code == 200, response.content
+                # What a server does at the end of a request on Django's defaults
+                # (CONN_MAX_AGE 0); the test client leaves the connection open.
+                connection.close()
             total_s = time.perf_counter() - started
     finally:
         del connection.commit
+        del connection.connect
         requests_module.Session.send = plain_send
     out = {name: seconds / n * 1000 for name, seconds in spent.items()}
     out["total"] = total_s / n * 1000
-    out["python"] = out["total"] - out["sql"] - out["commit"] - out["khalti"]
+    out["python"] = out["total"] - sum(out[k] for k in spent)
     return out
 
 
 def report_breakdown(parts: dict[str, float]) -> None:
-    say("## 3b. Where a verification's time goes (in process, django.test.Client, 100 requests)")
+    say(
+        "## 3b. Where a verification's time goes (in process, django.test.Client, 100 requests, "
+        "Django's default connections)"
+    )
     say()
     table(
         ["part", "mean ms", "share"],
@@ -578,6 +883,7 @@ def report_breakdown(parts: dict[str, float]) -> None:
             [label, f"{parts[key]:.2f}", f"{parts[key] / parts['total'] * 100:.0f}%"]
             for key, label in (
                 ("khalti", f"the call to Khalti (the fake answers after {DELAY_MS:g} ms)"),
+                ("connect", "opening the database connection (CONN_MAX_AGE 0: every request)"),
                 ("commit", "COMMITs (the claim and the result; flushed to disk)"),
                 ("sql", "SQL statements (dj-khalti's, the resolver's, the receiver's)"),
                 ("python", "Python: Django, DRF, dj-khalti, the shop's code"),
@@ -786,12 +1092,23 @@ def explain(connection, sql: str) -> str:
 
 
 def bench_reconcile(server_env: dict[str, str], n: int) -> None:
-    from django_khalti.models import Payment
+    from django_khalti.models import Payment, order_key
 
     new = new_orders(n, "REC")
     Payment.objects.bulk_create(
         [
-            Payment(token=f"rec-{uuid.uuid4().hex}", product_identity=reference, amount=total)
+            # A widget payment whose verification Khalti completed but whose answer the
+            # shop lost; the buyer's page reported its idx (bench/fake_server.py).
+            # bulk_create skips Payment.save: the claims a saved row has, set here.
+            Payment(
+                token=(token := f"rec-{uuid.uuid4().hex}"),
+                token_claim=token,
+                claimed_idx=f"idx-{token}",
+                product_identity=reference,
+                order_reference=reference,
+                order_claim=order_key(reference),
+                amount=total,
+            )
             for reference, total in new
         ],
         batch_size=5000,
@@ -823,10 +1140,16 @@ def bench_reconcile(server_env: dict[str, str], n: int) -> None:
         token__startswith="rec-", status=Payment.Status.VERIFIED
     ).count()
     left = Payment.objects.filter(token__startswith="rec-", status=Payment.Status.PENDING).count()
+    # Anything not verified, by status and reason: the reader sees why.
+    unsettled = Counter(
+        Payment.objects.filter(token__startswith="rec-")
+        .exclude(status=Payment.Status.VERIFIED)
+        .values_list("status", "failure_reason")
+    )
     summary = [line for line in output.splitlines() if line.startswith("checked")]
     say(
         f"## 5. khalti_reconcile --older-than 0 over {pending:,} pending payments "
-        "(fake answers status Complete)"
+        "(Khalti completed them; the shop lost the answers)"
     )
     say()
     table(
@@ -854,6 +1177,8 @@ def bench_reconcile(server_env: dict[str, str], n: int) -> None:
         ],
     )
     say(f"Command's summary: `{summary[-1] if summary else output[-300:]}`")
+    for (status, reason), n in unsettled.most_common(5):
+        say(f"- {n} left {status}: {reason[:200] or '(no reason stored)'}")
     say()
 
 
@@ -883,9 +1208,11 @@ def machine(database_url: str) -> list[str]:
         f"- Python {platform.python_version()}, Django {django.get_version()}, "
         f"gunicorn {gunicorn.__version__}, requests {requests.__version__}, {db} "
         f"({urlsplit(database_url).scheme} database created by the bench)",
-        f"- Settings: {WORKERS} gunicorn sync workers per target; fake Khalti latency {DELAY_MS:g} ms "
+        f"- Settings: gunicorn {SERVED} per target; "
+        f"fake Khalti latency {DELAY_MS:g} ms "
         f"(verify), HTTPS with a self-signed certificate trusted through REQUESTS_CA_BUNDLE; "
-        f"load generator, fake Khalti, both servers and the database on this one machine",
+        f"load generator, fake Khalti, every server and the database on this one machine; "
+        f"sections 2-5 on Django's default connections (CONN_MAX_AGE 0)",
     ]
 
 
@@ -894,6 +1221,7 @@ def main() -> None:
     fake_url = start_fake(cert, key)
     note(f"fake Khalti on {fake_url}")
     database_url = prepare_database()
+    peer_database_url = prepare_database("_peer")
     env = {
         **os.environ,
         "REQUESTS_CA_BUNDLE": str(cert),
@@ -902,10 +1230,9 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
         "KHALTI_BASE_URL": fake_url,
         "KHALTI_TIMEOUT": KHALTI_TIMEOUT,
-        # Persistent database connections, as a production deployment would use.
-        "DJANGO_CONN_MAX_AGE": "60",
         "PYTHONPATH": os.pathsep.join([str(TESTPROJECT), str(ROOT)]),
     }
+    # Django's defaults unless a target says otherwise (DJANGO_DB_POOL for the pooled one).
     for name in (
         "DJANGO_DEMO",
         "KHALTI_SECRET_KEY",
@@ -914,6 +1241,9 @@ def main() -> None:
         "DJANGO_LOG_FILE",
         "TESTPROJECT_FAIL_SETTLE_IF",
         "DJANGO_DEBUG",
+        "DJANGO_CONN_MAX_AGE",
+        "DJANGO_DB_POOL",
+        "DJANGO_PG_OPTIONS",
         "HTTPS_PROXY",
         "https_proxy",
         "HTTP_PROXY",
@@ -929,25 +1259,47 @@ def main() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    targets = make_targets(env, peer_database_url)
+    migrate_peer(targets[-1])
     say("# dj-khalti benchmark")
     say()
     for line in machine(database_url):
         say(line)
     say()
+    profiles: dict[str, dict | str] = {}
     try:
-        results = bench_verify(env)
+        results = bench_verify(targets)
+        clients = max(LEVELS)
+        for target in targets:
+            if target.name not in CONFIGS:
+                continue
+            if PROFILE_REQUESTS <= 0:
+                profiles[target.name] = "BENCH_PROFILE_REQUESTS=0"
+                continue
+            note(f"profiling {target.name} at {clients} clients")
+            raw = profile(target, clients)
+            profiles[target.name] = (
+                summarise_profile(raw)
+                if raw
+                else f"py-spy failed; see {WORKDIR}/py-spy-{target.name}.log"
+            )
     finally:
         for process in children[1:]:
             stop(process)
-    report_verify(results)
-    app1 = results[("app", LEVELS[0])]["p50"]
+    report_verify(targets, results)
+    report_profiles(profiles, max(LEVELS))
     say("## 2. Overhead")
     say()
-    say(
-        f"App p50 at {LEVELS[0]} client(s) minus the fake's latency: {app1:.1f} - {DELAY_MS:g} = "
-        f"**{app1 - DELAY_MS:.1f} ms** (the baseline's: "
-        f"{results[('baseline', LEVELS[0])]['p50'] - DELAY_MS:.1f} ms)"
-    )
+    naive1 = results[("naive", LEVELS[0])]["p50"]
+    for target in targets:
+        if target.name == "naive":
+            continue
+        p50 = results[(target.name, LEVELS[0])]["p50"]
+        say(
+            f"- {target.label}: p50 at {clients_word(LEVELS[0])} minus the fake's latency: "
+            f"{p50:.1f} - {DELAY_MS:g} = **{p50 - DELAY_MS:.1f} ms** "
+            f"({p50 - naive1:+.1f} ms against the naive view's {naive1 - DELAY_MS:.1f} ms)"
+        )
     say()
     note("queries")
     report_queries(*bench_queries())
@@ -959,13 +1311,14 @@ def main() -> None:
     bench_admin(ADMIN_ROWS)
     say(
         f"Total bench runtime: {time.monotonic() - STARTED:.0f} s. Counts used: {REQUESTS} requests per "
-        f"level and target at {LEVELS} clients, {ADMIN_ROWS:,} admin payments, {RECONCILE_ROWS:,} "
-        "reconciled payments."
+        f"level and target at {LEVELS} clients, {PROFILE_REQUESTS} profiled per configuration, "
+        f"{ADMIN_ROWS:,} admin payments, {RECONCILE_ROWS:,} reconciled payments."
     )
     from django.db import connections
 
     connections.close_all()
     drop_database(database_url)
+    drop_database(peer_database_url)
     (BENCH / "results.md").write_text("\n".join(report) + "\n")
     print(f"\nwritten to {BENCH / 'results.md'}", file=sys.stderr)
 

@@ -47,10 +47,12 @@ def spawn_gunicorn(
     workers: int = WORKERS,
     log_level: str,
     worker_timeout: int = 60,
+    threads: int = 1,
 ) -> tuple[subprocess.Popen, str]:
     """gunicorn with ``workers`` sync workers (``--preload``) serving ``app``, on a
     loopback socket bound here and handed over (fd://: no race for a free port), in a
-    session of its own and dying with its parent. Returns the process and its URL."""
+    session of its own and dying with its parent. Returns the process and its URL.
+    ``threads`` > 1: gthread workers with that many threads each (the benchmark)."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
@@ -68,7 +70,9 @@ def spawn_gunicorn(
                 "--workers",
                 str(workers),
                 "--worker-class",
-                "sync",
+                "gthread" if threads > 1 else "sync",
+                "--threads",
+                str(threads),
                 "--timeout",
                 str(worker_timeout),
                 "--graceful-timeout",

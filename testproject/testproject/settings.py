@@ -116,9 +116,14 @@ DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL") or "sql
 # pytest-django created: DJANGO_DATABASE_NAME names it (the test database's NAME).
 if os.environ.get("DJANGO_DATABASE_NAME"):
     DATABASES["default"]["NAME"] = os.environ["DJANGO_DATABASE_NAME"]
-# DJANGO_CONN_MAX_AGE: persistent connections (the benchmark, bench/run.py, as in production).
+# Connections: Django's default (a new connection per request, CONN_MAX_AGE 0) unless
+# DJANGO_CONN_MAX_AGE=<seconds> keeps them, or DJANGO_DB_POOL=1 (PostgreSQL only) uses
+# Django's psycopg pool, OPTIONS {"pool": True} (psycopg[pool]; CONN_MAX_AGE stays 0,
+# which the pool requires). The benchmark (bench/run.py) runs the defaults and the pool.
 if os.environ.get("DJANGO_CONN_MAX_AGE"):
     DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ["DJANGO_CONN_MAX_AGE"])
+if os.environ.get("DJANGO_DB_POOL") == "1" and "postgresql" in DATABASES["default"]["ENGINE"]:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = True
 # DJANGO_PG_OPTIONS: libpq ``options`` for PostgreSQL sessions. Only the benchmark sets it
 # (``-c synchronous_commit=off``, to show what flushing commits costs); never in production.
 if os.environ.get("DJANGO_PG_OPTIONS") and "postgresql" in DATABASES["default"]["ENGINE"]:
