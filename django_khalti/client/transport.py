@@ -4,7 +4,8 @@
 waiting at the deadline however slowly Khalti answers; the call's sockets are
 then cut, and the thread ends. Whatever the thread raised comes back as one of
 dj-khalti's typed exceptions, fresh, with no chained cause: requests'
-exceptions hold the request's headers, and the key is in them.
+exceptions hold the request's headers, and the key is in them. While it
+waits, a pooled database connection goes back to its pool.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import requests
 import urllib3.connection
 import urllib3.connectionpool
+from django.db import connections
 from django.views.decorators.debug import sensitive_variables
 from requests.adapters import HTTPAdapter
 
@@ -221,6 +223,7 @@ def send(
     Raises :class:`~django_khalti.exceptions.KhaltiTimeout` once the deadline
     passes, and the typed exception of any other failure (:func:`_translated`).
     """
+    _give_back_pooled_connections()
     call = _Call(time.monotonic() + timeout)
     outcome: list[tuple[int, bytes] | BaseException] = []
     done = threading.Event()
@@ -238,6 +241,18 @@ def send(
         # request, its headers (the key) and, for a bad header, its value.
         raise _translated(outcome[0], method, path)
     return outcome[0]
+
+
+def _give_back_pooled_connections() -> None:
+    """While this thread waits on Khalti, its pooled database connections serve
+    other requests: each goes back to its pool (Django takes one again at the next
+    query, at no round trip). Never inside a transaction, and never a connection
+    that is not pooled: opening that one again would cost more than the wait.
+    """
+    for connection in connections.all(initialized_only=True):
+        pooled = getattr(connection, "pool", None)  # Django's psycopg pool (5.1+)
+        if pooled and connection.connection is not None and not connection.in_atomic_block:
+            connection.close()
 
 
 def _translated(exc: BaseException, method: str, path: str) -> Exception:

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import pytest
 import requests
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -358,3 +358,41 @@ def test_calls_in_a_row_reuse_one_kept_alive_connection(settings):
         [pool] = [p for p in pools if p.port == int(fake.url.rsplit(":", 1)[1].strip("/"))]
         assert (pool.num_connections, pool.num_requests) == (1, 4)
     get_session().close()
+
+
+# --- the database connection while Khalti is asked ------------------------------------
+
+
+@pytest.fixture
+def pooled():
+    """On PostgreSQL, Django's psycopg pool (``"OPTIONS": {"pool": True}``), as the
+    README's Deployment section recommends; elsewhere the connection as configured."""
+    if connection.vendor != "postgresql":
+        yield False
+        return
+    connection.close()
+    connection.settings_dict["OPTIONS"]["pool"] = {"min_size": 1, "max_size": 2}
+    yield True
+    connection.close()
+    connection.close_pool()
+    del connection.settings_dict["OPTIONS"]["pool"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pooled_connection_serves_others_while_khalti_is_asked(
+    client, khalti_fake, payload, pooled
+):
+    """With a pool, the request's connection is back in it during the call to Khalti
+    (another request may use it); a connection that is not pooled is kept."""
+    khalti_fake.add_payment(token=payload["token"], amount=1000)
+    request_thread_connection = connections["default"]  # this thread's, not a proxy
+    held_while_asked = []
+
+    def watch(request):
+        held_while_asked.append(request_thread_connection.connection is not None)
+
+    khalti_fake.on_next("verify", watch)
+    response = post(client, payload)
+    assert response.status_code == 200, response.content
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    assert held_while_asked == [not pooled]
