@@ -374,7 +374,7 @@ def pooled():
     connection.settings_dict["OPTIONS"]["pool"] = {"min_size": 1, "max_size": 2}
     yield True
     connection.close()
-    connection.close_pool()
+    connection.close_pool()  # type: ignore[attr-defined]  # PostgreSQL's wrapper
     del connection.settings_dict["OPTIONS"]["pool"]
 
 
