@@ -788,12 +788,28 @@ def bench_queries() -> list[list[object]]:
             f"{sum(map(control, sqls))} BEGIN/COMMIT"
         )
 
+    def round_trips(sqls: list[str]) -> int:
+        """dj-khalti's and the resolver's statements, BEGIN and COMMIT included; not
+        the shop's receivers (their transaction, BEGIN to COMMIT, is the shop's)."""
+        counted, block = 0, None
+        for s in sqls:
+            if re.match(r"\s*BEGIN\b", s):
+                block = [s]
+            elif block is not None:
+                block.append(s)
+                if control(s):  # COMMIT or ROLLBACK: the block ends
+                    counted += 0 if any(map(receivers, block)) else len(block)
+                    block = None
+            elif not receivers(s):
+                counted += 1
+        return counted
+
     for label, status, sqls, goal in (
-        ("successful verification", first_status, first, 4),
-        ("idempotent resubmission", again_status, again, 2),
+        ("successful verification", first_status, first, 5),
+        ("idempotent resubmission", again_status, again, 1),
     ):
-        # The goal's path: dj-khalti's queries and the resolver's, without the receivers.
-        counted = len([s for s in sqls if not control(s) and not receivers(s)])
+        # Issue 17's goal: round trips of dj-khalti and the resolver, without the receivers.
+        counted = round_trips(sqls)
         verdict = "met" if counted <= goal else f"missed by {counted - goal}"
         rows.append([label, status, len(sqls), counted, breakdown(sqls), f"<= {goal}", verdict])
     return rows, first, again
@@ -901,9 +917,9 @@ def report_queries(rows: list, first: list[str], again: list[str]) -> None:
     say()
     table(["request", "HTTP", "all statements", "counted", "breakdown", "goal", "verdict"], rows)
     say(
-        "Counted: dj-khalti's queries and the shop's amount resolver (one SELECT on shop_order), "
-        "the receiver-free path; not the shop's payment_verified receivers (UPDATE shop_order, "
-        "INSERT shop_orderevent) nor BEGIN/COMMIT, which psycopg logs as statements."
+        "Counted: the round trips of dj-khalti and the shop's amount resolver (one SELECT on "
+        "shop_order), BEGIN and COMMIT included; not the shop's payment_verified receivers "
+        "(their transaction: UPDATE shop_order, INSERT shop_orderevent)."
     )
     say()
     for label, sqls in (("verification", first), ("resubmission", again)):

@@ -1,4 +1,5 @@
 from django.db import models
+from django.db.models.functions import Upper
 
 from django_khalti.models import rupees
 
@@ -12,6 +13,10 @@ class Order(models.Model):
     total = models.PositiveBigIntegerField(help_text="paisa")
     paid = models.BooleanField(default=False)
     paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        # The resolver (shop/khalti.py) looks references up whatever their case.
+        indexes = [models.Index(Upper("reference"), name="shop_order_reference_upper")]
 
     def __str__(self) -> str:
         return self.reference
