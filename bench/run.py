@@ -558,8 +558,9 @@ def report_verify(targets: list[Target], results: dict) -> None:
     say(
         "What flushing commits costs: the pooled app with PostgreSQL told not to wait for "
         "its commits to reach the disk (`synchronous_commit=off`, for comparison only; "
-        "dj-khalti's guarantees assume durable commits). A verification commits twice (the "
-        "claim before Khalti is called, the result after) and the shop's receiver once more."
+        "dj-khalti's guarantees assume durable commits). A verification commits four times: "
+        "the claim before Khalti is called, the result and its signal after (one statement "
+        "each), the shop's receiver, and the signal marked delivered."
     )
     say()
     rows = []
