@@ -720,29 +720,6 @@ def test_review_holds_database_error_on_the_outbox_insert_keeps_the_payment_pend
     assert not signals
 
 
-@pytest.fixture
-def outbox_refused():
-    """The database itself refuses every outbox row (a constraint, or on SQLite a
-    trigger): whatever writes one fails inside the database, mid-settlement."""
-    table = connection.ops.quote_name(SignalDelivery._meta.db_table)
-    if connection.vendor == "sqlite":
-        add = [
-            f"CREATE TRIGGER refuse_outbox BEFORE INSERT ON {table} "
-            "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END"
-        ]
-        drop = ["DROP TRIGGER refuse_outbox"]
-    else:
-        add = [f"ALTER TABLE {table} ADD CONSTRAINT refuse_outbox CHECK (attempts < 0)"]
-        drop = [f"ALTER TABLE {table} DROP CONSTRAINT refuse_outbox"]
-    with connection.cursor() as cursor:
-        for sql in add:
-            cursor.execute(sql)
-    yield
-    with connection.cursor() as cursor:
-        for sql in drop:
-            cursor.execute(sql)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_settlement_whose_outbox_row_the_database_refuses_is_not_recorded(
     expect_khalti, payload, signals, outbox_refused

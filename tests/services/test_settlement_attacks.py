@@ -403,27 +403,6 @@ def test_callers_transaction_rolled_back_takes_the_outbox_row_with_it():
 # --- 4. the in-memory payment after an exception -----------------------------------------
 
 
-@pytest.fixture
-def outbox_refused():
-    table = connection.ops.quote_name(SignalDelivery._meta.db_table)
-    if connection.vendor == "sqlite":
-        add = [
-            f"CREATE TRIGGER refuse_outbox2 BEFORE INSERT ON {table} "
-            "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END"
-        ]
-        drop = ["DROP TRIGGER refuse_outbox2"]
-    else:
-        add = [f"ALTER TABLE {table} ADD CONSTRAINT refuse_outbox2 CHECK (attempts < 0)"]
-        drop = [f"ALTER TABLE {table} DROP CONSTRAINT refuse_outbox2"]
-    with connection.cursor() as cursor:
-        for sql in add:
-            cursor.execute(sql)
-    yield
-    with connection.cursor() as cursor:
-        for sql in drop:
-            cursor.execute(sql)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_outbox_refused_leaves_the_in_memory_payment_as_the_row(outbox_refused):
     """The database refused the settlement: the caller's payment object must not say
