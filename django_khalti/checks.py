@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core import checks
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import resolve_url
 from django.test import RequestFactory
 from django.urls import NoReverseMatch, reverse
 from django.utils.module_loading import import_string
@@ -200,6 +201,39 @@ def _check_widget_script_url(config: dict[str, Any]) -> list[checks.CheckMessage
     ]
 
 
+def _check_page_urls(config: dict[str, Any]) -> list[checks.CheckMessage]:
+    """E007: ``SUCCESS_URL`` or ``FAILURE_URL`` that the views could not resolve.
+
+    Read exactly as the ePayment return view and the widget tag read them, with
+    Django's ``resolve_url``: a URL name is reversed, and a value with a ``/`` or
+    a ``.`` (a path, a URL) is taken as it is and not checked here, since a page
+    of the site may be served by something other than this URLconf.
+    """
+    problems: list[checks.CheckMessage] = []
+    for name in ("SUCCESS_URL", "FAILURE_URL"):
+        value = config.get(name)
+        if not value:
+            continue
+        try:
+            resolve_url(value)
+        except NoReverseMatch:
+            problem = "names no URL of ROOT_URLCONF (or one that needs arguments)"
+        except Exception as exc:  # e.g. a number: the view would answer 500
+            problem = f"cannot be resolved ({type(exc).__name__}: {exc})"
+        else:
+            continue
+        problems.append(
+            checks.Error(
+                f"KHALTI[{name!r}] = {value!r} {problem}.",
+                hint="Give a URL name without arguments ('shop:thanks', namespace "
+                "included), a path on this site ('/thanks/') or a URL. Otherwise the "
+                "buyer is shown dj-khalti's own result page instead.",
+                id="django_khalti.E007",
+            )
+        )
+    return problems
+
+
 def _a_host() -> str:
     """A host name ``ALLOWED_HOSTS`` accepts, for a request made up by a check."""
     for host in settings.ALLOWED_HOSTS:
@@ -268,7 +302,8 @@ def check_settings(
     resolver, E003 ``BASE_URL`` not an http(s) URL, E004 ``TIMEOUT`` or
     ``SIGNAL_GRACE_PERIOD`` not a positive number, E005 ``WEBSITE_URL`` malformed,
     or unset while the ePayment pages are served with ``DEBUG`` off, E006
-    ``WIDGET_SCRIPT_URL`` not an https URL or a path. Warnings: W001 ``BASE_URL``
+    ``WIDGET_SCRIPT_URL`` not an https URL or a path, E007 ``SUCCESS_URL`` or
+    ``FAILURE_URL`` naming no URL. Warnings: W001 ``BASE_URL``
     without https to a remote host, W002 a test key while ``DEBUG`` is False, W003
     a middleware overriding the ``Cross-Origin-Opener-Policy`` of
     ``allow_khalti_popups``.
@@ -290,8 +325,70 @@ def check_settings(
         *_check_timeout(config),
         *_check_website_url(config),
         *_check_widget_script_url(config),
+        *_check_page_urls(config),
         *_check_popups_survive_middleware(),
     ]
+
+
+@checks.register("django_khalti")
+def check_wiring(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Check how the project uses dj-khalti (tag ``django_khalti``, every ``check``):
+    W005 no receiver of ``payment_verified``, W006 dj-khalti's URLs not included.
+
+    Both are warnings, not errors: a shop may read ``Payment`` rows instead of
+    hearing the signal, or call :mod:`django_khalti.services` from views of its own
+    instead of serving dj-khalti's; it silences the warning then. Receivers are
+    connected by the time checks run (``AppConfig.ready``, or a module the models
+    import): a receiver connected later, e.g. by a view module, is not seen.
+    """
+    return [*_check_receivers(), *_check_urls_included()]
+
+
+def _check_receivers() -> list[checks.CheckMessage]:
+    from .models import Payment
+    from .signals import payment_verified
+
+    if payment_verified.has_listeners(Payment):
+        return []
+    return [
+        checks.Warning(
+            "No receiver is connected to django_khalti.signals.payment_verified: payments "
+            "verify, but orders stay unpaid.",
+            hint="Connect one that marks the order paid, in your AppConfig.ready(): "
+            "'from django_khalti.signals import payment_verified', then "
+            "'@receiver(payment_verified, sender=Payment)' on a function "
+            "mark_order_paid(sender, payment, **kwargs). See README's Signals section.",
+            id="django_khalti.W005",
+        )
+    ]
+
+
+def _check_urls_included() -> list[checks.CheckMessage]:
+    """W006: ``django_khalti:verify`` does not resolve.
+
+    The widget tag posts to it, and the ePayment button and pages live beside it:
+    without it the widget's payments are never verified (the buyer pays, the page
+    gets a 404). Only a shop that serves none of dj-khalti's views (its own views
+    call the services) has no need of it, hence a warning it can silence.
+    """
+    try:
+        reverse("django_khalti:verify")
+    except NoReverseMatch:
+        return [
+            checks.Warning(
+                "dj-khalti's URLs are not in ROOT_URLCONF: 'django_khalti:verify' does not "
+                "resolve, so the widget's payments cannot be verified and the ePayment "
+                "pages are not served.",
+                hint="Add path(\"khalti/\", include(\"django_khalti.urls\")) to your urls.py "
+                "(a widget-only shop: include(\"django_khalti.widget_urls\")), with its "
+                "namespace, not its urlpatterns alone. A shop that only calls "
+                "django_khalti.services from views of its own may silence this.",
+                id="django_khalti.W006",
+            )
+        ]
+    return []
 
 
 #: Database engines where opening a connection is a round trip of its own (or several).

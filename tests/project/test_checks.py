@@ -485,3 +485,148 @@ def test_w004_says_what_to_do():
     assert warning.id == "django_khalti.W004"
     assert "CONN_MAX_AGE" in warning.hint
     assert '"pool": True' in warning.hint
+
+
+# --- django_khalti.E007: SUCCESS_URL / FAILURE_URL naming no URL -------------------------
+
+
+@pytest.mark.parametrize("name", ["SUCCESS_URL", "FAILURE_URL"])
+@pytest.mark.parametrize("value", ["shop:nope", "no-such-url-name", "payment-success"])
+def test_e007_a_page_url_naming_no_url(name, value):
+    messages = messages_for(khalti(**{name: value}))
+    error = only(messages, "django_khalti.E007")
+    assert [m.id for m in messages] == ["django_khalti.E007"]
+    assert error.is_serious()
+    assert f"KHALTI[{name!r}] = {value!r}" in error.msg
+    assert "'shop:thanks'" in error.hint
+
+
+def test_e007_a_page_url_that_is_not_a_string():
+    # The return view would answer 500 (resolve_url raises TypeError on it).
+    error = only(messages_for(khalti(SUCCESS_URL=42)), "django_khalti.E007")
+    assert "TypeError" in error.msg
+
+
+def test_e007_both_settings_at_once():
+    config = khalti(SUCCESS_URL="shop:nope", FAILURE_URL="shop:neither")
+    assert [m.id for m in messages_for(config)] == ["django_khalti.E007"] * 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        MISSING,
+        None,
+        "",
+        "shop:payment-success",  # a URL name, as the testproject's demo sets it
+        "/thanks/",  # a path: taken as it is, as the return view takes it
+        "/no/such/page/",  # ... served by whatever serves it: not this check's to say
+        "https://shop.example.com/done?from=khalti",
+        "thanks.html",  # a relative URL (a dot): resolve_url takes it as it is
+    ],
+)
+def test_e007_quiet_for_a_url_name_that_resolves_a_path_or_a_url(value):
+    assert ids_for(khalti(SUCCESS_URL=value, FAILURE_URL=value)) == []
+
+
+@pytest.mark.django_db
+@override_settings(KHALTI=khalti(SUCCESS_URL="shop:nope"))
+def test_manage_py_check_fails_on_e007():
+    with pytest.raises(SystemCheckError, match=r"django_khalti\.E007"):
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+# --- django_khalti.W005: nobody hears payment_verified ----------------------------------
+
+
+@pytest.fixture
+def no_receivers():
+    """The testproject's payment_verified receiver (shop.receivers), disconnected."""
+    from django_khalti.models import Payment
+    from django_khalti.signals import payment_verified
+    from shop.receivers import mark_order_paid
+
+    assert payment_verified.disconnect(mark_order_paid, sender=Payment)
+    assert not payment_verified.has_listeners(Payment)
+    yield payment_verified
+    payment_verified.connect(mark_order_paid, sender=Payment)
+
+
+def wiring_ids():
+    from django_khalti.checks import check_wiring
+
+    return [m.id for m in check_wiring()]
+
+
+def test_w005_quiet_with_the_shops_receiver_connected():
+    assert wiring_ids() == []
+
+
+def test_w005_without_a_payment_verified_receiver(no_receivers):
+    from django_khalti.checks import check_wiring
+
+    (warning,) = check_wiring()
+    assert warning.id == "django_khalti.W005"
+    assert warning.level == checks.WARNING
+    assert "orders stay unpaid" in warning.msg
+    assert "from django_khalti.signals import payment_verified" in warning.hint
+
+
+def test_w005_runs_with_every_check_not_only_deploy(no_receivers):
+    with override_settings(KHALTI=GOOD):
+        assert [m.id for m in checks.run_checks(tags=["django_khalti"])] == ["django_khalti.W005"]
+
+
+def test_w005_quiet_for_a_receiver_of_any_sender(no_receivers):
+    def on_any_sender(sender, payment, **kwargs):
+        pass
+
+    no_receivers.connect(on_any_sender)
+    try:
+        assert wiring_ids() == []
+    finally:
+        no_receivers.disconnect(on_any_sender)
+
+
+def test_w005_still_for_a_receiver_of_another_sender(no_receivers):
+    def on_orders(sender, payment, **kwargs):
+        pass
+
+    no_receivers.connect(on_orders, sender=Order)
+    try:
+        assert wiring_ids() == ["django_khalti.W005"]
+    finally:
+        no_receivers.disconnect(on_orders, sender=Order)
+
+
+# --- django_khalti.W006: dj-khalti's URLs not included -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "urlconf",
+    ["tests.project.urls_without_khalti", "tests.project.urls_khalti_without_namespace"],
+)
+def test_w006_without_django_khalti_urls_in_its_namespace(urlconf):
+    from django_khalti.checks import check_wiring
+
+    with override_settings(ROOT_URLCONF=urlconf):
+        (warning,) = check_wiring()
+    assert warning.id == "django_khalti.W006"
+    assert not warning.is_serious()
+    assert "'django_khalti:verify' does not resolve" in warning.msg
+    assert 'path("khalti/", include("django_khalti.urls"))' in warning.hint
+
+
+@pytest.mark.parametrize("urlconf", ["testproject.urls", "tests.widget_only_urls"])
+def test_w006_quiet_with_the_urls_or_the_widget_urls_included(urlconf):
+    with override_settings(ROOT_URLCONF=urlconf):
+        assert wiring_ids() == []
+
+
+@override_settings(ROOT_URLCONF="tests.project.urls_without_khalti")
+def test_w006_runs_with_every_check_and_can_be_silenced():
+    with override_settings(KHALTI=GOOD):
+        assert [m.id for m in checks.run_checks(tags=["django_khalti"])] == ["django_khalti.W006"]
+    with override_settings(KHALTI=GOOD, SILENCED_SYSTEM_CHECKS=["django_khalti.W006"]):
+        (warning,) = checks.run_checks(tags=["django_khalti"])
+        assert warning.is_silenced()
