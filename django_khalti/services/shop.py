@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
@@ -55,6 +56,8 @@ def resolve_order(request: HttpRequest | Request | None, product_identity: str) 
         reference, amount = answer
     else:
         reference, amount = product_identity, answer
+    if isinstance(amount, (float, Decimal)):
+        raise KhaltiConfigurationError(_not_paisa(amount))
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise KhaltiConfigurationError(
             "KHALTI['AMOUNT_RESOLVER'] must return a positive int (paisa), a "
@@ -71,6 +74,24 @@ def resolve_order(request: HttpRequest | Request | None, product_identity: str) 
             f"string of 1 to 255 characters: {reference!r}."
         )
     return KhaltiOrder(reference, amount)
+
+
+def _not_paisa(amount: float | Decimal) -> str:
+    """What to say of a resolver that returned a float or a ``Decimal``: most likely
+    the order's price in rupees (a ``DecimalField``), where paisa are expected.
+    """
+    said = (
+        f"KHALTI['AMOUNT_RESOLVER'] returned {amount} (a {type(amount).__name__}): amounts "
+        "are integer paisa, a positive int"
+    )
+    exact = Decimal(str(amount)) if isinstance(amount, float) else amount
+    if not exact.is_finite() or exact <= 0:
+        return f"{said}."
+    paisa = exact * 100
+    if paisa != paisa.to_integral_value():
+        return f"{said}. Rupees instead of paisa? Rs 1 is 100 paisa."
+    rupees = exact.quantize(Decimal("0.01"))
+    return f"{said}. Rupees instead of paisa? Rs {rupees} is {int(paisa)} paisa."
 
 
 def expected_amount(request: HttpRequest | Request | None, product_identity: str) -> int:

@@ -636,6 +636,32 @@ def test_a_resolver_raising_is_never_a_500(
     assert not expect_khalti.calls
 
 
+def resolver_in_rupees(request, product_identity):
+    from decimal import Decimal
+
+    return Decimal("10.00")  # the order's price field, in rupees
+
+
+def test_a_resolver_returning_rupees_is_503_json_and_asks_in_the_log(
+    client, expect_khalti, payload, caplog
+):
+    with override_settings(
+        KHALTI={
+            "SECRET_KEY": "test_secret_key_testproject",
+            "BASE_URL": "https://khalti.test/",
+            "AMOUNT_RESOLVER": "tests.api.test_views.resolver_in_rupees",
+        }
+    ):
+        response = post(client, payload)
+    assert response.status_code == 503
+    assert response.json()["code"] == "not_configured"
+    assert "returned 10.00 (a Decimal)" in caplog.text
+    assert "Rupees instead of paisa? Rs 10.00 is 1000 paisa." in caplog.text
+    assert "Rupees" not in response.content.decode()  # the shop's bug, not the buyer's
+    assert not Payment.objects.exists()
+    assert not expect_khalti.calls
+
+
 @pytest.mark.parametrize(
     "change", [{"TIMEOUT": "abc"}, {"BASE_URL": None}, {"SECRET_KEY": ""}], ids=str
 )

@@ -1,6 +1,8 @@
 """Business rules in services: the shop's amount, reconciling one payment, claims and transitions."""
 
+import re
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 import requests
@@ -14,6 +16,7 @@ from django_khalti.exceptions import (
     KhaltiUnknownOrder,
 )
 from django_khalti.models import Payment, order_key
+from django_khalti.orders import KhaltiOrder
 from django_khalti.services import state
 
 from ..conftest import transaction_record
@@ -399,3 +402,43 @@ def test_confirmed_then_verify_times_out_or_is_rejected(expect_khalti, verify, t
     payment.refresh_from_db()
     assert payment.status == status
     assert payment.claimed_at is None
+
+
+@pytest.mark.parametrize(
+    ("returned", "said"),
+    [
+        (12.5, "returned 12.5 (a float): amounts are integer paisa"),
+        (Decimal("12.50"), "returned 12.50 (a Decimal): amounts are integer paisa"),
+        (KhaltiOrder("ORD-1", Decimal("1500")), "returned 1500 (a Decimal)"),
+    ],
+    ids=["float", "decimal", "khalti-order-with-a-decimal"],
+)
+def test_a_resolver_returning_rupees_is_asked_whether_they_are_rupees(returned, said):
+    with khalti_settings_with(resolver_returning(returned)):
+        with pytest.raises(KhaltiConfigurationError) as caught:
+            services.expected_amount(None, "ORD-1")
+    message = str(caught.value)
+    assert said in message
+    assert "Rupees instead of paisa?" in message
+
+
+@pytest.mark.parametrize(
+    ("returned", "conversion"),
+    [
+        (12.5, "Rs 12.50 is 1250 paisa."),
+        (Decimal("1500"), "Rs 1500.00 is 150000 paisa."),
+        (Decimal("0.999"), "Rs 1 is 100 paisa."),  # no whole paisa: no conversion to show
+    ],
+)
+def test_the_rupees_question_shows_the_amount_in_paisa(returned, conversion):
+    with khalti_settings_with(resolver_returning(returned)):
+        with pytest.raises(KhaltiConfigurationError, match=re.escape(conversion)):
+            services.expected_amount(None, "ORD-1")
+
+
+@pytest.mark.parametrize("returned", [float("nan"), float("inf"), -12.5, Decimal("0")])
+def test_no_rupees_question_for_an_amount_that_cannot_be_rupees(returned):
+    with khalti_settings_with(resolver_returning(returned)):
+        with pytest.raises(KhaltiConfigurationError, match="positive int") as caught:
+            services.expected_amount(None, "ORD-1")
+    assert "Rupees" not in str(caught.value)
