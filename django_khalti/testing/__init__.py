@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fake import (
+        MIN_AMOUNT,
         OUTCOMES,
         KhaltiCall,
         KhaltiChoice,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plugin import khalti, khalti_fake
 
 __all__ = [
+    "MIN_AMOUNT",
     "OUTCOMES",
     "KhaltiCall",
     "KhaltiChoice",

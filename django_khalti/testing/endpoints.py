@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 from django.utils import timezone as django_timezone
 
 from .calls import _Answer, _as_int, _json
-from .records import EPAYMENT_400, KhaltiFakeEpayment, KhaltiFakePayment, khalti_id
+from .records import (
+    EPAYMENT_400,
+    MIN_AMOUNT,
+    TOO_SMALL,
+    KhaltiFakeEpayment,
+    KhaltiFakePayment,
+    khalti_id,
+)
 
 _STATUS_ANSWERS = {
     "Initiated": (True, "Transaction is initiated"),
@@ -64,6 +71,8 @@ class _Endpoints:
             return _json(400, _INVALID_TOKEN)
         if (
             payment is None
+            # No widget payment below Khalti's minimum can exist at Khalti.
+            or (isinstance(amount, int) and amount < MIN_AMOUNT)
             or amount != payment.amount
             or payment.state != "Completed"
             or payment.verified
@@ -164,8 +173,8 @@ class _Endpoints:
         amount: Any = params.get("amount")  # the app's JSON, checked as Khalti would
         if "amount" not in errors and (isinstance(amount, bool) or not isinstance(amount, int)):
             errors["amount"] = ["A valid integer is required."]
-        elif "amount" not in errors and amount < 1000:
-            errors["amount"] = ["Amount should be greater than Rs. 10, that is 1000 paisa."]
+        elif "amount" not in errors and amount < MIN_AMOUNT:
+            errors["amount"] = [TOO_SMALL]
         for name in ("return_url", "website_url"):
             value = params.get(name)
             if name not in errors and not (

@@ -97,11 +97,12 @@ from .calls import KhaltiVerifyCall as KhaltiVerifyCall
 from .calls import _CallRecords, _Choosing
 from .records import EPAYMENT_400 as EPAYMENT_400
 from .records import EPAYMENT_STATUSES as EPAYMENT_STATUSES
+from .records import MIN_AMOUNT as MIN_AMOUNT
 from .records import NPT as NPT
 from .records import WIDGET_STATES as WIDGET_STATES
 from .records import KhaltiFakeEpayment as KhaltiFakeEpayment
 from .records import KhaltiFakePayment as KhaltiFakePayment
-from .records import _canonical, _now, _refunded
+from .records import _canonical, _now, _payable, _refunded
 from .records import khalti_id as khalti_id
 
 
@@ -217,12 +218,14 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         for this token: ``add_payment(amount=1000, outcome="timeout")``;
         ``"rejected"`` also makes every status call for it answer ``Error``, as
         Khalti does for a payment it refuses.
+        ``amount`` below Khalti's minimum, :data:`MIN_AMOUNT` (Rs 10), is refused
+        with ``ValueError``: Khalti's widget takes no such payment, so no token for
+        it can exist.
         ``token`` and ``idx`` are made up when not given. Returns the payment;
         its :meth:`~KhaltiFakePayment.payload` is what the widget's page posts.
         """
         state = _canonical(state, WIDGET_STATES, "widget state")
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-            raise ValueError("amount must be a positive int (paisa).")
+        amount = _payable(amount)
         payment = KhaltiFakePayment(
             token=token or khalti_id(),
             amount=amount,
@@ -265,10 +268,12 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         ``Expired`` and ``User canceled`` (both answered with HTTP 400, like
         Khalti), ``Refunded``, ``Partially Refunded``. A paid one gets a
         ``transaction_id`` unless given. ``outcome`` (:data:`OUTCOMES`) is the
-        answer to the *first* lookup of this pidx. When the app initiates an
+        answer to the *first* lookup of this pidx. An ``amount`` below
+        :data:`MIN_AMOUNT` is refused (``ValueError``), as initiate refuses it. When the app initiates an
         ePayment, the fake registers it the same way: see :attr:`last_epayment`.
         """
         status = _canonical(status, EPAYMENT_STATUSES, "ePayment status")
+        amount = _payable(amount)
         paid = status in ("Pending", "Completed", "Refunded", "Partially Refunded")
         epayment = KhaltiFakeEpayment(
             pidx=pidx or khalti_id(),

@@ -32,6 +32,28 @@ EPAYMENT_STATUSES = (
 )
 #: Lookup answers these with HTTP 400 (and the same body).
 EPAYMENT_400 = ("Expired", "User canceled")
+#: Khalti's smallest payment, in paisa (Rs 10): ePayment initiate refuses less
+#: (HTTP 400 on ``amount``), and so does the widget, in the buyer's browser, before
+#: any token exists.
+MIN_AMOUNT = 1000
+#: What Khalti says of an amount below :data:`MIN_AMOUNT`.
+TOO_SMALL = "Amount should be greater than Rs. 10, that is 1000 paisa."
+
+
+def _payable(amount: object) -> int:
+    """``amount`` if Khalti would take a payment of it: a positive int of paisa, at
+    least :data:`MIN_AMOUNT`. Raises ``ValueError`` otherwise, as a fake payment of
+    it could never exist at Khalti.
+    """
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ValueError("amount must be a positive int (paisa).")
+    if amount < MIN_AMOUNT:
+        raise ValueError(
+            f"amount={amount}: Khalti refuses payments below Rs 10 ({MIN_AMOUNT} paisa): "
+            f"{TOO_SMALL!r} A buyer cannot pay it, so the fake holds no such payment. "
+            "(Amounts are in paisa: Rs 10 is 1000.)"
+        )
+    return amount
 
 _ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 

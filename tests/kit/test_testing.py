@@ -8,6 +8,7 @@ for this file).
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -150,14 +151,15 @@ def test_an_unknown_token_is_refused_by_khalti(client, khalti, order):
 
 
 def test_a_buyer_who_paid_less_is_refused_by_khalti_for_the_orders_amount(client, khalti, order):
-    payment = khalti.add_payment(amount=500)  # paid Rs 5 for a Rs 10 order
+    Order.objects.filter(pk=order.pk).update(total=2000)
+    payment = khalti.add_payment(amount=1000)  # paid Rs 10 for a Rs 20 order
 
-    # The page claims Rs 10: the app asks Khalti for the order's amount, Khalti refuses.
-    response = verify(client, payment.payload("ORD-1", amount=1000))
+    # The page claims Rs 20: the app asks Khalti for the order's amount, Khalti refuses.
+    response = verify(client, payment.payload("ORD-1", amount=2000))
     assert (response.status_code, response.json()["code"]) == (400, "verification_failed")
-    assert khalti.verify_calls == [(payment.token, 1000)]
+    assert khalti.verify_calls == [(payment.token, 2000)]
     # The page tells the truth: the app refuses without asking Khalti.
-    other = khalti.add_payment(amount=500)
+    other = khalti.add_payment(amount=1000)
     assert verify(client, other.payload("ORD-1")).json()["code"] == "amount_mismatch"
     assert len(khalti.verify_calls) == 1
 
@@ -622,6 +624,31 @@ def test_bad_choices_are_refused_at_once(khalti):
         khalti.pay(payment.pidx)
 
 
+@pytest.mark.parametrize("amount", [1, 999, 10])  # 10: Rs 10 given in rupees
+def test_no_payment_below_khaltis_minimum_can_be_added(khalti, amount):
+    # Khalti's widget and initiate take nothing below Rs 10: no token of it can exist.
+    with pytest.raises(ValueError, match=r"below Rs 10 \(1000 paisa\)"):
+        khalti.add_payment(amount=amount)
+    with pytest.raises(ValueError, match=r"below Rs 10 \(1000 paisa\)"):
+        khalti.add_epayment(amount=amount)
+    assert (khalti.payments, khalti.epayments) == ({}, {})
+    assert khalti.add_payment(amount=1000).amount == 1000  # the minimum itself is fine
+
+
+def test_verify_of_an_amount_below_khaltis_minimum_is_refused_as_khalti_does(khalti):
+    # A payment changed behind the fake's back: still no payment of Rs 5 at Khalti.
+    payment = khalti.add_payment(amount=1000)
+    payment.amount = 500
+    answer = requests.post(
+        f"{khalti.base_url}api/v2/payment/verify/",
+        json={"token": payment.token, "amount": 500},
+        headers={"Authorization": f"Key {django_settings.KHALTI['SECRET_KEY']}"},
+        timeout=1,
+    )
+    assert (answer.status_code, answer.json()) == (400, {"token": ["Invalid token."]})
+    assert not payment.verified
+
+
 def test_no_call_ever_reaches_the_network(khalti):
     for url in (
         "https://example.com/",
@@ -673,17 +700,26 @@ def test_the_plugin_is_loaded_by_its_entry_point(request, khalti):
 # --- the README's example, run here and in a bare shop project --------------------------
 
 
-def _readme_example() -> str:
-    """The example test module of README.rst's "Testing your integration"."""
+def _readme_block(language: str) -> str:
+    """The first ``language`` code block of README.rst's "Testing your integration"."""
     text = (ROOT / "README.rst").read_text()
     section = text.split("Testing your integration\n", 1)[1]
-    block = section.split(".. code-block:: python\n\n", 1)[1]
+    block = section.split(f".. code-block:: {language}\n\n", 1)[1]
     lines = []
     for line in block.split("\n"):
         if line and not line.startswith("    "):
             break
         lines.append(line[4:])
     return "\n".join(lines).strip() + "\n"
+
+
+def _readme_example() -> str:
+    """The example test module of README.rst's "Testing your integration"."""
+    return _readme_block("python")
+
+
+#: The pytest.ini README.rst tells a shop to write.
+README_PYTEST_INI = _readme_block("ini")
 
 
 README_EXAMPLE = _readme_example()
@@ -696,21 +732,21 @@ globals().update({name: value for name, value in _example.items() if name.starts
 
 
 def run_pytest(directory, *args, env=None):
-    """pytest in a bare project at ``directory``: this repo's test project, no conftest."""
-    (directory / "pytest.ini").write_text(
-        textwrap.dedent(f"""\
-        [pytest]
-        DJANGO_SETTINGS_MODULE = testproject.settings
-        pythonpath = {ROOT / "testproject"}
-    """)
-    )
+    """pytest in a bare project at ``directory``: this repo's test project, no conftest,
+    and README's pytest.ini (its settings the test project's, found on ``pythonpath``
+    where a shop's are found beside its manage.py).
+    """
+    ini = README_PYTEST_INI.replace("yourproject.settings", "testproject.settings")
+    (directory / "pytest.ini").write_text(f"{ini}pythonpath = {ROOT / 'testproject'}\n")
+    environ = {**os.environ, **(env or {})}
+    environ.pop("DJANGO_SETTINGS_MODULE", None)  # the ini names the settings, nothing else
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, str(directory)],
         cwd=directory,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, **(env or {})},
+        env=environ,
     )
 
 
@@ -738,7 +774,22 @@ def test_the_readme_example_passes_in_a_shop_project_with_only_the_plugin(tmp_pa
     result = run_pytest(tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 passed" in result.stdout
+    assert "6 passed" in result.stdout  # the README's five, and the shop's own
+
+
+def test_the_readme_pytest_ini_is_the_two_lines_pytest_django_needs():
+    assert README_PYTEST_INI.splitlines() == [
+        "[pytest]",
+        "DJANGO_SETTINGS_MODULE = yourproject.settings",
+    ]
+
+
+def test_the_testing_extra_brings_what_the_readme_example_needs():
+    # (tomllib is Python 3.11+: the line is read as it is written.)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (line,) = re.findall(r"^testing = \[(.*)\]$", pyproject, re.MULTILINE)
+    names = {re.split(r"[<>=\[]", item.strip(' "'))[0] for item in line.split(",")}
+    assert names == {"responses", "pytest-django"}
 
 
 def test_the_plugin_never_breaks_a_run_without_responses(tmp_path):
