@@ -381,8 +381,8 @@ def _check_urls_included() -> list[checks.CheckMessage]:
                 "dj-khalti's URLs are not in ROOT_URLCONF: 'django_khalti:verify' does not "
                 "resolve, so the widget's payments cannot be verified and the ePayment "
                 "pages are not served.",
-                hint="Add path(\"khalti/\", include(\"django_khalti.urls\")) to your urls.py "
-                "(a widget-only shop: include(\"django_khalti.widget_urls\")), with its "
+                hint='Add path("khalti/", include("django_khalti.urls")) to your urls.py '
+                '(a widget-only shop: include("django_khalti.widget_urls")), with its '
                 "namespace, not its urlpatterns alone. A shop that only calls "
                 "django_khalti.services from views of its own may silence this.",
                 id="django_khalti.W006",

@@ -55,6 +55,7 @@ def _payable(amount: object) -> int:
         )
     return amount
 
+
 _ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 

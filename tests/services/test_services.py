@@ -409,7 +409,8 @@ def test_confirmed_then_verify_times_out_or_is_rejected(expect_khalti, verify, t
     [
         (12.5, "returned 12.5 (a float): amounts are integer paisa"),
         (Decimal("12.50"), "returned 12.50 (a Decimal): amounts are integer paisa"),
-        (KhaltiOrder("ORD-1", Decimal("1500")), "returned 1500 (a Decimal)"),
+        # The mistake under test: a KhaltiOrder whose amount is rupees.
+        (KhaltiOrder("ORD-1", Decimal("1500")), "returned 1500 (a Decimal)"),  # type: ignore[arg-type]
     ],
     ids=["float", "decimal", "khalti-order-with-a-decimal"],
 )
