@@ -19,10 +19,10 @@ the instant the page is drawn.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import Aggregate, Count, Q, Sum
@@ -108,6 +108,40 @@ class Day:
         return rupees(self.amount)
 
 
+_T = TypeVar("_T", Payment, Refund)
+
+
+def age_text(age: timedelta) -> str:
+    """How long something has waited, in its largest whole unit: "5 minutes", "3 hours",
+    "40 days" (Django's ``timesince`` is not translated into Nepali).
+    """
+    if age < timedelta(hours=1):
+        minutes = max(int(age.total_seconds() // 60), 0)
+        return ngettext("%(n)s minute", "%(n)s minutes", minutes) % {"n": minutes}
+    if age < timedelta(days=1):
+        hours = int(age.total_seconds() // 3600)
+        return ngettext("%(n)s hour", "%(n)s hours", hours) % {"n": hours}
+    return ngettext("%(n)s day", "%(n)s days", age.days) % {"n": age.days}
+
+
+@dataclass(frozen=True)
+class Waiting(Generic[_T]):
+    """A payment or refund in a list, and how long it has waited."""
+
+    item: _T
+    waited: timedelta
+
+    @property
+    def age(self) -> str:
+        """How long it has waited, for display."""
+        return age_text(self.waited)
+
+
+def _waiting(rows: Iterable[_T], now: datetime) -> list[Waiting[_T]]:
+    """Each row with its age: since it was created (a refund: requested)."""
+    return [Waiting(row, now - row.created_at) for row in rows]
+
+
 @dataclass(frozen=True)
 class Overview:
     """What the overview page shows, as of :attr:`now`."""
@@ -117,12 +151,12 @@ class Overview:
     #: Pending payments by age, as (label, figure), youngest first.
     pending_by_age: list[tuple[StrOrPromise, Figure]]
     #: The oldest pending payments, oldest first (at most ``LIST_LIMIT``).
-    oldest_pending: list[Payment]
+    oldest_pending: list[Waiting[Payment]]
     #: The payments that need review, oldest first (at most ``LIST_LIMIT``), and how many.
-    needs_review: list[Payment]
+    needs_review: list[Waiting[Payment]]
     needs_review_count: int
     #: Refunds of unknown outcome no longer in flight, oldest first, and how many.
-    unresolved_refunds: list[Refund]
+    unresolved_refunds: list[Waiting[Refund]]
     unresolved_refund_count: int
     #: The last 30 days, oldest first, today included.
     days: list[Day]
@@ -222,10 +256,10 @@ def payment_overview(now: datetime, limit: int = LIST_LIMIT) -> Overview:
         now=now,
         periods=periods,
         pending_by_age=[(label, _figure(counts, f"age{i}")) for i, (label, *_) in enumerate(AGES)],
-        oldest_pending=list(Payment.objects.pending().order_by(*oldest_first)[:limit]),
-        needs_review=list(Payment.objects.needs_review().order_by(*oldest_first)[:limit]),
+        oldest_pending=_waiting(Payment.objects.pending().order_by(*oldest_first)[:limit], now),
+        needs_review=_waiting(Payment.objects.needs_review().order_by(*oldest_first)[:limit], now),
         needs_review_count=counts["needs_review"],
-        unresolved_refunds=list(refunds[:limit]),
+        unresolved_refunds=_waiting(refunds[:limit], now),
         unresolved_refund_count=refunds.count(),
         days=days,
     )
@@ -340,6 +374,7 @@ class OverviewView(TemplateView):
             title=self.title,
             opts=Payment._meta,
             overview=overview,
+            time_zone=timezone.get_current_timezone_name(),
             chart=volume_chart(overview.days),
             may_resolve_refunds=self.admin.has_resolve_refund_permission(self.request),
             **kwargs,

@@ -205,6 +205,7 @@ def test_figures_by_status_for_today_7_and_30_days_on_the_shops_days(superuser_c
 def test_the_figures_are_on_the_page(superuser_client, known):
     response = superuser_client.get(OVERVIEW)
     page = text_of(response)
+    assert "As of June 15, 2025, noon. Days start at midnight (Asia/Kathmandu);" in page
     # The status rows: count and rupees for today, 7 days, 30 days.
     assert " Verified 2 1,750.50 3 2,150.50 4 3,150.50 " in page
     assert " Pending 3 90.00 4 120.00 5 160.00 " in page
@@ -223,24 +224,30 @@ def test_pending_payments_by_age_and_the_oldest_first(superuser_client, known):
         ("Over a day", 3, "120.00"),
     ]
     assert overview.pending == Figure(6, 21000)
-    oldest = [p.order_reference for p in overview.oldest_pending]
-    assert oldest == ["O-P1", "M-P1", "W-P1", "T-P3", "T-P2", "T-P1"]
+    oldest = [(w.item.order_reference, w.age) for w in overview.oldest_pending]
+    assert oldest == [
+        ("O-P1", "40 days"),
+        ("M-P1", "29 days"),
+        ("W-P1", "3 days"),
+        ("T-P3", "5 hours"),
+        ("T-P2", "20 minutes"),
+        ("T-P1", "2 minutes"),
+    ]
     first = known.payments["O-P1"]
     assertContains(response, f'<a href="{change_url(first)}">O-P1</a>', html=True)
-    assert "1 month, 1 week" in text_of(response)  # O-P1's age, 40 days
-    assert " T-P3 Widget (KPG-1) 60.00 " in text_of(response)
+    assert " O-P1 Widget (KPG-1) 50.00 May 6, 2025, noon 40 days " in text_of(response)
 
 
 def test_what_needs_a_person(superuser_client, known):
     response = superuser_client.get(OVERVIEW)
     overview = response.context["overview"]
     review = known.payments["T-R1"]
-    assert overview.needs_review == [review]
+    assert [w.item for w in overview.needs_review] == [review]
     assert overview.needs_review_count == 1
     assertContains(response, f'<a href="{change_url(review)}">T-R1</a>', html=True)
     assertContains(response, "Khalti completed it for another amount.")
     # The refund Khalti never answered; not the one still being asked.
-    assert overview.unresolved_refunds == [known.refunds.unknown]
+    assert [w.item for w in overview.unresolved_refunds] == [known.refunds.unknown]
     assert overview.unresolved_refund_count == 1
     resolve = reverse("admin:django_khalti_payment_resolve_refund")
     payment = known.payments["M-V1"]
@@ -362,11 +369,13 @@ def test_the_overview_in_nepali(superuser_client, known):
         "आज",  # today
         "पछिल्ला 7 दिन",
         "पछिल्ला 30 दिन",
-        "प्रक्रियामा: 6 भुक्तानी",  # pending: 6 payments
+        "प्रक्रियामा: 6 वटा भुक्तानी",  # pending: 6 payments
         "जाँच आवश्यक: 1 भुक्तानी",  # needs review: 1 payment
         "नतिजा थाहा नभएका फिर्ताहरू: 1",  # refunds of unknown outcome
         "दिनैपिच्छे प्रमाणित रकम, पछिल्ला 30 दिन",  # the chart's title
         "प्रमाणित",  # a status
+        "40 दिन",  # the oldest pending payment's age
+        "दिन मध्यरातबाट सुरु हुन्छ (Asia/Kathmandu)",
     ]:
         assert label in page, label
     for english in ["Payments by status", "Last 30 days", "Needs review:", "Verified per day"]:
