@@ -9,6 +9,8 @@ page lists what the shop's receivers have not yet taken, and re-sends it.
 - :mod:`.deliveries`: the signal deliveries' changelist;
 - :mod:`.actions`: the actions of both;
 - :mod:`.views` and :mod:`.forms`: the refund and resolve-refund confirmation pages;
+- :mod:`.overview`: the overview page (today's, 7 and 30 days' figures, what is
+  stuck pending, what needs a person, the daily volume);
 - :mod:`.records`: what both show of a payment's record (inlines, filter, JSON).
 """
 
@@ -18,6 +20,7 @@ from ..models import Payment, SignalDelivery
 from .actions import RECHECK_LIMIT
 from .deliveries import SignalDeliveryAdmin
 from .forms import RefundForm, ResolveRefundForm
+from .overview import OverviewView, payment_overview
 from .payments import STATUS_COLOURS, PaymentAdmin
 from .records import DeliveryInline, RefundInline, UndeliveredFilter, may_see_payments, pretty_json
 from .views import RefundView, ResolveRefundView
@@ -26,6 +29,7 @@ __all__ = [
     "RECHECK_LIMIT",
     "STATUS_COLOURS",
     "DeliveryInline",
+    "OverviewView",
     "PaymentAdmin",
     "RefundForm",
     "RefundInline",
@@ -35,6 +39,7 @@ __all__ = [
     "SignalDeliveryAdmin",
     "UndeliveredFilter",
     "may_see_payments",
+    "payment_overview",
     "pretty_json",
 ]
 

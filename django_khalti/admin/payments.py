@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..models import Payment, rupees
 from .actions import recheck, refund, resolve_refund
+from .overview import OverviewView
 from .records import DeliveryInline, RefundInline, UndeliveredFilter, pretty_json
 from .views import RefundView, ResolveRefundView
 
@@ -184,11 +185,16 @@ class PaymentAdmin(_PaymentAdmin):
         return super().changelist_view(request, extra_context)
 
     def get_urls(self) -> list[URLPattern]:
-        """The admin's URLs, and the confirmation pages' own (each outside
-        ``ATOMIC_REQUESTS``, see :mod:`.views`).
+        """The admin's URLs, the overview's (:mod:`.overview`), and the confirmation
+        pages' own (each outside ``ATOMIC_REQUESTS``, see :mod:`.views`).
         """
         info = self.opts.app_label, self.opts.model_name
         return [
+            path(
+                "overview/",
+                self.admin_site.admin_view(OverviewView.as_view(model_admin=self)),
+                name="{}_{}_overview".format(*info),
+            ),
             path(
                 "refund/",
                 self.admin_site.admin_view(RefundView.as_view(model_admin=self)),
