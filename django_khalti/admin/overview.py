@@ -294,7 +294,7 @@ def volume_chart(days: list[Day]) -> SafeString:
         bars.append(
             (x, TOP + PLOT_HEIGHT - bar_height, BAR, bar_height, day.day.isoformat(), label)
         )
-        if i % 7 == 0 or i == len(days) - 1:
+        if (len(days) - 1 - i) % 7 == 0:  # today, and every week back from it
             labels.append((x + BAR // 2, height - 6, date_format(day.day, "j M")))
     total = Figure(sum(d.count for d in days), sum(d.amount for d in days))
     description = ngettext(

@@ -205,7 +205,7 @@ def test_figures_by_status_for_today_7_and_30_days_on_the_shops_days(superuser_c
 def test_the_figures_are_on_the_page(superuser_client, known):
     response = superuser_client.get(OVERVIEW)
     page = text_of(response)
-    assert "As of June 15, 2025, noon. Days start at midnight (Asia/Kathmandu);" in page
+    assert "As of June 15, 2025, noon; days start at midnight (Asia/Kathmandu)," in page
     # The status rows: count and rupees for today, 7 days, 30 days.
     assert " Verified 2 1,750.50 3 2,150.50 4 3,150.50 " in page
     assert " Pending 3 90.00 4 120.00 5 160.00 " in page

@@ -117,6 +117,13 @@ def test_the_payment_is_visible_in_the_admin(page, demo):
     expect(page.locator("#result_list .khalti-status-verified")).to_have_count(1)
     page.screenshot(path=SHOTS / "admin.png", full_page=True)
 
+    # The overview a support desk starts from: today's verified payment is counted,
+    # and the day's bar is drawn server-side (no script).
+    page.click("text=Overview")
+    expect(page.locator("#khalti-periods .khalti-verified td").first).not_to_have_text("0")
+    expect(page.locator("#khalti-volume svg rect")).to_have_count(30)
+    page.screenshot(path=SHOTS / "admin-overview.png", full_page=True)
+
 
 def test_an_open_epayment_link_can_be_continued(page, demo):
     """The buyer who left Khalti's page without paying finds the link on the order
