@@ -25,7 +25,6 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.db import (
-    DEFAULT_DB_ALIAS,
     DatabaseError,
     IntegrityError,
     OperationalError,
@@ -59,7 +58,7 @@ def claim(payment: Payment, status: str = Status.PENDING) -> bool:
     clocks differ agree on when a claim is stale.
     """
     try:
-        with committed_at_once():
+        with committed_at_once(payment):
             won = (
                 Payment.objects.filter(pk=payment.pk, status=status, attempts=payment.attempts)
                 .filter(_claimable())
@@ -78,13 +77,15 @@ def claim(payment: Payment, status: str = Status.PENDING) -> bool:
     return bool(won)
 
 
-def committed_at_once(using: str | None = None) -> AbstractContextManager[Any]:
-    """For a single write that other workers must see before Khalti is called (a
-    claim): committed by itself, so never inside a caller's transaction (Django
-    then raises RuntimeError, as for ``atomic(durable=True)``). One statement
-    needs no transaction of its own: no BEGIN and COMMIT around it.
+def committed_at_once(instance: Payment | None = None) -> AbstractContextManager[Any]:
+    """For a single write of a payment that other workers must see before Khalti
+    is called (a claim): committed by itself, so never inside a caller's
+    transaction on the database payments are written to (Django then raises
+    RuntimeError, as for ``atomic(durable=True)``). One statement needs no
+    transaction of its own: no BEGIN and COMMIT around it.
     """
-    if connections[using or DEFAULT_DB_ALIAS].in_atomic_block:
+    using = router.db_for_write(Payment, instance=instance)
+    if connections[using].in_atomic_block:
         return transaction.atomic(using=using, durable=True)  # raises, but in TestCase
     return nullcontext()
 
