@@ -40,7 +40,7 @@ from .state import (
     _settle,
     _transition,
     claim,
-    committed_at_once,
+    insert_claiming,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,16 +72,15 @@ def _claim_order(
     token = fields.get("token_claim")
 
     def insert() -> tuple[Payment, bool]:
-        with committed_at_once():
-            payment = Payment.objects.create(
-                product_identity=product_identity,
-                order_reference=order.reference,
-                amount=order.amount,
-                order_claim=order_key(order.reference),
-                claimed_at=DbNow(),
-                attempts=1,
-                **fields,
-            )
+        payment = insert_claiming(
+            product_identity=product_identity,
+            order_reference=order.reference,
+            amount=order.amount,
+            order_claim=order_key(order.reference),
+            claimed_at=DbNow(),
+            attempts=1,
+            **fields,
+        )
         _read_later(payment, "claimed_at")
         return payment, True
 
@@ -174,10 +173,10 @@ def _wait_for_order(product_identity: str, order: KhaltiOrder, **fields: Any) ->
     :class:`KhaltiInProgress`: the buyer's token is kept, and the payment takes
     the order (:func:`_take_order`) once that payment lets go of it.
     """
-    with contextlib.suppress(IntegrityError), committed_at_once():
+    with contextlib.suppress(IntegrityError):
         # order_claim NULL: pending, waiting for its order. (A concurrent insert
         # of the same token already stored it.)
-        Payment.objects.create(
+        insert_claiming(
             product_identity=product_identity,
             order_reference=order.reference,
             amount=order.amount,

@@ -90,6 +90,23 @@ def committed_at_once(instance: Payment | None = None) -> AbstractContextManager
     return nullcontext()
 
 
+def insert_claiming(**fields: Any) -> Payment:
+    """Insert a payment whose unique claims (order, token) other workers race for,
+    committed on its own. A deadlock between racing inserts (InnoDB's
+    duplicate-key locks, MySQL error 1213) wrote nothing: the insert is run
+    again, and then meets the winner's row as :class:`IntegrityError`.
+    """
+    for attempt in range(1, DEADLOCK_RETRIES + 1):
+        try:
+            with committed_at_once():
+                return Payment.objects.create(**fields)
+        except OperationalError as exc:
+            if attempt == DEADLOCK_RETRIES or not _deadlocked(exc):
+                raise
+            logger.info("A payment's insert lost a deadlock to a racing insert; trying again.")
+    raise AssertionError("unreachable")
+
+
 def stale_since() -> CombinedExpression:
     """On the database's clock, the time before which a claim (or a refund's call)
     can no longer be in flight: ``now - stale_after``.

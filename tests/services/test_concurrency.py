@@ -4,6 +4,7 @@ connection, posting at the same moment to the real view, on whatever database
 
 import io
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ from functools import partial
 import pytest
 import requests
 from django.core.management import call_command
-from django.db import connections
+from django.db import OperationalError, connection, connections
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -539,3 +540,25 @@ def test_a_worker_whose_claim_was_taken_over_never_fails_the_payment(signals):
         payment.refresh_from_db()
         assert payment.status == Payment.Status.VERIFIED, (run, payment.failure_reason)
     assert [name for name, _, _ in signals] == ["verified"] * 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_insert_that_loses_a_deadlock_is_run_again(expect_khalti, payload):
+    """Racing inserts of one order's claim can deadlock on MariaDB's duplicate-key
+    locks (error 1213); the victim wrote nothing, so its insert is simply run again."""
+    expect_khalti.verify(payload["token"], 1000)
+    victims = []
+
+    def deadlock_once(execute, sql, params, many, context):
+        if re.match(r"INSERT INTO [\"`]django_khalti_payment[\"`]", sql) and not victims:
+            victims.append(sql)
+            raise OperationalError(1213, "Deadlock found when trying to get lock")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(deadlock_once):
+        response = Client().post(
+            reverse("django_khalti:verify"), json.dumps(payload), content_type="application/json"
+        )
+    assert len(victims) == 1
+    assert response.status_code == 200, response.content
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
