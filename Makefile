@@ -21,7 +21,7 @@ else
 TEST_EXTRAS := test
 endif
 
-.PHONY: test demo bench install clean
+.PHONY: test demo docs bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ demo: $(VENV)/.installed-demo
 	cd testproject && ../$(BIN)/python manage.py seed_demo --url http://$(DEMO_ADDR)/
 	cd testproject && ../$(BIN)/python manage.py runserver $(DEMO_ADDR)
 
+# The documentation site: docs/_build/html/index.html (warnings are errors, as in
+# tox -e docs). The state diagram needs Graphviz's dot (apt-get install graphviz).
+docs: $(VENV)/.installed-docs
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "Open docs/_build/html/index.html"
+
 # The peer app `django-khalti` 1.0 (PyPI) for `make bench`, in a directory of its own
 # that only the bench's peer server puts on its path (bench/peer/README.md).
 BENCH_PEER := $(VENV)/bench-peer
@@ -71,4 +77,4 @@ bench: $(VENV)/.installed-bench $(BENCH_PEER)/.installed
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .tox .ci/.tox-venv build dist *.egg-info testproject/*.sqlite3*
+	rm -rf $(VENV) docs/_build .tox .ci/.tox-venv build dist *.egg-info testproject/*.sqlite3*

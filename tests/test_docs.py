@@ -21,7 +21,7 @@ from django.urls import get_resolver
 from django_khalti import checks, exceptions, signals
 from django_khalti.conf import DEFAULTS
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.rst").read_text(encoding="utf-8")
 CHANGELOG = (ROOT / "CHANGELOG.rst").read_text(encoding="utf-8")
 
