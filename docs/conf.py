@@ -22,7 +22,7 @@ from django_khalti import __version__  # noqa: E402  (after django.setup())
 
 project = "dj-khalti"
 author = "The dj-khalti developers"
-copyright = "2026, the dj-khalti developers"  # noqa: A001  (Sphinx's name)
+copyright = "2026, the dj-khalti developers"
 release = __version__
 version = ".".join(release.split(".")[:2])
 

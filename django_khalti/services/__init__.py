@@ -9,8 +9,10 @@ exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
 - settling with Khalti: :mod:`.settle` (ask Khalti about a claimed payment in
   its flow; one live payment an order), over :mod:`.answers` (the widget's
   verify and status) and :mod:`.lookup` (ePayment's lookup);
-- state: :mod:`.state` (claims, and :func:`~.state._transition`, the only place
-  a status changes) and :mod:`.outbox` (signals, delivered at least once);
+- state: :mod:`.state` (claims, and which change an answer makes) over
+  :mod:`.writes` (:func:`~.writes._transition`, the only place a status
+  changes, and the claims' own commits) and :mod:`.outbox` (signals, delivered
+  at least once);
 - :mod:`.shop`: the shop's resolver, the only source of an order's amount.
 """
 

@@ -28,7 +28,8 @@ from .outbox import _due_exists, deliver_due
 from .reconciliation import reconcile
 from .settle import _claim_order
 from .shop import epayment_order
-from .state import _fail, _held, _read_later
+from .state import _fail
+from .writes import _held, _read_later
 
 if TYPE_CHECKING:
     from rest_framework.request import Request

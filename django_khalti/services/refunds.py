@@ -2,7 +2,7 @@
 
 A refund row is written (pending) before Khalti is called; its outcome is
 settled by :func:`_settle_refund`, which moves the payment's status through
-:func:`~.state._transition` like every other change.
+:func:`~.writes._transition` like every other change.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from ..exceptions import (
     KhaltiUnavailable,
 )
 from ..models import DbNow, Payment, Refund, rupees
-from .state import _transition, stale_since
+from .state import stale_since
+from .writes import _transition
 
 if TYPE_CHECKING:
     # The project's user model or AnonymousUser, as django-stubs resolves request.user.

@@ -30,18 +30,8 @@ from ..models import DbNow, Payment, order_key
 from ..orders import KhaltiOrder
 from .answers import _ask_status, _status_of, _tied_record
 from .lookup import _looked_up, _lookup, _lookup_fields, _supersede
-from .state import (
-    _fail,
-    _held,
-    _needs_review,
-    _not_this_payments,
-    _read_later,
-    _release,
-    _settle,
-    _transition,
-    claim,
-    insert_claiming,
-)
+from .state import _fail, _needs_review, _not_this_payments, _release, _settle, claim
+from .writes import _held, _read_later, _transition, insert_claiming
 
 logger = logging.getLogger(__name__)
 

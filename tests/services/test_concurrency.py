@@ -22,7 +22,7 @@ from django.utils import timezone
 from django_khalti import services
 from django_khalti.conf import khalti_settings
 from django_khalti.models import Payment, SignalDelivery, order_key
-from django_khalti.services import state
+from django_khalti.services import state, writes
 from shop.models import Order, OrderEvent
 
 from ..conftest import transaction_record
@@ -510,9 +510,9 @@ def test_two_settlements_racing_on_one_payment_change_it_once(signals):
         payment = pending_payment(f"ORD-SETTLE-{run}")
         verifier, failer = (Payment.objects.get(pk=payment.pk) for _ in range(2))
         won = race(
-            partial(state._transition, verifier, Payment.Status.VERIFIED, received_amount=1000),
+            partial(writes._transition, verifier, Payment.Status.VERIFIED, received_amount=1000),
             partial(
-                state._transition,
+                writes._transition,
                 failer,
                 Payment.Status.FAILED,
                 order_claim=None,
@@ -562,3 +562,33 @@ def test_a_claim_insert_that_loses_a_deadlock_is_run_again(expect_khalti, payloa
     assert len(victims) == 1
     assert response.status_code == 200, response.content
     assert Payment.objects.get().status == Payment.Status.VERIFIED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_settlement_that_loses_a_deadlock_is_run_again_and_announced_once(
+    expect_khalti, payload, signals
+):
+    """Two settlements of one row can deadlock at MariaDB's REPEATABLE READ (error
+    1213, PostgreSQL's 40P01); the victim's transaction wrote nothing, so the status
+    change is run again, and the shop hears of it once."""
+    expect_khalti.verify(payload["token"], 1000)
+    victims = []
+
+    def deadlock_once(execute, sql, params, many, context):
+        writes_payment = re.match(
+            r"(WITH changed AS \()?UPDATE [\"`]django_khalti_payment[\"`]", sql
+        )
+        if writes_payment and "status" in sql and not victims:
+            victims.append(sql)
+            raise OperationalError(1213, "Deadlock found when trying to get lock")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(deadlock_once):
+        response = Client().post(
+            reverse("django_khalti:verify"), json.dumps(payload), content_type="application/json"
+        )
+    assert len(victims) == 1
+    assert response.status_code == 200, response.content
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+    assert [name for name, _, _ in signals] == ["verified"]
+    assert SignalDelivery.objects.count() == 1

@@ -17,7 +17,7 @@ from django_khalti.exceptions import (
 )
 from django_khalti.models import Payment, order_key
 from django_khalti.orders import KhaltiOrder
-from django_khalti.services import state
+from django_khalti.services import state, writes
 
 from ..conftest import transaction_record
 
@@ -234,8 +234,8 @@ def test_transition_changes_a_status_only_once(signals, django_capture_on_commit
     payment = pending()
     other_copy = Payment.objects.get(pk=payment.pk)
     with django_capture_on_commit_callbacks(execute=True):
-        assert state._transition(payment, Payment.Status.VERIFIED) is True
-        assert state._transition(other_copy, Payment.Status.FAILED, failure_reason="x") is False
+        assert writes._transition(payment, Payment.Status.VERIFIED) is True
+        assert writes._transition(other_copy, Payment.Status.FAILED, failure_reason="x") is False
     assert other_copy.status == Payment.Status.VERIFIED  # sees the winner's row
     assert [name for name, _, _ in signals] == ["verified"]
 
@@ -243,7 +243,7 @@ def test_transition_changes_a_status_only_once(signals, django_capture_on_commit
 def test_signal_is_sent_only_after_commit(signals, django_capture_on_commit_callbacks):
     payment = pending()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        state._transition(payment, Payment.Status.VERIFIED)
+        writes._transition(payment, Payment.Status.VERIFIED)
     assert not signals
     assert len(callbacks) == 1
     callbacks[0]()

@@ -1,6 +1,6 @@
 """Attacks on the settlement (issue 17's hostile review): the settlement, its stamps and its outbox row as
-one statement on PostgreSQL (``state._changed_in_one_statement``), and the claims
-committed without a transaction of their own (``state.committed_at_once``).
+one statement on PostgreSQL (``writes._changed_in_one_statement``), and the claims
+committed without a transaction of their own (``writes.committed_at_once``).
 
 Every test runs on whatever DATABASE_URL names; most matter on PostgreSQL.
 """
@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_khalti.models import DbNow, Payment, SignalDelivery, order_key
-from django_khalti.services import outbox, state
+from django_khalti.services import outbox, state, writes
 from django_khalti.signals import (
     payment_failed,
     payment_needs_review,
@@ -217,7 +217,7 @@ def test_refund_transitions_carry_amount_and_snapshot_huge_amounts(partial):
     refund = big - 1 if partial else big
     to = Status.PARTIALLY_REFUNDED if partial else Status.REFUNDED
     with Recorder() as rec:
-        assert state._transition(
+        assert writes._transition(
             payment, to, source=Status.VERIFIED, refunded_amount=refund, refund_amount=refund
         )
     row = Payment.objects.get()
@@ -271,7 +271,7 @@ def test_racing_settlements_one_winner_one_outbox_row():
         try:
             if i % 2:
                 return ("fail", state._fail(payment, f"reason {i}"))
-            return ("verify", state._transition(payment, Status.VERIFIED, idx=f"IDX-{i}"))
+            return ("verify", writes._transition(payment, Status.VERIFIED, idx=f"IDX-{i}"))
         except IntegrityError:
             return ("integrity", False)
 
@@ -385,7 +385,7 @@ def test_another_payments_idx_inside_testcase_transaction():
 
 @transaction.atomic
 def caller_fails_after_the_change(payment):
-    assert state._transition(payment, Status.VERIFIED, idx="IDX-RB")
+    assert writes._transition(payment, Status.VERIFIED, idx="IDX-RB")
     raise RuntimeError("caller fails after")
 
 
@@ -409,7 +409,7 @@ def test_outbox_refused_leaves_the_in_memory_payment_as_the_row(outbox_refused):
     verified (with an idx) while the row is pending."""
     payment = pending()
     with pytest.raises(DatabaseError):
-        state._transition(payment, Status.VERIFIED, idx="IDX-M", received_amount=1000)
+        writes._transition(payment, Status.VERIFIED, idx="IDX-M", received_amount=1000)
     row = Payment.objects.get()
     assert row.status == Status.PENDING
     assert row.idx is None
@@ -424,7 +424,7 @@ def test_outbox_refused_leaves_the_in_memory_payment_as_the_row(outbox_refused):
 def test_a_lost_race_refreshes_the_payment():
     payment = pending()
     stale = Payment.objects.get(pk=payment.pk)
-    assert state._transition(payment, Status.VERIFIED, idx="IDX-W")
+    assert writes._transition(payment, Status.VERIFIED, idx="IDX-W")
     assert not state._fail(stale, "late")
     assert stale.status == Status.VERIFIED
     assert stale.idx == "IDX-W"
@@ -507,14 +507,14 @@ def test_settlement_with_server_side_binding(server_side_binding):
     delivery = SignalDelivery.objects.get()
     assert_same_payment(rec.seen[0][1], delivery.payment_as_it_was)
     with Recorder() as rec:
-        assert state._transition(
+        assert writes._transition(
             row,
             Status.PARTIALLY_REFUNDED,
             source=Status.VERIFIED,
             refunded_amount=10,
             refund_amount=10,
         )
-        assert state._transition(
+        assert writes._transition(
             Payment.objects.get(),
             Status.NEEDS_REVIEW,
             source=Status.PARTIALLY_REFUNDED,

@@ -1,0 +1,306 @@
+"""How a payment's status changes and claims are written to the database.
+
+- :func:`_transition` is the one choke point of every status change: a guarded
+  ``UPDATE ... WHERE status = <source>`` (and, for a held payment, ``claimed_at``
+  and ``attempts`` as the claim left them) whose winner writes the signal to the
+  outbox atomically with the change, and delivers it after the commit
+  (:mod:`.outbox`). On PostgreSQL that is one statement
+  (:func:`_changed_in_one_statement`), elsewhere a transaction of its own
+  (:func:`_changed_in_transaction`).
+- A claim is one statement committed on its own (:func:`committed_at_once`,
+  :func:`insert_claiming`), so other workers see it before Khalti is called.
+- A write the database chose as a deadlock's victim wrote nothing and is run
+  again (:func:`_again_after_deadlock`), never inside a caller's transaction.
+
+:mod:`.state` decides *which* change to make; this module only makes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
+from typing import Any, TypeVar, cast
+
+from django.conf import settings
+from django.db import OperationalError, connections, router, transaction
+from django.db.models import Q, QuerySet
+from django.db.models.sql import UpdateQuery
+
+from ..models import DbNow, Payment, SignalDelivery, snapshot_of
+from .outbox import _retry_wait, deliver
+
+logger = logging.getLogger(__name__)
+
+Status = Payment.Status
+T = TypeVar("T")
+
+
+def committed_at_once(instance: Payment | None = None) -> AbstractContextManager[Any]:
+    """For a single write of a payment that other workers must see before Khalti
+    is called (a claim): committed by itself, so never inside a caller's
+    transaction on the database payments are written to (Django then raises
+    RuntimeError, as for ``atomic(durable=True)``). One statement needs no
+    transaction of its own: no BEGIN and COMMIT around it.
+    """
+    using = router.db_for_write(Payment, instance=instance)
+    if connections[using].in_atomic_block:
+        return transaction.atomic(using=using, durable=True)  # raises, but in TestCase
+    return nullcontext()
+
+
+def insert_claiming(**fields: Any) -> Payment:
+    """Insert a payment whose unique claims (order, token) other workers race for,
+    committed on its own. A deadlock between racing inserts (InnoDB's
+    duplicate-key locks, MySQL error 1213) wrote nothing: the insert is run
+    again, and then meets the winner's row as :class:`IntegrityError`.
+    """
+
+    def insert() -> Payment:
+        with committed_at_once():
+            return Payment.objects.create(**fields)
+
+    return _again_after_deadlock(insert, router.db_for_write(Payment), "A payment's insert")
+
+
+#: How many times a write that lost a deadlock is run in all.
+DEADLOCK_RETRIES = 3
+
+
+def _deadlocked(exc: OperationalError) -> bool:
+    """Whether the database chose this transaction as a deadlock's victim (MySQL
+    and MariaDB: error 1213; PostgreSQL: SQLSTATE 40P01).
+    """
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return sqlstate == "40P01" or (bool(exc.args) and exc.args[0] == 1213)
+
+
+def _again_after_deadlock(write: Callable[[], T], using: str, what: str) -> T:
+    """Run ``write`` (a statement or a transaction of its own) and, when the
+    database chose it as a deadlock's victim, run it again: the victim wrote
+    nothing and its transaction is gone. Never inside a caller's transaction,
+    which went with it: there the error is the caller's.
+    """
+    for attempt in range(1, DEADLOCK_RETRIES + 1):
+        try:
+            return write()
+        except OperationalError as exc:
+            if (
+                attempt == DEADLOCK_RETRIES
+                or connections[using].in_atomic_block
+                or not _deadlocked(exc)
+            ):
+                raise
+            logger.info("%s lost a deadlock to another write; trying again.", what)
+    raise AssertionError("unreachable")
+
+
+def _held(payment: Payment) -> Q:
+    """The row still carries this worker's claim: the claim it won (its generation,
+    ``attempts``), not released, not taken over.
+    """
+    return Q(attempts=payment.attempts, claimed_at__isnull=False)
+
+
+def _read_later(payment: Payment, *names: str) -> None:
+    """Forget fields the database just set from its own clock: read on next access."""
+    for name in names:
+        payment.__dict__.pop(name, None)
+
+
+_SIGNALS: dict[str, SignalDelivery.Signal] = {
+    Status.VERIFIED: SignalDelivery.Signal.VERIFIED,
+    Status.FAILED: SignalDelivery.Signal.FAILED,
+    Status.REFUNDED: SignalDelivery.Signal.REFUNDED,
+    Status.PARTIALLY_REFUNDED: SignalDelivery.Signal.REFUNDED,
+    Status.NEEDS_REVIEW: SignalDelivery.Signal.NEEDS_REVIEW,
+}
+
+
+def _transition(
+    payment: Payment,
+    to: str,
+    *,
+    source: str = Status.PENDING,
+    notify: bool = True,
+    held: bool = False,
+    refund_amount: int | None = None,
+    **fields: Any,
+) -> bool:
+    """Move ``payment`` from ``source`` to ``to``; True if this call made the change.
+
+    Every status change goes through here. The ``UPDATE`` is guarded by the
+    current status, so of any number of concurrent callers exactly one changes
+    the row and, atomically with it, writes the signal to the outbox (unless
+    ``notify`` is False), delivered after the commit. The others see the row as
+    the winner left it, and a loser that wanted another status logs it at
+    WARNING. With ``held``, the row must also still carry this worker's claim.
+
+    On PostgreSQL the change and its outbox row are one statement
+    (:func:`_changed_in_one_statement`): one round trip, no transaction to open.
+    Elsewhere they are a transaction of their own (:func:`_changed_in_transaction`).
+    """
+    stamps = {"updated_at": DbNow(), **({"verified_at": DbNow()} if to == Status.VERIFIED else {})}
+    values: dict[str, Any] = {"status": to, "claimed_at": None, **fields}
+    using = router.db_for_write(Payment, instance=payment)
+    rows = Payment.objects.using(using).filter(pk=payment.pk, status=source)
+    if held:
+        rows = rows.filter(_held(payment))
+    connection = connections[using]
+    one_statement = connection.vendor == "postgresql"
+    change = _changed_in_one_statement if one_statement else _changed_in_transaction
+    announced = (to, refund_amount) if notify else None
+
+    def write() -> bool:
+        # In a caller's transaction, a savepoint: a unique ``idx`` refused then
+        # leaves that transaction usable.
+        with (
+            transaction.atomic(using=using)
+            if connection.in_atomic_block or not one_statement
+            else nullcontext()
+        ):
+            changed, delivery = change(rows, payment, values, stamps, announced)
+            if delivery is not None:
+                transaction.on_commit(partial(deliver, delivery, first=True), using=using)
+        return changed
+
+    # Two settlements of one row at MariaDB's REPEATABLE READ can deadlock; run
+    # again, the victim's guarded UPDATE then sees the winner's row.
+    changed = _again_after_deadlock(write, using, f"Payment {payment.pk}'s settlement")
+    if not changed:
+        payment.refresh_from_db()
+    if not changed and payment.status != to:
+        logger.warning(
+            "Payment %s was not moved from %s to %s: it is %s (settled meanwhile).",
+            payment.pk,
+            source,
+            to,
+            payment.status,
+        )
+    return changed
+
+
+#: What a status change announces: the new status and, for a refund, its amount.
+_Announced = tuple[str, "int | None"]
+
+
+def _changed_in_transaction(
+    rows: QuerySet[Payment],
+    payment: Payment,
+    values: dict[str, Any],
+    stamps: dict[str, Any],
+    announced: _Announced | None,
+) -> tuple[bool, SignalDelivery | None]:
+    """In the transaction :func:`_transition` opened: the guarded ``UPDATE``, then
+    (if it changed the row) the times the database's clock gave it, read back for
+    the signal's snapshot, and the signal written to the outbox. ``payment`` is
+    changed only once all of it is written.
+    """
+    if not rows.update(**values, **stamps):
+        return False, None
+    after = copy.copy(payment)
+    for name, value in values.items():
+        setattr(after, name, value)
+    _read_later(after, *stamps)  # the failed re-check spacing reads updated_at
+    delivery = None
+    if announced is not None:
+        after.refresh_from_db(fields=list(stamps))
+        delivery = _signal_of(after, *announced)
+        delivery.snapshot = snapshot_of(after)
+        delivery.save(force_insert=True)
+        delivery.payment = payment
+    for name in values:
+        setattr(payment, name, getattr(after, name))
+    for name in stamps:  # read back, or to be read on next access
+        if name in after.__dict__:
+            setattr(payment, name, after.__dict__[name])
+        else:
+            payment.__dict__.pop(name, None)
+    return True, delivery
+
+
+def _changed_in_one_statement(
+    rows: QuerySet[Payment],
+    payment: Payment,
+    values: dict[str, Any],
+    stamps: dict[str, Any],
+    announced: _Announced | None,
+) -> tuple[bool, SignalDelivery | None]:
+    """PostgreSQL: the guarded ``UPDATE``, returning the times the database's clock
+    gave it, and (a data-modifying ``WITH``) the signal's outbox row, inserted
+    only if the update changed the row, its snapshot completed in SQL with those
+    times. One statement, so atomic without a transaction: one round trip.
+    """
+    connection = connections[rows.db]
+    quote = connection.ops.quote_name
+    query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
+    query.add_update_values({**values, **stamps})
+    update, update_params = query.get_compiler(rows.db).as_sql()
+    stamped = [quote(name) for name in stamps]  # updated_at, verified_at: named as their columns
+    sql, params = f"WITH changed AS ({update} RETURNING {', '.join(stamped)})", [*update_params]
+    delivery = None
+    if announced is not None:
+        after = copy.copy(payment)  # as the statement leaves it, but for the stamps
+        for name, value in {**values, **dict.fromkeys(stamps)}.items():
+            setattr(after, name, value)
+        delivery = _signal_of(after, *announced)
+        # As Django would write them: aware (UTC), or without USE_TZ naive local times.
+        cast_to = "" if settings.USE_TZ else "::timestamp"
+        snapshot = "%s::jsonb"
+        for name, column in zip(stamps, stamped, strict=True):
+            stamp = f"to_jsonb(changed.{column}{cast_to})"
+            snapshot = f"jsonb_set({snapshot}, '{{fields,{name}}}', {stamp})"
+        columns, selected = [], []
+        for field in SignalDelivery._meta.concrete_fields:
+            if field.name == "created_at":
+                continue  # the database's default
+            columns.append(quote(field.column or field.name))
+            if field.name == "snapshot":
+                selected.append(snapshot)
+                params.append(field.get_db_prep_save(snapshot_of(after), connection))
+            elif field.name == "next_attempt_at":
+                selected.append("STATEMENT_TIMESTAMP() + %s")
+                params.append(_retry_wait(1))
+            else:
+                selected.append("%s")
+                params.append(field.get_db_prep_save(field.pre_save(delivery, True), connection))
+        sql += (
+            f", announced AS (INSERT INTO {quote(SignalDelivery._meta.db_table)} "
+            f"({', '.join(columns)}) SELECT {', '.join(selected)} FROM changed)"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} SELECT {', '.join(stamped)} FROM changed", params)
+        row = cursor.fetchone()
+    if row is None:
+        return False, None
+    for name, value in [*values.items(), *zip(stamps, row, strict=True)]:
+        setattr(payment, name, value)
+    if delivery is not None:
+        delivery.payment = payment
+        delivery.snapshot = snapshot_of(payment)
+    return True, delivery
+
+
+def _signal_of(payment: Payment, status: str, refund_amount: int | None) -> SignalDelivery:
+    """The outbox row announcing ``payment``'s new ``status`` (its snapshot is the
+    caller's to take, once the database's clock has stamped the change).
+
+    The first attempt is the status change's own worker, after the commit:
+    counted already, so that if the worker dies before it ends, it is delivered
+    again after the grace period.
+    """
+    arguments: dict[str, Any] = {}
+    if status in (Status.FAILED, Status.NEEDS_REVIEW):
+        arguments["reason"] = payment.failure_reason
+    if status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED):
+        arguments["amount"] = refund_amount
+    return SignalDelivery(
+        payment=payment,
+        signal=_SIGNALS[status],
+        arguments=arguments,
+        attempts=1,
+        next_attempt_at=DbNow() + _retry_wait(1),
+    )
