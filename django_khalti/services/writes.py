@@ -21,6 +21,7 @@ import copy
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -151,8 +152,8 @@ def _transition(
         rows = rows.filter(_held(payment))
     connection = connections[using]
     one_statement = connection.vendor == "postgresql"
-    change = _changed_in_one_statement if one_statement else _changed_in_transaction
-    announced = (to, refund_amount) if notify else None
+    changing = _changed_in_one_statement if one_statement else _changed_in_transaction
+    change = _Change(rows, payment, values, stamps, (to, refund_amount) if notify else None)
 
     def write() -> bool:
         # In a caller's transaction, a savepoint: a unique ``idx`` refused then
@@ -162,7 +163,7 @@ def _transition(
             if connection.in_atomic_block or not one_statement
             else nullcontext()
         ):
-            changed, delivery = change(rows, payment, values, stamps, announced)
+            changed, delivery = changing(change)
             if delivery is not None:
                 transaction.on_commit(partial(deliver, delivery, first=True), using=using)
         return changed
@@ -183,32 +184,39 @@ def _transition(
     return changed
 
 
-#: What a status change announces: the new status and, for a refund, its amount.
-_Announced = tuple[str, "int | None"]
+@dataclass(frozen=True)
+class _Change:
+    """One status change as :func:`_transition` asks for it."""
+
+    #: The payment's row, guarded by its status (and the claim, if held).
+    rows: QuerySet[Payment]
+    #: The caller's object: changed only once everything is written.
+    payment: Payment
+    #: The fields to write, and those stamped by the database's clock.
+    values: dict[str, Any]
+    stamps: dict[str, Any]
+    #: What the change announces (the new status and, for a refund, its
+    #: amount), or None for no signal.
+    announced: tuple[str, int | None] | None
 
 
-def _changed_in_transaction(
-    rows: QuerySet[Payment],
-    payment: Payment,
-    values: dict[str, Any],
-    stamps: dict[str, Any],
-    announced: _Announced | None,
-) -> tuple[bool, SignalDelivery | None]:
+def _changed_in_transaction(change: _Change) -> tuple[bool, SignalDelivery | None]:
     """In the transaction :func:`_transition` opened: the guarded ``UPDATE``, then
     (if it changed the row) the times the database's clock gave it, read back for
     the signal's snapshot, and the signal written to the outbox. ``payment`` is
     changed only once all of it is written.
     """
-    if not rows.update(**values, **stamps):
+    payment, values, stamps = change.payment, change.values, change.stamps
+    if not change.rows.update(**values, **stamps):
         return False, None
     after = copy.copy(payment)
     for name, value in values.items():
         setattr(after, name, value)
     _read_later(after, *stamps)  # the failed re-check spacing reads updated_at
     delivery = None
-    if announced is not None:
+    if change.announced is not None:
         after.refresh_from_db(fields=list(stamps))
-        delivery = _signal_of(after, *announced)
+        delivery = _signal_of(after, *change.announced)
         delivery.snapshot = snapshot_of(after)
         delivery.save(force_insert=True)
         delivery.payment = payment
@@ -222,18 +230,13 @@ def _changed_in_transaction(
     return True, delivery
 
 
-def _changed_in_one_statement(
-    rows: QuerySet[Payment],
-    payment: Payment,
-    values: dict[str, Any],
-    stamps: dict[str, Any],
-    announced: _Announced | None,
-) -> tuple[bool, SignalDelivery | None]:
+def _changed_in_one_statement(change: _Change) -> tuple[bool, SignalDelivery | None]:
     """PostgreSQL: the guarded ``UPDATE``, returning the times the database's clock
     gave it, and (a data-modifying ``WITH``) the signal's outbox row, inserted
     only if the update changed the row, its snapshot completed in SQL with those
     times. One statement, so atomic without a transaction: one round trip.
     """
+    rows, payment, values, stamps = change.rows, change.payment, change.values, change.stamps
     connection = connections[rows.db]
     quote = connection.ops.quote_name
     query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
@@ -242,11 +245,11 @@ def _changed_in_one_statement(
     stamped = [quote(name) for name in stamps]  # updated_at, verified_at: named as their columns
     sql, params = f"WITH changed AS ({update} RETURNING {', '.join(stamped)})", [*update_params]
     delivery = None
-    if announced is not None:
+    if change.announced is not None:
         after = copy.copy(payment)  # as the statement leaves it, but for the stamps
         for name, value in {**values, **dict.fromkeys(stamps)}.items():
             setattr(after, name, value)
-        delivery = _signal_of(after, *announced)
+        delivery = _signal_of(after, *change.announced)
         # As Django would write them: aware (UTC), or without USE_TZ naive local times.
         cast_to = "" if settings.USE_TZ else "::timestamp"
         snapshot = "%s::jsonb"
