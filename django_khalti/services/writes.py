@@ -155,17 +155,29 @@ def _transition(
     changing = _changed_in_one_statement if one_statement else _changed_in_transaction
     change = _Change(rows, payment, values, stamps, (to, refund_amount) if notify else None)
 
+    touched = (*values, *stamps)
+
     def write() -> bool:
-        # In a caller's transaction, a savepoint: a unique ``idx`` refused then
-        # leaves that transaction usable.
-        with (
-            transaction.atomic(using=using)
-            if connection.in_atomic_block or not one_statement
-            else nullcontext()
-        ):
-            changed, delivery = changing(change)
-            if delivery is not None:
-                transaction.on_commit(partial(deliver, delivery, first=True), using=using)
+        # ``payment`` is changed before the COMMIT (or a savepoint's release): if
+        # that fails, it is put back as the row still is, for the caller and for
+        # the snapshot a run again announces.
+        before = {name: payment.__dict__[name] for name in touched if name in payment.__dict__}
+        try:
+            # In a caller's transaction, a savepoint: a unique ``idx`` refused then
+            # leaves that transaction usable.
+            with (
+                transaction.atomic(using=using)
+                if connection.in_atomic_block or not one_statement
+                else nullcontext()
+            ):
+                changed, delivery = changing(change)
+                if delivery is not None:
+                    transaction.on_commit(partial(deliver, delivery, first=True), using=using)
+        except BaseException:
+            for name in touched:
+                payment.__dict__.pop(name, None)
+            payment.__dict__.update(before)
+            raise
         return changed
 
     # Two settlements of one row at MariaDB's REPEATABLE READ can deadlock; run
