@@ -1,14 +1,17 @@
-"""README's table "Payment statuses and Khalti's answers", played against the app.
+"""The table "Khalti's answers, row by row" of docs/explanation/states.rst, played
+against the app.
 
 Each row of the table (endpoint, Khalti's answer, what the payment becomes, the signal)
 has a scenario below that makes the shipped testing kit give that answer and checks
 what the app did against the row's cells. A row without a scenario, or a scenario
-without a row, fails: the table and the code cannot drift apart.
+without a row, fails: the table and the code cannot drift apart. Every status change a
+scenario makes must also be an arrow of the page's state diagram.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,12 +25,16 @@ from django.utils import timezone
 from django_khalti import services
 from django_khalti.exceptions import KhaltiError
 from django_khalti.models import Payment, Refund
+from django_khalti.services import writes
 from shop.models import Order
+
+from .test_state_diagram import drawn_edges
 
 # Real commits: each signal is sent when its transition commits, as in production.
 pytestmark = pytest.mark.django_db(transaction=True)
 
-README = (Path(__file__).resolve().parents[2] / "README.rst").read_text(encoding="utf-8")
+STATES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "explanation" / "states.rst"
+STATES = STATES_PAGE.read_text(encoding="utf-8")
 VERIFY_URL = reverse("django_khalti:verify")
 
 
@@ -51,7 +58,7 @@ class Row:
 
 
 def table_rows() -> list[Row]:
-    section = README.split("\nPayment statuses and Khalti's answers\n", 1)[1]
+    section = STATES.split("\nKhalti's answers, row by row\n", 1)[1]
     table = section.split("   * - Endpoint\n", 1)[1].split("\n\n", 1)[0]
     rows = []
     for chunk in table.split("   * - ")[1:]:
@@ -115,6 +122,31 @@ class World:
 @pytest.fixture
 def world(client, khalti_fake, signals):
     return World(client, khalti_fake, signals)
+
+
+@pytest.fixture
+def status_changes(monkeypatch) -> list[tuple[str, str]]:
+    """Every status change the app makes meanwhile, as (from, to): each module that
+    calls ``writes._transition`` (the one place a status changes) calls a spy.
+    """
+    made: list[tuple[str, str]] = []
+    transition = writes._transition
+
+    def spy(payment, to, *, source=Payment.Status.PENDING, **kwargs):
+        changed = transition(payment, to, source=source, **kwargs)
+        if changed:
+            made.append((str(source), str(to)))
+        return changed
+
+    callers = [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith("django_khalti.") and getattr(module, "_transition", None) is transition
+    ]
+    assert callers, "no module calls writes._transition"
+    for module in callers:
+        monkeypatch.setattr(module, "_transition", spy)
+    return made
 
 
 def check(world: World, row: Row, mark: int, payment: Payment | None = None) -> None:
@@ -554,5 +586,7 @@ def test_every_row_has_a_scenario_and_every_scenario_a_row():
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: f"{row.endpoint}: {row.answer}"[:70])
-def test_each_row_is_what_the_app_does(world, row):
+def test_each_row_is_what_the_app_does(world, row, status_changes):
     SCENARIOS[(row.endpoint, row.answer)](world, row)
+    # Each change the row made is an arrow of the page's state diagram.
+    assert set(status_changes) - drawn_edges() == set(), "changes the diagram does not draw"
