@@ -76,5 +76,7 @@ def test_a_widget_payment_of_less_than_the_order_is_refused(
         )
 
     assert response.status_code == 400
+    assert response.json()["code"] == "amount_mismatch"  # your order's amount, not the browser's
+    assert khalti.verify_calls == []  # refused before Khalti was asked
     order.refresh_from_db()
     assert order.paid_at is None
