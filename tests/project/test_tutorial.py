@@ -87,9 +87,10 @@ def test_the_pages_include_every_file_the_test_uses():
 
 def test_the_startproject_settings_render_the_request_the_tags_need(tutorial):
     project, _ = tutorial
-    assert "'django.template.context_processors.request'" in (
-        project / "mysite" / "settings.py"
-    ).read_text()
+    assert (
+        "'django.template.context_processors.request'"
+        in (project / "mysite" / "settings.py").read_text()
+    )
 
 
 def test_the_project_checks_and_migrates(tutorial):
