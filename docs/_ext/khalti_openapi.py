@@ -75,7 +75,7 @@ def render(schema: dict[str, Any]) -> list[str]:
             ref = next(iter(body.values()), {}).get("schema", {}).get("$ref", "")
             name = ref.rsplit("/", 1)[-1]
             lines += [f"Request body ``{name}`` ({kinds}):", ""]
-            lines += _fields(components.get(name, {})) + [""]
+            lines += [*_fields(components.get(name, {})), ""]
             lines += [".. list-table::", "   :header-rows: 1", "   :widths: 10 30 60", ""]
             lines += ["   * - Status", "     - ``code``", "     - Answer"]
             for status, response in operation["responses"].items():
@@ -89,7 +89,7 @@ def render(schema: dict[str, Any]) -> list[str]:
             continue  # request bodies: listed with their operation
         title = f"``{name}``"
         lines += [title, "~" * len(title), ""]
-        lines += _fields(component) + [""]
+        lines += [*_fields(component), ""]
     return lines
 
 
