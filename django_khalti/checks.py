@@ -80,8 +80,9 @@ def _check_resolver(config: dict[str, Any]) -> list[checks.CheckMessage]:
     return [
         checks.Error(
             f"KHALTI['AMOUNT_RESOLVER'] {problem}.",
-            hint="Name a function order_amount(request, product_identity) -> int | None "
-            "that returns the amount in paisa your shop expects for the order.",
+            hint="Name a function order_amount(request, product_identity) that returns "
+            "KhaltiOrder(reference, amount) (django_khalti.orders), or the amount in paisa "
+            "your shop expects for the order as an int, or None for an unknown order.",
             id="django_khalti.E002",
         )
     ]
@@ -359,7 +360,8 @@ def _check_receivers() -> list[checks.CheckMessage]:
             hint="Connect one that marks the order paid, in your AppConfig.ready(): "
             "'from django_khalti.signals import payment_verified', then "
             "'@receiver(payment_verified, sender=Payment)' on a function "
-            "mark_order_paid(sender, payment, **kwargs). See README's Signals section.",
+            "mark_order_paid(sender, payment, **kwargs). See the Signals reference in "
+            "dj-khalti's documentation.",
             id="django_khalti.W005",
         )
     ]
@@ -428,7 +430,7 @@ def _check_connections(databases: dict[str, Any]) -> list[checks.CheckMessage]:
             "connecting to the database than on dj-khalti's own work.",
             hint="Keep connections: CONN_MAX_AGE = 60 with CONN_HEALTH_CHECKS = True, or on "
             'PostgreSQL with psycopg 3 (Django 5.1+) a pool: "OPTIONS": {"pool": True}. '
-            "See README's Deployment section.",
+            "See the deployment guide in dj-khalti's documentation.",
             id="django_khalti.W004",
         )
     ]

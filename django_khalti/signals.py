@@ -1,10 +1,14 @@
 """Signals a shop connects to, to fulfil or cancel its orders.
 
-Each is sent once per real transition of a :class:`~django_khalti.models.Payment`,
-after the database transaction that made it has committed, with
-``sender=Payment``. A receiver that raises is logged and changes nothing: the
-payment stays as Khalti said. Receivers should still be idempotent (marking an
-order paid twice must be harmless), because a shop's own code may retry them.
+Each announces one real status change of a :class:`~django_khalti.models.Payment`,
+with ``sender=Payment``, and is delivered at least once through the outbox
+(:mod:`django_khalti.services.outbox`): sent right after the database
+transaction that made the change has committed, and sent again to every
+receiver (by ``khalti_reconcile``, a resubmission, or the admin) once
+``SIGNAL_GRACE_PERIOD`` is over, until all of them ran without raising. A
+receiver that raises is logged and changes nothing else: the payment stays as
+Khalti said. Receivers must therefore be idempotent (marking an order paid
+twice must be harmless). ``payment`` is the payment as the change left it.
 """
 
 from django.dispatch import Signal

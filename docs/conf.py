@@ -31,6 +31,7 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.graphviz",
     "sphinx.ext.viewcode",
+    "khalti_openapi",
 ]
 
 root_doc = "index"

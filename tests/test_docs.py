@@ -1,15 +1,19 @@
-"""README.rst and CHANGELOG.rst keep up with the code: every setting (with its default),
-error code, signal, URL name, system check and command option a shop can meet is
-documented, and the changelog keeps the Keep a Changelog shape.
+"""The reference pages (docs/reference/) keep up with the code: every setting (with
+its default), error code (with its HTTP status), signal, URL name, system check and
+command option a shop can meet is documented; the OpenAPI page renders every
+operation and status; and the changelog keeps the Keep a Changelog shape.
 
-The lists are taken from the code, so a new setting or error code without its line in
-the README fails here. (That the files render on PyPI is checked by ``tox -e docs``.)
+The lists are taken from the code, so a new setting or error code without its line
+in the reference fails here. (That the site builds without warnings is checked by
+``tox -e docs``.)
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +26,13 @@ from django_khalti import checks, exceptions, signals
 from django_khalti.conf import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.rst").read_text(encoding="utf-8")
+REFERENCE = ROOT / "docs" / "reference"
 CHANGELOG = (ROOT / "CHANGELOG.rst").read_text(encoding="utf-8")
+
+
+def page(name: str) -> str:
+    """The text of ``docs/reference/<name>.rst``."""
+    return (REFERENCE / f"{name}.rst").read_text(encoding="utf-8")
 
 
 def headings(text: str) -> list[str]:
@@ -38,58 +47,75 @@ def headings(text: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(
-    "section",
-    [
-        "Quick start",
-        "1. Install and configure",
-        "Settings",
-        "Signals",
-        "ePayment (KPG-2): Khalti's web checkout",
-        "Reconciliation: ``khalti_reconcile``",
-        "Refunds",
-        "Admin",
-        "System checks",
-        "Testing your integration",
-        "Guarantees",
-        "Upgrading",
-    ],
-)
-def test_the_readme_has_the_sections_a_newcomer_looks_for(section):
-    assert section in headings(README)
+# --- settings ---------------------------------------------------------------------
 
 
-def setting_rows() -> dict[str, str]:
-    """The settings table: ``{name: default cell}``."""
-    table = README.split("\nSettings\n========\n", 1)[1].split("\nSignals\n", 1)[0]
-    rows = re.findall(r"\* - ``([A-Z_]+)``\n\s+- (.+)", table)
-    return dict(rows)
-
-
-@pytest.mark.parametrize("name", sorted(DEFAULTS))
-def test_every_setting_is_in_the_settings_table_with_its_default(name):
-    rows = setting_rows()
-    assert name in rows, f"KHALTI[{name!r}] is missing from README's settings table"
-    default = DEFAULTS[name]
-    shown = "``None``" if default is None else f"``{default!r}``".replace("'", '"')
-    assert rows[name] == shown
-
-
-def test_the_settings_table_lists_no_setting_that_does_not_exist():
-    assert set(setting_rows()) == set(DEFAULTS)
-
-
-def error_codes() -> set[str]:
-    found = {"not_configured", "unavailable"}  # answered by the views themselves
-    for _, cls in inspect.getmembers(exceptions, inspect.isclass):
-        if issubclass(cls, exceptions.KhaltiError) and cls is not exceptions.KhaltiError:
-            found.add(cls.code)
+def documented_settings() -> dict[str, str]:
+    """``{name: its :Default: field}`` from settings.rst, one per ``setting-NAME`` label."""
+    blocks = re.split(r"^\.\. _setting-([A-Z_]+):$", page("settings"), flags=re.M)
+    found = {}
+    for name, block in zip(blocks[1::2], blocks[2::2], strict=True):
+        assert f"``{name}``" in headings(block)[:1], f"setting-{name} labels no heading"
+        default = re.search(r"^:Default: (``.+?``)", block, flags=re.M)
+        found[name] = default.group(1) if default else ""
     return found
 
 
-@pytest.mark.parametrize("code", sorted(error_codes()))
-def test_every_error_code_is_documented(code):
-    assert f"``{code}``" in README
+def shown(value: object) -> str:
+    """How settings.rst writes a default: Python's literal, double-quoted."""
+    return "``None``" if value is None else f"``{value!r}``".replace("'", '"')
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
+def test_every_setting_is_documented_with_its_default(name):
+    documented = documented_settings()
+    assert name in documented, f"KHALTI[{name!r}] has no section in settings.rst"
+    assert documented[name] == shown(DEFAULTS[name])
+
+
+def test_the_settings_page_documents_no_setting_that_does_not_exist():
+    assert set(documented_settings()) == set(DEFAULTS)
+
+
+# --- errors -----------------------------------------------------------------------
+
+
+def khalti_errors() -> list[type[exceptions.KhaltiError]]:
+    return [
+        cls
+        for _, cls in inspect.getmembers(exceptions, inspect.isclass)
+        if issubclass(cls, exceptions.KhaltiError)
+    ]
+
+
+def error_rows() -> dict[str, tuple[str, str]]:
+    """The error table: ``{exception name: (code, HTTP status)}``."""
+    rows = re.findall(
+        r"^   \* - :class:`(\w+)`.*\n(?:       .*\n)*     - ``(\w+)``\n     - (\d+)\n",
+        page("errors"),
+        flags=re.M,
+    )
+    return {name: (code, status) for name, code, status in rows}
+
+
+@pytest.mark.parametrize("cls", khalti_errors(), ids=lambda cls: cls.__name__)
+def test_every_error_is_documented_with_its_code_and_status(cls):
+    rows = error_rows()
+    assert cls.__name__ in rows, f"{cls.__name__} is missing from errors.rst's table"
+    assert rows[cls.__name__] == (cls.code, str(cls.status_code))
+
+
+@pytest.mark.parametrize(("status", "code"), [("503", "not_configured"), ("503", "unavailable")])
+def test_the_views_own_answers_are_documented(status, code):
+    assert re.search(rf"^   \* - {status}\n     - ``{code}``$", page("errors"), flags=re.M)
+
+
+@pytest.mark.parametrize("status", ["400", "405", "415", "429"])
+def test_drfs_own_answers_are_documented(status):
+    assert re.search(rf"^   \* - {status}\b", page("errors"), flags=re.M)
+
+
+# --- signals, URLs, checks, the command -------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -97,23 +123,38 @@ def test_every_error_code_is_documented(code):
     sorted(name for name, value in vars(signals).items() if isinstance(value, Signal)),
 )
 def test_every_signal_is_documented(name):
-    assert f"``{name}``" in README
+    assert re.search(rf"^   \* - ``{name}``$", page("signals"), flags=re.M), name
 
 
-def test_every_url_name_is_documented():
-    names = [
-        name for name in get_resolver("django_khalti.urls").reverse_dict if isinstance(name, str)
-    ]
-    assert names
-    for name in names:
-        assert f"django_khalti:{name}" in README, name
+def url_names(urlconf: str) -> list[str]:
+    return [name for name in get_resolver(urlconf).reverse_dict if isinstance(name, str)]
 
 
-def test_every_system_check_is_documented():
-    ids = set(re.findall(r"django_khalti\.[EW]\d{3}", inspect.getsource(checks)))
-    assert ids
-    for check_id in ids:
-        assert f"``{check_id}``" in README, check_id
+@pytest.mark.parametrize(
+    "name", sorted(set(url_names("django_khalti.urls") + url_names("django_khalti.widget_urls")))
+)
+def test_every_url_name_is_documented(name):
+    assert f"``django_khalti:{name}``" in page("http-api"), name
+
+
+def check_ids() -> list[str]:
+    return sorted(set(re.findall(r"django_khalti\.([EW]\d{3})", inspect.getsource(checks))))
+
+
+def test_the_checks_are_found():
+    assert "E001" in check_ids()
+    assert "W006" in check_ids()
+
+
+@pytest.mark.parametrize("check_id", check_ids())
+def test_every_system_check_is_documented(check_id):
+    text = page("checks")
+    assert f".. _check-{check_id}:" in text, check_id
+    assert f"``django_khalti.{check_id}``" in headings(text), check_id
+
+
+def test_the_checks_page_documents_no_check_that_does_not_exist():
+    assert set(re.findall(r"^\.\. _check-(\w+):$", page("checks"), flags=re.M)) == set(check_ids())
 
 
 def options(command: BaseCommand) -> set[str]:
@@ -121,13 +162,44 @@ def options(command: BaseCommand) -> set[str]:
     return {option for action in parser._actions for option in action.option_strings}
 
 
-def test_every_option_of_khalti_reconcile_is_documented():
+def reconcile_options() -> list[str]:
     command = load_command_class("django_khalti", "khalti_reconcile")
-    ours = options(command) - options(BaseCommand())
-    assert "--older-than" in ours
-    for option in ours:
-        assert f"``{option}" in README, option
+    return sorted(options(command) - options(BaseCommand()))
 
+
+def test_the_options_are_found():
+    assert "--older-than" in reconcile_options()
+
+
+@pytest.mark.parametrize("option", reconcile_options())
+def test_every_option_of_khalti_reconcile_is_documented(option):
+    assert re.search(rf"^   \* - ``{option}\b", page("commands"), flags=re.M), option
+
+
+# --- the OpenAPI page ---------------------------------------------------------------
+
+
+def test_the_openapi_page_renders_every_operation_status_and_code():
+    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+    try:
+        khalti_openapi = importlib.import_module("khalti_openapi")  # docs/_ext
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "_ext"))
+    schema = khalti_openapi.generate()
+    text = "\n".join(khalti_openapi.render(schema))
+    assert ".. khalti-openapi::" in page("http-api")
+    assert schema["paths"]
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            assert f"``{method.upper()} {path}``" in text
+            section = text.split(f"``{method.upper()} {path}``", 1)[1]
+            for status in operation["responses"]:
+                assert f"   * - {status}\n" in section, (path, status)
+    for code in ("unknown_order", "token_used", "not_configured", "initiation_rejected"):
+        assert f"``{code}``" in text
+
+
+# --- the changelog ------------------------------------------------------------------
 
 KEEP_A_CHANGELOG = {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
 

@@ -80,8 +80,9 @@ class Command(BaseCommand):
     [--dry-run] [--payment ID]``.
 
     Prints a line per batch and a summary; exits with an error (status 1) when
-    Khalti could not be reached for some payment or refund, which then stays
-    pending for the next run.
+    Khalti could not be reached for some payment or refund (which then stays
+    pending for the next run), when a signal's receivers raised again, or when
+    dj-khalti is misconfigured; with status 2 for a wrong command line.
     """
 
     help = "Settle pending Khalti payments (and refunds of unknown outcome) by asking Khalti."
@@ -107,9 +108,11 @@ class Command(BaseCommand):
         """Settle what is pending, oldest first, then refunds of unknown outcome
         (:func:`django_khalti.services.reconcile_due`), and print what became of them.
 
-        Raises :class:`CommandError` for an unknown ``--payment``, when Khalti did not
-        answer :data:`~django_khalti.services.reconcile.GIVE_UP_AFTER` times in a row,
-        or when it could not be reached for some payment or refund.
+        Raises :class:`CommandError` for an unknown ``--payment``, a broken
+        configuration, when Khalti did not answer
+        :data:`~django_khalti.services.reconciliation.GIVE_UP_AFTER` times in a row,
+        when it could not be reached for some payment or refund, or when a signal
+        could not be delivered again.
         """
         payments = None
         if options["payment"]:
