@@ -218,3 +218,12 @@ def test_the_refund_helper_says_when_the_outcome_is_unknown(
     assert refunds.refund(verified_payment).startswith("Not known yet: ")
     assert Refund.objects.get().status == Refund.Status.PENDING
     assert refunds.refund(verified_payment).startswith("Not refunded: Another refund")
+
+
+# --- the testing how-to's reconciliation test, run here as a shop would ---------------------
+
+_shop_test = load("test_reconcile.py", "shop_test_reconcile")
+order = _shop_test.order
+test_the_testing_howtos_reconcile_example = (
+    _shop_test.test_reconcile_settles_a_payment_whose_verification_timed_out
+)
