@@ -167,7 +167,9 @@ def test_the_celery_task_fails_when_khalti_cannot_be_reached(
         tasks.reconcile_khalti_payments()
 
     payment.refresh_from_db()
+    order.refresh_from_db()
     assert payment.status == Payment.Status.PENDING  # left for the next run
+    assert not order.paid
     assert "checked 1: 0 verified, 0 failed, 1 still pending" in caplog.text  # logged anyway
 
 
@@ -210,9 +212,7 @@ def test_the_refund_helper_refunds_part_then_the_rest(refunds, verified_payment,
     assert refunds.refund(verified_payment).startswith("Not refunded: ")
 
 
-def test_the_refund_helper_says_when_the_outcome_is_unknown(
-    refunds, verified_payment, khalti_fake
-):
+def test_the_refund_helper_says_when_the_outcome_is_unknown(refunds, verified_payment, khalti_fake):
     khalti_fake.fail_next("refund", "timeout")
 
     assert refunds.refund(verified_payment).startswith("Not known yet: ")
