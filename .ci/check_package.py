@@ -136,6 +136,8 @@ def test_installed_wheel(wheel: Path, source: Path, work: Path, pytest_args: lis
     suite = work / "suite"
     for folder in ("tests", "testproject"):
         shutil.copytree(source / folder, suite / folder)
+    # The docs' examples the suite runs (docs/howto/testing.rst's, docs/howto/code/).
+    shutil.copytree(source / "docs", suite / "docs")
     # pytest's settings; the documents tests/project/test_docs.py holds up against the code.
     for name in ("pyproject.toml", "README.rst", "CHANGELOG.rst"):
         shutil.copy(source / name, suite / name)

@@ -697,14 +697,15 @@ def test_the_plugin_is_loaded_by_its_entry_point(request, khalti):
     assert not isinstance(khalti, KhaltiExpectations)
 
 
-# --- the README's example, run here and in a bare shop project --------------------------
+# --- the testing how-to's example, run here and in a bare shop project -----------------
+
+#: The how-to a shop follows to test its integration.
+TESTING_HOWTO = ROOT / "docs" / "howto" / "testing.rst"
 
 
-def _readme_block(language: str) -> str:
-    """The first ``language`` code block of README.rst's "Testing your integration"."""
-    text = (ROOT / "README.rst").read_text()
-    section = text.split("Testing your integration\n", 1)[1]
-    block = section.split(f".. code-block:: {language}\n\n", 1)[1]
+def _howto_block(language: str) -> str:
+    """The first ``language`` code block of docs/howto/testing.rst."""
+    block = TESTING_HOWTO.read_text().split(f".. code-block:: {language}\n\n", 1)[1]
     lines = []
     for line in block.split("\n"):
         if line and not line.startswith("    "):
@@ -713,30 +714,30 @@ def _readme_block(language: str) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-def _readme_example() -> str:
-    """The example test module of README.rst's "Testing your integration"."""
-    return _readme_block("python")
+def _howto_example() -> str:
+    """The example test module of docs/howto/testing.rst (its first Python block)."""
+    return _howto_block("python")
 
 
-#: The pytest.ini README.rst tells a shop to write.
-README_PYTEST_INI = _readme_block("ini")
+#: The pytest.ini the testing how-to tells a shop to write.
+HOWTO_PYTEST_INI = _howto_block("ini")
 
 
-README_EXAMPLE = _readme_example()
+HOWTO_EXAMPLE = _howto_example()
 
 # The example's tests run in this suite too, word for word (with the ``khalti``
 # fixture above standing for the plugin's).
 _example: dict = {"__name__": __name__}
-exec(compile(README_EXAMPLE, "README.rst example", "exec"), _example)
+exec(compile(HOWTO_EXAMPLE, "docs/howto/testing.rst example", "exec"), _example)
 globals().update({name: value for name, value in _example.items() if name.startswith("test_")})
 
 
 def run_pytest(directory, *args, env=None):
     """pytest in a bare project at ``directory``: this repo's test project, no conftest,
-    and README's pytest.ini (its settings the test project's, found on ``pythonpath``
+    and the testing how-to's pytest.ini (its settings the test project's, found on ``pythonpath``
     where a shop's are found beside its manage.py).
     """
-    ini = README_PYTEST_INI.replace("yourproject.settings", "testproject.settings")
+    ini = HOWTO_PYTEST_INI.replace("yourproject.settings", "testproject.settings")
     (directory / "pytest.ini").write_text(f"{ini}pythonpath = {ROOT / 'testproject'}\n")
     environ = {**os.environ, **(env or {})}
     environ.pop("DJANGO_SETTINGS_MODULE", None)  # the ini names the settings, nothing else
@@ -750,8 +751,8 @@ def run_pytest(directory, *args, env=None):
     )
 
 
-def test_the_readme_example_passes_in_a_shop_project_with_only_the_plugin(tmp_path):
-    (tmp_path / "test_payments.py").write_text(README_EXAMPLE)
+def test_the_howto_example_passes_in_a_shop_project_with_only_the_plugin(tmp_path):
+    (tmp_path / "test_payments.py").write_text(HOWTO_EXAMPLE)
     own = tmp_path / "own"
     own.mkdir()
     (own / "conftest.py").write_text(
@@ -774,17 +775,17 @@ def test_the_readme_example_passes_in_a_shop_project_with_only_the_plugin(tmp_pa
     result = run_pytest(tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 passed" in result.stdout  # the README's five, and the shop's own
+    assert "6 passed" in result.stdout  # the how-to's five, and the shop's own
 
 
-def test_the_readme_pytest_ini_is_the_two_lines_pytest_django_needs():
-    assert README_PYTEST_INI.splitlines() == [
+def test_the_howto_pytest_ini_is_the_two_lines_pytest_django_needs():
+    assert HOWTO_PYTEST_INI.splitlines() == [
         "[pytest]",
         "DJANGO_SETTINGS_MODULE = yourproject.settings",
     ]
 
 
-def test_the_testing_extra_brings_what_the_readme_example_needs():
+def test_the_testing_extra_brings_what_the_howto_example_needs():
     # (tomllib is Python 3.11+: the line is read as it is written.)
     pyproject = (ROOT / "pyproject.toml").read_text()
     (line,) = re.findall(r"^testing = \[(.*)\]$", pyproject, re.MULTILINE)
