@@ -1,7 +1,8 @@
 """The reference pages (docs/reference/) keep up with the code: every setting (with
 its default), error code (with its HTTP status), signal, URL name, system check and
 command option a shop can meet is documented; the OpenAPI page renders every
-operation and status; and the changelog keeps the Keep a Changelog shape.
+operation and status; README.rst is the quick start and a map of the site, whose
+settings, tags and links are real; and the changelog keeps the Keep a Changelog shape.
 
 The lists are taken from the code, so a new setting or error code without its line
 in the reference fails here. (That the site builds without warnings is checked by
@@ -28,6 +29,7 @@ from django_khalti.conf import DEFAULTS
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "reference"
 CHANGELOG = (ROOT / "CHANGELOG.rst").read_text(encoding="utf-8")
+README = (ROOT / "README.rst").read_text(encoding="utf-8")
 
 
 def page(name: str) -> str:
@@ -197,6 +199,44 @@ def test_the_openapi_page_renders_every_operation_status_and_code():
                 assert f"   * - {status}\n" in section, (path, status)
     for code in ("unknown_order", "token_used", "not_configured", "initiation_rejected"):
         assert f"``{code}``" in text
+
+
+# --- README: the quick start and the way into the site ---------------------------------
+
+
+def test_the_readme_is_the_introduction_the_quick_start_and_links():
+    titles = headings(README)
+    for section in ("Quick start", "1. Install and configure", "Documentation", "License"):
+        assert section in titles
+    assert len(README.splitlines()) < 300, "the reference and the guides live in docs/"
+
+
+def test_every_link_of_the_readme_names_a_file_of_the_repository():
+    links = re.findall(r"<([^<>:]+\.rst)>`_", README)
+    assert len(links) > 20
+    missing = [link for link in links if not (ROOT / link).is_file()]
+    assert not missing
+
+
+def test_every_page_of_the_reference_and_the_guides_is_linked_from_the_readme():
+    links = set(re.findall(r"<([^<>:]+\.rst)>`_", README))
+    for section in ("howto", "reference", "explanation"):
+        for path in sorted((ROOT / "docs" / section).glob("*.rst")):
+            if path.stem not in ("index", "architecture"):
+                assert f"docs/{section}/{path.name}" in links, path
+
+
+def test_the_quick_starts_settings_and_tags_are_real():
+    from django.template import engines
+
+    block = README.split("KHALTI = {", 1)[1].split("\n    }", 1)[0]
+    keys = re.findall(r'^\s+"([A-Z_]+)":', block, flags=re.M)
+    assert keys
+    assert set(keys) <= set(DEFAULTS)
+    library = engines["django"].engine.template_libraries["khalti"]  # type: ignore[attr-defined]
+    for tag in set(re.findall(r"{% (khalti_\w+) ", README)):
+        assert tag in library.tags, tag
+    assert 'include("django_khalti.urls")' in README
 
 
 # --- the changelog ------------------------------------------------------------------

@@ -48,13 +48,15 @@ def crontab_entry():
 
 def unit(name):
     parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str  # systemd's keys are case-sensitive
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd's keys are case-sensitive
     parser.read_string((CODE / name).read_text())
     return parser
 
 
 def load(name, module_name):
     spec = importlib.util.spec_from_file_location(module_name, CODE / name)
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -70,7 +72,7 @@ def tasks(monkeypatch):
     def shared_task(*args, **options):
         return args[0] if args and callable(args[0]) else (lambda function: function)
 
-    celery.shared_task = shared_task
+    celery.shared_task = shared_task  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "celery", celery)
     return load("tasks.py", "shop_tasks")
 

@@ -51,9 +51,9 @@ def follow_the_tutorial(directory: Path) -> tuple[Path, dict[str, str]]:
     made = run(["manage.py", "startapp", "shop"], project, env)
     assert made.returncode == 0, made.stderr
 
-    for name in SHOP_FILES:
-        (project / "shop" / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(TUTORIAL / "shop" / name, project / "shop" / name)
+    for file in SHOP_FILES:
+        (project / "shop" / file).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(TUTORIAL / "shop" / file, project / "shop" / file)
     shutil.copyfile(TUTORIAL / "mysite" / "urls.py", project / "mysite" / "urls.py")
     settings = project / "mysite" / "settings.py"
     settings.write_text(

@@ -388,7 +388,7 @@ def test_calls_in_a_row_reuse_one_kept_alive_connection(settings):
 @pytest.fixture
 def pooled():
     """On PostgreSQL, Django's psycopg pool (``"OPTIONS": {"pool": True}``), as the
-    README's Deployment section recommends; elsewhere the connection as configured."""
+    the going-live guide recommends; elsewhere the connection as configured."""
     if connection.vendor != "postgresql":
         yield False
         return
