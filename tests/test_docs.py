@@ -23,8 +23,9 @@ from django.core.management.base import BaseCommand
 from django.dispatch import Signal
 from django.urls import get_resolver
 
-from django_khalti import checks, exceptions, signals
+from django_khalti import checks, exceptions, services, signals
 from django_khalti.conf import DEFAULTS
+from django_khalti.models import Payment
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "reference"
@@ -178,6 +179,19 @@ def test_every_option_of_khalti_reconcile_is_documented(option):
     assert re.search(rf"^   \* - ``{option}\b", page("commands"), flags=re.M), option
 
 
+# --- the Python API and the models -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(services.__all__))
+def test_every_public_service_is_documented(name):
+    assert re.search(rf"^\.\. auto\w+:: django_khalti\.services\.{name}$", page("api"), re.M)
+
+
+@pytest.mark.parametrize("status", Payment.Status.values)
+def test_every_payment_status_is_documented(status):
+    assert f"``{status}``" in page("models")
+
+
 # --- the OpenAPI page ---------------------------------------------------------------
 
 
@@ -211,15 +225,23 @@ def test_the_readme_is_the_introduction_the_quick_start_and_links():
     assert len(README.splitlines()) < 300, "the reference and the guides live in docs/"
 
 
+#: README is PyPI's page too: its links to the docs are absolute, into the repository.
+REPOSITORY = "https://github.com/dj-khalti/dj-khalti/blob/main/"
+LINKS = re.findall(rf"{re.escape(REPOSITORY)}(\S+?\.rst)\b", README)
+
+
 def test_every_link_of_the_readme_names_a_file_of_the_repository():
-    links = re.findall(r"<([^<>:]+\.rst)>`_", README)
+    links = LINKS
     assert len(links) > 20
+    assert not re.findall(r"(?:<|^\.\. _[^:]+: )(?!https://)\S+\.rst", README, flags=re.M), (
+        "relative links break on PyPI"
+    )
     missing = [link for link in links if not (ROOT / link).is_file()]
     assert not missing
 
 
 def test_every_page_of_the_reference_and_the_guides_is_linked_from_the_readme():
-    links = set(re.findall(r"<([^<>:]+\.rst)>`_", README))
+    links = set(LINKS)
     for section in ("howto", "reference", "explanation"):
         for path in sorted((ROOT / "docs" / section).glob("*.rst")):
             if path.stem not in ("index", "architecture"):

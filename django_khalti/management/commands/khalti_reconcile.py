@@ -57,8 +57,8 @@ COUNTS = [
         0,
         7,
         "DAYS",
-        "Also re-check, read-only, payments that failed in the last DAYS days, each at "
-        "most once an hour, in case Khalti completed them after all (default: 7; 0: none).",
+        "Also re-check, read-only, failed payments created in the last DAYS days, each "
+        "at most once an hour, in case Khalti completed them after all (default: 7; 0: none).",
     ),
     ("--limit", 1, None, "N", "Check at most N payments (and N failed ones, and N refunds)."),
     ("--batch-size", 1, 100, "N", "Payments read from the database at a time (default: 100)."),
