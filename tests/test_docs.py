@@ -11,10 +11,12 @@ in the reference fails here. (That the site builds without warnings is checked b
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -177,6 +179,20 @@ def test_the_options_are_found():
 @pytest.mark.parametrize("option", reconcile_options())
 def test_every_option_of_khalti_reconcile_is_documented(option):
     assert re.search(rf"^   \* - ``{option}\b", page("commands"), flags=re.M), option
+
+
+def test_the_quick_start_uses_the_tutorials_order():
+    """README's resolver, receiver and templates name fields the tutorial's ``Order``
+    has: going on from the quick start to the tutorial meets no missing field."""
+    model = (ROOT / "docs" / "tutorial" / "shop" / "models.py").read_text(encoding="utf-8")
+    fields = set(re.findall(r"^    (\w+) = models\.", model, flags=re.M)) | {"pk", "id"}
+    used = set(re.findall(r"\border\.(\w+)", README)) - {"html"}  # not shop/order.html
+    for block in re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)", README):
+        for node in ast.walk(ast.parse(textwrap.dedent(block))):
+            if isinstance(node, ast.Call) and "Order.objects" in ast.unparse(node.func):
+                used |= {keyword.arg.split("__")[0] for keyword in node.keywords if keyword.arg}
+    assert {"reference", "total", "paid_at"} <= used
+    assert used <= fields, used - fields
 
 
 # --- the Python API and the models -----------------------------------------------------
