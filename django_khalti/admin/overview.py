@@ -52,12 +52,12 @@ PERIODS: list[tuple[str, StrOrPromise, int]] = [
     ("7_days", _("Last 7 days"), 6),
     ("30_days", _("Last 30 days"), 29),
 ]
-#: Pending payments by age: (label, at least this old, younger than this).
+#: Pending payments by age, the oldest first: (label, at least this old, younger than this).
 AGES: list[tuple[StrOrPromise, timedelta | None, timedelta | None]] = [
-    (_("Under 5 minutes"), None, timedelta(minutes=5)),
-    (_("5 to 60 minutes"), timedelta(minutes=5), timedelta(hours=1)),
-    (_("1 to 24 hours"), timedelta(hours=1), timedelta(days=1)),
     (_("Over a day"), timedelta(days=1), None),
+    (_("1 to 24 hours"), timedelta(hours=1), timedelta(days=1)),
+    (_("5 to 60 minutes"), timedelta(minutes=5), timedelta(hours=1)),
+    (_("Under 5 minutes"), None, timedelta(minutes=5)),
 ]
 
 

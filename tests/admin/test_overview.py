@@ -218,10 +218,10 @@ def test_pending_payments_by_age_and_the_oldest_first(superuser_client, known):
     response = superuser_client.get(OVERVIEW)
     overview = response.context["overview"]
     assert [(str(label), f.count, f.rupees) for label, f in overview.pending_by_age] == [
-        ("Under 5 minutes", 1, "10.00"),
-        ("5 to 60 minutes", 1, "20.00"),
-        ("1 to 24 hours", 1, "60.00"),
         ("Over a day", 3, "120.00"),
+        ("1 to 24 hours", 1, "60.00"),
+        ("5 to 60 minutes", 1, "20.00"),
+        ("Under 5 minutes", 1, "10.00"),
     ]
     assert overview.pending == Figure(6, 21000)
     oldest = [(w.item.order_reference, w.age) for w in overview.oldest_pending]
