@@ -134,12 +134,12 @@ def test_installed_wheel(wheel: Path, source: Path, work: Path, pytest_args: lis
     # The suite and its configuration, and nothing of the package: `import django_khalti`
     # can only find the installed wheel.
     suite = work / "suite"
-    for folder in ("tests", "testproject"):
+    # The docs too: the suite follows the tutorial, runs the how-tos' examples and holds
+    # the reference and README (whose links name ARCHITECTURE.rst) up against the code.
+    for folder in ("tests", "testproject", "docs"):
         shutil.copytree(source / folder, suite / folder)
-    # The docs' examples the suite runs (docs/howto/testing.rst's, docs/howto/code/).
-    shutil.copytree(source / "docs", suite / "docs")
-    # pytest's settings; the documents tests/project/test_docs.py holds up against the code.
-    for name in ("pyproject.toml", "README.rst", "CHANGELOG.rst"):
+    # pytest's settings, and the documents tests/test_docs.py reads.
+    for name in ("pyproject.toml", "README.rst", "CHANGELOG.rst", "ARCHITECTURE.rst"):
         shutil.copy(source / name, suite / name)
     shutil.copy(source / ".ci" / "installed_wheel.py", suite / "installed_wheel.py")
     # `python -m pytest` puts the working directory first on sys.path: the plugin loads
