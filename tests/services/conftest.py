@@ -1,9 +1,33 @@
-"""Fixtures of the services' tests."""
+"""Fixtures and faults of the services' tests."""
+
+import re
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 
 from django_khalti.models import SignalDelivery
+
+#: The statements a deadlock takes as its victim: the claim's insert (racing inserts
+#: of one order's claim: InnoDB's duplicate-key locks) and a settlement (on
+#: PostgreSQL one statement, ``WITH changed AS (UPDATE ...)``).
+CLAIM_INSERT = r"INSERT INTO [\"`]django_khalti_payment[\"`]"
+SETTLEMENT = r"(WITH changed AS \()?UPDATE [\"`]django_khalti_payment[\"`] SET [\"`]status[\"`]"
+#: MySQL/MariaDB's deadlock, as its driver raises it.
+DEADLOCK = (1213, "Deadlock found when trying to get lock")
+
+
+def deadlocking(pattern, times=1, error=DEADLOCK):
+    """An execute wrapper failing the first ``times`` statements that match ``pattern``
+    with ``error``, and the list of the statements it failed."""
+    seen = []
+
+    def wrapper(execute, sql, params, many, context):
+        if re.match(pattern, sql) and len(seen) < times:
+            seen.append(sql)
+            raise OperationalError(*error)
+        return execute(sql, params, many, context)
+
+    return wrapper, seen
 
 
 @pytest.fixture

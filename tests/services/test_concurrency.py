@@ -4,7 +4,6 @@ connection, posting at the same moment to the real view, on whatever database
 
 import io
 import json
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ from functools import partial
 import pytest
 import requests
 from django.core.management import call_command
-from django.db import OperationalError, connection, connections
+from django.db import connection, connections
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -26,6 +25,7 @@ from django_khalti.services import state, writes
 from shop.models import Order, OrderEvent
 
 from ..conftest import transaction_record
+from .conftest import CLAIM_INSERT, SETTLEMENT, deadlocking
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
@@ -545,13 +545,9 @@ def test_a_worker_whose_claim_was_taken_over_never_fails_the_payment(signals):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "victim",
-    [
-        # Racing inserts of one order's claim: InnoDB's duplicate-key locks.
-        r"INSERT INTO [\"`]django_khalti_payment[\"`]",
-        # Two settlements of one row at MariaDB's REPEATABLE READ (on PostgreSQL
-        # the settlement is one statement: WITH changed AS (UPDATE ...)).
-        r"(WITH changed AS \()?UPDATE [\"`]django_khalti_payment[\"`] SET [\"`]status[\"`]",
-    ],
+    # Racing inserts of one order's claim; two settlements of one row at MariaDB's
+    # REPEATABLE READ.
+    [CLAIM_INSERT, SETTLEMENT],
     ids=["claim insert", "settlement"],
 )
 def test_a_write_that_loses_a_deadlock_is_run_again_and_announced_once(
@@ -561,14 +557,7 @@ def test_a_write_that_loses_a_deadlock_is_run_again_and_announced_once(
     nothing: the claim's insert or the status change is run again, the buyer gets
     the verified answer, and the shop hears of it once."""
     expect_khalti.verify(payload["token"], 1000)
-    victims = []
-
-    def deadlock_once(execute, sql, params, many, context):
-        if re.match(victim, sql) and not victims:
-            victims.append(sql)
-            raise OperationalError(1213, "Deadlock found when trying to get lock")
-        return execute(sql, params, many, context)
-
+    deadlock_once, victims = deadlocking(victim)
     with connection.execute_wrapper(deadlock_once):
         response = Client().post(
             reverse("django_khalti:verify"), json.dumps(payload), content_type="application/json"

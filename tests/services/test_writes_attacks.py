@@ -13,8 +13,9 @@ from django.db import IntegrityError, OperationalError, connection, connections,
 from django_khalti.models import DbNow, Payment, SignalDelivery, order_key
 from django_khalti.services import state, writes
 
+from .conftest import CLAIM_INSERT, DEADLOCK, SETTLEMENT, deadlocking
+
 Status = Payment.Status
-DEADLOCK = (1213, "Deadlock found when trying to get lock")
 one_statement = pytest.mark.skipif(
     "connection.vendor == 'postgresql'", reason="PostgreSQL: one statement, no COMMIT"
 )
@@ -32,18 +33,6 @@ def pending(token="tok-w", reference="ORD-W"):
         attempts=1,
     )
     return Payment.objects.get(pk=payment.pk)
-
-
-def deadlocking(pattern, times=1, error=DEADLOCK):
-    seen = []
-
-    def wrapper(execute, sql, params, many, context):
-        if re.match(pattern, sql) and len(seen) < times:
-            seen.append(sql)
-            raise OperationalError(*error)
-        return execute(sql, params, many, context)
-
-    return wrapper, seen
 
 
 def failing_commit(monkeypatch, times=1, error=DEADLOCK):
@@ -120,9 +109,7 @@ def test_commit_refused_leaves_the_in_memory_payment_as_the_row(signals, monkeyp
 @pytest.mark.django_db(transaction=True)
 def test_deadlock_inside_a_callers_transaction_is_raised_not_run_again(signals):
     payment = pending()
-    wrapper, seen = deadlocking(
-        r"(WITH changed AS \()?UPDATE [\"`]django_khalti_payment[\"`] SET [\"`]status[\"`]", 9
-    )
+    wrapper, seen = deadlocking(SETTLEMENT, 9)
     with pytest.raises(OperationalError), transaction.atomic():
         with connection.execute_wrapper(wrapper):
             writes._transition(payment, Status.VERIFIED, idx="IDX-4")
@@ -135,9 +122,7 @@ def test_deadlock_inside_a_callers_transaction_is_raised_not_run_again(signals):
 @pytest.mark.django_db(transaction=True)
 def test_deadlock_every_time_gives_up_after_the_retries(signals):
     payment = pending()
-    wrapper, seen = deadlocking(
-        r"(WITH changed AS \()?UPDATE [\"`]django_khalti_payment[\"`] SET [\"`]status[\"`]", 9
-    )
+    wrapper, seen = deadlocking(SETTLEMENT, 9)
     with pytest.raises(OperationalError), connection.execute_wrapper(wrapper):
         writes._transition(payment, Status.VERIFIED, idx="IDX-5")
     assert len(seen) == writes.DEADLOCK_RETRIES
@@ -150,7 +135,7 @@ def test_deadlock_every_time_gives_up_after_the_retries(signals):
 def test_a_lock_wait_timeout_is_not_run_again():
     payment = pending()
     wrapper, seen = deadlocking(
-        r"(WITH changed AS \()?UPDATE [\"`]django_khalti_payment[\"`] SET [\"`]status[\"`]",
+        SETTLEMENT,
         9,
         error=(1205, "Lock wait timeout exceeded"),
     )
@@ -163,7 +148,7 @@ def test_a_lock_wait_timeout_is_not_run_again():
 def test_insert_claiming_inside_a_transaction_raises_its_deadlock():
     """In TestCase's transaction (committed_at_once lets it through) the insert
     is not run again: the transaction went with the deadlock."""
-    wrapper, seen = deadlocking(r"INSERT INTO [\"`]django_khalti_payment[\"`]", 9)
+    wrapper, seen = deadlocking(CLAIM_INSERT, 9)
     with pytest.raises(OperationalError), connection.execute_wrapper(wrapper):
         writes.insert_claiming(
             product_identity="ORD-I", order_reference="ORD-I", amount=1000, token="t"
@@ -173,7 +158,7 @@ def test_insert_claiming_inside_a_transaction_raises_its_deadlock():
 
 @pytest.mark.django_db(transaction=True)
 def test_insert_claiming_deadlock_every_time_gives_up():
-    wrapper, seen = deadlocking(r"INSERT INTO [\"`]django_khalti_payment[\"`]", 9)
+    wrapper, seen = deadlocking(CLAIM_INSERT, 9)
     with pytest.raises(OperationalError), connection.execute_wrapper(wrapper):
         writes.insert_claiming(
             product_identity="ORD-I", order_reference="ORD-I", amount=1000, token="t"
@@ -209,7 +194,7 @@ def test_a_retry_after_a_refused_commit_announces_no_idx_or_verified_at_it_never
     updates = []
 
     def idx_taken_on_the_run_again(execute, sql, params, many, context):
-        if re.match(r"UPDATE [\"`]django_khalti_payment[\"`] SET [\"`]status[\"`]", sql):
+        if re.match(SETTLEMENT, sql):
             updates.append(sql)
             if len(updates) == 2:
                 raise IntegrityError("UNIQUE constraint failed: django_khalti_payment.idx")
