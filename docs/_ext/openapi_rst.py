@@ -8,11 +8,13 @@ The generator is Django REST framework's ``SchemaGenerator`` over
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 PREFIX = "khalti/"
 
 
+@cache  # one build renders the page and writes openapi.json from the same schema
 def generate() -> dict[str, Any]:
     """The schema DRF's generator writes for dj-khalti's URLs under ``/khalti/``."""
     from django.urls import include, path

@@ -714,16 +714,12 @@ def _howto_block(language: str) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-def _howto_example() -> str:
-    """The example test module of docs/howto/testing.rst (its first Python block)."""
-    return _howto_block("python")
-
-
 #: The pytest.ini the testing how-to tells a shop to write.
 HOWTO_PYTEST_INI = _howto_block("ini")
 
 
-HOWTO_EXAMPLE = _howto_example()
+#: The example test module of the testing how-to (its first Python block).
+HOWTO_EXAMPLE = _howto_block("python")
 
 # The example's tests run in this suite too, word for word (with the ``khalti``
 # fixture above standing for the plugin's).
