@@ -18,6 +18,23 @@ class KhaltiConfigurationError(ImproperlyConfigured):
     """The ``KHALTI`` settings are missing or wrong (a bug in the shop, not the buyer)."""
 
 
+class KhaltiPaymentAsSent(TypeError):
+    """``save()`` or ``delete()`` of a signal receiver's ``payment``: the payment as
+    it was when the signal was sent, not the row as it stands now. Written back,
+    it would rewind the row (a refunded payment saved as verified could be
+    refunded twice).
+    """
+
+    def __init__(self, payment: Any, signal: str, action: str) -> None:
+        self.payment_id = payment.pk
+        super().__init__(
+            f"This Payment is payment {payment.pk} as it was when {signal} was sent (a "
+            f"receiver's own copy), so it cannot be {action}. Read the row as it stands now "
+            f"with Payment.objects.get(pk=payment.pk), and change a payment's status only "
+            f"through django_khalti.services (refund_payment, ...)."
+        )
+
+
 class KhaltiError(Exception):
     """The base of every refusal and Khalti failure dj-khalti raises.
 

@@ -18,6 +18,8 @@ from django.db import models
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from .exceptions import KhaltiPaymentAsSent
+
 
 class DbNow(Now):
     """The database server's clock, in UTC on every backend: the one clock that
@@ -177,8 +179,16 @@ class Payment(models.Model):
     #: How many times a worker has taken this payment to call Khalti: also the
     #: claim's generation, which a holder's writes are guarded by.
     attempts = models.PositiveIntegerField(_("attempts"), default=0, editable=False)
+    #: How many times its status changed: each change counts it up, in the same
+    #: guarded ``UPDATE``, and its signal carries the count as
+    #: :attr:`SignalDelivery.sequence`, the order the shop hears of its changes in.
+    status_changes = models.PositiveIntegerField(_("status changes"), default=0, editable=False)
 
     objects = PaymentQuerySet.as_manager()
+
+    #: On a receiver's copy (:attr:`SignalDelivery.payment_as_it_was`), the signal
+    #: it was sent with: such a copy can be neither saved nor deleted.
+    _sent_with: str = ""
 
     class Meta:
         """Newest first; permission ``refund_payment``; the admin's mobile search and the
@@ -208,13 +218,27 @@ class Payment(models.Model):
         """Save; a new row keeps the claims' invariants even when made by hand (a
         fixture, a data migration): the reference given is canonical unless the
         resolver said otherwise, and a token is bound unless the payment failed.
+        A receiver's copy of the payment as it was is refused.
         """
+        self._refuse_a_receivers_copy("saved")
         if self._state.adding:
             self.order_reference = self.order_reference or self.product_identity
             if self.token_claim is None and self.token and self.status != self.Status.FAILED:
                 self.token_claim = self.token
         super().save(*args, **kwargs)
         _read_db_default(self)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Delete; a receiver's copy of the payment as it was is refused."""
+        self._refuse_a_receivers_copy("deleted")
+        return super().delete(*args, **kwargs)
+
+    def _refuse_a_receivers_copy(self, action: str) -> None:
+        """Raise :class:`~django_khalti.exceptions.KhaltiPaymentAsSent` on a receiver's
+        copy: written back, it would rewind the row to what the signal announced.
+        """
+        if self._sent_with:
+            raise KhaltiPaymentAsSent(self, self._sent_with, action)
 
     @property
     def amount_rupees(self) -> str:
@@ -340,6 +364,10 @@ class SignalDelivery(models.Model):
     #: ``attempts`` while one is running, or after its worker died.
     attempts_finished = models.PositiveIntegerField(_("attempts finished"), default=0)
     last_error = models.TextField(_("last error"), blank=True)
+    #: The payment's :attr:`~Payment.status_changes` after the change this announces:
+    #: a payment's signals are delivered in this order, each only once every
+    #: earlier one was (0: written before dj-khalti counted, ordered by ``created_at``).
+    sequence = models.PositiveIntegerField(_("sequence"), default=0)
 
     class Meta:
         """Newest first."""
@@ -354,11 +382,14 @@ class SignalDelivery(models.Model):
 
     @property
     def payment_as_it_was(self) -> Payment:
-        """A fresh :class:`Payment` built from :attr:`snapshot`: the receivers' own copy."""
+        """A fresh :class:`Payment` built from :attr:`snapshot`, each time it is read:
+        one receiver's own copy. It refuses ``save()`` and ``delete()``.
+        """
         (item,) = serializers.deserialize("python", [self.snapshot])
         payment = cast(Payment, item.object)
         payment._state.adding = False
         payment._state.db = self._state.db
+        payment._sent_with = self.signal
         return payment
 
 

@@ -121,8 +121,22 @@ def resend(
             request, _("The selected signals were all delivered already."), messages.WARNING
         )
         return
-    outcomes = [services.deliver(delivery, now=True) for delivery in undelivered]
+    outcomes = _resend_in_order(undelivered)
     delivered, failed = outcomes.count(True), outcomes.count(False)
+    waiting = outcomes.count("waiting")
+    if waiting:
+        modeladmin.message_user(
+            request,
+            ngettext(
+                "%(n)s signal waits for an earlier signal of its payment that was not "
+                "delivered yet: select that one too.",
+                "%(n)s signals wait for an earlier signal of their payment that was not "
+                "delivered yet: select those too.",
+                waiting,
+            )
+            % {"n": waiting},
+            messages.WARNING,
+        )
     if None in outcomes:
         modeladmin.message_user(
             request,
@@ -152,3 +166,22 @@ def resend(
             % {"n": failed},
             messages.ERROR,
         )
+
+
+def _resend_in_order(undelivered: list[SignalDelivery]) -> list[bool | str | None]:
+    """Deliver ``undelivered`` now, each payment's in order (a delivered one goes on
+    with the later ones of its payment); for each: True delivered, False a
+    receiver raised, "waiting" behind an earlier undelivered signal, None
+    being delivered by another worker.
+    """
+    outcomes: dict[object, bool | str | None] = {}
+    for delivery in sorted(undelivered, key=lambda d: (d.sequence, d.created_at)):
+        if delivery.pk in outcomes:
+            continue  # delivered after an earlier one of its payment
+        if services.earlier_undelivered(delivery) is not None:
+            outcomes[delivery.pk] = "waiting"
+            continue
+        run = services.deliver_in_order(delivery, now=True)
+        outcomes.update((done.pk, ok) for done, ok in run)
+        outcomes.setdefault(delivery.pk, None)
+    return list(outcomes.values())

@@ -17,7 +17,7 @@ exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
 """
 
 from .epayment import settle_epayment_return, start_epayment
-from .outbox import deliver, deliver_due, due_deliveries
+from .outbox import deliver, deliver_due, deliver_in_order, due_deliveries, earlier_undelivered
 from .reconciliation import Reconciliation, recheck_failed, reconcile, reconcile_due
 from .refunds import reconcile_refund, refund_payment, refunds_awaiting_outcome, resolve_refund
 from .shop import MAX_AMOUNT, MIN_EPAYMENT_AMOUNT, epayment_order, expected_amount, resolve_order
@@ -29,7 +29,9 @@ __all__ = [
     "Reconciliation",
     "deliver",
     "deliver_due",
+    "deliver_in_order",
     "due_deliveries",
+    "earlier_undelivered",
     "epayment_order",
     "expected_amount",
     "recheck_failed",

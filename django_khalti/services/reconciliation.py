@@ -21,7 +21,7 @@ from django.db.models import Q, QuerySet
 from ..client import KhaltiClient
 from ..exceptions import KhaltiError, KhaltiUnavailable
 from ..models import DbNow, Payment, SignalDelivery
-from .outbox import deliver, due_deliveries
+from .outbox import deliver_in_order, due_deliveries
 from .refunds import reconcile_refund, refunds_awaiting_outcome
 from .settle import _ask_khalti, _recheck
 from .state import _claimable, _release, _settle, claim
@@ -229,12 +229,19 @@ def reconcile_due(
     for refund in refund_list:
         if not report.given_up:
             report._settle(reconcile_refund, refund, "refunds")
-    # Signals last: what this run settled is delivered already (after its commit).
-    # None: another deliverer took it meanwhile (not a failure).
-    delivered = [deliver(delivery) for delivery in deliveries]
-    report.signals_due = len(deliveries)
-    report.delivered, report.undelivered = delivered.count(True), delivered.count(False)
+    _deliver(deliveries, report)
     return report
+
+
+def _deliver(deliveries: list[SignalDelivery], report: Reconciliation) -> None:
+    """Signals last: what this run settled is delivered already (after its commit).
+    Each due one, then its payment's later ones as they follow it; one another
+    deliverer took meanwhile is no failure.
+    """
+    runs = [deliver_in_order(delivery) for delivery in deliveries]
+    outcomes = [delivered for run in runs for _, delivered in run]
+    report.signals_due = len(deliveries) + sum(max(len(run) - 1, 0) for run in runs)
+    report.delivered, report.undelivered = outcomes.count(True), outcomes.count(False)
 
 
 def _settle_claimed(payment: Payment) -> Payment:
