@@ -302,19 +302,19 @@ def _lock_as_seen(refund: Refund, refunded_before: int | None, status_before: st
     ``refund`` is still pending, for its amount.
     """
     locked = Payment.objects.select_for_update().get(pk=refund.payment_id)
-    _check_seen(locked, refunded_before, status_before)
     row = Refund.objects.select_for_update().filter(pk=refund.pk)
     status, amount = row.values_list("status", "amount").get()
-    if amount != refund.amount:
-        raise KhaltiRefundConflict(
-            _("This refund is of Rs %(amount)s, not of Rs %(seen)s: review it again.")
-            % {"amount": rupees(amount), "seen": rupees(refund.amount)}
-        )
     if status != Refund.Status.PENDING:
         raise KhaltiRefundConflict(
             _("This refund was already recorded %(status)s: review it again.")
             % {"status": Refund.Status(status).label}
         )
+    if amount != refund.amount:
+        raise KhaltiRefundConflict(
+            _("This refund is of Rs %(amount)s, not of Rs %(seen)s: review it again.")
+            % {"amount": rupees(amount), "seen": rupees(refund.amount)}
+        )
+    _check_seen(locked, refunded_before, status_before)
 
 
 def _claim_refund(
