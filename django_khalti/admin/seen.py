@@ -110,8 +110,12 @@ def _differences(was: State, now: State, settled: Mapping[str, str]) -> list[str
     for refund_id, amount in now["refunds"].items():
         if refund_id not in was["refunds"]:
             what.append(_("a refund of Rs %(amount)s was asked for") % {"amount": rupees(amount)})
-    if was.get("unheard") and not now.get("unheard"):
-        what.append(_("payment_verified reached the shop"))
+    if was.get("unheard") != now.get("unheard"):
+        what.append(
+            _("payment_verified reached the shop")
+            if was.get("unheard")
+            else _("payment_verified has not reached the shop")
+        )
     return what
 
 

@@ -176,10 +176,7 @@ class _ConfirmationView(_FormView[_FormT]):
         """Nothing done: say what changed, and show the page again as things stand now
         (back to the list when it has nothing left to show).
         """
-        self.message(
-            _("Nothing was done: review these payments again."),
-            messages.ERROR,
-        )
+        self.message(_("Nothing was done: review these payments again."), messages.ERROR)
         for line in changed:
             self.message(line, messages.ERROR)
         if not self.payments:

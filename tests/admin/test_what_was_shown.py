@@ -261,6 +261,40 @@ def test_a_refund_asked_for_meanwhile_refuses_the_page(
     assert shop == []
 
 
+def test_a_payment_added_to_the_pages_selection_is_not_refunded(
+    refunding_client, expect_khalti, shop
+):
+    shown, added = verified_payment("A"), verified_payment("B")
+    page = refund_confirmation(refunding_client, [shown])
+    page["_selected_action"].append(str(added.pk))  # a hand-made post
+    response = submit_refund(refunding_client, page, follow=False)
+    assert messages_of(response) == [
+        REFUSED,
+        ("error", "ORD-B changed since the page was shown: it was not on the page."),
+    ]
+    assert not expect_khalti.calls
+    assert shop == []
+
+
+@pytest.mark.parametrize("page_of", ["resolve_refund", "garbled"])
+def test_a_page_that_did_not_sign_what_it_shows_refunds_nothing(
+    refunding_client, expect_khalti, shop, page_of
+):
+    payment = verified_payment()
+    unknown_refund(payment, stale=True)
+    page = refund_confirmation(refunding_client, [payment])
+    if page_of == "garbled":
+        page["shown"] = [page["shown"][0][:-2]]
+    else:  # what another page showed of the same payment
+        page["shown"] = resolve_confirmation(refunding_client, [payment])["shown"]
+    response = submit_refund(refunding_client, page, follow=False)
+    assert response.context["form"].errors == {
+        "shown": ["This page cannot be read back: open it again."]
+    }
+    assert not expect_khalti.calls
+    assert shop == []
+
+
 # --- Refund with Khalti: the shop not told it was paid yet (issue 25, section 1) ----------
 
 
