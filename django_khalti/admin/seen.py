@@ -94,7 +94,10 @@ def _differences(was: State, now: State, settled: Mapping[str, str]) -> list[str
         labels = dict(Payment.Status.choices)
         what.append(
             _("it is %(now)s now, not %(was)s")
-            % {"now": labels[now["status"]], "was": labels[was["status"]]}
+            % {
+                "now": labels.get(now["status"], now["status"]),
+                "was": labels.get(was["status"], was["status"]),
+            }
         )
     if was["refunded"] != now["refunded"]:
         what.append(
