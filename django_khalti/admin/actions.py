@@ -114,14 +114,19 @@ def resolve_refund(
 def resend(
     modeladmin: SignalDeliveryAdmin, request: HttpRequest, queryset: QuerySet[SignalDelivery]
 ) -> None:
-    """Deliver the selected undelivered signals now; report how many took."""
-    undelivered = list(queryset.filter(next_attempt_at__isnull=False)[:RECHECK_LIMIT])
+    """Deliver the selected undelivered signals now, oldest first, at most
+    :data:`RECHECK_LIMIT`; report how many took, and which of the selection were
+    not sent: delivered meanwhile, or beyond the limit.
+    """
+    oldest_first = queryset.filter(next_attempt_at__isnull=False).order_by("created_at", "pk")
+    undelivered = list(oldest_first[: RECHECK_LIMIT + 1])
     if not undelivered:
         modeladmin.message_user(
             request, _("The selected signals were all delivered already."), messages.WARNING
         )
         return
-    outcomes = _resend_in_order(undelivered)
+    _say_what_is_not_sent(modeladmin, request, queryset, len(undelivered) > RECHECK_LIMIT)
+    outcomes = _resend_in_order(undelivered[:RECHECK_LIMIT])
     delivered, failed = outcomes.count(True), outcomes.count(False)
     waiting = outcomes.count("waiting")
     if waiting:
@@ -185,3 +190,29 @@ def _resend_in_order(undelivered: list[SignalDelivery]) -> list[bool | str | Non
         outcomes.update((done.pk, ok) for done, ok in run)
         outcomes.setdefault(delivery.pk, None)
     return list(outcomes.values())
+
+
+def _say_what_is_not_sent(
+    modeladmin: SignalDeliveryAdmin,
+    request: HttpRequest,
+    queryset: QuerySet[SignalDelivery],
+    limited: bool,
+) -> None:
+    """Tell the user which of the selected signals "Re-send" leaves: those delivered
+    already (perhaps since the list was shown), and those beyond :data:`RECHECK_LIMIT`.
+    """
+    delivered = queryset.filter(next_attempt_at__isnull=True).count()
+    if delivered:
+        modeladmin.message_user(
+            request,
+            _("%(n)s of the selected signals had been delivered already: not sent again.")
+            % {"n": delivered},
+            messages.WARNING,
+        )
+    if limited:
+        modeladmin.message_user(
+            request,
+            _("Only the oldest %(n)s undelivered signals were re-sent: select the rest again.")
+            % {"n": RECHECK_LIMIT},
+            messages.WARNING,
+        )

@@ -266,6 +266,58 @@ def test_a_person_resolves_what_khalti_cannot_tell(
     assert not expect_khalti.calls
 
 
+@pytest.mark.parametrize(
+    ("seen", "message"),
+    [
+        ({"refunded_before": 0}, r"It was refunded meanwhile \(Rs 3.00 so far\)"),
+        ({"status_before": "verified"}, "It is Partially refunded now, not Verified"),
+    ],
+)
+def test_a_persons_word_needs_the_payment_as_they_saw_it(
+    expect_khalti, signals, admin_user, django_capture_on_commit_callbacks, seen, message
+):
+    payment = verified()
+    Payment.objects.filter(pk=payment.pk).update(
+        status=Status.PARTIALLY_REFUNDED, refunded_amount=300
+    )
+    refund = stale_refund(payment, 700)
+    with django_capture_on_commit_callbacks(execute=True):
+        with pytest.raises(KhaltiRefundConflict, match=message):
+            services.resolve_refund(refund, succeeded=True, by=admin_user, **seen)
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == (Status.PARTIALLY_REFUNDED, 300)
+    assert signals == []
+
+
+@pytest.mark.parametrize("succeeded", [True, False])
+def test_a_persons_word_on_a_refund_settled_meanwhile_is_refused_even_the_same_way(
+    expect_khalti, signals, admin_user, django_capture_on_commit_callbacks, succeeded
+):
+    refund = stale_refund(verified(), 1000)
+    first = "refunded" if succeeded else "complete"
+    expect_khalti.status("tok-v", 1000, f"status_{first}")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.reconcile_refund(refund)
+        settled = Refund.objects.get(pk=refund.pk)
+        label = "Succeeded" if succeeded else "Failed"
+        with pytest.raises(KhaltiRefundConflict, match=f"already recorded {label}"):
+            services.resolve_refund(refund, succeeded=succeeded, by=admin_user, note="seen")
+    assert Refund.objects.get(pk=refund.pk).khalti_response == settled.khalti_response
+    assert [name for name, _, _ in signals] == (["refunded"] if succeeded else [])
+
+
+def test_a_refund_asked_for_a_payment_in_another_status_than_seen_is_refused(
+    expect_khalti, admin_user
+):
+    payment = verified()
+    with pytest.raises(KhaltiRefundConflict, match="It is Verified now, not Pending"):
+        services.refund_payment(payment, by=admin_user, refunded_before=0, status_before="pending")
+    assert not Refund.objects.exists()
+    assert not expect_khalti.calls
+
+
 def test_refund_uses_the_rows_idx_not_a_stale_copy(expect_khalti):
     payment = verified(idx="IDX-ROW")
     stale_copy = Payment.objects.get(pk=payment.pk)
