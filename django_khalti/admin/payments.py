@@ -4,7 +4,7 @@ read-only, with its refunds and signals.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.utils import flatten_fieldsets
@@ -16,16 +16,11 @@ from django.utils.translation import gettext_lazy as _
 
 from ..models import Payment, rupees
 from .actions import recheck, refund, resolve_refund
+from .deletion import delete_selected
 from .overview import OverviewView
+from .permissions import PaymentAdminBase
 from .records import DeliveryInline, RefundInline, UndeliveredFilter, pretty_json
 from .views import RefundView, ResolveRefundView
-
-if TYPE_CHECKING:
-    # django-stubs makes the admin classes generic in their model; Django's are not
-    # subscriptable at run time.
-    _PaymentAdmin = admin.ModelAdmin[Payment]
-else:
-    _PaymentAdmin = admin.ModelAdmin
 
 #: The colour of each status badge in the changelist.
 STATUS_COLOURS: dict[str, str] = {
@@ -38,12 +33,13 @@ STATUS_COLOURS: dict[str, str] = {
 }
 
 
-class PaymentAdmin(_PaymentAdmin):
+class PaymentAdmin(PaymentAdminBase):
     """The payments' admin: read-only records, searched by Khalti's ids, with three actions.
 
     "Re-check with Khalti" (``change_payment`` permission), "Refund with Khalti…"
     and "Resolve an unknown refund by hand…" (``refund_payment`` permission).
-    Nobody adds or edits a payment; only a superuser deletes one.
+    Nobody adds or edits a payment; only a superuser deletes one, and only one
+    that may go (see :mod:`.permissions` and :mod:`.deletion`).
     """
 
     list_display = [
@@ -71,7 +67,7 @@ class PaymentAdmin(_PaymentAdmin):
         "mobile__exact",
     ]
     show_full_result_count = False
-    actions = [recheck, refund, resolve_refund]
+    actions = [recheck, refund, resolve_refund, delete_selected]
     inlines = [RefundInline, DeliveryInline]
     fieldsets = [
         (
@@ -136,35 +132,6 @@ class PaymentAdmin(_PaymentAdmin):
     def raw_response(self, payment: Payment) -> str:
         """Khalti's last answer, as readable JSON."""
         return pretty_json(payment.khalti_response)
-
-    # --- permissions: an audit trail ---------------------------------------
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        """Never: payments are made by buyers, through the app."""
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
-        """For the changelist's actions only: a payment's own page is read-only."""
-        # A payment's page is view-only: saving it would rewrite the row from a
-        # stale copy, around the guarded status changes. Changes go through the
-        # actions, which is what the change permission is for.
-        return obj is None and super().has_change_permission(request)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
-        """Only for superusers: payments are the audit trail."""
-        return bool(request.user.is_superuser)
-
-    def has_refund_permission(self, request: HttpRequest) -> bool:
-        """Whether the user may refund: ``django_khalti.refund_payment``."""
-        return bool(request.user.has_perm("django_khalti.refund_payment"))
-
-    def has_resolve_refund_permission(self, request: HttpRequest) -> bool:
-        """Whether the user may resolve refunds: the refund permission."""
-        return self.has_refund_permission(request)
-
-    def has_recheck_permission(self, request: HttpRequest) -> bool:
-        """Whether the user may re-check payments: ``django_khalti.change_payment``."""
-        return bool(request.user.has_perm("django_khalti.change_payment"))
 
     # --- the views that call Khalti: outside ATOMIC_REQUESTS -------------------
 
