@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -201,6 +202,32 @@ def test_a_payment_kept_since_the_delete_page_was_shown_is_not_deleted(superuser
     assert messages_of(response) == said
     assert Payment.objects.filter(pk=row.pk, status=Payment.Status.NEEDS_REVIEW).exists()
     assert not LogEntry.objects.exists()
+
+
+def test_a_payment_kept_between_the_check_and_the_delete_is_neither_deleted_nor_logged(
+    superuser_client,
+):
+    # A re-check finds Khalti completed the payment after all at the worst moment: after
+    # the page checked it, while the admin logs the deletion it is about to make.
+    row = payment(1)
+
+    def completed_meanwhile(execute, sql, params, many, context):
+        if sql.startswith("INSERT") and LogEntry._meta.db_table in sql:
+            Payment.objects.filter(pk=row.pk).update(status=Payment.Status.NEEDS_REVIEW)
+        return execute(sql, params, many, context)
+
+    said = [("error", f"Not deleted: ORD-1 · Rs 10.00 · Needs review (it is needs review). {RULE}")]
+    for submit in [
+        lambda: superuser_client.post(delete_url(row), {"post": "yes"}, follow=True),
+        lambda: run_action(superuser_client, "delete_selected", [row], post="yes"),
+    ]:
+        with connection.execute_wrapper(completed_meanwhile):
+            response = submit()
+        assert messages_of(response) == said
+        # (Made on the admin's own connection here, the change rolls back with the
+        # refused delete, and with the deletion's log entry.)
+        assert Payment.objects.filter(pk=row.pk).exists()
+        assert not LogEntry.objects.exists()
 
 
 def test_an_undelivered_signal_offers_no_delete_on_the_deliveries_page(superuser_client):
