@@ -123,6 +123,8 @@ def test_a_mixed_delete_deletes_nothing_and_names_each_row_kept_and_why():
     assert list(Payment.objects.deletable()) == [gone]
     assert Payment.objects.deletable().delete()[0] == 1
     survives(verified, waiting)
+    # Nothing to delete is no refusal, as with Django's own delete().
+    assert Payment.objects.deletable().delete() == Payment.objects.none().delete() == (0, {})
 
 
 def test_a_failed_payment_being_rechecked_right_now_is_kept():
