@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from django.conf import settings
 from django.core import serializers
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from .conf import khalti_settings
+from .deletion import PROTECT_UNDELIVERED, KeptModel, KeptQuerySet
 from .exceptions import KhaltiPaymentAsSent
 
 
@@ -40,8 +43,41 @@ class DbNow(Now):
         return self.as_sql(compiler, connection, template=template, **extra_context)
 
 
-class PaymentQuerySet(models.QuerySet["Payment"]):
-    """``Payment.objects``: payments by status and by order."""
+class PaymentQuerySet(KeptQuerySet["Payment"]):
+    """``Payment.objects``: payments by status and by order; what may be deleted."""
+
+    rule = _("Only a failed payment whose signals were all delivered may be deleted.")
+    purge = (
+        "To purge old failed payments: Payment.objects.deletable().filter(created_at__lt=...)"
+        ".delete() (see the docs: reference, models, Deleting)."
+    )
+    reasons = {
+        "undelivered": _("a signal to the shop is not delivered yet"),
+        "claimed": _("Khalti is being asked about it right now"),
+    }
+
+    def kept_because(self) -> Case:
+        """Why a payment must not be deleted: it is not failed (it holds its order and
+        token, or money moved or may still), a signal of it has not reached the shop,
+        or a re-check is asking Khalti about it right now.
+        """
+        undelivered = SignalDelivery.objects.filter(
+            payment=OuterRef("pk"), delivered_at__isnull=True
+        )
+        claimed = Q(claimed_at__gte=DbNow() - timedelta(seconds=khalti_settings.stale_after))
+        return Case(
+            When(~Q(status=Payment.Status.FAILED), then=F("status")),
+            When(Exists(undelivered), then=Value("undelivered")),
+            When(claimed, then=Value("claimed")),
+            default=Value(""),
+            output_field=models.CharField(),
+        )
+
+    def why(self, code: str) -> str:
+        """Why a payment is kept: its status, or one of :attr:`reasons`."""
+        if code in Payment.Status.values:
+            return _("it is %(status)s") % {"status": str(Payment.Status(code).label).lower()}
+        return super().why(code)
 
     def pending(self) -> PaymentQuerySet:
         """Payments awaiting Khalti's answer."""
@@ -70,12 +106,13 @@ class PaymentQuerySet(models.QuerySet["Payment"]):
         )
 
 
-class Payment(models.Model):
+class Payment(KeptModel):
     """One payment attempt through Khalti, widget or ePayment, and what Khalti said of it.
 
     ``amount`` is the shop's (from its resolver), in paisa. ``status`` changes only
     in :mod:`django_khalti.services`; the row also records Khalti's ids, fee,
-    masked payer mobile, its last answer and why a payment failed.
+    masked payer mobile, its last answer and why a payment failed. Only a failed
+    payment whose signals were all delivered may be deleted (:mod:`django_khalti.deletion`).
     """
 
     class Status(models.TextChoices):
@@ -268,7 +305,28 @@ class Payment(models.Model):
         return max(self.amount - self.refunded_amount, 0)
 
 
-class Refund(models.Model):
+class RefundQuerySet(KeptQuerySet["Refund"]):
+    """``Refund.objects``: what may be deleted."""
+
+    rule = _("Only a settled refund of a failed payment may be deleted.")
+    reasons = {
+        "pending": _("Khalti's answer on it is awaited or unknown: the money may have moved"),
+        "payment": _("it records money of a payment that is kept"),
+    }
+
+    def kept_because(self) -> Case:
+        """Why a refund must not be deleted: its outcome is not known, or its payment
+        is not failed (the refund is part of that payment's record of money).
+        """
+        return Case(
+            When(status=Refund.Status.PENDING, then=Value("pending")),
+            When(~Q(payment__status=Payment.Status.FAILED), then=Value("payment")),
+            default=Value(""),
+            output_field=models.CharField(),
+        )
+
+
+class Refund(KeptModel):
     """One request to give money back to the buyer, and what Khalti said of it."""
 
     class Status(models.TextChoices):
@@ -303,6 +361,8 @@ class Refund(models.Model):
     #: column, so a payment has at most one refund in flight on every database.
     claim = models.UUIDField(unique=True, null=True, editable=False)
 
+    objects = RefundQuerySet.as_manager()
+
     class Meta:
         """Oldest first: the payment's refund history in order."""
 
@@ -322,7 +382,22 @@ class Refund(models.Model):
         _read_db_default(self)
 
 
-class SignalDelivery(models.Model):
+class SignalDeliveryQuerySet(KeptQuerySet["SignalDelivery"]):
+    """``SignalDelivery.objects``: what may be deleted."""
+
+    rule = _("Only a signal delivered to the shop may be deleted.")
+    reasons = {"undelivered": _("it is not delivered to the shop yet")}
+
+    def kept_because(self) -> Case:
+        """Why a delivery must not be deleted: the shop has not had the signal yet."""
+        return Case(
+            When(delivered_at__isnull=True, then=Value("undelivered")),
+            default=Value(""),
+            output_field=models.CharField(),
+        )
+
+
+class SignalDelivery(KeptModel):
     """A signal to deliver to the shop's receivers: the outbox.
 
     Written in the transaction that changes the payment's status, so the change
@@ -343,9 +418,10 @@ class SignalDelivery(models.Model):
         NEEDS_REVIEW = "payment_needs_review", "payment_needs_review"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    #: Deleted with its payment once delivered; until then it protects its payment.
     payment = models.ForeignKey(
         Payment,
-        on_delete=models.CASCADE,
+        on_delete=PROTECT_UNDELIVERED,
         related_name="signal_deliveries",
         verbose_name=_("payment"),
     )
@@ -368,6 +444,8 @@ class SignalDelivery(models.Model):
     #: a payment's signals are delivered in this order, each only once every
     #: earlier one was (0: written before dj-khalti counted, ordered by ``created_at``).
     sequence = models.PositiveIntegerField(_("sequence"), default=0)
+
+    objects = SignalDeliveryQuerySet.as_manager()
 
     class Meta:
         """Newest first."""

@@ -26,8 +26,7 @@ from ..models import Payment, Refund, SignalDelivery
 from .views import RefundView, ResolveRefundView
 
 if TYPE_CHECKING:
-    from .deliveries import SignalDeliveryAdmin
-    from .payments import PaymentAdmin
+    from .permissions import DeliveryAdminBase, PaymentAdminBase
 
 #: The most payments one "Re-check with Khalti" asks about: each may take up to
 #: TIMEOUT, and a web request must stay short. khalti_reconcile has no limit.
@@ -35,7 +34,9 @@ RECHECK_LIMIT = 20
 
 
 @admin.action(description=_("Re-check with Khalti"), permissions=["recheck"])
-def recheck(modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
+def recheck(
+    modeladmin: PaymentAdminBase, request: HttpRequest, queryset: QuerySet[Payment]
+) -> None:
     """Ask Khalti about the selected pending payments, failed ones (read-only: did
     Khalti complete it after all?) and refunds of unknown outcome.
 
@@ -94,7 +95,7 @@ def recheck(modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[P
 
 @admin.action(description=_("Refund with Khalti…"), permissions=["refund"])
 def refund(
-    modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[Payment]
+    modeladmin: PaymentAdminBase, request: HttpRequest, queryset: QuerySet[Payment]
 ) -> HttpResponseBase:
     """Refund the selected payments after a confirmation page (:class:`.views.RefundView`)."""
     return RefundView.in_place(modeladmin, request, queryset)
@@ -102,7 +103,7 @@ def refund(
 
 @admin.action(description=_("Resolve an unknown refund by hand…"), permissions=["refund"])
 def resolve_refund(
-    modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[Payment]
+    modeladmin: PaymentAdminBase, request: HttpRequest, queryset: QuerySet[Payment]
 ) -> HttpResponseBase:
     """Record what Khalti's dashboard shows of the selection's refunds of unknown outcome,
     after a confirmation page (:class:`.views.ResolveRefundView`).
@@ -112,7 +113,7 @@ def resolve_refund(
 
 @admin.action(description=_("Re-send to the receivers now"), permissions=["resend"])
 def resend(
-    modeladmin: SignalDeliveryAdmin, request: HttpRequest, queryset: QuerySet[SignalDelivery]
+    modeladmin: DeliveryAdminBase, request: HttpRequest, queryset: QuerySet[SignalDelivery]
 ) -> None:
     """Deliver the selected undelivered signals now, oldest first, at most
     :data:`RECHECK_LIMIT`; report how many took, and which of the selection were
@@ -193,7 +194,7 @@ def _resend_in_order(undelivered: list[SignalDelivery]) -> list[bool | str | Non
 
 
 def _say_what_is_not_sent(
-    modeladmin: SignalDeliveryAdmin,
+    modeladmin: DeliveryAdminBase,
     request: HttpRequest,
     queryset: QuerySet[SignalDelivery],
     limited: bool,

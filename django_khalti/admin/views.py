@@ -46,7 +46,7 @@ from .forms import RefundForm, ResolveRefundForm, _ConfirmationForm
 if TYPE_CHECKING:
     from django.utils.functional import _StrOrPromise as StrOrPromise
 
-    from .payments import PaymentAdmin
+    from .permissions import PaymentAdminBase
 
 _FormT = TypeVar("_FormT", bound=_ConfirmationForm)
 
@@ -69,7 +69,7 @@ class _ConfirmationView(_FormView[_FormT]):
     """
 
     #: The ``PaymentAdmin`` the view belongs to (``as_view(model_admin=...)``).
-    model_admin: PaymentAdmin | None = None
+    model_admin: PaymentAdminBase | None = None
     #: The selected payments, when the action hands them over; else read from the request.
     queryset: QuerySet[Payment] | None = None
     title: ClassVar[StrOrPromise]
@@ -111,7 +111,7 @@ class _ConfirmationView(_FormView[_FormT]):
 
     @classmethod
     def in_place(
-        cls, model_admin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[Payment]
+        cls, model_admin: PaymentAdminBase, request: HttpRequest, queryset: QuerySet[Payment]
     ) -> HttpResponseBase:
         """The page for the changelist's action: shown in place (its form posts back to the
         changelist), then back to the changelist, its filters kept, once done.
@@ -122,7 +122,7 @@ class _ConfirmationView(_FormView[_FormT]):
         return view(request)
 
     @property
-    def admin(self) -> PaymentAdmin:
+    def admin(self) -> PaymentAdminBase:
         """The view's ``PaymentAdmin``."""
         assert self.model_admin is not None, "as_view(model_admin=...)"
         return self.model_admin

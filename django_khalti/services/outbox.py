@@ -262,8 +262,7 @@ def due_deliveries(
     earlier = SignalDelivery.objects.filter(
         payment=OuterRef("payment"), delivered_at__isnull=True
     ).filter(
-        Q(sequence__lt=OuterRef("sequence"))
-        | Q(sequence=0, created_at__lt=OuterRef("created_at"))
+        Q(sequence__lt=OuterRef("sequence")) | Q(sequence=0, created_at__lt=OuterRef("created_at"))
     )
     rows = rows.exclude(Exists(earlier))
     return list(rows.order_by("created_at", "pk")[:limit])

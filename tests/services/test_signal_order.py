@@ -152,9 +152,7 @@ def pay(client, khalti, reference="ORD-1", amount=1000) -> tuple[Payment, dict]:
 # --- the reproduction: a refund while payment_verified is still undelivered ------------
 
 
-def test_a_refund_is_heard_after_the_payment_verified_its_receiver_raised_for(
-    client, khalti, shop
-):
+def test_a_refund_is_heard_after_the_payment_verified_its_receiver_raised_for(client, khalti, shop):
     shop.warehouse_down = 1
     payment, _ = pay(client, khalti)
     assert shop.story == []  # the warehouse was down: nothing shipped yet
@@ -214,9 +212,7 @@ def test_the_admins_resend_of_a_later_signal_waits_for_the_earlier_one(
     assert shop.story == [("shipped", "ORD-1"), ("cancelled", "ORD-1")]
 
 
-def test_payment_failed_retried_is_heard_before_the_payment_verified_after_it(
-    client, khalti, shop
-):
+def test_payment_failed_retried_is_heard_before_the_payment_verified_after_it(client, khalti, shop):
     """A failed payment's receiver raised; Khalti then completed it (a re-check). The
     shop must release the order before it ships it, never after."""
     Order.objects.create(reference="ORD-1", total=1000)
