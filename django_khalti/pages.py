@@ -16,6 +16,7 @@ from django.db.transaction import non_atomic_requests
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import NoReverseMatch
+from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
@@ -49,11 +50,13 @@ def _result_page(
     error: Exception | None = None,
     state: str | None = None,
     http: int = 200,
+    refresh_after: int = 5,
 ) -> HttpResponse:
     """The result page: ``django_khalti/epayment_result.html``, overridable.
 
     ``state`` is one of ``verified``, ``pending``, ``failed``, ``refunded``,
-    ``needs_review`` or ``error``; a pending page reloads itself a few times.
+    ``needs_review`` or ``error``; a pending page reloads itself a few times,
+    ``refresh_after`` seconds apart.
     """
     if state is None:
         state = "error" if error is not None else _page_state(payment)
@@ -70,7 +73,13 @@ def _result_page(
     return render(
         request,
         "django_khalti/epayment_result.html",
-        {"payment": payment, "state": state, "error": error, "refresh_url": refresh_url},
+        {
+            "payment": payment,
+            "state": state,
+            "error": error,
+            "refresh_url": refresh_url,
+            "refresh_after": refresh_after,
+        },
         status=http,
     )
 
@@ -90,6 +99,31 @@ def _unavailable_page(request: HttpRequest, exc: Exception) -> HttpResponse:
         error=KhaltiUnavailable(_("Payments are not available right now.")),
         http=status.HTTP_503_SERVICE_UNAVAILABLE,
     )
+
+
+def _throttled_page(
+    request: HttpRequest, message: str | Promise, *, state: str
+) -> HttpResponse | None:
+    """The result page (in ``state``, saying ``message``) for a browser's request the
+    API's throttles refuse: ``429`` with ``Retry-After``, a pending page reloading
+    itself once the wait is over; or None when the request may go on.
+    """
+    try:
+        wait = throttle_wait(request)
+    except APIException as exc:  # e.g. malformed Basic credentials
+        return _result_page(request, error=exc, http=exc.status_code)
+    if wait is None:
+        return None
+    retry_after = max(math.ceil(wait), 1)
+    response = _result_page(
+        request,
+        error=KhaltiError(message),
+        state=state,
+        http=status.HTTP_429_TOO_MANY_REQUESTS,
+        refresh_after=retry_after,
+    )
+    response["Retry-After"] = str(retry_after)
+    return response
 
 
 @non_atomic_requests
@@ -117,18 +151,11 @@ def epayment_start(request: HttpRequest, product_identity: str) -> HttpResponse:
                 "django_khalti/epayment_start.html",
                 {"order": order, "amount_rupees": rupees(order.amount), "action": request.path},
             )
-        try:
-            wait = throttle_wait(request)
-        except APIException as exc:  # e.g. malformed Basic credentials
-            return _result_page(request, error=exc, http=exc.status_code)
-        if wait is not None:
-            response = _result_page(
-                request,
-                error=KhaltiError(_("Too many payments were started. Try again shortly.")),
-                http=status.HTTP_429_TOO_MANY_REQUESTS,
-            )
-            response["Retry-After"] = str(math.ceil(wait))
-            return response
+        throttled = _throttled_page(
+            request, _("Too many payments were started. Try again shortly."), state="error"
+        )
+        if throttled is not None:
+            return throttled
         payment = services.start_epayment(request, product_identity, product_identity)
     except KhaltiInProgress as exc:
         # A double click while the first request is still getting the link, or an
@@ -157,7 +184,20 @@ UNTRUSTED_RETURN_PARAMS = (
 @never_cache
 @require_GET
 def epayment_return(request: HttpRequest) -> HttpResponse:
-    """Where Khalti sends the buyer back: settle by lookup, then show the outcome."""
+    """Where Khalti sends the buyer back: settle by lookup, then show the outcome.
+
+    Throttled like the API (a ``429`` "please wait" page that reloads itself once
+    the wait is over), before anything is read. Khalti is asked about a payment
+    at most once per ``KHALTI["ASK_SPACING"]``, whoever opens the page: meanwhile
+    the buyer sees "being confirmed".
+    """
+    throttled = _throttled_page(
+        request,
+        _("Too many requests from your address. Your payment is safe; wait a moment."),
+        state="pending",
+    )
+    if throttled is not None:
+        return throttled
     pidx = request.GET.get("pidx", "")
     logger.info(
         "ePayment return for pidx %r; the browser claims %s",
@@ -169,14 +209,14 @@ def epayment_return(request: HttpRequest) -> HttpResponse:
     try:
         try:
             payment = services.settle_epayment_return(pidx)
-        except (KhaltiUnavailable, KhaltiConfigurationError) as exc:
+        except (KhaltiUnavailable, KhaltiInProgress, KhaltiConfigurationError) as exc:
             if isinstance(exc, KhaltiConfigurationError):
                 logger.error("dj-khalti is misconfigured: %s", exc, exc_info=exc)
             # The payment stays as it was; a reload or khalti_reconcile settles it.
             payment = Payment.objects.get(pidx=pidx)
             if payment.status == Payment.Status.FAILED:
-                # Its re-check could not finish (Khalti may have completed it after
-                # all): not a failure page while that is unknown.
+                # Its re-check could not finish, or waits its turn (Khalti may have
+                # completed it after all): not a failure page while that is unknown.
                 return _result_page(request, payment=payment, state="pending")
     except KhaltiUnknownPayment as exc:
         return _result_page(request, error=exc, http=status.HTTP_404_NOT_FOUND)
