@@ -213,6 +213,12 @@ class Payment(KeptModel):
     #: When a worker took this payment to call Khalti, on the database's clock;
     #: NULL when nobody holds it.
     claimed_at = models.DateTimeField(_("claimed"), null=True, blank=True, editable=False)
+    #: When a worker last took this payment to ask Khalti about it, on the
+    #: database's clock; kept when the claim is let go. A new claim waits until
+    #: ``KHALTI["ASK_SPACING"]`` has passed since, whoever asks.
+    last_asked_at = models.DateTimeField(
+        _("last asked Khalti"), null=True, blank=True, editable=False
+    )
     #: How many times a worker has taken this payment to call Khalti: also the
     #: claim's generation, which a holder's writes are guarded by.
     attempts = models.PositiveIntegerField(_("attempts"), default=0, editable=False)

@@ -42,12 +42,17 @@ def recheck(
 
     The reconciliation ``khalti_reconcile`` runs (:func:`~django_khalti.services.reconcile_due`),
     for the selection whatever its age: at most :data:`RECHECK_LIMIT` of each per click;
-    it stops at the first that Khalti does not answer. Reports what became of them as
-    messages.
+    it stops at the first that Khalti does not answer, and passes over a payment Khalti
+    was asked about within :data:`~django_khalti.services.PERSON_SPACING`. Reports
+    what became of them as messages.
     """
     try:
         report = services.reconcile_due(
-            queryset, limit=RECHECK_LIMIT, give_up_after=1, deliver_signals=False
+            queryset,
+            limit=RECHECK_LIMIT,
+            give_up_after=1,
+            deliver_signals=False,
+            spacing=services.PERSON_SPACING,
         )
     except KhaltiConfigurationError as exc:
         modeladmin.message_user(request, _("dj-khalti is misconfigured: %s") % exc, messages.ERROR)

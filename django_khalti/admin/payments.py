@@ -109,7 +109,10 @@ class PaymentAdmin(PaymentAdminBase):
             },
         ),
         (_("Times"), {"fields": ["created_at", "updated_at", "verified_at", "expires_at"]}),
-        (_("Processing"), {"fields": ["claimed_at", "attempts"], "classes": ["collapse"]}),
+        (
+            _("Processing"),
+            {"fields": ["claimed_at", "last_asked_at", "attempts"], "classes": ["collapse"]},
+        ),
     ]
     #: Every field of the page, none of them editable: payments change only through Khalti.
     readonly_fields = flatten_fieldsets(fieldsets)

@@ -18,7 +18,13 @@ exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
 
 from .epayment import settle_epayment_return, start_epayment
 from .outbox import deliver, deliver_due, deliver_in_order, due_deliveries, earlier_undelivered
-from .reconciliation import Reconciliation, recheck_failed, reconcile, reconcile_due
+from .reconciliation import (
+    PERSON_SPACING,
+    Reconciliation,
+    recheck_failed,
+    reconcile,
+    reconcile_due,
+)
 from .refunds import reconcile_refund, refund_payment, refunds_awaiting_outcome, resolve_refund
 from .shop import MAX_AMOUNT, MIN_EPAYMENT_AMOUNT, epayment_order, expected_amount, resolve_order
 from .widget import verify_payment
@@ -26,6 +32,7 @@ from .widget import verify_payment
 __all__ = [
     "MAX_AMOUNT",
     "MIN_EPAYMENT_AMOUNT",
+    "PERSON_SPACING",
     "Reconciliation",
     "deliver",
     "deliver_due",

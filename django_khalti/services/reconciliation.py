@@ -4,7 +4,8 @@
 "Re-check with Khalti" both take: pending payments (settled), recently failed
 ones (re-checked read-only), refunds of unknown outcome, and signals left
 undelivered. Each payment is won by a claim before Khalti is asked about it, so
-several reconcilers may run at once.
+several reconcilers may run at once; a payment Khalti was asked about within
+``KHALTI["ASK_SPACING"]`` is left for the next run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.db.models import Q, QuerySet
@@ -24,7 +26,7 @@ from ..models import DbNow, Payment, SignalDelivery
 from .outbox import deliver_in_order, due_deliveries
 from .refunds import reconcile_refund, refunds_awaiting_outcome
 from .settle import _ask_khalti, _recheck
-from .state import _claimable, _release, _settle, claim
+from .state import _askable, _claimable, _release, _settle, claim
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def reconcile(payment: Payment) -> Payment:
     return payment
 
 
-def recheck_failed(payment: Payment) -> Payment:
+def recheck_failed(payment: Payment, *, spacing: timedelta | None = None) -> Payment:
     """Ask Khalti, read-only, whether a failed payment was completed after all.
 
     Khalti may complete a payment after it was recorded failed (an ePayment
@@ -60,20 +62,31 @@ def recheck_failed(payment: Payment) -> Payment:
     is verified (``payment_verified``); otherwise it needs review
     (``payment_needs_review``). Anything else leaves it failed. Nothing is
     verified at Khalti here: only status and lookup are asked. Returns the
-    payment as it stands afterwards; raises :class:`KhaltiUnavailable` when
-    Khalti could not be asked.
+    payment as it stands afterwards (as it was, when another worker holds it
+    or Khalti was asked about it within ``spacing``: see
+    :func:`~.state.claim`); raises :class:`KhaltiUnavailable` when Khalti
+    could not be asked.
+    """
+    _rechecked(payment, spacing=spacing)
+    return payment
+
+
+def _rechecked(payment: Payment, *, spacing: timedelta | None = None) -> bool:
+    """:func:`recheck_failed`; True when Khalti was asked now, False when the
+    payment is not one to re-check, another worker holds it, or Khalti was asked
+    about it within ``spacing`` (``payment`` is then as the database has it).
     """
     client = KhaltiClient.from_settings()
     if payment.status != Status.FAILED or not (payment.token or payment.pidx):
-        return payment
-    if not claim(payment, status=Status.FAILED):
+        return False
+    if not claim(payment, status=Status.FAILED, spacing=spacing):
         payment.refresh_from_db()
-        return payment
+        return False
     try:
         _settle(client, payment, _recheck)
     finally:
         _release(payment, status=Status.FAILED)
-    return payment
+    return True
 
 
 #: After this many unanswered calls in a row, Khalti is down: a reconciliation
@@ -81,6 +94,10 @@ def recheck_failed(payment: Payment) -> Payment:
 GIVE_UP_AFTER = 3
 #: How often a failed payment is re-checked by the reconciliation of what is due.
 RECHECK_FAILED_EVERY = timedelta(hours=1)
+#: The spacing of a person's explicit re-check (the admin's "Re-check with
+#: Khalti"): shorter than ``KHALTI["ASK_SPACING"]``, for a person who asks once
+#: and waits for the answer, yet a double click or a script still asks once.
+PERSON_SPACING = timedelta(seconds=2)
 
 
 @dataclass
@@ -100,7 +117,8 @@ class Reconciliation:
     refunds: Counter[str] = field(default_factory=Counter)
     #: How many of each kind Khalti could not be asked about (or refused to tell).
     unanswered: Counter[str] = field(default_factory=Counter)
-    #: Pending payments passed over because another worker is settling them right now.
+    #: Pending payments passed over because another worker is settling them right
+    #: now, or Khalti was asked about them moments ago (within the spacing).
     busy: int = 0
     #: After how many unanswered calls in a row it stops (see :attr:`given_up`).
     give_up_after: int = GIVE_UP_AFTER
@@ -153,6 +171,7 @@ def reconcile_due(
     deliver_signals: bool = True,
     dry_run: bool = False,
     on_batch: Callable[[int, int, Reconciliation], None] | None = None,
+    spacing: timedelta | None = None,
 ) -> Reconciliation:
     """Ask Khalti about what awaits it, and record the answers.
 
@@ -167,29 +186,19 @@ def reconcile_due(
     at a time (``on_batch(number, read, report so far)`` after each batch of
     pending payments). Stops once Khalti went unanswered ``give_up_after`` times
     in a row. ``deliver_signals`` False leaves signals alone; ``dry_run`` asks
-    Khalti nothing and changes nothing.
+    Khalti nothing and changes nothing. A payment Khalti was asked about within
+    ``spacing`` (default ``KHALTI["ASK_SPACING"]``) is passed over as it is,
+    for the next run (counted in :attr:`Reconciliation.busy` when pending).
 
     Raises :class:`~django_khalti.exceptions.KhaltiConfigurationError` before
     anything is asked when dj-khalti is misconfigured.
     """
     report = Reconciliation(give_up_after=give_up_after)
+    pending, failed = _due_payments(payments, older_than, failed_within, spacing)
     refunds = refunds_awaiting_outcome()
-    pending: QuerySet[Payment]
-    failed: QuerySet[Payment]
     if payments is None:
-        pending = Payment.objects.pending().filter(_claimable())
-        pending = pending.filter(created_at__lte=DbNow() - older_than)
-        failed = Payment.objects.none()
-        if failed_within:
-            failed = _recheckable(Payment.objects.filter(_claimable()))
-            failed = failed.filter(
-                created_at__gte=DbNow() - failed_within,
-                updated_at__lt=DbNow() - RECHECK_FAILED_EVERY,
-            )
         refunds = refunds.filter(created_at__lte=DbNow() - older_than)
     else:
-        pending = payments.filter(status=Status.PENDING)
-        failed = _recheckable(payments)
         refunds = refunds.filter(payment__in=payments)
     deliveries = due_deliveries(limit or 1000, payments=payments) if deliver_signals else []
     pending_batches = _batches(pending, batch_size, limit, report)
@@ -202,26 +211,12 @@ def reconcile_due(
         return report
     KhaltiClient.from_settings()  # a broken configuration fails before anything is asked
 
-    settled = set()  # a payment this run failed is not re-checked by it
-    for number, batch in enumerate(pending_batches, start=1):
-        for payment in batch:
-            if report.given_up:
-                break
-            settled.add(payment.pk)
-            if payment.status != Status.PENDING:
-                continue  # settled meanwhile
-            if not claim(payment):
-                report.busy += 1  # another worker is at it
-                continue
-            report._settle(_settle_claimed, payment, "pending")
-        if on_batch is not None:
-            on_batch(number, len(batch), report)
-        if report.given_up:
-            break
+    # A payment this run failed is not re-checked by it.
+    settled = _settle_pending(pending_batches, report, spacing, on_batch)
     for batch in failed_batches:
         for payment in batch:
             if not report.given_up and payment.pk not in settled:
-                report._settle(recheck_failed, payment, "failed")
+                report._settle(partial(recheck_failed, spacing=spacing), payment, "failed")
     refund_list = list(refunds.order_by("created_at")[: (limit or 1000) + 1])
     if len(refund_list) > (limit or 1000):
         report.limited = True
@@ -242,6 +237,57 @@ def _deliver(deliveries: list[SignalDelivery], report: Reconciliation) -> None:
     outcomes = [delivered for run in runs for _, delivered in run]
     report.signals_due = len(deliveries) + sum(max(len(run) - 1, 0) for run in runs)
     report.delivered, report.undelivered = outcomes.count(True), outcomes.count(False)
+
+
+def _due_payments(
+    payments: QuerySet[Payment] | None,
+    older_than: timedelta,
+    failed_within: timedelta,
+    spacing: timedelta | None,
+) -> tuple[QuerySet[Payment], QuerySet[Payment]]:
+    """The pending and the failed payments :func:`reconcile_due` asks about: of
+    ``payments`` whatever their age, or else those due (see there).
+    """
+    if payments is not None:
+        return payments.filter(status=Status.PENDING), _recheckable(payments)
+    pending = Payment.objects.pending().filter(_claimable(), _askable(spacing))
+    pending = pending.filter(created_at__lte=DbNow() - older_than)
+    if not failed_within:
+        return pending, Payment.objects.none()
+    failed = _recheckable(Payment.objects.filter(_claimable()))
+    failed = failed.filter(
+        created_at__gte=DbNow() - failed_within,
+        updated_at__lt=DbNow() - RECHECK_FAILED_EVERY,
+    )
+    return pending, failed
+
+
+def _settle_pending(
+    batches: Iterator[list[Payment]],
+    report: Reconciliation,
+    spacing: timedelta | None,
+    on_batch: Callable[[int, int, Reconciliation], None] | None,
+) -> set[Any]:
+    """Claim and settle each pending payment of ``batches``, counting in ``report``;
+    the ids of those it went through (settled, or found settled meanwhile).
+    """
+    settled = set()
+    for number, batch in enumerate(batches, start=1):
+        for payment in batch:
+            if report.given_up:
+                break
+            settled.add(payment.pk)
+            if payment.status != Status.PENDING:
+                continue  # settled meanwhile
+            if not claim(payment, spacing=spacing):
+                report.busy += 1  # another worker is at it, or asked moments ago
+                continue
+            report._settle(_settle_claimed, payment, "pending")
+        if on_batch is not None:
+            on_batch(number, len(batch), report)
+        if report.given_up:
+            break
+    return settled
 
 
 def _settle_claimed(payment: Payment) -> Payment:

@@ -55,6 +55,7 @@ READONLY_FIELDS = [
     "verified_at",
     "expires_at",
     "claimed_at",
+    "last_asked_at",
     "attempts",
 ]
 #: Payment columns a change form could otherwise post.
@@ -75,6 +76,7 @@ MODEL_FIELDS = [
     "verified_at",
     "order_claim",
     "claimed_at",
+    "last_asked_at",
     "attempts",
 ]
 STATUSES = ["pending", "verified", "failed", "refunded", "partially_refunded"]

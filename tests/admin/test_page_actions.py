@@ -131,7 +131,7 @@ def test_a_verified_payment_offers_the_refund_page_of_the_changelist(
     # The same page submitted again refunds nothing: the changelist's own guard.
     response = refunding_client.post(url, form, follow=True)
     assert fresh(payment).refunded_amount == 400
-    assert "These payments were refunded meanwhile" in response.content.decode()
+    assert "ORD-V changed since the page was shown" in response.content.decode()
 
 
 def test_a_refund_of_unknown_outcome_offers_recheck_and_resolve(refunding_client, expect_khalti):
