@@ -152,9 +152,7 @@ def pay(client, khalti, reference="ORD-1", amount=1000) -> tuple[Payment, dict]:
 # --- the reproduction: a refund while payment_verified is still undelivered ------------
 
 
-def test_a_refund_is_heard_after_the_payment_verified_its_receiver_raised_for(
-    client, khalti, shop
-):
+def test_a_refund_is_heard_after_the_payment_verified_its_receiver_raised_for(client, khalti, shop):
     shop.warehouse_down = 1
     payment, _ = pay(client, khalti)
     assert shop.story == []  # the warehouse was down: nothing shipped yet
@@ -162,7 +160,8 @@ def test_a_refund_is_heard_after_the_payment_verified_its_receiver_raised_for(
     services.refund_payment(payment)  # support gives the money back
     assert shop.story == [], "payment_refunded must wait for payment_verified"
     refunded = SignalDelivery.objects.get(signal="payment_refunded")
-    assert refunded.delivered_at is None and refunded.attempts == 0
+    assert refunded.delivered_at is None
+    assert refunded.attempts == 0
 
     output = reconcile()
     # One run: verified delivered again, and the refund it held back follows it.
@@ -214,9 +213,7 @@ def test_the_admins_resend_of_a_later_signal_waits_for_the_earlier_one(
     assert shop.story == [("shipped", "ORD-1"), ("cancelled", "ORD-1")]
 
 
-def test_payment_failed_retried_is_heard_before_the_payment_verified_after_it(
-    client, khalti, shop
-):
+def test_payment_failed_retried_is_heard_before_the_payment_verified_after_it(client, khalti, shop):
     """A failed payment's receiver raised; Khalti then completed it (a re-check). The
     shop must release the order before it ships it, never after."""
     Order.objects.create(reference="ORD-1", total=1000)
@@ -304,7 +301,8 @@ def test_a_receivers_copy_refuses_save_and_delete(client, khalti, shop):
         payment_verified.disconnect(writes_it_back, sender=Payment)
     assert len(tried) == 2
     assert "as it was when payment_verified was sent" in tried[0]
-    assert "cannot be saved" in tried[0] and "cannot be deleted" in tried[1]
+    assert "cannot be saved" in tried[0]
+    assert "cannot be deleted" in tried[1]
     assert "Payment.objects.get(pk=payment.pk)" in tried[0]
     assert Payment.objects.filter(pk=payment.pk).exists()
 
@@ -413,7 +411,7 @@ def test_whatever_raises_each_payments_signals_follow_its_status_history(
 @pytest.mark.concurrency
 def test_deliverers_racing_for_one_payment_keep_its_order(client, khalti, shop):
     shop.warehouse_down = 1
-    payment, payload = pay(client, khalti)
+    payment, _ = pay(client, khalti)
     services.refund_payment(payment, 400)
     services.refund_payment(Payment.objects.get(pk=payment.pk))
     assert shop.story == []
