@@ -14,6 +14,7 @@ import time
 import pytest
 from django.db import OperationalError, close_old_connections, connection
 from django.test import Client
+from django.urls import reverse
 
 from django_khalti import services
 from django_khalti.exceptions import KhaltiPaymentAsSent
@@ -172,3 +173,49 @@ def test_a_receiver_slower_than_the_wait_does_not_let_its_signal_be_heard_after_
     assert answered == [200]
     heard = [signal for _, signal, _, _ in shop.heard]
     assert heard[heard.index("refunded") :] == ["refunded"], heard
+
+
+# --- the admin's re-send in a project with ATOMIC_REQUESTS -------------------------------
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="two writers at once: a server database")
+def test_the_admins_resend_with_atomic_requests_lets_a_refund_made_meanwhile_follow(
+    admin_client, client, khalti, shop, monkeypatch
+):
+    """In a project with ATOMIC_REQUESTS, a person re-sends two payments' signals after
+    the warehouse came back. While the second one's receivers run, support refunds
+    the first payment, whose payment_verified the same request just delivered: its
+    payment_refunded must follow at once (the shop cancels the order), not wait
+    for the next cron."""
+    shop.warehouse_down = 2
+    first, _ = pay(client, khalti, "ORD-1")
+    second, _ = pay(client, khalti, "ORD-2")
+    refunded = []
+
+    def support_refunds_the_first(sender, payment, **kwargs):
+        if payment.pk == second.pk and not refunded:
+
+            def refund():
+                try:
+                    refunded.append(services.refund_payment(Payment.objects.get(pk=first.pk)))
+                finally:
+                    close_old_connections()
+
+            thread = threading.Thread(target=refund)
+            thread.start()
+            thread.join(10)
+
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    payment_verified.connect(support_refunds_the_first, sender=Payment)
+    try:
+        selected = SignalDelivery.objects.order_by("created_at").values_list("pk", flat=True)
+        admin_client.post(
+            reverse("admin:django_khalti_signaldelivery_changelist"),
+            {"action": "resend", "_selected_action": list(selected)},
+            follow=True,
+        )
+    finally:
+        payment_verified.disconnect(support_refunds_the_first, sender=Payment)
+    assert len(refunded) == 1
+    assert shop.story == [("shipped", "ORD-1"), ("shipped", "ORD-2"), ("cancelled", "ORD-1")]
+    assert not SignalDelivery.objects.filter(delivered_at=None).exists()
