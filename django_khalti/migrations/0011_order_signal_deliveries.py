@@ -6,11 +6,13 @@ themselves by ``created_at``; a payment that has any starts counting at 1, so it
 next signal comes after them.
 """
 
+from django.apps.registry import Apps
 from django.db import migrations, models
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.models import Exists, OuterRef
 
 
-def count_past_changes(apps, schema_editor):
+def count_past_changes(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     Payment = apps.get_model("django_khalti", "Payment")
     SignalDelivery = apps.get_model("django_khalti", "SignalDelivery")
     announced = SignalDelivery.objects.filter(payment=OuterRef("pk"))

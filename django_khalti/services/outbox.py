@@ -85,11 +85,24 @@ def deliver_in_order(
         return []
     run = [(delivery, _send(delivery))]
     while run[-1][1]:
-        following = earlier_undelivered(delivery, later=True)
+        following = _next_undelivered(delivery)
         if following is None or not _take(following, due=False):
             break
         run.append((following, _send(following)))
     return run
+
+
+def _next_undelivered(delivery: SignalDelivery) -> SignalDelivery | None:
+    """The first undelivered signal of ``delivery``'s payment, now that ``delivery``
+    is delivered; None if there is none, or it could not be read (it is then due
+    at the next run: the one just delivered stays delivered, and its caller, a
+    buyer's request or a run of reconcile, goes on).
+    """
+    try:
+        return earlier_undelivered(delivery, later=True)
+    except DatabaseError:
+        logger.exception("Could not read what payment %s is told next.", delivery.payment_id)
+        return None
 
 
 def earlier_undelivered(delivery: SignalDelivery, *, later: bool = False) -> SignalDelivery | None:
@@ -168,7 +181,16 @@ def _send(delivery: SignalDelivery) -> bool:
     payment as it was; record the attempt's end. True if it is marked delivered.
     """
     errors = []
-    for receiver, result in _send_each_a_copy(delivery):
+    responses = _send_each_a_copy(delivery)
+    if responses is None:
+        logger.warning(
+            "A receiver of %s for payment %s ran longer than the delivery's wait, and "
+            "another deliverer took it over: the remaining receivers are left to that one.",
+            delivery.signal,
+            delivery.payment_id,
+        )
+        return False
+    for receiver, result in responses:
         if isinstance(result, Exception):
             name = getattr(receiver, "__qualname__", repr(receiver))
             logger.error(
@@ -199,10 +221,15 @@ def _send(delivery: SignalDelivery) -> bool:
     return not errors and bool(marked)
 
 
-def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]]:
+def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]] | None:
     """Django's ``send_robust``, but each receiver is handed a fresh copy of the
     payment as it was: what one receiver does to its ``payment`` (a refund and
     ``refresh_from_db()``) the next does not see.
+
+    Before each receiver after the first, this attempt is renewed for another
+    wait (:func:`_renewed`): None, and no receiver more, if it was taken over
+    meanwhile (a receiver ran longer than the wait, and another deliverer may
+    have delivered it and the payment's later signals since).
     """
     signal = _RECEIVERS[delivery.signal]
     if not signal.receivers:
@@ -210,8 +237,10 @@ def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]]:
     # Signal's own list of the live receivers of ``sender`` (sync, async), as send_robust reads it.
     sync_receivers, async_receivers = signal._live_receivers(Payment)
     calls = [(r, r) for r in sync_receivers] + [(r, async_to_sync(r)) for r in async_receivers]
-    responses = []
+    responses: list[tuple[Any, Any]] = []
     for receiver, call in calls:
+        if responses and not _renewed(delivery):
+            return None
         try:
             payment = delivery.payment_as_it_was
             result = call(signal=signal, sender=Payment, payment=payment, **delivery.arguments)
@@ -219,6 +248,23 @@ def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]]:
             result = exc
         responses.append((receiver, result))
     return responses
+
+
+def _renewed(delivery: SignalDelivery) -> bool:
+    """Whether this attempt at ``delivery`` is still the one running it: then it
+    is given another wait before it is due again.
+    """
+    rows = SignalDelivery.objects.filter(
+        pk=delivery.pk, attempts=delivery.attempts, delivered_at__isnull=True
+    )
+    try:
+        return bool(rows.update(next_attempt_at=DbNow() + _retry_wait(delivery.attempts)))
+    except DatabaseError:
+        # Counted and due after its wait: delivered again then, which receivers allow for.
+        logger.exception(
+            "Could not go on delivering %s for payment %s.", delivery.signal, delivery.payment_id
+        )
+        return False
 
 
 def _take(delivery: SignalDelivery, *, due: bool) -> bool:
