@@ -25,6 +25,15 @@ class RefundForm(forms.Form):
         required=False,
         help_text=_("Only for payments funded from a bank: the buyer's Khalti id (mobile)."),
     )
+    idx = forms.CharField(
+        label=_("Khalti transaction id"),
+        max_length=255,
+        required=False,
+        help_text=_(
+            'Only for a payment whose transaction id is unknown ("-" above) and that '
+            "Khalti's records do not name: the id of its transaction in Khalti's dashboard."
+        ),
+    )
     #: What had been refunded of the selection when the page was shown: a second
     #: submit of the same page (or a colleague's refund meanwhile) is refused.
     refunded_before = forms.IntegerField(widget=forms.HiddenInput)

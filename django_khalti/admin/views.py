@@ -194,11 +194,15 @@ class RefundView(_ConfirmationView[RefundForm]):
         if amount and len(self.payments) > 1:
             form.add_error("amount", _("A partial amount refunds one payment at a time."))
             return self.form_invalid(form)
+        idx = form.cleaned_data["idx"].strip()
+        if idx and len(self.payments) > 1:
+            form.add_error("idx", _("A transaction id is given for one payment at a time."))
+            return self.form_invalid(form)
         for payment in self.payments:
-            self.refund_one(payment, amount, form.cleaned_data["mobile"])
+            self.refund_one(payment, amount, form.cleaned_data["mobile"], idx)
         return super().form_valid(form)
 
-    def refund_one(self, payment: Payment, amount: int | None, mobile: str) -> None:
+    def refund_one(self, payment: Payment, amount: int | None, mobile: str, idx: str = "") -> None:
         """Refund one payment; report its outcome as a message."""
         names = {"payment": payment.product_identity}
         try:
@@ -209,6 +213,7 @@ class RefundView(_ConfirmationView[RefundForm]):
                 by=self.request.user,
                 # What this request saw (and checked against the page): under the lock.
                 refunded_before=payment.refunded_amount,
+                idx=idx or None,
             )
         except KhaltiRefundUnknown as exc:  # the money may have moved: not "not refunded"
             text = _("The refund of %(payment)s may have gone through: %(detail)s")
