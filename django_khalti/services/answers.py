@@ -246,9 +246,11 @@ def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
     elif outcome is KhaltiOutcome.REFUNDED:
         # Paid, then refunded before we verified it: not paid for the shop.
         _refunded_before_verified(payment, **fields)
+    elif outcome is KhaltiOutcome.PAID and record.amount == payment.amount:
+        _verified(payment, record.amount, fields)  # (needs review if the idx is another's)
     elif outcome is KhaltiOutcome.PAID and _anothers(payment, record.idx):
         _not_this_payments(payment, record.idx, record.amount, fields)
-    elif outcome is KhaltiOutcome.PAID and record.amount != payment.amount:
+    elif outcome is KhaltiOutcome.PAID:
         _needs_review(
             payment,
             _("Khalti's record is for %(got)s paisa, the order is for %(want)s paisa.")
@@ -257,8 +259,6 @@ def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
             received_amount=record.amount,
             **fields,
         )
-    elif outcome is KhaltiOutcome.PAID:
-        _verified(payment, record.amount, fields)
     else:
         # A record not (yet) completed, or in a state we do not know: whether the
         # money moved is not known. Pending; a retry or reconcile asks status. (A
