@@ -29,6 +29,7 @@ from ..exceptions import (
 )
 from ..models import DbNow, Payment, Refund, rupees
 from .state import stale_since
+from .transactions import _known_idx
 from .writes import _transition
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def refund_payment(
     by: _AnyUser | None = None,
     refunded_before: int | None = None,
     status_before: str | None = None,
+    idx: str | None = None,
 ) -> Refund:
     """Give ``amount`` paisa of a confirmed payment back to the buyer (all that remains
     without ``amount``); ``mobile`` is the Khalti id to refund to, which Khalti
@@ -55,6 +57,10 @@ def refund_payment(
     ``status_before``: what the person asking saw refunded already, and the
     status they saw; checked under the payment's row lock
     (:class:`KhaltiRefundConflict` if the payment changed meanwhile).
+    ``idx``: Khalti's transaction id, for a payment whose id is unknown, as a
+    person found it in Khalti's dashboard; without it Khalti's records are asked
+    (:class:`~django_khalti.exceptions.KhaltiTransactionUnknown` when they
+    do not name it).
 
     One refund of a payment is in flight at a time. Khalti refusing raises
     :class:`KhaltiRefundFailed` and nothing is refunded, unless Khalti's status
@@ -75,6 +81,7 @@ def refund_payment(
     if by is not None and not by.has_perm("django_khalti.refund_payment"):
         raise PermissionDenied
     client = KhaltiClient.from_settings()
+    _known_idx(client, payment, idx)  # (a payment paid with its transaction id unknown)
     seen = (refunded_before, status_before)
     refund, locked = _claim_refund(payment, amount, mobile or "", by, seen)
     # Nothing refunded before, all of it now: Khalti's full refund (an empty body).
@@ -395,12 +402,15 @@ def _settle_refund(
         )
         if settled and succeeded:
             total = payment.refunded_amount + refund.amount
+            # Never verified (it needed review): none of its money stays, the order goes.
+            let_go: dict[str, Any] = {} if payment.verified_at else {"order_claim": None}
             _transition(
                 payment,
                 Status.REFUNDED if total >= payment.paid_amount else Status.PARTIALLY_REFUNDED,
                 source=payment.status,
                 refunded_amount=total,
                 refund_amount=refund.amount,
+                **let_go,
             )
         if settled:
             return True
