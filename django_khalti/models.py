@@ -248,7 +248,9 @@ class Payment(KeptModel):
     #: How many times its status changed: each change counts it up, in the same
     #: guarded ``UPDATE``, and its signal carries the count as
     #: :attr:`SignalDelivery.sequence`, the order the shop hears of its changes in.
-    status_changes = models.PositiveIntegerField(_("status changes"), default=0, editable=False)
+    status_changes = models.PositiveIntegerField(
+        _("status changes"), default=0, db_default=0, editable=False
+    )
 
     objects = PaymentQuerySet.as_manager()
 
@@ -479,7 +481,7 @@ class SignalDelivery(KeptModel):
     #: The payment's :attr:`~Payment.status_changes` after the change this announces:
     #: a payment's signals are delivered in this order, each only once every
     #: earlier one was (0: written before dj-khalti counted, ordered by ``created_at``).
-    sequence = models.PositiveIntegerField(_("sequence"), default=0)
+    sequence = models.PositiveIntegerField(_("sequence"), default=0, db_default=0)
 
     objects = SignalDeliveryQuerySet.as_manager()
 

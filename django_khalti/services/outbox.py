@@ -9,6 +9,7 @@ is over.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -227,7 +228,7 @@ def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]] | None:
     ``refresh_from_db()``) the next does not see.
 
     Before each receiver after the first, this attempt is renewed for another
-    wait (:func:`_renewed`): None, and no receiver more, if it was taken over
+    wait (:class:`_Renewal`): None, and no receiver more, if it was taken over
     meanwhile (a receiver ran longer than the wait, and another deliverer may
     have delivered it and the payment's later signals since).
     """
@@ -238,8 +239,9 @@ def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]] | None:
     sync_receivers, async_receivers = signal._live_receivers(Payment)
     calls = [(r, r) for r in sync_receivers] + [(r, async_to_sync(r)) for r in async_receivers]
     responses: list[tuple[Any, Any]] = []
+    renewal = _Renewal(delivery)
     for receiver, call in calls:
-        if responses and not _renewed(delivery):
+        if responses and not renewal.renewed():
             return None
         try:
             payment = delivery.payment_as_it_was
@@ -250,21 +252,38 @@ def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]] | None:
     return responses
 
 
-def _renewed(delivery: SignalDelivery) -> bool:
-    """Whether this attempt at ``delivery`` is still the one running it: then it
-    is given another wait before it is due again.
-    """
-    rows = SignalDelivery.objects.filter(
-        pk=delivery.pk, attempts=delivery.attempts, delivered_at__isnull=True
-    )
-    try:
-        return bool(rows.update(next_attempt_at=DbNow() + _retry_wait(delivery.attempts)))
-    except DatabaseError:
-        # Counted and due after its wait: delivered again then, which receivers allow for.
-        logger.exception(
-            "Could not go on delivering %s for payment %s.", delivery.signal, delivery.payment_id
+class _Renewal:
+    """An attempt at a delivery, kept its own while its receivers run."""
+
+    def __init__(self, delivery: SignalDelivery) -> None:
+        self.delivery = delivery
+        self.wait = _retry_wait(max(delivery.attempts, 1)).total_seconds()
+        self.since = time.monotonic()
+
+    def renewed(self) -> bool:
+        """Whether this attempt is still the one running the delivery: then, once
+        half its wait is gone, it is given another wait before it is due again.
+        Within the first half nobody can have taken it over, so the database is
+        not asked (only how much time went by is measured here, never when).
+        """
+        if time.monotonic() - self.since < self.wait / 2:
+            return True
+        delivery = self.delivery
+        rows = SignalDelivery.objects.filter(
+            pk=delivery.pk, attempts=delivery.attempts, delivered_at__isnull=True
         )
-        return False
+        try:
+            renewed = rows.update(next_attempt_at=DbNow() + _retry_wait(delivery.attempts))
+        except DatabaseError:
+            # Counted and due after its wait: delivered again then, which receivers allow for.
+            logger.exception(
+                "Could not go on delivering %s for payment %s.",
+                delivery.signal,
+                delivery.payment_id,
+            )
+            return False
+        self.since = time.monotonic()
+        return bool(renewed)
 
 
 def _take(delivery: SignalDelivery, *, due: bool) -> bool:
