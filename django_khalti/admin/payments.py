@@ -179,7 +179,10 @@ class PaymentAdmin(PaymentAdminBase):
         if action not in PAGE_ACTIONS or action not in self.get_actions(request):
             raise PermissionDenied
         data = request.POST.copy()
-        data.setlist(ACTION_CHECKBOX_NAME, [str(payment.pk)])  # this payment, whatever was posted
+        # The action checked, and this payment, whatever else was posted (the changelist
+        # runs the posted actions' "index"-th, not the one checked here).
+        data.setlist("action", [action])
+        data.setlist(ACTION_CHECKBOX_NAME, [str(payment.pk)])
         data.pop("select_across", None)
         request.POST = data  # type: ignore[assignment]
         response = self.changelist_view(request)
