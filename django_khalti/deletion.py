@@ -86,8 +86,9 @@ class KeptQuerySet(models.QuerySet[_M]):
         :class:`~django_khalti.exceptions.KhaltiProtectedError` says which and why.
         """
         values = getattr(self, "_fields", None) is not None  # after .values()
-        if self.query.is_sliced or self.query.distinct_fields or values:
-            return super().delete()  # Django's own refusal (TypeError)
+        combined = self.query.combinator  # after .union() and the like
+        if self.query.is_sliced or self.query.distinct_fields or values or combined:
+            return super().delete()  # Django's own refusal (TypeError, NotSupportedError)
         with transaction.atomic(using=self.db):
             rows = self.refuse_kept()
             collector = Collector(using=self.db, origin=self)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
-from django.db import connections
+from django.db import NotSupportedError, connections
 from django.urls import reverse
 from django.utils import timezone
 
@@ -54,6 +54,21 @@ def failed_payment(n, **fields):
         delivered_at=now,
     )
     return payment
+
+
+# --- Nobody deletes money ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_combined_querysets_delete_is_refused_as_django_refuses_it():
+    # Django refuses delete() after union(), intersection() or difference(). The kept
+    # rule's delete went on: a database error on SQLite, and on PostgreSQL and MariaDB
+    # the rows that may go were deleted, by a call Django never lets delete.
+    one, two = failed_payment(1), failed_payment(2)
+    combined = Payment.objects.filter(pk=one.pk).union(Payment.objects.filter(pk=two.pk))
+    with pytest.raises(NotSupportedError, match=r"delete\(\) after union\(\)"):
+        combined.delete()
+    assert Payment.objects.count() == 2
 
 
 # --- A payment's buttons --------------------------------------------------------------
