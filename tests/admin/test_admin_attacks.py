@@ -12,12 +12,23 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.db import NotSupportedError, connections
 from django.urls import reverse
 from django.utils import timezone
+from pytest_django.asserts import assertContains, assertNotContains
 
-from django_khalti.models import Payment, SignalDelivery, snapshot_of
+from django_khalti.models import Payment, Refund, SignalDelivery, snapshot_of
 
+from ..conftest import fixture
 from .conftest import (
     REFUND_TEMPLATE,
+    change_url,
+    delete_url,
+    fresh,
+    messages_of,
+    refund_confirmation,
+    run_action,
+    staff_client,
+    submit_refund,
     template_names,
+    verified_payment,
 )
 
 Status = Payment.Status
@@ -71,6 +82,38 @@ def test_a_combined_querysets_delete_is_refused_as_django_refuses_it():
     assert Payment.objects.count() == 2
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Design decision for the lead: the kept rule lets any failed payment with its "
+        "signals delivered go (the issue's own words), so the admin offers Delete on a "
+        "failed payment created minutes ago. khalti_reconcile re-checks failed payments "
+        "for --failed-within days (7) because Khalti may complete them after all, and "
+        "the docs' purge waits that long; deleted, the late completion is never found: "
+        "the order stays unpaid, the buyer's money nowhere in the shop. Keeping failed payments younger than "
+        "the re-check window needs the window as a setting (today a command option)."
+    ),
+)
+@pytest.mark.django_db
+def test_a_failed_payment_khalti_may_still_complete_is_not_deleted(superuser_client, expect_khalti):
+    # The buyer cancels an ePayment at Khalti: recorded failed, the shop told. A superuser
+    # tidies the list of failed payments; then Khalti completes the payment after all.
+    payment = failed_payment(
+        "E",
+        token=None,
+        flow=Payment.Flow.EPAYMENT,
+        pidx="pidx-E",
+        failure_reason="User canceled",
+    )
+    superuser_client.post(delete_url(payment), {"post": "yes"}, follow=True)
+    assert Payment.objects.filter(pk=payment.pk).exists()
+
+    # The re-check finds the money: the order, still unpaid, is paid after all.
+    expect_khalti.lookup("pidx-E", "epayment_lookup_completed", total_amount=1000)
+    run_action(superuser_client, "recheck", [payment])
+    assert fresh(payment).status == Status.VERIFIED
+
+
 # --- A payment's buttons --------------------------------------------------------------
 
 
@@ -90,3 +133,62 @@ def test_a_page_button_runs_only_the_action_it_was_checked_for(superuser_client)
     assert Payment.objects.filter(pk=payment.pk).exists()
     assert not LogEntry.objects.filter(action_flag=DELETION).exists()
     assert REFUND_TEMPLATE in template_names(response)  # the action it was checked for
+
+
+# --- Confirmation pages act only on what they showed ------------------------------------
+
+
+@pytest.mark.concurrency
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("amounts", [("", ""), ("4", "6")], ids=["all-of-it", "two-parts"])
+def test_two_colleagues_submitting_the_refund_page_at_once_refund_once(
+    django_user_model, expect_khalti, sent, amounts
+):
+    payment = verified_payment(amount=1000)
+    perms = ("view_payment", "change_payment", "refund_payment")
+    ram, sita = (staff_client(django_user_model, name, *perms) for name in ("ram", "sita"))
+    pages = [refund_confirmation(ram, [payment]), refund_confirmation(sita, [payment])]
+    # Khalti takes its time: the two submits overlap. One call reaches it, whichever.
+    expect_khalti.expect("refund", "idx-V", None, json=fixture("refund_success"), delay=0.5)
+
+    responses = race(
+        lambda: submit_refund(ram, pages[0], amount=amounts[0], follow=False),
+        lambda: submit_refund(sita, pages[1], amount=amounts[1], follow=False),
+    )
+
+    told = sorted(messages_of(response)[0][0] for response in responses)
+    assert told == ["error", "success"]
+    refund = Refund.objects.get()
+    assert refund.status == Refund.Status.SUCCEEDED
+    assert fresh(payment).refunded_amount == refund.amount
+    assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", refund.amount)]
+
+
+@pytest.mark.django_db
+def test_a_receivers_error_on_the_refund_page_is_shown_as_text(refunding_client, superuser_client):
+    # A receiver's exception text is the shop's (or a buyer's, through an order field):
+    # the refund page, the payment's page and the deliveries' list show it, never run it.
+    payment = verified_payment(amount=1000)
+    script = "<script>alert('paid')</script>"
+    SignalDelivery.objects.create(
+        payment=payment,
+        signal=SignalDelivery.Signal.VERIFIED,
+        snapshot=snapshot_of(payment),
+        next_attempt_at=timezone.now(),
+        attempts=1,
+        attempts_finished=1,
+        last_error=f"mark_order_paid: RuntimeError: {script}",
+    )
+    deliveries = reverse("admin:django_khalti_signaldelivery_changelist")
+    for client, url in [
+        (refunding_client, None),
+        (superuser_client, change_url(payment)),
+        (superuser_client, deliveries),
+    ]:
+        if url is None:
+            page = run_action(client, "refund", [payment], follow=False)
+            assertContains(page, '<tr class="unheard-verified">', count=1)
+        else:
+            page = client.get(url)
+        assertNotContains(page, script)
+        assertContains(page, "&lt;script&gt;alert(&#x27;paid&#x27;)&lt;/script&gt;")
