@@ -20,7 +20,6 @@ from ..conftest import fixture
 from .conftest import (
     REFUND_TEMPLATE,
     change_url,
-    delete_url,
     fresh,
     messages_of,
     refund_confirmation,
@@ -80,38 +79,6 @@ def test_a_combined_querysets_delete_is_refused_as_django_refuses_it():
     with pytest.raises(NotSupportedError, match=r"delete\(\) after union\(\)"):
         combined.delete()
     assert Payment.objects.count() == 2
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Design decision for the lead: the kept rule lets any failed payment with its "
-        "signals delivered go (the issue's own words), so the admin offers Delete on a "
-        "failed payment created minutes ago. khalti_reconcile re-checks failed payments "
-        "for --failed-within days (7) because Khalti may complete them after all, and "
-        "the docs' purge waits that long; deleted, the late completion is never found: "
-        "the order stays unpaid, the buyer's money nowhere in the shop. Keeping failed payments younger than "
-        "the re-check window needs the window as a setting (today a command option)."
-    ),
-)
-@pytest.mark.django_db
-def test_a_failed_payment_khalti_may_still_complete_is_not_deleted(superuser_client, expect_khalti):
-    # The buyer cancels an ePayment at Khalti: recorded failed, the shop told. A superuser
-    # tidies the list of failed payments; then Khalti completes the payment after all.
-    payment = failed_payment(
-        "E",
-        token=None,
-        flow=Payment.Flow.EPAYMENT,
-        pidx="pidx-E",
-        failure_reason="User canceled",
-    )
-    superuser_client.post(delete_url(payment), {"post": "yes"}, follow=True)
-    assert Payment.objects.filter(pk=payment.pk).exists()
-
-    # The re-check finds the money: the order, still unpaid, is paid after all.
-    expect_khalti.lookup("pidx-E", "epayment_lookup_completed", total_amount=1000)
-    run_action(superuser_client, "recheck", [payment])
-    assert fresh(payment).status == Status.VERIFIED
 
 
 # --- A payment's buttons --------------------------------------------------------------
