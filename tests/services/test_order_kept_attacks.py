@@ -1,0 +1,66 @@
+"""Attacks on "money that moved for this token keeps its order" (issue 25, parts 3 and 6).
+
+A hostile buyer, and a Khalti that is slow, repeats, misspells and contradicts
+itself, against: a widget payment verified with its ``idx`` unknown; the refund
+that must find that idx (from Khalti's records, or from a person); the read-only
+check of a token a pending payment's page reported as its ``claimed_idx``; and
+the ePayment link's expiry on the database's clock.
+
+Khalti is the shipped kit's fake (``django_khalti.testing``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+from django.urls import reverse
+
+from django_khalti.conf import DEFAULTS
+from django_khalti.models import Payment
+from shop.models import Order
+
+pytestmark = pytest.mark.django_db
+
+Status = Payment.Status
+VERIFY_URL = reverse("django_khalti:verify")
+
+
+@pytest.fixture
+def spaced(settings):
+    """dj-khalti's default ``ASK_SPACING`` (the test project's is a millisecond)."""
+    settings.KHALTI = {**settings.KHALTI, "ASK_SPACING": DEFAULTS["ASK_SPACING"]}
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def post(client, payload, address="198.51.100.1"):
+    return client.post(VERIFY_URL, payload, content_type="application/json", REMOTE_ADDR=address)
+
+
+def pending_with_claimed_idx(client, khalti, claimed_idx):
+    """A buyer's payment whose verify timed out before Khalti read it: pending, its
+    page having reported ``claimed_idx`` as its transaction id."""
+    Order.objects.create(reference="ORD-A", total=1000)
+    paid = khalti.add_payment(amount=1000, outcome="timeout")
+    response = post(client, paid.payload("ORD-A", idx=claimed_idx))
+    assert response.status_code == 504, response.content
+    payment = Payment.objects.get()
+    assert (payment.status, payment.claimed_idx) == (Status.PENDING, claimed_idx)
+    return payment
+
+
+# --- part 6: a token reported as a pending payment's idx ----------------------------------
+
+
+def test_a_token_reported_as_a_pending_idx_does_not_open_a_door_to_khalti(client, khalti, spaced):
+    """40 posts of a pending payment's claimed idx, as a token for an order that does
+    not exist, each from its own address: the app must not ask Khalti 40 times (a
+    bogus order is refused before Khalti, as for any other token)."""
+    pending_with_claimed_idx(client, khalti, "CLAIMED-IDX-1")
+    khalti.reset_calls()
+    for n in range(40):
+        body = {"token": "CLAIMED-IDX-1", "amount": 1000, "product_identity": "NO-SUCH"}
+        response = post(client, body, address=f"203.0.113.{n + 1}")
+        assert response.status_code == 404, response.content
+    assert len(khalti.transaction_calls) <= 3, khalti.transaction_calls
