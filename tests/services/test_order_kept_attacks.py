@@ -11,12 +11,15 @@ Khalti is the shipped kit's fake (``django_khalti.testing``).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.cache import cache
+from django.db import connection
 from django.urls import reverse
 
 from django_khalti.conf import DEFAULTS
-from django_khalti.models import Payment
+from django_khalti.models import DbNow, Payment
 from shop.models import Order
 
 pytestmark = pytest.mark.django_db
@@ -64,3 +67,34 @@ def test_a_token_reported_as_a_pending_idx_does_not_open_a_door_to_khalti(client
         response = post(client, body, address=f"203.0.113.{n + 1}")
         assert response.status_code == 404, response.content
     assert len(khalti.transaction_calls) <= 3, khalti.transaction_calls
+
+
+# --- part 6: an ePayment link's expiry without USE_TZ ---------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("khalti_gives", ["expires_at", "expires_in"])
+def test_a_link_starts_and_keeps_its_expiry_without_use_tz(client, khalti, settings, khalti_gives):
+    """A project without USE_TZ starts an ePayment; Khalti gives its expiry as a time
+    with its offset (which SQLite, MySQL and MariaDB refuse without USE_TZ: the start
+    was a 500), or as seconds. The buyer is sent to the link; it expires 30 minutes
+    from now on the database's clock, the one link ages are read on (not 5h45 off,
+    Kathmandu's offset), so the buyer coming back is sent to the same link."""
+    settings.USE_TZ = False
+    connection.close()
+    Order.objects.create(reference="ORD-TZ", total=1000)
+    if khalti_gives == "expires_in":
+        url = f"{khalti.base_url}pay/?pidx=PIDX-TZ"
+        khalti.answer_next(
+            "initiate", json={"pidx": "PIDX-TZ", "payment_url": url, "expires_in": 1800}
+        )
+    response = client.post(reverse("django_khalti:epayment-start", args=["ORD-TZ"]))
+    assert response.status_code == 302, response.content
+    payment = Payment.objects.get()
+    early = Payment.objects.filter(pk=payment.pk, expires_at__lt=DbNow() + timedelta(minutes=28))
+    late = Payment.objects.filter(pk=payment.pk, expires_at__gt=DbNow() + timedelta(minutes=32))
+    assert not early.exists(), payment.expires_at
+    assert not late.exists(), payment.expires_at
+    again = client.post(reverse("django_khalti:epayment-start", args=["ORD-TZ"]))
+    assert again["Location"] == response["Location"]
+    assert len(khalti.initiate_calls) == 1
