@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from django.conf import settings
+from django.db import connections, router
 from django.db.models.expressions import CombinedExpression
 from django.http import HttpRequest
 from django.urls import reverse
@@ -139,8 +140,22 @@ def _expiry(started: KhaltiInitiation) -> datetime | CombinedExpression:
     read on), never on this host's.
     """
     if started.expires_at is not None:
-        return started.expires_at
+        return _on_database_clock(started.expires_at)
     return DbNow() + timedelta(seconds=started.expires_in or 3600)
+
+
+def _on_database_clock(moment: datetime) -> datetime:
+    """Khalti's aware ``moment`` as a column compared with :class:`DbNow` stores it.
+
+    Without ``USE_TZ``, a database without time zones (SQLite, MySQL, MariaDB)
+    refuses an aware time, and :class:`DbNow` reads UTC there: the moment is
+    stored as a naive UTC time. PostgreSQL, and any database with ``USE_TZ``,
+    store it as it is.
+    """
+    database = connections[router.db_for_write(Payment)]
+    if settings.USE_TZ or database.features.supports_timezones:
+        return moment
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def _website_url(request: HttpRequest | Request) -> str:

@@ -55,7 +55,7 @@ def verify_payment(
     transaction id the widget reported: only a hint (see ``Payment.claimed_idx``).
     """
     client = KhaltiClient.from_settings()  # a broken configuration fails before any write
-    payment, refused = _bound_payment(client, token, amount, product_identity)
+    payment, refused, reported = _bound_payment(token, amount, product_identity)
     if refused is not None:
         deliver_due(refused)  # what a dead worker or a raising receiver left undelivered
         return _verified_or_raise(refused)  # Khalti refused this very payload before
@@ -64,6 +64,9 @@ def verify_payment(
         order = resolve_order(request, product_identity)  # a hidden order: 404, whatever its state
         if amount != order.amount:
             raise KhaltiAmountMismatch()
+        if reported:
+            # Asked only for a payment about to be made, as any new token's verify.
+            _refuse_a_transaction_id(client, token)
         payment, created = _claim_order(
             client, product_identity, order, token=token, token_claim=token, claimed_idx=idx
         )
@@ -82,13 +85,14 @@ def verify_payment(
 
 
 def _bound_payment(
-    client: KhaltiClient, token: str, amount: int, product_identity: str
-) -> tuple[Payment | None, Payment | None]:
-    """The live payment this token is bound to, or what the token's history says.
+    token: str, amount: int, product_identity: str
+) -> tuple[Payment | None, Payment | None, bool]:
+    """The live payment this token is bound to, or what the token's history says;
+    and whether a pending payment's page reported the token as its ``idx``.
 
-    Returns ``(live, None)`` when the token is bound to a live payment for this
-    order and amount; ``(None, failed)`` when its payment for this order and
-    amount failed (answered from the record); ``(None, None)`` when the token is
+    Returns ``(live, None, _)`` when the token is bound to a live payment for this
+    order and amount; ``(None, failed, _)`` when its payment for this order and
+    amount failed (answered from the record); ``(None, None, _)`` when the token is
     new, or its only uses were refused by Khalti for another order or amount
     (it may be bound again: a replay of a stolen token cannot lock its buyer out).
     Raises :class:`KhaltiTokenUsed` for a token bound to another order or amount,
@@ -96,7 +100,9 @@ def _bound_payment(
     status endpoint answers for an ``idx`` as for a token, so one payment's id must
     never stand in for another's token. A new token that a pending payment's
     page reported as its ``idx`` (the browser's word, which locks nobody out)
-    is refused only if Khalti's records know it as a transaction's id. Raises
+    is refused only if Khalti's records know it as a transaction's id: the
+    caller asks (:func:`_refuse_a_transaction_id`) once the order and amount are
+    known good, so that no bogus order reaches Khalti. Raises
     :class:`KhaltiInProgress` (the buyer's page retries it) while the token is
     held by a pending payment for another order or amount.
     """
@@ -108,22 +114,21 @@ def _bound_payment(
     if any(token in (row.idx, row.pidx) for row in rows):
         raise KhaltiTokenUsed()
     live = next((row for row in rows if row.token_claim == token), None)
-    if live is None and any(
-        row.claimed_idx == token and row.token != token and row.status == Status.PENDING
-        for row in rows
-    ):
-        _refuse_a_transaction_id(client, token)
     if live is not None:
         if _bound_to(live, amount, product_identity):
-            return live, None
+            return live, None, False
         if live.status == Status.PENDING:
             # Perhaps a replay Khalti is about to refuse; then the token is free again.
             raise KhaltiInProgress()
         raise KhaltiTokenUsed()
+    reported = any(
+        row.claimed_idx == token and row.token != token and row.status == Status.PENDING
+        for row in rows
+    )
     failed = [
         row for row in rows if row.token == token and _bound_to(row, amount, product_identity)
     ]
-    return None, max(failed, key=lambda row: row.created_at, default=None)
+    return None, max(failed, key=lambda row: row.created_at, default=None), reported
 
 
 def _refuse_a_transaction_id(client: KhaltiClient, token: str) -> None:
