@@ -31,15 +31,17 @@ logger = logging.getLogger(__name__)
 Status = Payment.Status
 
 
-def _idx_unknown(payment: Payment) -> bool:
+def _idx_unknown(payment: Payment, *, by_a_person: bool = False) -> bool:
     """Whether money moved for ``payment`` and Khalti's transaction id of it is not known:
     it paid its order, or it needs review and keeps its order (its own money moved).
+    With ``by_a_person`` (a person gives the id) also a payment that needs review
+    and let its order go: a second payment of an order, whose money a person
+    refunds by the id Khalti's dashboard shows (checked: no other payment's).
     """
-    return (
-        payment.idx is None
-        and payment.status in Payment.REFUNDABLE_STATUSES
-        and (payment.verified_at is not None or payment.order_claim is not None)
-    )
+    if payment.idx is not None or payment.status not in Payment.REFUNDABLE_STATUSES:
+        return False
+    own_money = payment.verified_at is not None or payment.order_claim is not None
+    return own_money or (by_a_person and payment.status == Status.NEEDS_REVIEW)
 
 
 def _known_idx(client: KhaltiClient, payment: Payment, given: str | None = None) -> None:
@@ -57,7 +59,7 @@ def _known_idx(client: KhaltiClient, payment: Payment, given: str | None = None)
             _("This payment's Khalti transaction id is %(idx)s, not the one given.")
             % {"idx": row.idx}
         )
-    if not _idx_unknown(row):
+    if not _idx_unknown(row, by_a_person=bool(given)):
         return
     record = _given(client, row, given) if given else _in_khaltis_records(client, row)
     if record is None:

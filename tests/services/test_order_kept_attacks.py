@@ -20,7 +20,6 @@ from django.urls import reverse
 
 from django_khalti import services
 from django_khalti.conf import DEFAULTS
-from django_khalti.exceptions import KhaltiNotRefundable
 from django_khalti.models import DbNow, Payment
 from shop.models import Order
 
@@ -77,18 +76,6 @@ def test_a_token_reported_as_a_pending_idx_does_not_open_a_door_to_khalti(client
 ERROR = {"status": False, "state": "Error", "detail": "Transaction not found."}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KhaltiNotRefundable,
-    reason=(
-        "transactions._idx_unknown counts a payment's own money as moved only when it was "
-        "verified or holds its order; this one holds neither (the order is another "
-        "payment's), so _known_idx ignores the given idx and _claim_refund refuses a payment "
-        "without idx: the app cannot refund money the states table says is for a person to "
-        "refund. Telling it apart from a needs_review whose money Khalti named as another "
-        "payment's (also let go, idx None) needs a fresh proof from Khalti or a recorded mark."
-    ),
-)
 def test_money_that_paid_an_order_twice_can_be_refunded_with_the_idx_a_person_gives(client, khalti):
     """The states table: "a re-check finds a failed payment paid after all, when another
     payment paid the order meanwhile ... a second payment of it, for a person to refund".
