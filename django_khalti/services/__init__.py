@@ -4,7 +4,8 @@ The views, the admin and ``khalti_reconcile`` call only what this package
 exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
 
 - use cases: :mod:`.widget` (verify a widget payment), :mod:`.epayment` (start
-  a link, settle its return), :mod:`.refunds`, :mod:`.reconciliation` (the one
+  a link, settle its return), :mod:`.refunds` (over :mod:`.refund_outcomes`,
+  what became of a refund, recorded), :mod:`.reconciliation` (the one
   reconciliation path, for the command and the admin);
 - settling with Khalti: :mod:`.settle` (ask Khalti about a claimed payment in
   its flow; one live payment an order), over :mod:`.answers` (the widget's
@@ -19,7 +20,13 @@ exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
 from .epayment import settle_epayment_return, start_epayment
 from .outbox import deliver, deliver_due, due_deliveries
 from .reconciliation import Reconciliation, recheck_failed, reconcile, reconcile_due
-from .refunds import reconcile_refund, refund_payment, refunds_awaiting_outcome, resolve_refund
+from .refunds import (
+    recheck_failed_refund,
+    reconcile_refund,
+    refund_payment,
+    refunds_awaiting_outcome,
+    resolve_refund,
+)
 from .shop import MAX_AMOUNT, MIN_EPAYMENT_AMOUNT, epayment_order, expected_amount, resolve_order
 from .widget import verify_payment
 
@@ -33,6 +40,7 @@ __all__ = [
     "epayment_order",
     "expected_amount",
     "recheck_failed",
+    "recheck_failed_refund",
     "reconcile",
     "reconcile_due",
     "reconcile_refund",

@@ -17,12 +17,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.db.models import Q, QuerySet
+from django.db.models.functions import Coalesce
 
 from ..client import KhaltiClient
 from ..exceptions import KhaltiError, KhaltiUnavailable
-from ..models import DbNow, Payment, SignalDelivery
+from ..models import DbNow, Payment, Refund, SignalDelivery
 from .outbox import deliver, due_deliveries
-from .refunds import reconcile_refund, refunds_awaiting_outcome
+from .refunds import recheck_failed_refund, reconcile_refund, refunds_awaiting_outcome
 from .settle import _ask_khalti, _recheck
 from .state import _claimable, _release, _settle, claim
 
@@ -89,7 +90,7 @@ class Reconciliation:
 
     The counters are by the status each item Khalti answered for was left in; the
     ones it did not answer for stay as they were, counted in :attr:`unanswered`
-    by kind (``"pending"``, ``"failed"``, ``"refunds"``).
+    by kind (``"pending"``, ``"failed"``, ``"refunds"``, ``"failed_refunds"``).
     """
 
     #: Pending payments checked.
@@ -98,6 +99,8 @@ class Reconciliation:
     failed: Counter[str] = field(default_factory=Counter)
     #: Refunds of unknown outcome checked, by the refund's status.
     refunds: Counter[str] = field(default_factory=Counter)
+    #: Refunds recorded failed re-checked, read-only, by the refund's status.
+    failed_refunds: Counter[str] = field(default_factory=Counter)
     #: How many of each kind Khalti could not be asked about (or refused to tell).
     unanswered: Counter[str] = field(default_factory=Counter)
     #: Pending payments passed over because another worker is settling them right now.
@@ -157,53 +160,103 @@ def reconcile_due(
     """Ask Khalti about what awaits it, and record the answers.
 
     With ``payments`` None, what is due: pending payments at least
-    ``older_than`` old (settled), failed payments created within
-    ``failed_within`` (re-checked read-only, each at most once per
-    :data:`RECHECK_FAILED_EVERY`), refunds of unknown outcome at least
-    ``older_than`` old, and signals whose delivery is due again. With
-    ``payments``, those payments whatever their age: the pending ones settled,
-    the failed ones re-checked, their refunds of unknown outcome, their due
-    signals. At most ``limit`` of each kind, oldest first, read ``batch_size``
-    at a time (``on_batch(number, read, report so far)`` after each batch of
-    pending payments). Stops once Khalti went unanswered ``give_up_after`` times
-    in a row. ``deliver_signals`` False leaves signals alone; ``dry_run`` asks
-    Khalti nothing and changes nothing.
+    ``older_than`` old (settled), failed payments and refunds recorded failed
+    within ``failed_within`` (re-checked read-only, each at most once per
+    :data:`RECHECK_FAILED_EVERY`: Khalti may complete a payment, or apply a
+    refund, late), refunds of unknown outcome at least ``older_than`` old, and
+    signals whose delivery is due again. With ``payments``, all of those of
+    ``payments`` whatever their age. At most ``limit`` of each kind, oldest
+    first, read ``batch_size`` at a time (``on_batch(number, read, report so
+    far)`` after each batch of pending payments). Stops once Khalti went
+    unanswered ``give_up_after`` times in a row. ``deliver_signals`` False
+    leaves signals alone; ``dry_run`` asks Khalti nothing and changes nothing.
 
     Raises :class:`~django_khalti.exceptions.KhaltiConfigurationError` before
     anything is asked when dj-khalti is misconfigured.
     """
     report = Reconciliation(give_up_after=give_up_after)
-    refunds = refunds_awaiting_outcome()
-    pending: QuerySet[Payment]
-    failed: QuerySet[Payment]
-    if payments is None:
-        pending = Payment.objects.pending().filter(_claimable())
-        pending = pending.filter(created_at__lte=DbNow() - older_than)
-        failed = Payment.objects.none()
-        if failed_within:
-            failed = _recheckable(Payment.objects.filter(_claimable()))
-            failed = failed.filter(
-                created_at__gte=DbNow() - failed_within,
-                updated_at__lt=DbNow() - RECHECK_FAILED_EVERY,
-            )
-        refunds = refunds.filter(created_at__lte=DbNow() - older_than)
-    else:
-        pending = payments.filter(status=Status.PENDING)
-        failed = _recheckable(payments)
-        refunds = refunds.filter(payment__in=payments)
+    pending, failed, refunds, failed_refunds = _due(payments, older_than, failed_within)
     deliveries = due_deliveries(limit or 1000, payments=payments) if deliver_signals else []
     pending_batches = _batches(pending, batch_size, limit, report)
     failed_batches = _batches(failed, batch_size, limit, report)
     if dry_run:
         report.would_deliver = deliveries
-        report.would_check = [
-            p for batches in (pending_batches, failed_batches) for b in batches for p in b
-        ]
+        report.would_check = [p for b in (*pending_batches, *failed_batches) for p in b]
         return report
     KhaltiClient.from_settings()  # a broken configuration fails before anything is asked
 
-    settled = set()  # a payment this run failed is not re-checked by it
-    for number, batch in enumerate(pending_batches, start=1):
+    settled = _settle_pending(pending_batches, report, on_batch)
+    for payment in (p for batch in failed_batches for p in batch):
+        if not report.given_up and payment.pk not in settled:
+            report._settle(recheck_failed, payment, "failed")
+    _settle_refunds(report, refunds, failed_refunds, limit)
+    # Signals last: what this run settled is delivered already (after its commit).
+    _deliver_again(report, deliveries)
+    return report
+
+
+def _deliver_again(report: Reconciliation, deliveries: list[SignalDelivery]) -> None:
+    """Deliver the due signals again; counted (None: another deliverer took one meanwhile,
+    not a failure).
+    """
+    delivered = [deliver(delivery) for delivery in deliveries]
+    report.signals_due = len(deliveries)
+    report.delivered, report.undelivered = delivered.count(True), delivered.count(False)
+
+
+def _due(
+    payments: QuerySet[Payment] | None, older_than: timedelta, failed_within: timedelta
+) -> tuple[QuerySet[Payment], QuerySet[Payment], QuerySet[Refund], QuerySet[Refund]]:
+    """What :func:`reconcile_due` checks: pending payments, failed ones, refunds of
+    unknown outcome and refunds recorded failed; of ``payments``, or what is due.
+    """
+    refunds = refunds_awaiting_outcome()
+    failed_refunds = Refund.objects.filter(status=Refund.Status.FAILED)
+    if payments is not None:
+        return (
+            payments.filter(status=Status.PENDING),
+            _recheckable(payments),
+            refunds.filter(payment__in=payments),
+            failed_refunds.filter(payment__in=payments),
+        )
+    pending: QuerySet[Payment] = Payment.objects.pending().filter(_claimable())
+    pending = pending.filter(created_at__lte=DbNow() - older_than)
+    failed: QuerySet[Payment] = Payment.objects.none()
+    failed_refunds = failed_refunds.none()
+    if failed_within:
+        failed = _recheckable(Payment.objects.filter(_claimable()))
+        failed = failed.filter(
+            created_at__gte=DbNow() - failed_within,
+            updated_at__lt=DbNow() - RECHECK_FAILED_EVERY,
+        )
+        failed_refunds = _refunds_to_recheck(failed_within)
+    refunds = refunds.filter(created_at__lte=DbNow() - older_than)
+    return pending, failed, refunds, failed_refunds
+
+
+def _refunds_to_recheck(failed_within: timedelta) -> QuerySet[Refund]:
+    """Refunds recorded failed that Khalti may still apply: asked for within
+    ``failed_within``, re-checked at most once per :data:`RECHECK_FAILED_EVERY`
+    (the first time that long after they failed).
+    """
+    last = Coalesce("rechecked_at", "settled_at", "created_at")
+    return Refund.objects.alias(last=last).filter(
+        status=Refund.Status.FAILED,
+        created_at__gte=DbNow() - failed_within,
+        last__lt=DbNow() - RECHECK_FAILED_EVERY,
+    )
+
+
+def _settle_pending(
+    batches: Iterator[list[Payment]],
+    report: Reconciliation,
+    on_batch: Callable[[int, int, Reconciliation], None] | None,
+) -> set[Any]:
+    """Claim and settle the pending payments, batch by batch; the ids of those it
+    read (a payment this run failed is not re-checked by it).
+    """
+    settled = set()
+    for number, batch in enumerate(batches, start=1):
         for payment in batch:
             if report.given_up:
                 break
@@ -218,23 +271,35 @@ def reconcile_due(
             on_batch(number, len(batch), report)
         if report.given_up:
             break
-    for batch in failed_batches:
-        for payment in batch:
-            if not report.given_up and payment.pk not in settled:
-                report._settle(recheck_failed, payment, "failed")
-    refund_list = list(refunds.order_by("created_at")[: (limit or 1000) + 1])
-    if len(refund_list) > (limit or 1000):
+    return settled
+
+
+def _settle_refunds(
+    report: Reconciliation,
+    refunds: QuerySet[Refund],
+    failed_refunds: QuerySet[Refund],
+    limit: int | None,
+) -> None:
+    """Settle the refunds of unknown outcome, then re-check those recorded failed
+    (both read first: a refund this run fails is not re-checked by it).
+    """
+    for kind, settle, listed in [
+        ("refunds", reconcile_refund, _oldest(refunds, limit, report)),
+        ("failed_refunds", recheck_failed_refund, _oldest(failed_refunds, limit, report)),
+    ]:
+        for refund in listed:
+            if not report.given_up:
+                report._settle(settle, refund, kind)
+
+
+def _oldest(rows: QuerySet[Refund], limit: int | None, report: Reconciliation) -> list[Refund]:
+    """The oldest ``limit`` (else 1000) of ``rows`` (``report.limited`` if some were left)."""
+    most = limit or 1000
+    oldest = list(rows.select_related("payment").order_by("created_at", "pk")[: most + 1])
+    if len(oldest) > most:
         report.limited = True
-        refund_list.pop()
-    for refund in refund_list:
-        if not report.given_up:
-            report._settle(reconcile_refund, refund, "refunds")
-    # Signals last: what this run settled is delivered already (after its commit).
-    # None: another deliverer took it meanwhile (not a failure).
-    delivered = [deliver(delivery) for delivery in deliveries]
-    report.signals_due = len(deliveries)
-    report.delivered, report.undelivered = delivered.count(True), delivered.count(False)
-    return report
+        oldest.pop()
+    return oldest
 
 
 def _settle_claimed(payment: Payment) -> Payment:
