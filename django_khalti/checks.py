@@ -19,7 +19,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.module_loading import import_string
 
 from .client import MAX_TIMEOUT, key_is_clean, timeout_is_sane
-from .conf import DEFAULTS, website_url_is_sane
+from .conf import DEFAULTS, MAX_ASK_SPACING, ask_spacing_is_sane, website_url_is_sane
 from .decorators import COOP_HEADER, allow_khalti_popups, keeps_popup_opener
 
 
@@ -138,6 +138,16 @@ def _check_timeout(config: dict[str, Any]) -> list[checks.CheckMessage]:
                 "KHALTI['SIGNAL_GRACE_PERIOD'] must be a positive number of seconds.",
                 hint="How long a signal's first delivery may run before it is delivered "
                 "again; the default is 60.",
+                id="django_khalti.E004",
+            )
+        )
+    if not ask_spacing_is_sane(config.get("ASK_SPACING", DEFAULTS["ASK_SPACING"])):
+        problems.append(
+            checks.Error(
+                "KHALTI['ASK_SPACING'] must be a number of seconds above 0 and at most "
+                f"{MAX_ASK_SPACING}.",
+                hint="The least time between two questions to Khalti about one payment; "
+                "the default is 10.",
                 id="django_khalti.E004",
             )
         )
@@ -300,8 +310,8 @@ def check_settings(
     """Check ``settings.KHALTI`` (tag ``django_khalti``); returns the problems found.
 
     Errors: E001 no secret key (or ``KHALTI`` not a dict), E002 no callable amount
-    resolver, E003 ``BASE_URL`` not an http(s) URL, E004 ``TIMEOUT`` or
-    ``SIGNAL_GRACE_PERIOD`` not a positive number, E005 ``WEBSITE_URL`` malformed,
+    resolver, E003 ``BASE_URL`` not an http(s) URL, E004 ``TIMEOUT``,
+    ``SIGNAL_GRACE_PERIOD`` or ``ASK_SPACING`` out of bounds, E005 ``WEBSITE_URL`` malformed,
     or unset while the ePayment pages are served with ``DEBUG`` off, E006
     ``WIDGET_SCRIPT_URL`` not an https URL or a path, E007 ``SUCCESS_URL`` or
     ``FAILURE_URL`` naming no URL. Warnings: W001 ``BASE_URL``

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "BASE_URL": "https://khalti.com/",
     "TIMEOUT": 10,
     "SIGNAL_GRACE_PERIOD": 60,
+    "ASK_SPACING": 10,
     "AMOUNT_RESOLVER": None,
     "WEBSITE_URL": None,
     "SUCCESS_URL": None,
@@ -41,6 +43,19 @@ IMPORT_STRINGS = {"AMOUNT_RESOLVER"}
 CALLS_PER_CLAIM = 6
 #: Seconds a claim may outlive its calls (database work, a busy host).
 CLAIM_MARGIN = 10
+
+
+#: The longest ``ASK_SPACING``: a buyer back from Khalti waits at most this long to be told.
+MAX_ASK_SPACING = 60
+
+
+def ask_spacing_is_sane(value: Any) -> bool:
+    """Whether ``value`` is an ``ASK_SPACING``: seconds above 0 and at most :data:`MAX_ASK_SPACING`."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 < value <= MAX_ASK_SPACING  # NaN compares False
+    )
 
 
 #: A host name's labels: letters, digits and inner hyphens (IDNA names in punycode).
@@ -112,6 +127,22 @@ class KhaltiSettings:
         a worker that died.
         """
         return float(self.TIMEOUT) * CALLS_PER_CLAIM + CLAIM_MARGIN
+
+    @property
+    def ask_spacing(self) -> timedelta:
+        """``ASK_SPACING``: the least time between two claims on one payment, each of
+        which asks Khalti about it (see :func:`~django_khalti.services.state.claim`).
+
+        Raises :class:`~django_khalti.exceptions.KhaltiConfigurationError` when it is
+        not a number of seconds above 0 and at most :data:`MAX_ASK_SPACING`.
+        """
+        value = self.ASK_SPACING
+        if not ask_spacing_is_sane(value):
+            raise KhaltiConfigurationError(
+                f"KHALTI['ASK_SPACING'] must be a number of seconds above 0 and at most "
+                f"{MAX_ASK_SPACING}, not {value!r}."
+            )
+        return timedelta(seconds=value)
 
 
 khalti_settings = KhaltiSettings()

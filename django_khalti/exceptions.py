@@ -10,12 +10,51 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Model, ProtectedError
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 
 
 class KhaltiConfigurationError(ImproperlyConfigured):
     """The ``KHALTI`` settings are missing or wrong (a bug in the shop, not the buyer)."""
+
+
+class KhaltiPaymentAsSent(TypeError):
+    """``save()`` or ``delete()`` of a signal receiver's ``payment``: the payment as
+    it was when the signal was sent, not the row as it stands now. Written back,
+    it would rewind the row (a refunded payment saved as verified could be
+    refunded twice).
+    """
+
+    def __init__(self, payment: Any, signal: str, action: str) -> None:
+        self.payment_id = payment.pk
+        super().__init__(
+            f"This Payment is payment {payment.pk} as it was when {signal} was sent (a "
+            f"receiver's own copy), so it cannot be {action}. Read the row as it stands now "
+            f"with Payment.objects.get(pk=payment.pk), and change a payment's status only "
+            f"through django_khalti.services (refund_payment, ...)."
+        )
+
+
+class KhaltiProtectedError(ProtectedError):
+    """A delete that would erase the record of money, or a signal the shop has not had yet.
+
+    Nothing was deleted. A :class:`~django.db.models.ProtectedError`, as Django raises for
+    a ``PROTECT`` foreign key, so code that already handles a refused delete handles this
+    one. ``kept`` lists each row refused with why; ``rule`` says what may be deleted;
+    ``protected_objects`` holds the rows, as Django's does.
+    """
+
+    def __init__(self, kept: list[tuple[Model, str]], rule: str, purge: str = "") -> None:
+        self.kept = kept
+        self.rule = rule
+        shown = "; ".join(f"{row} ({why})" for row, why in kept[:10])
+        more = f"; and {len(kept) - 10} more" if len(kept) > 10 else ""
+        self.message = f"Not deleted, {len(kept)} kept: {shown}{more}. {rule} {purge}".strip()
+        super().__init__(self.message, {row for row, _ in kept})
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class KhaltiError(Exception):

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from django.conf import settings
 from django.core import serializers
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
+
+from .conf import khalti_settings
+from .deletion import PROTECT_UNDELIVERED, KeptModel, KeptQuerySet
+from .exceptions import KhaltiPaymentAsSent
 
 
 class DbNow(Now):
@@ -38,8 +43,41 @@ class DbNow(Now):
         return self.as_sql(compiler, connection, template=template, **extra_context)
 
 
-class PaymentQuerySet(models.QuerySet["Payment"]):
-    """``Payment.objects``: payments by status and by order."""
+class PaymentQuerySet(KeptQuerySet["Payment"]):
+    """``Payment.objects``: payments by status and by order; what may be deleted."""
+
+    rule = _("Only a failed payment whose signals were all delivered may be deleted.")
+    purge = (
+        "To purge old failed payments: Payment.objects.deletable().filter(created_at__lt=...)"
+        ".delete() (see the docs: reference, models, Deleting)."
+    )
+    reasons = {
+        "undelivered": _("a signal to the shop is not delivered yet"),
+        "claimed": _("Khalti is being asked about it right now"),
+    }
+
+    def kept_because(self) -> Case:
+        """Why a payment must not be deleted: it is not failed (it holds its order and
+        token, or money moved or may still), a signal of it has not reached the shop,
+        or a re-check is asking Khalti about it right now.
+        """
+        undelivered = SignalDelivery.objects.filter(
+            payment=OuterRef("pk"), delivered_at__isnull=True
+        )
+        claimed = Q(claimed_at__gte=DbNow() - timedelta(seconds=khalti_settings.stale_after))
+        return Case(
+            When(~Q(status=Payment.Status.FAILED), then=F("status")),
+            When(Exists(undelivered), then=Value("undelivered")),
+            When(claimed, then=Value("claimed")),
+            default=Value(""),
+            output_field=models.CharField(),
+        )
+
+    def why(self, code: str) -> str:
+        """Why a payment is kept: its status, or one of :attr:`reasons`."""
+        if code in Payment.Status.values:
+            return _("it is %(status)s") % {"status": str(Payment.Status(code).label).lower()}
+        return super().why(code)
 
     def pending(self) -> PaymentQuerySet:
         """Payments awaiting Khalti's answer."""
@@ -68,12 +106,13 @@ class PaymentQuerySet(models.QuerySet["Payment"]):
         )
 
 
-class Payment(models.Model):
+class Payment(KeptModel):
     """One payment attempt through Khalti, widget or ePayment, and what Khalti said of it.
 
     ``amount`` is the shop's (from its resolver), in paisa. ``status`` changes only
     in :mod:`django_khalti.services`; the row also records Khalti's ids, fee,
-    masked payer mobile, its last answer and why a payment failed.
+    masked payer mobile, its last answer and why a payment failed. Only a failed
+    payment whose signals were all delivered may be deleted (:mod:`django_khalti.deletion`).
     """
 
     class Status(models.TextChoices):
@@ -174,11 +213,25 @@ class Payment(models.Model):
     #: When a worker took this payment to call Khalti, on the database's clock;
     #: NULL when nobody holds it.
     claimed_at = models.DateTimeField(_("claimed"), null=True, blank=True, editable=False)
+    #: When a worker last took this payment to ask Khalti about it, on the
+    #: database's clock; kept when the claim is let go. A new claim waits until
+    #: ``KHALTI["ASK_SPACING"]`` has passed since, whoever asks.
+    last_asked_at = models.DateTimeField(
+        _("last asked Khalti"), null=True, blank=True, editable=False
+    )
     #: How many times a worker has taken this payment to call Khalti: also the
     #: claim's generation, which a holder's writes are guarded by.
     attempts = models.PositiveIntegerField(_("attempts"), default=0, editable=False)
+    #: How many times its status changed: each change counts it up, in the same
+    #: guarded ``UPDATE``, and its signal carries the count as
+    #: :attr:`SignalDelivery.sequence`, the order the shop hears of its changes in.
+    status_changes = models.PositiveIntegerField(_("status changes"), default=0, editable=False)
 
     objects = PaymentQuerySet.as_manager()
+
+    #: On a receiver's copy (:attr:`SignalDelivery.payment_as_it_was`), the signal
+    #: it was sent with: such a copy can be neither saved nor deleted.
+    _sent_with: str = ""
 
     class Meta:
         """Newest first; permission ``refund_payment``; the admin's mobile search and the
@@ -208,13 +261,27 @@ class Payment(models.Model):
         """Save; a new row keeps the claims' invariants even when made by hand (a
         fixture, a data migration): the reference given is canonical unless the
         resolver said otherwise, and a token is bound unless the payment failed.
+        A receiver's copy of the payment as it was is refused.
         """
+        self._refuse_a_receivers_copy("saved")
         if self._state.adding:
             self.order_reference = self.order_reference or self.product_identity
             if self.token_claim is None and self.token and self.status != self.Status.FAILED:
                 self.token_claim = self.token
         super().save(*args, **kwargs)
         _read_db_default(self)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Delete; a receiver's copy of the payment as it was is refused."""
+        self._refuse_a_receivers_copy("deleted")
+        return super().delete(*args, **kwargs)
+
+    def _refuse_a_receivers_copy(self, action: str) -> None:
+        """Raise :class:`~django_khalti.exceptions.KhaltiPaymentAsSent` on a receiver's
+        copy: written back, it would rewind the row to what the signal announced.
+        """
+        if self._sent_with:
+            raise KhaltiPaymentAsSent(self, self._sent_with, action)
 
     @property
     def amount_rupees(self) -> str:
@@ -244,7 +311,28 @@ class Payment(models.Model):
         return max(self.amount - self.refunded_amount, 0)
 
 
-class Refund(models.Model):
+class RefundQuerySet(KeptQuerySet["Refund"]):
+    """``Refund.objects``: what may be deleted."""
+
+    rule = _("Only a settled refund of a failed payment may be deleted.")
+    reasons = {
+        "pending": _("Khalti's answer on it is awaited or unknown: the money may have moved"),
+        "payment": _("it records money of a payment that is kept"),
+    }
+
+    def kept_because(self) -> Case:
+        """Why a refund must not be deleted: its outcome is not known, or its payment
+        is not failed (the refund is part of that payment's record of money).
+        """
+        return Case(
+            When(status=Refund.Status.PENDING, then=Value("pending")),
+            When(~Q(payment__status=Payment.Status.FAILED), then=Value("payment")),
+            default=Value(""),
+            output_field=models.CharField(),
+        )
+
+
+class Refund(KeptModel):
     """One request to give money back to the buyer, and what Khalti said of it."""
 
     class Status(models.TextChoices):
@@ -282,6 +370,8 @@ class Refund(models.Model):
     #: column, so a payment has at most one refund in flight on every database.
     claim = models.UUIDField(unique=True, null=True, editable=False)
 
+    objects = RefundQuerySet.as_manager()
+
     class Meta:
         """Oldest first: the payment's refund history in order."""
 
@@ -301,7 +391,22 @@ class Refund(models.Model):
         _read_db_default(self)
 
 
-class SignalDelivery(models.Model):
+class SignalDeliveryQuerySet(KeptQuerySet["SignalDelivery"]):
+    """``SignalDelivery.objects``: what may be deleted."""
+
+    rule = _("Only a signal delivered to the shop may be deleted.")
+    reasons = {"undelivered": _("it is not delivered to the shop yet")}
+
+    def kept_because(self) -> Case:
+        """Why a delivery must not be deleted: the shop has not had the signal yet."""
+        return Case(
+            When(delivered_at__isnull=True, then=Value("undelivered")),
+            default=Value(""),
+            output_field=models.CharField(),
+        )
+
+
+class SignalDelivery(KeptModel):
     """A signal to deliver to the shop's receivers: the outbox.
 
     Written in the transaction that changes the payment's status, so the change
@@ -322,9 +427,10 @@ class SignalDelivery(models.Model):
         NEEDS_REVIEW = "payment_needs_review", "payment_needs_review"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    #: Deleted with its payment once delivered; until then it protects its payment.
     payment = models.ForeignKey(
         Payment,
-        on_delete=models.CASCADE,
+        on_delete=PROTECT_UNDELIVERED,
         related_name="signal_deliveries",
         verbose_name=_("payment"),
     )
@@ -343,6 +449,12 @@ class SignalDelivery(models.Model):
     #: ``attempts`` while one is running, or after its worker died.
     attempts_finished = models.PositiveIntegerField(_("attempts finished"), default=0)
     last_error = models.TextField(_("last error"), blank=True)
+    #: The payment's :attr:`~Payment.status_changes` after the change this announces:
+    #: a payment's signals are delivered in this order, each only once every
+    #: earlier one was (0: written before dj-khalti counted, ordered by ``created_at``).
+    sequence = models.PositiveIntegerField(_("sequence"), default=0)
+
+    objects = SignalDeliveryQuerySet.as_manager()
 
     class Meta:
         """Newest first."""
@@ -357,11 +469,14 @@ class SignalDelivery(models.Model):
 
     @property
     def payment_as_it_was(self) -> Payment:
-        """A fresh :class:`Payment` built from :attr:`snapshot`: the receivers' own copy."""
+        """A fresh :class:`Payment` built from :attr:`snapshot`, each time it is read:
+        one receiver's own copy. It refuses ``save()`` and ``delete()``.
+        """
         (item,) = serializers.deserialize("python", [self.snapshot])
         payment = cast(Payment, item.object)
         payment._state.adding = False
         payment._state.db = self._state.db
+        payment._sent_with = self.signal
         return payment
 
 

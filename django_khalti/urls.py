@@ -7,13 +7,13 @@ The API (``verify``, ``epayment-initiate``) and the buyer's ePayment pages
 
 from django.urls import path
 
-from . import views, widget_urls
+from . import pages, views, widget_urls
 
 app_name = "django_khalti"
 
 urlpatterns = [
     *widget_urls.urlpatterns,
     path("epayment/initiate/", views.EpaymentInitiateView.as_view(), name="epayment-initiate"),
-    path("epayment/start/<str:product_identity>/", views.epayment_start, name="epayment-start"),
-    path("epayment/return/", views.epayment_return, name="epayment-return"),
+    path("epayment/start/<str:product_identity>/", pages.epayment_start, name="epayment-start"),
+    path("epayment/return/", pages.epayment_return, name="epayment-return"),
 ]

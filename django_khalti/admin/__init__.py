@@ -2,8 +2,12 @@
 
 Everything Khalti told us is read-only. Two actions talk to Khalti: "Re-check
 with Khalti" settles pending payments (and refunds whose outcome was unknown),
-"Refund" gives money back after a confirmation page. The signal deliveries'
-page lists what the shop's receivers have not yet taken, and re-sends it.
+"Refund" gives money back after a confirmation page; a payment's page offers
+those that apply to it as buttons. The signal deliveries' page lists what the
+shop's receivers have not yet taken, and re-sends it. Nothing that records money
+is deleted.
+
+Imports point down, from the ModelAdmins to what they are built from:
 
 - :mod:`.payments`: the payments' changelist and change page;
 - :mod:`.deliveries`: the signal deliveries' changelist;
@@ -11,6 +15,9 @@ page lists what the shop's receivers have not yet taken, and re-sends it.
 - :mod:`.views` and :mod:`.forms`: the refund and resolve-refund confirmation pages;
 - :mod:`.overview`: the overview page (today's, 7 and 30 days' figures, what is
   stuck pending, what needs a person, the daily volume);
+- :mod:`.permissions`: the two ModelAdmins' bases (who may do what), which the
+  actions and pages are typed by;
+- :mod:`.deletion`: what a superuser may delete, and telling which rows were kept;
 - :mod:`.records`: what both show of a payment's record (inlines, filter, JSON).
 """
 

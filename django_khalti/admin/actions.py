@@ -26,8 +26,7 @@ from ..models import Payment, Refund, SignalDelivery
 from .views import RefundView, ResolveRefundView
 
 if TYPE_CHECKING:
-    from .deliveries import SignalDeliveryAdmin
-    from .payments import PaymentAdmin
+    from .permissions import DeliveryAdminBase, PaymentAdminBase
 
 #: The most payments one "Re-check with Khalti" asks about: each may take up to
 #: TIMEOUT, and a web request must stay short. khalti_reconcile has no limit.
@@ -35,18 +34,25 @@ RECHECK_LIMIT = 20
 
 
 @admin.action(description=_("Re-check with Khalti"), permissions=["recheck"])
-def recheck(modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
+def recheck(
+    modeladmin: PaymentAdminBase, request: HttpRequest, queryset: QuerySet[Payment]
+) -> None:
     """Ask Khalti about the selected pending payments, failed ones (read-only: did
     Khalti complete it after all?) and refunds of unknown outcome.
 
     The reconciliation ``khalti_reconcile`` runs (:func:`~django_khalti.services.reconcile_due`),
     for the selection whatever its age: at most :data:`RECHECK_LIMIT` of each per click;
-    it stops at the first that Khalti does not answer. Reports what became of them as
-    messages.
+    it stops at the first that Khalti does not answer, and passes over a payment Khalti
+    was asked about within :data:`~django_khalti.services.PERSON_SPACING`. Reports
+    what became of them as messages.
     """
     try:
         report = services.reconcile_due(
-            queryset, limit=RECHECK_LIMIT, give_up_after=1, deliver_signals=False
+            queryset,
+            limit=RECHECK_LIMIT,
+            give_up_after=1,
+            deliver_signals=False,
+            spacing=services.PERSON_SPACING,
         )
     except KhaltiConfigurationError as exc:
         modeladmin.message_user(request, _("dj-khalti is misconfigured: %s") % exc, messages.ERROR)
@@ -94,7 +100,7 @@ def recheck(modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[P
 
 @admin.action(description=_("Refund with Khalti…"), permissions=["refund"])
 def refund(
-    modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[Payment]
+    modeladmin: PaymentAdminBase, request: HttpRequest, queryset: QuerySet[Payment]
 ) -> HttpResponseBase:
     """Refund the selected payments after a confirmation page (:class:`.views.RefundView`)."""
     return RefundView.in_place(modeladmin, request, queryset)
@@ -102,7 +108,7 @@ def refund(
 
 @admin.action(description=_("Resolve an unknown refund by hand…"), permissions=["refund"])
 def resolve_refund(
-    modeladmin: PaymentAdmin, request: HttpRequest, queryset: QuerySet[Payment]
+    modeladmin: PaymentAdminBase, request: HttpRequest, queryset: QuerySet[Payment]
 ) -> HttpResponseBase:
     """Record what Khalti's dashboard shows of the selection's refunds of unknown outcome,
     after a confirmation page (:class:`.views.ResolveRefundView`).
@@ -112,17 +118,36 @@ def resolve_refund(
 
 @admin.action(description=_("Re-send to the receivers now"), permissions=["resend"])
 def resend(
-    modeladmin: SignalDeliveryAdmin, request: HttpRequest, queryset: QuerySet[SignalDelivery]
+    modeladmin: DeliveryAdminBase, request: HttpRequest, queryset: QuerySet[SignalDelivery]
 ) -> None:
-    """Deliver the selected undelivered signals now; report how many took."""
-    undelivered = list(queryset.filter(next_attempt_at__isnull=False)[:RECHECK_LIMIT])
+    """Deliver the selected undelivered signals now, oldest first, at most
+    :data:`RECHECK_LIMIT`; report how many took, and which of the selection were
+    not sent: delivered meanwhile, or beyond the limit.
+    """
+    oldest_first = queryset.filter(next_attempt_at__isnull=False).order_by("created_at", "pk")
+    undelivered = list(oldest_first[: RECHECK_LIMIT + 1])
     if not undelivered:
         modeladmin.message_user(
             request, _("The selected signals were all delivered already."), messages.WARNING
         )
         return
-    outcomes = [services.deliver(delivery, now=True) for delivery in undelivered]
+    _say_what_is_not_sent(modeladmin, request, queryset, len(undelivered) > RECHECK_LIMIT)
+    outcomes = _resend_in_order(undelivered[:RECHECK_LIMIT])
     delivered, failed = outcomes.count(True), outcomes.count(False)
+    waiting = outcomes.count("waiting")
+    if waiting:
+        modeladmin.message_user(
+            request,
+            ngettext(
+                "%(n)s signal waits for an earlier signal of its payment that was not "
+                "delivered yet: select that one too.",
+                "%(n)s signals wait for an earlier signal of their payment that was not "
+                "delivered yet: select those too.",
+                waiting,
+            )
+            % {"n": waiting},
+            messages.WARNING,
+        )
     if None in outcomes:
         modeladmin.message_user(
             request,
@@ -151,4 +176,49 @@ def resend(
             )
             % {"n": failed},
             messages.ERROR,
+        )
+
+
+def _resend_in_order(undelivered: list[SignalDelivery]) -> list[bool | str | None]:
+    """Deliver ``undelivered`` now, each payment's in order (a delivered one goes on
+    with the later ones of its payment); for each: True delivered, False a
+    receiver raised, "waiting" behind an earlier undelivered signal, None
+    being delivered by another worker.
+    """
+    outcomes: dict[object, bool | str | None] = {}
+    for delivery in sorted(undelivered, key=lambda d: (d.sequence, d.created_at)):
+        if delivery.pk in outcomes:
+            continue  # delivered after an earlier one of its payment
+        if services.earlier_undelivered(delivery) is not None:
+            outcomes[delivery.pk] = "waiting"
+            continue
+        run = services.deliver_in_order(delivery, now=True)
+        outcomes.update((done.pk, ok) for done, ok in run)
+        outcomes.setdefault(delivery.pk, None)
+    return list(outcomes.values())
+
+
+def _say_what_is_not_sent(
+    modeladmin: DeliveryAdminBase,
+    request: HttpRequest,
+    queryset: QuerySet[SignalDelivery],
+    limited: bool,
+) -> None:
+    """Tell the user which of the selected signals "Re-send" leaves: those delivered
+    already (perhaps since the list was shown), and those beyond :data:`RECHECK_LIMIT`.
+    """
+    delivered = queryset.filter(next_attempt_at__isnull=True).count()
+    if delivered:
+        modeladmin.message_user(
+            request,
+            _("%(n)s of the selected signals had been delivered already: not sent again.")
+            % {"n": delivered},
+            messages.WARNING,
+        )
+    if limited:
+        modeladmin.message_user(
+            request,
+            _("Only the oldest %(n)s undelivered signals were re-sent: select the rest again.")
+            % {"n": RECHECK_LIMIT},
+            messages.WARNING,
         )

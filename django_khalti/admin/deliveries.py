@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from django.contrib import admin
-from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from ..models import SignalDelivery
 from .actions import resend
-from .records import UndeliveredFilter, may_see_payments, pretty_json
-
-if TYPE_CHECKING:
-    # django-stubs makes the admin classes generic in their model; Django's are not
-    # subscriptable at run time.
-    _DeliveryAdmin = admin.ModelAdmin[SignalDelivery]
-else:
-    _DeliveryAdmin = admin.ModelAdmin
+from .deletion import delete_selected
+from .permissions import DeliveryAdminBase
+from .records import UndeliveredFilter, pretty_json
 
 
-class SignalDeliveryAdmin(_DeliveryAdmin):
+class SignalDeliveryAdmin(DeliveryAdminBase):
     """The outbox: every signal sent to the shop's receivers, and what is not delivered yet.
 
     Read-only; the action "Re-send to the receivers now" (``change_signaldelivery``
@@ -42,7 +36,7 @@ class SignalDeliveryAdmin(_DeliveryAdmin):
     list_filter = [UndeliveredFilter, "signal"]
     list_select_related = ["payment"]
     search_fields = ["payment__order_reference__startswith", "payment__token__exact"]
-    actions = [resend]
+    actions = [resend, delete_selected]
     fields: ClassVar[tuple[str, ...]] = (
         "signal",
         "payment",
@@ -71,33 +65,3 @@ class SignalDeliveryAdmin(_DeliveryAdmin):
     def snapshot_display(self, delivery: SignalDelivery) -> str:
         """The payment as the receivers get it, as readable JSON."""
         return pretty_json(delivery.snapshot.get("fields"))
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        """Never: signals are written with the status changes they announce."""
-        return False
-
-    def has_view_permission(self, request: HttpRequest, obj: SignalDelivery | None = None) -> bool:
-        """Also only for whoever may see payments: a delivery shows its payment whole."""
-        return may_see_payments(request) and super().has_view_permission(request, obj)
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        """Listed for whoever may view the deliveries (see :meth:`has_view_permission`)."""
-        return self.has_view_permission(request) or self.has_change_permission(request)
-
-    def has_change_permission(
-        self, request: HttpRequest, obj: SignalDelivery | None = None
-    ) -> bool:
-        """For the changelist's action only, and for whoever may see payments: a
-        delivery's own page is read-only.
-        """
-        return obj is None and may_see_payments(request) and super().has_change_permission(request)
-
-    def has_delete_permission(
-        self, request: HttpRequest, obj: SignalDelivery | None = None
-    ) -> bool:
-        """Only for superusers: deliveries are part of the audit trail."""
-        return bool(request.user.is_superuser)
-
-    def has_resend_permission(self, request: HttpRequest) -> bool:
-        """Whether the user may re-send: ``django_khalti.change_signaldelivery``."""
-        return bool(request.user.has_perm("django_khalti.change_signaldelivery"))

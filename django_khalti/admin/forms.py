@@ -3,13 +3,51 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any, ClassVar
 
 from django import forms
+from django.core import signing
 from django.utils.translation import gettext_lazy as _
 
+#: The keys every payment's state on a page has (see :mod:`.seen`).
+_STATE_KEYS = {"name", "status", "refunded", "refunds"}
 
-class RefundForm(forms.Form):
+
+class _ConfirmationForm(forms.Form):
+    """A confirmation page's form, carrying, signed, what the page showed of each of its
+    payments (:mod:`.seen`): the submit acts only on payments still as they were shown.
+    """
+
+    #: One salt for each page: what one page showed is not taken back by another.
+    salt: ClassVar[str]
+    #: What the page showed, by payment id; a submit without it (or with one the
+    #: page did not sign) is refused.
+    shown = forms.CharField(widget=forms.HiddenInput)
+
+    @classmethod
+    def sign(cls, states: dict[str, dict[str, Any]]) -> str:
+        """What the page shows, for its ``shown`` field."""
+        return signing.dumps(states, salt=cls.salt, compress=True)
+
+    def clean_shown(self) -> dict[str, dict[str, Any]]:
+        """What the page showed, as it signed it."""
+        try:
+            states = signing.loads(self.cleaned_data["shown"], salt=self.salt)
+        except signing.BadSignature:
+            states = None
+        if not isinstance(states, dict) or not all(
+            isinstance(state, dict) and state.keys() >= _STATE_KEYS for state in states.values()
+        ):
+            raise forms.ValidationError(
+                _("This page cannot be read back: open it again."), code="unreadable"
+            )
+        return states
+
+
+class RefundForm(_ConfirmationForm):
     """The Refund action's confirmation page: an amount in rupees (empty: all that remains)."""
+
+    salt = "django_khalti.admin.refund"
 
     amount = forms.DecimalField(
         label=_("Amount (Rs)"),
@@ -25,9 +63,6 @@ class RefundForm(forms.Form):
         required=False,
         help_text=_("Only for payments funded from a bank: the buyer's Khalti id (mobile)."),
     )
-    #: What had been refunded of the selection when the page was shown: a second
-    #: submit of the same page (or a colleague's refund meanwhile) is refused.
-    refunded_before = forms.IntegerField(widget=forms.HiddenInput)
 
     def amount_paisa(self) -> int | None:
         """The amount asked for, in paisa; None to refund all that remains."""
@@ -35,8 +70,10 @@ class RefundForm(forms.Form):
         return None if amount is None else int(amount * 100)
 
 
-class ResolveRefundForm(forms.Form):
+class ResolveRefundForm(_ConfirmationForm):
     """What a person found in Khalti's dashboard about a refund of unknown outcome."""
+
+    salt = "django_khalti.admin.resolve_refund"
 
     outcome = forms.ChoiceField(
         label=_("What Khalti's dashboard shows"),

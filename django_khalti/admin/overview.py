@@ -42,7 +42,7 @@ from ..models import Payment, Refund, rupees
 if TYPE_CHECKING:
     from django.utils.functional import _StrOrPromise as StrOrPromise
 
-    from .payments import PaymentAdmin
+    from .permissions import PaymentAdminBase
 
 #: How many payments (and refunds) each list shows at most, oldest first.
 LIST_LIMIT = 20
@@ -347,11 +347,11 @@ class OverviewView(TemplateView):
 
     template_name = "admin/django_khalti/payment/overview.html"
     #: The ``PaymentAdmin`` the view belongs to (``as_view(model_admin=...)``).
-    model_admin: PaymentAdmin | None = None
+    model_admin: PaymentAdminBase | None = None
     title = _("Payments overview")
 
     @property
-    def admin(self) -> PaymentAdmin:
+    def admin(self) -> PaymentAdminBase:
         """The view's ``PaymentAdmin``."""
         assert self.model_admin is not None, "as_view(model_admin=...)"
         return self.model_admin

@@ -1,31 +1,33 @@
 """The payments' admin: the changelist a support desk searches, and a payment's page,
-read-only, with its refunds and signals.
+read-only, with its refunds and signals, and the changelist's actions that apply to it
+as buttons.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 from django.contrib import admin
-from django.contrib.admin.utils import flatten_fieldsets
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import flatten_fieldsets, quote, unquote
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, path
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from .. import services
 from ..models import Payment, rupees
 from .actions import recheck, refund, resolve_refund
+from .deletion import delete_selected
 from .overview import OverviewView
+from .permissions import PaymentAdminBase
 from .records import DeliveryInline, RefundInline, UndeliveredFilter, pretty_json
 from .views import RefundView, ResolveRefundView
 
-if TYPE_CHECKING:
-    # django-stubs makes the admin classes generic in their model; Django's are not
-    # subscriptable at run time.
-    _PaymentAdmin = admin.ModelAdmin[Payment]
-else:
-    _PaymentAdmin = admin.ModelAdmin
+#: The changelist's actions a payment's page offers as buttons, when they apply to it.
+PAGE_ACTIONS = ("recheck", "refund", "resolve_refund")
 
 #: The colour of each status badge in the changelist.
 STATUS_COLOURS: dict[str, str] = {
@@ -38,12 +40,13 @@ STATUS_COLOURS: dict[str, str] = {
 }
 
 
-class PaymentAdmin(_PaymentAdmin):
+class PaymentAdmin(PaymentAdminBase):
     """The payments' admin: read-only records, searched by Khalti's ids, with three actions.
 
     "Re-check with Khalti" (``change_payment`` permission), "Refund with Khalti…"
     and "Resolve an unknown refund by hand…" (``refund_payment`` permission).
-    Nobody adds or edits a payment; only a superuser deletes one.
+    Nobody adds or edits a payment; only a superuser deletes one, and only one
+    that may go (see :mod:`.permissions` and :mod:`.deletion`).
     """
 
     list_display = [
@@ -71,7 +74,7 @@ class PaymentAdmin(_PaymentAdmin):
         "mobile__exact",
     ]
     show_full_result_count = False
-    actions = [recheck, refund, resolve_refund]
+    actions = [recheck, refund, resolve_refund, delete_selected]
     inlines = [RefundInline, DeliveryInline]
     fieldsets = [
         (
@@ -106,7 +109,10 @@ class PaymentAdmin(_PaymentAdmin):
             },
         ),
         (_("Times"), {"fields": ["created_at", "updated_at", "verified_at", "expires_at"]}),
-        (_("Processing"), {"fields": ["claimed_at", "attempts"], "classes": ["collapse"]}),
+        (
+            _("Processing"),
+            {"fields": ["claimed_at", "last_asked_at", "attempts"], "classes": ["collapse"]},
+        ),
     ]
     #: Every field of the page, none of them editable: payments change only through Khalti.
     readonly_fields = flatten_fieldsets(fieldsets)
@@ -137,35 +143,6 @@ class PaymentAdmin(_PaymentAdmin):
         """Khalti's last answer, as readable JSON."""
         return pretty_json(payment.khalti_response)
 
-    # --- permissions: an audit trail ---------------------------------------
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        """Never: payments are made by buyers, through the app."""
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
-        """For the changelist's actions only: a payment's own page is read-only."""
-        # A payment's page is view-only: saving it would rewrite the row from a
-        # stale copy, around the guarded status changes. Changes go through the
-        # actions, which is what the change permission is for.
-        return obj is None and super().has_change_permission(request)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
-        """Only for superusers: payments are the audit trail."""
-        return bool(request.user.is_superuser)
-
-    def has_refund_permission(self, request: HttpRequest) -> bool:
-        """Whether the user may refund: ``django_khalti.refund_payment``."""
-        return bool(request.user.has_perm("django_khalti.refund_payment"))
-
-    def has_resolve_refund_permission(self, request: HttpRequest) -> bool:
-        """Whether the user may resolve refunds: the refund permission."""
-        return self.has_refund_permission(request)
-
-    def has_recheck_permission(self, request: HttpRequest) -> bool:
-        """Whether the user may re-check payments: ``django_khalti.change_payment``."""
-        return bool(request.user.has_perm("django_khalti.change_payment"))
-
     # --- the views that call Khalti: outside ATOMIC_REQUESTS -------------------
 
     # Like the API views, what calls Khalti must not run inside the request's
@@ -184,12 +161,88 @@ class PaymentAdmin(_PaymentAdmin):
         """
         return super().changelist_view(request, extra_context)
 
+    @transaction.non_atomic_requests
+    def page_action_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        """A payment page's button: the changelist's action, taken for this one payment
+        as on the changelist (a confirmation page shown in place posts back here), then
+        back to the payment's page. Outside ``ATOMIC_REQUESTS``, as the changelist.
+        """
+        payment = self.get_object(request, unquote(object_id))
+        if payment is None:
+            raise Http404
+        page = reverse(
+            f"{self.admin_site.name}:django_khalti_payment_change", args=[quote(payment.pk)]
+        )
+        if request.method != "POST":
+            return HttpResponseRedirect(page)
+        action = request.POST.get("action")
+        if action not in PAGE_ACTIONS or action not in self.get_actions(request):
+            raise PermissionDenied
+        data = request.POST.copy()
+        data.setlist(ACTION_CHECKBOX_NAME, [str(payment.pk)])  # this payment, whatever was posted
+        data.pop("select_across", None)
+        request.POST = data  # type: ignore[assignment]
+        response = self.changelist_view(request)
+        if isinstance(response, HttpResponseRedirect) and response.url == request.get_full_path():
+            return HttpResponseRedirect(page)  # the action is done: back to the payment
+        return response
+
+    def page_actions(self, request: HttpRequest, payment: Payment) -> list[tuple[str, str]]:
+        """The changelist's actions (:data:`PAGE_ACTIONS`) the user may take that apply to
+        ``payment``, as (name, label): what its page offers as buttons.
+
+        Re-check applies to what a re-check of this payment would ask Khalti about;
+        refund, to a payment with something refundable; resolving, to a refund of
+        unknown outcome.
+        """
+        allowed = self.get_actions(request)
+        selection = Payment.objects.filter(pk=payment.pk)
+        unknown = services.refunds_awaiting_outcome().filter(payment=payment)
+        applies = {
+            "recheck": lambda: (
+                bool(
+                    services.reconcile_due(
+                        selection, dry_run=True, deliver_signals=False
+                    ).would_check
+                )
+                or unknown.exists()
+            ),
+            "refund": lambda: payment.refundable_amount > 0,
+            "resolve_refund": unknown.exists,
+        }
+        return [
+            (name, str(cast(tuple[Any, str, str], allowed[name])[2]))
+            for name in PAGE_ACTIONS
+            if name in allowed and applies[name]()
+        ]
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Payment | None = None,
+    ) -> HttpResponse:
+        """The payment's page, with its buttons (:meth:`page_actions`)."""
+        if obj is not None:
+            context["payment_actions"] = self.page_actions(request, obj)
+            context["action_checkbox_name"] = ACTION_CHECKBOX_NAME
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     def get_urls(self) -> list[URLPattern]:
-        """The admin's URLs, the overview's (:mod:`.overview`), and the confirmation
-        pages' own (each outside ``ATOMIC_REQUESTS``, see :mod:`.views`).
+        """The admin's URLs, the overview's (:mod:`.overview`), the confirmation
+        pages' own (each outside ``ATOMIC_REQUESTS``, see :mod:`.views`), and where a
+        payment's page posts its buttons (:meth:`page_action_view`).
         """
         info = self.opts.app_label, self.opts.model_name
         return [
+            path(
+                "<path:object_id>/action/",
+                self.admin_site.admin_view(self.page_action_view),
+                name="{}_{}_page_action".format(*info),
+            ),
             path(
                 "overview/",
                 self.admin_site.admin_view(OverviewView.as_view(model_admin=self)),

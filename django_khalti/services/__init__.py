@@ -18,8 +18,14 @@ exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
 """
 
 from .epayment import settle_epayment_return, start_epayment
-from .outbox import deliver, deliver_due, due_deliveries
-from .reconciliation import Reconciliation, recheck_failed, reconcile, reconcile_due
+from .outbox import deliver, deliver_due, deliver_in_order, due_deliveries, earlier_undelivered
+from .reconciliation import (
+    PERSON_SPACING,
+    Reconciliation,
+    recheck_failed,
+    reconcile,
+    reconcile_due,
+)
 from .refunds import (
     recheck_failed_refund,
     reconcile_refund,
@@ -33,10 +39,13 @@ from .widget import verify_payment
 __all__ = [
     "MAX_AMOUNT",
     "MIN_EPAYMENT_AMOUNT",
+    "PERSON_SPACING",
     "Reconciliation",
     "deliver",
     "deliver_due",
+    "deliver_in_order",
     "due_deliveries",
+    "earlier_undelivered",
     "epayment_order",
     "expected_amount",
     "recheck_failed",

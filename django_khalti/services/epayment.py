@@ -25,7 +25,7 @@ from ..exceptions import (
 )
 from ..models import DbNow, Payment
 from .outbox import _due_exists, deliver_due
-from .reconciliation import reconcile
+from .reconciliation import _rechecked, reconcile
 from .settle import _claim_order
 from .shop import epayment_order
 from .state import _fail
@@ -193,10 +193,14 @@ def settle_epayment_return(pidx: str) -> Payment:
 
     Only the ``pidx`` is taken from the return URL; everything else in it is
     the browser's word. A payment recorded failed is looked up again, read-only
-    (the buyer may have paid after all: :func:`recheck_failed`). Returns the
-    payment as it stands afterwards (still pending if Khalti says so, or
-    another worker is settling it right now).
-    Raises :class:`KhaltiUnknownPayment` for a pidx we never started and
+    (the buyer may have paid after all: :func:`recheck_failed`). Khalti is
+    asked at most once per ``KHALTI["ASK_SPACING"]`` about a payment, however
+    often its return URL is opened (:func:`~.state.claim`). Returns the
+    payment as it stands afterwards (still pending if Khalti says so, another
+    worker is settling it right now, or Khalti was asked about it moments ago).
+    Raises :class:`KhaltiUnknownPayment` for a pidx we never started,
+    :class:`KhaltiInProgress` for a failed payment that could not be looked up
+    again now (Khalti may have completed it since it was last asked), and
     :class:`KhaltiUnavailable` when Khalti could not be asked.
     """
     payment = (
@@ -206,7 +210,12 @@ def settle_epayment_return(pidx: str) -> Payment:
     )
     if payment is None:
         raise KhaltiUnknownPayment()
-    if payment.status in (Status.PENDING, Status.FAILED):
-        payment = reconcile(payment)  # an ePayment: settled (or re-checked) by lookup
+    rechecked = True
+    if payment.status == Status.PENDING:
+        payment = reconcile(payment)  # an ePayment: settled by lookup
+    elif payment.status == Status.FAILED:
+        rechecked = _rechecked(payment)  # looked up again, read-only
     deliver_due(payment)  # what a dead worker or a raising receiver left undelivered
+    if payment.status == Status.FAILED and not rechecked:
+        raise KhaltiInProgress()
     return payment

@@ -12,6 +12,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.db import DatabaseError
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.dispatch import Signal
@@ -48,36 +49,133 @@ def _retry_wait(attempt: int) -> timedelta:
 
 
 def deliver(delivery: SignalDelivery, *, first: bool = False, now: bool = False) -> bool | None:
-    """Send ``delivery``'s signal to the shop's receivers; True when they all ran
-    without raising (the delivery is then marked delivered), False when one
-    raised, None when this call did not take it.
-
-    Delivery is at least once: each attempt is counted, and the next one
-    scheduled (see :func:`_retry_wait`), *before* the receivers run, so a
-    worker killed mid-delivery leaves it to be delivered again. ``first`` is
-    the status change's own worker, after the commit (its attempt was counted
-    with the outbox row); otherwise the delivery runs only when due, or when a
-    person asks (``now``: at once, unless an attempt is still running), and of
-    concurrent deliverers only one runs it (None for the others). A receiver
-    that raises is logged at ERROR with the payment's id; the error is stored
-    on the delivery.
-    Receivers get :attr:`~django_khalti.models.SignalDelivery.payment_as_it_was`.
+    """Send ``delivery``'s signal to the shop's receivers, then its payment's later
+    signals that were waiting for it (:func:`deliver_in_order`); True when
+    ``delivery``'s receivers all ran without raising (it is then marked
+    delivered), False when one raised, None when this call did not run it:
+    another deliverer has it, or an earlier signal of its payment is still
+    undelivered (it is sent once that one is).
     """
-    if not first and not _take(delivery, due=not now):
-        return None
-    payment = delivery.payment_as_it_was
+    run = deliver_in_order(delivery, first=first, now=now)
+    return run[0][1] if run else None
+
+
+def deliver_in_order(
+    delivery: SignalDelivery, *, first: bool = False, now: bool = False
+) -> list[tuple[SignalDelivery, bool]]:
+    """Deliver ``delivery`` and, while they succeed, its payment's later signals:
+    each delivery run and whether it was delivered, in order (empty: not run).
+
+    A payment's signals reach the shop in the order its status changed
+    (:attr:`~django_khalti.models.SignalDelivery.sequence`): none is run while
+    an earlier one of the same payment is undelivered, and once that one is
+    delivered its deliverer goes on with the next. Delivery is at least once:
+    each attempt is counted, and the next one scheduled (see
+    :func:`_retry_wait`), *before* the receivers run, so a worker killed
+    mid-delivery leaves it to be delivered again. ``first`` is the status
+    change's own worker, after the commit (its attempt was counted with the
+    outbox row); otherwise the delivery runs only when due, or when a person
+    asks (``now``: at once, unless an attempt is still running), and of
+    concurrent deliverers only one runs it. A receiver that raises is logged at
+    ERROR with the payment's id; the error is stored on the delivery. Each
+    receiver gets its own copy of
+    :attr:`~django_khalti.models.SignalDelivery.payment_as_it_was`.
+    """
+    if not (_taken_first(delivery) if first else _taken(delivery, due=not now)):
+        return []
+    run = [(delivery, _send(delivery))]
+    while run[-1][1]:
+        following = earlier_undelivered(delivery, later=True)
+        if following is None or not _take(following, due=False):
+            break
+        run.append((following, _send(following)))
+    return run
+
+
+def earlier_undelivered(delivery: SignalDelivery, *, later: bool = False) -> SignalDelivery | None:
+    """The first undelivered signal of ``delivery``'s payment that comes before it
+    (``later``: the first of all its undelivered ones), or None.
+    """
+    rows = SignalDelivery.objects.filter(
+        payment_id=delivery.payment_id, delivered_at__isnull=True
+    ).exclude(pk=delivery.pk)
+    if not later:
+        rows = rows.filter(_before(delivery.sequence, delivery.__dict__.get("created_at")))
+    return rows.order_by(*IN_ORDER).first()
+
+
+#: A payment's signals in the order they are delivered.
+IN_ORDER = ("sequence", "created_at", "pk")
+
+
+def _before(sequence: Any, created_at: Any) -> Q:
+    """The signals of a payment that come before the one at ``sequence`` (written
+    at ``created_at``: signals written before they were numbered are all 0,
+    and in the order they were written).
+    """
+    if sequence == 0 and created_at is not None:
+        return Q(sequence=0, created_at__lt=created_at)
+    return Q(sequence__lt=sequence)
+
+
+def _taken(delivery: SignalDelivery, *, due: bool) -> bool:
+    """Whether this deliverer runs ``delivery``: none of its payment's earlier
+    signals is undelivered, and :func:`_take` counts its attempt.
+    """
+    try:
+        waiting = earlier_undelivered(delivery) is not None
+    except DatabaseError:
+        logger.exception("Could not read what payment %s was told before.", delivery.payment_id)
+        return False
+    return not waiting and _take(delivery, due=due)
+
+
+def _taken_first(delivery: SignalDelivery) -> bool:
+    """Whether the status change's own worker runs ``delivery`` (its attempt was
+    counted with the row): the payment's first signal always; a later one if
+    every earlier one is delivered. Otherwise it waits, due at once, uncounted,
+    for the deliverer of the earlier one to go on with it, unless that one was
+    delivered meanwhile: then whoever takes it first runs it.
+    """
+    if delivery.sequence == 1:
+        return True  # nothing was announced of the payment before
+    try:
+        if earlier_undelivered(delivery) is None:
+            return True
+        uncounted = delivery.attempts - 1
+        waits = SignalDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts).update(
+            attempts=uncounted,
+            attempts_finished=uncounted,
+            next_attempt_at=DbNow(),
+            last_error=_WAITING,
+        )
+        if not waits:
+            return False
+        delivery.attempts = delivery.attempts_finished = uncounted
+        # The earlier one's deliverer goes on with this one if it sees it waiting:
+        # if it was delivered before this row said so, nobody did.
+        return earlier_undelivered(delivery) is None and _take(delivery, due=False)
+    except DatabaseError:
+        logger.exception("Could not order the signals of payment %s.", delivery.payment_id)
+        return False
+
+
+_WAITING = "Waits for an earlier signal of this payment to be delivered first."
+
+
+def _send(delivery: SignalDelivery) -> bool:
+    """Run the receivers of ``delivery``'s signal, each with its own copy of the
+    payment as it was; record the attempt's end. True if it is marked delivered.
+    """
     errors = []
-    signal = _RECEIVERS[delivery.signal]
-    for receiver, result in signal.send_robust(
-        sender=Payment, payment=payment, **delivery.arguments
-    ):
+    for receiver, result in _send_each_a_copy(delivery):
         if isinstance(result, Exception):
             name = getattr(receiver, "__qualname__", repr(receiver))
             logger.error(
                 "A receiver of %s, %s, raised for payment %s; it is delivered again later.",
                 delivery.signal,
                 name,
-                payment.pk,
+                delivery.payment_id,
                 exc_info=result,
             )
             errors.append(f"{name}: {type(result).__name__}: {result}"[:1000])
@@ -88,13 +186,39 @@ def deliver(delivery: SignalDelivery, *, first: bool = False, now: bool = False)
     )
     outcome["attempts_finished"] = delivery.attempts
     try:
-        SignalDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts).update(**outcome)
+        rows = SignalDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts)
+        marked = rows.update(**outcome)
     except DatabaseError:
         # Not marked delivered: it is delivered again, which receivers allow for.
         logger.exception(
-            "Could not record the delivery of %s for payment %s.", delivery.signal, payment.pk
+            "Could not record the delivery of %s for payment %s.",
+            delivery.signal,
+            delivery.payment_id,
         )
-    return not errors
+        return False
+    return not errors and bool(marked)
+
+
+def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]]:
+    """Django's ``send_robust``, but each receiver is handed a fresh copy of the
+    payment as it was: what one receiver does to its ``payment`` (a refund and
+    ``refresh_from_db()``) the next does not see.
+    """
+    signal = _RECEIVERS[delivery.signal]
+    if not signal.receivers:
+        return []
+    # Signal's own list of the live receivers of ``sender`` (sync, async), as send_robust reads it.
+    sync_receivers, async_receivers = signal._live_receivers(Payment)
+    calls = [(r, r) for r in sync_receivers] + [(r, async_to_sync(r)) for r in async_receivers]
+    responses = []
+    for receiver, call in calls:
+        try:
+            payment = delivery.payment_as_it_was
+            result = call(signal=signal, sender=Payment, payment=payment, **delivery.arguments)
+        except Exception as exc:
+            result = exc
+        responses.append((receiver, result))
+    return responses
 
 
 def _take(delivery: SignalDelivery, *, due: bool) -> bool:
@@ -125,14 +249,22 @@ def _take(delivery: SignalDelivery, *, due: bool) -> bool:
 def due_deliveries(
     limit: int = 1000, payments: Payment | QuerySet[Payment] | None = None
 ) -> list[SignalDelivery]:
-    """Undelivered signals whose next attempt is due, oldest first (of ``payments``:
-    a payment or a queryset of them; None: of every payment).
+    """Undelivered signals whose next attempt is due and that no earlier signal of
+    their payment waits before, oldest first (of ``payments``: a payment or a
+    queryset of them; None: of every payment): where each payment's delivery
+    goes on from (:func:`deliver_in_order`).
     """
     rows = SignalDelivery.objects.filter(next_attempt_at__lte=DbNow())
     if isinstance(payments, Payment):
         rows = rows.filter(payment=payments)
     elif payments is not None:
         rows = rows.filter(payment__in=payments)
+    earlier = SignalDelivery.objects.filter(
+        payment=OuterRef("payment"), delivered_at__isnull=True
+    ).filter(
+        Q(sequence__lt=OuterRef("sequence")) | Q(sequence=0, created_at__lt=OuterRef("created_at"))
+    )
+    rows = rows.exclude(Exists(earlier))
     return list(rows.order_by("created_at", "pk")[:limit])
 
 
@@ -157,4 +289,4 @@ def deliver_due(payment: Payment) -> None:
         logger.exception("Could not read the undelivered signals of payment %s.", payment.pk)
         return
     for delivery in due:
-        deliver(delivery)
+        deliver_in_order(delivery)

@@ -4,7 +4,8 @@
 "Re-check with Khalti" both take: pending payments (settled), recently failed
 ones (re-checked read-only), refunds of unknown outcome, and signals left
 undelivered. Each payment is won by a claim before Khalti is asked about it, so
-several reconcilers may run at once.
+several reconcilers may run at once; a payment Khalti was asked about within
+``KHALTI["ASK_SPACING"]`` is left for the next run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.db.models import Q, QuerySet
@@ -22,10 +24,10 @@ from django.db.models.functions import Coalesce
 from ..client import KhaltiClient
 from ..exceptions import KhaltiError, KhaltiUnavailable
 from ..models import DbNow, Payment, Refund, SignalDelivery
-from .outbox import deliver, due_deliveries
+from .outbox import deliver_in_order, due_deliveries
 from .refunds import recheck_failed_refund, reconcile_refund, refunds_awaiting_outcome
 from .settle import _ask_khalti, _recheck
-from .state import _claimable, _release, _settle, claim
+from .state import _askable, _claimable, _release, _settle, claim
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def reconcile(payment: Payment) -> Payment:
     return payment
 
 
-def recheck_failed(payment: Payment) -> Payment:
+def recheck_failed(payment: Payment, *, spacing: timedelta | None = None) -> Payment:
     """Ask Khalti, read-only, whether a failed payment was completed after all.
 
     Khalti may complete a payment after it was recorded failed (an ePayment
@@ -61,20 +63,31 @@ def recheck_failed(payment: Payment) -> Payment:
     is verified (``payment_verified``); otherwise it needs review
     (``payment_needs_review``). Anything else leaves it failed. Nothing is
     verified at Khalti here: only status and lookup are asked. Returns the
-    payment as it stands afterwards; raises :class:`KhaltiUnavailable` when
-    Khalti could not be asked.
+    payment as it stands afterwards (as it was, when another worker holds it
+    or Khalti was asked about it within ``spacing``: see
+    :func:`~.state.claim`); raises :class:`KhaltiUnavailable` when Khalti
+    could not be asked.
+    """
+    _rechecked(payment, spacing=spacing)
+    return payment
+
+
+def _rechecked(payment: Payment, *, spacing: timedelta | None = None) -> bool:
+    """:func:`recheck_failed`; True when Khalti was asked now, False when the
+    payment is not one to re-check, another worker holds it, or Khalti was asked
+    about it within ``spacing`` (``payment`` is then as the database has it).
     """
     client = KhaltiClient.from_settings()
     if payment.status != Status.FAILED or not (payment.token or payment.pidx):
-        return payment
-    if not claim(payment, status=Status.FAILED):
+        return False
+    if not claim(payment, status=Status.FAILED, spacing=spacing):
         payment.refresh_from_db()
-        return payment
+        return False
     try:
         _settle(client, payment, _recheck)
     finally:
         _release(payment, status=Status.FAILED)
-    return payment
+    return True
 
 
 #: After this many unanswered calls in a row, Khalti is down: a reconciliation
@@ -82,6 +95,10 @@ def recheck_failed(payment: Payment) -> Payment:
 GIVE_UP_AFTER = 3
 #: How often a failed payment is re-checked by the reconciliation of what is due.
 RECHECK_FAILED_EVERY = timedelta(hours=1)
+#: The spacing of a person's explicit re-check (the admin's "Re-check with
+#: Khalti"): shorter than ``KHALTI["ASK_SPACING"]``, for a person who asks once
+#: and waits for the answer, yet a double click or a script still asks once.
+PERSON_SPACING = timedelta(seconds=2)
 
 
 @dataclass
@@ -103,7 +120,8 @@ class Reconciliation:
     failed_refunds: Counter[str] = field(default_factory=Counter)
     #: How many of each kind Khalti could not be asked about (or refused to tell).
     unanswered: Counter[str] = field(default_factory=Counter)
-    #: Pending payments passed over because another worker is settling them right now.
+    #: Pending payments passed over because another worker is settling them right
+    #: now, or Khalti was asked about them moments ago (within the spacing).
     busy: int = 0
     #: After how many unanswered calls in a row it stops (see :attr:`given_up`).
     give_up_after: int = GIVE_UP_AFTER
@@ -156,26 +174,28 @@ def reconcile_due(
     deliver_signals: bool = True,
     dry_run: bool = False,
     on_batch: Callable[[int, int, Reconciliation], None] | None = None,
+    spacing: timedelta | None = None,
 ) -> Reconciliation:
     """Ask Khalti about what awaits it, and record the answers.
 
-    With ``payments`` None, what is due: pending payments at least
-    ``older_than`` old (settled), failed payments and refunds recorded failed
-    within ``failed_within`` (re-checked read-only, each at most once per
-    :data:`RECHECK_FAILED_EVERY`: Khalti may complete a payment, or apply a
-    refund, late), refunds of unknown outcome at least ``older_than`` old, and
-    signals whose delivery is due again. With ``payments``, all of those of
-    ``payments`` whatever their age. At most ``limit`` of each kind, oldest
-    first, read ``batch_size`` at a time (``on_batch(number, read, report so
-    far)`` after each batch of pending payments). Stops once Khalti went
-    unanswered ``give_up_after`` times in a row. ``deliver_signals`` False
-    leaves signals alone; ``dry_run`` asks Khalti nothing and changes nothing.
-
-    Raises :class:`~django_khalti.exceptions.KhaltiConfigurationError` before
-    anything is asked when dj-khalti is misconfigured.
+    With ``payments`` None, what is due: pending payments at least ``older_than``
+    old (settled), failed payments and refunds recorded failed within
+    ``failed_within`` (re-checked read-only, each at most once per
+    :data:`RECHECK_FAILED_EVERY`: Khalti may complete a payment, or apply a refund,
+    late), refunds of unknown outcome at least ``older_than`` old, and signals
+    whose delivery is due again; with ``payments``, all of theirs whatever their
+    age. At most ``limit`` of each kind, oldest first, read ``batch_size`` at a
+    time (``on_batch(number, read, report so far)`` after each batch of pending
+    payments). Stops once Khalti went unanswered ``give_up_after`` times in a row.
+    ``deliver_signals`` False leaves signals alone; ``dry_run`` asks Khalti
+    nothing and changes nothing. A payment Khalti was asked about within ``spacing``
+    (default ``KHALTI["ASK_SPACING"]``) is left for the next run (counted in
+    :attr:`Reconciliation.busy` when pending). A broken configuration raises
+    :class:`~django_khalti.exceptions.KhaltiConfigurationError` before anything.
     """
     report = Reconciliation(give_up_after=give_up_after)
-    pending, failed, refunds, failed_refunds = _due(payments, older_than, failed_within)
+    pending, failed = _due_payments(payments, older_than, failed_within, spacing)
+    refunds, failed_refunds = _due_refunds(payments, older_than, failed_within)
     deliveries = due_deliveries(limit or 1000, payments=payments) if deliver_signals else []
     pending_batches = _batches(pending, batch_size, limit, report)
     failed_batches = _batches(failed, batch_size, limit, report)
@@ -184,76 +204,80 @@ def reconcile_due(
         report.would_check = [p for b in (*pending_batches, *failed_batches) for p in b]
         return report
     KhaltiClient.from_settings()  # a broken configuration fails before anything is asked
-
-    settled = _settle_pending(pending_batches, report, on_batch)
-    for payment in (p for batch in failed_batches for p in batch):
-        if not report.given_up and payment.pk not in settled:
-            report._settle(recheck_failed, payment, "failed")
-    _settle_refunds(report, refunds, failed_refunds, limit)
-    # Signals last: what this run settled is delivered already (after its commit).
-    _deliver_again(report, deliveries)
+    settled = _settle_pending(pending_batches, report, spacing, on_batch)
+    # A payment this run failed is not re-checked by it.
+    for payment in (p for batch in failed_batches for p in batch if p.pk not in settled):
+        if not report.given_up:
+            report._settle(partial(recheck_failed, spacing=spacing), payment, "failed")
+    _settle_refunds(report, refunds, failed_refunds, limit, spacing)
+    _deliver(deliveries, report)
     return report
 
 
-def _deliver_again(report: Reconciliation, deliveries: list[SignalDelivery]) -> None:
-    """Deliver the due signals again; counted (None: another deliverer took one meanwhile,
-    not a failure).
+def _deliver(deliveries: list[SignalDelivery], report: Reconciliation) -> None:
+    """Signals last: what this run settled is delivered already (after its commit).
+    Each due one, then its payment's later ones as they follow it; one another
+    deliverer took meanwhile is no failure.
     """
-    delivered = [deliver(delivery) for delivery in deliveries]
-    report.signals_due = len(deliveries)
-    report.delivered, report.undelivered = delivered.count(True), delivered.count(False)
+    runs = [deliver_in_order(delivery) for delivery in deliveries]
+    outcomes = [delivered for run in runs for _, delivered in run]
+    report.signals_due = len(deliveries) + sum(max(len(run) - 1, 0) for run in runs)
+    report.delivered, report.undelivered = outcomes.count(True), outcomes.count(False)
 
 
-def _due(
+def _due_payments(
+    payments: QuerySet[Payment] | None,
+    older_than: timedelta,
+    failed_within: timedelta,
+    spacing: timedelta | None,
+) -> tuple[QuerySet[Payment], QuerySet[Payment]]:
+    """The pending and the failed payments :func:`reconcile_due` asks about: of
+    ``payments`` whatever their age, or else those due (see there).
+    """
+    if payments is not None:
+        return payments.filter(status=Status.PENDING), _recheckable(payments)
+    pending = Payment.objects.pending().filter(_claimable(), _askable(spacing))
+    pending = pending.filter(created_at__lte=DbNow() - older_than)
+    if not failed_within:
+        return pending, Payment.objects.none()
+    failed = _recheckable(Payment.objects.filter(_claimable()))
+    failed = failed.filter(
+        created_at__gte=DbNow() - failed_within,
+        updated_at__lt=DbNow() - RECHECK_FAILED_EVERY,
+    )
+    return pending, failed
+
+
+def _due_refunds(
     payments: QuerySet[Payment] | None, older_than: timedelta, failed_within: timedelta
-) -> tuple[QuerySet[Payment], QuerySet[Payment], QuerySet[Refund], QuerySet[Refund]]:
-    """What :func:`reconcile_due` checks: pending payments, failed ones, refunds of
-    unknown outcome and refunds recorded failed; of ``payments``, or what is due.
+) -> tuple[QuerySet[Refund], QuerySet[Refund]]:
+    """The refunds of unknown outcome and those recorded failed :func:`reconcile_due`
+    asks about: of ``payments`` whatever their age, or else those due (see there).
     """
     refunds = refunds_awaiting_outcome()
-    failed_refunds = Refund.objects.filter(status=Refund.Status.FAILED)
+    failed = Refund.objects.filter(status=Refund.Status.FAILED)
     if payments is not None:
-        return (
-            payments.filter(status=Status.PENDING),
-            _recheckable(payments),
-            refunds.filter(payment__in=payments),
-            failed_refunds.filter(payment__in=payments),
-        )
-    pending: QuerySet[Payment] = Payment.objects.pending().filter(_claimable())
-    pending = pending.filter(created_at__lte=DbNow() - older_than)
-    failed: QuerySet[Payment] = Payment.objects.none()
-    failed_refunds = failed_refunds.none()
-    if failed_within:
-        failed = _recheckable(Payment.objects.filter(_claimable()))
-        failed = failed.filter(
-            created_at__gte=DbNow() - failed_within,
-            updated_at__lt=DbNow() - RECHECK_FAILED_EVERY,
-        )
-        failed_refunds = _refunds_to_recheck(failed_within)
+        return refunds.filter(payment__in=payments), failed.filter(payment__in=payments)
     refunds = refunds.filter(created_at__lte=DbNow() - older_than)
-    return pending, failed, refunds, failed_refunds
-
-
-def _refunds_to_recheck(failed_within: timedelta) -> QuerySet[Refund]:
-    """Refunds recorded failed that Khalti may still apply: asked for within
-    ``failed_within``, re-checked at most once per :data:`RECHECK_FAILED_EVERY`
-    (the first time that long after they failed).
-    """
+    if not failed_within:
+        return refunds, failed.none()
+    # Re-checked at most once per RECHECK_FAILED_EVERY, the first time that long
+    # after they failed.
     last = Coalesce("rechecked_at", "settled_at", "created_at")
-    return Refund.objects.alias(last=last).filter(
-        status=Refund.Status.FAILED,
-        created_at__gte=DbNow() - failed_within,
-        last__lt=DbNow() - RECHECK_FAILED_EVERY,
+    failed = failed.alias(last=last).filter(
+        created_at__gte=DbNow() - failed_within, last__lt=DbNow() - RECHECK_FAILED_EVERY
     )
+    return refunds, failed
 
 
 def _settle_pending(
     batches: Iterator[list[Payment]],
     report: Reconciliation,
+    spacing: timedelta | None,
     on_batch: Callable[[int, int, Reconciliation], None] | None,
 ) -> set[Any]:
-    """Claim and settle the pending payments, batch by batch; the ids of those it
-    read (a payment this run failed is not re-checked by it).
+    """Claim and settle each pending payment of ``batches``, counting in ``report``;
+    the ids of those it went through (settled, or found settled meanwhile).
     """
     settled = set()
     for number, batch in enumerate(batches, start=1):
@@ -263,8 +287,8 @@ def _settle_pending(
             settled.add(payment.pk)
             if payment.status != Status.PENDING:
                 continue  # settled meanwhile
-            if not claim(payment):
-                report.busy += 1  # another worker is at it
+            if not claim(payment, spacing=spacing):
+                report.busy += 1  # another worker is at it, or asked moments ago
                 continue
             report._settle(_settle_claimed, payment, "pending")
         if on_batch is not None:
@@ -279,14 +303,20 @@ def _settle_refunds(
     refunds: QuerySet[Refund],
     failed_refunds: QuerySet[Refund],
     limit: int | None,
+    spacing: timedelta | None,
 ) -> None:
     """Settle the refunds of unknown outcome, then re-check those recorded failed
     (both read first: a refund this run fails is not re-checked by it).
     """
-    for kind, settle, listed in [
+    steps: list[tuple[str, Callable[[Refund], Refund], list[Refund]]] = [
         ("refunds", reconcile_refund, _oldest(refunds, limit, report)),
-        ("failed_refunds", recheck_failed_refund, _oldest(failed_refunds, limit, report)),
-    ]:
+        (
+            "failed_refunds",
+            partial(recheck_failed_refund, spacing=spacing),
+            _oldest(failed_refunds, limit, report),
+        ),
+    ]
+    for kind, settle, listed in steps:
         for refund in listed:
             if not report.given_up:
                 report._settle(settle, refund, kind)

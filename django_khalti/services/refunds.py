@@ -30,7 +30,7 @@ from ..exceptions import (
 )
 from ..models import DbNow, Payment, Refund, rupees
 from .refund_outcomes import _drop_lost_connection, _refund_history, _settle_refund
-from .state import stale_since
+from .state import _askable, stale_since
 
 if TYPE_CHECKING:
     # The project's user model or AnonymousUser, as django-stubs resolves request.user.
@@ -52,13 +52,15 @@ def refund_payment(
     mobile: str | None = None,
     by: _AnyUser | None = None,
     refunded_before: int | None = None,
+    status_before: str | None = None,
 ) -> Refund:
     """Give ``amount`` paisa of a confirmed payment back to the buyer (all that remains
     without ``amount``); ``mobile`` is the Khalti id to refund to, which Khalti
     wants for bank-funded payments; ``by`` is the user asking, who needs the
-    ``django_khalti.refund_payment`` permission. ``refunded_before``: what the
-    person asking saw refunded already; checked under the payment's row lock
-    (:class:`KhaltiRefundConflict` if another refund changed it meanwhile).
+    ``django_khalti.refund_payment`` permission. ``refunded_before`` and
+    ``status_before``: what the person asking saw refunded already, and the
+    status they saw; checked under the payment's row lock
+    (:class:`KhaltiRefundConflict` if the payment changed meanwhile).
 
     One refund of a payment is in flight at a time. Khalti refusing raises
     :class:`KhaltiRefundFailed` and nothing is refunded, unless Khalti's status
@@ -83,7 +85,8 @@ def refund_payment(
         raise PermissionDenied
     client = KhaltiClient.from_settings()
     _recheck_failed_before(payment)
-    refund, locked = _claim_refund(payment, amount, mobile or "", by, refunded_before)
+    seen = (refunded_before, status_before)
+    refund, locked = _claim_refund(payment, amount, mobile or "", by, seen)
     try:
         return _ask_for_refund(client, refund, locked, mobile or None)
     except DatabaseError as exc:
@@ -273,7 +276,7 @@ def reconcile_refund(refund: Refund) -> Refund:
     return refund
 
 
-def recheck_failed_refund(refund: Refund) -> Refund:
+def recheck_failed_refund(refund: Refund, *, spacing: timedelta | None = None) -> Refund:
     """Ask Khalti, read-only, whether a refund recorded failed went through after all.
 
     Khalti may apply a refund after its answer came too late, and after
@@ -281,24 +284,37 @@ def recheck_failed_refund(refund: Refund) -> Refund:
     showed then. When Khalti's state now proves this refund went back, it is
     recorded succeeded, logged at WARNING, and the payment moves as the money
     did (``payment_refunded``). Nothing is asked while another refund of the
-    payment awaits Khalti, or while another worker re-checks this one; nothing
-    is recorded when the payment's refunds changed while Khalti was asked (its
-    state may be of that change). Returns the refund as it stands; raises
-    :class:`KhaltiUnavailable` when Khalti could not be asked.
+    payment awaits Khalti, while another worker re-checks this one, or when
+    Khalti was asked about the payment within ``spacing`` (default
+    ``KHALTI["ASK_SPACING"]``); nothing is recorded when the payment's refunds
+    changed while Khalti was asked (its state may be of that change). Returns
+    the refund as it stands; raises :class:`KhaltiUnavailable` when Khalti
+    could not be asked.
     """
     if refund.status != Refund.Status.FAILED:
         return refund
     seen = _refund_history(Payment.objects.get(pk=refund.payment_id))
-    # One worker a re-check: the one that moves ``rechecked_at`` from what it read.
-    won = seen is not None and Refund.objects.filter(
-        pk=refund.pk, status=Refund.Status.FAILED, rechecked_at=refund.rechecked_at
-    ).update(rechecked_at=DbNow())
-    if won:
+    if seen is not None and _recheck_won(refund, spacing):
         proof = _refund_proof(KhaltiClient.from_settings(), refund)
         if proof is not None and proof[0]:
             _settle_refund(refund, succeeded=True, raw=proof[1], seen=seen)
     refund.refresh_from_db()
     return refund
+
+
+def _recheck_won(refund: Refund, spacing: timedelta | None) -> bool:
+    """Whether this worker re-checks ``refund`` now: Khalti was not asked about its
+    payment within ``spacing`` (now it is), and no other worker moved the refund's
+    ``rechecked_at`` from what this one read.
+    """
+    asked = Payment.objects.filter(_askable(spacing), pk=refund.payment_id)
+    if not asked.update(last_asked_at=DbNow()):
+        return False
+    return bool(
+        Refund.objects.filter(
+            pk=refund.pk, status=Refund.Status.FAILED, rechecked_at=refund.rechecked_at
+        ).update(rechecked_at=DbNow())
+    )
 
 
 def _refund_proof(
@@ -356,26 +372,80 @@ def _khalti_state(client: KhaltiClient, payment: Payment) -> tuple[str, KhaltiOu
         raise KhaltiUnavailable() from exc
 
 
-def resolve_refund(refund: Refund, *, succeeded: bool, by: _AnyUser, note: str = "") -> Refund:
+def resolve_refund(
+    refund: Refund,
+    *,
+    succeeded: bool,
+    by: _AnyUser,
+    note: str = "",
+    refunded_before: int | None = None,
+    status_before: str | None = None,
+) -> Refund:
     """Record what a person found in Khalti's dashboard about a refund of unknown outcome.
 
     For the cases Khalti's API cannot settle. ``by`` needs the
-    ``django_khalti.refund_payment`` permission. Raises
-    :class:`KhaltiRefundConflict` when the refund was settled otherwise
-    meanwhile (Khalti's answer stands over a person's).
+    ``django_khalti.refund_payment`` permission. The person's word is on the
+    refund they saw: ``refund`` (its id and amount) still pending, and, when
+    given, the payment's ``refunded_before`` and ``status_before`` as they saw
+    them. All are checked under the payment's row lock, in the transaction that
+    records the outcome; anything else raises :class:`KhaltiRefundConflict`
+    and records nothing (a refund settled meanwhile, even the same way: Khalti's
+    answer or a colleague's stands over a person's).
     """
     if not by.has_perm("django_khalti.refund_payment"):
         raise PermissionDenied
     reason = "" if succeeded else (note or _("Not refunded, as checked in Khalti's dashboard."))
-    _settle_refund(
-        refund,
-        succeeded=succeeded,
-        raw={"resolved_by": str(by), "note": note},
-        reason=reason,
-        by_person=True,
-    )
+    with transaction.atomic():
+        _lock_as_seen(refund, refunded_before, status_before)
+        _settle_refund(
+            refund,
+            succeeded=succeeded,
+            raw={"resolved_by": str(by), "note": note},
+            reason=reason,
+            by_person=True,
+        )
     refund.refresh_from_db()
     return refund
+
+
+def _check_seen(locked: Payment, refunded_before: int | None, status_before: str | None) -> None:
+    """Raise :class:`KhaltiRefundConflict` unless the locked payment is as it was seen
+    (None: not said).
+    """
+    if refunded_before is not None and locked.refunded_amount != refunded_before:
+        raise KhaltiRefundConflict(
+            _("It was refunded meanwhile (Rs %(now)s so far): review it again.")
+            % {"now": rupees(locked.refunded_amount)}
+        )
+    if status_before is not None and locked.status != status_before:
+        raise KhaltiRefundConflict(
+            _("It is %(status)s now, not %(seen)s: review it again.")
+            % {
+                "status": locked.get_status_display(),
+                "seen": dict(Status.choices).get(status_before, status_before),
+            }
+        )
+
+
+def _lock_as_seen(refund: Refund, refunded_before: int | None, status_before: str | None) -> None:
+    """Under the payment's row lock (every settlement of its refunds takes it first):
+    raise :class:`KhaltiRefundConflict` unless the payment is as it was seen and
+    ``refund`` is still pending, for its amount.
+    """
+    locked = Payment.objects.select_for_update().get(pk=refund.payment_id)
+    row = Refund.objects.select_for_update().filter(pk=refund.pk)
+    status, amount = row.values_list("status", "amount").get()
+    if status != Refund.Status.PENDING:
+        raise KhaltiRefundConflict(
+            _("This refund was already recorded %(status)s: review it again.")
+            % {"status": Refund.Status(status).label}
+        )
+    if amount != refund.amount:
+        raise KhaltiRefundConflict(
+            _("This refund is of Rs %(amount)s, not of Rs %(seen)s: review it again.")
+            % {"amount": rupees(amount), "seen": rupees(refund.amount)}
+        )
+    _check_seen(locked, refunded_before, status_before)
 
 
 def _claim_refund(
@@ -383,19 +453,16 @@ def _claim_refund(
     amount: int | None,
     mobile: str,
     by: _AnyUser | None,
-    refunded_before: int | None = None,
+    seen: tuple[int | None, str | None] = (None, None),
 ) -> tuple[Refund, Payment]:
-    """Record a pending refund under the payment's row lock, after checking it is due.
+    """Record a pending refund under the payment's row lock, after checking it is due
+    and as it was ``seen`` (refunded before, status before).
 
     Returns the refund and the payment row as it was under the lock.
     """
     with transaction.atomic(durable=True):
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
-        if refunded_before is not None and locked.refunded_amount != refunded_before:
-            raise KhaltiRefundConflict(
-                _("It was refunded meanwhile (Rs %(now)s so far): review it again.")
-                % {"now": rupees(locked.refunded_amount)}
-            )
+        _check_seen(locked, *seen)
         remaining = locked.refundable_amount
         if locked.status not in Payment.REFUNDABLE_STATUSES or not locked.idx or not remaining:
             raise KhaltiNotRefundable()

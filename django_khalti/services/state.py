@@ -4,6 +4,10 @@
   ``UPDATE ... WHERE claimed_at IS NULL OR claimed_at < stale``, on the
   database's clock (never a host's). No transaction or row lock is held while
   Khalti is called.
+- Every claim asks Khalti, so claims on one payment are spaced: the same
+  ``UPDATE`` also wants ``last_asked_at`` at least ``ASK_SPACING`` ago. However
+  many requests come, from however many addresses, Khalti is asked about a
+  payment at most once per spacing.
 - Which change an answer makes: verified, failed, needs review, refunded
   before it was verified; each through :func:`~.writes._transition`, the one
   choke point (:mod:`.writes` writes it: a guarded ``UPDATE ... WHERE status =
@@ -36,19 +40,29 @@ logger = logging.getLogger(__name__)
 Status = Payment.Status
 
 
-def claim(payment: Payment, status: str = Status.PENDING) -> bool:
+def claim(
+    payment: Payment, status: str = Status.PENDING, *, spacing: timedelta | None = None
+) -> bool:
     """Take a payment in ``status`` to call Khalti about it; True for the one winner.
 
+    Nobody may hold it, and Khalti must not have been asked about it within
+    ``spacing`` (default ``KHALTI["ASK_SPACING"]``): a payment asked about
+    moments ago is won by nobody, and stays as it is for the next asker.
     ``payment`` must be as the database has it: a copy older than the last
     claim wins nothing. The claim's time is the database's, so hosts whose
-    clocks differ agree on when a claim is stale.
+    clocks differ agree on when a claim is stale, and on the spacing.
     """
     try:
         with committed_at_once(payment):
             won = (
                 Payment.objects.filter(pk=payment.pk, status=status, attempts=payment.attempts)
-                .filter(_claimable())
-                .update(claimed_at=DbNow(), attempts=F("attempts") + 1, updated_at=DbNow())
+                .filter(_claimable(), _askable(spacing))
+                .update(
+                    claimed_at=DbNow(),
+                    last_asked_at=DbNow(),
+                    attempts=F("attempts") + 1,
+                    updated_at=DbNow(),
+                )
             )
     except OperationalError as exc:
         if not _deadlocked(exc):
@@ -59,6 +73,8 @@ def claim(payment: Payment, status: str = Status.PENDING) -> bool:
         won = 0
     if won:
         payment.attempts += 1
+        # (``last_asked_at`` is left as it was in memory: nothing reads it there, and
+        # reading it back would cost every settlement's snapshot a round trip.)
         _read_later(payment, "claimed_at", "updated_at")
     return bool(won)
 
@@ -73,6 +89,14 @@ def stale_since() -> CombinedExpression:
 def _claimable() -> Q:
     """Nobody holds the payment, or its holder's claim is stale (the worker died)."""
     return Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale_since())
+
+
+def _askable(spacing: timedelta | None = None) -> Q:
+    """Khalti was not asked about the payment within ``spacing`` (default
+    ``KHALTI["ASK_SPACING"]``), on the database's clock.
+    """
+    since = DbNow() - (khalti_settings.ask_spacing if spacing is None else spacing)
+    return Q(last_asked_at__isnull=True) | Q(last_asked_at__lte=since)
 
 
 def _release(payment: Payment, status: str = Status.PENDING) -> None:

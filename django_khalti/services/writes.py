@@ -27,7 +27,7 @@ from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.db import OperationalError, connections, router, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import DateTimeField, F, Q, QuerySet
 from django.db.models.sql import UpdateQuery
 
 from ..models import DbNow, Payment, SignalDelivery, snapshot_of
@@ -144,7 +144,12 @@ def _transition(
     (:func:`_changed_in_one_statement`): one round trip, no transaction to open.
     Elsewhere they are a transaction of their own (:func:`_changed_in_transaction`).
     """
-    stamps = {"updated_at": DbNow(), **({"verified_at": DbNow()} if to == Status.VERIFIED else {})}
+    # What the database computes (its clock, the count of status changes): read back.
+    stamps = {
+        "updated_at": DbNow(),
+        "status_changes": F("status_changes") + 1,
+        **({"verified_at": DbNow()} if to == Status.VERIFIED else {}),
+    }
     values: dict[str, Any] = {"status": to, "claimed_at": None, **fields}
     using = router.db_for_write(Payment, instance=payment)
     rows = Payment.objects.using(using).filter(pk=payment.pk, status=source)
@@ -204,7 +209,8 @@ class _Change:
     rows: QuerySet[Payment]
     #: The caller's object: changed only once everything is written.
     payment: Payment
-    #: The fields to write, and those stamped by the database's clock.
+    #: The fields to write, and those the database computes (its clock, the count
+    #: of status changes).
     values: dict[str, Any]
     stamps: dict[str, Any]
     #: What the change announces (the new status and, for a refund, its
@@ -254,7 +260,7 @@ def _changed_in_one_statement(change: _Change) -> tuple[bool, SignalDelivery | N
     query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
     query.add_update_values({**values, **stamps})
     update, update_params = query.get_compiler(rows.db).as_sql()
-    stamped = [quote(name) for name in stamps]  # updated_at, verified_at: named as their columns
+    stamped = [quote(name) for name in stamps]  # each named as its column
     sql, params = f"WITH changed AS ({update} RETURNING {', '.join(stamped)})", [*update_params]
     delivery = None
     if change.announced is not None:
@@ -266,7 +272,8 @@ def _changed_in_one_statement(change: _Change) -> tuple[bool, SignalDelivery | N
         cast_to = "" if settings.USE_TZ else "::timestamp"
         snapshot = "%s::jsonb"
         for name, column in zip(stamps, stamped, strict=True):
-            stamp = f"to_jsonb(changed.{column}{cast_to})"
+            is_time = isinstance(Payment._meta.get_field(name), DateTimeField)
+            stamp = f"to_jsonb(changed.{column}{cast_to if is_time else ''})"
             snapshot = f"jsonb_set({snapshot}, '{{fields,{name}}}', {stamp})"
         columns, selected = [], []
         for field in SignalDelivery._meta.concrete_fields:
@@ -276,6 +283,8 @@ def _changed_in_one_statement(change: _Change) -> tuple[bool, SignalDelivery | N
             if field.name == "snapshot":
                 selected.append(snapshot)
                 params.append(field.get_db_prep_save(snapshot_of(after), connection))
+            elif field.name == "sequence":
+                selected.append(f"changed.{quote('status_changes')}")
             elif field.name == "next_attempt_at":
                 selected.append("STATEMENT_TIMESTAMP() + %s")
                 params.append(_retry_wait(1))
@@ -295,6 +304,7 @@ def _changed_in_one_statement(change: _Change) -> tuple[bool, SignalDelivery | N
         setattr(payment, name, value)
     if delivery is not None:
         delivery.payment = payment
+        delivery.sequence = payment.status_changes
         delivery.snapshot = snapshot_of(payment)
     return True, delivery
 
@@ -314,6 +324,7 @@ def _signal_of(payment: Payment, status: str, refund_amount: int | None) -> Sign
         arguments["amount"] = refund_amount
     return SignalDelivery(
         payment=payment,
+        sequence=payment.status_changes,
         signal=_SIGNALS[status],
         arguments=arguments,
         attempts=1,

@@ -55,6 +55,7 @@ READONLY_FIELDS = [
     "verified_at",
     "expires_at",
     "claimed_at",
+    "last_asked_at",
     "attempts",
 ]
 #: Payment columns a change form could otherwise post.
@@ -75,6 +76,7 @@ MODEL_FIELDS = [
     "verified_at",
     "order_claim",
     "claimed_at",
+    "last_asked_at",
     "attempts",
 ]
 STATUSES = ["pending", "verified", "failed", "refunded", "partially_refunded"]
@@ -433,7 +435,7 @@ def refund_confirmation(client, payments):
     browser would post them (the selection, and what was refunded when it was shown)."""
     data = confirmation_form(run_action(client, "refund", payments, follow=False), "refund")
     assert sorted(data["_selected_action"]) == sorted(str(p.pk) for p in payments)
-    assert len(data["refunded_before"]) == 1
+    assert len(data["shown"]) == 1
     return data
 
 

@@ -13,6 +13,7 @@ from .conftest import (
     REFUND_PAGE,
     RESOLVE_PAGE,
     confirm_refund,
+    confirmation_form,
     fresh,
     messages_of,
     mock_refund,
@@ -62,21 +63,21 @@ def test_the_confirmation_pages_own_urls_work_in_a_project_with_atomic_requests(
 ):
     payment = verified_payment(amount=1000)
     mock_refund(expect_khalti, "idx-V", {"amount": 400})
-    selected = {"_selected_action": [str(payment.pk)]}
+    page = confirmation_form(
+        refunder_client.get(REFUND_PAGE, {"_selected_action": [str(payment.pk)]}), "refund"
+    )
     response = refunder_client.post(
-        REFUND_PAGE,
-        {**selected, "refunded_before": "0", "amount": "4", "confirm": "Yes, refund"},
-        follow=True,
+        REFUND_PAGE, {**page, "amount": "4", "confirm": "Yes, refund"}, follow=True
     )
     assert response.redirect_chain == [(CHANGELIST, 302)]
     assert messages_of(response) == [("success", "Refunded Rs 4.00 of ORD-V.")]
     assert fresh(payment).refunded_amount == 400
 
     refund = unknown_refund(verified_payment("U", amount=1000), stale=True)
+    selected = {"_selected_action": [str(refund.payment.pk)]}
+    page = confirmation_form(refunder_client.get(RESOLVE_PAGE, selected), "resolve_refund")
     response = refunder_client.post(
-        RESOLVE_PAGE,
-        {"_selected_action": [str(refund.payment.pk)], "outcome": "failed", "confirm": "Record it"},
-        follow=True,
+        RESOLVE_PAGE, {**page, "outcome": "failed", "confirm": "Record it"}, follow=True
     )
     assert messages_of(response) == [("success", "Resolved 1 refund.")]
     refund.refresh_from_db()

@@ -153,7 +153,7 @@ def test_staff_without_the_permission_cannot_refund(
             "refund",
             [payment],
             follow=False,
-            refunded_before="0",
+            shown="forged",
             amount="",
             mobile="",
             confirm="Yes, refund",

@@ -32,12 +32,6 @@ from .conftest import (
 pytestmark = pytest.mark.django_db
 
 
-def nonfield_errors(response):
-    """The errors of the re-shown confirmation page's form that belong to no field."""
-    assert response.status_code == 200
-    return list(response.context["form"].non_field_errors())
-
-
 def test_refund_action_first_asks_for_confirmation(refunding_client, expect_khalti):
     payment = verified_payment(amount=1000, mobile="98XXXXXXX9")
     response = run_action(refunding_client, "refund", [payment], follow=False)
@@ -56,8 +50,8 @@ def test_refund_action_first_asks_for_confirmation(refunding_client, expect_khal
     )
     hidden = confirmation_form(response, "refund")
     assert hidden["_selected_action"] == [str(payment.pk)]
-    assert hidden["refunded_before"] == ["0"]
-    assert form["refunded_before"].is_hidden  # nothing to type in
+    assert len(hidden["shown"]) == 1  # what the page shows, for its submit to check
+    assert form["shown"].is_hidden  # nothing to type in
     # Nothing happens before the user confirms.
     assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
@@ -83,8 +77,6 @@ def test_confirmation_page_shows_the_refundable_amount_in_the_unit_it_names(
     )
     assert response.context["total_refundable"] == "6.00"
     assertContains(response, "Total refundable: Rs 6.00", count=1)
-    # What was refunded when the page was shown, in paisa, for the guard.
-    assert confirmation_form(response, "refund")["refunded_before"] == ["400"]
 
 
 def test_full_refund(refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks):
@@ -182,7 +174,7 @@ def test_a_malformed_amount_is_a_form_error(refunding_client, expect_khalti, amo
     assert set(response.context["form"].errors) == {"amount"}
     # The page is shown again, ready for a corrected amount.
     assert REFUND_TEMPLATE in template_names(response)
-    assert confirmation_form(response, "refund")["refunded_before"] == ["0"]
+    assert len(confirmation_form(response, "refund")["shown"]) == 1
     assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
 
@@ -247,15 +239,21 @@ def test_submitting_the_same_confirmation_page_twice_refunds_once(
     payment = verified_payment(amount=1000)
     mock_refund(expect_khalti, "idx-V", {"amount": 400})
     page = refund_confirmation(refunding_client, [payment])
-    assert page["refunded_before"] == ["0"]
     with django_capture_on_commit_callbacks(execute=True):
         first = submit_refund(refunding_client, page, amount="4")
         # A double click, or the browser's back button and "Yes, refund" again.
         second = submit_refund(refunding_client, page, amount="4", follow=False)
 
     assert messages_of(first) == [("success", "Refunded Rs 4.00 of ORD-V.")]
-    assert nonfield_errors(second) == ["These payments were refunded meanwhile: review them again."]
-    assert messages_of(second) == []
+    assert messages_of(second) == [
+        ("error", "Nothing was done: review these payments again."),
+        (
+            "error",
+            "ORD-V changed since the page was shown: it is Partially refunded now, not "
+            "Verified; Rs 4.00 refunded now, not Rs 0.00.",
+        ),
+    ]
+    assert REFUND_TEMPLATE in template_names(second)  # shown again, as it stands now
     assert len(expect_khalti.calls) == 1
     row = fresh(payment)
     assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
@@ -273,9 +271,7 @@ def test_a_refund_made_since_the_page_was_shown_makes_it_refuse(
     with django_capture_on_commit_callbacks(execute=True):
         confirm_refund(refunding_client, [payment], amount="4")
         refused = submit_refund(refunding_client, stale_page, amount="6", follow=False)
-    assert nonfield_errors(refused) == [
-        "These payments were refunded meanwhile: review them again."
-    ]
+    assert ("error", "Nothing was done: review these payments again.") in messages_of(refused)
     assert len(expect_khalti.calls) == 1
     assert fresh(payment).refunded_amount == 400
 
@@ -283,7 +279,6 @@ def test_a_refund_made_since_the_page_was_shown_makes_it_refuse(
     mock_refund(expect_khalti, "idx-V", {"amount": 600})
     with django_capture_on_commit_callbacks(execute=True):
         page = refund_confirmation(refunding_client, [payment])
-        assert page["refunded_before"] == ["400"]
         response = submit_refund(refunding_client, page, amount="6")
     assert messages_of(response) == [("success", "Refunded Rs 6.00 of ORD-V.")]
     row = fresh(payment)
@@ -300,11 +295,17 @@ def test_a_refused_page_shows_what_stands_now_and_can_be_confirmed_anew(
     with django_capture_on_commit_callbacks(execute=True):
         confirm_refund(refunding_client, [payment], amount="4")
         refused = submit_refund(refunding_client, stale_page, amount="6", follow=False)
-    assert nonfield_errors(refused) == [
-        "These payments were refunded meanwhile: review them again."
-    ]
+    assert ("error", "Nothing was done: review these payments again.") in messages_of(refused)
+    assert REFUND_TEMPLATE in template_names(refused)
+    assert not refused.context["form"].is_bound  # to be filled in anew
+    assertContains(
+        refused,
+        '<tr class="refund-candidate"><td>ORD-V</td><td>idx-V</td>'
+        "<td>Partially refunded</td><td>10.00</td><td>6.00</td></tr>",
+        count=1,
+        html=True,
+    )
     reshown = confirmation_form(refused, "refund")
-    assert reshown["refunded_before"] == ["400"]
     mock_refund(expect_khalti, "idx-V", {"amount": 600})
     with django_capture_on_commit_callbacks(execute=True):
         response = submit_refund(refunding_client, reshown, amount="6")
@@ -323,7 +324,19 @@ def test_the_guard_covers_every_selected_payment(refunding_client, expect_khalti
         ("success", "Refunded Rs 25.00 of ORD-B."),
     ]
     again = submit_refund(refunding_client, page, follow=False)
-    assert nonfield_errors(again) == ["These payments were refunded meanwhile: review them again."]
+    assert sorted(messages_of(again)) == [
+        ("error", "Nothing was done: review these payments again."),
+        (
+            "error",
+            "ORD-A changed since the page was shown: it is Refunded now, not Verified; "
+            "Rs 10.00 refunded now, not Rs 0.00.",
+        ),
+        (
+            "error",
+            "ORD-B changed since the page was shown: it is Refunded now, not Verified; "
+            "Rs 25.00 refunded now, not Rs 0.00.",
+        ),
+    ]
     assert len(expect_khalti.calls) == 2
     assert Refund.objects.count() == 2
 
@@ -331,11 +344,11 @@ def test_the_guard_covers_every_selected_payment(refunding_client, expect_khalti
 def test_a_confirmation_without_the_guard_refunds_nothing(refunding_client, expect_khalti):
     payment = verified_payment(amount=1000)
     page = refund_confirmation(refunding_client, [payment])
-    del page["refunded_before"]  # a page from before the guard, or a hand-made post
+    del page["shown"]  # a page from before the guard, or a hand-made post
     response = submit_refund(refunding_client, page, follow=False)
     assert response.status_code == 200
     assert REFUND_TEMPLATE in template_names(response)  # shown again
-    assert set(response.context["form"].errors) == {"refunded_before"}
+    assert set(response.context["form"].errors) == {"shown"}
     assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
 

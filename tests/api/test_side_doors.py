@@ -128,7 +128,7 @@ def test_the_admins_refund_is_checked_against_what_was_refunded_under_the_row_lo
             "action": "refund",
             "_selected_action": [str(payment.pk)],
             "index": "0",
-            "refunded_before": "0",
+            "shown": page.context["form"]["shown"].value(),
             "amount": "",
             "mobile": "",
             "confirm": "Yes, refund",

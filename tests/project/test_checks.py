@@ -389,6 +389,18 @@ def test_e004_signal_grace_period_that_is_not_a_positive_number(grace):
     assert "SIGNAL_GRACE_PERIOD" in messages[0].msg
 
 
+@pytest.mark.parametrize("spacing", [None, "10", 0, -1, True, 61, float("nan")], ids=repr)
+def test_e004_ask_spacing_out_of_bounds(spacing):
+    messages = messages_for(khalti(ASK_SPACING=spacing))
+    assert [m.id for m in messages] == ["django_khalti.E004"]
+    assert "ASK_SPACING" in messages[0].msg
+
+
+@pytest.mark.parametrize("spacing", [MISSING, 10, 0.5, 60])
+def test_e004_quiet_for_an_ask_spacing_in_bounds(spacing):
+    assert ids_for(khalti(ASK_SPACING=spacing)) == []
+
+
 @pytest.mark.parametrize("timeout", [MISSING, 10, 2.5, 30])
 def test_e004_quiet_for_a_positive_number(timeout):
     assert ids_for(khalti(TIMEOUT=timeout)) == []

@@ -273,6 +273,58 @@ def test_a_person_resolves_what_khalti_cannot_tell(
     assert not expect_khalti.calls
 
 
+@pytest.mark.parametrize(
+    ("seen", "message"),
+    [
+        ({"refunded_before": 0}, r"It was refunded meanwhile \(Rs 3.00 so far\)"),
+        ({"status_before": "verified"}, "It is Partially refunded now, not Verified"),
+    ],
+)
+def test_a_persons_word_needs_the_payment_as_they_saw_it(
+    expect_khalti, signals, admin_user, django_capture_on_commit_callbacks, seen, message
+):
+    payment = verified()
+    Payment.objects.filter(pk=payment.pk).update(
+        status=Status.PARTIALLY_REFUNDED, refunded_amount=300
+    )
+    refund = stale_refund(payment, 700)
+    with django_capture_on_commit_callbacks(execute=True):
+        with pytest.raises(KhaltiRefundConflict, match=message):
+            services.resolve_refund(refund, succeeded=True, by=admin_user, **seen)
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == (Status.PARTIALLY_REFUNDED, 300)
+    assert signals == []
+
+
+@pytest.mark.parametrize("succeeded", [True, False])
+def test_a_persons_word_on_a_refund_settled_meanwhile_is_refused_even_the_same_way(
+    expect_khalti, signals, admin_user, django_capture_on_commit_callbacks, succeeded
+):
+    refund = stale_refund(verified(), 1000)
+    first = "refunded" if succeeded else "complete"
+    expect_khalti.status("tok-v", 1000, f"status_{first}")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.reconcile_refund(refund)
+        settled = Refund.objects.get(pk=refund.pk)
+        label = "Succeeded" if succeeded else "Failed"
+        with pytest.raises(KhaltiRefundConflict, match=f"already recorded {label}"):
+            services.resolve_refund(refund, succeeded=succeeded, by=admin_user, note="seen")
+    assert Refund.objects.get(pk=refund.pk).khalti_response == settled.khalti_response
+    assert [name for name, _, _ in signals] == (["refunded"] if succeeded else [])
+
+
+def test_a_refund_asked_for_a_payment_in_another_status_than_seen_is_refused(
+    expect_khalti, admin_user
+):
+    payment = verified()
+    with pytest.raises(KhaltiRefundConflict, match="It is Verified now, not Pending"):
+        services.refund_payment(payment, by=admin_user, refunded_before=0, status_before="pending")
+    assert not Refund.objects.exists()
+    assert not expect_khalti.calls
+
+
 def test_refund_uses_the_rows_idx_not_a_stale_copy(expect_khalti):
     payment = verified(idx="IDX-ROW")
     stale_copy = Payment.objects.get(pk=payment.pk)
@@ -570,6 +622,23 @@ def test_a_re_check_records_nothing_when_another_refund_started_while_khalti_was
     assert services.recheck_failed_refund(failed).status == Refund.Status.FAILED
     assert Payment.objects.get(pk=payment.pk).refunded_amount == 0
     assert shop_story(signals) == []
+
+
+def test_a_failed_refund_is_re_checked_at_most_once_per_ask_spacing_of_its_payment(
+    expect_khalti, signals, settings
+):
+    settings.KHALTI = {**settings.KHALTI, "ASK_SPACING": 10}
+    payment = verified()
+    failed = Refund.objects.create(
+        payment=payment, amount=1000, status=Refund.Status.FAILED, settled_at=timezone.now()
+    )
+    expect_khalti.status("tok-v", 1000, "status_complete")  # once: not refunded (yet)
+    assert services.recheck_failed_refund(failed).status == Refund.Status.FAILED
+    Refund.objects.filter(pk=failed.pk).update(rechecked_at=None)  # as if due again
+    # Asked about the payment moments ago: nothing is asked now.
+    again = Refund.objects.get(pk=failed.pk)
+    assert services.recheck_failed_refund(again).status == Refund.Status.FAILED
+    assert len(expect_khalti.calls) == 1
 
 
 # --- a frozen refund worker, resumed after khalti_reconcile settled its refund ---------

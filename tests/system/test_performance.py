@@ -113,8 +113,13 @@ def settlement():
     return SETTLEMENT.get(connection.vendor, SETTLEMENT_IN_A_TRANSACTION)
 
 
+#: A signal delivered: marked so, then the payment's next undelivered signal, if
+#: any, looked for (it follows at once: a payment's signals go in order).
+DELIVERED = ["UPDATE django_khalti_signaldelivery", "SELECT django_khalti_signaldelivery"]
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_first_verification_costs_five_round_trips_with_the_resolver(
+def test_a_first_verification_costs_six_round_trips_with_the_resolver(
     client, expect_khalti, payload, no_shop_receivers
 ):
     expect_khalti.verify(payload["token"], 1000)
@@ -124,17 +129,18 @@ def test_a_first_verification_costs_five_round_trips_with_the_resolver(
     assert Payment.objects.get().status == Payment.Status.VERIFIED
     # Is the token known? The shop's amount (its resolver); the claim (one insert,
     # committed on its own before Khalti is called); the settlement and its signal
-    # in the outbox; the signal marked delivered once the receivers ran.
+    # in the outbox; the signal marked delivered once the receivers ran, and whether
+    # a later signal of the payment waits to follow it (issue 25: in order).
     expected = [
         "SELECT django_khalti_payment",
         "SELECT shop_order",
         "INSERT django_khalti_payment",
         *settlement(),
-        "UPDATE django_khalti_signaldelivery",
+        *DELIVERED,
     ]
     assert round_trips(queries) == expected, "\n".join(statements(queries))
     if connection.vendor == "postgresql":
-        assert len(queries) == 5
+        assert len(queries) == 6
 
 
 @pytest.mark.django_db(transaction=True)
@@ -158,7 +164,7 @@ def test_an_idempotent_resubmission_costs_one_query(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_return_of_a_completed_epayment_costs_four_round_trips_on_postgresql(
+def test_the_return_of_a_completed_epayment_costs_five_round_trips_on_postgresql(
     client, expect_khalti, order, no_shop_receivers
 ):
     started(client, expect_khalti, order)
@@ -173,7 +179,7 @@ def test_the_return_of_a_completed_epayment_costs_four_round_trips_on_postgresql
         "SELECT django_khalti_payment",
         "UPDATE django_khalti_payment",
         *settlement(),
-        "UPDATE django_khalti_signaldelivery",
+        *DELIVERED,
     ], "\n".join(statements(queries))
 
     # Reloading the page: one read, Khalti not asked again.

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("django_khalti", "0010_add_verified_at_index"),
+        ("django_khalti", "0013_space_out_questions_to_khalti"),
     ]
 
     operations = [
