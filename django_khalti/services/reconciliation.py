@@ -25,7 +25,7 @@ from ..client import KhaltiClient
 from ..exceptions import KhaltiError, KhaltiUnavailable
 from ..models import DbNow, Payment, Refund, SignalDelivery
 from .outbox import deliver_in_order, due_deliveries
-from .refunds import recheck_failed_refund, reconcile_refund, refunds_awaiting_outcome
+from .refund_checks import recheck_failed_refund, reconcile_refund, refunds_awaiting_outcome
 from .settle import _ask_khalti, _recheck
 from .state import _askable, _claimable, _release, _settle, claim
 
