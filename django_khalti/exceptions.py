@@ -235,6 +235,19 @@ class KhaltiNotRefundable(KhaltiError):
     default_detail = _("Only a payment Khalti confirmed can be refunded.")
 
 
+class KhaltiTransactionUnknown(KhaltiNotRefundable):
+    """Money moved for the payment, but Khalti's transaction id of it, which a refund
+    needs, is unknown: Khalti's records do not name it, and none was given (or the
+    one given is not this payment's transaction).
+    """
+
+    code = "transaction_unknown"
+    default_detail = _(
+        "Khalti's transaction id of this payment is unknown, and Khalti's records do not "
+        "name it. Find the transaction in Khalti's dashboard and give its id with the refund."
+    )
+
+
 class KhaltiInvalidRefundAmount(KhaltiError):
     """The refund's amount is not between 1 paisa and what remains refundable."""
 

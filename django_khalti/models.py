@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -79,6 +80,20 @@ class PaymentQuerySet(KeptQuerySet["Payment"]):
             return _("it is %(status)s") % {"status": str(Payment.Status(code).label).lower()}
         return super().why(code)
 
+    def bulk_update(self, objs: Iterable[Payment], *args: Any, **kwargs: Any) -> int:
+        """Django's ``bulk_update``; a signal receiver's copy among ``objs`` is refused,
+        as its ``save()`` is.
+        """
+        objs = _none_a_receivers_copy(objs, "saved")
+        return super().bulk_update(objs, *args, **kwargs)
+
+    def bulk_create(self, objs: Iterable[Payment], *args: Any, **kwargs: Any) -> list[Payment]:
+        """Django's ``bulk_create``; a signal receiver's copy among ``objs`` is refused
+        (with ``update_conflicts`` it would write the row back).
+        """
+        objs = _none_a_receivers_copy(objs, "saved")
+        return super().bulk_create(objs, *args, **kwargs)
+
     def pending(self) -> PaymentQuerySet:
         """Payments awaiting Khalti's answer."""
         return self.filter(status=Payment.Status.PENDING)
@@ -104,6 +119,14 @@ class PaymentQuerySet(KeptQuerySet["Payment"]):
         return self.filter(
             models.Q(order_reference=reference) | models.Q(product_identity=reference)
         )
+
+
+def _none_a_receivers_copy(objs: Iterable[Payment], action: str) -> list[Payment]:
+    """``objs`` as a list, once none of them is a signal receiver's copy."""
+    payments = list(objs)
+    for payment in payments:
+        payment._refuse_a_receivers_copy(action)
+    return payments
 
 
 class Payment(KeptModel):
@@ -225,7 +248,9 @@ class Payment(KeptModel):
     #: How many times its status changed: each change counts it up, in the same
     #: guarded ``UPDATE``, and its signal carries the count as
     #: :attr:`SignalDelivery.sequence`, the order the shop hears of its changes in.
-    status_changes = models.PositiveIntegerField(_("status changes"), default=0, editable=False)
+    status_changes = models.PositiveIntegerField(
+        _("status changes"), default=0, db_default=0, editable=False
+    )
 
     objects = PaymentQuerySet.as_manager()
 
@@ -270,6 +295,13 @@ class Payment(KeptModel):
                 self.token_claim = self.token
         super().save(*args, **kwargs)
         _read_db_default(self)
+
+    def save_base(self, *args: Any, **kwargs: Any) -> None:
+        """What ``save()`` writes with, refused too for a receiver's copy (called
+        directly, or through ``Model.save(payment)``).
+        """
+        self._refuse_a_receivers_copy("saved")
+        super().save_base(*args, **kwargs)
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         """Delete; a receiver's copy of the payment as it was is refused."""
@@ -452,7 +484,7 @@ class SignalDelivery(KeptModel):
     #: The payment's :attr:`~Payment.status_changes` after the change this announces:
     #: a payment's signals are delivered in this order, each only once every
     #: earlier one was (0: written before dj-khalti counted, ordered by ``created_at``).
-    sequence = models.PositiveIntegerField(_("sequence"), default=0)
+    sequence = models.PositiveIntegerField(_("sequence"), default=0, db_default=0)
 
     objects = SignalDeliveryQuerySet.as_manager()
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from django.contrib import admin
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -49,6 +51,19 @@ class SignalDeliveryAdmin(DeliveryAdminBase):
         "snapshot_display",
     )
     readonly_fields = fields
+
+    @transaction.non_atomic_requests
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The changelist, where "Re-send to the receivers now" is posted: outside
+        ``ATOMIC_REQUESTS``. Each delivery is marked delivered as it goes, for the
+        status change a receiver or another worker makes meanwhile to see: else its
+        signal waits behind one the request has delivered but not committed, until
+        the next ``khalti_reconcile``. And a receiver may refund, whose claim must be
+        committed before Khalti is called.
+        """
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description=_("payment"), ordering="payment__order_reference")
     def payment_link(self, delivery: SignalDelivery) -> str:

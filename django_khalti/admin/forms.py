@@ -63,6 +63,15 @@ class RefundForm(_ConfirmationForm):
         required=False,
         help_text=_("Only for payments funded from a bank: the buyer's Khalti id (mobile)."),
     )
+    idx = forms.CharField(
+        label=_("Khalti transaction id"),
+        max_length=255,
+        required=False,
+        help_text=_(
+            'Only for a payment whose transaction id is unknown ("-" above) and that '
+            "Khalti's records do not name: the id of its transaction in Khalti's dashboard."
+        ),
+    )
 
     def amount_paisa(self) -> int | None:
         """The amount asked for, in paisa; None to refund all that remains."""

@@ -243,12 +243,18 @@ class RefundView(_ConfirmationView[RefundForm]):
         if amount and len(self.payments) > 1:
             form.add_error("amount", _("A partial amount refunds one payment at a time."))
             return self.form_invalid(form)
+        idx = form.cleaned_data["idx"].strip()
+        if idx and len(self.payments) > 1:
+            form.add_error("idx", _("A transaction id is given for one payment at a time."))
+            return self.form_invalid(form)
         for payment in self.payments:
-            self.refund_one(payment, amount, form.cleaned_data["mobile"], shown[str(payment.pk)])
+            self.refund_one(
+                payment, amount, form.cleaned_data["mobile"], shown[str(payment.pk)], idx
+            )
         return HttpResponseRedirect(self.get_success_url())
 
     def refund_one(
-        self, payment: Payment, amount: int | None, mobile: str, shown: seen.State
+        self, payment: Payment, amount: int | None, mobile: str, shown: seen.State, idx: str = ""
     ) -> None:
         """Refund one payment, if it is still as ``shown``; report its outcome as a message."""
         names = {"payment": payment.product_identity}
@@ -261,6 +267,7 @@ class RefundView(_ConfirmationView[RefundForm]):
                 # What the page showed: checked again under the payment's row lock.
                 refunded_before=shown["refunded"],
                 status_before=shown["status"],
+                idx=idx or None,
             )
         except KhaltiRefundUnknown as exc:  # the money may have moved: not "not refunded"
             text = _("The refund of %(payment)s may have gone through: %(detail)s")

@@ -115,12 +115,18 @@ class KhaltiStatus:
 
 @dataclass(frozen=True)
 class KhaltiInitiation:
-    """An ePayment Khalti has started: where to send the buyer, and until when."""
+    """An ePayment Khalti has started: where to send the buyer, and until when.
+
+    ``expires_at`` is Khalti's time of expiry, when it gave one; ``expires_in``
+    the link's life in seconds, when it gave that (a duration: whoever stores
+    the link resolves it on the database's clock, never on a host's).
+    """
 
     pidx: str
     payment_url: str
     expires_at: datetime | None
     raw: dict[str, Any]
+    expires_in: int | None = None
 
 
 @dataclass(frozen=True)

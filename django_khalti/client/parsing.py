@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
@@ -162,14 +162,14 @@ def parse_initiation(answer: Any, base_url: str) -> KhaltiInitiation:
         # The buyer is sent there: only to Khalti (or where BASE_URL points).
         logger.warning("Khalti's initiate answer names a payment_url off Khalti's hosts.")
         raise KhaltiBadResponse()
-    expires_at = _aware(answer.get("expires_at"))
-    if expires_at is None and _is_int(answer.get("expires_in")):
-        expires_at = datetime.now(UTC) + timedelta(seconds=answer["expires_in"])
+    expires_in = answer.get("expires_in")
     return KhaltiInitiation(
         pidx=answer["pidx"],
         payment_url=answer["payment_url"],
-        expires_at=expires_at,
+        expires_at=_aware(answer.get("expires_at")),
         raw=answer,
+        # A duration, not a time: no host's clock is read here.
+        expires_in=expires_in if _is_int(expires_in) and 0 < expires_in < 10**8 else None,
     )
 
 

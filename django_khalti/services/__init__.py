@@ -9,8 +9,9 @@ exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
   that recorded), :mod:`.reconciliation` (the one reconciliation path, for the
   command and the admin);
 - settling with Khalti: :mod:`.settle` (ask Khalti about a claimed payment in
-  its flow; one live payment an order), over :mod:`.answers` (the widget's
-  verify and status) and :mod:`.lookup` (ePayment's lookup);
+  its flow; one live payment an order) and :mod:`.transactions` (the
+  transaction id of money that moved, when unknown), over :mod:`.answers`
+  (the widget's verify and status) and :mod:`.lookup` (ePayment's lookup);
 - state: :mod:`.state` (claims, and which change an answer makes) over
   :mod:`.writes` (:func:`~.writes._transition`, the only place a status
   changes, and the claims' own commits) and :mod:`.outbox` (signals, delivered

@@ -116,6 +116,7 @@ def _ask_status(client: KhaltiClient, payment: Payment, *, refusal: str = "") ->
                 "Khalti reports the payment partially refunded before it was verified: part "
                 "of it was paid."
             ),
+            keep_order=True,  # the rest of this token's money is still the merchant's
             khalti_response=answer.raw,
         )
     else:
@@ -130,50 +131,75 @@ def _ask_status(client: KhaltiClient, payment: Payment, *, refusal: str = "") ->
 def _tied_record(
     client: KhaltiClient, payment: Payment, answer: KhaltiStatus
 ) -> dict[str, Any] | None:
-    """What to record of a payment the status endpoint calls paid, if its answer can be
-    tied to this payment; otherwise the payment needs review, and None is returned.
+    """What to record of a payment the status endpoint calls paid; None when the
+    answer is not this payment's (it then needs review, and lets its order go).
 
-    The status endpoint answers for a token *or an idx*, and names no transaction.
-    Its "paid" is this payment's only if Khalti's transaction records say so:
+    The status endpoint answers for a token *or an idx*, for one amount. So:
 
-    1. the token is no transaction's idx (Khalti's record of it, asked by the token,
-       is "not found"; were it found under its own name, the "token" was one
-       payment's id presented as another's token);
-    2. Khalti's record of the ``idx`` the answer gives, or else the one the buyer's
-       page reported (``claimed_idx``), is completed, for this amount, and no other
-       payment's.
+    1. Khalti's record of the token, asked as an idx: found under its own name,
+       the "token" is a transaction's id, one payment's id presented as another's
+       token, and nothing of this payment's moved. (Found under another name,
+       Khalti resolved the token itself: that record must be this payment's.)
+    2. Not found: the token is no transaction's idx, so "Complete" for this token
+       and this amount proves that this token's money moved for this amount, and
+       the token is this payment's alone (``token_claim``). It is paid. Its
+       ``idx`` is recorded from Khalti's record of the idx the answer names, or
+       else of the one the buyer's page reported (``claimed_idx``), if that
+       record matches; otherwise it stays unknown (None), for a refund to find
+       (:mod:`.transactions`). Only Khalti's own answer naming another payment's
+       transaction makes it not this payment's money.
 
     Raises :class:`KhaltiUnavailable` when a record could not be fetched.
     """
     token = payment.token or ""
     fields: dict[str, Any] = {"khalti_response": answer.raw}
     as_idx = _record_or_none(client, token)
-    record: KhaltiTransaction | None = None
-    if as_idx is not None and as_idx.idx == token:
-        problem = _("The token given is a Khalti transaction id, not a payment token.")
-    else:
-        # Were the token found (Khalti resolving it to its transaction), that record
-        # ties the answer itself; else the idx Khalti or the page named must.
-        idx = as_idx.idx if as_idx is not None else answer.idx or payment.claimed_idx or ""
-        record = as_idx if as_idx is not None else _record_or_none(client, idx) if idx else None
-        if idx and record is None:
-            # Not found (yet): a record may lag behind the status. Nothing is decided.
-            logger.warning(
-                "Khalti reports payment %s paid but has no transaction %s (yet); it stays pending.",
-                payment.pk,
-                idx,
-            )
-            raise KhaltiUnavailable()
-        problem = _record_problem(payment, idx, record)
-    if problem or record is None:
-        _needs_review(payment, problem, source=payment.status, **fields)
+    if as_idx is not None:
+        if as_idx.idx == token:
+            problem = _("The token given is a Khalti transaction id, not a payment token.")
+        else:
+            problem = _record_problem(payment, as_idx.idx, as_idx)
+        if problem:
+            _needs_review(payment, problem, source=payment.status, **fields)
+            return None
+        return {**fields, **_record_fields(as_idx)}
+    if answer.idx and _anothers(payment, answer.idx):
+        _not_this_payments(payment, answer.idx, payment.amount, fields, source=payment.status)
         return None
-    return {
-        **fields,
-        "idx": record.idx,
-        "fee_amount": record.fee_amount,
-        "mobile": record.mobile,
-    }
+    record = _named_record(client, payment, answer)
+    if record is None:
+        logger.warning(
+            "Khalti reports payment %s paid for its token and amount; its transaction id "
+            "is unknown (a refund will look for it, or ask for it).",
+            payment.pk,
+        )
+        return fields
+    return {**fields, **_record_fields(record)}
+
+
+def _named_record(
+    client: KhaltiClient, payment: Payment, answer: KhaltiStatus
+) -> KhaltiTransaction | None:
+    """Khalti's record of the idx the status answer names, else of the one the buyer's
+    page reported, if it is this payment's transaction; None when neither is.
+    """
+    for idx in dict.fromkeys(i for i in (answer.idx, payment.claimed_idx) if i):
+        record = _record_or_none(client, idx)
+        problem = _record_problem(payment, idx, record)
+        if not problem:
+            return record
+        logger.warning("Payment %s: transaction %s is not recorded: %s", payment.pk, idx, problem)
+    return None
+
+
+def _anothers(payment: Payment, idx: str) -> bool:
+    """Whether ``idx`` is another payment's transaction."""
+    return Payment.objects.filter(idx=idx).exclude(pk=payment.pk).exists()
+
+
+def _record_fields(record: KhaltiTransaction) -> dict[str, Any]:
+    """What a payment records of its transaction's record."""
+    return {"idx": record.idx, "fee_amount": record.fee_amount, "mobile": record.mobile}
 
 
 def _token_is_an_idx(client: KhaltiClient, payment: Payment) -> bool:
@@ -192,10 +218,6 @@ def _record_or_none(client: KhaltiClient, idx: str) -> KhaltiTransaction | None:
 
 def _record_problem(payment: Payment, idx: str, record: KhaltiTransaction | None) -> str:
     """Why a transaction record does not prove this payment paid; "" when it does."""
-    if not idx:
-        return _(
-            "Khalti reports the token paid, but names no transaction to tie it to this payment."
-        )
     if record is None or record.idx != idx:
         return _("Khalti has no transaction %(idx)s to tie this payment to.") % {"idx": idx}
     if record.idx == payment.token:
@@ -205,7 +227,7 @@ def _record_problem(payment: Payment, idx: str, record: KhaltiTransaction | None
             "Khalti's transaction %(idx)s is %(state)s for %(got)s paisa, not this payment "
             "of %(want)s paisa."
         ) % {"idx": idx, "state": record.state, "got": record.amount, "want": payment.amount}
-    if Payment.objects.filter(idx=idx).exclude(pk=payment.pk).exists():
+    if _anothers(payment, idx):
         return _("Khalti's transaction %(idx)s is another payment's.") % {"idx": idx}
     return ""
 
@@ -224,16 +246,19 @@ def _record_transaction(payment: Payment, record: KhaltiTransaction) -> None:
     elif outcome is KhaltiOutcome.REFUNDED:
         # Paid, then refunded before we verified it: not paid for the shop.
         _refunded_before_verified(payment, **fields)
-    elif outcome is KhaltiOutcome.PAID and record.amount != payment.amount:
+    elif outcome is KhaltiOutcome.PAID and record.amount == payment.amount:
+        _verified(payment, record.amount, fields)  # (needs review if the idx is another's)
+    elif outcome is KhaltiOutcome.PAID and _anothers(payment, record.idx):
+        _not_this_payments(payment, record.idx, record.amount, fields)
+    elif outcome is KhaltiOutcome.PAID:
         _needs_review(
             payment,
             _("Khalti's record is for %(got)s paisa, the order is for %(want)s paisa.")
             % {"got": record.amount, "want": payment.amount},
+            keep_order=True,  # this token's money moved: not charged again meanwhile
             received_amount=record.amount,
             **fields,
         )
-    elif outcome is KhaltiOutcome.PAID:
-        _verified(payment, record.amount, fields)
     else:
         # A record not (yet) completed, or in a state we do not know: whether the
         # money moved is not known. Pending; a retry or reconcile asks status. (A

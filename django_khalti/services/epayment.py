@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from django.conf import settings
+from django.db.models.expressions import CombinedExpression
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext as _
 
-from ..client import KhaltiClient
+from ..client import KhaltiClient, KhaltiInitiation
 from ..conf import khalti_settings, website_url_is_sane
 from ..exceptions import (
     KhaltiConfigurationError,
@@ -106,8 +107,7 @@ def start_epayment(
     fields = {
         "pidx": started.pidx,
         "payment_url": started.payment_url,
-        # Khalti's expiry; else Khalti's documented hour, on the database's clock.
-        "expires_at": started.expires_at or DbNow() + timedelta(minutes=60),
+        "expires_at": _expiry(started),
         "khalti_response": started.raw,
     }
     # The pidx is a fact about this row, stored whatever became of it meanwhile...
@@ -131,6 +131,16 @@ def start_epayment(
     payment.claimed_at = None
     _read_later(payment, "updated_at", *([] if started.expires_at else ["expires_at"]))
     return payment
+
+
+def _expiry(started: KhaltiInitiation) -> datetime | CombinedExpression:
+    """When the link expires: Khalti's time; else its ``expires_in``, or else its
+    documented hour, from now on the database's clock (the one clock link ages are
+    read on), never on this host's.
+    """
+    if started.expires_at is not None:
+        return started.expires_at
+    return DbNow() + timedelta(seconds=started.expires_in or 3600)
 
 
 def _website_url(request: HttpRequest | Request) -> str:

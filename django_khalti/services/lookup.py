@@ -96,7 +96,10 @@ def _lookup(client: KhaltiClient, payment: Payment, *, supersede: bool = False) 
             "got": answer.total_amount,
             "want": payment.amount,
         }
-        _needs_review(payment, reason, received_amount=answer.total_amount, **fields)
+        # The link's money moved: it keeps the order until a person refunds it.
+        _needs_review(
+            payment, reason, keep_order=True, received_amount=answer.total_amount, **fields
+        )
     elif outcome is KhaltiOutcome.FAILED or (outcome is KhaltiOutcome.OPEN and _link_dead(payment)):
         _fail(
             payment,
@@ -112,6 +115,7 @@ def _lookup(client: KhaltiClient, payment: Payment, *, supersede: bool = False) 
                 "Khalti reports the payment partially refunded before it was verified: part "
                 "of it was paid."
             ),
+            keep_order=True,
             **fields,
         )
     elif supersede and outcome is KhaltiOutcome.OPEN and not answer.transaction_id:

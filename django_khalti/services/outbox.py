@@ -9,6 +9,7 @@ is over.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -85,11 +86,24 @@ def deliver_in_order(
         return []
     run = [(delivery, _send(delivery))]
     while run[-1][1]:
-        following = earlier_undelivered(delivery, later=True)
+        following = _next_undelivered(delivery)
         if following is None or not _take(following, due=False):
             break
         run.append((following, _send(following)))
     return run
+
+
+def _next_undelivered(delivery: SignalDelivery) -> SignalDelivery | None:
+    """The first undelivered signal of ``delivery``'s payment, now that ``delivery``
+    is delivered; None if there is none, or it could not be read (it is then due
+    at the next run: the one just delivered stays delivered, and its caller, a
+    buyer's request or a run of reconcile, goes on).
+    """
+    try:
+        return earlier_undelivered(delivery, later=True)
+    except DatabaseError:
+        logger.exception("Could not read what payment %s is told next.", delivery.payment_id)
+        return None
 
 
 def earlier_undelivered(delivery: SignalDelivery, *, later: bool = False) -> SignalDelivery | None:
@@ -168,7 +182,16 @@ def _send(delivery: SignalDelivery) -> bool:
     payment as it was; record the attempt's end. True if it is marked delivered.
     """
     errors = []
-    for receiver, result in _send_each_a_copy(delivery):
+    responses = _send_each_a_copy(delivery)
+    if responses is None:
+        logger.warning(
+            "A receiver of %s for payment %s ran longer than the delivery's wait, and "
+            "another deliverer took it over: the remaining receivers are left to that one.",
+            delivery.signal,
+            delivery.payment_id,
+        )
+        return False
+    for receiver, result in responses:
         if isinstance(result, Exception):
             name = getattr(receiver, "__qualname__", repr(receiver))
             logger.error(
@@ -199,10 +222,15 @@ def _send(delivery: SignalDelivery) -> bool:
     return not errors and bool(marked)
 
 
-def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]]:
+def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]] | None:
     """Django's ``send_robust``, but each receiver is handed a fresh copy of the
     payment as it was: what one receiver does to its ``payment`` (a refund and
     ``refresh_from_db()``) the next does not see.
+
+    Before each receiver after the first, this attempt is renewed for another
+    wait (:class:`_Renewal`): None, and no receiver more, if it was taken over
+    meanwhile (a receiver ran longer than the wait, and another deliverer may
+    have delivered it and the payment's later signals since).
     """
     signal = _RECEIVERS[delivery.signal]
     if not signal.receivers:
@@ -210,8 +238,11 @@ def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]]:
     # Signal's own list of the live receivers of ``sender`` (sync, async), as send_robust reads it.
     sync_receivers, async_receivers = signal._live_receivers(Payment)
     calls = [(r, r) for r in sync_receivers] + [(r, async_to_sync(r)) for r in async_receivers]
-    responses = []
+    responses: list[tuple[Any, Any]] = []
+    renewal = _Renewal(delivery)
     for receiver, call in calls:
+        if responses and not renewal.renewed():
+            return None
         try:
             payment = delivery.payment_as_it_was
             result = call(signal=signal, sender=Payment, payment=payment, **delivery.arguments)
@@ -219,6 +250,40 @@ def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]]:
             result = exc
         responses.append((receiver, result))
     return responses
+
+
+class _Renewal:
+    """An attempt at a delivery, kept its own while its receivers run."""
+
+    def __init__(self, delivery: SignalDelivery) -> None:
+        self.delivery = delivery
+        self.wait = _retry_wait(max(delivery.attempts, 1)).total_seconds()
+        self.since = time.monotonic()
+
+    def renewed(self) -> bool:
+        """Whether this attempt is still the one running the delivery: then, once
+        half its wait is gone, it is given another wait before it is due again.
+        Within the first half nobody can have taken it over, so the database is
+        not asked (only how much time went by is measured here, never when).
+        """
+        if time.monotonic() - self.since < self.wait / 2:
+            return True
+        delivery = self.delivery
+        rows = SignalDelivery.objects.filter(
+            pk=delivery.pk, attempts=delivery.attempts, delivered_at__isnull=True
+        )
+        try:
+            renewed = rows.update(next_attempt_at=DbNow() + _retry_wait(delivery.attempts))
+        except DatabaseError:
+            # Counted and due after its wait: delivered again then, which receivers allow for.
+            logger.exception(
+                "Could not go on delivering %s for payment %s.",
+                delivery.signal,
+                delivery.payment_id,
+            )
+            return False
+        self.since = time.monotonic()
+        return bool(renewed)
 
 
 def _take(delivery: SignalDelivery, *, due: bool) -> bool:

@@ -105,12 +105,15 @@ def _settled_pending(refund: Refund, payment: Payment, outcome: str, raw: Any, r
 def _refunded(payment: Payment, amount: int) -> None:
     """``amount`` more went back: the payment is refunded, or partially (``payment_refunded``)."""
     total = payment.refunded_amount + amount
+    # Never verified (it needed review): none of its money stays, the order goes.
+    let_go: dict[str, Any] = {} if payment.verified_at else {"order_claim": None}
     _transition(
         payment,
         Status.REFUNDED if total >= payment.paid_amount else Status.PARTIALLY_REFUNDED,
         source=payment.status,
         refunded_amount=total,
         refund_amount=amount,
+        **let_go,
     )
 
 

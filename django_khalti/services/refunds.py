@@ -31,6 +31,7 @@ from ..exceptions import (
 from ..models import DbNow, Payment, Refund, rupees
 from .refund_checks import _refreshed, _refund_proof, recheck_failed_refund
 from .refund_outcomes import _drop_lost_connection, _settle_refund
+from .transactions import _known_idx
 
 if TYPE_CHECKING:
     # The project's user model or AnonymousUser, as django-stubs resolves request.user.
@@ -53,6 +54,7 @@ def refund_payment(
     by: _AnyUser | None = None,
     refunded_before: int | None = None,
     status_before: str | None = None,
+    idx: str | None = None,
 ) -> Refund:
     """Give ``amount`` paisa of a confirmed payment back to the buyer (all that remains
     without ``amount``); ``mobile`` is the Khalti id to refund to, which Khalti
@@ -61,6 +63,10 @@ def refund_payment(
     ``status_before``: what the person asking saw refunded already, and the
     status they saw; checked under the payment's row lock
     (:class:`KhaltiRefundConflict` if the payment changed meanwhile).
+    ``idx``: Khalti's transaction id, for a payment whose id is unknown, as a
+    person found it in Khalti's dashboard; without it Khalti's records are asked
+    (:class:`~django_khalti.exceptions.KhaltiTransactionUnknown` when they
+    do not name it).
 
     One refund of a payment is in flight at a time. Khalti refusing raises
     :class:`KhaltiRefundFailed` and nothing is refunded, unless Khalti's status
@@ -84,6 +90,7 @@ def refund_payment(
     if by is not None and not by.has_perm("django_khalti.refund_payment"):
         raise PermissionDenied
     client = KhaltiClient.from_settings()
+    _known_idx(client, payment, idx)  # (a payment paid with its transaction id unknown)
     _recheck_failed_before(payment)
     seen = (refunded_before, status_before)
     refund, locked = _claim_refund(payment, amount, mobile or "", by, seen)

@@ -251,14 +251,14 @@ def _recheck(client: KhaltiClient, payment: Payment) -> None:
                 return
             fields, received = tied, payment.amount
     if outcome is KhaltiOutcome.PARTIALLY_REFUNDED:
-        _needs_review(
+        _review_late(
+            client,
             payment,
             _(
                 "Khalti reports a payment recorded failed as partially refunded: part of it "
                 "was paid."
             ),
-            source=Status.FAILED,
-            **fields,
+            fields,
         )
     elif outcome is not KhaltiOutcome.PAID:
         if outcome is KhaltiOutcome.AWAITING_VERIFICATION:
@@ -291,6 +291,8 @@ def _completed_late(
             "Khalti completed this payment after it was recorded failed, for %(got)s paisa; "
             "the order is for %(want)s paisa."
         ) % {"got": received, "want": payment.amount}
+        _review_late(client, payment, reason, {**fields, "received_amount": received})
+        return
     else:
         try:
             changed = _verify_late(client, payment, received, fields)
@@ -310,6 +312,28 @@ def _completed_late(
             "payment paid the order meanwhile."
         )
     _needs_review(payment, reason, source=Status.FAILED, received_amount=received, **fields)
+
+
+def _review_late(
+    client: KhaltiClient, payment: Payment, reason: str, fields: dict[str, Any]
+) -> None:
+    """A payment recorded failed whose own money Khalti shows moved after all (for
+    another amount, or partly refunded): it needs review, and takes its order back
+    while no other payment holds it (an unpaid link holding it is superseded), so
+    that the buyer is not charged for the order again until a person refunds it.
+    """
+    key = order_key(payment.order_reference)
+
+    def take() -> bool:
+        return _needs_review(
+            payment, reason, source=Status.FAILED, keep_order=True, order_claim=key, **fields
+        )
+
+    with contextlib.suppress(_OrderHeld, KhaltiAlreadyPaid):
+        _take_when_free(client, payment.order_reference, take, attempts=3)
+        return
+    if payment.status == Status.FAILED:  # held by another payment: it stays let go
+        _needs_review(payment, reason, source=Status.FAILED, **fields)
 
 
 def _verify_late(

@@ -230,12 +230,21 @@ def _recording_idx_if_free(payment: Payment, to: str, **fields: Any) -> bool:
 
 
 def _needs_review(
-    payment: Payment, reason: str, *, source: str = Status.PENDING, **fields: Any
+    payment: Payment,
+    reason: str,
+    *,
+    source: str = Status.PENDING,
+    keep_order: bool = False,
+    **fields: Any,
 ) -> bool:
     """Money moved that the shop must not honour: hold the payment for a person.
 
-    Like failing, only by the worker that holds the claim. The order is let go
-    (this payment does not pay it); the token stays bound.
+    Like failing, only by the worker that holds the claim. The token stays
+    bound. With ``keep_order``, this payment's own money moved (for another
+    amount, or partly refunded at Khalti already): it keeps its order, so that
+    the buyer is not charged for it again, until a person refunds it (which
+    lets the order go). Otherwise the money Khalti named is not this payment's,
+    and the order is let go.
     """
     changed = _recording_idx_if_free(
         payment,
@@ -243,7 +252,7 @@ def _needs_review(
         source=source,
         held=True,
         failure_reason=reason,
-        order_claim=None,
+        **({} if keep_order else {"order_claim": None}),
         **fields,
     )
     if changed:

@@ -24,7 +24,7 @@ from ..exceptions import (
     KhaltiVerificationFailed,
 )
 from ..models import Payment
-from .answers import _verify
+from .answers import _record_or_none, _verify
 from .outbox import _due_exists, deliver_due
 from .settle import _WAITING, _ask_khalti, _claim_order
 from .shop import resolve_order
@@ -55,7 +55,7 @@ def verify_payment(
     transaction id the widget reported: only a hint (see ``Payment.claimed_idx``).
     """
     client = KhaltiClient.from_settings()  # a broken configuration fails before any write
-    payment, refused = _bound_payment(token, amount, product_identity)
+    payment, refused = _bound_payment(client, token, amount, product_identity)
     if refused is not None:
         deliver_due(refused)  # what a dead worker or a raising receiver left undelivered
         return _verified_or_raise(refused)  # Khalti refused this very payload before
@@ -82,7 +82,7 @@ def verify_payment(
 
 
 def _bound_payment(
-    token: str, amount: int, product_identity: str
+    client: KhaltiClient, token: str, amount: int, product_identity: str
 ) -> tuple[Payment | None, Payment | None]:
     """The live payment this token is bound to, or what the token's history says.
 
@@ -94,10 +94,11 @@ def _bound_payment(
     Raises :class:`KhaltiTokenUsed` for a token bound to another order or amount,
     and for a token that is any payment's Khalti id (``idx`` or ``pidx``): Khalti's
     status endpoint answers for an ``idx`` as for a token, so one payment's id must
-    never stand in for another's token. Raises :class:`KhaltiInProgress` (the
-    buyer's page retries it) while the token is held by a pending payment for
-    another order or amount, or is the ``idx`` a pending payment's page reported
-    (the browser's word: it cannot lock anyone out for good).
+    never stand in for another's token. A new token that a pending payment's
+    page reported as its ``idx`` (the browser's word, which locks nobody out)
+    is refused only if Khalti's records know it as a transaction's id. Raises
+    :class:`KhaltiInProgress` (the buyer's page retries it) while the token is
+    held by a pending payment for another order or amount.
     """
     rows = list(
         Payment.objects.filter(
@@ -106,12 +107,12 @@ def _bound_payment(
     )
     if any(token in (row.idx, row.pidx) for row in rows):
         raise KhaltiTokenUsed()
-    if any(
+    live = next((row for row in rows if row.token_claim == token), None)
+    if live is None and any(
         row.claimed_idx == token and row.token != token and row.status == Status.PENDING
         for row in rows
     ):
-        raise KhaltiInProgress()
-    live = next((row for row in rows if row.token_claim == token), None)
+        _refuse_a_transaction_id(client, token)
     if live is not None:
         if _bound_to(live, amount, product_identity):
             return live, None
@@ -123,6 +124,15 @@ def _bound_payment(
         row for row in rows if row.token == token and _bound_to(row, amount, product_identity)
     ]
     return None, max(failed, key=lambda row: row.created_at, default=None)
+
+
+def _refuse_a_transaction_id(client: KhaltiClient, token: str) -> None:
+    """Raise :class:`KhaltiTokenUsed` when Khalti knows ``token`` as a transaction's
+    id (a paid payment's idx, presented as a token): read-only, before any verify.
+    """
+    record = _record_or_none(client, token)
+    if record is not None and record.idx == token:
+        raise KhaltiTokenUsed()
 
 
 def _bound_to(payment: Payment, amount: int, product_identity: str) -> bool:

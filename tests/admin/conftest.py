@@ -349,11 +349,11 @@ def pending_payment(n, amount=1000):
 
 def verified_payment(n="V", amount=1000, **fields):
     fields.setdefault("status", Payment.Status.VERIFIED)
+    fields.setdefault("idx", f"idx-{n}")
     return Payment.objects.create(
         token=f"tok-{n}",
         product_identity=f"ORD-{n}",
         amount=amount,
-        idx=f"idx-{n}",
         order_claim=order_key(f"ORD-{n}"),
         verified_at=timezone.now(),
         **fields,

@@ -14,6 +14,7 @@ from pytest_django.asserts import assertContains
 from django_khalti.exceptions import KhaltiRefundUnknown
 from django_khalti.models import Payment, Refund
 
+from ..conftest import fixture, transaction_record
 from .conftest import (
     CHANGELIST,
     REFUND_TEMPLATE,
@@ -22,6 +23,7 @@ from .conftest import (
     fresh,
     messages_of,
     mock_refund,
+    mock_status,
     refund_confirmation,
     run_action,
     submit_refund,
@@ -488,6 +490,47 @@ def test_a_payment_khalti_never_confirmed_or_fully_refunded_is_not_refundable(
     assert len(expect_khalti.calls) == 0
     assert not Refund.objects.exists()
     assert fresh(payment).status == status
+
+
+def test_a_payment_whose_transaction_id_is_unknown_is_refunded_once_a_person_gives_it(
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
+):
+    """Paid, its idx unknown (verify's answer was lost; Khalti's status named none). The
+    refund asks Khalti's records, then the person, for the transaction id."""
+    payment = verified_payment(amount=1000, idx=None)
+    page = run_action(refunding_client, "refund", [payment], follow=False)
+    assertContains(page, "<td>ORD-V</td><td>-</td>", html=False)
+    assert "idx" in page.context["form"].fields
+    data = confirmation_form(page, "refund")
+    mock_status(expect_khalti, payment, fixture("status_complete"))  # names no idx
+    response = submit_refund(refunding_client, data)
+    ((level, text),) = messages_of(response)
+    assert level == "error"
+    assert "ORD-V was not refunded: Khalti's transaction id of this payment is unknown" in text
+    assert "Khalti's dashboard" in text
+    assert not Refund.objects.exists()
+
+    data = refund_confirmation(refunding_client, [payment])
+    expect_khalti.transaction("IDX-DASH", json=transaction_record(idx="IDX-DASH"))
+    mock_refund(expect_khalti, "IDX-DASH", {})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = submit_refund(refunding_client, {**data, "idx": "IDX-DASH"})
+    assert messages_of(response) == [("success", "Refunded Rs 10.00 of ORD-V.")]
+    row = fresh(payment)
+    assert (row.status, row.idx) == (Payment.Status.REFUNDED, "IDX-DASH")
+    assert [(name, kw["payment"].pk, kw["amount"]) for name, kw in sent] == [
+        ("refunded", payment.pk, 1000)
+    ]
+
+
+def test_a_transaction_id_is_given_for_one_payment_at_a_time(refunding_client, expect_khalti):
+    one, two = verified_payment("A", idx=None), verified_payment("B", idx=None)
+    data = refund_confirmation(refunding_client, [one, two])
+    response = submit_refund(refunding_client, {**data, "idx": "IDX-DASH"})
+    assert response.context["form"].errors["idx"] == [
+        "A transaction id is given for one payment at a time."
+    ]
+    assert not Refund.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -304,8 +304,14 @@ def test_done_when_timed_out_verify_reconciled_then_refunded_with_documented_ans
         ({}, True, "another payment's"),
     ],
 )
-def test_a_paid_status_whose_reported_idx_does_not_match_needs_review(
-    expect_khalti, record_changes, held_elsewhere, why, signals, django_capture_on_commit_callbacks
+def test_a_paid_status_whose_reported_idx_does_not_match_pays_with_its_idx_unknown(
+    expect_khalti,
+    record_changes,
+    held_elsewhere,
+    why,
+    signals,
+    django_capture_on_commit_callbacks,
+    caplog,
 ):
     from ..conftest import transaction_record
 
@@ -324,12 +330,13 @@ def test_a_paid_status_whose_reported_idx_does_not_match_needs_review(
     expect_khalti.transaction("IDX-H", json={**transaction_record(idx="IDX-H"), **record_changes})
     with django_capture_on_commit_callbacks(execute=True):
         out = reconcile()
-    assert "1 need review" in out
+    # The page's idx is the browser's word: not recorded; status's proof stands.
+    assert "1 verified" in out
     payment.refresh_from_db()
-    assert payment.status == Payment.Status.NEEDS_REVIEW
-    assert why in payment.failure_reason
+    assert payment.status == Payment.Status.VERIFIED
     assert payment.idx is None
-    assert [name for name, _, _ in signals] == ["needs_review"]
+    assert [name for name, _, _ in signals] == ["verified"]
+    assert any(why in r.message for r in caplog.records)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -2,7 +2,8 @@
 
 import io
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
+from unittest import mock
 
 import pytest
 import requests
@@ -13,7 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from django_khalti import services
-from django_khalti.client import KhaltiClient
+from django_khalti.client import KhaltiClient, parsing
 from django_khalti.models import Payment, order_key
 from shop.models import Order, OrderEvent
 
@@ -671,6 +672,35 @@ def test_expires_in_stands_in_for_a_missing_expires_at(client, expect_khalti, or
         < payment.expires_at
         < timezone.now() + timedelta(minutes=31)
     )
+
+
+class _HostTwoHoursAhead(datetime):
+    """This host's clock, running two hours ahead of the database's."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.now(tz) + timedelta(hours=2)
+
+
+def test_expires_in_is_counted_on_the_database_clock_not_the_hosts(client, expect_khalti, order):
+    """Khalti gives only ``expires_in`` (30 minutes). The host that starts the link runs
+    two hours ahead: the link still expires 30 minutes from now on the database's clock
+    (the one link ages are read on), so the same buyer is sent back to it."""
+    answer = epayment_started()
+    del answer["expires_at"]
+    expect_khalti.initiate(1000, "ORD-1", json=answer)
+    ahead = timezone.now() + timedelta(hours=2)
+    with (
+        mock.patch("django.utils.timezone.now", return_value=ahead),
+        mock.patch.object(parsing, "datetime", _HostTwoHoursAhead),
+    ):
+        first = initiate(client)
+    assert first.status_code == 201
+    database_now = timezone.now()  # (the database's clock is the real one here)
+    expires_at = Payment.objects.get().expires_at
+    assert database_now + timedelta(minutes=29) < expires_at < database_now + timedelta(minutes=31)
+    # A link the database says has 30 minutes left is handed back, not replaced.
+    assert initiate(client).json() == first.json()
 
 
 @override_settings(KHALTI={**SETTINGS, "WEBSITE_URL": "https://shop.example.com"})

@@ -139,21 +139,19 @@ def test_a_paid_payments_idx_sent_as_a_token_is_refused_before_khalti(client, kh
     assert not Payment.objects.filter(order_reference="ORD-B").exists()
 
 
-def test_an_idx_a_pending_payments_page_reported_waits_until_that_payment_settles(
+def test_an_idx_a_pending_payments_page_reported_is_refused_on_khaltis_record(
     client, khalti, orders
 ):
     paid = khalti.add_payment(amount=1000, outcome="timeout_after_processing")
     assert post(client, paid.payload("ORD-A")).status_code == 504  # A pending, idx reported
     khalti.reset_calls()
     attack = {"token": paid.idx, "amount": 1000, "product_identity": "ORD-B"}
-    # The browser's word only: retryable, never final, never sent to Khalti...
-    assert post(client, attack).json().get("code") == "in_progress"
-    assert not khalti.calls
-    # ...and once A settles (its idx recorded), refused for good.
-    assert post(client, paid.payload("ORD-A")).status_code == 200
-    khalti.reset_calls()
+    # The browser's word, checked read-only: Khalti's records know it as a transaction's
+    # id. Refused for good, and never sent to verify.
     assert post(client, attack).json().get("code") == "token_used"
-    assert not khalti.calls
+    assert [call.endpoint for call in khalti.calls] == ["transaction"]
+    assert not Payment.objects.filter(order_reference="ORD-B").exists()
+    assert post(client, paid.payload("ORD-A")).status_code == 200  # A settles as ever
 
 
 def test_an_idx_reported_by_a_settled_payment_locks_nobody_out(client, khalti, orders):
@@ -165,6 +163,31 @@ def test_an_idx_reported_by_a_settled_payment_locks_nobody_out(client, khalti, o
     garbage = {"token": "garbage", "amount": 1000, "product_identity": "ORD-C", "idx": honest.token}
     assert post(client, garbage).status_code == 400  # Khalti refuses the garbage token
     assert post(client, honest.payload("ORD-A")).status_code == 200
+
+
+@pytest.mark.parametrize("honest_first", [False, True])
+def test_a_payment_pending_for_good_that_reports_a_token_as_its_idx_locks_nobody_out(
+    client, khalti, orders, signals, django_capture_on_commit_callbacks, honest_first
+):
+    """A page reports someone's token (a stolen one) as the "idx" of its own payment,
+    whose token Khalti keeps at Initiated: that payment stays pending for good. The
+    honest token still pays its order, whether it comes after it or was first posted
+    before it (its answer lost) and is posted again."""
+    honest = khalti.add_payment(amount=1000, outcome="timeout" if honest_first else None)
+    if honest_first:
+        assert post(client, honest.payload("ORD-A")).status_code == 504
+    never_confirmed = khalti.add_payment(amount=1000, state="Initiated")
+    squatter = {**never_confirmed.payload("ORD-B"), "idx": honest.token}
+    assert post(client, squatter).json().get("code") == "in_progress"
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile()  # Khalti still says Initiated: it stays pending (the honest one settles)
+    assert Payment.objects.get(order_reference="ORD-B").status == Status.PENDING
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, honest.payload("ORD-A"))
+    assert response.status_code == 200, response.json()
+    assert khalti.payments[honest.token].verified
+    assert Order.objects.get(reference="ORD-A").paid
+    assert [name for name, _, _ in signals] == ["verified"]
 
 
 @pytest.mark.parametrize("claimed_idx", ["same", "none", "other"])
@@ -545,9 +568,11 @@ def test_a_refused_duplicate_of_the_first_verify_never_fails_a_paid_payment(
     assert [name for name, _, _ in signals] == ["verified"]
 
 
-def test_a_lagging_transaction_record_leaves_the_payment_pending_not_in_review(
-    client, khalti, orders, django_capture_on_commit_callbacks
+def test_a_lagging_transaction_record_pays_the_order_and_a_refund_finds_its_idx_later(
+    client, khalti, orders, signals, django_capture_on_commit_callbacks
 ):
+    """Status proves the token's money moved; the record of the idx the page reported is
+    not there yet. The order is paid, its idx unknown; a refund finds it once it is."""
     paid = khalti.add_payment(amount=1000, outcome="timeout_after_processing")
     assert post(client, paid.payload("ORD-A")).status_code == 504
 
@@ -555,12 +580,18 @@ def test_a_lagging_transaction_record_leaves_the_payment_pending_not_in_review(
         return (404, {"detail": "Not found."}) if request.params["idx"] == paid.idx else None
 
     khalti.on_next("transaction", lagging, times=2)  # the token's and the idx's records
-    assert post(client, paid.payload("ORD-A")).status_code == 502
-    assert Payment.objects.get().status == Status.PENDING
     with django_capture_on_commit_callbacks(execute=True):
-        assert post(client, paid.payload("ORD-A")).status_code == 200  # the record is there
+        assert post(client, paid.payload("ORD-A")).status_code == 200
+    payment = Payment.objects.get()
+    assert (payment.status, payment.idx) == (Status.VERIFIED, None)
+    assert [name for name, _, _ in signals] == ["verified"]
     again = khalti.add_payment(amount=1000)
     assert post(client, again.payload("ORD-A")).json().get("code") == "unknown_order"  # paid
+    with django_capture_on_commit_callbacks(execute=True):
+        services.refund_payment(payment)
+    payment.refresh_from_db()
+    assert (payment.status, payment.idx) == (Status.REFUNDED, paid.idx)
+    assert khalti.payments[paid.token].refunds == [(1000, None)]
 
 
 def test_a_completed_lookup_marked_refunded_is_not_paid(

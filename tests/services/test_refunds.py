@@ -21,11 +21,12 @@ from django_khalti.exceptions import (
     KhaltiRefundFailed,
     KhaltiRefundInProgress,
     KhaltiRefundUnknown,
+    KhaltiTransactionUnknown,
     KhaltiUnavailable,
 )
 from django_khalti.models import Payment, Refund, order_key
 
-from ..conftest import fixture
+from ..conftest import fixture, transaction_record
 from .test_delivery import short_grace, unknown_refund, verified_payment  # noqa: F401
 from .test_services import pending
 
@@ -111,11 +112,81 @@ def test_only_a_confirmed_payment_with_money_left_can_be_refunded(expect_khalti,
     assert not expect_khalti.calls
 
 
-def test_a_payment_without_khalti_idx_cannot_be_refunded(expect_khalti):
+def test_a_paid_payment_whose_idx_khaltis_records_do_not_name_is_not_refunded(expect_khalti):
     payment = verified(idx=None)
-    with pytest.raises(KhaltiNotRefundable):
+    expect_khalti.status("tok-v", 1000, "status_complete")  # Khalti's records asked: no idx
+    with pytest.raises(KhaltiTransactionUnknown, match="Khalti's dashboard"):
         services.refund_payment(payment)
+    assert not Refund.objects.exists()  # nothing was asked of Khalti's refund
+
+
+def test_a_refund_finds_an_unknown_idx_that_khaltis_status_names_now(
+    expect_khalti, signals, django_capture_on_commit_callbacks
+):
+    payment = verified(idx=None)
+    expect_khalti.status("tok-v", 1000, "status_complete_with_idx")
+    expect_khalti.transaction("8xmeJnNXfoVjCvGcZiiGe7")  # its record: paid, Rs 10
+    expect_khalti.refund("8xmeJnNXfoVjCvGcZiiGe7", {})
+    with django_capture_on_commit_callbacks(execute=True):
+        services.refund_payment(payment)
+    payment.refresh_from_db()
+    assert (payment.status, payment.idx) == (Status.REFUNDED, "8xmeJnNXfoVjCvGcZiiGe7")
+    assert [(name, kw["amount"]) for name, _, kw in signals] == [("refunded", 1000)]
+
+
+def test_a_refund_takes_the_idx_a_person_found_once_khaltis_record_matches(
+    expect_khalti, admin_user
+):
+    payment = verified(idx=None)
+    expect_khalti.transaction("IDX-DASH", json=transaction_record(idx="IDX-DASH"))
+    expect_khalti.refund("IDX-DASH", {"amount": 400})
+    services.refund_payment(payment, amount=400, by=admin_user, idx="IDX-DASH")
+    payment.refresh_from_db()
+    assert (payment.status, payment.idx) == (Status.PARTIALLY_REFUNDED, "IDX-DASH")
+    assert payment.refunds.get().requested_by == admin_user
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        ({"status": 404, "json": {"detail": "Not found."}}, "no transaction IDX-DASH"),
+        ({"json": transaction_record(amount=5000, idx="IDX-DASH")}, "for 5000 paisa"),
+        ({"json": transaction_record(state="Initiated", idx="IDX-DASH")}, "is Initiated"),
+        ({"json": transaction_record(idx="IDX-DASH")}, "another payment's"),
+    ],
+)
+def test_an_idx_a_person_gives_that_cannot_be_the_payments_is_refused(expect_khalti, record, why):
+    if why == "another payment's":
+        Payment.objects.create(
+            token="tok-other", product_identity="ORD-2", amount=1000, idx="IDX-DASH",
+            status=Status.VERIFIED, verified_at=timezone.now(),
+        )  # fmt: skip
+    payment = verified(idx=None)
+    expect_khalti.transaction("IDX-DASH", **record)
+    with pytest.raises(KhaltiTransactionUnknown, match=why):
+        services.refund_payment(payment, idx="IDX-DASH")
+    assert Payment.objects.get(pk=payment.pk).idx is None
+    assert not payment.refunds.exists()
+
+
+def test_an_idx_given_for_a_payment_whose_idx_is_known_must_be_it(expect_khalti):
+    payment = verified()
+    with pytest.raises(KhaltiNotRefundable, match="IDX-1"):
+        services.refund_payment(payment, idx="IDX-OTHER")
     assert not expect_khalti.calls
+
+
+def test_a_refund_of_a_paid_epayment_without_transaction_id_looks_it_up(expect_khalti):
+    payment = Payment.objects.create(
+        flow=Payment.Flow.EPAYMENT, pidx="PIDX-T", product_identity="ORD-1", amount=1000,
+        order_claim=order_key("ORD-1"), status=Status.VERIFIED, verified_at=timezone.now(),
+    )  # fmt: skip
+    expect_khalti.lookup("PIDX-T", "epayment_lookup_completed", transaction_id="TX-NOW")
+    expect_khalti.transaction("TX-NOW", json=transaction_record(idx="TX-NOW"))
+    expect_khalti.refund("TX-NOW", {})
+    services.refund_payment(payment)
+    payment.refresh_from_db()
+    assert (payment.status, payment.idx) == (Status.REFUNDED, "TX-NOW")
 
 
 def test_khalti_refusing_records_nothing_refunded(

@@ -157,6 +157,10 @@ def check(world: World, row: Row, mark: int, payment: Payment | None = None) -> 
     assert payment.status == row.status, (row, payment.failure_reason)
     if "(order let go)" in row.becomes:
         assert payment.order_claim is None
+    if "(order kept)" in row.becomes:
+        assert payment.order_claim is not None
+    if "(its ``idx`` unknown)" in row.becomes:
+        assert payment.idx is None
     assert world.signals_since(mark) == ([row.signal_name] if row.signal_name else []), row
 
 
@@ -279,15 +283,59 @@ def status_answers(world: World, row: Row, state: str | None, **setup: Any) -> P
     return world.payment()
 
 
-@scenario("status", "``Complete``, tied to the payment by Khalti's transaction records")
+@scenario("status", (
+    "``Complete``, the token no transaction's idx, and Khalti's record of the transaction "
+    "Khalti's answer or the buyer's page names matches"
+))  # fmt: skip
 def _(world, row):
     payment = status_answers(world, row, "Complete", verified=True)
     assert payment.idx  # the record that tied it
 
 
-@scenario("status", "``Complete``, not tied to the payment")
+@scenario("status", (
+    "``Complete``, the token no transaction's idx, and no transaction named whose record "
+    "matches"
+))  # fmt: skip
 def _(world, row):
     status_answers(world, row, "Complete", verified=True, untied=True)
+    world.next_order()
+    paid, payload = world.pending_widget()  # the page's idx is no transaction of Khalti's
+    paid.verified = True
+    world.khalti.answer_next("transaction", status=404, json={"detail": "Not found."})
+    world.khalti.answer_next("transaction", status=404, json={"detail": "Not found."})
+    mark = len(world.sent)
+    world.post(payload)
+    check(world, row, mark)
+
+
+@scenario("status", (
+    "``Complete``, the token a transaction's idx, or Khalti's answer naming another "
+    "payment's transaction"
+))  # fmt: skip
+def _(world, row):
+    # A paid payment's idx, posted as a token for another order.
+    paid = world.widget(verified=True)
+    world.khalti.fail_next("verify", "timeout", key=paid.idx)
+    attack = {"token": paid.idx, "amount": 1000, "product_identity": world.order.reference}
+    assert world.post(attack).status_code == 504
+    mark = len(world.sent)
+    world.post(attack)
+    check(world, row, mark)
+    # Khalti's status names a transaction another payment holds.
+    world.next_order()
+    taken = world.widget()
+    Payment.objects.create(
+        token="other", product_identity="OTHER", amount=1000, idx=taken.idx,
+        status=Payment.Status.VERIFIED, verified_at=timezone.now(),
+    )  # fmt: skip
+    paid, payload = world.pending_widget()
+    paid.verified = True
+    world.khalti.answer_next(
+        "status", json={"status": True, "state": "Complete", "detail": "x", "idx": taken.idx}
+    )
+    mark = len(world.sent)
+    world.post(payload)
+    check(world, row, mark)
 
 
 @scenario("status", "``Confirmed``")
