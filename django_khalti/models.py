@@ -395,6 +395,9 @@ class Refund(KeptModel):
     failure_reason = models.TextField(_("failure reason"), blank=True)
     created_at = models.DateTimeField(_("requested"), db_default=DbNow())
     settled_at = models.DateTimeField(_("settled"), null=True, blank=True)
+    #: When Khalti was last asked again, read-only, about a refund recorded failed
+    #: (it may apply a refund after its answer came too late): spaces those re-checks.
+    rechecked_at = models.DateTimeField(_("re-checked"), null=True, blank=True, editable=False)
     #: The payment's id while this refund is pending, NULL once settled: a unique
     #: column, so a payment has at most one refund in flight on every database.
     claim = models.UUIDField(unique=True, null=True, editable=False)

@@ -1,9 +1,12 @@
 import copy
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import requests
+from django.db import OperationalError, connection, connections
 
 from django_khalti.models import Payment
 from django_khalti.signals import (
@@ -273,6 +276,87 @@ def expect_khalti(khalti_fake):
     expectations = KhaltiExpectations(khalti_fake)
     yield expectations
     expectations.check()
+
+
+class LostConnection:
+    """The database loses the connection of the test's thread (the one a service runs
+    in; Khalti's callbacks run in the client's threads), as when it restarts or an
+    administrator ends the session. On PostgreSQL and MariaDB for real: ended from
+    another connection (``pg_terminate_backend``, ``KILL CONNECTION``), and the app must
+    open a new one itself. On SQLite (one in-memory database, which must outlive it) by
+    a fault: every later statement naming one of ``rows`` fails as on a lost
+    connection, until :meth:`restore`."""
+
+    def __init__(self):
+        self.victim = connections["default"]  # the test's thread's
+        self.faults = []
+
+    def lose(self, *rows):
+        try:
+            if self.victim.vendor == "sqlite":
+                self._fail_statements_naming(rows)
+            else:
+                self._end_the_victim()
+        finally:
+            if connections["default"] is not self.victim:
+                connections["default"].close()  # a callback's thread read ``rows``
+
+    def _fail_statements_naming(self, rows):
+        ids = {str(value) for row in rows for value in (row.pk, row.pk.hex)}
+
+        def fail(execute, sql, params, many, context):
+            if any(str(param) in ids for param in params or ()):
+                raise OperationalError("server closed the connection unexpectedly")
+            return execute(sql, params, many, context)
+
+        self.victim.execute_wrappers.append(fail)
+        self.faults.append(fail)
+
+    def _end_the_victim(self):
+        if self.victim.vendor == "postgresql":
+            victim = self.victim.connection.info.backend_pid
+            end = "SELECT pg_terminate_backend(%s)"
+            gone = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+        else:
+            victim = self.victim.connection.thread_id()
+            end = "KILL CONNECTION %s"
+            gone = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
+        errors = []
+        thread = threading.Thread(target=self._end, args=(victim, end, gone, errors))
+        thread.start()
+        thread.join()
+        assert not errors, errors
+
+    @staticmethod
+    def _end(victim, end, gone, errors):
+        """From a connection of its own: end ``victim``, and wait until it is gone."""
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(end, [victim])
+                for _ in range(500):
+                    cursor.execute(gone, [victim])
+                    if cursor.fetchone() is None:
+                        return
+                    time.sleep(0.01)
+            errors.append(f"connection {victim} still there")
+        except Exception as exc:  # reported in the test's thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def restore(self):
+        """SQLite: the statements work again (elsewhere the app reconnected by itself)."""
+        while self.faults:
+            self.victim.execute_wrappers.remove(self.faults.pop())
+
+
+@pytest.fixture
+def lost_connection():
+    """A :class:`LostConnection`: ``lost_connection.lose(*rows)`` (e.g. from a slow
+    Khalti's callback), ``lost_connection.restore()`` once the app has coped."""
+    lost = LostConnection()
+    yield lost
+    lost.restore()
 
 
 @pytest.fixture

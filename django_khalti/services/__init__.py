@@ -4,8 +4,10 @@ The views, the admin and ``khalti_reconcile`` call only what this package
 exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
 
 - use cases: :mod:`.widget` (verify a widget payment), :mod:`.epayment` (start
-  a link, settle its return), :mod:`.refunds`, :mod:`.reconciliation` (the one
-  reconciliation path, for the command and the admin);
+  a link, settle its return), :mod:`.refunds` (over :mod:`.refund_checks`,
+  what Khalti's state says became of a refund, and :mod:`.refund_outcomes`,
+  that recorded), :mod:`.reconciliation` (the one reconciliation path, for the
+  command and the admin);
 - settling with Khalti: :mod:`.settle` (ask Khalti about a claimed payment in
   its flow; one live payment an order) and :mod:`.transactions` (the
   transaction id of money that moved, when unknown), over :mod:`.answers`
@@ -26,7 +28,8 @@ from .reconciliation import (
     reconcile,
     reconcile_due,
 )
-from .refunds import reconcile_refund, refund_payment, refunds_awaiting_outcome, resolve_refund
+from .refund_checks import recheck_failed_refund, reconcile_refund, refunds_awaiting_outcome
+from .refunds import refund_payment, resolve_refund
 from .shop import MAX_AMOUNT, MIN_EPAYMENT_AMOUNT, epayment_order, expected_amount, resolve_order
 from .widget import verify_payment
 
@@ -43,6 +46,7 @@ __all__ = [
     "epayment_order",
     "expected_amount",
     "recheck_failed",
+    "recheck_failed_refund",
     "reconcile",
     "reconcile_due",
     "reconcile_refund",

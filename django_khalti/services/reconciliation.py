@@ -19,12 +19,13 @@ from functools import partial
 from typing import Any
 
 from django.db.models import Q, QuerySet
+from django.db.models.functions import Coalesce
 
 from ..client import KhaltiClient
 from ..exceptions import KhaltiError, KhaltiUnavailable
-from ..models import DbNow, Payment, SignalDelivery
+from ..models import DbNow, Payment, Refund, SignalDelivery
 from .outbox import deliver_in_order, due_deliveries
-from .refunds import reconcile_refund, refunds_awaiting_outcome
+from .refund_checks import recheck_failed_refund, reconcile_refund, refunds_awaiting_outcome
 from .settle import _ask_khalti, _recheck
 from .state import _askable, _claimable, _release, _settle, claim
 
@@ -106,7 +107,7 @@ class Reconciliation:
 
     The counters are by the status each item Khalti answered for was left in; the
     ones it did not answer for stay as they were, counted in :attr:`unanswered`
-    by kind (``"pending"``, ``"failed"``, ``"refunds"``).
+    by kind (``"pending"``, ``"failed"``, ``"refunds"``, ``"failed_refunds"``).
     """
 
     #: Pending payments checked.
@@ -115,6 +116,8 @@ class Reconciliation:
     failed: Counter[str] = field(default_factory=Counter)
     #: Refunds of unknown outcome checked, by the refund's status.
     refunds: Counter[str] = field(default_factory=Counter)
+    #: Refunds recorded failed re-checked, read-only, by the refund's status.
+    failed_refunds: Counter[str] = field(default_factory=Counter)
     #: How many of each kind Khalti could not be asked about (or refused to tell).
     unanswered: Counter[str] = field(default_factory=Counter)
     #: Pending payments passed over because another worker is settling them right
@@ -175,55 +178,38 @@ def reconcile_due(
 ) -> Reconciliation:
     """Ask Khalti about what awaits it, and record the answers.
 
-    With ``payments`` None, what is due: pending payments at least
-    ``older_than`` old (settled), failed payments created within
+    With ``payments`` None, what is due: pending payments at least ``older_than``
+    old (settled), failed payments and refunds recorded failed within
     ``failed_within`` (re-checked read-only, each at most once per
-    :data:`RECHECK_FAILED_EVERY`), refunds of unknown outcome at least
-    ``older_than`` old, and signals whose delivery is due again. With
-    ``payments``, those payments whatever their age: the pending ones settled,
-    the failed ones re-checked, their refunds of unknown outcome, their due
-    signals. At most ``limit`` of each kind, oldest first, read ``batch_size``
-    at a time (``on_batch(number, read, report so far)`` after each batch of
-    pending payments). Stops once Khalti went unanswered ``give_up_after`` times
-    in a row. ``deliver_signals`` False leaves signals alone; ``dry_run`` asks
-    Khalti nothing and changes nothing. A payment Khalti was asked about within
-    ``spacing`` (default ``KHALTI["ASK_SPACING"]``) is passed over as it is,
-    for the next run (counted in :attr:`Reconciliation.busy` when pending).
-
-    Raises :class:`~django_khalti.exceptions.KhaltiConfigurationError` before
-    anything is asked when dj-khalti is misconfigured.
+    :data:`RECHECK_FAILED_EVERY`: Khalti may complete a payment, or apply a refund,
+    late), refunds of unknown outcome at least ``older_than`` old, and signals
+    whose delivery is due again; with ``payments``, all of theirs whatever their
+    age. At most ``limit`` of each kind, oldest first, read ``batch_size`` at a
+    time (``on_batch(number, read, report so far)`` after each batch of pending
+    payments). Stops once Khalti went unanswered ``give_up_after`` times in a row.
+    ``deliver_signals`` False leaves signals alone; ``dry_run`` asks Khalti
+    nothing and changes nothing. A payment Khalti was asked about within ``spacing``
+    (default ``KHALTI["ASK_SPACING"]``) is left for the next run (counted in
+    :attr:`Reconciliation.busy` when pending). A broken configuration raises
+    :class:`~django_khalti.exceptions.KhaltiConfigurationError` before anything.
     """
     report = Reconciliation(give_up_after=give_up_after)
     pending, failed = _due_payments(payments, older_than, failed_within, spacing)
-    refunds = refunds_awaiting_outcome()
-    if payments is None:
-        refunds = refunds.filter(created_at__lte=DbNow() - older_than)
-    else:
-        refunds = refunds.filter(payment__in=payments)
+    refunds, failed_refunds = _due_refunds(payments, older_than, failed_within)
     deliveries = due_deliveries(limit or 1000, payments=payments) if deliver_signals else []
     pending_batches = _batches(pending, batch_size, limit, report)
     failed_batches = _batches(failed, batch_size, limit, report)
     if dry_run:
         report.would_deliver = deliveries
-        report.would_check = [
-            p for batches in (pending_batches, failed_batches) for b in batches for p in b
-        ]
+        report.would_check = [p for b in (*pending_batches, *failed_batches) for p in b]
         return report
     KhaltiClient.from_settings()  # a broken configuration fails before anything is asked
-
-    # A payment this run failed is not re-checked by it.
     settled = _settle_pending(pending_batches, report, spacing, on_batch)
-    for batch in failed_batches:
-        for payment in batch:
-            if not report.given_up and payment.pk not in settled:
-                report._settle(partial(recheck_failed, spacing=spacing), payment, "failed")
-    refund_list = list(refunds.order_by("created_at")[: (limit or 1000) + 1])
-    if len(refund_list) > (limit or 1000):
-        report.limited = True
-        refund_list.pop()
-    for refund in refund_list:
+    # A payment this run failed is not re-checked by it.
+    for payment in (p for batch in failed_batches for p in batch if p.pk not in settled):
         if not report.given_up:
-            report._settle(reconcile_refund, refund, "refunds")
+            report._settle(partial(recheck_failed, spacing=spacing), payment, "failed")
+    _settle_refunds(report, refunds, failed_refunds, limit, spacing)
     _deliver(deliveries, report)
     return report
 
@@ -262,6 +248,28 @@ def _due_payments(
     return pending, failed
 
 
+def _due_refunds(
+    payments: QuerySet[Payment] | None, older_than: timedelta, failed_within: timedelta
+) -> tuple[QuerySet[Refund], QuerySet[Refund]]:
+    """The refunds of unknown outcome and those recorded failed :func:`reconcile_due`
+    asks about: of ``payments`` whatever their age, or else those due (see there).
+    """
+    refunds = refunds_awaiting_outcome()
+    failed = Refund.objects.filter(status=Refund.Status.FAILED)
+    if payments is not None:
+        return refunds.filter(payment__in=payments), failed.filter(payment__in=payments)
+    refunds = refunds.filter(created_at__lte=DbNow() - older_than)
+    if not failed_within:
+        return refunds, failed.none()
+    # Re-checked at most once per RECHECK_FAILED_EVERY, the first time that long
+    # after they failed.
+    last = Coalesce("rechecked_at", "settled_at", "created_at")
+    failed = failed.alias(last=last).filter(
+        created_at__gte=DbNow() - failed_within, last__lt=DbNow() - RECHECK_FAILED_EVERY
+    )
+    return refunds, failed
+
+
 def _settle_pending(
     batches: Iterator[list[Payment]],
     report: Reconciliation,
@@ -288,6 +296,40 @@ def _settle_pending(
         if report.given_up:
             break
     return settled
+
+
+def _settle_refunds(
+    report: Reconciliation,
+    refunds: QuerySet[Refund],
+    failed_refunds: QuerySet[Refund],
+    limit: int | None,
+    spacing: timedelta | None,
+) -> None:
+    """Settle the refunds of unknown outcome, then re-check those recorded failed
+    (both read first: a refund this run fails is not re-checked by it).
+    """
+    steps: list[tuple[str, Callable[[Refund], Refund], list[Refund]]] = [
+        ("refunds", reconcile_refund, _oldest(refunds, limit, report)),
+        (
+            "failed_refunds",
+            partial(recheck_failed_refund, spacing=spacing),
+            _oldest(failed_refunds, limit, report),
+        ),
+    ]
+    for kind, settle, listed in steps:
+        for refund in listed:
+            if not report.given_up:
+                report._settle(settle, refund, kind)
+
+
+def _oldest(rows: QuerySet[Refund], limit: int | None, report: Reconciliation) -> list[Refund]:
+    """The oldest ``limit`` (else 1000) of ``rows`` (``report.limited`` if some were left)."""
+    most = limit or 1000
+    oldest = list(rows.select_related("payment").order_by("created_at", "pk")[: most + 1])
+    if len(oldest) > most:
+        report.limited = True
+        oldest.pop()
+    return oldest
 
 
 def _settle_claimed(payment: Payment) -> Payment:

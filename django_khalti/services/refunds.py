@@ -1,21 +1,22 @@
-"""Refunds: ask Khalti for one, settle the ones whose outcome was unknown, record a person's word.
+"""Refunds: ask Khalti for one, record a person's word.
 
 A refund row is written (pending) before Khalti is called; its outcome is
-settled by :func:`_settle_refund`, which moves the payment's status through
-:func:`~.writes._transition` like every other change.
+recorded by :func:`~.refund_outcomes._settle_refund`, which moves the payment's
+status through :func:`~.writes._transition` like every other change. What
+Khalti's state says became of a refund, read-only, is :mod:`.refund_checks`'.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 
-from ..client import KhaltiClient, KhaltiOutcome
+from ..client import KhaltiClient
 from ..exceptions import (
     KhaltiConfigurationError,
     KhaltiInvalidRefundAmount,
@@ -28,9 +29,9 @@ from ..exceptions import (
     KhaltiUnavailable,
 )
 from ..models import DbNow, Payment, Refund, rupees
-from .state import stale_since
+from .refund_checks import _refreshed, _refund_proof, recheck_failed_refund
+from .refund_outcomes import _drop_lost_connection, _settle_refund
 from .transactions import _known_idx
-from .writes import _transition
 
 if TYPE_CHECKING:
     # The project's user model or AnonymousUser, as django-stubs resolves request.user.
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Status = Payment.Status
+
+#: How long a refund recorded failed is re-checked, read-only, before another
+#: refund of its payment starts (``khalti_reconcile``'s ``--failed-within`` also
+#: re-checks it, hourly).
+RECHECK_FAILED_REFUNDS_FOR = timedelta(days=7)
 
 
 def refund_payment(
@@ -69,10 +75,13 @@ def refund_payment(
     :class:`KhaltiRefundUnknown` (a :class:`KhaltiUnavailable`) and leaves the
     refund pending: money may have moved, so no other refund of the payment
     starts until :func:`reconcile_refund` (or ``khalti_reconcile``, or a
-    person in the admin) has settled it. A success that could not be recorded
-    as such raises too: :class:`KhaltiRefundConflict` when the refund was
-    recorded failed meanwhile (the payment then needs review),
-    :class:`KhaltiRefundUnknown` when the database failed.
+    person in the admin) has settled it. Our database failing once Khalti was
+    asked makes the outcome unknown too (:class:`KhaltiRefundUnknown`): what
+    was not recorded stays pending for ``khalti_reconcile``. A refund recorded
+    failed meanwhile (its worker froze past the claim timeout, and
+    ``khalti_reconcile`` found nothing refunded yet) that Khalti then refunds
+    is recorded succeeded, logged at WARNING; :class:`KhaltiRefundConflict`
+    when that cannot be (the payment then needs review).
 
     ``payment`` is left as it is (it may be a receiver's copy, which other
     receivers share); the returned refund's ``payment`` is the payment as it
@@ -82,35 +91,62 @@ def refund_payment(
         raise PermissionDenied
     client = KhaltiClient.from_settings()
     _known_idx(client, payment, idx)  # (a payment paid with its transaction id unknown)
+    _recheck_failed_before(payment)
     seen = (refunded_before, status_before)
     refund, locked = _claim_refund(payment, amount, mobile or "", by, seen)
+    try:
+        return _ask_for_refund(client, refund, locked, mobile or None)
+    except DatabaseError as exc:
+        # Whatever Khalti did, it was not (all) recorded: unknown, not a crash.
+        raise _unrecorded(refund, exc) from exc
+
+
+def _recheck_failed_before(payment: Payment) -> None:
+    """Before another refund of ``payment``: whether one recorded failed in the last
+    :data:`RECHECK_FAILED_REFUNDS_FOR` went through late (:func:`recheck_failed_refund`),
+    so that the new one is checked against the money as it moved (a person who saw
+    it failed would give it back twice). Khalti not answering changes nothing; the
+    database failing stops the new refund before it starts (:class:`KhaltiUnavailable`).
+    """
+    failed = Refund.objects.filter(
+        payment_id=payment.pk,
+        status=Refund.Status.FAILED,
+        created_at__gte=DbNow() - RECHECK_FAILED_REFUNDS_FOR,
+    )
+    try:
+        for refund in failed.order_by("created_at", "pk"):
+            recheck_failed_refund(refund)
+    except KhaltiUnavailable:
+        logger.warning("Could not re-check the failed refunds of payment %s.", payment.pk)
+    except DatabaseError as exc:
+        logger.exception("Could not re-check the failed refunds of payment %s.", payment.pk)
+        _drop_lost_connection()
+        raise KhaltiUnavailable(
+            _("The database failed while an earlier refund was re-checked: nothing was refunded.")
+        ) from exc
+
+
+def _ask_for_refund(
+    client: KhaltiClient, refund: Refund, locked: Payment, mobile: str | None
+) -> Refund:
+    """Ask Khalti for the claimed ``refund`` and record its answer (a database
+    error is the caller's: Khalti was asked).
+    """
     # Nothing refunded before, all of it now: Khalti's full refund (an empty body).
     whole = locked.refunded_amount == 0 and refund.amount == locked.paid_amount
     try:
         answer = client.refund(
-            locked.idx or "", amount=None if whole else refund.amount, mobile=mobile or None
+            locked.idx or "", amount=None if whole else refund.amount, mobile=mobile
         )
     except KhaltiRejected as exc:
         return _refused_refund(client, refund, exc)
     except KhaltiUnavailable as exc:
-        unknown = KhaltiRefundUnknown()
-        Refund.objects.filter(pk=refund.pk).update(failure_reason=str(unknown.detail))
-        raise unknown from exc
+        raise _noted(refund, KhaltiRefundUnknown()) from exc
     except KhaltiConfigurationError:
         # Refused before anything was sent (the key cannot go into a header).
-        _settle_refund(refund, succeeded=False, raw=None, reason=_("Not sent: misconfigured."))
+        _not_sent(refund)
         raise
-    try:
-        recorded = _settle_refund(refund, succeeded=True, raw=answer)
-    except DatabaseError as exc:
-        logger.exception("Khalti refunded %s, which could not be recorded.", refund.pk)
-        raise KhaltiRefundUnknown(
-            _(
-                "Khalti refunded it, but that could not be recorded: the refund stays pending "
-                "until khalti_reconcile settles it. Do not refund it again meanwhile."
-            )
-        ) from exc
-    if not recorded:
+    if not _settle_refund(refund, succeeded=True, raw=answer):
         raise KhaltiRefundConflict(
             _(
                 "Khalti refunded Rs %(amount)s, but the refund had been recorded failed "
@@ -145,8 +181,7 @@ def _refused_refund(client: KhaltiClient, refund: Refund, exc: KhaltiRejected) -
         unknown = KhaltiRefundUnknown(
             _("Khalti says it is already refunded: %(detail)s") % {"detail": exc.detail}
         )
-        Refund.objects.filter(pk=refund.pk).update(failure_reason=str(unknown.detail))
-        raise unknown from exc
+        raise _noted(refund, unknown) from exc
     if not _settle_refund(
         refund, succeeded=False, raw=exc.body, reason=str(exc.detail), refusal=True
     ):
@@ -161,91 +196,53 @@ def _refused_refund(client: KhaltiClient, refund: Refund, exc: KhaltiRejected) -
     raise KhaltiRefundFailed(_("Khalti refused the refund: %s") % exc.detail) from exc
 
 
+def _noted(refund: Refund, unknown: KhaltiRefundUnknown) -> KhaltiRefundUnknown:
+    """``unknown``, its detail noted on the pending refund as why (if the database
+    lets it: it may be what failed, and the refund is pending either way).
+    """
+    try:
+        Refund.objects.filter(pk=refund.pk, status=Refund.Status.PENDING).update(
+            failure_reason=str(unknown.detail)
+        )
+    except DatabaseError:
+        logger.exception("Could not note why refund %s is of unknown outcome.", refund.pk)
+        _drop_lost_connection()
+    return unknown
+
+
+def _not_sent(refund: Refund) -> None:
+    """Nothing was sent to Khalti for ``refund``: it failed (if the database lets it
+    record that; else it stays pending, for a re-check or a person to settle).
+    """
+    try:
+        _settle_refund(refund, succeeded=False, raw=None, reason=_("Not sent: misconfigured."))
+    except DatabaseError:
+        logger.exception("Could not record refund %s as not sent.", refund.pk)
+        _drop_lost_connection()
+
+
+def _unrecorded(refund: Refund, exc: DatabaseError) -> KhaltiRefundUnknown:
+    """Khalti was asked for ``refund``, and the database failed before all of its
+    answer was recorded: an unknown outcome, for the person asking as for Khalti.
+    """
+    logger.error(
+        "Khalti was asked for refund %s, and the database failed before its answer was "
+        "recorded: what was not recorded stays pending until khalti_reconcile settles it.",
+        refund.pk,
+        exc_info=exc,
+    )
+    _drop_lost_connection()
+    return KhaltiRefundUnknown(
+        _(
+            "Khalti was asked for it, but the database failed while its answer was being "
+            "recorded. If the refund still shows pending, a re-check (or khalti_reconcile) "
+            "settles it; do not refund it again by hand meanwhile."
+        )
+    )
+
+
 def _recorded(refund: Refund) -> str:
     return str(Refund.objects.values_list("status", flat=True).get(pk=refund.pk))
-
-
-def _refreshed(refund: Refund) -> Refund:
-    refund.refresh_from_db()
-    refund.payment = Payment.objects.get(pk=refund.payment_id)
-    return refund
-
-
-def refunds_awaiting_outcome() -> QuerySet[Refund]:
-    """Refunds of unknown outcome no longer in flight: older than the claim timeout
-    (on the database's clock), so whoever asked Khalti for them has given up
-    waiting. The ones to ask Khalti about again, or for a person to resolve.
-    """
-    return Refund.objects.filter(
-        status=Refund.Status.PENDING, created_at__lt=stale_since()
-    ).select_related("payment")
-
-
-def reconcile_refund(refund: Refund) -> Refund:
-    """Settle a refund whose outcome was unknown, from the payment's state at Khalti.
-
-    A refund still in flight (see :func:`refunds_awaiting_outcome`) is left
-    alone. Raises :class:`KhaltiUnavailable` when Khalti could not be asked.
-    """
-    if refund.status != Refund.Status.PENDING:
-        return refund
-    if not refunds_awaiting_outcome().filter(pk=refund.pk).exists():
-        return _refreshed(refund)  # still in flight, or settled meanwhile
-    proof = _refund_proof(KhaltiClient.from_settings(), refund)
-    if proof is not None:
-        _settle_refund(
-            refund,
-            succeeded=proof[0],
-            raw=proof[1],
-            reason="" if proof[0] else _("Khalti shows the payment complete and not refunded."),
-        )
-    refund.refresh_from_db()
-    return refund
-
-
-def _refund_proof(
-    client: KhaltiClient, refund: Refund, *, partial_proves: bool = True
-) -> tuple[bool, Any] | None:
-    """What Khalti's state of the payment proves of ``refund``: ``(True, answer)``
-    refunded, ``(False, answer)`` not, None when it cannot tell. With
-    ``partial_proves`` False, :attr:`KhaltiOutcome.PARTIALLY_REFUNDED` proves nothing. Raises
-    :class:`KhaltiUnavailable` when Khalti could not be asked.
-    """
-    payment = Payment.objects.get(pk=refund.payment_id)
-    try:
-        if payment.flow == Payment.Flow.EPAYMENT:
-            looked_up = client.lookup(payment.pidx or "")
-            state, outcome, raw = looked_up.status, looked_up.outcome, looked_up.raw
-        else:
-            # Khalti knows a payment by the amount paid (a payment that needs
-            # review may have been paid for another amount than the order's).
-            status = client.status(payment.token or "", payment.paid_amount)
-            state, outcome, raw = status.state, status.outcome, status.raw
-    except KhaltiRejected as exc:
-        raise KhaltiUnavailable() from exc
-    remaining = payment.paid_amount - payment.refunded_amount
-    first = payment.refunded_amount == 0
-    # Settle only on an answer that proves what became of *this* refund.
-    if (outcome is KhaltiOutcome.REFUNDED and refund.amount == remaining) or (
-        partial_proves
-        and outcome is KhaltiOutcome.PARTIALLY_REFUNDED
-        and first
-        and refund.amount < remaining
-    ):
-        return True, raw
-    if outcome is KhaltiOutcome.PAID and first:
-        return False, raw
-    # E.g. PARTIALLY_REFUNDED after an earlier partial refund: Khalti's state
-    # cannot tell whether this one went through. A person decides (admin:
-    # "Resolve unknown refund"), after a look at Khalti's dashboard.
-    logger.warning(
-        "Refund %s of payment %s stays pending: Khalti says %r, which does not tell "
-        "whether this refund went through.",
-        refund.pk,
-        payment.pk,
-        state,
-    )
-    return None
 
 
 def resolve_refund(
@@ -366,101 +363,3 @@ def _claim_refund(
             return refund, locked
         except IntegrityError:
             raise KhaltiRefundInProgress() from None
-
-
-def _settle_refund(
-    refund: Refund,
-    *,
-    succeeded: bool,
-    raw: Any,
-    reason: str = "",
-    by_person: bool = False,
-    refusal: bool = False,
-) -> bool:
-    """Record a refund's outcome and, if money went back, the payment's new status.
-
-    Returns whether the refund now stands as this answer says: True when this
-    call settled it (or it was settled the same way before). When it was
-    settled otherwise meanwhile, Khalti's answer outranks a person's: a person
-    (``by_person``) gets :class:`KhaltiRefundConflict`. An answer from Khalti
-    that contradicts what was recorded is logged at WARNING and stands: the
-    refund takes it, the payment's refunded total follows it, and the payment
-    moves to ``needs_review`` with Khalti's answer (False). Refunds do not
-    un-happen: "not refunded" overturns only a person's "refunded", never one
-    Khalti's own answer proved (an older answer arriving last), and a
-    ``refusal`` of one call overturns nothing.
-    """
-    outcome = Refund.Status.SUCCEEDED if succeeded else Refund.Status.FAILED
-    with transaction.atomic():
-        payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
-        settled = Refund.objects.filter(pk=refund.pk, status=Refund.Status.PENDING).update(
-            status=outcome,
-            claim=None,
-            settled_at=DbNow(),
-            khalti_response=raw,
-            failure_reason=reason,
-        )
-        if settled and succeeded:
-            total = payment.refunded_amount + refund.amount
-            # Never verified (it needed review): none of its money stays, the order goes.
-            let_go: dict[str, Any] = {} if payment.verified_at else {"order_claim": None}
-            _transition(
-                payment,
-                Status.REFUNDED if total >= payment.paid_amount else Status.PARTIALLY_REFUNDED,
-                source=payment.status,
-                refunded_amount=total,
-                refund_amount=refund.amount,
-                **let_go,
-            )
-        if settled:
-            return True
-        row = Refund.objects.get(pk=refund.pk)
-        recorded = row.status
-        if recorded == outcome:
-            return True
-        by_a_person = isinstance(row.khalti_response, dict) and "resolved_by" in row.khalti_response
-        if not by_person and not succeeded and (refusal or not by_a_person):
-            logger.warning(
-                "Khalti's answer on refund %s of payment %s (%s) does not overturn what was "
-                "recorded (%s): %s.",
-                refund.pk,
-                payment.pk,
-                outcome,
-                recorded,
-                "a refusal of one call" if refusal else "Khalti's own proof of the refund",
-            )
-            return False
-        if by_person:
-            raise KhaltiRefundConflict(
-                _("This refund was already recorded %(status)s, from Khalti's answer.")
-                % {"status": Refund.Status(recorded).label}
-            )
-        logger.warning(
-            "Khalti's answer on refund %s of payment %s (%s) contradicts what was recorded "
-            "(%s): Khalti's stands, and the payment needs review.",
-            refund.pk,
-            payment.pk,
-            outcome,
-            recorded,
-        )
-        why = _(
-            "Khalti's answer on a refund of Rs %(amount)s (%(khalti)s) contradicts what was "
-            "recorded (%(recorded)s)."
-        ) % {
-            "amount": rupees(refund.amount),
-            "khalti": Refund.Status(outcome).label,
-            "recorded": Refund.Status(recorded).label,
-        }
-        Refund.objects.filter(pk=refund.pk, status=recorded).update(
-            status=outcome, khalti_response=raw, failure_reason=why
-        )
-        change = refund.amount if succeeded else -refund.amount
-        _transition(
-            payment,
-            Status.NEEDS_REVIEW,
-            source=payment.status,
-            failure_reason=why,
-            khalti_response=raw,
-            refunded_amount=max(0, payment.refunded_amount + change),
-        )
-        return False

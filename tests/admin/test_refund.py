@@ -2,8 +2,13 @@
 rupees, the guard against a page submitted twice or gone stale, and what Khalti's
 refusals and silences leave."""
 
+import io
+from datetime import timedelta
+
 import pytest
 import requests
+from django.core.management import call_command
+from django.utils import timezone
 from pytest_django.asserts import assertContains
 
 from django_khalti.exceptions import KhaltiRefundUnknown
@@ -526,3 +531,80 @@ def test_a_transaction_id_is_given_for_one_payment_at_a_time(refunding_client, e
         "A transaction id is given for one payment at a time."
     ]
     assert not Refund.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refund_whose_database_connection_is_lost_is_a_warning_and_the_rest_go_on(
+    superuser_client, expect_khalti, sent, lost_connection
+):
+    """Khalti refunds ORD-A but answers after the timeout, and meanwhile the database
+    ends the request's connection (for real on PostgreSQL and MariaDB). The person is
+    told it may have gone through, not shown a 500; the payments after it in the
+    selection are refunded; khalti_reconcile settles ORD-A once."""
+    # The page refunds the newest first: B, then A, then C.
+    first, lost, last = (verified_payment(n, amount=1000) for n in "BAC")
+    for age, payment in enumerate([first, lost, last], start=1):
+        created = timezone.now() - timedelta(minutes=age)
+        Payment.objects.filter(pk=payment.pk).update(created_at=created)
+    page = refund_confirmation(superuser_client, [first, lost, last])
+
+    def slow_khalti(request):
+        lost_connection.lose(lost, Refund.objects.get(payment=lost))
+        return requests.exceptions.ReadTimeout("read timed out")
+
+    mock_refund(expect_khalti, "idx-B", {})
+    expect_khalti.expect("refund", "idx-A", {}, callback=slow_khalti)
+    mock_refund(expect_khalti, "idx-C", {})
+    response = submit_refund(superuser_client, page)
+    lost_connection.restore()
+    assert response.status_code == 200
+    refunds_asked = [call.params["idx"] for call in expect_khalti.calls]
+    assert refunds_asked == ["idx-B", "idx-A", "idx-C"]  # C after A's lost connection
+    assert sorted(messages_of(response)) == [
+        ("success", "Refunded Rs 10.00 of ORD-B."),
+        ("success", "Refunded Rs 10.00 of ORD-C."),
+        (
+            "warning",
+            f"The refund of ORD-A may have gone through: {KhaltiRefundUnknown.default_detail}",
+        ),
+    ]
+    assert lost.refunds.get().status == Refund.Status.PENDING
+    assert [(name, kw["payment"].pk) for name, kw in sent] == [
+        ("refunded", first.pk),
+        ("refunded", last.pk),
+    ]
+
+    Refund.objects.filter(payment=lost).update(created_at=timezone.now() - timedelta(hours=1))
+    expect_khalti.status("tok-A", 1000, "status_refunded")
+    call_command("khalti_reconcile", "--older-than", "0", stdout=io.StringIO())
+    call_command("khalti_reconcile", "--older-than", "0", stdout=io.StringIO())
+    assert (fresh(lost).status, fresh(lost).refunded_amount) == (Payment.Status.REFUNDED, 1000)
+    assert [(name, kw["payment"].pk, kw["amount"]) for name, kw in sent] == [
+        ("refunded", first.pk, 1000),
+        ("refunded", last.pk, 1000),
+        ("refunded", lost.pk, 1000),
+    ]
+
+
+def test_refunding_again_after_a_failed_refund_khalti_applied_late_gives_nothing_twice(
+    refunding_client, expect_khalti, sent, django_capture_on_commit_callbacks
+):
+    """khalti_reconcile recorded Rs 4 failed (Khalti showed nothing refunded then). A
+    person opens the refund page for Rs 4 again; meanwhile Khalti applies the first one.
+    On submit Khalti is asked first, read-only: nothing is refunded twice."""
+    payment = verified_payment(amount=1000)
+    Refund.objects.create(
+        payment=payment, amount=400, status=Refund.Status.FAILED, settled_at=timezone.now()
+    )
+    page = refund_confirmation(refunding_client, [payment])
+    expect_khalti.status(payment.token, 1000, "status_partially_refunded")  # applied late
+    with django_capture_on_commit_callbacks(execute=True):
+        response = submit_refund(refunding_client, page, amount="4")
+    [(level, text)] = messages_of(response)
+    assert level == "error"
+    assert "It was refunded meanwhile (Rs 4.00 so far)" in text
+    assert [call.endpoint for call in expect_khalti.calls] == ["status"]  # no refund
+    row = fresh(payment)
+    assert (row.status, row.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 400)
+    assert list(row.refunds.values_list("amount", "status")) == [(400, Refund.Status.SUCCEEDED)]
+    assert [(name, kw["amount"]) for name, kw in sent] == [("refunded", 400)]

@@ -340,6 +340,51 @@ def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(expect_khalti
     assert [(n, kw["amount"]) for n, _, kw in signals] == [("refunded", 1000)]
 
 
+def test_reconcilers_re_checking_one_failed_refund_at_once_ask_once_and_tell_the_shop_once(
+    expect_khalti, signals
+):
+    """A refund recorded failed that Khalti applied late, re-checked by four reconcilers at
+    the same moment (the refund read by each before any of them wins it)."""
+    from django_khalti.models import Refund
+
+    payment = Payment.objects.create(
+        token="tok-r",
+        product_identity="ORD-R",
+        amount=1000,
+        status=Payment.Status.VERIFIED,
+        idx="IDX-R",
+        verified_at=timezone.now(),
+        order_claim=order_key("ORD-R"),
+    )
+    failed = Refund.objects.create(
+        payment=payment, amount=1000, status=Refund.Status.FAILED, settled_at=timezone.now()
+    )
+    asked = expect_khalti.status(
+        "tok-r",
+        1000,
+        json={"status": True, "state": "Refunded", "detail": "refunded"},
+        delay=0.2,
+        times=None,
+    )
+    barrier = threading.Barrier(4)
+
+    def recheck():
+        try:
+            refund = Refund.objects.get(pk=failed.pk)
+            barrier.wait(timeout=10)
+            return services.recheck_failed_refund(refund).status
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: recheck(), range(4)))
+    assert len(asked.choice.calls) == 1  # one winner asked Khalti
+    assert Refund.objects.get(pk=failed.pk).status == Refund.Status.SUCCEEDED
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == (Payment.Status.REFUNDED, 1000)
+    assert [(n, kw["amount"]) for n, _, kw in signals] == [("refunded", 1000)]
+
+
 def test_a_batch_passes_over_rows_another_reconciler_holds(expect_khalti):
     """A payment another reconciler has claimed (fresh, on the database's clock) is
     left to it; once its claim is stale, the batch takes it again. (A row *locked*

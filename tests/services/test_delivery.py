@@ -259,19 +259,18 @@ def test_a_person_resolving_not_refunded_while_khalti_says_refunded_loses_to_kha
     with caplog.at_level(logging.WARNING, "django_khalti"):
         settled = services.reconcile_refund(Refund.objects.get(pk=refund.pk))
     assert settled.status == Refund.Status.SUCCEEDED  # Khalti's answer stands...
-    assert "contradicts" in settled.failure_reason
+    assert "then Khalti showed the money back" in settled.failure_reason
+    assert settled.khalti_response == fixture("status_refunded")
     payment.refresh_from_db()
-    assert payment.status == Status.NEEDS_REVIEW  # ...and a person looks again
-    assert payment.refunded_amount == 1000
+    # ...as the refund it was: the money went back, and the shop hears it.
+    assert (payment.status, payment.refunded_amount) == (Status.REFUNDED, 1000)
     assert payment.refundable_amount == 0
-    assert payment.khalti_response == fixture("status_refunded")
-    assert "contradicts" in payment.failure_reason
-    assert "contradicts what was recorded" in caplog.text
-    assert [name for name, _, _ in signals] == ["needs_review"]
+    assert "after the refund was recorded failed" in caplog.text
+    assert [(name, kw["amount"]) for name, _, kw in signals] == [("refunded", 1000)]
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_refund_khalti_confirms_after_a_person_recorded_it_failed_raises(
+def test_a_refund_khalti_confirms_after_a_person_recorded_it_failed_is_recorded_refunded(
     expect_khalti, admin_user, signals
 ):
     payment = verified_payment()
@@ -282,10 +281,33 @@ def test_a_refund_khalti_confirms_after_a_person_recorded_it_failed_raises(
         return 200, fixture("refund_success")
 
     expect_khalti.expect("refund", "IDX-1", {}, callback=person_meanwhile)
+    refund = services.refund_payment(payment, by=admin_user)
+    assert refund.status == Refund.Status.SUCCEEDED
+    assert (refund.payment.status, refund.payment.refunded_amount) == (Status.REFUNDED, 1000)
+    assert [(name, kw["amount"]) for name, _, kw in signals] == [("refunded", 1000)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_refund_that_would_give_back_more_than_was_paid_needs_review(
+    expect_khalti, admin_user, signals
+):
+    """Recorded failed, then refunded again in full; Khalti then confirms the first
+    one too: that cannot be what happened, so nothing is announced as refunded."""
+    payment = verified_payment()
+
+    def refunded_again_meanwhile(request):
+        pending = Refund.objects.get(status=Refund.Status.PENDING)
+        services.resolve_refund(pending, succeeded=False, by=admin_user)
+        Refund.objects.create(payment=payment, amount=1000, status=Refund.Status.SUCCEEDED)
+        Payment.objects.filter(pk=payment.pk).update(status=Status.REFUNDED, refunded_amount=1000)
+        return 200, fixture("refund_success")
+
+    expect_khalti.expect("refund", "IDX-1", {}, callback=refunded_again_meanwhile)
     with pytest.raises(KhaltiRefundConflict, match="recorded failed meanwhile"):
         services.refund_payment(payment, by=admin_user)
     payment.refresh_from_db()
     assert payment.status == Status.NEEDS_REVIEW
+    assert "contradicts" in payment.failure_reason
     assert [name for name, _, _ in signals] == ["needs_review"]
 
 
@@ -510,7 +532,8 @@ def test_review_person_says_refunded_khalti_says_not_leaves_needs_review_unrefun
     assert payment.status == Status.NEEDS_REVIEW  # Khalti says the money was NOT refunded
     assert payment.refunded_amount == 0  # Khalti's answer stands: nothing went back
     assert Refund.objects.get(pk=refund.pk).status == Refund.Status.FAILED
-    # ...so a person can refund it now, whole.
+    # ...so a person can refund it now, whole (Khalti still shows it not refunded).
+    expect_khalti.status("tok-v", 1000, "status_complete")
     expect_khalti.refund("IDX-1", {})
     refunded = services.refund_payment(payment, by=admin_user)
     assert refunded.payment.status == Status.REFUNDED

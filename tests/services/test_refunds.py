@@ -2,11 +2,15 @@
 contradicts itself (an older answer never undoes a newer proof), and a person resolving
 what Khalti cannot tell."""
 
+import io
+import logging
 from datetime import timedelta
 
 import pytest
 import requests
 from django.core.exceptions import PermissionDenied
+from django.core.management import call_command
+from django.db import connections
 from django.utils import timezone
 
 from django_khalti import services
@@ -16,6 +20,7 @@ from django_khalti.exceptions import (
     KhaltiRefundConflict,
     KhaltiRefundFailed,
     KhaltiRefundInProgress,
+    KhaltiRefundUnknown,
     KhaltiTransactionUnknown,
     KhaltiUnavailable,
 )
@@ -253,7 +258,9 @@ def test_unknown_refund_that_khalti_shows_not_refunded_is_failed(expect_khalti):
     assert services.reconcile_refund(refund).status == Refund.Status.FAILED
     payment.refresh_from_db()
     assert payment.status == Payment.Status.VERIFIED
-    # The payment is free for a new refund again.
+    # The payment is free for a new refund again, once Khalti (asked again, read-only)
+    # still shows nothing refunded: it may apply a refund after it was recorded failed.
+    expect_khalti.status("tok-v", 1000, "status_complete")
     expect_khalti.refund("IDX-1", {})
     assert services.refund_payment(payment).status == Refund.Status.SUCCEEDED
 
@@ -483,3 +490,256 @@ def test_a_refusal_never_overturns_a_partial_refund_a_person_recorded(
         services.refund_payment(payment, amount=300, by=admin_user)
     payment.refresh_from_db()
     assert payment.refunded_amount == 300, (payment.status, payment.refunded_amount)
+
+
+# --- our database failing once Khalti was asked: unknown, never a crash ------------------
+
+#: What Khalti did and answered while the refund's database connection was lost, and
+#: what its status says once asked again.
+ANSWERED_MEANWHILE = {
+    # Khalti refunds, but answers after our timeout.
+    "timeout": (requests.exceptions.ReadTimeout("read timed out"), "status_refunded"),
+    "refunded": ((200, fixture("refund_success")), "status_refunded"),
+    "refused": ((400, fixture("refund_refused")), "status_complete"),
+    "already refunded": ((400, {"detail": "Transaction already refunded."}), "status_refunded"),
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("answer", list(ANSWERED_MEANWHILE))
+def test_a_refund_whose_database_connection_is_lost_while_khalti_answers_stays_unknown(
+    expect_khalti, signals, lost_connection, answer
+):
+    """The connection is ended for real on PostgreSQL and MariaDB: whatever Khalti
+    answered, refund_payment says the outcome is unknown (not a bare database error),
+    and the refund stays pending for khalti_reconcile, which settles it once."""
+    payment = verified()
+    khalti_says, state_later = ANSWERED_MEANWHILE[answer]
+
+    def slow_khalti(request):
+        lost_connection.lose(payment, Refund.objects.get(payment=payment))
+        return khalti_says
+
+    expect_khalti.expect("refund", "IDX-1", {}, callback=slow_khalti)
+    with pytest.raises(KhaltiRefundUnknown):
+        services.refund_payment(payment)
+    lost_connection.restore()
+    refund = payment.refunds.get()
+    assert refund.status == Refund.Status.PENDING
+    assert Payment.objects.get(pk=payment.pk).status == Payment.Status.VERIFIED
+    assert not signals
+
+    Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    expect_khalti.status("tok-v", 1000, state_later)
+    services.reconcile_due(older_than=timedelta(0))
+    services.reconcile_due(older_than=timedelta(0))  # nothing left to settle: no call
+    payment.refresh_from_db()
+    if state_later == "status_refunded":
+        assert (payment.status, payment.refunded_amount) == (Payment.Status.REFUNDED, 1000)
+        assert [(name, kw["amount"]) for name, _, kw in signals] == [("refunded", 1000)]
+    else:
+        assert (payment.status, payment.refunded_amount) == (Payment.Status.VERIFIED, 0)
+        assert payment.refunds.get().status == Refund.Status.FAILED
+        assert not signals
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_database_lost_while_an_earlier_refund_is_re_checked_starts_no_refund(
+    expect_khalti, signals, lost_connection
+):
+    payment = verified()
+    failed = Refund.objects.create(
+        payment=payment, amount=1000, status=Refund.Status.FAILED, settled_at=timezone.now()
+    )
+
+    def slow_khalti(request):
+        lost_connection.lose(payment, failed)
+        return 200, fixture("status_refunded")  # Khalti applied it late
+
+    expect_khalti.expect(
+        "status", "tok-v", {"token": "tok-v", "amount": "1000"}, callback=slow_khalti
+    )
+    with pytest.raises(KhaltiUnavailable, match="nothing was refunded"):
+        services.refund_payment(payment)
+    lost_connection.restore()
+    assert list(payment.refunds.values_list("status", flat=True)) == [Refund.Status.FAILED]
+    assert Payment.objects.get(pk=payment.pk).refunded_amount == 0
+    assert not signals
+
+
+# --- a refund Khalti applies late: after it was recorded failed ------------------------
+
+
+def shop_story(signals):
+    """What the shop's receivers were told, in order: signal, the payment's status, amount."""
+    return [(name, kw["payment"].status, kw.get("amount")) for name, _, kw in signals]
+
+
+def reconcile_command():
+    out = io.StringIO()
+    call_command("khalti_reconcile", "--older-than", "0", stdout=out)
+    return out.getvalue()
+
+
+def an_hour_on(refund):
+    """An hour passes for ``refund``: its call, its settlement and its last re-check."""
+    hour_ago = timezone.now() - timedelta(hours=1, minutes=1)
+    Refund.objects.filter(pk=refund.pk).update(
+        created_at=hour_ago, settled_at=hour_ago, rechecked_at=None
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refund_khalti_applies_after_reconcile_recorded_it_failed_is_found_and_announced(
+    expect_khalti, signals, caplog
+):
+    payment = verified()
+    expect_khalti.expect("refund", "IDX-1", {}, body=requests.exceptions.ReadTimeout())
+    with pytest.raises(KhaltiRefundUnknown):
+        services.refund_payment(payment)
+    refund = payment.refunds.get()
+    an_hour_on(refund)
+    expect_khalti.status("tok-v", 1000, "status_complete")  # not (yet) refunded
+    reconcile_command()
+    assert Refund.objects.get(pk=refund.pk).status == Refund.Status.FAILED
+    assert shop_story(signals) == []
+
+    # Khalti applies it late. khalti_reconcile re-checks refunds recorded failed, hourly.
+    assert "failed refunds" not in reconcile_command()  # not due yet: no call
+    an_hour_on(refund)
+    expect_khalti.status("tok-v", 1000, "status_refunded")
+    with caplog.at_level(logging.WARNING, "django_khalti"):
+        out = reconcile_command()
+    assert "failed refunds re-checked 1: 1 succeeded, 0 still failed" in out
+    assert "after the refund was recorded failed" in caplog.text
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.SUCCEEDED
+    assert refund.khalti_response == fixture("status_refunded")
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == (Payment.Status.REFUNDED, 1000)
+    assert shop_story(signals) == [("refunded", "refunded", 1000)]
+
+    an_hour_on(refund)
+    reconcile_command()  # nothing failed is left to re-check: no call
+    assert shop_story(signals) == [("refunded", "refunded", 1000)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_refund_first_finds_the_failed_one_khalti_applied_late(expect_khalti, signals):
+    """Rs 3 recorded failed, which Khalti applies late; a person asks for Rs 3 again. Khalti
+    is asked (read-only) first: the money went back once, and no second refund starts."""
+    payment = verified()
+    failed = Refund.objects.create(
+        payment=payment, amount=300, status=Refund.Status.FAILED, settled_at=timezone.now()
+    )
+    expect_khalti.status("tok-v", 1000, "status_partially_refunded")
+    with pytest.raises(KhaltiRefundConflict, match="refunded meanwhile"):
+        services.refund_payment(payment, amount=300, refunded_before=0)
+    assert Refund.objects.get(pk=failed.pk).status == Refund.Status.SUCCEEDED
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == (Payment.Status.PARTIALLY_REFUNDED, 300)
+    assert payment.refunds.count() == 1
+    assert shop_story(signals) == [("refunded", "partially_refunded", 300)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_partially_refunded_proves_no_refund_when_another_could_be_its_doing(
+    expect_khalti, signals
+):
+    payment = verified()
+    for amount in (300, 500):
+        Refund.objects.create(
+            payment=payment, amount=amount, status=Refund.Status.FAILED, settled_at=timezone.now()
+        )
+    expect_khalti.status("tok-v", 1000, "status_partially_refunded", times=2)
+    services.reconcile_due(Payment.objects.filter(pk=payment.pk))
+    assert set(payment.refunds.values_list("status", flat=True)) == {Refund.Status.FAILED}
+    assert Payment.objects.get(pk=payment.pk).refunded_amount == 0
+    assert shop_story(signals) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_refund_is_not_re_checked_while_another_refund_of_it_is_in_flight(
+    expect_khalti, signals
+):
+    payment = verified()
+    Refund.objects.create(
+        payment=payment, amount=300, status=Refund.Status.FAILED, settled_at=timezone.now()
+    )
+    Refund.objects.create(payment=payment, amount=200, claim=payment.pk)  # in flight
+    services.reconcile_due(Payment.objects.filter(pk=payment.pk))  # asks Khalti nothing
+    assert Payment.objects.get(pk=payment.pk).refunded_amount == 0
+    assert shop_story(signals) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_re_check_records_nothing_when_another_refund_started_while_khalti_was_asked(
+    expect_khalti, signals
+):
+    """Khalti's "Refunded" may then be the new refund's doing, not the failed one's."""
+    payment = verified()
+    failed = Refund.objects.create(
+        payment=payment, amount=1000, status=Refund.Status.FAILED, settled_at=timezone.now()
+    )
+
+    def another_refund_meanwhile(request):
+        Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
+        connections["default"].close()  # the callback's thread's
+        return 200, fixture("status_refunded")
+
+    expect_khalti.expect(
+        "status", "tok-v", {"token": "tok-v", "amount": "1000"}, callback=another_refund_meanwhile
+    )
+    assert services.recheck_failed_refund(failed).status == Refund.Status.FAILED
+    assert Payment.objects.get(pk=payment.pk).refunded_amount == 0
+    assert shop_story(signals) == []
+
+
+def test_a_failed_refund_is_re_checked_at_most_once_per_ask_spacing_of_its_payment(
+    expect_khalti, signals, settings
+):
+    settings.KHALTI = {**settings.KHALTI, "ASK_SPACING": 10}
+    payment = verified()
+    failed = Refund.objects.create(
+        payment=payment, amount=1000, status=Refund.Status.FAILED, settled_at=timezone.now()
+    )
+    expect_khalti.status("tok-v", 1000, "status_complete")  # once: not refunded (yet)
+    assert services.recheck_failed_refund(failed).status == Refund.Status.FAILED
+    Refund.objects.filter(pk=failed.pk).update(rechecked_at=None)  # as if due again
+    # Asked about the payment moments ago: nothing is asked now.
+    again = Refund.objects.get(pk=failed.pk)
+    assert services.recheck_failed_refund(again).status == Refund.Status.FAILED
+    assert len(expect_khalti.calls) == 1
+
+
+# --- a frozen refund worker, resumed after khalti_reconcile settled its refund ---------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("khalti_refunded", ["before reconcile asked", "after reconcile asked"])
+def test_a_frozen_refund_worker_resumed_after_reconcile_tells_the_shop_once(
+    expect_khalti, signals, khalti_refunded
+):
+    """The worker's call to Khalti hangs past the claim timeout (the process is frozen,
+    not killed); khalti_reconcile asks Khalti's status and settles the refund; then
+    Khalti refunds, and the worker resumes with its success."""
+    payment = verified()
+
+    def frozen(request):
+        Refund.objects.update(created_at=timezone.now() - timedelta(hours=1))
+        reconcile_command()
+        connections["default"].close()  # the callback's thread's
+        return 200, fixture("refund_success")
+
+    expect_khalti.expect("refund", "IDX-1", {}, callback=frozen)
+    before = khalti_refunded == "before reconcile asked"
+    expect_khalti.status("tok-v", 1000, "status_refunded" if before else "status_complete")
+    refund = services.refund_payment(payment)
+    assert refund.status == Refund.Status.SUCCEEDED
+    assert (refund.payment.status, refund.payment.refunded_amount) == (
+        Payment.Status.REFUNDED,
+        1000,
+    )
+    assert shop_story(signals) == [("refunded", "refunded", 1000)]
+    reconcile_command()  # nothing left to settle or re-check: no call, no signal
+    assert shop_story(signals) == [("refunded", "refunded", 1000)]

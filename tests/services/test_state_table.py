@@ -617,12 +617,59 @@ def _(world, row):
         world.next_order()
 
 
+def refund_recorded_failed(world: World, amount: int | None = None) -> tuple[Payment, Refund]:
+    """A refund whose call timed out before Khalti did anything, which a re-check then
+    recorded failed (Khalti showed the payment ``Completed``, nothing refunded)."""
+    payment = verified_payment(world)
+    world.khalti.fail_next("refund", "timeout")
+    with pytest.raises(KhaltiError):
+        services.refund_payment(payment, amount=amount)
+    refund = payment.refunds.get()
+    Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    assert services.reconcile_refund(Refund.objects.get(pk=refund.pk)).status == "failed"
+    return payment, Refund.objects.get(pk=refund.pk)
+
+
+@scenario("re-check of a refund recorded failed", (
+    "``Refunded`` for all that remained; or ``Partially refunded``, the payment's only "
+    "refund, nothing refunded before"
+))  # fmt: skip
+def _(world, row):
+    for amount, state in [(400, "Partially refunded"), (None, "Refunded")]:
+        world.next_order()
+        payment, refund = refund_recorded_failed(world, amount)
+        world.khalti.set_state(payment.token, state)  # Khalti applies it late
+        mark = len(world.sent)
+        assert services.recheck_failed_refund(refund).status == Refund.Status.SUCCEEDED
+        payment.refresh_from_db()
+        assert payment.refunded_amount == refund.amount
+        assert f"``{payment.status}``" in row.becomes
+        assert world.signals_since(mark) == [row.signal_name]
+    check(world, row, mark, payment)  # the refund of all that remained: ``refunded``
+
+
+@scenario("re-check of a refund recorded failed", "anything else")
+def _(world, row):
+    assert row.becomes == "unchanged (the refund ``failed``)"
+    for amount, state in [(None, "Completed"), (1000, "Partially refunded"), (400, "Refunded")]:
+        payment, refund = refund_recorded_failed(world, amount)
+        world.khalti.set_state(payment.token, state)
+        mark = len(world.sent)
+        Refund.objects.filter(pk=refund.pk).update(rechecked_at=None)
+        assert services.recheck_failed_refund(refund).status == Refund.Status.FAILED
+        payment.refresh_from_db()
+        assert (payment.status, payment.refunded_amount) == ("verified", 0)
+        assert world.signals_since(mark) == []
+        world.next_order()
+
+
 # --- the table and the scenarios match --------------------------------------------------
 
 
 def test_the_table_is_found_and_has_every_endpoint():
     assert {row.endpoint for row in ROWS} == {
-        "verify", "status", "lookup", "re-check of a failed payment", "refund"
+        "verify", "status", "lookup", "re-check of a failed payment", "refund",
+        "re-check of a refund recorded failed",
     }  # fmt: skip
 
 

@@ -6,7 +6,8 @@ every few minutes; several hosts may run it at once, since each payment is
 won by one worker (a guarded claim) before Khalti is asked about it. It also
 re-checks, read-only, payments that failed recently, in case Khalti completed
 them after all, and delivers again the signals a receiver raised on (or a
-dying worker left undelivered), once their grace period is over.
+dying worker left undelivered), once their grace period is over; and refunds
+recorded failed, read-only as well, in case Khalti applied them late.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ COUNTS = [
         0,
         7,
         "DAYS",
-        "Also re-check, read-only, failed payments created in the last DAYS days, each "
-        "at most once an hour, in case Khalti completed them after all (default: 7; 0: none).",
+        "Also re-check, read-only, failed payments created in the last DAYS days, and "
+        "refunds recorded failed requested in them, each at most once an hour, in case "
+        "Khalti completed or refunded them after all (default: 7; 0: none).",
     ),
     ("--limit", 1, None, "N", "Check at most N payments (and N failed ones, and N refunds)."),
     ("--batch-size", 1, 100, "N", "Payments read from the database at a time (default: 100)."),
@@ -135,6 +137,11 @@ class Command(BaseCommand):
         if options["dry_run"]:
             return self._dry_run(report)
 
+        self._print(report)
+        self._fail_if_unsettled(report)
+
+    def _print(self, report: Reconciliation) -> None:
+        """What became of each kind checked, and of the signals delivered again."""
         checked = self._left(report, "pending", Status.PENDING)
         self.stdout.write(f"checked {sum(checked.values())}: {self._summary(checked)}")
         rechecked = self._left(report, "failed", Status.FAILED)
@@ -153,11 +160,25 @@ class Command(BaseCommand):
                 f"refunds checked {sum(refunds.values())}: "
                 + ", ".join(f"{n} {status}" for status, n in sorted(refunds.items()))
             )
+        again = self._left(report, "failed_refunds", Refund.Status.FAILED)
+        if again:
+            late = again[Refund.Status.SUCCEEDED]
+            self.stdout.write(
+                f"failed refunds re-checked {sum(again.values())}: {late} succeeded, "
+                f"{again[Refund.Status.FAILED]} still failed"
+                + (" (Khalti refunded them after they failed)" if late else "")
+            )
         if report.signals_due:
             self.stdout.write(
                 f"signals delivered again {report.delivered}, "
                 f"still undelivered {report.undelivered}"
             )
+
+    @staticmethod
+    def _fail_if_unsettled(report: Reconciliation) -> None:
+        """A :class:`CommandError` when something was left as it was: Khalti gave up or
+        was unreachable, or a signal stays undelivered.
+        """
         if report.given_up:
             raise CommandError(
                 f"Khalti did not answer {GIVE_UP_AFTER} times in a row: stopped. What was not "
@@ -166,7 +187,7 @@ class Command(BaseCommand):
         if report.unreachable:
             raise CommandError(
                 f"Khalti could not be reached for {report.unreachable} payment(s) or refund(s); "
-                "they stay pending."
+                "they stay as they were."
             )
         if report.undelivered:
             raise CommandError(
