@@ -223,7 +223,7 @@ def reconcile_due(
         refund_list.pop()
     for refund in refund_list:
         if not report.given_up:
-            report._settle(reconcile_refund, refund, "refunds")
+            report._settle(partial(reconcile_refund, spacing=spacing), refund, "refunds")
     _deliver(deliveries, report)
     return report
 
