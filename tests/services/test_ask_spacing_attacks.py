@@ -120,3 +120,33 @@ def test_reconcile_runs_ask_about_a_payments_unknown_refund_once_per_spacing(kha
     asked_ago(payment, SPACING)
     call_command("khalti_reconcile", stdout=io.StringIO())
     assert [call.endpoint for call in khalti.calls] == ["status", "status"]
+
+
+@pytest.mark.concurrency
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reconcilers_ask_about_a_payments_unknown_refund_once(khalti, spaced):
+    """Four hosts' cron, at once, again and again: one question about the payment."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    payment, refund = refund_khalti_cannot_tell(khalti)
+    # A slow Khalti, so that the runs overlap the question in flight.
+    khalti.on_next("status", lambda request: None, delay=0.2, times=None)
+    barrier = threading.Barrier(4)
+
+    def cron():
+        try:
+            barrier.wait(timeout=10)
+            for _ in range(3):
+                call_command("khalti_reconcile", stdout=io.StringIO())
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: cron(), range(4)))
+
+    assert [call.endpoint for call in khalti.calls] == ["status"]
+    refund.refresh_from_db()
+    assert refund.status == refund.Status.PENDING
