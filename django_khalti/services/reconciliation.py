@@ -309,7 +309,7 @@ def _settle_refunds(
     (both read first: a refund this run fails is not re-checked by it).
     """
     steps: list[tuple[str, Callable[[Refund], Refund], list[Refund]]] = [
-        ("refunds", reconcile_refund, _oldest(refunds, limit, report)),
+        ("refunds", partial(reconcile_refund, spacing=spacing), _oldest(refunds, limit, report)),
         (
             "failed_refunds",
             partial(recheck_failed_refund, spacing=spacing),

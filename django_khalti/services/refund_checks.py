@@ -18,7 +18,7 @@ from ..client import KhaltiClient, KhaltiOutcome
 from ..exceptions import KhaltiRejected, KhaltiUnavailable
 from ..models import DbNow, Payment, Refund
 from .refund_outcomes import _refund_history, _settle_refund
-from .state import _askable, stale_since
+from .state import _askable, stale_since, take_turn
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +39,21 @@ def refunds_awaiting_outcome() -> QuerySet[Refund]:
     ).select_related("payment")
 
 
-def reconcile_refund(refund: Refund) -> Refund:
+def reconcile_refund(refund: Refund, *, spacing: timedelta | None = None) -> Refund:
     """Settle a refund whose outcome was unknown, from the payment's state at Khalti.
 
     A refund still in flight (see :func:`refunds_awaiting_outcome`) is left
-    alone. Raises :class:`KhaltiUnavailable` when Khalti could not be asked.
+    alone, and so is one whose payment Khalti was asked about within
+    ``spacing`` (default ``KHALTI["ASK_SPACING"]``: see
+    :func:`~.state.take_turn`). Raises :class:`KhaltiUnavailable` when Khalti
+    could not be asked.
     """
     if refund.status != Refund.Status.PENDING:
         return refund
     if not refunds_awaiting_outcome().filter(pk=refund.pk).exists():
         return _refreshed(refund)  # still in flight, or settled meanwhile
+    if not take_turn(refund.payment_id, spacing):
+        return _refreshed(refund)  # Khalti was asked about its payment moments ago
     proof = _refund_proof(KhaltiClient.from_settings(), refund)
     if proof is not None:
         _settle_refund(

@@ -79,6 +79,26 @@ def claim(
     return bool(won)
 
 
+def take_turn(payment_pk: Any, spacing: timedelta | None = None) -> bool:
+    """Take the turn to ask Khalti about a payment outside a claim (the outcome of
+    one of its refunds); True for the one winner.
+
+    Spaced as :func:`claim` is, on the same ``last_asked_at``: Khalti must not have
+    been asked about the payment within ``spacing`` (default
+    ``KHALTI["ASK_SPACING"]``). Committed by itself, as a claim is.
+    """
+    try:
+        with committed_at_once():
+            won = Payment.objects.filter(_askable(spacing), pk=payment_pk).update(
+                last_asked_at=DbNow()
+            )
+    except OperationalError as exc:
+        if not _deadlocked(exc):
+            raise
+        won = 0  # another asker won (MariaDB chose this one as a deadlock's victim)
+    return bool(won)
+
+
 def stale_since() -> CombinedExpression:
     """On the database's clock, the time before which a claim (or a refund's call)
     can no longer be in flight: ``now - stale_after``.

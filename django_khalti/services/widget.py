@@ -28,7 +28,7 @@ from .answers import _record_or_none, _verify
 from .outbox import _due_exists, deliver_due
 from .settle import _WAITING, _ask_khalti, _claim_order
 from .shop import resolve_order
-from .state import _settle, claim
+from .state import _fail, _settle, claim
 
 if TYPE_CHECKING:
     from rest_framework.request import Request
@@ -64,16 +64,14 @@ def verify_payment(
         order = resolve_order(request, product_identity)  # a hidden order: 404, whatever its state
         if amount != order.amount:
             raise KhaltiAmountMismatch()
-        if reported:
-            # Asked only for a payment about to be made, as any new token's verify.
-            _refuse_a_transaction_id(client, token)
         payment, created = _claim_order(
             client, product_identity, order, token=token, token_claim=token, claimed_idx=idx
         )
         if not created and not _bound_to(payment, amount, product_identity):
             raise KhaltiTokenUsed()
     if created:
-        return _verified_or_raise(_settle(client, payment, _verify))
+        ask = _verify_unless_an_idx if reported else _verify
+        return _verified_or_raise(_settle(client, payment, ask))
     if payment.status == Status.PENDING:
         if claim(payment):
             # An earlier attempt may have reached Khalti: ask before verifying again.
@@ -88,23 +86,23 @@ def _bound_payment(
     token: str, amount: int, product_identity: str
 ) -> tuple[Payment | None, Payment | None, bool]:
     """The live payment this token is bound to, or what the token's history says;
-    and whether a pending payment's page reported the token as its ``idx``.
+    from our records only (Khalti is asked nothing here).
 
     Returns ``(live, None, _)`` when the token is bound to a live payment for this
     order and amount; ``(None, failed, _)`` when its payment for this order and
     amount failed (answered from the record); ``(None, None, _)`` when the token is
     new, or its only uses were refused by Khalti for another order or amount
     (it may be bound again: a replay of a stolen token cannot lock its buyer out).
+    The third is whether a pending payment's page reported the token as its
+    ``idx`` (the browser's word, which locks nobody out): a new payment for it
+    is checked against Khalti's records before it is verified
+    (:func:`_verify_unless_an_idx`).
     Raises :class:`KhaltiTokenUsed` for a token bound to another order or amount,
     and for a token that is any payment's Khalti id (``idx`` or ``pidx``): Khalti's
     status endpoint answers for an ``idx`` as for a token, so one payment's id must
-    never stand in for another's token. A new token that a pending payment's
-    page reported as its ``idx`` (the browser's word, which locks nobody out)
-    is refused only if Khalti's records know it as a transaction's id: the
-    caller asks (:func:`_refuse_a_transaction_id`) once the order and amount are
-    known good, so that no bogus order reaches Khalti. Raises
-    :class:`KhaltiInProgress` (the buyer's page retries it) while the token is
-    held by a pending payment for another order or amount.
+    never stand in for another's token. Raises :class:`KhaltiInProgress` (the
+    buyer's page retries it) while the token is held by a pending payment for
+    another order or amount.
     """
     rows = list(
         Payment.objects.filter(
@@ -114,30 +112,46 @@ def _bound_payment(
     if any(token in (row.idx, row.pidx) for row in rows):
         raise KhaltiTokenUsed()
     live = next((row for row in rows if row.token_claim == token), None)
-    if live is not None:
-        if _bound_to(live, amount, product_identity):
-            return live, None, False
-        if live.status == Status.PENDING:
-            # Perhaps a replay Khalti is about to refuse; then the token is free again.
-            raise KhaltiInProgress()
-        raise KhaltiTokenUsed()
     reported = any(
         row.claimed_idx == token and row.token != token and row.status == Status.PENDING
         for row in rows
     )
+    if live is not None:
+        if _bound_to(live, amount, product_identity):
+            return live, None, reported
+        if live.status == Status.PENDING:
+            # Perhaps a replay Khalti is about to refuse; then the token is free again.
+            raise KhaltiInProgress()
+        raise KhaltiTokenUsed()
     failed = [
         row for row in rows if row.token == token and _bound_to(row, amount, product_identity)
     ]
     return None, max(failed, key=lambda row: row.created_at, default=None), reported
 
 
-def _refuse_a_transaction_id(client: KhaltiClient, token: str) -> None:
-    """Raise :class:`KhaltiTokenUsed` when Khalti knows ``token`` as a transaction's
-    id (a paid payment's idx, presented as a token): read-only, before any verify.
+def _verify_unless_an_idx(client: KhaltiClient, payment: Payment) -> None:
+    """Verify a new payment whose token a pending payment's page reported as its
+    ``idx``, unless Khalti knows the token as a transaction's id (a paid payment's
+    idx, presented as a token): read-only, before any verify.
+
+    Asked under the new payment's claim, after its insert bound the token, so
+    that Khalti hears of the token once per claim (spaced like every question
+    about a payment), however often it is posted: never for a request that
+    binds nothing (an unknown order, another amount, an order paid already).
+    A transaction's id fails the payment, without a signal (none of its money
+    moved), and raises :class:`KhaltiTokenUsed`; the same payload is then
+    answered from the record.
     """
-    record = _record_or_none(client, token)
-    if record is not None and record.idx == token:
-        raise KhaltiTokenUsed()
+    record = _record_or_none(client, payment.token or "")
+    if record is None or record.idx != payment.token:
+        _verify(client, payment)
+        return
+    _fail(
+        payment,
+        _("The token given is a Khalti transaction id, not a payment token."),
+        notify=False,
+    )
+    raise KhaltiTokenUsed()
 
 
 def _bound_to(payment: Payment, amount: int, product_identity: str) -> bool:

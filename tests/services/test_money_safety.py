@@ -147,10 +147,14 @@ def test_an_idx_a_pending_payments_page_reported_is_refused_on_khaltis_record(
     khalti.reset_calls()
     attack = {"token": paid.idx, "amount": 1000, "product_identity": "ORD-B"}
     # The browser's word, checked read-only: Khalti's records know it as a transaction's
-    # id. Refused for good, and never sent to verify.
+    # id. Refused for good, and never sent to verify. (The attempt is kept, failed and
+    # holding nothing, so that the same payload is answered from it.)
     assert post(client, attack).json().get("code") == "token_used"
     assert [call.endpoint for call in khalti.calls] == ["transaction"]
-    assert not Payment.objects.filter(order_reference="ORD-B").exists()
+    assert not Payment.objects.filter(order_reference="ORD-B").exclude(status=Status.FAILED)
+    assert not Payment.objects.filter(order_claim__isnull=False, order_reference="ORD-B")
+    assert post(client, attack).json().get("code") == "verification_failed"
+    assert [call.endpoint for call in khalti.calls] == ["transaction"]
     assert post(client, paid.payload("ORD-A")).status_code == 200  # A settles as ever
 
 
