@@ -30,7 +30,15 @@ from ..models import DbNow, Payment, order_key
 from ..orders import KhaltiOrder
 from .answers import _ask_status, _status_of, _tied_record
 from .lookup import _looked_up, _lookup, _lookup_fields, _supersede
-from .state import _fail, _needs_review, _not_this_payments, _release, _settle, claim
+from .state import (
+    _fail,
+    _needs_review,
+    _not_this_payments,
+    _release,
+    _settle,
+    claim,
+    contender_spacing,
+)
 from .writes import _held, _read_later, _transition, insert_claiming
 
 logger = logging.getLogger(__name__)
@@ -146,7 +154,8 @@ def _free_order(client: KhaltiClient, holder: Payment, *, settle_widget: bool) -
     one that paid it and then needed review, over a refund, holds it).
     """
     epayment = holder.flow == Payment.Flow.EPAYMENT
-    if holder.status == Status.PENDING and (epayment or settle_widget) and claim(holder):
+    asking = holder.status == Status.PENDING and (epayment or settle_widget)
+    if asking and claim(holder, spacing=contender_spacing()):
         with contextlib.suppress(KhaltiUnavailable):
             _settle(client, holder, _supersede if epayment else _ask_khalti)
     else:

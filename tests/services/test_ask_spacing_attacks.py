@@ -161,22 +161,6 @@ def start_from(browser, reference, address):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "The spacing is one slot per payment, shared by the payment's own settling and by "
-        "another payment that needs its order (_free_order claims the holder, spaced like "
-        "any asker). Whoever opens a pending link's return URL once per ASK_SPACING (six "
-        "GETs a minute, from one address, under every throttle) takes every slot, so no "
-        "other buyer's Pay (nor a widget token waiting for the order, nor reconcile on its "
-        "behalf) can ever have the link looked up and superseded: the order cannot be paid "
-        "until the link expires, and again with the next link. Before the spacing, the "
-        "contender's claim won whenever nobody was in flight. A fix needs a policy: e.g. a "
-        "contender's question about the holder spaced shorter than the holder's own "
-        "(as PERSON_SPACING is), so that it always finds a window between the holder's "
-        "own questions; this changes the documented per-payment bound."
-    ),
-)
 @pytest.mark.django_db
 def test_one_asker_per_spacing_cannot_keep_other_buyers_from_paying_an_order(khalti, spaced):
     Order.objects.create(reference="ORD-A", total=1000)
