@@ -2,6 +2,7 @@ import copy
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,21 @@ def epayment_started(**changes):
 
     expires = datetime.now(timezone(timedelta(hours=5, minutes=45))) + timedelta(minutes=30)
     return {**fixture("epayment_initiate"), "expires_at": expires.isoformat(), **changes}
+
+
+def race(*calls):
+    """Run each call in its own thread with its own connection, released together."""
+    barrier = threading.Barrier(len(calls))
+
+    def one(call):
+        try:
+            barrier.wait(timeout=10)
+            return call()
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(one, calls))
 
 
 def _outcome_of(exc):
@@ -407,4 +423,4 @@ def payload(order):
     }
 
 
-__all__ = ["Payment", "fixture", "transaction_record"]
+__all__ = ["Payment", "fixture", "race", "transaction_record"]

@@ -4,19 +4,16 @@ What a person can do in the admin must not delete money, act on anything but wha
 its page showed, or run another action than the one its button was checked for.
 """
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
-from django.db import NotSupportedError, connections
+from django.db import NotSupportedError
 from django.urls import reverse
 from django.utils import timezone
 from pytest_django.asserts import assertContains, assertNotContains
 
 from django_khalti.models import Payment, Refund, SignalDelivery, snapshot_of
 
-from ..conftest import fixture
+from ..conftest import fixture, race
 from .conftest import (
     REFUND_TEMPLATE,
     change_url,
@@ -35,21 +32,6 @@ Status = Payment.Status
 
 def page_action_url(payment):
     return reverse("admin:django_khalti_payment_page_action", args=[payment.pk])
-
-
-def race(*calls):
-    """Run each call in its own thread with its own connection, released together."""
-    barrier = threading.Barrier(len(calls))
-
-    def one(call):
-        try:
-            barrier.wait(timeout=10)
-            return call()
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(one, calls))
 
 
 def failed_payment(n, **fields):

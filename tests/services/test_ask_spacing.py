@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.management import call_command
-from django.db import connections
 from django.test import Client
 from django.urls import reverse
 
@@ -33,6 +30,8 @@ from django_khalti.conf import DEFAULTS
 from django_khalti.models import DbNow, Payment
 from django_khalti.services import PERSON_SPACING
 from shop.models import Order
+
+from ..conftest import race
 
 Status = Payment.Status
 RETURN_URL = reverse("django_khalti:epayment-return")
@@ -241,21 +240,6 @@ def test_the_return_page_is_throttled_like_the_api(client, khalti, settings, thr
 # --- real concurrent requests ------------------------------------------------------------
 
 
-def together(*jobs):
-    """Run each job in its own thread, released together by a barrier; their results."""
-    barrier = threading.Barrier(len(jobs))
-
-    def run(job):
-        try:
-            barrier.wait(timeout=10)
-            return job()
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        return list(pool.map(run, jobs))
-
-
 @pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_returns_rechecks_and_reconciles_ask_khalti_within_the_bound(khalti, spaced):
@@ -281,7 +265,7 @@ def test_concurrent_returns_rechecks_and_reconciles_ask_khalti_within_the_bound(
             call_command("khalti_reconcile", "--older-than", "0", stdout=io.StringIO())
 
     began = time.monotonic()
-    *pages, clicks, _ = together(
+    *pages, clicks, _ = race(
         *(lambda n=n: buyer_pages(f"198.51.100.{n}") for n in range(6)), person, cron
     )
     elapsed = time.monotonic() - began
@@ -308,7 +292,7 @@ def test_concurrent_returns_of_a_cancelled_link_from_many_addresses_ask_once(kha
     def buyer_pages(address):
         return [page_state(come_back(url, address)) for _ in range(4)]
 
-    pages = together(*(lambda n=n: buyer_pages(f"192.0.2.{n}") for n in range(12)))
+    pages = race(*(lambda n=n: buyer_pages(f"192.0.2.{n}") for n in range(12)))
 
     assert len(khalti.lookup_calls) == 1
     states = [state for buyer in pages for state in buyer]

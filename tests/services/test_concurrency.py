@@ -24,7 +24,7 @@ from django_khalti.models import Payment, SignalDelivery, order_key
 from django_khalti.services import state, writes
 from shop.models import Order, OrderEvent
 
-from ..conftest import transaction_record
+from ..conftest import race, transaction_record
 from .conftest import CLAIM_INSERT, SETTLEMENT, deadlocking
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
@@ -521,21 +521,6 @@ def test_widget_payments_racing_past_an_open_link_supersede_it_and_verify_once(
     assert not Payment.objects.pending().exists()
     assert sum(khalti_fake.payments[token.token].verified for token in tokens) == 1
     assert [name for name, _, _ in signals] == ["verified"]
-
-
-def race(*calls):
-    """Run each call in its own thread with its own connection, released together."""
-    barrier = threading.Barrier(len(calls))
-
-    def one(call):
-        try:
-            barrier.wait(timeout=10)
-            return call()
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(one, calls))
 
 
 def pending_payment(reference, **fields):
