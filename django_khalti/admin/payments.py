@@ -5,7 +5,7 @@ as buttons.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -214,7 +214,7 @@ class PaymentAdmin(PaymentAdminBase):
             "resolve_refund": unknown.exists,
         }
         return [
-            (name, str(cast(tuple[Any, str, str], allowed[name])[2]))
+            (name, _description(allowed[name]))
             for name in PAGE_ACTIONS
             if name in allowed and applies[name]()
         ]
@@ -263,3 +263,10 @@ class PaymentAdmin(PaymentAdminBase):
             ),
             *super().get_urls(),
         ]
+
+
+def _description(action: Any) -> str:
+    """An action's description, from Django's ``Action`` (6.1; indexing it is
+    deprecated) or the ``(func, name, description)`` tuple before it.
+    """
+    return str(action.description if hasattr(action, "description") else action[2])
