@@ -111,17 +111,14 @@ def _claimable() -> Q:
     return Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale_since())
 
 
-#: How far apart another payment that needs a payment's order may have Khalti
-#: asked about that payment (a new buyer's Pay superseding an unpaid link, a
-#: waiting widget token), at most: shorter than ``ASK_SPACING``, so that whoever
-#: reloads the holder's own return page at its spacing cannot take every turn
-#: and keep the order from being paid.
-CONTENDER_SPACING = timedelta(seconds=2)
-
-
 def contender_spacing() -> timedelta:
-    """:data:`CONTENDER_SPACING`, or ``ASK_SPACING`` where that is shorter."""
-    return min(CONTENDER_SPACING, khalti_settings.ask_spacing)
+    """How far apart another payment that needs a payment's order (a new buyer's
+    Pay superseding an unpaid link, a waiting widget token) may have Khalti asked
+    about that payment: half ``ASK_SPACING``, so that whoever reloads the holder's
+    own return page at its spacing cannot take every turn and keep the order
+    from being paid.
+    """
+    return khalti_settings.ask_spacing / 2
 
 
 def _askable(spacing: timedelta | None = None) -> Q:

@@ -256,6 +256,22 @@ def _(world):
     return Payment.objects.get(token=someones.idx)
 
 
+@scenario("pending → failed (no signal)", (
+    "a \"token\" that another pending payment's page reported as its idx, and that "
+    "Khalti's records know as a transaction's idx"
+))  # fmt: skip
+def _(world):
+    someones = world.widget(verified=True)  # paid, its idx in Khalti's records
+    Order.objects.create(reference="ORD-P", total=1000)
+    pending = world.widget(outcome="timeout")  # its page reports someone's idx as its own
+    assert world.post({**pending.payload("ORD-P"), "idx": someones.idx}).status_code == 504
+    response = world.post(
+        {"token": someones.idx, "amount": 1000, "product_identity": world.order.reference}
+    )
+    assert response.json()["code"] == "token_used", response.json()
+    return Payment.objects.get(token=someones.idx)
+
+
 @scenario("pending → refunded", (
     "Khalti shows all of it refunded before it was verified (verify's record ``refunded``, "
     "status ``Refunded``, lookup ``Refunded``)"
