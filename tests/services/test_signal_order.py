@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -341,8 +342,8 @@ def test_a_retried_delivery_cannot_rewind_a_refunded_payment(client, khalti, sho
 class Script:
     """A payment's life, driven through the public API, with its status history."""
 
-    client: object
-    khalti: object
+    client: Any
+    khalti: Any
     rng: random.Random
     history: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
