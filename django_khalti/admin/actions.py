@@ -133,50 +133,44 @@ def resend(
         return
     _say_what_is_not_sent(modeladmin, request, queryset, len(undelivered) > RECHECK_LIMIT)
     outcomes = _resend_in_order(undelivered[:RECHECK_LIMIT])
-    delivered, failed = outcomes.count(True), outcomes.count(False)
-    waiting = outcomes.count("waiting")
-    if waiting:
-        modeladmin.message_user(
-            request,
-            ngettext(
-                "%(n)s signal waits for an earlier signal of its payment that was not "
-                "delivered yet: select that one too.",
-                "%(n)s signals wait for an earlier signal of their payment that was not "
-                "delivered yet: select those too.",
-                waiting,
-            )
-            % {"n": waiting},
-            messages.WARNING,
+    for level, text in _what_became_of(Counter(outcomes)):
+        modeladmin.message_user(request, text, level)
+
+
+def _what_became_of(counts: Counter[bool | str | None]) -> list[tuple[int, str]]:
+    """The messages "Re-send" leaves, from how many signals ended how."""
+    said = []
+    if counts["waiting"]:
+        n = counts["waiting"]
+        text = ngettext(
+            "%(n)s signal waits for an earlier signal of its payment that was not "
+            "delivered yet: select that one too.",
+            "%(n)s signals wait for an earlier signal of their payment that was not "
+            "delivered yet: select those too.",
+            n,
         )
-    if None in outcomes:
-        modeladmin.message_user(
-            request,
-            ngettext(
-                "%(n)s signal is being delivered right now: try again in a moment.",
-                "%(n)s signals are being delivered right now: try again in a moment.",
-                outcomes.count(None),
-            )
-            % {"n": outcomes.count(None)},
-            messages.WARNING,
+        said.append((messages.WARNING, text % {"n": n}))
+    if counts[None]:
+        n = counts[None]
+        text = ngettext(
+            "%(n)s signal is being delivered right now: try again in a moment.",
+            "%(n)s signals are being delivered right now: try again in a moment.",
+            n,
         )
-    if delivered:
-        modeladmin.message_user(
-            request,
-            ngettext("Delivered %(n)s signal.", "Delivered %(n)s signals.", delivered)
-            % {"n": delivered},
-            messages.SUCCESS,
+        said.append((messages.WARNING, text % {"n": n}))
+    if counts[True]:
+        n = counts[True]
+        text = ngettext("Delivered %(n)s signal.", "Delivered %(n)s signals.", n)
+        said.append((messages.SUCCESS, text % {"n": n}))
+    if counts[False]:
+        n = counts[False]
+        text = ngettext(
+            "%(n)s signal was not delivered: a receiver raised (see its last error).",
+            "%(n)s signals were not delivered: a receiver raised (see their last error).",
+            n,
         )
-    if failed:
-        modeladmin.message_user(
-            request,
-            ngettext(
-                "%(n)s signal was not delivered: a receiver raised (see its last error).",
-                "%(n)s signals were not delivered: a receiver raised (see their last error).",
-                failed,
-            )
-            % {"n": failed},
-            messages.ERROR,
-        )
+        said.append((messages.ERROR, text % {"n": n}))
+    return said
 
 
 def _resend_in_order(undelivered: list[SignalDelivery]) -> list[bool | str | None]:

@@ -63,7 +63,6 @@ def start_epayment(
     return_url = urljoin(website_url, reverse("django_khalti:epayment-return"))
     buyer = _buyer_of(request)
     order = epayment_order(request, product_identity)
-    expected = order.amount
     payment, created = _claim_order(
         client,
         product_identity,
@@ -72,22 +71,33 @@ def start_epayment(
         purchase_order_name=product_name,
         started_by=buyer,
         reuse=lambda holder: (
-            bool(buyer) and holder.started_by == buyer and _link_still_good(holder, expected)
+            bool(buyer) and holder.started_by == buyer and _link_still_good(holder, order.amount)
         ),
     )
     if not created:
         return payment
+    started = _initiate(
+        client,
+        payment,
+        return_url=return_url,
+        website_url=website_url,
+        amount=order.amount,
+        purchase_order_id=order.reference,
+        purchase_order_name=product_name,
+        customer_info=customer_info,
+        amount_breakdown=amount_breakdown,
+        product_details=product_details,
+    )
+    return _hand_over(payment, started)
+
+
+def _initiate(client: KhaltiClient, payment: Payment, **asked: Any) -> KhaltiInitiation:
+    """Khalti's initiation of the claimed ``payment`` (``asked``: initiate's
+    arguments); a refusal, or no answer, fails the payment without a signal (the
+    buyer never got a link to pay) and is raised for the buyer.
+    """
     try:
-        started = client.initiate(
-            return_url=return_url,
-            website_url=website_url,
-            amount=expected,
-            purchase_order_id=order.reference,
-            purchase_order_name=product_name,
-            customer_info=customer_info,
-            amount_breakdown=amount_breakdown,
-            product_details=product_details,
-        )
+        return client.initiate(**asked)
     except KhaltiRejected as exc:
         # Never started: the buyer paid nothing, so no payment_failed is sent.
         _fail(
@@ -105,6 +115,13 @@ def start_epayment(
         raise type(exc)(
             _("Khalti could not be reached, so the payment was not started. Try again shortly.")
         ) from None
+
+
+def _hand_over(payment: Payment, started: KhaltiInitiation) -> Payment:
+    """Store Khalti's link on ``payment`` and let go of its claim: the payment the
+    buyer is sent to pay, if it is still ours and pending (else
+    :class:`KhaltiInProgress`).
+    """
     fields = {
         "pidx": started.pidx,
         "payment_url": started.payment_url,
