@@ -1,11 +1,31 @@
 """Fixtures and faults of the services' tests."""
 
 import re
+from pathlib import Path
 
 import pytest
 from django.db import OperationalError, connection
 
 from django_khalti.models import SignalDelivery
+
+#: The states page, whose tables tests play row by row.
+STATES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "explanation" / "states.rst"
+
+
+def table_cells(section: str, header: str) -> list[list[str]]:
+    """The rows of the states page's four-column list table under the title
+    ``section`` whose first header cell is ``header``, each as its cells' text
+    on one line.
+    """
+    text = STATES_PAGE.read_text(encoding="utf-8").split(f"\n{section}\n", 1)[1]
+    table = text.split(f"   * - {header}\n", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for chunk in table.split("   * - ")[1:]:
+        cells = [" ".join(cell.split()) for cell in re.split(r"\n     - ", chunk.strip())]
+        if len(cells) == 4:
+            rows.append(cells)
+    return rows
+
 
 #: The statements a deadlock takes as its victim: the claim's insert (racing inserts
 #: of one order's claim: InnoDB's duplicate-key locks) and a settlement (on

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,9 +32,10 @@ from django_khalti.models import Payment
 from django_khalti.orders import KhaltiOrder
 from shop.models import Order, OrderEvent
 
+from .conftest import table_cells
+
 pytestmark = pytest.mark.django_db
 
-STATES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "explanation" / "states.rst"
 VERIFY_URL = reverse("django_khalti:verify")
 Status = Payment.Status
 
@@ -114,19 +114,7 @@ class Row:
         return found.group(1)
 
 
-def table_rows() -> list[Row]:
-    text = STATES_PAGE.read_text(encoding="utf-8")
-    section = text.split("\nWhen an order is let go\n", 1)[1]
-    table = section.split("   * - Change\n", 1)[1].split("\n\n", 1)[0]
-    rows = []
-    for chunk in table.split("   * - ")[1:]:
-        cells = [" ".join(cell.split()) for cell in re.split(r"\n     - ", chunk.strip())]
-        if len(cells) == 4:
-            rows.append(Row(*cells))
-    return rows
-
-
-ROWS = table_rows()
+ROWS = [Row(*cells) for cells in table_cells("When an order is let go", "Change")]
 
 
 @dataclass

@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +27,12 @@ from django_khalti.models import Payment, Refund
 from django_khalti.services import writes
 from shop.models import Order
 
+from .conftest import table_cells
 from .test_state_diagram import drawn_edges
 
 # Real commits: each signal is sent when its transition commits, as in production.
 pytestmark = pytest.mark.django_db(transaction=True)
 
-STATES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "explanation" / "states.rst"
-STATES = STATES_PAGE.read_text(encoding="utf-8")
 VERIFY_URL = reverse("django_khalti:verify")
 
 
@@ -57,18 +55,7 @@ class Row:
         return found.group(1) if found else None
 
 
-def table_rows() -> list[Row]:
-    section = STATES.split("\nKhalti's answers, row by row\n", 1)[1]
-    table = section.split("   * - Endpoint\n", 1)[1].split("\n\n", 1)[0]
-    rows = []
-    for chunk in table.split("   * - ")[1:]:
-        cells = [" ".join(cell.split()) for cell in re.split(r"\n     - ", chunk.strip())]
-        if len(cells) == 4:
-            rows.append(Row(*cells))
-    return rows
-
-
-ROWS = table_rows()
+ROWS = [Row(*cells) for cells in table_cells("Khalti's answers, row by row", "Endpoint")]
 
 
 # --- the world each scenario plays in ---------------------------------------------------
