@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from django_khalti.models import Payment, SignalDelivery, order_key, snapshot_of
 
+from ..services.test_deletion import payment
 from .conftest import (
     CHANGELIST,
     action_choices,
@@ -29,20 +30,6 @@ pytestmark = pytest.mark.django_db
 VERIFY = reverse("django_khalti:verify")
 DELIVERIES = reverse("admin:django_khalti_signaldelivery_changelist")
 RULE = "Only a failed payment whose signals were all delivered may be deleted."
-
-
-def payment(n, status=Payment.Status.FAILED):
-    live = status != Payment.Status.FAILED
-    return Payment.objects.create(
-        token=f"tok-{n}",
-        product_identity=f"ORD-{n}",
-        amount=1000,
-        status=status,
-        idx=f"idx-{n}" if live else None,
-        order_claim=order_key(f"ORD-{n}") if live else None,
-        verified_at=timezone.now() if status in Payment.PAID_STATUSES else None,
-        refunded_amount={"refunded": 1000, "partially_refunded": 400}.get(status, 0),
-    )
 
 
 def signal(of, delivered=True):

@@ -34,6 +34,9 @@ KEPT_STATUSES = [s for s in Status.values if s != Status.FAILED]
 
 
 def payment(n, status=Status.FAILED, **fields):
+    """Payment ``n`` in ``status``, as the app leaves one: a live one holds its order
+    and names its transaction; a refunded one gave back all, a partly refunded Rs 4.
+    """
     live = status != Status.FAILED
     return Payment.objects.create(
         token=f"tok-{n}",
