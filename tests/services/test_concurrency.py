@@ -296,6 +296,19 @@ def test_return_callbacks_racing_reconcile_settle_an_epayment_once(expect_khalti
     assert OrderEvent.objects.filter(kind="paid").count() == 1
 
 
+def verified_rs_10():
+    """A verified payment of Rs 10 for ORD-R, its transaction IDX-R: one to refund."""
+    return Payment.objects.create(
+        token="tok-r",
+        product_identity="ORD-R",
+        amount=1000,
+        status=Payment.Status.VERIFIED,
+        idx="IDX-R",
+        verified_at=timezone.now(),
+        order_claim=order_key("ORD-R"),
+    )
+
+
 def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(
     expect_khalti, signals, settings
 ):
@@ -305,15 +318,7 @@ def test_two_reconcilers_settle_one_refund_of_unknown_outcome_once(
 
     from django_khalti.models import Refund
 
-    payment = Payment.objects.create(
-        token="tok-r",
-        product_identity="ORD-R",
-        amount=1000,
-        status=Payment.Status.VERIFIED,
-        idx="IDX-R",
-        verified_at=timezone.now(),
-        order_claim=order_key("ORD-R"),
-    )
+    payment = verified_rs_10()
     refund = Refund.objects.create(payment=payment, amount=1000, claim=payment.pk)
     Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=1))
 
@@ -348,15 +353,7 @@ def test_reconcilers_re_checking_one_failed_refund_at_once_ask_once_and_tell_the
     the same moment (the refund read by each before any of them wins it)."""
     from django_khalti.models import Refund
 
-    payment = Payment.objects.create(
-        token="tok-r",
-        product_identity="ORD-R",
-        amount=1000,
-        status=Payment.Status.VERIFIED,
-        idx="IDX-R",
-        verified_at=timezone.now(),
-        order_claim=order_key("ORD-R"),
-    )
+    payment = verified_rs_10()
     failed = Refund.objects.create(
         payment=payment, amount=1000, status=Refund.Status.FAILED, settled_at=timezone.now()
     )
