@@ -34,8 +34,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_khalti",
     "shop",
-    # Khalti's part, played on this server for the demo (see khalti_sandbox/__init__.py).
-    "khalti_sandbox",
+    # Khalti's part, played on this server for the demo (django_khalti/sandbox).
+    "django_khalti.sandbox",
 ]
 
 MIDDLEWARE = [

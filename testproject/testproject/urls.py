@@ -22,6 +22,6 @@ urlpatterns = [
         name="khalti-schema",
     ),
     # The demo: Khalti played by this server, and a small shop.
-    path("sandbox/", include("khalti_sandbox.urls")),
+    path("sandbox/", include("django_khalti.sandbox.urls")),
     path("", include("shop.urls")),
 ]

@@ -7,7 +7,7 @@ from Khalti's URL (tests/system/real_widget_settings.py). The browser's requests
 Khalti's hosts are answered here: ``https://khalti.s3.ap-south-1.amazonaws.com/KPG/dist/
 <build>/<file>`` from the package's ``dist/``, ``https://khalti.com/<path>`` by the
 demo's sandbox (``/sandbox/<path>``), which speaks the widget's API
-(khalti_sandbox/views/widget.py). Anything else outside this machine is refused.
+(django_khalti/sandbox/views/widget.py). Anything else outside this machine is refused.
 
 The package: the ``widget_dist`` fixture (conftest.py). Without npm or chromium these
 tests are skipped, never in CI.
@@ -56,7 +56,7 @@ def shop_state(demo, reference):
     code = (
         "import json; from shop.models import Order; "
         "from django_khalti.models import Payment; "
-        "from khalti_sandbox.models import SandboxTransaction; "
+        "from django_khalti.sandbox.models import SandboxTransaction; "
         f"r = {reference!r}; "
         "print(json.dumps({'paid': Order.objects.get(reference=r).paid, "
         "'payments': sorted(Payment.objects.filter(order_reference=r)"

@@ -3,7 +3,7 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-import khalti_sandbox.models
+import django_khalti.sandbox.models
 
 
 class Migration(migrations.Migration):
@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
                 (
                     "idx",
                     models.CharField(
-                        default=khalti_sandbox.models.new_id, max_length=32, unique=True
+                        default=django_khalti.sandbox.models.new_id, max_length=32, unique=True
                     ),
                 ),
                 ("token", models.CharField(blank=True, max_length=32, null=True, unique=True)),
@@ -69,7 +69,7 @@ class Migration(migrations.Migration):
                 (
                     "pidx",
                     models.CharField(
-                        default=khalti_sandbox.models.new_id, max_length=32, unique=True
+                        default=django_khalti.sandbox.models.new_id, max_length=32, unique=True
                     ),
                 ),
                 ("amount", models.PositiveBigIntegerField(help_text="paisa")),
@@ -95,7 +95,7 @@ class Migration(migrations.Migration):
                     models.CharField(blank=True, max_length=16, verbose_name="payer's Khalti id"),
                 ),
                 ("created_at", models.DateTimeField(auto_now_add=True)),
-                ("expires_at", models.DateTimeField(default=khalti_sandbox.models._expiry)),
+                ("expires_at", models.DateTimeField(default=django_khalti.sandbox.models._expiry)),
                 (
                     "transaction",
                     models.OneToOneField(

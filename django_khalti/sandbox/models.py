@@ -153,7 +153,8 @@ class SandboxTransaction(models.Model):
 
     def confirm_answer(self) -> dict[str, Any]:
         """Khalti's answer to the widget's confirm (and the bank popup's report): what
-        ``onSuccess`` gets, once the widget has added its ``widget_id``."""
+        ``onSuccess`` gets, once the widget has added its ``widget_id``.
+        """
         return {
             "idx": self.idx,
             "token": self.token,

@@ -214,7 +214,8 @@ class EpaymentLookupView(SandboxAPIView):
 @require_http_methods(["GET", "POST"])
 def pay(request: HttpRequest) -> HttpResponse:
     """Khalti's hosted payment page: the buyer pays or cancels, and goes back (GET) to
-    the merchant's ``return_url`` with Khalti's query parameters."""
+    the merchant's ``return_url`` with Khalti's query parameters.
+    """
     pidx = request.GET.get("pidx") or request.POST.get("pidx") or ""
     epayment = SandboxEpayment.objects.select_related("transaction").filter(pidx=pidx).first()
     if epayment is None:

@@ -1,8 +1,9 @@
 """Mount under a prefix and point ``KHALTI["BASE_URL"]`` at it:
-``path("sandbox/", include("khalti_sandbox.urls"))`` → ``http://127.0.0.1:8000/sandbox/``.
+``path("sandbox/", include("django_khalti.sandbox.urls"))`` → ``http://127.0.0.1:8000/sandbox/``.
 The API paths are Khalti's own, so dj-khalti's client needs no change, and Khalti's
 real widget runs against the sandbox when a browser sends ``https://khalti.com/*``
-here (tests/system/test_real_widget.py)."""
+here (tests/system/test_real_widget.py).
+"""
 
 from django.urls import path
 

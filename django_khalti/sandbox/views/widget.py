@@ -114,7 +114,8 @@ def _new_transaction(data: dict[str, Any], state: str) -> SandboxTransaction:
 
 class WidgetAPIView(APIView):
     """Called by the widget in the buyer's browser, from Khalti's S3 host: the public
-    key in the body, no session, CORS open to any origin (withCredentials is off)."""
+    key in the body, no session, CORS open to any origin (withCredentials is off).
+    """
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
@@ -134,7 +135,8 @@ class WidgetAPIView(APIView):
 
 class InitiateView(WidgetAPIView):
     """``POST api/v2/payment/initiate/``: Khalti id and MPIN checked, a pending
-    transaction, its token; the OTP (``TEST_OTP``) "sent" to the buyer."""
+    transaction, its token; the OTP (``TEST_OTP``) "sent" to the buyer.
+    """
 
     def post(self, request: Request) -> Response:
         serializer = serializers.WidgetInitiateSerializer(data=request.data)
@@ -149,7 +151,8 @@ class InitiateView(WidgetAPIView):
 
 class ConfirmView(WidgetAPIView):
     """``POST api/v2/payment/confirm/``: the OTP and MPIN; the pending transaction
-    becomes Confirmed (once), ready for the merchant's verify."""
+    becomes Confirmed (once), ready for the merchant's verify.
+    """
 
     def post(self, request: Request) -> Response:
         serializer = serializers.WidgetConfirmSerializer(data=request.data)
@@ -204,7 +207,8 @@ class BankListView(WidgetAPIView):
 
 class WidgetPayView(WidgetAPIView):
     """The stand-in widget's one-step wallet Pay (Khalti id and MPIN, no OTP): answers
-    the confirm answer, as Khalti's confirm does; the script adds its ``widget_id``."""
+    the confirm answer, as Khalti's confirm does; the script adds its ``widget_id``.
+    """
 
     def post(self, request: Request) -> Response:
         serializer = serializers.WidgetPaySerializer(data=request.data)
@@ -222,7 +226,8 @@ class WidgetPayView(WidgetAPIView):
 @require_http_methods(["GET", "POST"])
 def bank_initiate(request: HttpRequest) -> HttpResponse:
     """``ebanking/initiate/?...``: the bank popup. "Pay" (POST, the same query) takes the
-    payment and the page reports to ``window.opener`` as Khalti's bank flow does."""
+    payment and the page reports to ``window.opener`` as Khalti's bank flow does.
+    """
     payment = serializers.BankInitiateSerializer(data=request.GET.dict())
     if not payment.is_valid():
         errors = payment.errors

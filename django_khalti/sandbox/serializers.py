@@ -15,7 +15,8 @@ MIN_AMOUNT_MESSAGE = "Amount should be greater than Rs. 10, that is 1000 paisa."
 
 class HttpURLField(serializers.CharField):
     """An http(s) URL with a host. Laxer than ``URLField``: ``http://testserver/`` and
-    other single-label hosts a local demo or test runs on are fine."""
+    other single-label hosts a local demo or test runs on are fine.
+    """
 
     def to_internal_value(self, data: Any) -> str:
         value = super().to_internal_value(data)
