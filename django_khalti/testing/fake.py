@@ -77,6 +77,7 @@ from __future__ import annotations
 import re
 import threading
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import responses
 
@@ -104,6 +105,9 @@ from .records import KhaltiFakeEpayment as KhaltiFakeEpayment
 from .records import KhaltiFakePayment as KhaltiFakePayment
 from .records import _canonical, _now, _payable, _refunded
 from .records import khalti_id as khalti_id
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .deliveries import KhaltiSignalSender
 
 
 class KhaltiFake(_Choosing, _CallRecords, _Answering):
@@ -380,3 +384,13 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
             payment.state = _canonical(state, WIDGET_STATES, "widget state")
             if payment.state in ("Refunded", "Partially refunded"):
                 payment.verified = True
+
+    # --- a test's checks on its own steps ------------------------------------------------
+
+    #: Under the pytest plugin's ``khalti`` fixture, what sends dj-khalti's signals
+    #: when a request through the test client ends
+    #: (:class:`~django_khalti.testing.deliveries.KhaltiSignalSender`); None
+    #: outside it. ``khalti.signals.enabled = False``: nothing is sent, and no
+    #: unsent signal fails the test (a test playing a worker that died between
+    #: the commit and the send).
+    signals: KhaltiSignalSender | None = None
