@@ -22,6 +22,7 @@ import pytest
 from django.db import transaction
 from django.urls import reverse
 
+from django_khalti.models import Payment
 from django_khalti.signals import payment_verified
 from shop.models import OrderEvent
 
@@ -214,3 +215,104 @@ def test_the_shops_own_on_commit_callbacks_are_left_as_django_leaves_them(
         payment_verified.disconnect(dispatch_uid="test-mail-on-commit")
     assert mailed == [order.reference]
     assert list(OrderEvent.objects.values_list("kind", flat=True)) == ["paid"]
+
+
+# --- 2. WEBSITE_URL: supplied when the settings have none; the shop's own wins ---------------
+
+EPAYMENT_TEST = """
+def test_an_epayment(client, khalti, order, settings):
+    response = client.post(reverse("django_khalti:epayment-start", args=["ORD-1"]))
+    assert response.status_code == 302
+
+    client.get(khalti.pay(khalti.last_epayment))
+
+    order.refresh_from_db()
+    assert order.paid_at is not None
+    print("WEBSITE_URL", settings.KHALTI["WEBSITE_URL"], khalti.initiate_calls[0]["return_url"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("settings", "website_url"),
+    [
+        ('KHALTI = {k: v for k, v in KHALTI.items() if k != "WEBSITE_URL"}', "http://testserver"),
+        ('KHALTI = {**KHALTI, "WEBSITE_URL": None}', "http://testserver"),
+        (
+            'KHALTI = {**KHALTI, "WEBSITE_URL": "https://shop.example.com"}',
+            "https://shop.example.com",
+        ),
+    ],
+    ids=["missing", "none", "the-shops-own"],
+)
+def test_an_epayment_test_runs_with_debug_off_whatever_the_website_url(
+    tmp_path, settings, website_url
+):
+    shop_project(tmp_path, EPAYMENT_TEST, settings=f"DEBUG = False\n{settings}\n")
+
+    result = run_pytest(tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    return_url = f"{website_url}/khalti/epayment/return/"
+    assert f"WEBSITE_URL {website_url} {return_url}" in result.stdout
+
+
+# --- 3. ePayment: one the app never started cannot be paid; a wrong amount has its helper ----
+
+
+def start_epayment(client, khalti, reference="ORD-1"):
+    response = client.post(reverse("django_khalti:epayment-start", args=[reference]))
+    assert response.status_code == 302, response.content
+    return khalti.last_epayment
+
+
+@pytest.mark.parametrize("step", ["pay", "cancel", "pay_wrong_amount"])
+def test_an_epayment_the_app_never_started_cannot_be_paid_or_canceled(khalti, order, step):
+    epayment = khalti.add_epayment(amount=1000, purchase_order_id=order.reference)
+    kwargs = {"amount": 2000} if step == "pay_wrong_amount" else {}
+
+    with pytest.raises(ValueError, match="never started by the app") as refused:
+        getattr(khalti, step)(epayment, **kwargs)
+
+    assert "khalti.pay_wrong_amount(epayment, amount=...)" in str(refused.value)
+    assert "django_khalti:epayment-start" in str(refused.value)
+    assert khalti.epayment(epayment.pidx).status == "Initiated"  # nothing happened at Khalti
+
+
+def test_an_epayment_the_app_holds_may_be_paid_though_registered_by_the_test(client, khalti, order):
+    # A test that writes the app's row itself (to reconcile it, say) and Khalti's.
+    epayment = khalti.add_epayment(amount=1000, purchase_order_id=order.reference)
+    Payment.objects.create(
+        flow=Payment.Flow.EPAYMENT,
+        pidx=epayment.pidx,
+        order_reference=order.reference,
+        amount=1000,
+    )
+
+    client.get(khalti.pay(epayment))
+
+    order.refresh_from_db()
+    assert order.paid_at is not None
+
+
+def test_an_epayment_paid_for_another_amount_leaves_the_order_unpaid(client, khalti, order):
+    epayment = start_epayment(client, khalti)
+
+    response = client.get(khalti.pay_wrong_amount(epayment, amount=2000))
+
+    payment = Payment.objects.get()
+    assert payment.status == Payment.Status.NEEDS_REVIEW
+    assert payment.received_amount == 2000
+    order.refresh_from_db()
+    assert order.paid_at is None
+    assert "needs a check by the shop" in response.content.decode()  # the buyer is told
+    assert khalti.lookup_calls == [epayment.pidx]
+
+
+def test_a_wrong_amount_must_differ_from_the_started_one_and_be_payable(client, khalti, order):
+    epayment = start_epayment(client, khalti)
+
+    with pytest.raises(ValueError, match=r"use khalti\.pay\(epayment\)"):
+        khalti.pay_wrong_amount(epayment, amount=1000)
+    with pytest.raises(ValueError, match="below Rs 10"):
+        khalti.pay_wrong_amount(epayment, amount=999)
+    assert khalti.epayment(epayment.pidx).status == "Initiated"
