@@ -16,7 +16,7 @@ into a failure that says how to send it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -28,8 +28,9 @@ from django.db.models import F
 from ..models import SignalDelivery
 from ..services.outbox import deliver
 
-#: Django's pending after-commit callback: savepoint ids, the callback, robust.
-_Pending = tuple[Any, Callable[[], Any], bool]
+#: Django's pending after-commit callback: savepoint ids, the callback, robust
+#: (django-stubs knows it without the last).
+_Pending = tuple[Any, ...]
 
 
 def is_khalti_delivery(callback: object) -> bool:
@@ -119,7 +120,7 @@ def undelivered() -> Iterator[SignalDelivery]:
         pending = [entry[1] for entry in _deliveries(connection)]
         if not pending or connection.needs_rollback:
             continue
-        ids = [callback.args[0].pk for callback in pending]  # type: ignore[attr-defined]
+        ids = [callback.args[0].pk for callback in pending]
         try:
             rows = list(
                 SignalDelivery.objects.using(connection.alias)

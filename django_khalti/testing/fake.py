@@ -420,11 +420,13 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         return self.pay(epayment, status=status)
 
     def _refuse_unstarted(self, pidx: str | KhaltiFakeEpayment, what: str) -> None:
-        """Raise ``ValueError`` for an ePayment the app never started: registered with
-        :meth:`add_epayment`, and no payment of the app's has its pidx. A buyer
-        coming back from it proves nothing about the app.
+        """Raise ``ValueError`` for an open ePayment the app never started: registered
+        with :meth:`add_epayment`, and no payment of the app's has its pidx. A
+        buyer coming back from it proves nothing about the app.
         """
         epayment = self.epayment(pidx)
+        if epayment.status not in ("Initiated", "Pending"):
+            return  # nobody can pay or cancel it: the caller says so
         if epayment.request or _the_app_knows(epayment.pidx):
             return
         raise ValueError(

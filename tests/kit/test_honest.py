@@ -13,6 +13,7 @@ the kit's own helpers against the real app.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,8 @@ from django.urls import reverse
 
 from django_khalti.models import Payment
 from django_khalti.signals import payment_verified
+from django_khalti.testing import OUTCOMES, KhaltiFake
+from django_khalti.testing.fake import ENDPOINTS
 from shop.models import OrderEvent
 
 pytestmark = pytest.mark.django_db
@@ -316,3 +319,74 @@ def test_a_wrong_amount_must_differ_from_the_started_one_and_be_payable(client, 
     with pytest.raises(ValueError, match="below Rs 10"):
         khalti.pay_wrong_amount(epayment, amount=999)
     assert khalti.epayment(epayment.pidx).status == "Initiated"
+
+
+# --- 4. the how-to's tables of endpoints and outcomes are the kit's -------------------------
+
+TESTING_HOWTO = ROOT / "docs" / "howto" / "testing.rst"
+
+
+def howto_table(caption: str) -> dict[str, list[str]]:
+    """The how-to's ``list-table`` whose caption starts with ``caption``: each row's
+    cells (joined lines), by its first cell's name in double backquotes.
+    """
+    text = TESTING_HOWTO.read_text()
+    table = text.split(f".. list-table:: {caption}", 1)[1]
+    body = table.split("\n\n", 2)[1]  # after the options
+    rows = {}
+    for row in body.split("   * - ")[1:]:
+        cells = [" ".join(cell.split()) for cell in row.split("\n     - ")]
+        rows[cells[0]] = cells[1:]
+    rows.pop(next(iter(rows)))  # the header row
+    return {name.strip("`"): cells for name, cells in rows.items()}
+
+
+def takes(endpoint: str, outcome: str) -> bool:
+    try:
+        KhaltiFake().fail_next(endpoint, outcome)
+    except ValueError:
+        return False
+    return True
+
+
+def test_the_howtos_endpoints_are_the_kits_with_their_urls_and_outcomes():
+    table = howto_table("The endpoints")
+
+    assert list(table) == [*ENDPOINTS, "any"]
+    for name, (method, path) in ENDPOINTS.items():
+        url = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", path.pattern)
+        assert table[name][0] == f"``{method} {url}``"
+    for name, (_, _, outcomes) in table.items():
+        listed = set(OUTCOMES)
+        if outcomes.startswith("all but "):
+            listed -= set(re.findall(r"``(\w+)``", outcomes))
+        else:
+            assert outcomes.startswith("all"), outcomes
+        assert listed == {outcome for outcome in OUTCOMES if takes(name, outcome)}, name
+
+
+def test_the_howtos_outcomes_are_the_kits():
+    assert set(howto_table("The outcomes")) == set(OUTCOMES)
+    assert len(howto_table("The outcomes")) == len(OUTCOMES)
+
+
+def howto_block_after(heading: str) -> str:
+    """The first Python code block of the how-to after ``heading``."""
+    text = TESTING_HOWTO.read_text().split(f"\n{heading}\n", 1)[1]
+    block = text.split(".. code-block:: python\n\n", 1)[1]
+    lines = []
+    for line in block.split("\n"):
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return "\n".join(lines).strip() + "\n"
+
+
+def test_the_howtos_wrong_amount_test_passes_in_a_shop_project(tmp_path):
+    shop_project(tmp_path, "")
+    (tmp_path / "test_shop.py").write_text(howto_block_after("A payment of another amount"))
+
+    result = run_pytest(tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
