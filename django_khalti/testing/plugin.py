@@ -8,8 +8,8 @@ automatically (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``), name it in the top-level
     pytest_plugins = ["django_khalti.testing.plugin"]
 
 For a test that uses it, the fixture also plays the parts of production that a
-test's transaction leaves out: dj-khalti's signals
-are sent when a request through the test client ends (:mod:`.deliveries`), a signal left unsent fails
+test's transaction leaves out: dj-khalti's signals are sent when a request
+through the test client ends (:mod:`.deliveries`), a signal left unsent fails
 the test with how to send it, and ``KHALTI["WEBSITE_URL"]`` is
 :data:`TEST_WEBSITE_URL` when the settings have none.
 
