@@ -11,9 +11,14 @@ With pytest, dj-khalti's pytest plugin (loaded automatically once dj-khalti is
 installed) gives each test a started fake as the ``khalti`` fixture (also
 named ``khalti_fake``, for projects where ``khalti`` is taken)::
 
-    def test_paid(client, khalti, django_capture_on_commit_callbacks):
+    def test_paid(client, khalti):
         payment = khalti.add_payment(amount=1000)
         ...
+
+The fixture also sends dj-khalti's signals when a request through the test
+client ends, as production's commit would, fails a test that left one unsent
+(saying how to send it), and supplies ``KHALTI["WEBSITE_URL"]`` when the
+settings have none: see :mod:`django_khalti.testing.plugin`.
 
 Without pytest, use it as a context manager or with ``start()``/``stop()``::
 

@@ -77,6 +77,7 @@ from __future__ import annotations
 import re
 import threading
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import responses
 
@@ -104,6 +105,9 @@ from .records import KhaltiFakeEpayment as KhaltiFakeEpayment
 from .records import KhaltiFakePayment as KhaltiFakePayment
 from .records import _canonical, _now, _payable, _refunded
 from .records import khalti_id as khalti_id
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .deliveries import KhaltiSignalSender
 
 
 class KhaltiFake(_Choosing, _CallRecords, _Answering):
@@ -321,8 +325,10 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         """The buyer pays an ePayment on Khalti's page. Returns the URL Khalti then
         sends the browser to (``return_url`` and its query string), ready for
         ``client.get(...)``. ``status="Pending"``: Khalti holds the payment
-        (call ``pay`` again to complete it).
+        (call ``pay`` again to complete it). An ePayment the app never started
+        is refused (``ValueError``): see :meth:`pay_wrong_amount`.
         """
+        self._refuse_unstarted(pidx, "paid")
         with self._lock:
             epayment = self.epayment(pidx)
             status = _canonical(status, ("Completed", "Pending"), "payment status")
@@ -337,8 +343,10 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
 
     def cancel(self, pidx: str | KhaltiFakeEpayment) -> str:
         """The buyer cancels on Khalti's page: lookup now says ``User canceled``.
-        Returns the URL Khalti sends the browser back to.
+        Returns the URL Khalti sends the browser back to. An ePayment the app never
+        started is refused (``ValueError``), as by :meth:`pay`.
         """
+        self._refuse_unstarted(pidx, "canceled")
         with self._lock:
             epayment = self.epayment(pidx)
             if epayment.status not in ("Initiated", "Pending"):
@@ -380,3 +388,66 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
             payment.state = _canonical(state, WIDGET_STATES, "widget state")
             if payment.state in ("Refunded", "Partially refunded"):
                 payment.verified = True
+
+    # --- a test's checks on its own steps ------------------------------------------------
+
+    #: Under the pytest plugin's ``khalti`` fixture, what sends dj-khalti's signals
+    #: when a request through the test client ends
+    #: (:class:`~django_khalti.testing.deliveries.KhaltiSignalSender`); None
+    #: outside it. ``khalti.signals.enabled = False``: nothing is sent, and no
+    #: unsent signal fails the test (a test playing a worker that died between
+    #: the commit and the send).
+    signals: KhaltiSignalSender | None = None
+
+    def pay_wrong_amount(
+        self, pidx: str | KhaltiFakeEpayment, *, amount: int, status: str = "Completed"
+    ) -> str:
+        """The buyer pays an ePayment the app started, and Khalti's records say
+        ``amount`` paisa (not what the app asked for): lookup's ``total_amount``,
+        the return URL's ``amount`` and the transaction. Returns the URL Khalti
+        sends the browser back to, as :meth:`pay` does. ``amount`` must differ
+        from the ePayment's, and be one Khalti takes (at least :data:`MIN_AMOUNT`).
+        """
+        epayment = self.epayment(pidx)
+        self._refuse_unstarted(epayment, "paid")
+        amount = _payable(amount)
+        if amount == epayment.amount:
+            raise ValueError(
+                f"amount={amount} is what the app asked Khalti for: use khalti.pay(epayment)."
+            )
+        with self._lock:
+            epayment.amount = amount
+        return self.pay(epayment, status=status)
+
+    def _refuse_unstarted(self, pidx: str | KhaltiFakeEpayment, what: str) -> None:
+        """Raise ``ValueError`` for an open ePayment the app never started: registered
+        with :meth:`add_epayment`, and no payment of the app's has its pidx. A
+        buyer coming back from it proves nothing about the app.
+        """
+        epayment = self.epayment(pidx)
+        if epayment.status not in ("Initiated", "Pending"):
+            return  # nobody can pay or cancel it: the caller says so
+        if epayment.request or _the_app_knows(epayment.pidx):
+            return
+        raise ValueError(
+            f"ePayment {epayment.pidx} was never started by the app: add_epayment() "
+            f"registers it at the fake Khalti only, so the app would not know it when it is "
+            f"{what}, and a test of it proves nothing. Let the app start it (post to "
+            f"'django_khalti:epayment-start' or 'django_khalti:epayment-initiate'), then "
+            f"take khalti.last_epayment; for a payment of another amount than the app "
+            f"asked for, use khalti.pay_wrong_amount(epayment, amount=...)."
+        )
+
+
+def _the_app_knows(pidx: str) -> bool:
+    """Whether the app's database holds a payment of ``pidx`` (False when the test
+    may not use the database: then the app cannot have started it either).
+    """
+    from django.db import DatabaseError
+
+    from ..models import Payment
+
+    try:
+        return Payment.objects.filter(pidx=pidx).exists()
+    except (DatabaseError, RuntimeError):  # RuntimeError: pytest-django's "not allowed"
+        return False

@@ -1,6 +1,7 @@
 import pytest
 from django.urls import reverse
 
+from django_khalti.models import Payment
 from shop.models import Order
 
 
@@ -20,9 +21,7 @@ def test_the_order_page_offers_both_checkouts(client, order):
     assert "data-khalti-widget" in page
 
 
-def test_an_order_paid_on_khaltis_page_is_paid(
-    client, khalti, order, django_capture_on_commit_callbacks
-):
+def test_an_order_paid_on_khaltis_page_is_paid(client, khalti, order):
     # The buyer presses the ePayment button: dj-khalti starts a payment at Khalti
     # for your resolver's amount and sends the browser there.
     start = reverse("django_khalti:epayment-start", args=[order.reference])
@@ -33,8 +32,7 @@ def test_an_order_paid_on_khaltis_page_is_paid(
     assert (epayment.amount, epayment.purchase_order_id) == (150000, "ORD-1")
 
     # The buyer pays on Khalti's page, and Khalti sends the browser back.
-    with django_capture_on_commit_callbacks(execute=True):  # signals are sent on commit
-        response = client.get(khalti.pay(epayment))
+    response = client.get(khalti.pay(epayment))
 
     order.refresh_from_db()
     assert order.paid_at is not None  # shop/receivers.py ran
@@ -43,19 +41,16 @@ def test_an_order_paid_on_khaltis_page_is_paid(
     assert "Khalti confirmed your payment of Rs 1,500.00" in thanks.content.decode()
 
 
-def test_an_order_paid_in_the_widget_is_paid(
-    client, khalti, order, django_capture_on_commit_callbacks
-):
+def test_an_order_paid_in_the_widget_is_paid(client, khalti, order):
     # The buyer pays Rs 1,500 in the widget, whose script posts the token and
     # amount Khalti gave it to dj-khalti's verify view.
     payment = khalti.add_payment(amount=150000)
 
-    with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(
-            reverse("django_khalti:verify"),
-            payment.payload(order.reference),
-            content_type="application/json",
-        )
+    response = client.post(
+        reverse("django_khalti:verify"),
+        payment.payload(order.reference),
+        content_type="application/json",
+    )
 
     assert response.status_code == 200
     order.refresh_from_db()
@@ -63,20 +58,31 @@ def test_an_order_paid_in_the_widget_is_paid(
     assert khalti.verify_calls == [(payment.token, 150000)]  # checked with Khalti
 
 
-def test_a_widget_payment_of_less_than_the_order_is_refused(
-    client, khalti, order, django_capture_on_commit_callbacks
-):
+def test_a_widget_payment_of_less_than_the_order_is_refused(client, khalti, order):
     payment = khalti.add_payment(amount=1000)  # Rs 10 paid for a Rs 1,500 order
 
-    with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(
-            reverse("django_khalti:verify"),
-            payment.payload(order.reference),
-            content_type="application/json",
-        )
+    response = client.post(
+        reverse("django_khalti:verify"),
+        payment.payload(order.reference),
+        content_type="application/json",
+    )
 
     assert response.status_code == 400
     assert response.json()["code"] == "amount_mismatch"  # your order's amount, not the browser's
     assert khalti.verify_calls == []  # refused before Khalti was asked
     order.refresh_from_db()
     assert order.paid_at is None
+
+
+def test_an_epayment_khalti_reports_for_less_is_not_paid(client, khalti, order):
+    client.post(reverse("django_khalti:epayment-start", args=[order.reference]))
+    epayment = khalti.last_epayment  # dj-khalti asked Khalti for Rs 1,500
+
+    # The buyer pays, and Khalti's lookup says Rs 10 was paid.
+    response = client.get(khalti.pay_wrong_amount(epayment, amount=1000))
+
+    order.refresh_from_db()
+    assert order.paid_at is None  # not paid: the shop checks the payment first
+    payment = Payment.objects.get(pidx=epayment.pidx)
+    assert (payment.status, payment.received_amount) == ("needs_review", 1000)
+    assert response["Location"].startswith(reverse("shop:payment-failed"))
