@@ -18,7 +18,7 @@ from .guard import live_key_settings
 #: The hint of both: the one way to keep the sandbox and production apart.
 HINT = (
     'Add "django_khalti.sandbox" to INSTALLED_APPS, and include its URLs, only in '
-    "development settings (DEBUG = True, test keys): for example under `if DEBUG:`."
+    "development settings (DEBUG = True, test keys): for example inside 'if DEBUG:'."
 )
 
 

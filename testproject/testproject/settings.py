@@ -228,6 +228,8 @@ if DEMO:
             PUBLIC_KEY="test_public_key_dj_khalti_demo_sandbox",
             BASE_URL=os.environ.get("KHALTI_BASE_URL", f"http://{DEMO_ADDR}/sandbox/"),
         )
+    # The demo serves the sandbox: its start-up errors are its own again.
+    SILENCED_SYSTEM_CHECKS = ["django_khalti.W002"]
     KHALTI.update(SUCCESS_URL="shop:payment-success", FAILURE_URL="shop:payment-failure")
     KHALTI["WIDGET_SCRIPT_URL"] = SHOP_KHALTI_CHECKOUT_JS or "/sandbox/khalti-checkout.js"
     KHALTI["WEBSITE_URL"] = os.environ.get("KHALTI_WEBSITE_URL", f"http://{DEMO_ADDR}")
