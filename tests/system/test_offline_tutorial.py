@@ -270,3 +270,18 @@ def test_a_paid_order_is_refunded_in_the_admin(page, shop):
     # "Khalti" holds it refunded too: the sandbox's own record, in its admin.
     page.goto(f"{shop['base']}/admin/khalti_sandbox/sandboxtransaction/?q=ORD-7")
     expect(page.locator("#result_list td.field-refunded_amount")).to_have_text("40000")
+
+
+def test_the_tutorials_own_tests_still_pass_beside_the_sandbox(shop):
+    """Step 5's tests run with the sandbox installed (DEBUG is on when settings load):
+    the testing kit answers in-process, whatever BASE_URL says."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "shop/test_payments.py"],
+        cwd=shop["project"],
+        env=shop["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 passed" in result.stdout
