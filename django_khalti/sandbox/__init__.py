@@ -1,7 +1,12 @@
-"""A stand-in for Khalti, for the demo: the merchant API, a hosted payment page and a
-widget script, served by the test project itself so that the demo works offline.
+"""A local stand-in for Khalti: its merchant API, its hosted ePayment page and its
+widget script, served by your own site so that both checkouts work offline.
 
-Part of the test project, never of the installed package. Point
-``KHALTI["BASE_URL"]`` at its prefix (``http://127.0.0.1:8000/sandbox/``) and
-dj-khalti talks to it as it would to Khalti. No real money moves.
+An optional app for development: add ``"django_khalti.sandbox"`` to
+``INSTALLED_APPS`` and ``path("sandbox/", include("django_khalti.sandbox.urls"))`` to
+your URLs, and point ``KHALTI["BASE_URL"]`` at that prefix
+(``http://127.0.0.1:8000/sandbox/``) and ``KHALTI["WIDGET_SCRIPT_URL"]`` at
+``/sandbox/khalti-checkout.js``; dj-khalti then talks to it as it would to Khalti.
+No real money moves. It serves only while ``DEBUG`` is on and no key is a live one
+(:mod:`django_khalti.sandbox.guard`; system checks ``khalti_sandbox.E001`` and
+``E002``). See docs/reference/sandbox.rst.
 """

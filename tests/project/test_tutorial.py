@@ -65,6 +65,16 @@ def follow_the_tutorial(directory: Path) -> tuple[Path, dict[str, str]]:
     return project, env
 
 
+def click_through_it_offline(project: Path) -> None:
+    """The tutorial's step "Click through it offline": the local sandbox's settings and
+    URLs appended to the project's (docs/tutorial/offline.rst)."""
+    for name, addition in (("settings.py", "settings_sandbox.py"), ("urls.py", "urls_sandbox.py")):
+        target = project / "mysite" / name
+        target.write_text(
+            target.read_text() + "\n\n" + (TUTORIAL / "mysite" / addition).read_text()
+        )
+
+
 @pytest.fixture(scope="module")
 def tutorial(tmp_path_factory):
     return follow_the_tutorial(tmp_path_factory.mktemp("tutorial"))
@@ -80,6 +90,8 @@ def test_the_pages_include_every_file_the_test_uses():
         *(TUTORIAL / "shop" / name for name in SHOP_FILES),
         TUTORIAL / "mysite" / "urls.py",
         TUTORIAL / "mysite" / "settings_khalti.py",
+        TUTORIAL / "mysite" / "settings_sandbox.py",
+        TUTORIAL / "mysite" / "urls_sandbox.py",
         TUTORIAL / "pytest.ini",
     }
     assert {path.resolve() for path in used} <= included
