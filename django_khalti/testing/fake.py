@@ -83,6 +83,7 @@ from django.utils import timezone as django_timezone
 
 from ..conf import khalti_settings
 from ..rules.shapes import FUNDED_BY, LINK_SECONDS, pay_refusal
+from ..rules.shapes import fee as khalti_fee
 from .answering import _Answering
 
 # The parts' public names, importable from here as before the kit was split
@@ -241,7 +242,7 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
             idx=idx or khalti_id(),
             verified=verified or state in ("Refunded", "Partially refunded"),
             mobile=mobile,
-            fee_amount=amount * 3 // 100 if fee_amount is None else fee_amount,
+            fee_amount=khalti_fee(amount) if fee_amount is None else fee_amount,
             refunded_amount=_refunded(state, amount, refunded_amount),
             funded_by=funded_by,
         )
@@ -264,7 +265,7 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         purchase_order_name: str = "",
         return_url: str = "",
         transaction_id: str | None = None,
-        fee: int = 0,
+        fee: int | None = None,
         mobile: str = "98XXXXX001",
         refunded_amount: int | None = None,
         expires_at: datetime | None = None,
@@ -282,6 +283,8 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         :data:`MIN_AMOUNT` is refused (``ValueError``), as initiate refuses it. When the app initiates an
         ePayment, the fake registers it the same way: see :attr:`last_epayment`.
         ``funded_by``: where a paid one's money came from (see :meth:`add_payment`).
+        ``fee``: Khalti's fee once paid (by default Khalti's 3 %); lookup says 0
+        before the buyer pays.
         """
         status = _canonical(status, EPAYMENT_STATUSES, "ePayment status")
         funded_by = _canonical(funded_by, FUNDED_BY, "funded_by")
@@ -295,7 +298,7 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
             purchase_order_name=purchase_order_name,
             return_url=return_url,
             transaction_id=transaction_id or (khalti_id() if paid else None),
-            fee=fee,
+            fee=khalti_fee(amount) if fee is None else fee,
             mobile=mobile if paid else "",
             refunded_amount=_refunded(status, amount, refunded_amount),
             expires_at=expires_at or _now() + timedelta(seconds=self.EPAYMENT_LINK_SECONDS),

@@ -176,6 +176,7 @@ class KhaltiFakeEpayment:
     website_url: str = ""
     #: Khalti's transaction id, once the buyer has paid (what refunds need).
     transaction_id: str | None = None
+    #: Khalti's fee, in paisa (lookup says 0 until the buyer has paid).
     fee: int = 0
     mobile: str = ""
     refunded_amount: int = 0
@@ -196,7 +197,7 @@ class KhaltiFakeEpayment:
             status=self.status,
             expires_at=self.expires_at,
             transaction_id=self.transaction_id,
-            fee=self.fee,
+            fee=self.fee if self.transaction_id else 0,
             refunded_amount=self.refunded_amount,
         )
 
