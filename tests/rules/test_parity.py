@@ -73,7 +73,8 @@ class SandboxDoor:
         self.client = Client()
 
     def call(self, method, path, *, json=None, data=None, query=None, key="secret"):
-        headers = {"Authorization": KEYS[key]} if KEYS[key] else {}
+        given = KEYS[key]
+        headers = {"Authorization": given} if given else {}
         url = f"/sandbox/{path}" + (f"?{urlencode(query)}" if query else "")
         if json is not None:
             answer = self.client.generic(
@@ -187,8 +188,8 @@ def widget_story(t):
     t.call("record by token", "GET", f"api/v2/merchant-transaction/{token}/")
     refund = f"api/merchant-transaction/{idx}/refund/"
     t.call("refund by token", "POST", f"api/merchant-transaction/{token}/refund/", json={})
-    for amount in ("some", 0, -5, 1001):
-        t.call(f"refund {amount}", "POST", refund, json={"amount": amount})
+    for wrong in ("some", 0, -5, 1001):
+        t.call(f"refund {wrong}", "POST", refund, json={"amount": wrong})
     t.call("refund 400", "POST", refund, data={"amount": "400"})
     t.call(
         "status, partly refunded",
