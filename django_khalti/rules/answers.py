@@ -37,6 +37,7 @@ from .shapes import (
     WIDGET,
     Held,
     HeldEpayment,
+    aware,
     integer,
     integer_field,
     lookup_body,
@@ -239,7 +240,8 @@ def initiate(params: Mapping[str, Any], ledger: KhaltiLedger, now: datetime) -> 
         "website_url": str(params["website_url"]).strip(),
     }
     epayment, payment_url = ledger.start(data)
-    expires_at = epayment.expires_at or now + timedelta(seconds=LINK_SECONDS)
+    now = aware(now)
+    expires_at = aware(epayment.expires_at or now + timedelta(seconds=LINK_SECONDS))
     body = {
         "pidx": epayment.pidx,
         "payment_url": payment_url,

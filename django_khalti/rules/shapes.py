@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
+from django.utils import timezone as django_timezone
+
 #: Nepal's time zone, in which Khalti writes its timestamps.
 NPT = timezone(timedelta(hours=5, minutes=45))
 #: Khalti's smallest payment, in paisa (Rs 10).
@@ -230,9 +232,16 @@ def lookup_status(epayment: HeldEpayment, now: datetime) -> str:
     return epayment.status
 
 
+def aware(when: datetime) -> datetime:
+    """``when`` with its offset: a naive time (a project without ``USE_TZ``) is read
+    in Django's current time zone, as Django reads it.
+    """
+    return when if django_timezone.is_aware(when) else django_timezone.make_aware(when)
+
+
 def link_expired(expires_at: datetime | None, now: datetime) -> bool:
     """Whether a link good until ``expires_at`` has run out at ``now``."""
-    return expires_at is not None and expires_at <= now
+    return expires_at is not None and aware(expires_at) <= aware(now)
 
 
 def lookup_body(epayment: HeldEpayment, now: datetime) -> dict[str, Any]:
