@@ -256,6 +256,34 @@ def lookup_body(epayment: HeldEpayment, now: datetime) -> dict[str, Any]:
     }
 
 
+def return_params(
+    epayment: HeldEpayment,
+    *,
+    mobile: str,
+    purchase_order_id: str,
+    purchase_order_name: str,
+    now: datetime,
+) -> dict[str, str]:
+    """The query string Khalti appends to ``return_url`` when it sends the buyer back
+    (the browser's word, which the merchant must not trust): the transaction and the
+    payer's masked Khalti id only for a paid ePayment.
+    """
+    status = lookup_status(epayment, now)
+    paid = epayment.transaction_id is not None and status != "User canceled"
+    transaction_id = (epayment.transaction_id or "") if paid else ""
+    return {
+        "pidx": epayment.pidx,
+        "transaction_id": transaction_id,
+        "tidx": transaction_id,
+        "amount": str(epayment.amount),
+        "total_amount": str(epayment.amount),
+        "mobile": mask_mobile(mobile) if paid and mobile else "",
+        "status": status,
+        "purchase_order_id": purchase_order_id,
+        "purchase_order_name": purchase_order_name,
+    }
+
+
 # --- what a payment may be ---------------------------------------------------------------
 
 

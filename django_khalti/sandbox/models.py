@@ -224,18 +224,13 @@ class SandboxEpayment(models.Model):
 
     def return_url_with_result(self) -> str:
         """The merchant's return URL with the query Khalti adds when it sends the buyer back."""
-        transaction_id = self.transaction.idx if self.transaction else ""
         query = urlencode(
-            {
-                "pidx": self.pidx,
-                "transaction_id": transaction_id,
-                "tidx": transaction_id,
-                "amount": self.amount,
-                "total_amount": self.amount,
-                "mobile": mask_mobile(self.mobile) if self.mobile else "",
-                "status": self.lookup_status(),
-                "purchase_order_id": self.purchase_order_id,
-                "purchase_order_name": self.purchase_order_name,
-            }
+            rules.return_params(
+                self.held(),
+                mobile=self.mobile,
+                purchase_order_id=self.purchase_order_id,
+                purchase_order_name=self.purchase_order_name,
+                now=timezone.now(),
+            )
         )
         return f"{self.return_url}{'&' if '?' in self.return_url else '?'}{query}"

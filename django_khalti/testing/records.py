@@ -28,6 +28,7 @@ from ..rules.shapes import (
     lookup_body,
     payment_refusal,
     record,
+    return_params,
 )
 
 __all__ = [
@@ -210,19 +211,13 @@ class KhaltiFakeEpayment:
         """The query string Khalti appends to ``return_url`` when it sends the
         buyer back: the browser's word, which the app must not trust.
         """
-        paid = self.transaction_id is not None and self.status != "User canceled"
-        transaction_id = (self.transaction_id or "") if paid else ""
-        return {
-            "pidx": self.pidx,
-            "transaction_id": transaction_id,
-            "tidx": transaction_id,
-            "amount": str(self.amount),
-            "total_amount": str(self.amount),
-            "mobile": self.mobile if paid else "",
-            "status": self.status,
-            "purchase_order_id": self.purchase_order_id,
-            "purchase_order_name": self.purchase_order_name,
-        }
+        return return_params(
+            self.held(),
+            mobile=self.mobile,
+            purchase_order_id=self.purchase_order_id,
+            purchase_order_name=self.purchase_order_name,
+            now=django_timezone.now(),
+        )
 
     def return_url_with_params(self) -> str:
         """Where Khalti sends the buyer's browser back: ``return_url`` with

@@ -9,7 +9,7 @@ alone fails here.
 
 import re
 from datetime import timedelta
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 import requests
@@ -53,12 +53,12 @@ class KitDoor:
 
     def pay(self, pidx, *, cancel=False):
         try:
-            (self.khalti.cancel if cancel else self.khalti.pay)(
+            back = (self.khalti.cancel if cancel else self.khalti.pay)(
                 pidx, **({} if cancel else {"mobile": "9800000001"})
             )
         except ValueError:
             return "refused"
-        return "back at the shop"
+        return returned(back)
 
     def run_out(self, pidx):
         self.khalti.epayment(pidx).expires_at = timezone.now() - timedelta(seconds=1)
@@ -120,12 +120,18 @@ class SandboxDoor:
     def pay(self, pidx, *, cancel=False):
         form = {"action": "cancel"} if cancel else {"mobile": "9800000001", "mpin": "1111"}
         answer = self.client.post(f"/sandbox/pay/?pidx={pidx}", {"pidx": pidx, **form})
-        return "back at the shop" if answer.status_code == 302 else "refused"
+        return returned(answer["Location"]) if answer.status_code == 302 else "refused"
 
     def run_out(self, pidx):
         SandboxEpayment.objects.filter(pidx=pidx).update(
             expires_at=timezone.now() - timedelta(seconds=1)
         )
+
+
+def returned(url):
+    """Where Khalti sent the buyer back: the return URL's path and query."""
+    parts = urlsplit(url)
+    return [parts.path, dict(parse_qsl(parts.query, keep_blank_values=True))]
 
 
 class Transcript:
