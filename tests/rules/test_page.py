@@ -4,11 +4,22 @@ import ast
 import re
 from pathlib import Path
 
-from django_khalti.rules import catalogue
+from django_khalti.rules import answers, catalogue
+
+from .test_parity import STORIES, Transcript
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "reference" / "testing.rst"
 RULES_CODE = ROOT / "django_khalti" / "rules"
+
+
+def table():
+    """Each rule of the page's table: its id, Khalti's answer and the source."""
+    return re.findall(
+        r"^   \* - ``([a-z-]+\.[a-z-]+)``\n     - .*\n(?:       .*\n)*     - (.*)\n(?:       .*\n)*     - (.*)$",
+        PAGE.read_text(),
+        re.M,
+    )
 
 
 def listed():
@@ -49,3 +60,31 @@ def test_each_rule_listed_says_where_it_comes_from_as_the_catalogue_does():
 
 def test_every_rule_in_the_catalogue_is_applied_by_the_rules_code():
     assert applied() == set(catalogue.RULES)
+
+
+def answered_status(answer):
+    """The HTTP status the page gives as Khalti's answer, or None (not an HTTP answer)."""
+    if answer.startswith("Invalid token."):
+        return 400
+    found = re.match(r"(\d{3})\b", answer)
+    return int(found[1]) if found else None
+
+
+def test_each_rule_answers_with_the_status_the_page_gives_at_both_doors(doors, monkeypatch):
+    seen = {}
+    made = answers.Answer.__post_init__
+
+    def note(self):
+        made(self)
+        seen.setdefault(self.rule, set()).add(self.status)
+
+    monkeypatch.setattr(answers.Answer, "__post_init__", note)
+    for door in doors:
+        for story in STORIES:
+            story(Transcript(door))
+
+    on_the_page = {rule: answered_status(answer) for rule, answer, _ in table()}
+    http_rules = {rule for rule, status in on_the_page.items() if status is not None}
+    assert set(seen) == http_rules  # the stories reach every rule with an HTTP answer
+    for rule in http_rules:
+        assert seen[rule] == {on_the_page[rule]}, rule
