@@ -5,6 +5,7 @@ Part of :mod:`django_khalti.rules` (see there).
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -95,7 +96,11 @@ def authorize(authorization: str | None, secret_key: str | None) -> Answer | Non
     keyword, _, key = authorization.partition(" ")
     if looks_public(key):
         return Answer(401, {"detail": "Invalid token."}, "auth.public-key")
-    if keyword != "Key" or not secret_key or key != secret_key:
+    if (
+        keyword != "Key"
+        or not secret_key
+        or not hmac.compare_digest(key.encode(), secret_key.encode())
+    ):
         return Answer(401, {"detail": "Invalid token."}, "auth.wrong-key")
     return None
 
