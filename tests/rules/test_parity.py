@@ -28,6 +28,7 @@ KEYS = {
     "wrong": "Key test_secret_key_someone_else",
     "public": f"Key {PUBLIC}",
     "bearer": f"Bearer {SECRET}",
+    "accented": "Key tëst_secret_key_testproject",
 }
 _ID = re.compile(r"^[23456789A-HJ-NP-Za-km-z]{22}$")
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
@@ -191,7 +192,7 @@ def widget_story(t):
     token, idx = t.door.widget_payment(1000)
     t.note("token and idx", [token, idx])
     verify = "api/v2/payment/verify/"
-    for key in ("none", "wrong", "public", "bearer"):
+    for key in ("none", "wrong", "public", "bearer", "accented"):
         t.call(f"verify, key {key}", "POST", verify, json={"token": token, "amount": 1000}, key=key)
     t.call("verify, nothing", "POST", verify, json={})
     t.call("verify, amount not a number", "POST", verify, json={"token": token, "amount": "ten"})
