@@ -1,6 +1,8 @@
 """What the sandbox knows, as Khalti would: transactions and ePayments.
 
-Amounts are paisa. Ids look like Khalti's (22 characters of base 57).
+Amounts are paisa. Ids look like Khalti's (22 characters of base 57). What
+Khalti answers about them is decided by Khalti's rules (:mod:`django_khalti.rules`),
+which read each row as the rules' ``Held`` / ``HeldEpayment``.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from urllib.parse import urlencode
 from django.db import models
 from django.utils import timezone
 
+from ..rules import shapes as rules
+from ..rules.shapes import mask_mobile as mask_mobile
+
 #: The alphabet of Khalti's ids (no 0/O, 1/l/I).
 ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-#: Khalti's fee in the sandbox: 3 % (Rs 0.30 of Rs 10, as in Khalti's example).
-FEE_PERCENT = 3
 #: How long an ePayment link is good for (Khalti's sandbox answers 1800).
-EPAYMENT_LIFETIME = timedelta(minutes=30)
+EPAYMENT_LIFETIME = timedelta(seconds=rules.LINK_SECONDS)
 #: The sandbox's test Khalti ids and MPIN (those of Khalti's own sandbox).
 TEST_MOBILES = [f"980000000{n}" for n in range(6)]
 TEST_MPIN = "1111"
@@ -40,10 +43,12 @@ FIXED_BANKS = {"connectips": "connectIPS", "npay": "SCT card (NPay)"}
 
 
 def new_id() -> str:
+    """A new id shaped like Khalti's: 22 characters of :data:`ID_ALPHABET`."""
     return "".join(secrets.choice(ID_ALPHABET) for _ in range(22))
 
 
 def bank_name(idx: str) -> str | None:
+    """The name of the sandbox's bank ``idx`` (of the bank list, connectIPS or SCT), or None."""
     for bank in (*BANKS["sdkebanking"], *BANKS["mobilecheckout"]):
         if bank["idx"] == idx:
             return bank["name"]
@@ -56,21 +61,26 @@ def rupees(paisa: int) -> str:
     return f"{whole:,}.{rest:02d}"
 
 
-def mask_mobile(mobile: str) -> str:
-    """The payer's Khalti id as Khalti shows it to merchants: ``98XXXXXXX1``."""
-    if len(mobile) < 4:
-        return mobile
-    return mobile[:2] + "X" * (len(mobile) - 3) + mobile[-1]
-
-
 class SandboxTransaction(models.Model):
     """A payment the sandbox took: a widget payment (with its token) or an ePayment's."""
 
     class Kind(models.TextChoices):
-        WIDGET = "widget", "Widget (KPG-1)"
-        EPAYMENT = "epayment", "ePayment (KPG-2)"
+        """Which flow took the payment."""
+
+        WIDGET = rules.WIDGET, "Widget (KPG-1)"
+        EPAYMENT = rules.EPAYMENT, "ePayment (KPG-2)"
+
+    class FundedBy(models.TextChoices):
+        """Where the buyer's money came from: a Khalti wallet, or a bank (the widget's
+        bank tabs), whose refunds Khalti makes only to a ``mobile``.
+        """
+
+        WALLET = rules.WALLET, "Khalti wallet"
+        BANK = rules.BANK, "Bank"
 
     class State(models.TextChoices):
+        """How far the payment went."""
+
         #: Widget: the buyer started paying (initiate), the OTP is not confirmed yet.
         INITIATED = "Initiated"
         #: Widget: the buyer paid, the merchant has not verified the token yet.
@@ -86,6 +96,7 @@ class SandboxTransaction(models.Model):
     fee_amount = models.PositiveBigIntegerField(help_text="paisa")
     refunded_amount = models.PositiveBigIntegerField(default=0, help_text="paisa")
     mobile = models.CharField("payer's Khalti id", max_length=16)
+    funded_by = models.CharField(max_length=8, choices=FundedBy.choices, default=FundedBy.WALLET)
     product_identity = models.CharField(max_length=255)
     product_name = models.CharField(max_length=255)
     product_url = models.CharField(max_length=1000, blank=True)
@@ -100,56 +111,33 @@ class SandboxTransaction(models.Model):
         return f"{self.idx} · {self.amount} paisa · {self.khalti_state()}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.fee_amount is None:
-            self.fee_amount = self.amount * FEE_PERCENT // 100
+        """Save, with Khalti's fee on the amount unless one is set."""
+        if getattr(self, "fee_amount", None) is None:  # not given: Khalti's fee
+            self.fee_amount = rules.fee(self.amount)
         super().save(*args, **kwargs)
-
-    @property
-    def refundable_amount(self) -> int:
-        if self.state != self.State.COMPLETED:
-            return 0
-        return self.amount - self.refunded_amount
 
     def khalti_state(self) -> str:
         """The state as the status endpoint names it."""
-        if self.state in (self.State.INITIATED, self.State.CONFIRMED):
+        if self.state != self.State.COMPLETED:
             return str(self.state)
-        if self.refunded_amount >= self.amount:
-            return "Refunded"
         if self.refunded_amount:
-            return "Partially refunded"
-        return "Complete"
+            return rules.after_refund(self.amount, self.refunded_amount)
+        return rules.COMPLETE
 
-    def record(self) -> dict[str, Any]:
-        """Khalti's transaction record (the answer of verify and of merchant-transaction)."""
-        return {
-            "idx": self.idx,
-            "type": {"idx": "e476BL6jt9kgagEmsakyTL", "name": "Wallet payment"},
-            "state": {
-                "idx": "DhvMj9hdRufLqkP8ZY4d8g"
-                if self.state == self.State.COMPLETED
-                else "a2dfnRvkUqaSTjPWnWqnNo",
-                "name": self.state,
-                "template": "is complete"
-                if self.state == self.State.COMPLETED
-                else f"is {self.state.lower()}",
-            },
-            "amount": self.amount,
-            "fee_amount": self.fee_amount,
-            "refunded": self.refunded_amount > 0,
-            "created_on": timezone.localtime(self.created_at).isoformat(),
-            "ebanker": None,
-            "user": {
-                "idx": "cCaPkRPQGn5D8StkiqqMJg",
-                "name": "Test User",
-                "mobile": mask_mobile(self.mobile),
-            },
-            "merchant": {
-                "idx": "UM75Gm2gWmZvA4TPwkwZye",
-                "name": "dj-khalti demo shop",
-                "mobile": "merchant@example.com",
-            },
-        }
+    def held(self) -> rules.Held:
+        """The transaction as Khalti's rules read it."""
+        return rules.Held(
+            idx=self.idx,
+            amount=self.amount,
+            state=self.khalti_state(),
+            mobile=self.mobile,
+            created_on=self.created_at,
+            kind=self.kind,
+            token=self.token,
+            fee_amount=self.fee_amount,
+            refunded_amount=self.refunded_amount,
+            funded_by=self.funded_by,
+        )
 
     def confirm_answer(self) -> dict[str, Any]:
         """Khalti's answer to the widget's confirm (and the bank popup's report): what
@@ -167,6 +155,7 @@ class SandboxTransaction(models.Model):
 
 
 def _expiry() -> Any:
+    """When a link made now runs out."""
     return timezone.now() + EPAYMENT_LIFETIME
 
 
@@ -174,6 +163,8 @@ class SandboxEpayment(models.Model):
     """An ePayment a merchant initiated, and what the buyer did with it."""
 
     class Status(models.TextChoices):
+        """What the buyer did on the hosted page (lookup adds Expired and the refunds)."""
+
         INITIATED = "Initiated"
         COMPLETED = "Completed"
         USER_CANCELED = "User canceled"
@@ -203,50 +194,43 @@ class SandboxEpayment(models.Model):
 
     @property
     def amount_rupees(self) -> str:
+        """The amount in rupees, for display."""
         return rupees(self.amount)
 
     @property
     def expired(self) -> bool:
-        return self.status == self.Status.INITIATED and self.expires_at <= timezone.now()
+        """Whether the link ran out before the buyer paid or cancelled."""
+        return self.lookup_status() == "Expired"
+
+    def held(self) -> rules.HeldEpayment:
+        """The ePayment as Khalti's rules read it."""
+        transaction = self.transaction
+        status = str(self.status)
+        if transaction is not None and status == self.Status.COMPLETED:
+            status = rules.epayment_status(transaction.khalti_state())
+        return rules.HeldEpayment(
+            pidx=self.pidx,
+            amount=self.amount,
+            status=status,
+            expires_at=self.expires_at,
+            transaction_id=transaction.idx if transaction else None,
+            fee=transaction.fee_amount if transaction else 0,
+            refunded_amount=transaction.refunded_amount if transaction else 0,
+        )
 
     def lookup_status(self) -> str:
         """The status as lookup names it (Khalti capitalises ``Partially Refunded`` here)."""
-        if self.expired:
-            return "Expired"
-        if self.status == self.Status.COMPLETED and self.transaction is not None:
-            refunded = self.transaction.refunded_amount
-            if refunded >= self.amount:
-                return "Refunded"
-            if refunded:
-                return "Partially Refunded"
-        return self.status
-
-    def lookup(self) -> dict[str, Any]:
-        """Khalti's answer to lookup."""
-        transaction = self.transaction
-        return {
-            "pidx": self.pidx,
-            "total_amount": self.amount,
-            "status": self.lookup_status(),
-            "transaction_id": transaction.idx if transaction else None,
-            "fee": transaction.fee_amount if transaction else 0,
-            "refunded": bool(transaction and transaction.refunded_amount),
-        }
+        return rules.lookup_status(self.held(), timezone.now())
 
     def return_url_with_result(self) -> str:
         """The merchant's return URL with the query Khalti adds when it sends the buyer back."""
-        transaction_id = self.transaction.idx if self.transaction else ""
         query = urlencode(
-            {
-                "pidx": self.pidx,
-                "transaction_id": transaction_id,
-                "tidx": transaction_id,
-                "amount": self.amount,
-                "total_amount": self.amount,
-                "mobile": mask_mobile(self.mobile) if self.mobile else "",
-                "status": self.lookup_status(),
-                "purchase_order_id": self.purchase_order_id,
-                "purchase_order_name": self.purchase_order_name,
-            }
+            rules.return_params(
+                self.held(),
+                mobile=self.mobile,
+                purchase_order_id=self.purchase_order_id,
+                purchase_order_name=self.purchase_order_name,
+                now=timezone.now(),
+            )
         )
         return f"{self.return_url}{'&' if '?' in self.return_url else '?'}{query}"

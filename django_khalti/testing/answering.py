@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import requests
 
 from ..conf import khalti_settings
+from ..rules.answers import authorize
 from .calls import (
     OUTCOMES,
     KhaltiCall,
@@ -100,9 +101,9 @@ class _Answering(_Endpoints):
         keys = self._keys(params)
         authorization = request.headers.get("Authorization")
         known = self.secret_key if self.secret_key is not None else khalti_settings.SECRET_KEY
-        authorized = bool(known) and authorization == f"Key {known}"
-        choice = self._take_override(endpoint, keys, transport_only=not authorized)
-        return _Received(endpoint, request, params, authorized, authorization, choice)
+        refusal = authorize(authorization, known)
+        choice = self._take_override(endpoint, keys, transport_only=refusal is not None)
+        return _Received(endpoint, request, params, refusal is None, refusal, choice)
 
     def _respond(self, received: _Received, chosen: Any) -> _Answer:
         endpoint, request, params = received.endpoint, received.request, received.params
@@ -147,15 +148,8 @@ class _Answering(_Endpoints):
             result = requests.exceptions.ConnectionError("Connection refused (fake Khalti).")
         elif outcome == "timeout":
             result = requests.exceptions.ReadTimeout("Read timed out (fake Khalti).")
-        elif not authorized:
-            result = _json(
-                401,
-                {
-                    "detail": "Invalid token."
-                    if received.authorization
-                    else "Authentication credentials were not provided."
-                },
-            )
+        elif received.refusal is not None:
+            result = _json(received.refusal.status, received.refusal.body)
         elif outcome == "unauthorized":
             result = _json(401, {"detail": "Invalid token."})
         elif outcome == "server_error":

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ..rules.answers import Answer
+
 #: Khalti's endpoints: name, method and path under ``BASE_URL``.
 ENDPOINTS: dict[str, tuple[str, re.Pattern[str]]] = {
     "verify": ("POST", re.compile(r"api/v2/payment/verify/")),
@@ -153,7 +155,8 @@ class _Received:
     request: _Request
     params: dict[str, Any]
     authorized: bool
-    authorization: str | None
+    #: Khalti's 401 for the request's key (``None``: the key is the secret key).
+    refusal: Answer | None
     choice: KhaltiChoice | None
 
 

@@ -2,38 +2,45 @@
 
 Verify, status, transaction, refund, ePayment initiate and lookup: each reads
 the request's parameters and the outcome chosen for it (``None``: Khalti's
-state decides) and returns the HTTP answer, changing Khalti's state where
-Khalti would.
+state decides) and returns the HTTP answer. What Khalti answers is decided by
+Khalti's rules (:mod:`django_khalti.rules`), the same the sandbox follows: here
+the fake's records are shown to them as a ledger, and the outcomes a test
+chose ahead are played around them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone as django_timezone
 
-from .calls import _Answer, _as_int, _json
-from .records import (
-    EPAYMENT_400,
-    MIN_AMOUNT,
-    TOO_SMALL,
-    KhaltiFakeEpayment,
-    KhaltiFakePayment,
-    khalti_id,
+from ..rules import answers as rules
+from ..rules.shapes import (
+    CONFIRMED,
+    EPAYMENT,
+    INVALID_TOKEN,
+    NOT_FOUND,
+    Held,
+    HeldEpayment,
+    after_refund,
+    epayment_status,
+    status_body,
 )
+from .calls import _Answer, _json
+from .records import KhaltiFakeEpayment, KhaltiFakePayment, khalti_id
 
-_STATUS_ANSWERS = {
-    "Initiated": (True, "Transaction is initiated"),
-    "Confirmed": (True, "User has confirmed the transaction"),
-    "Complete": (True, "Transaction is complete"),
-    "Failed": (False, "Payment failed"),
-    "Refunded": (True, "Transaction is refunded"),
-    "Partially refunded": (True, "Transaction is partially refunded"),
-    "Error": (False, "Transaction not found"),
+#: A paid ePayment's transaction state, by its lookup status.
+_EPAYMENT_STATES = {
+    "Completed": "Complete",
+    "Refunded": "Refunded",
+    "Partially Refunded": "Partially refunded",
+    "Pending": CONFIRMED,
 }
 
-_INVALID_TOKEN = {"token": ["Invalid token."]}
-_NOT_FOUND = {"detail": "Not found."}
+
+def _answer(answer: rules.Answer) -> _Answer:
+    return _json(answer.status, answer.body)
 
 
 class _Endpoints:
@@ -64,92 +71,36 @@ class _Endpoints:
             (e for e in self.epayments.values() if e.transaction_id == transaction_id), None
         )
 
+    # --- the endpoints ---------------------------------------------------------------------
+
     def _verify(self, params: dict[str, Any], outcome: str | None) -> _Answer:
-        token, amount = params.get("token"), _as_int(params.get("amount"))
-        payment = self.payments.get(token) if isinstance(token, str) else None
         if outcome == "rejected":
-            return _json(400, _INVALID_TOKEN)
-        if (
-            payment is None
-            # No widget payment below Khalti's minimum can exist at Khalti.
-            or (isinstance(amount, int) and amount < MIN_AMOUNT)
-            or amount != payment.amount
-            or payment.state != "Completed"
-            or payment.verified
-        ):
-            return _json(400, _INVALID_TOKEN)
+            return _json(400, INVALID_TOKEN)
         if outcome == "wrong_amount":
-            return _json(200, payment.record(amount=payment.amount + 100))
-        payment.verified = True
-        return _json(200, payment.record())
+            answer = rules.verify(params, _Unchanged(self))
+            if answer.status == 200:
+                return _json(200, {**answer.body, "amount": answer.body["amount"] + 100})
+            return _answer(answer)
+        return _answer(rules.verify(params, _KitLedger(self)))
 
     def _status(self, params: dict[str, Any], outcome: str | None) -> _Answer:
-        token = params.get("token")
-        payment = self._payment(token) if isinstance(token, str) else None
-        state = "Error"
-        if (
-            payment is not None
-            and _as_int(params.get("amount")) == payment.amount
-            and outcome not in ("rejected", "wrong_amount")
-        ):
-            state = payment.status_state
-        ok, detail = _STATUS_ANSWERS[state]
-        return _json(200, {"status": ok, "state": state, "detail": detail})
+        answer = rules.status(params, _KitLedger(self))
+        if outcome in ("rejected", "wrong_amount") and answer.status == 200:
+            return _json(200, status_body("Error"))
+        return _answer(answer)
 
     def _transaction(self, params: dict[str, Any], outcome: str | None) -> _Answer:
-        idx = params["idx"]
-        payment = self._payment(idx)
-        if (
-            outcome != "rejected"
-            and payment is not None
-            and payment.idx == idx
-            and payment.verified
-        ):
-            return _json(
-                200,
-                payment.record(amount=payment.amount + 100 if outcome == "wrong_amount" else None),
-            )
-        epayment = self._epayment_by_transaction(idx)
-        if (
-            outcome != "rejected"
-            and epayment is not None
-            and epayment.status in ("Completed", "Refunded", "Partially Refunded")
-        ):
-            return _json(200, epayment.record())
-        return _json(404, _NOT_FOUND)
+        if outcome == "rejected":
+            return _json(404, NOT_FOUND)
+        answer = rules.transaction(params["idx"], _KitLedger(self))
+        if outcome == "wrong_amount" and answer.status == 200:
+            return _json(200, {**answer.body, "amount": answer.body["amount"] + 100})
+        return _answer(answer)
 
     def _refund(self, params: dict[str, Any], outcome: str | None) -> _Answer:
         if outcome == "rejected":
             return _json(400, {"detail": "Refund period expired."})
-        idx = params["idx"]
-        amount, mobile = params.get("amount"), params.get("mobile")
-        payment = self._payment(idx)
-        epayment = self._epayment_by_transaction(idx)
-        holder: KhaltiFakePayment | KhaltiFakeEpayment
-        if payment is not None and payment.idx == idx:
-            holder, refundable = (
-                payment,
-                payment.verified and payment.state in ("Completed", "Partially refunded"),
-            )
-        elif epayment is not None:
-            holder, refundable = epayment, epayment.status in ("Completed", "Partially Refunded")
-        else:
-            return _json(404, _NOT_FOUND)
-        if not refundable:
-            return _json(400, {"detail": "This transaction cannot be refunded."})
-        remaining = holder.amount - holder.refunded_amount
-        if amount is None:
-            amount = remaining
-        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= remaining:
-            return _json(400, {"detail": "Refund amount is more than the refundable amount."})
-        holder.refunded_amount += amount
-        holder.refunds.append((amount, mobile))
-        full = holder.refunded_amount >= holder.amount
-        if isinstance(holder, KhaltiFakePayment):
-            holder.state = "Refunded" if full else "Partially refunded"
-        else:
-            holder.status = "Refunded" if full else "Partially Refunded"
-        return _json(200, {"detail": "Transaction refund successful."})
+        return _answer(rules.refund(params["idx"], params, _KitLedger(self)))
 
     def _initiate(self, params: dict[str, Any], outcome: str | None) -> _Answer:
         if outcome == "rejected":
@@ -160,66 +111,95 @@ class _Endpoints:
                     "error_key": "validation_error",
                 },
             )
-        errors: dict[str, list[str]] = {}
-        for name in (
-            "return_url",
-            "website_url",
-            "amount",
-            "purchase_order_id",
-            "purchase_order_name",
-        ):
-            if params.get(name) in (None, ""):
-                errors[name] = ["This field is required."]
-        amount: Any = params.get("amount")  # the app's JSON, checked as Khalti would
-        if "amount" not in errors and (isinstance(amount, bool) or not isinstance(amount, int)):
-            errors["amount"] = ["A valid integer is required."]
-        elif "amount" not in errors and amount < MIN_AMOUNT:
-            errors["amount"] = [TOO_SMALL]
-        for name in ("return_url", "website_url"):
-            value = params.get(name)
-            if name not in errors and not (
-                isinstance(value, str) and value.startswith(("http://", "https://"))
-            ):
-                errors[name] = ["Enter a valid URL."]
-        breakdown = params.get("amount_breakdown")
-        if "amount" not in errors and breakdown:
-            total = sum(part.get("amount", 0) for part in breakdown if isinstance(part, dict))
-            if total != amount:
-                errors["amount"] = ["Amount Breakdown's total doesn't match with the amount."]
-        if errors:
-            return _json(400, {**errors, "error_key": "validation_error"})
-        epayment = self.add_epayment(
-            amount=amount,
-            purchase_order_id=str(params["purchase_order_id"]),
-            purchase_order_name=str(params["purchase_order_name"]),
-            return_url=params["return_url"],
-        )
-        epayment.website_url = params["website_url"]
-        epayment.request = params
-        return _json(
-            200,
-            {
-                "pidx": epayment.pidx,
-                "payment_url": epayment.payment_url,
-                "expires_at": epayment.expires_at.isoformat() if epayment.expires_at else None,
-                "expires_in": self.EPAYMENT_LINK_SECONDS,
-            },
-        )
+        return _answer(rules.initiate(params, _KitLedger(self), django_timezone.now()))
 
     def _lookup(self, params: dict[str, Any], outcome: str | None) -> _Answer:
-        # Any JSON value: one that is no pidx finds nothing (a list fails, as before).
-        epayment = self.epayments.get(params.get("pidx"))  # type: ignore[arg-type]
-        if epayment is None or outcome == "rejected":
-            return _json(404, {**_NOT_FOUND, "error_key": "validation_error"})
-        if (
-            epayment.status == "Initiated"
-            and epayment.expires_at is not None
-            and epayment.expires_at <= django_timezone.now()
-        ):
-            epayment.status = "Expired"
-        total = epayment.amount + 100 if outcome == "wrong_amount" else None
-        body = epayment.lookup_body(total_amount=total)
-        if outcome == "wrong_amount":
-            body["status"] = "Completed"
-            body["transaction_id"] = epayment.transaction_id or khalti_id()
-        return _json(400 if body["status"] in EPAYMENT_400 else 200, body)
+        if outcome == "rejected":
+            return _json(404, {**NOT_FOUND, "error_key": "validation_error"})
+        answer = rules.lookup(params, _KitLedger(self), django_timezone.now())
+        if outcome == "wrong_amount" and answer.rule in ("lookup.status", "lookup.failed"):
+            epayment = self.epayments[answer.body["pidx"]]
+            body = {
+                **answer.body,
+                "total_amount": epayment.amount + 100,
+                "status": "Completed",
+                "transaction_id": epayment.transaction_id or khalti_id(),
+            }
+            return _json(200, body)
+        return _answer(answer)
+
+
+@dataclass
+class _KitLedger:
+    """The fake's records, as Khalti's rules read and change them (a ``KhaltiLedger``)."""
+
+    fake: _Endpoints
+
+    def find_transaction(self, key: str) -> Held | None:
+        """The payment whose token or idx, or the ePayment whose transaction id, is ``key``."""
+        payment = self.fake._payment(key)
+        if payment is not None:
+            return payment.held()
+        epayment = self.fake._epayment_by_transaction(key)
+        if epayment is None or epayment.status not in _EPAYMENT_STATES:
+            return None
+        return Held(
+            idx=key,
+            amount=epayment.amount,
+            state=_EPAYMENT_STATES[epayment.status],
+            mobile=epayment.mobile,
+            created_on=epayment.created_on,
+            kind=EPAYMENT,
+            fee_amount=epayment.fee,
+            refunded_amount=epayment.refunded_amount,
+            funded_by=epayment.funded_by,
+        )
+
+    def find_epayment(self, pidx: str) -> HeldEpayment | None:
+        """The ePayment of ``pidx``."""
+        epayment = self.fake.epayments.get(pidx)
+        return None if epayment is None else epayment.held()
+
+    def complete(self, held: Held) -> bool:
+        """The merchant verified this payment."""
+        self.fake.payments[held.token or ""].verified = True
+        return True
+
+    def refund(self, held: Held, amount: int, mobile: str | None) -> None:
+        """Khalti refunds ``amount`` of this transaction."""
+        holder: KhaltiFakePayment | KhaltiFakeEpayment | None = self.fake._payment(held.idx)
+        if holder is None:
+            holder = self.fake._epayment_by_transaction(held.idx)
+        assert holder is not None
+        holder.refunded_amount += amount
+        holder.refunds.append((amount, mobile))
+        state = after_refund(holder.amount, holder.refunded_amount)
+        if isinstance(holder, KhaltiFakePayment):
+            holder.state = state
+        else:
+            holder.status = epayment_status(state)
+
+    def start(self, data: dict[str, Any]) -> tuple[HeldEpayment, str]:
+        """Khalti keeps a new ePayment the app initiated."""
+        epayment = self.fake.add_epayment(
+            amount=data["amount"],
+            purchase_order_id=data["purchase_order_id"],
+            purchase_order_name=data["purchase_order_name"],
+            return_url=data["return_url"],
+        )
+        epayment.website_url = data["website_url"]
+        epayment.request = data
+        return epayment.held(), epayment.payment_url
+
+    def expire(self, epayment: HeldEpayment) -> None:
+        """The link of this ePayment ran out unpaid."""
+        self.fake.epayments[epayment.pidx].status = "Expired"
+
+
+@dataclass
+class _Unchanged(_KitLedger):
+    """The fake's records, read but left unchanged (an answer for another amount)."""
+
+    def complete(self, held: Held) -> bool:
+        """Nothing changes at Khalti."""
+        return True

@@ -80,8 +80,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import responses
+from django.utils import timezone as django_timezone
 
 from ..conf import khalti_settings
+from ..rules.shapes import FUNDED_BY, LINK_SECONDS, pay_refusal
+from ..rules.shapes import fee as khalti_fee
 from .answering import _Answering
 
 # The parts' public names, importable from here as before the kit was split
@@ -132,7 +135,7 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
     """
 
     #: How long an ePayment link is good for (Khalti's sandbox: 30 minutes).
-    EPAYMENT_LINK_SECONDS = 1800
+    EPAYMENT_LINK_SECONDS = LINK_SECONDS
     #: Where Khalti's hosted page for an ePayment is (never fetched by the app).
     PAYMENT_URL = "https://test-pay.khalti.com/?pidx={pidx}"
 
@@ -205,6 +208,7 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         fee_amount: int | None = None,
         refunded_amount: int | None = None,
         outcome: str | None = None,
+        funded_by: str = "wallet",
     ) -> KhaltiFakePayment:
         """Register a widget payment: the buyer paid ``amount`` paisa in Khalti's widget.
 
@@ -225,11 +229,16 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         ``amount`` below Khalti's minimum, :data:`MIN_AMOUNT` (Rs 10), is refused
         with ``ValueError``: Khalti's widget takes no such payment, so no token for
         it can exist.
+        ``funded_by="bank"``: the buyer paid from a bank (e-banking, mobile
+        banking) rather than a Khalti wallet: Khalti then refunds it only to a
+        ``mobile`` (a refund without one gets HTTP 400), and takes no such payment
+        below Rs 100 (``ValueError``).
         ``token`` and ``idx`` are made up when not given. Returns the payment;
         its :meth:`~KhaltiFakePayment.payload` is what the widget's page posts.
         """
         state = _canonical(state, WIDGET_STATES, "widget state")
-        amount = _payable(amount)
+        funded_by = _canonical(funded_by, FUNDED_BY, "funded_by")
+        amount = _payable(amount, funded_by)
         payment = KhaltiFakePayment(
             token=token or khalti_id(),
             amount=amount,
@@ -237,8 +246,9 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
             idx=idx or khalti_id(),
             verified=verified or state in ("Refunded", "Partially refunded"),
             mobile=mobile,
-            fee_amount=amount * 3 // 100 if fee_amount is None else fee_amount,
+            fee_amount=khalti_fee(amount) if fee_amount is None else fee_amount,
             refunded_amount=_refunded(state, amount, refunded_amount),
+            funded_by=funded_by,
         )
         with self._lock:
             self.payments[payment.token] = payment
@@ -259,11 +269,12 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         purchase_order_name: str = "",
         return_url: str = "",
         transaction_id: str | None = None,
-        fee: int = 0,
+        fee: int | None = None,
         mobile: str = "98XXXXX001",
         refunded_amount: int | None = None,
         expires_at: datetime | None = None,
         outcome: str | None = None,
+        funded_by: str = "wallet",
     ) -> KhaltiFakeEpayment:
         """Register an ePayment, as if the app had initiated it.
 
@@ -275,9 +286,13 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         answer to the *first* lookup of this pidx. An ``amount`` below
         :data:`MIN_AMOUNT` is refused (``ValueError``), as initiate refuses it. When the app initiates an
         ePayment, the fake registers it the same way: see :attr:`last_epayment`.
+        ``funded_by``: where a paid one's money came from (see :meth:`add_payment`).
+        ``fee``: Khalti's fee once paid (by default Khalti's 3 %); lookup says 0
+        before the buyer pays.
         """
         status = _canonical(status, EPAYMENT_STATUSES, "ePayment status")
-        amount = _payable(amount)
+        funded_by = _canonical(funded_by, FUNDED_BY, "funded_by")
+        amount = _payable(amount, funded_by)
         paid = status in ("Pending", "Completed", "Refunded", "Partially Refunded")
         epayment = KhaltiFakeEpayment(
             pidx=pidx or khalti_id(),
@@ -287,10 +302,11 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
             purchase_order_name=purchase_order_name,
             return_url=return_url,
             transaction_id=transaction_id or (khalti_id() if paid else None),
-            fee=fee,
+            fee=khalti_fee(amount) if fee is None else fee,
             mobile=mobile if paid else "",
             refunded_amount=_refunded(status, amount, refunded_amount),
             expires_at=expires_at or _now() + timedelta(seconds=self.EPAYMENT_LINK_SECONDS),
+            funded_by=funded_by,
         )
         epayment.payment_url = self.PAYMENT_URL.format(pidx=epayment.pidx)
         with self._lock:
@@ -321,40 +337,55 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         *,
         status: str = "Completed",
         mobile: str = "98XXXXX001",
+        funded_by: str = "wallet",
     ) -> str:
         """The buyer pays an ePayment on Khalti's page. Returns the URL Khalti then
         sends the browser to (``return_url`` and its query string), ready for
         ``client.get(...)``. ``status="Pending"``: Khalti holds the payment
-        (call ``pay`` again to complete it). An ePayment the app never started
-        is refused (``ValueError``): see :meth:`pay_wrong_amount`.
+        (call ``pay`` again to complete it). ``funded_by="bank"``: from a bank
+        (see :meth:`add_payment`).
+
+        Raises ``ValueError``, as Khalti's page refuses the buyer, for an ePayment
+        paid, cancelled or refunded already, and for one whose link has expired
+        (``expires_at`` passed, by ``django.utils.timezone.now``): a link a shop
+        stored and sends again later cannot be paid. An ePayment the app never
+        started is refused too (``ValueError``): see :meth:`pay_wrong_amount`.
         """
         self._refuse_unstarted(pidx, "paid")
         with self._lock:
-            epayment = self.epayment(pidx)
+            epayment = self._payable_epayment(pidx)
             status = _canonical(status, ("Completed", "Pending"), "payment status")
-            if epayment.status not in ("Initiated", "Pending"):
-                raise ValueError(
-                    f"ePayment {epayment.pidx} is {epayment.status}: it cannot be paid."
-                )
+            funded_by = _canonical(funded_by, FUNDED_BY, "funded_by")
+            _payable(epayment.amount, funded_by)
             epayment.status = status
+            epayment.funded_by = funded_by
             epayment.transaction_id = epayment.transaction_id or khalti_id()
             epayment.mobile = mobile
             return epayment.return_url_with_params()
 
     def cancel(self, pidx: str | KhaltiFakeEpayment) -> str:
         """The buyer cancels on Khalti's page: lookup now says ``User canceled``.
-        Returns the URL Khalti sends the browser back to. An ePayment the app never
-        started is refused (``ValueError``), as by :meth:`pay`.
+        Returns the URL Khalti sends the browser back to. Refused (``ValueError``)
+        as :meth:`pay` is, an ePayment the app never started included.
         """
         self._refuse_unstarted(pidx, "canceled")
         with self._lock:
-            epayment = self.epayment(pidx)
-            if epayment.status not in ("Initiated", "Pending"):
-                raise ValueError(
-                    f"ePayment {epayment.pidx} is {epayment.status}: it cannot be canceled."
-                )
+            epayment = self._payable_epayment(pidx)
             epayment.status = "User canceled"
             return epayment.return_url_with_params()
+
+    def _payable_epayment(self, pidx: str | KhaltiFakeEpayment) -> KhaltiFakeEpayment:
+        """The ePayment of ``pidx``, if the buyer can still pay or cancel it on
+        Khalti's page; ``ValueError`` saying why not otherwise (an expired link
+        is marked Expired first, as lookup would find it).
+        """
+        epayment = self.epayment(pidx)
+        refusal = pay_refusal(epayment.held(), django_timezone.now())
+        if refusal is None:
+            return epayment
+        if refusal.rule == "pay.expired":
+            epayment.status = "Expired"
+        raise ValueError(refusal.message)
 
     def expire(self, pidx: str | KhaltiFakeEpayment) -> None:
         """The ePayment's link runs out unpaid: lookup now says ``Expired``.
@@ -410,6 +441,7 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         """
         epayment = self.epayment(pidx)
         self._refuse_unstarted(epayment, "paid")
+        self._payable_epayment(epayment)  # not an expired or closed link
         amount = _payable(amount)
         if amount == epayment.amount:
             raise ValueError(

@@ -8,52 +8,67 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from django.utils import timezone as django_timezone
 
-#: Nepal's time zone, in which Khalti writes its timestamps.
-NPT = timezone(timedelta(hours=5, minutes=45))
+from ..rules.shapes import (
+    BANK_MIN_AMOUNT,
+    EPAYMENT_400,
+    EPAYMENT_STATUSES,
+    MIN_AMOUNT,
+    NPT,
+    TOO_SMALL,
+    WALLET,
+    WIDGET,
+    Held,
+    HeldEpayment,
+    lookup_body,
+    payment_refusal,
+    record,
+    return_params,
+)
+
+__all__ = [
+    "EPAYMENT_400",
+    "EPAYMENT_STATUSES",
+    "MIN_AMOUNT",
+    "NPT",
+    "TOO_SMALL",
+    "WIDGET_STATES",
+    "KhaltiFakeEpayment",
+    "KhaltiFakePayment",
+    "khalti_id",
+]
 
 #: A widget payment's state at Khalti (the status endpoint then says Confirmed
 #: for a Completed payment not yet verified, Complete once verified).
 WIDGET_STATES = ("Initiated", "Completed", "Failed", "Refunded", "Partially refunded")
-#: An ePayment's status, as lookup spells it.
-EPAYMENT_STATUSES = (
-    "Initiated",
-    "Pending",
-    "Completed",
-    "Expired",
-    "User canceled",
-    "Refunded",
-    "Partially Refunded",
-)
-#: Lookup answers these with HTTP 400 (and the same body).
-EPAYMENT_400 = ("Expired", "User canceled")
-#: Khalti's smallest payment, in paisa (Rs 10): ePayment initiate refuses less
-#: (HTTP 400 on ``amount``), and so does the widget, in the buyer's browser, before
-#: any token exists.
-MIN_AMOUNT = 1000
-#: What Khalti says of an amount below :data:`MIN_AMOUNT`.
-TOO_SMALL = "Amount should be greater than Rs. 10, that is 1000 paisa."
 
 
-def _payable(amount: object) -> int:
-    """``amount`` if Khalti would take a payment of it: a positive int of paisa, at
-    least :data:`MIN_AMOUNT`. Raises ``ValueError`` otherwise, as a fake payment of
-    it could never exist at Khalti.
+def _payable(amount: object, funded_by: str = WALLET) -> int:
+    """``amount`` if Khalti would take a payment of it from ``funded_by``: a positive
+    int of paisa, at least :data:`MIN_AMOUNT` (:data:`BANK_MIN_AMOUNT` from a bank).
+    Raises ``ValueError`` otherwise, as a fake payment of it could never exist at Khalti.
     """
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise ValueError("amount must be a positive int (paisa).")
-    if amount < MIN_AMOUNT:
+    refusal = payment_refusal(amount, funded_by)
+    if refusal is None:
+        assert isinstance(amount, int)
+        return amount
+    if refusal.rule == "payment.minimum" and isinstance(amount, int) and amount > 0:
         raise ValueError(
             f"amount={amount}: Khalti refuses payments below Rs 10 ({MIN_AMOUNT} paisa): "
             f"{TOO_SMALL!r} A buyer cannot pay it, so the fake holds no such payment. "
             "(Amounts are in paisa: Rs 10 is 1000.)"
         )
-    return amount
+    if refusal.rule == "payment.bank-minimum":
+        raise ValueError(
+            f"amount={amount}: Khalti takes no bank payment below Rs 100 ({BANK_MIN_AMOUNT} "
+            "paisa), so the fake holds no such payment."
+        )
+    raise ValueError(refusal.message)
 
 
 _ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -101,6 +116,24 @@ class KhaltiFakePayment:
     #: Refunds Khalti made: ``(amount, mobile)``.
     refunds: list[tuple[int, str | None]] = field(default_factory=list)
     created_on: datetime = field(default_factory=_now)
+    #: Where the buyer's money came from: ``"wallet"`` or ``"bank"`` (whose refunds
+    #: Khalti makes only to a ``mobile``).
+    funded_by: str = WALLET
+
+    def held(self) -> Held:
+        """The payment as Khalti's rules read it."""
+        return Held(
+            idx=self.idx,
+            amount=self.amount,
+            state=self.status_state,
+            mobile=self.mobile,
+            created_on=self.created_on,
+            kind=WIDGET,
+            token=self.token,
+            fee_amount=self.fee_amount,
+            refunded_amount=self.refunded_amount,
+            funded_by=self.funded_by,
+        )
 
     def payload(self, product_identity: str, **extra: Any) -> dict[str, Any]:
         """What the widget's ``onSuccess`` hands the page for this payment: the
@@ -120,14 +153,7 @@ class KhaltiFakePayment:
 
     def record(self, amount: int | None = None) -> dict[str, Any]:
         """Khalti's transaction record, as verify and the transaction endpoint give it."""
-        return _record(
-            self.idx,
-            self.amount if amount is None else amount,
-            self.fee_amount,
-            self.refunded_amount,
-            self.mobile,
-            self.created_on,
-        )
+        return record(self.held(), amount)
 
     @property
     def status_state(self) -> str:
@@ -151,6 +177,7 @@ class KhaltiFakeEpayment:
     website_url: str = ""
     #: Khalti's transaction id, once the buyer has paid (what refunds need).
     transaction_id: str | None = None
+    #: Khalti's fee, in paisa (lookup says 0 until the buyer has paid).
     fee: int = 0
     mobile: str = ""
     refunded_amount: int = 0
@@ -160,35 +187,37 @@ class KhaltiFakeEpayment:
     #: The body the app sent to initiate it (empty if registered with add_epayment).
     request: dict[str, Any] = field(default_factory=dict)
     created_on: datetime = field(default_factory=_now)
+    #: Where the buyer's money came from, once paid: ``"wallet"`` or ``"bank"``.
+    funded_by: str = WALLET
+
+    def held(self) -> HeldEpayment:
+        """The ePayment as Khalti's rules read it."""
+        return HeldEpayment(
+            pidx=self.pidx,
+            amount=self.amount,
+            status=self.status,
+            expires_at=self.expires_at,
+            transaction_id=self.transaction_id,
+            fee=self.fee if self.transaction_id else 0,
+            refunded_amount=self.refunded_amount,
+        )
 
     def lookup_body(self, total_amount: int | None = None) -> dict[str, Any]:
-        """What lookup answers for it."""
-        return {
-            "pidx": self.pidx,
-            "total_amount": self.amount if total_amount is None else total_amount,
-            "status": self.status,
-            "transaction_id": self.transaction_id,
-            "fee": self.fee,
-            "refunded": self.refunded_amount > 0,
-        }
+        """What lookup answers for it now."""
+        body = lookup_body(self.held(), django_timezone.now())
+        return body if total_amount is None else {**body, "total_amount": total_amount}
 
     def return_params(self) -> dict[str, str]:
         """The query string Khalti appends to ``return_url`` when it sends the
         buyer back: the browser's word, which the app must not trust.
         """
-        paid = self.transaction_id is not None and self.status != "User canceled"
-        transaction_id = (self.transaction_id or "") if paid else ""
-        return {
-            "pidx": self.pidx,
-            "transaction_id": transaction_id,
-            "tidx": transaction_id,
-            "amount": str(self.amount),
-            "total_amount": str(self.amount),
-            "mobile": self.mobile if paid else "",
-            "status": self.status,
-            "purchase_order_id": self.purchase_order_id,
-            "purchase_order_name": self.purchase_order_name,
-        }
+        return return_params(
+            self.held(),
+            mobile=self.mobile,
+            purchase_order_id=self.purchase_order_id,
+            purchase_order_name=self.purchase_order_name,
+            now=django_timezone.now(),
+        )
 
     def return_url_with_params(self) -> str:
         """Where Khalti sends the buyer's browser back: ``return_url`` with
@@ -204,32 +233,15 @@ class KhaltiFakeEpayment:
 
     def record(self) -> dict[str, Any]:
         """Khalti's transaction record of the paid ePayment, as the transaction endpoint gives it."""
-        return _record(
-            self.transaction_id or "",
-            self.amount,
-            self.fee,
-            self.refunded_amount,
-            self.mobile,
-            self.created_on,
+        return record(
+            Held(
+                idx=self.transaction_id or "",
+                amount=self.amount,
+                state="Complete",
+                mobile=self.mobile,
+                created_on=self.created_on,
+                fee_amount=self.fee,
+                refunded_amount=self.refunded_amount,
+                funded_by=self.funded_by,
+            )
         )
-
-
-def _record(
-    idx: str, amount: int, fee: int, refunded: int, mobile: str, created_on: datetime
-) -> dict[str, Any]:
-    return {
-        "idx": idx,
-        "type": {"idx": "e476BL6jt9kgagEmsakyTL", "name": "Wallet payment"},
-        "state": {"idx": "DhvMj9hdRufLqkP8ZY4d8g", "name": "Completed", "template": "is complete"},
-        "amount": amount,
-        "fee_amount": fee,
-        "refunded": refunded > 0,
-        "created_on": created_on.isoformat(),
-        "ebanker": None,
-        "user": {"idx": "cCaPkRPQGn5D8StkiqqMJg", "name": "Test User", "mobile": mobile},
-        "merchant": {
-            "idx": "UM75Gm2gWmZvA4TPwkwZye",
-            "name": "Test Merchant",
-            "mobile": "merchant@example.com",
-        },
-    }

@@ -357,13 +357,13 @@ def test_payment_preference_keeps_the_merchants_order(context):
 
 
 def pay_by_bank(page):
-    """The e-banking tab's Pay; yields the bank's popup."""
-    show(page, '{paymentPreference: ["EBANKING"]}')
+    """The e-banking tab's Pay of Rs 100 (a bank's smallest payment); yields the bank's popup."""
+    show(page, '{paymentPreference: ["EBANKING"], amount: 10000}')
     with page.expect_popup() as opened:
         page.click("#sandbox-bank-pay-EBANKING")
     popup = opened.value
     popup.wait_for_load_state()
-    expect(popup.locator("#bank-amount")).to_have_attribute("data-paisa", "1000")
+    expect(popup.locator("#bank-amount")).to_have_attribute("data-paisa", "10000")
     return popup
 
 
@@ -377,7 +377,7 @@ def test_a_bank_tab_pays_through_the_popup_and_calls_on_success_in_the_opener(co
     assert [event["name"] for event in events] == ["onSuccess"]
     payload = events[0]["payload"]
     assert payload["widget_id"] == widget_id
-    assert payload["amount"] == 1000
+    assert payload["amount"] == 10000
     assert payload["product_identity"] == "stand-in-order-1"
     assert payload["idx"]
     assert payload["token"]

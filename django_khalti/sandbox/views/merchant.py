@@ -1,15 +1,17 @@
 """Khalti's merchant API and hosted ePayment page, played by the sandbox.
 
-Paths, bodies and answers follow /work/shared/khalti-api.md (what is known of
-Khalti's API): the merchant API checks ``Authorization: Key <secret>`` against
-``settings.KHALTI["SECRET_KEY"]``; the hosted page and the widget's dialog
-take the buyer's sandbox Khalti id and MPIN. The API is CSRF-exempt: it is
-"Khalti", called server to server.
+What the merchant API answers is decided by Khalti's rules
+(:mod:`django_khalti.rules`), the same the testing kit answers by: these views
+read the request, show the sandbox's rows to the rules as a ledger, and send
+back the rules' answer. The merchant API checks ``Authorization: Key <secret>``
+against ``settings.KHALTI["SECRET_KEY"]``; the hosted page and the widget's
+dialog take the buyer's sandbox Khalti id and MPIN. The API is CSRF-exempt: it
+is "Khalti", called server to server.
 """
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -24,7 +26,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 from rest_framework import status
 from rest_framework.authentication import BaseAuthentication
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
@@ -32,14 +34,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from ...rules import answers as rules
+from ...rules.shapes import Held, HeldEpayment, pay_refusal
 from .. import serializers
 from ..models import TEST_MOBILES, TEST_MPIN, SandboxEpayment, SandboxTransaction
 
-INVALID_TOKEN = {"token": ["Invalid token."]}
-NOT_FOUND = {"detail": "Not found."}
-
 
 def khalti_setting(name: str) -> str:
+    """``settings.KHALTI[name]`` as a string (``""`` when unset)."""
     return str((getattr(settings, "KHALTI", None) or {}).get(name) or "")
 
 
@@ -49,18 +51,17 @@ class KhaltiKeyAuthentication(BaseAuthentication):
     keyword = "Key"
 
     def authenticate(self, request: Request) -> tuple[Any, str]:
+        """The anonymous merchant and its key; Khalti's 401 for any other key."""
         header = request.META.get("HTTP_AUTHORIZATION", "")
-        keyword, _, key = header.partition(" ")
-        secret = khalti_setting("SECRET_KEY")
-        if (
-            keyword != self.keyword
-            or not secret
-            or not hmac.compare_digest(key.encode(), secret.encode())
-        ):
-            raise AuthenticationFailed("Invalid token.")
-        return AnonymousUser(), key
+        refusal = rules.authorize(header, khalti_setting("SECRET_KEY"))
+        if refusal is not None and refusal.rule == "auth.key":
+            raise NotAuthenticated(refusal.body["detail"])
+        if refusal is not None:
+            raise AuthenticationFailed(refusal.body["detail"])
+        return AnonymousUser(), header.partition(" ")[2]
 
     def authenticate_header(self, request: Request) -> str:
+        """The ``WWW-Authenticate`` keyword, which makes DRF answer 401."""
         return self.keyword
 
 
@@ -74,89 +75,110 @@ class SandboxAPIView(APIView):
 
 
 def invalid(serializer: Any, **extra: Any) -> Response:
+    """HTTP 400 with a serializer's errors (and ``extra`` keys)."""
     return Response({**serializer.errors, **extra}, status=status.HTTP_400_BAD_REQUEST)
 
 
-# --- widget flow (KPG-1) --------------------------------------------------------------
+def params(data: Any) -> Mapping[str, Any]:
+    """A request's body or query as the rules read it: a form's last values, or the JSON
+    object (anything else as ``{"body": ...}``, which has none of the fields).
+    """
+    if hasattr(data, "dict"):
+        return dict(data.dict())
+    return data if isinstance(data, dict) else {"body": data}
+
+
+def answered(answer: rules.Answer) -> Response:
+    """The rules' answer as the sandbox's HTTP response."""
+    return Response(answer.body, status=answer.status)
+
+
+class SandboxLedger:
+    """The sandbox's rows, as Khalti's rules read and change them (a ``KhaltiLedger``).
+
+    ``for_update``: rows are read locked (``select_for_update``), in the caller's
+    transaction, so that two refunds of one payment are taken one after the other.
+    """
+
+    def __init__(self, request: Request | None = None, *, for_update: bool = False) -> None:
+        self.request = request
+        self.for_update = for_update
+
+    def find_transaction(self, key: str) -> Held | None:
+        """The transaction whose token or idx is ``key``."""
+        rows = SandboxTransaction.objects.filter(Q(token=key) | Q(idx=key))
+        row = (rows.select_for_update() if self.for_update else rows).first()
+        return None if row is None else row.held()
+
+    def find_epayment(self, pidx: str) -> HeldEpayment | None:
+        """The ePayment of ``pidx``."""
+        row = SandboxEpayment.objects.select_related("transaction").filter(pidx=pidx).first()
+        return None if row is None else row.held()
+
+    def complete(self, held: Held) -> bool:
+        """The merchant verified this payment: one winner, from Confirmed only."""
+        return bool(
+            SandboxTransaction.objects.filter(
+                idx=held.idx, state=SandboxTransaction.State.CONFIRMED
+            ).update(state=SandboxTransaction.State.COMPLETED, completed_at=timezone.now())
+        )
+
+    def refund(self, held: Held, amount: int, mobile: str | None) -> None:
+        """Khalti refunds ``amount`` of this transaction (to ``mobile``, not kept)."""
+        SandboxTransaction.objects.filter(idx=held.idx).update(
+            refunded_amount=F("refunded_amount") + amount
+        )
+
+    def start(self, data: dict[str, Any]) -> tuple[HeldEpayment, str]:
+        """Keep a new ePayment; its payment URL is the sandbox's hosted page."""
+        epayment = SandboxEpayment.objects.create(
+            amount=data["amount"],
+            purchase_order_id=data["purchase_order_id"],
+            purchase_order_name=data["purchase_order_name"],
+            return_url=data["return_url"],
+            website_url=data["website_url"],
+            request=data,
+        )
+        assert self.request is not None
+        pay_url = self.request.build_absolute_uri(reverse("khalti_sandbox:pay"))
+        return epayment.held(), f"{pay_url}?pidx={epayment.pidx}"
+
+    def expire(self, epayment: HeldEpayment) -> None:
+        """Nothing to write: a row's lookup status derives Expired from ``expires_at``."""
 
 
 class VerifyView(SandboxAPIView):
     """``POST api/v2/payment/verify/``: completes a confirmed widget payment, once."""
 
     def post(self, request: Request) -> Response:
-        serializer = serializers.VerifySerializer(data=request.data)
-        if not serializer.is_valid():
-            return invalid(serializer)
-        token, amount = serializer.validated_data["token"], serializer.validated_data["amount"]
-        # One winner: the token must still be Confirmed, for exactly this amount.
-        with transaction.atomic():
-            won = SandboxTransaction.objects.filter(
-                token=token, state=SandboxTransaction.State.CONFIRMED, amount=amount
-            ).update(state=SandboxTransaction.State.COMPLETED, completed_at=timezone.now())
-        if not won:
-            return Response(INVALID_TOKEN, status=status.HTTP_400_BAD_REQUEST)
-        return Response(SandboxTransaction.objects.get(token=token).record())
+        """Khalti's answer to a verify."""
+        return answered(rules.verify(params(request.data), SandboxLedger()))
 
 
 class StatusView(SandboxAPIView):
     """``GET api/v2/payment/status/?token=&amount=``: the state of a payment (token or idx)."""
 
     def get(self, request: Request) -> Response:
-        serializer = serializers.StatusSerializer(data=request.query_params)
-        if not serializer.is_valid():
-            return invalid(serializer)
-        token, amount = serializer.validated_data["token"], serializer.validated_data["amount"]
-        record = SandboxTransaction.objects.filter(Q(token=token) | Q(idx=token)).first()
-        if record is None or record.amount != amount:
-            return Response({"status": False, "state": "Error", "detail": "Transaction not found"})
-        state = record.khalti_state()
-        detail = {
-            "Initiated": "Transaction is initiated",
-            "Confirmed": "User has confirmed the transaction",
-            "Complete": "Transaction is complete",
-            "Refunded": "Transaction is refunded",
-            "Partially refunded": "Transaction is partially refunded",
-        }[state]
-        return Response({"status": True, "state": state, "detail": detail})
+        """Khalti's answer to a status call."""
+        return answered(rules.status(params(request.query_params), SandboxLedger()))
 
 
 class TransactionView(SandboxAPIView):
     """``GET api/v2/merchant-transaction/<idx>/``: Khalti's record of a transaction."""
 
     def get(self, request: Request, idx: str) -> Response:
-        record = SandboxTransaction.objects.filter(idx=idx).first()
-        if record is None:
-            return Response(NOT_FOUND, status=status.HTTP_404_NOT_FOUND)
-        return Response(record.record())
+        """Khalti's record of ``idx``, or 404."""
+        return answered(rules.transaction(idx, SandboxLedger()))
 
 
 class RefundView(SandboxAPIView):
     """``POST api/merchant-transaction/<idx>/refund/``: all that remains, or ``amount`` of it."""
 
     def post(self, request: Request, idx: str) -> Response:
-        serializer = serializers.RefundSerializer(data=request.data)
-        if not serializer.is_valid():
-            return invalid(serializer)
-        wanted = serializer.validated_data.get("amount")
+        """Khalti's answer to a refund, the row locked meanwhile."""
         with transaction.atomic():
-            record = SandboxTransaction.objects.select_for_update().filter(idx=idx).first()
-            if record is None:
-                return Response(NOT_FOUND, status=status.HTTP_404_NOT_FOUND)
-            remaining = record.refundable_amount
-            if record.state != SandboxTransaction.State.COMPLETED:
-                refusal = "Transaction is not complete; it cannot be refunded."
-            elif remaining == 0:
-                refusal = "Transaction is already refunded."
-            elif wanted is not None and wanted > remaining:
-                refusal = f"Refund amount exceeds the refundable amount ({remaining} paisa)."
-            else:
-                refusal = None
-            if refusal:
-                return Response({"detail": refusal}, status=status.HTTP_400_BAD_REQUEST)
-            SandboxTransaction.objects.filter(pk=record.pk).update(
-                refunded_amount=F("refunded_amount") + (wanted or remaining)
-            )
-        return Response({"detail": "Transaction refund successful."})
+            answer = rules.refund(idx, params(request.data), SandboxLedger(for_update=True))
+        return answered(answer)
 
 
 # --- ePayment (KPG-2) -----------------------------------------------------------------
@@ -166,48 +188,17 @@ class EpaymentInitiateView(SandboxAPIView):
     """``POST api/v2/epayment/initiate/``: a pidx and the hosted page to send the buyer to."""
 
     def post(self, request: Request) -> Response:
-        serializer = serializers.InitiateSerializer(data=request.data)
-        if not serializer.is_valid():
-            return invalid(serializer, error_key="validation_error")
-        data = serializer.validated_data
-        epayment = SandboxEpayment.objects.create(
-            amount=data["amount"],
-            purchase_order_id=data["purchase_order_id"],
-            purchase_order_name=data["purchase_order_name"],
-            return_url=data["return_url"],
-            website_url=data["website_url"],
-            request=request.data.dict() if hasattr(request.data, "dict") else dict(request.data),
-        )
-        pay_url = request.build_absolute_uri(reverse("khalti_sandbox:pay"))
-        return Response(
-            {
-                "pidx": epayment.pidx,
-                "payment_url": f"{pay_url}?pidx={epayment.pidx}",
-                "expires_at": timezone.localtime(epayment.expires_at).isoformat(),
-                "expires_in": round((epayment.expires_at - timezone.now()).total_seconds()),
-            }
-        )
+        """Khalti's answer to an initiate."""
+        ledger = SandboxLedger(request)
+        return answered(rules.initiate(params(request.data), ledger, timezone.now()))
 
 
 class EpaymentLookupView(SandboxAPIView):
     """``POST api/v2/epayment/lookup/``: HTTP 400 with the same body for Expired and User canceled."""
 
     def post(self, request: Request) -> Response:
-        serializer = serializers.LookupSerializer(data=request.data)
-        if not serializer.is_valid():
-            return invalid(serializer, error_key="validation_error")
-        epayment = (
-            SandboxEpayment.objects.select_related("transaction")
-            .filter(pidx=serializer.validated_data["pidx"])
-            .first()
-        )
-        if epayment is None:
-            return Response(
-                {**NOT_FOUND, "error_key": "validation_error"}, status=status.HTTP_404_NOT_FOUND
-            )
-        body = epayment.lookup()
-        failed = body["status"] in ("Expired", "User canceled")
-        return Response(body, status=status.HTTP_400_BAD_REQUEST if failed else status.HTTP_200_OK)
+        """Khalti's answer to a lookup."""
+        return answered(rules.lookup(params(request.data), SandboxLedger(), timezone.now()))
 
 
 @never_cache
@@ -226,11 +217,7 @@ def pay(request: HttpRequest) -> HttpResponse:
         "mpin": TEST_MPIN,
         "test_mobiles": f"{TEST_MOBILES[0]} to {TEST_MOBILES[-1]}",
     }
-    if (
-        request.method == "POST"
-        and epayment.status == SandboxEpayment.Status.INITIATED
-        and not epayment.expired
-    ):
+    if request.method == "POST" and pay_refusal(epayment.held(), timezone.now()) is None:
         if request.POST.get("action") == "cancel":
             if _settle(epayment, SandboxEpayment.Status.USER_CANCELED):
                 return redirect(_reloaded(epayment).return_url_with_result())
@@ -249,11 +236,14 @@ def pay(request: HttpRequest) -> HttpResponse:
 
 
 def _reloaded(epayment: SandboxEpayment) -> SandboxEpayment:
+    """The ePayment as it is now in the database."""
     return SandboxEpayment.objects.select_related("transaction").get(pk=epayment.pk)
 
 
 def _settle(epayment: SandboxEpayment, to: str, mobile: str = "") -> bool:
-    """Pay or cancel an initiated ePayment; True for the one request that did it."""
+    """Pay or cancel an initiated ePayment; True for the one request that did it (the
+    update's guard re-checks, in the database, what :func:`pay_refusal` allowed).
+    """
     now = timezone.now()
     with transaction.atomic():
         record = None

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from django.db import transaction
@@ -91,6 +92,7 @@ LOGO = (
 
 
 def public_key_ok(public_key: str) -> bool:
+    """Whether ``public_key`` is the merchant's public key (``KHALTI["PUBLIC_KEY"]``)."""
     expected = khalti_setting("PUBLIC_KEY")
     return bool(expected) and hmac.compare_digest(public_key.encode(), expected.encode())
 
@@ -98,11 +100,16 @@ def public_key_ok(public_key: str) -> bool:
 INVALID_PUBLIC_KEY = {"public_key": ["Invalid public key."]}
 
 
-def _new_transaction(data: dict[str, Any], state: str) -> SandboxTransaction:
-    """A widget payment of the buyer's (validated) request, with its token."""
+def _new_transaction(
+    data: dict[str, Any], state: str, funded_by: str = SandboxTransaction.FundedBy.WALLET
+) -> SandboxTransaction:
+    """A widget payment of the buyer's (validated) request, with its token, paid from
+    a wallet or (the bank popup) a bank.
+    """
     return SandboxTransaction.objects.create(
         kind=SandboxTransaction.Kind.WIDGET,
         state=state,
+        funded_by=funded_by,
         token=new_id(),
         amount=data["amount"],
         mobile=data["mobile"],
@@ -123,8 +130,9 @@ class WidgetAPIView(APIView):
     parser_classes = [JSONParser]
 
     def finalize_response(
-        self, request: Request, response: HttpResponse, *args: Any, **kwargs: Any
-    ) -> HttpResponse:
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        """The response, open to the widget's cross-origin calls (CORS)."""
         response = super().finalize_response(request, response, *args, **kwargs)
         response["Access-Control-Allow-Origin"] = "*"
         response["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
@@ -139,6 +147,7 @@ class InitiateView(WidgetAPIView):
     """
 
     def post(self, request: Request) -> Response:
+        """A token for the buyer's payment, or Khalti's refusal."""
         serializer = serializers.WidgetInitiateSerializer(data=request.data)
         if not serializer.is_valid():
             return invalid(serializer)
@@ -155,6 +164,7 @@ class ConfirmView(WidgetAPIView):
     """
 
     def post(self, request: Request) -> Response:
+        """The confirm answer, or Khalti's refusal of the code or the PIN."""
         serializer = serializers.WidgetConfirmSerializer(data=request.data)
         if not serializer.is_valid():
             return invalid(serializer)
@@ -191,7 +201,10 @@ class BankListView(WidgetAPIView):
     """``GET api/v2/bank/?payment_type=sdkebanking|mobilecheckout``: a page of banks."""
 
     def get(self, request: Request) -> Response:
-        banks = [{**bank, "logo": LOGO} for bank in BANKS.get(request.GET.get("payment_type"), [])]
+        """The sandbox's banks of ``payment_type``, as one page."""
+        banks = [
+            {**bank, "logo": LOGO} for bank in BANKS.get(request.GET.get("payment_type", ""), [])
+        ]
         return Response(
             {
                 "total_pages": 1,
@@ -211,6 +224,7 @@ class WidgetPayView(WidgetAPIView):
     """
 
     def post(self, request: Request) -> Response:
+        """The confirm answer of a wallet payment, or the refusal of the buyer's input."""
         serializer = serializers.WidgetPaySerializer(data=request.data)
         if not serializer.is_valid():
             return invalid(serializer)
@@ -229,6 +243,7 @@ def bank_initiate(request: HttpRequest) -> HttpResponse:
     payment and the page reports to ``window.opener`` as Khalti's bank flow does.
     """
     payment = serializers.BankInitiateSerializer(data=request.GET.dict())
+    errors: Mapping[str, Any] | None
     if not payment.is_valid():
         errors = payment.errors
     elif not public_key_ok(payment.validated_data["public_key"]):
@@ -242,7 +257,9 @@ def bank_initiate(request: HttpRequest) -> HttpResponse:
             payment=data, bank=bank_name(data["bank"]), amount_rupees=rupees(data["amount"])
         )
         if request.method == "POST":
-            record = _new_transaction(data, SandboxTransaction.State.CONFIRMED)
+            record = _new_transaction(
+                data, SandboxTransaction.State.CONFIRMED, SandboxTransaction.FundedBy.BANK
+            )
             context["result"] = record.confirm_answer()
     status_code = 400 if errors else 200
     response = render(request, "khalti_sandbox/bank.html", context, status=status_code)
