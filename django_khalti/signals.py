@@ -19,12 +19,25 @@ has none of those, and the system check ``django_khalti.W007`` names them.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from django.apps import apps
 from django.dispatch import Signal
-from django.dispatch.dispatcher import _make_id
+
+
+def _make_id(target: object) -> Hashable:
+    """The id :class:`~django.dispatch.Signal` keys a receiver or sender by (as Django's own)."""
+    if hasattr(target, "__func__"):  # a bound method: its object and its function
+        return (id(target.__self__), id(target.__func__))  # type: ignore[attr-defined]
+    return id(target)
+
+
+def _alive(entry: tuple[Any, ...]) -> bool:
+    """Whether a receiver entry of a signal still has its receiver (a weak one may be gone)."""
+    receiver = entry[1]
+    return not isinstance(receiver, weakref.ReferenceType) or receiver() is not None
 
 
 def _describe(receiver: Callable[..., Any]) -> tuple[str, str]:
@@ -68,9 +81,9 @@ class KhaltiSignal(Signal):
     def late_receivers(self) -> list[tuple[str, str]]:
         """``(module, dotted name)`` of each receiver still connected that was connected late."""
         with self.lock:
-            self._clear_dead_receivers()
-            connected = [entry[0] for entry in self.receivers]
+            connected = [entry[0] for entry in self.receivers if _alive(entry)]
         return [self.late[key] for key in connected if key in self.late]
+
 
 #: Khalti confirmed the payment for the expected amount. Fulfil the order.
 #: kwargs: ``payment`` (the verified :class:`Payment`).

@@ -47,7 +47,7 @@ def _check_connections(databases: dict[str, Any]) -> list[checks.CheckMessage]:
 def check_website_url_https(config: dict[str, Any]) -> list[checks.CheckMessage]:
     """W008: ``WEBSITE_URL`` with ``http://``: buyers come back from Khalti unencrypted."""
     website_url = config.get("WEBSITE_URL")
-    if not website_url_is_sane(website_url) or urlsplit(website_url).scheme != "http":
+    if not website_url_is_sane(website_url) or urlsplit(str(website_url)).scheme != "http":
         return []
     return [
         checks.Warning(

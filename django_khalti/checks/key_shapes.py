@@ -76,7 +76,7 @@ def check_public_key_for_widget(config: dict[str, Any]) -> list[checks.CheckMess
 
 def check_swapped_keys(config: dict[str, Any]) -> list[checks.CheckMessage]:
     """E010: ``SECRET_KEY`` shaped like a public key, or ``PUBLIC_KEY`` like a secret one."""
-    problems = []
+    problems: list[checks.CheckMessage] = []
     if looks_public(config.get("SECRET_KEY")):
         problems.append(
             checks.Error(

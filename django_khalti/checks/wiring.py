@@ -41,7 +41,7 @@ def check_late_receivers() -> list[checks.CheckMessage]:
     from .. import signals
 
     resolves("django_khalti:verify")  # loads ROOT_URLCONF, and the views it imports
-    problems = []
+    problems: list[checks.CheckMessage] = []
     for name in ("payment_verified", "payment_failed", "payment_refunded", "payment_needs_review"):
         for module, receiver in getattr(signals, name).late_receivers():
             where = ready_method_of(apps.get_containing_app_config(module) or project_app())
