@@ -324,3 +324,9 @@ def test_w005_hint_names_the_projects_app_config():
         payment_verified.late = late
     assert ids(output) == ["W005"]
     assert "in ShopConfig.ready() (shop/apps.py)" in output
+
+
+def test_e009_quiet_for_a_widget_tag_in_a_template_comment(tmp_path):
+    (tmp_path / "pay.html").write_text("{% load khalti %}{# {% khalti_widget o.ref %} #}")
+    templates = [{**NO_TEMPLATES[0], "DIRS": [tmp_path]}]
+    assert ids(check(KHALTI={**GOOD, "PUBLIC_KEY": None}, TEMPLATES=templates)) == []
