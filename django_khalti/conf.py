@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from .exceptions import KhaltiConfigurationError
+from .keys import looks_secret
 
 DEFAULTS: dict[str, Any] = {
     "SECRET_KEY": None,
@@ -90,6 +91,15 @@ def website_url_is_sane(value: Any) -> bool:
     )
 
 
+#: Why a ``PUBLIC_KEY`` shaped like a secret key is published nowhere (never the key itself).
+SECRET_AS_PUBLIC_KEY = (
+    "KHALTI['PUBLIC_KEY'] is shaped like a secret key (its prefix is '..._secret_key_'), "
+    "so it is not published in any page: anyone could take it from the HTML and refund "
+    "the shop's payments. Put the public key there, the secret key in SECRET_KEY "
+    "(system check django_khalti.E010)."
+)
+
+
 class KhaltiSettings:
     """Attribute access to ``settings.KHALTI`` merged over :data:`DEFAULTS`."""
 
@@ -116,6 +126,27 @@ class KhaltiSettings:
         if not isinstance(config, dict):
             raise KhaltiConfigurationError("settings.KHALTI must be a dict.")
         return config
+
+    def refuse_secret_as_public_key(self) -> None:
+        """Raise :class:`~django_khalti.exceptions.KhaltiConfigurationError` when
+        ``PUBLIC_KEY`` is shaped like a secret key (:func:`~django_khalti.keys.looks_secret`);
+        the error's message never shows the key.
+        """
+        if looks_secret(self.PUBLIC_KEY):
+            raise KhaltiConfigurationError(SECRET_AS_PUBLIC_KEY)
+
+    @property
+    def public_key_for_page(self) -> str:
+        """``PUBLIC_KEY``, to publish in a page (the widget's configuration).
+
+        Raises :class:`~django_khalti.exceptions.KhaltiConfigurationError` when it is
+        unset, or shaped like a secret key: that one is never published.
+        """
+        self.refuse_secret_as_public_key()
+        key = self.PUBLIC_KEY
+        if not key:
+            raise KhaltiConfigurationError("KHALTI['PUBLIC_KEY'] is not set: the widget needs it.")
+        return str(key)
 
     @property
     def stale_after(self) -> float:

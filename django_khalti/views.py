@@ -28,6 +28,7 @@ from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
 from . import services
+from .conf import khalti_settings
 from .exceptions import (
     KhaltiAlreadyPaid,
     KhaltiAmountMismatch,
@@ -216,6 +217,9 @@ class VerifyView(KhaltiAPIView):
         (400, 404, 409; 502, 503 or 504 when Khalti's answer is unknown and the
         payment stays pending).
         """
+        # The page that paid had the public key: a secret-shaped one is refused
+        # (503 not_configured, logged), as {% khalti_widget %} refuses to publish it.
+        khalti_settings.refuse_secret_as_public_key()
         payment = services.verify_payment(request, **self.validated(request))
         return self.answer({"status": "verified", "payment": payment})
 

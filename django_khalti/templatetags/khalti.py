@@ -33,7 +33,7 @@ from django.utils.translation import gettext as _
 from .. import services
 from ..conf import khalti_settings
 from ..decorators import popups_allowed
-from ..exceptions import KhaltiConfigurationError, KhaltiError
+from ..exceptions import KhaltiAmountTooSmall, KhaltiConfigurationError, KhaltiError
 
 logger = logging.getLogger(__name__)
 register = template.Library()
@@ -134,8 +134,10 @@ def khalti_widget(
     """Khalti's widget for the order ``product_identity``: a Pay button and what it needs.
 
     The amount is the shop's resolver's for this request. An order the resolver
-    does not know renders a message and no button; a misconfigured shop (the
-    resolver raising, ...) renders "not available" and logs the error, as the
+    does not know, or one under Khalti's minimum of Rs 10 (as ePayment refuses
+    it), renders the refusal's words and no button; a misconfigured shop (the
+    resolver raising, no ``PUBLIC_KEY``, or one shaped like a secret key, which
+    is never published) renders "not available" and logs the error, as the
     views answer ``503 not_configured``. ``success_url`` (default
     ``KHALTI["SUCCESS_URL"]``; a path, URL or URL name) is where the buyer goes
     once verified, with ``?payment=<id>``; without one, the page reloads.
@@ -166,8 +168,9 @@ def khalti_widget(
             raise KhaltiConfigurationError(
                 f"The order {identity!r} costs {amount} paisa, more than a browser counts exactly."
             )
-        if not khalti_settings.PUBLIC_KEY:
-            raise KhaltiConfigurationError("KHALTI['PUBLIC_KEY'] is not set: the widget needs it.")
+        if amount < services.MIN_EPAYMENT_AMOUNT:  # as ePayment refuses it, in its words
+            raise KhaltiAmountTooSmall()
+        public_key = khalti_settings.public_key_for_page  # never a secret-shaped key
     except KhaltiError as exc:  # KhaltiUnknownOrder: the refusal's own words
         page["error"] = exc.detail
     except (KhaltiConfigurationError, DatabaseError) as exc:
@@ -176,7 +179,7 @@ def khalti_widget(
     else:
         _warn_without_popups(request)
         config: dict[str, Any] = {
-            "publicKey": khalti_settings.PUBLIC_KEY,
+            "publicKey": public_key,
             "productIdentity": identity,
             "productName": str(product_name) if product_name else identity,
             "productUrl": _product_url(request, product_url),
