@@ -14,7 +14,7 @@ default exception handler writes them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from django.core.validators import URLValidator
 from rest_framework import serializers
@@ -22,10 +22,18 @@ from rest_framework.schemas.inspectors import DefaultSchema
 from rest_framework.schemas.openapi import AutoSchema
 from rest_framework.settings import api_settings
 
-from .exceptions import KhaltiInitiationRejected
+from .exceptions import KhaltiError, KhaltiInitiationRejected
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .views import KhaltiAPIView
+
+class KhaltiAPIView(Protocol):
+    """What the schema reads of a dj-khalti API view (:class:`django_khalti.views.KhaltiAPIView`,
+    which imports this module, so it is described here rather than imported).
+    """
+
+    request_serializer: type[serializers.Serializer[Any]]
+    response_serializer: type[serializers.Serializer[Any]]
+    success_status: int
+    refusals: tuple[type[KhaltiError], ...]
 
 
 class KhaltiErrorResponse(NamedTuple):

@@ -502,7 +502,7 @@ def test_w004_comes_with_check_deploy_only():
 
 
 def test_w004_says_what_to_do():
-    from django_khalti.checks import _check_connections
+    from django_khalti.checks.deploy import _check_connections
 
     shop = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "shop"}}
     (warning,) = _check_connections(shop)
