@@ -27,13 +27,26 @@ def files_using_the_names() -> set[str]:
         if path.is_file() and "__pycache__" not in path.parts and NAME.search(path.read_text()):
             name = str(path.relative_to(TUTORIAL))
             found.add(SHOWN_AS.get(name, name))
-    return found
+    return found | pages_using_the_names()
+
+
+def pages_using_the_names() -> set[str]:
+    """The tutorial's pages whose own code blocks (commands to type) use the names."""
+    return {
+        page.name
+        for page in TUTORIAL.glob("*.rst")
+        if page.name != "index.rst"
+        and any(
+            line.startswith("    ") and NAME.search(line) for line in page.read_text().splitlines()
+        )
+    }
 
 
 def test_the_names_are_found_where_the_tutorial_uses_them():
     found = files_using_the_names()
     assert {"mysite/settings.py", "mysite/urls.py", "pytest.ini", "shop/urls.py"} <= found
     assert "shop/templates/shop/payment_failed.html" in found
+    assert {"epayment.rst", "widget.rst", "offline.rst"} <= found  # their shell commands
 
 
 def test_the_table_lists_every_file_that_uses_the_names():
