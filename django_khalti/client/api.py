@@ -267,7 +267,10 @@ class KhaltiClient:
         )
         if status in (401, 403):
             logger.error(
-                "Khalti refused our credentials (HTTP %s): check KHALTI['SECRET_KEY'].", status
+                "Khalti refused the call (HTTP %s, saying %r): check KHALTI['SECRET_KEY'] "
+                "and BASE_URL.",
+                status,
+                self._reason(content),
             )
             raise KhaltiBadResponse(khalti_status=status)
         if status == 429 or status >= 500:
@@ -278,6 +281,18 @@ class KhaltiClient:
             logger.warning("Khalti %s %s answered with a body that is not JSON.", method, path)
             raise KhaltiBadResponse(khalti_status=status) from None
         return status, body
+
+    def _reason(self, content: bytes) -> str:
+        """The ``detail`` of a refusal's JSON body, short and without the key, for the
+        log: "Invalid token." from Khalti, or why a local sandbox will not serve.
+        """
+        try:
+            detail = json.loads(content).get("detail")
+        except (ValueError, AttributeError, RecursionError):
+            return ""
+        if not isinstance(detail, str):
+            return ""
+        return detail.replace(self._secret_key, "[key]")[:200]
 
     def _refusal(self, status: int, body: Any, any_4xx: bool = False) -> KhaltiError:
         """A definitive refusal for a readable HTTP 400, an unknown outcome otherwise.

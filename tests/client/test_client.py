@@ -232,6 +232,34 @@ def test_the_secret_is_in_no_exception_repr_or_log(client, rsps, caplog):
     assert "Key" not in get_session().headers.get("Authorization", "")
 
 
+@pytest.mark.parametrize(
+    ("status", "detail"),
+    [
+        (401, "Invalid token."),
+        (403, "The Khalti sandbox serves only while DEBUG is on: it marks any payment paid."),
+    ],
+)
+def test_a_refused_call_logs_khaltis_own_reason(client, rsps, caplog, status, detail):
+    # A local sandbox refusing to serve answers 403 with why: the log says that, not
+    # only "check your key".
+    rsps.post("https://khalti.test/api/v2/payment/verify/", status=status, json={"detail": detail})
+    with pytest.raises(KhaltiBadResponse):
+        client.verify("tok", 1000)
+    assert f"HTTP {status}, saying {detail!r}" in caplog.text
+
+
+def test_a_refusal_that_echoes_the_key_is_logged_without_it(client, rsps, caplog):
+    rsps.post(
+        "https://khalti.test/api/v2/payment/verify/",
+        status=401,
+        json={"detail": f"Key {SECRET} is not valid"},
+    )
+    with pytest.raises(KhaltiBadResponse):
+        client.verify("tok", 1000)
+    assert "saying 'Key [key] is not valid'" in caplog.text
+    assert SECRET not in caplog.text
+
+
 def test_one_pooled_session_is_reused_across_clients_and_calls(rsps):
     rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
     rsps.post("https://khalti.test/api/v2/payment/verify/", json=fixture("verify_completed"))
