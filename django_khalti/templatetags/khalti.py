@@ -15,8 +15,8 @@ template's context (``django.template.context_processors.request``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from django import template
 from django.conf import settings
@@ -46,6 +46,8 @@ MAX_SAFE_AMOUNT = 2**53 - 1
 _COUNTER = "_khalti_widgets"
 #: Set on the request once a widget has rendered the scripts.
 _SCRIPTS = "_khalti_widget_scripts"
+
+_T = TypeVar("_T")
 
 
 def _request(context: template.Context, tag: str) -> HttpRequest:
@@ -117,6 +119,49 @@ def _warn_without_popups(request: HttpRequest) -> None:
         )
 
 
+def _payable_amount(request: HttpRequest, identity: str) -> int:
+    """The amount the shop's resolver asks for ``identity``, if Khalti takes it online:
+    ``KhaltiAmountTooSmall`` under Rs 10, as ePayment refuses it, in its words.
+    """
+    amount = services.expected_amount(request, identity)
+    if amount > MAX_SAFE_AMOUNT:
+        raise KhaltiConfigurationError(
+            f"The order {identity!r} costs {amount} paisa, more than a browser counts exactly."
+        )
+    if amount < services.MIN_EPAYMENT_AMOUNT:
+        raise KhaltiAmountTooSmall()
+    return amount
+
+
+def _or_words(tag: str, identity: str, offer: Callable[[], _T]) -> tuple[_T | None, str | None]:
+    """``offer()`` and no words; or None and what a buyer reads instead of a Pay button:
+    a refusal's own words (an unknown order, under Rs 10), or "not available" for a
+    misconfigured shop, logged.
+    """
+    try:
+        return offer(), None
+    except KhaltiError as exc:
+        return None, str(exc.detail)
+    except (KhaltiConfigurationError, DatabaseError) as exc:
+        logger.error("{%% %s %%} cannot offer %r: %s", tag, identity, exc, exc_info=exc)
+        return None, _("Payments are not available right now.")
+
+
+def _widget_messages() -> dict[str, str]:
+    """What the widget's script says to the buyer, in the page's language."""
+    return {
+        "confirming": _("Paid at Khalti; confirming your payment with the shop…"),
+        "verified": _("Khalti confirmed your payment. Thank you!"),
+        "failed": _("Your payment could not be confirmed."),
+        "unconfirmed": _(
+            "Your payment is not confirmed yet. Do not pay again: check again in a moment."
+        ),
+        "checkAgain": _("Check again"),
+        "closed": _("The Khalti window was closed; nothing was paid."),
+        "unavailable": _("Khalti's widget could not be loaded."),
+    }
+
+
 @register.simple_tag(takes_context=True)
 def khalti_widget(
     context: template.Context,
@@ -162,23 +207,16 @@ def khalti_widget(
         "error": None,
     }
     preferences = _preferences(payment_preference)  # the template's bug: raised, loud
-    try:
-        amount = services.expected_amount(request, identity)
-        if amount > MAX_SAFE_AMOUNT:
-            raise KhaltiConfigurationError(
-                f"The order {identity!r} costs {amount} paisa, more than a browser counts exactly."
-            )
-        if amount < services.MIN_EPAYMENT_AMOUNT:  # as ePayment refuses it, in its words
-            raise KhaltiAmountTooSmall()
-        public_key = khalti_settings.public_key_for_page  # never a secret-shaped key
-    except KhaltiError as exc:  # KhaltiUnknownOrder: the refusal's own words
-        page["error"] = exc.detail
-    except (KhaltiConfigurationError, DatabaseError) as exc:
-        logger.error("{%% khalti_widget %%} cannot offer %r: %s", identity, exc, exc_info=exc)
-        page["error"] = _("Payments are not available right now.")
-    else:
+    offer, page["error"] = _or_words(
+        "khalti_widget",
+        identity,
+        # Never a secret-shaped key: khalti_settings.public_key_for_page refuses one.
+        lambda: (_payable_amount(request, identity), khalti_settings.public_key_for_page),
+    )
+    if offer is not None:
+        amount, public_key = offer
         _warn_without_popups(request)
-        config: dict[str, Any] = {
+        page["config"] = {
             "publicKey": public_key,
             "productIdentity": identity,
             "productName": str(product_name) if product_name else identity,
@@ -188,21 +226,9 @@ def khalti_widget(
             "csrfToken": get_token(request),
             "successUrl": _page_url(request, success_url or khalti_settings.SUCCESS_URL),
             "failureUrl": _page_url(request, failure_url),
-            "messages": {
-                "confirming": _("Paid at Khalti; confirming your payment with the shop…"),
-                "verified": _("Khalti confirmed your payment. Thank you!"),
-                "failed": _("Your payment could not be confirmed."),
-                "unconfirmed": _(
-                    "Your payment is not confirmed yet. Do not pay again: check again in a moment."
-                ),
-                "checkAgain": _("Check again"),
-                "closed": _("The Khalti window was closed; nothing was paid."),
-                "unavailable": _("Khalti's widget could not be loaded."),
-            },
+            "messages": _widget_messages(),
+            **({"paymentPreference": preferences} if preferences else {}),
         }
-        if preferences:
-            config["paymentPreference"] = preferences
-        page["config"] = config
         # The scripts, once a page: with the first widget that can be paid.
         page["first"] = not getattr(request, _SCRIPTS, False)
         setattr(request, _SCRIPTS, True)
@@ -220,9 +246,13 @@ def khalti_epayment_button(
 ) -> SafeString:
     """A button that starts an ePayment for ``product_identity``: a POST form to
     ``django_khalti:epayment-start`` with the CSRF token. The order and its
-    amount are checked there, by the shop's resolver.
+    amount are checked there again, by the shop's resolver. An order the resolver
+    does not know, or one under Khalti's minimum of Rs 10, renders the refusal's
+    words and no button, as :func:`khalti_widget` does (and a misconfigured shop
+    "not available", logged).
     """
     request = _request(context, "khalti_epayment_button")
+    identity = str(product_identity)
     try:
         action = reverse("django_khalti:epayment-start", args=[str(product_identity)])
     except NoReverseMatch as exc:
@@ -231,9 +261,13 @@ def khalti_epayment_button(
             "django_khalti:epayment-start: include 'django_khalti.urls' (not widget_urls), "
             "and use references without '/'."
         ) from exc
+    _amount, error = _or_words(
+        "khalti_epayment_button", identity, lambda: _payable_amount(request, identity)
+    )
     return render_to_string(
         "django_khalti/epayment_button.html",
         {
+            "error": error,
             "action": action,
             "label": label or _("Pay with Khalti"),
             "button_id": button_id,

@@ -8,9 +8,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.template import Context, Template, TemplateSyntaxError
 from django.test import Client, RequestFactory, override_settings
+from django.urls import reverse
 
 from django_khalti.decorators import allow_khalti_popups
 from django_khalti.exceptions import KhaltiConfigurationError
+from shop.models import Order
 
 pytestmark = pytest.mark.django_db
 
@@ -224,7 +226,7 @@ def test_debug_warns_of_a_widget_on_a_view_without_the_decorator(
 # --- {% khalti_epayment_button %} ----------------------------------------------------
 
 
-def test_the_epayment_button_is_a_post_form_with_the_csrf_token(db):
+def test_the_epayment_button_is_a_post_form_with_the_csrf_token(order):
     html = render('{% khalti_epayment_button "ORD-1" %}')
     assert (
         '<form method="post" action="/khalti/epayment/start/ORD-1/" class="khalti-epayment">'
@@ -235,6 +237,7 @@ def test_the_epayment_button_is_a_post_form_with_the_csrf_token(db):
 
 
 def test_the_epayment_button_takes_a_label_and_attributes(db):
+    Order.objects.create(reference="A B", total=1000)
     html = render(
         '{% khalti_epayment_button ref "Pay on Khalti" button_id="go" button_class="big" %}',
         ref="A B",
@@ -249,6 +252,28 @@ def test_the_epayment_button_starts_the_payment_it_names(client, order, expect_k
     expect_khalti.initiate(1000, "ORD-1")
     response = client.post(action)
     assert response.status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("total", "words"),
+    [
+        (999, "Khalti takes online payments of Rs 10 or more."),  # ePayment's own refusal
+        (None, None),  # no such order: the resolver's refusal
+    ],
+)
+def test_the_epayment_button_shows_the_refusal_instead_of_a_button(db, client, total, words):
+    if total is not None:
+        Order.objects.create(reference="ORD-9", total=total)
+    html = render('{% khalti_epayment_button "ORD-9" %}')
+    assert "<form" not in html
+    assert "<button" not in html
+    refusal = client.post(reverse("django_khalti:epayment-start", args=["ORD-9"]))
+    assert refusal.status_code in (400, 404)
+    said = re.search(r'role="status">([^<]+)</p>', html).group(1)
+    # What the button shows is what starting the payment answers.
+    assert said in refusal.content.decode()
+    if words:
+        assert said == words
 
 
 @override_settings(ROOT_URLCONF="tests.widget_only_urls")
