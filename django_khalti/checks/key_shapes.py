@@ -145,7 +145,7 @@ def check_keys_match_khalti(config: dict[str, Any]) -> list[checks.CheckMessage]
             problem,
             hint="Use your test keys (test_...) with Khalti's sandbox, "
             "'https://dev.khalti.com/', and your live keys (live_...) with "
-            "'https://khalti.com/' (BASE_URL's default).",
+            "'https://khalti.com/' (dj-khalti's default when BASE_URL is unset).",
             id="django_khalti.W009",
         )
         for problem in problems

@@ -52,8 +52,8 @@ def check_late_receivers() -> list[checks.CheckMessage]:
                     "URLconf): processes that load no URLs (manage.py shell, "
                     "khalti_reconcile, a task worker) never call it, and their payments' "
                     "signals go unheard there.",
-                    hint=f"Move it to a module of its own (e.g. receivers.py) and import that "
-                    f"in {where}, so that every process connects it.",
+                    hint=f"Import the module that connects it from {where} (e.g. a "
+                    "receivers.py of its own, not views.py), so that every process connects it.",
                     id="django_khalti.W007",
                 )
             )

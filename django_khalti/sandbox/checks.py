@@ -39,7 +39,10 @@ def check_sandbox(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
             checks.Error(
                 f"django_khalti.sandbox is installed while KHALTI['{name}'] is a live key "
                 "(live_...): it refuses to serve next to live keys.",
-                hint=HINT + " With live keys, BASE_URL is Khalti's: https://khalti.com/.",
+                hint="Install the sandbox only in settings that hold no live key: live keys "
+                "take real payments, at Khalti's own BASE_URL, https://khalti.com/. (The "
+                "tutorial installs it under 'if DEBUG and not "
+                'os.environ.get("KHALTI_SECRET_KEY")\'.)',
                 id="khalti_sandbox.E002",
             )
         )

@@ -253,7 +253,7 @@ def test_w007_a_receiver_connected_by_a_views_module_is_named(late_receiver_urls
     )
     assert "manage.py shell, khalti_reconcile" in output
     # The hint names the project's own app and its AppConfig.
-    assert "import that in ShopConfig.ready() (shop/apps.py)" in output
+    assert "Import the module that connects it from ShopConfig.ready() (shop/apps.py)" in output
 
 
 def test_w007_not_for_the_receiver_connected_in_app_config_ready():
