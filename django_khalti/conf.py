@@ -99,6 +99,20 @@ SECRET_AS_PUBLIC_KEY = (
     "(system check django_khalti.E010)."
 )
 
+#: Why a ``PUBLIC_KEY`` equal to ``SECRET_KEY`` is published nowhere (never the key itself).
+SECRET_EQUALS_PUBLIC_KEY = (
+    "KHALTI['PUBLIC_KEY'] and KHALTI['SECRET_KEY'] are the same key, so it is not "
+    "published in any page: it may be the secret key, which refunds the shop's payments. "
+    "Put the public key in PUBLIC_KEY (system check django_khalti.E011)."
+)
+
+
+def _same_key(public: object, secret: object) -> bool:
+    """Whether ``public`` is the key ``secret`` (both set; surrounding whitespace aside)."""
+    if not (isinstance(public, str) and isinstance(secret, str) and secret.strip()):
+        return False
+    return public.strip() == secret.strip()
+
 
 class KhaltiSettings:
     """Attribute access to ``settings.KHALTI`` merged over :data:`DEFAULTS`."""
@@ -129,24 +143,33 @@ class KhaltiSettings:
 
     def refuse_secret_as_public_key(self) -> None:
         """Raise :class:`~django_khalti.exceptions.KhaltiConfigurationError` when
-        ``PUBLIC_KEY`` is shaped like a secret key (:func:`~django_khalti.keys.looks_secret`);
-        the error's message never shows the key.
+        ``PUBLIC_KEY`` is shaped like a secret key (:func:`~django_khalti.keys.looks_secret`),
+        or is ``SECRET_KEY`` itself (a bare key's shape says nothing); the error's message
+        never shows the key.
         """
-        if looks_secret(self.PUBLIC_KEY):
+        public, secret = self.PUBLIC_KEY, self.SECRET_KEY
+        if looks_secret(public):
             raise KhaltiConfigurationError(SECRET_AS_PUBLIC_KEY)
+        if _same_key(public, secret):
+            raise KhaltiConfigurationError(SECRET_EQUALS_PUBLIC_KEY)
 
     @property
     def public_key_for_page(self) -> str:
         """``PUBLIC_KEY``, to publish in a page (the widget's configuration).
 
         Raises :class:`~django_khalti.exceptions.KhaltiConfigurationError` when it is
-        unset, or shaped like a secret key: that one is never published.
+        unset, not a string, shaped like a secret key or equal to ``SECRET_KEY``: the
+        secret key is never published.
         """
         self.refuse_secret_as_public_key()
         key = self.PUBLIC_KEY
         if not key:
             raise KhaltiConfigurationError("KHALTI['PUBLIC_KEY'] is not set: the widget needs it.")
-        return str(key)
+        if not isinstance(key, str):  # bytes would be published as "b'...'"
+            raise KhaltiConfigurationError(
+                f"KHALTI['PUBLIC_KEY'] must be a string, not {type(key).__name__}."
+            )
+        return key
 
     @property
     def stale_after(self) -> float:

@@ -5,6 +5,8 @@ Khalti's keys carry their kind in a prefix: ``test_secret_key_…``, ``live_secr
 dashboard may be bare hex strings with no prefix: their shape says nothing, and
 every function here answers ``False`` for them. The shape is evidence, never proof:
 the checks, the widget tag and the sandbox act on a key only when its prefix names it.
+The prefix is looked for anywhere in the value, in any case: a key pasted with what
+stood before it (``Key live_secret_key_…``, a file's byte-order mark) is still that key.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def _prefix(key: object) -> tuple[str, str] | None:
     """``(mode, kind)`` of a prefixed key, lower case: ``("live", "secret")``; else None."""
     if not isinstance(key, str):
         return None
-    match = _SHAPE.match(key.strip())
+    match = _SHAPE.search(key)
     return (match["mode"].lower(), match["kind"].lower()) if match else None
 
 

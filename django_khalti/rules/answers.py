@@ -26,6 +26,7 @@ from .shapes import (
     EPAYMENT_400,
     INVALID_TOKEN,
     LINK_SECONDS,
+    MAX_AMOUNT,
     MAX_LENGTH,
     MIN_AMOUNT,
     NOT_FOUND,
@@ -34,6 +35,7 @@ from .shapes import (
     REFUNDABLE,
     REFUNDED_OK,
     SETTLED,
+    TOO_LARGE,
     TOO_SMALL,
     WIDGET,
     Held,
@@ -199,6 +201,8 @@ def _initiate_errors(params: Mapping[str, Any]) -> tuple[dict[str, list[str]], s
         return errors, "initiate.fields"
     if amount < MIN_AMOUNT:
         return {"amount": [TOO_SMALL]}, "initiate.minimum"
+    if amount > MAX_AMOUNT:
+        return {"amount": [TOO_LARGE]}, "initiate.maximum"
     breakdown = params.get("amount_breakdown")
     if breakdown not in (None, []) and _breakdown_total(breakdown) != amount:
         return {"amount": [BREAKDOWN_MISMATCH]}, "initiate.breakdown"

@@ -19,6 +19,11 @@ NPT = timezone(timedelta(hours=5, minutes=45))
 MIN_AMOUNT = 1000
 #: What Khalti says of an amount below :data:`MIN_AMOUNT`.
 TOO_SMALL = "Amount should be greater than Rs. 10, that is 1000 paisa."
+#: The largest amount Khalti's records hold, in paisa: a 64-bit integer (DRF bounds a
+#: ``BigIntegerField`` so; Khalti's real limit per payment is undocumented and lower).
+MAX_AMOUNT = 2**63 - 1
+#: What Khalti says of an amount above :data:`MAX_AMOUNT` (DRF's words).
+TOO_LARGE = f"Ensure this value is less than or equal to {MAX_AMOUNT}."
 #: The smallest payment from a bank (e-banking, mobile banking), in paisa (Rs 100).
 BANK_MIN_AMOUNT = 10000
 #: What the sandbox says of a bank payment below :data:`BANK_MIN_AMOUNT` (Khalti's words unknown).
@@ -305,6 +310,8 @@ def payment_refusal(amount: object, funded_by: str = WALLET) -> Refusal | None:
         )
     if amount < MIN_AMOUNT:
         return Refusal("payment.minimum", TOO_SMALL)
+    if amount > MAX_AMOUNT:
+        return Refusal("payment.maximum", TOO_LARGE)
     if funded_by == BANK and amount < BANK_MIN_AMOUNT:
         return Refusal("payment.bank-minimum", BANK_TOO_SMALL)
     return None

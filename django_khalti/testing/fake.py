@@ -443,6 +443,7 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         self._refuse_unstarted(epayment, "paid")
         self._payable_epayment(epayment)  # not an expired or closed link
         amount = _payable(amount)
+        status = _canonical(status, ("Completed", "Pending"), "payment status")  # before any change
         if amount == epayment.amount:
             raise ValueError(
                 f"amount={amount} is what the app asked Khalti for: use khalti.pay(epayment)."

@@ -321,6 +321,18 @@ def test_a_wrong_amount_must_differ_from_the_started_one_and_be_payable(client, 
     assert khalti.epayment(epayment.pidx).status == "Initiated"
 
 
+def test_a_refused_wrong_amount_leaves_the_epayment_as_the_app_started_it(client, khalti, order):
+    epayment = start_epayment(client, khalti)
+
+    with pytest.raises(ValueError, match="payment status"):
+        khalti.pay_wrong_amount(epayment, amount=2000, status="Paid")
+
+    # Khalti's records still say what the app asked for: paying it now verifies the order.
+    assert khalti.epayment(epayment.pidx).amount == 1000
+    client.get(khalti.pay(epayment))
+    assert Payment.objects.get().status == Payment.Status.VERIFIED
+
+
 # --- 4. the how-to's tables of endpoints and outcomes are the kit's -------------------------
 
 TESTING_HOWTO = ROOT / "docs" / "howto" / "testing.rst"

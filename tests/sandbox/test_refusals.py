@@ -220,3 +220,28 @@ def test_the_sites_drf_throttles_do_not_reach_the_sandbox(client, settings, monk
     # (DRF reads it, and the rates, once, when the class is made).
     monkeypatch.setattr(merchant.SandboxAPIView, "throttle_classes", [OncePerDay])
     assert [initiate(client).status_code for _ in range(3)] == [200, 200, 200]
+
+
+# --- amounts no record holds: a 400, never a 500 -------------------------------------------
+
+
+@pytest.mark.parametrize("amount", [2**63, 10**30])
+def test_the_widget_refuses_an_amount_no_record_holds(client, settings, amount):
+    settings.DEBUG = True
+    answer = client.post(
+        "/sandbox/api/v2/payment/initiate/",
+        {
+            "public_key": "test_public_key_testproject",
+            "amount": amount,
+            "product_identity": "ORD-1",
+            "product_name": "ORD-1",
+            "mobile": "9800000001",
+            "transaction_pin": "1111",
+        },
+        content_type="application/json",
+    )
+    assert answer.status_code == 400
+    assert answer.json()["amount"] == [
+        "Ensure this value is less than or equal to 9223372036854775807."
+    ]
+    assert not SandboxTransaction.objects.exists()

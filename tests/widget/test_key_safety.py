@@ -48,6 +48,55 @@ def test_the_tag_never_renders_a_secret_shaped_public_key(caplog, keys):
     assert LIVE_SECRET.lower() not in caplog.text.lower()
 
 
+#: A bare key, as the ePayment sandbox's dashboard may give: its shape says nothing.
+BARE_SECRET = "8f1a2b3c4d5e6f708192a3b4c5d6e7f8"
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"SECRET_KEY": BARE_SECRET, "PUBLIC_KEY": BARE_SECRET},  # the secret in both
+        {"SECRET_KEY": BARE_SECRET, "PUBLIC_KEY": f" {BARE_SECRET}\n"},  # read from a file
+        {"PUBLIC_KEY": f"Key {LIVE_SECRET}"},  # the Authorization header's value
+        {"PUBLIC_KEY": f"\ufeff{LIVE_SECRET}"},  # a file's byte-order mark before it
+    ],
+    ids=["equal-bare", "equal-whitespace", "header-value", "byte-order-mark"],
+)
+def test_the_tag_never_renders_the_secret_key_whatever_its_shape(caplog, keys):
+    with caplog.at_level(logging.ERROR, logger="django_khalti"):
+        html = widget(**keys)
+    for secret in (BARE_SECRET, LIVE_SECRET):
+        assert secret not in html
+        assert secret not in caplog.text
+    assert "data-khalti-pay" not in html
+    assert "Payments are not available right now." in html
+
+
+def test_the_tag_publishes_no_key_that_is_not_a_string(caplog):
+    # bytes (a key read with os.environb, or open(..., "rb")) would render as "b'...'".
+    with caplog.at_level(logging.ERROR, logger="django_khalti"):
+        html = widget(PUBLIC_KEY=LIVE_SECRET.encode())
+    assert LIVE_SECRET not in html
+    assert "data-khalti-pay" not in html
+    assert "must be a string" in caplog.text
+    assert LIVE_SECRET not in caplog.text
+
+
+@pytest.mark.django_db
+def test_verify_refuses_while_the_public_key_is_the_secret_key(client, caplog, payload):
+    keys = {"SECRET_KEY": BARE_SECRET, "PUBLIC_KEY": BARE_SECRET}
+    with override_settings(KHALTI={**BASE, **keys}):
+        with caplog.at_level(logging.ERROR, logger="django_khalti"):
+            response = client.post(
+                reverse("django_khalti:verify"), payload, content_type="application/json"
+            )
+    assert response.status_code == 503
+    assert response.json()["code"] == "not_configured"
+    assert BARE_SECRET not in response.content.decode()
+    assert "the same key" in caplog.text
+    assert BARE_SECRET not in caplog.text
+
+
 def test_the_tag_still_renders_a_public_key():
     html = widget(PUBLIC_KEY=LIVE_PUBLIC)
     assert LIVE_PUBLIC in html
