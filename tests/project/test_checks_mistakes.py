@@ -18,10 +18,10 @@ from django.test import override_settings
 from django_khalti.models import Payment
 from django_khalti.signals import KhaltiSignal, payment_verified
 
-LIVE_SECRET = "live_secret_key_68791341fdd94846a146f0457ff7b455"
-LIVE_PUBLIC = "live_public_key_979d2e2b4f1c4e4ab1a30d8d58c4b1e1"
-TEST_SECRET = "test_secret_key_f59e8b7d18b4499ca40f68195a846e9b"
-TEST_PUBLIC = "test_public_key_dc74e0fd57cb46cd93832aee0a390234"
+LIVE_SECRET = "live_secret_key_not_a_real_key_checks_tests"
+LIVE_PUBLIC = "live_public_key_not_a_real_key_checks_tests"
+TEST_SECRET = "test_secret_key_not_a_real_key_checks_tests"
+TEST_PUBLIC = "test_public_key_not_a_real_key_checks_tests"
 
 GOOD = {
     "SECRET_KEY": LIVE_SECRET,

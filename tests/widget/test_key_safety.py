@@ -12,8 +12,8 @@ from django.urls import reverse
 
 from django_khalti.exceptions import KhaltiAmountTooSmall
 
-LIVE_SECRET = "live_secret_key_68791341fdd94846a146f0457ff7b455"
-LIVE_PUBLIC = "live_public_key_979d2e2b4f1c4e4ab1a30d8d58c4b1e1"
+LIVE_SECRET = "live_secret_key_not_a_real_key_checks_tests"
+LIVE_PUBLIC = "live_public_key_not_a_real_key_checks_tests"
 BASE = {
     "SECRET_KEY": "test_secret_key_x",
     "PUBLIC_KEY": "test_public_key_x",
