@@ -141,6 +141,18 @@ class WidgetAPIView(APIView):
         return response
 
 
+def _buyers_payment(serializer: Any, state: str) -> SandboxTransaction | Response:
+    """A new transaction in ``state`` from the buyer's input in ``serializer``, or
+    the refusal of that input (its field errors, or an invalid public key).
+    """
+    if not serializer.is_valid():
+        return invalid(serializer)
+    data = serializer.validated_data
+    if not public_key_ok(data["public_key"]):
+        return Response(INVALID_PUBLIC_KEY, status=status.HTTP_400_BAD_REQUEST)
+    return _new_transaction(data, state)
+
+
 class InitiateView(WidgetAPIView):
     """``POST api/v2/payment/initiate/``: Khalti id and MPIN checked, a pending
     transaction, its token; the OTP (``TEST_OTP``) "sent" to the buyer.
@@ -148,13 +160,12 @@ class InitiateView(WidgetAPIView):
 
     def post(self, request: Request) -> Response:
         """A token for the buyer's payment, or Khalti's refusal."""
-        serializer = serializers.WidgetInitiateSerializer(data=request.data)
-        if not serializer.is_valid():
-            return invalid(serializer)
-        data = serializer.validated_data
-        if not public_key_ok(data["public_key"]):
-            return Response(INVALID_PUBLIC_KEY, status=status.HTTP_400_BAD_REQUEST)
-        record = _new_transaction(data, SandboxTransaction.State.INITIATED)
+        record = _buyers_payment(
+            serializers.WidgetInitiateSerializer(data=request.data),
+            SandboxTransaction.State.INITIATED,
+        )
+        if isinstance(record, Response):
+            return record
         return Response({"token": record.token, "pin_created": True, "pin_created_message": ""})
 
 
@@ -225,13 +236,11 @@ class WidgetPayView(WidgetAPIView):
 
     def post(self, request: Request) -> Response:
         """The confirm answer of a wallet payment, or the refusal of the buyer's input."""
-        serializer = serializers.WidgetPaySerializer(data=request.data)
-        if not serializer.is_valid():
-            return invalid(serializer)
-        data = serializer.validated_data
-        if not public_key_ok(data["public_key"]):
-            return Response(INVALID_PUBLIC_KEY, status=status.HTTP_400_BAD_REQUEST)
-        record = _new_transaction(data, SandboxTransaction.State.CONFIRMED)
+        record = _buyers_payment(
+            serializers.WidgetPaySerializer(data=request.data), SandboxTransaction.State.CONFIRMED
+        )
+        if isinstance(record, Response):
+            return record
         return Response(record.confirm_answer())
 
 
