@@ -10,7 +10,8 @@ from .test_parity import STORIES, Transcript
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "reference" / "testing.rst"
-RULES_CODE = ROOT / "django_khalti" / "rules"
+#: The rules' code as imported (the installed package, where the suite runs against it).
+RULES_CODE = Path(catalogue.__file__).resolve().parent
 
 
 def table():
