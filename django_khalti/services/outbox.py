@@ -14,13 +14,15 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.db import DatabaseError
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db import DatabaseError, connections, router
+from django.db.models import BooleanField, Exists, F, OuterRef, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.dispatch import Signal
 
 from ..conf import khalti_settings
 from ..models import DbNow, Payment, SignalDelivery
 from ..signals import payment_failed, payment_needs_review, payment_refunded, payment_verified
+from .compiled import Compiled
 
 logger = logging.getLogger(__name__)
 
@@ -110,16 +112,34 @@ def earlier_undelivered(delivery: SignalDelivery, *, later: bool = False) -> Sig
     """The first undelivered signal of ``delivery``'s payment that comes before it
     (``later``: the first of all its undelivered ones), or None.
     """
-    rows = SignalDelivery.objects.filter(
-        payment_id=delivery.payment_id, delivered_at__isnull=True
-    ).exclude(pk=delivery.pk)
-    if not later:
-        rows = rows.filter(_before(delivery.sequence, delivery.__dict__.get("created_at")))
-    return rows.order_by(*IN_ORDER).first()
+    if later:
+        first = _FIRST_UNDELIVERED_BUT.rows(payment=delivery.payment_id, delivery=delivery.pk)
+        return first[0] if first else None
+    return (
+        _undelivered_but(delivery.payment_id, delivery.pk)
+        .filter(_before(delivery.sequence, delivery.__dict__.get("created_at")))
+        .order_by(*IN_ORDER)
+        .first()
+    )
 
 
 #: A payment's signals in the order they are delivered.
 IN_ORDER = ("sequence", "created_at", "pk")
+
+
+def _undelivered_but(payment: Any, delivery: Any) -> QuerySet[SignalDelivery]:
+    """The undelivered signals of ``payment``, but ``delivery``."""
+    return SignalDelivery.objects.filter(payment_id=payment, delivered_at__isnull=True).exclude(
+        pk=delivery
+    )
+
+
+#: The first of a payment's undelivered signals, but one: read after every delivery.
+_FIRST_UNDELIVERED_BUT = Compiled(
+    lambda payment, delivery: _undelivered_but(payment, delivery).order_by(*IN_ORDER)[:1],
+    payment=SignalDelivery._meta.get_field("payment"),
+    delivery=SignalDelivery._meta.pk,
+)
 
 
 def _before(sequence: Any, created_at: Any) -> Q:
@@ -202,6 +222,18 @@ def _send(delivery: SignalDelivery) -> bool:
                 exc_info=result,
             )
             errors.append(f"{name}: {type(result).__name__}: {result}"[:1000])
+    return _record_attempt(delivery, errors) and not errors
+
+
+def _record_attempt(delivery: SignalDelivery, errors: list[str]) -> bool:
+    """Record how the attempt at ``delivery`` ended: delivered, or the receivers'
+    errors. False if it could not be recorded, or the attempt was no longer
+    this one's (another deliverer took it over).
+
+    Not flushed to disk on PostgreSQL (:func:`_unflushed`): a delivered mark
+    lost in a crash of the database only means one more delivery, which
+    receivers allow for.
+    """
     outcome: dict[str, Any] = (
         {"last_error": "\n".join(errors)}
         if errors
@@ -209,8 +241,11 @@ def _send(delivery: SignalDelivery) -> bool:
     )
     outcome["attempts_finished"] = delivery.attempts
     try:
-        rows = SignalDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts)
-        marked = rows.update(**outcome)
+        using = router.db_for_write(SignalDelivery, instance=delivery)
+        rows = SignalDelivery.objects.using(using).filter(
+            *_unflushed(using), pk=delivery.pk, attempts=delivery.attempts
+        )
+        return bool(rows.update(**outcome))
     except DatabaseError:
         # Not marked delivered: it is delivered again, which receivers allow for.
         logger.exception(
@@ -219,7 +254,25 @@ def _send(delivery: SignalDelivery) -> bool:
             delivery.payment_id,
         )
         return False
-    return not errors and bool(marked)
+
+
+def _unflushed(using: str) -> list[RawSQL]:
+    """On PostgreSQL, outside any transaction of the caller's: a condition that
+    makes the statement's own commit asynchronous (``synchronous_commit`` off
+    for its transaction alone), so that it does not wait for the disk. Nothing
+    elsewhere, and nothing inside a caller's transaction (its commit would not
+    wait either, for writes that must).
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return []
+    return [
+        RawSQL(
+            "set_config('synchronous_commit', 'off', true) IS NOT NULL",
+            (),
+            output_field=BooleanField(),
+        )
+    ]
 
 
 def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]] | None:

@@ -25,6 +25,7 @@ from ..exceptions import (
 )
 from ..models import Payment
 from .answers import _record_or_none, _verify
+from .compiled import Compiled
 from .outbox import _due_exists, deliver_due
 from .settle import _WAITING, _ask_khalti, _claim_order
 from .shop import resolve_order
@@ -104,11 +105,9 @@ def _bound_payment(
     buyer's page retries it) while the token is held by a pending payment for
     another order or amount.
     """
-    rows = list(
-        Payment.objects.filter(
-            Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token)
-        ).annotate(undelivered=_due_exists())
-    )
+    rows = _TOKEN_USES.rows(token=token)
+    for row in rows:
+        row.undelivered = bool(row.undelivered)  # SQLite and MySQL answer 0 or 1
     if any(token in (row.idx, row.pidx) for row in rows):
         raise KhaltiTokenUsed()
     live = next((row for row in rows if row.token_claim == token), None)
@@ -127,6 +126,16 @@ def _bound_payment(
         row for row in rows if row.token == token and _bound_to(row, amount, product_identity)
     ]
     return None, max(failed, key=lambda row: row.created_at, default=None), reported
+
+
+#: Every payment a token is bound to, or is the Khalti id of, or was reported as the
+#: idx of; each with ``undelivered`` (:func:`~.outbox._due_exists`). Compiled once.
+_TOKEN_USES = Compiled(
+    lambda token: Payment.objects.filter(
+        Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token)
+    ).annotate(undelivered=_due_exists()),
+    token=Payment._meta.get_field("token"),
+)
 
 
 def _verify_unless_an_idx(client: KhaltiClient, payment: Payment) -> None:
