@@ -4,24 +4,42 @@ Building a query through the ORM (filters, expressions, the compiler) costs far 
 Python than sending it: of the widget's token lookup, about 3,200 of 3,700 function
 calls went to compiling its SQL, on every verification. A :class:`Compiled` query is
 built by the ORM once per database alias, with a placeholder for each value that
-changes; each run binds the values in the placeholders' places and runs the same SQL
-through :meth:`~django.db.models.query.QuerySet.raw`, so that rows become models as
-Django reads them (field converters applied, annotations as attributes).
+changes; each run binds the values in the placeholders' places, runs the same SQL and
+makes the rows models as Django's own ``ModelIterable`` does (the database's converters
+applied, annotations set as attributes).
 
-Only for queries whose SQL does not depend on the values: exact lookups of values that
-are never None (``IS NULL`` and ``IN (...)`` change the SQL with the value).
+Only for queries whose SQL does not depend on the values (exact lookups of values that
+are never None: ``IS NULL`` and ``IN (...)`` change the SQL with the value) and that
+select one model's own columns (no ``select_related``).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from django.db import connections, router
 from django.db.models import Field, Model, QuerySet
+from django.db.models.sql.compiler import SQLCompiler
 
 M = TypeVar("M", bound=Model)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A query compiled for one database: its SQL, where each parameter comes from
+    (a value's name, or a constant), and how a row becomes a model.
+    """
+
+    sql: str
+    slots: list[tuple[str | None, Any]]
+    query: Any  # the compiled sql.Query (for a converting compiler)
+    columns: list[Any]  # the selected expressions, whose converters apply
+    model_columns: slice
+    init_list: list[str]
+    annotations: dict[str, int]
 
 
 class Compiled(Generic[M]):
@@ -35,36 +53,49 @@ class Compiled(Generic[M]):
         self._build = build
         self._fields = fields
         self._model: type[M] = build(**self._placeholders()).model
-        self._compiled: dict[str, tuple[str, list[tuple[str | None, Any]]]] = {}
+        self._plans: dict[str, _Plan] = {}
 
     def rows(self, **values: Any) -> list[M]:
         """The query's rows for ``values`` (each named as in ``fields``), read where
         the router reads the model.
         """
         using = router.db_for_read(self._model)
-        sql, slots = self._compiled.get(using) or self._compile(using)
+        plan = self._plans.get(using) or self._compile(using)
         connection = connections[using]
         params = [
             self._fields[name].get_db_prep_value(values[name], connection)
             if name is not None
             else fixed
-            for name, fixed in slots
+            for name, fixed in plan.slots
         ]
-        return list(self._model._default_manager.db_manager(using).raw(sql, params))
+        with connection.cursor() as cursor:
+            cursor.execute(plan.sql, params)
+            fetched = cursor.fetchall()
+        converting = SQLCompiler(plan.query, connection, using)
+        converters = converting.get_converters(plan.columns)
+        if converters:
+            fetched = list(converting.apply_converters(fetched, converters))
+        return [self._instance(plan, using, row) for row in fetched]
+
+    def _instance(self, plan: _Plan, using: str, row: Any) -> M:
+        instance = self._model.from_db(using, plan.init_list, row[plan.model_columns])
+        for name, position in plan.annotations.items():
+            setattr(instance, name, row[position])
+        return instance
 
     def _placeholders(self) -> dict[str, Any]:
         """A value of each field's type that no real value equals."""
         return {name: _unequalled(field) for name, field in self._fields.items()}
 
-    def _compile(self, using: str) -> tuple[str, list[tuple[str | None, Any]]]:
+    def _compile(self, using: str) -> _Plan:
         placeholders = self._placeholders()
         connection = connections[using]
         prepared = {
             name: self._fields[name].get_db_prep_value(value, connection)
             for name, value in placeholders.items()
         }
-        query = self._build(**placeholders).using(using).query
-        sql, params = query.get_compiler(using).as_sql()
+        compiler = self._build(**placeholders).using(using).query.get_compiler(using)
+        sql, params = compiler.as_sql()
         slots: list[tuple[str | None, Any]] = []
         for param in params:
             name = next((n for n, p in prepared.items() if p == param), None)
@@ -72,8 +103,22 @@ class Compiled(Generic[M]):
         missing = set(prepared) - {name for name, _ in slots}
         if missing:
             raise ValueError(f"The compiled query takes no value for {sorted(missing)}.")
-        self._compiled[using] = (sql, slots)
-        return sql, slots
+        if compiler.klass_info.get("related_klass_infos"):
+            raise ValueError("A compiled query reads one model's own columns only.")
+        model_columns = compiler.klass_info["select_fields"]
+        first, last = model_columns[0], model_columns[-1]
+        selected = [column for column, _sql, _alias in compiler.select[: compiler.col_count]]
+        plan = _Plan(
+            sql=sql,
+            slots=slots,
+            query=compiler.query,
+            columns=selected,
+            model_columns=slice(first, last + 1),
+            init_list=[column.target.attname for column in selected[first : last + 1]],
+            annotations=dict(compiler.annotation_col_map),
+        )
+        self._plans[using] = plan
+        return plan
 
 
 def _unequalled(field: Field[Any, Any]) -> Any:

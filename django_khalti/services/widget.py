@@ -106,8 +106,6 @@ def _bound_payment(
     another order or amount.
     """
     rows = _TOKEN_USES.rows(token=token)
-    for row in rows:
-        row.undelivered = bool(row.undelivered)  # SQLite and MySQL answer 0 or 1
     if any(token in (row.idx, row.pidx) for row in rows):
         raise KhaltiTokenUsed()
     live = next((row for row in rows if row.token_claim == token), None)

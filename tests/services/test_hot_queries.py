@@ -39,7 +39,7 @@ def uses_of(token):
 
 def compiled_uses_of(token):
     return {
-        (row.pk, bool(row.undelivered))
+        (row.pk, row.undelivered)  # a bool, as the ORM's (SQLite and MySQL send 0 or 1)
         for row in Compiled(
             lambda token: Payment.objects.filter(
                 Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token)
@@ -126,6 +126,14 @@ def test_rows_are_read_as_django_reads_them(some_payments):
     assert isinstance(row.pk, uuid.UUID)
     assert row._state.adding is False
     assert row._state.db == "default"
+
+
+def test_a_query_of_one_column_reads_too(some_payments):
+    (row,) = Compiled(
+        lambda token: Payment.objects.filter(token=token).only("pk"), token=TOKEN
+    ).rows(token="tok-a")
+    assert row.pk == some_payments[0].pk
+    assert row.amount == 1000  # deferred, read on access
 
 
 # --- the delivered mark ------------------------------------------------------------------
