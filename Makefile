@@ -66,9 +66,10 @@ $(BENCH_PEER)/.installed: | $(BIN)/python
 	$(PIP) install --quiet --no-deps --target $(BENCH_PEER) 'django-khalti==1.0'
 	touch $@
 
-# The speed report (issues 7 and 17): under gunicorn (4 workers x 8 threads each)
+# The speed report (issues 7, 17 and 27): under gunicorn (4 workers x 8 threads each)
 # against an HTTPS fake Khalti, the app on Django's default connections and on Django's
-# psycopg pool, a naive baseline and the peer django-khalti 1.0; a py-spy profile of
+# psycopg pool, each beside its limit (bench/limit.py), a naive baseline and the peer
+# django-khalti 1.0; CPU, WAL flushes and statements per verification; a py-spy profile of
 # the app at 32 clients; queries, admin over 100k payments, khalti_reconcile. Prints the
 # tables and writes bench/results.md. PostgreSQL at BENCH_DATABASE_URL (default
 # postgres://root@127.0.0.1:5432/bench, and <name>_peer; dropped and recreated), else

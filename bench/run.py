@@ -1,12 +1,15 @@
-"""``make bench``: dj-khalti's speed, measured side by side in one run (issues 7 and 17).
+"""``make bench``: dj-khalti's speed, measured side by side in one run (issues 7, 17, 27).
 
 1. The verify endpoint at 1, 8 and 32 concurrent clients, every target under the same
    gunicorn settings (4 gthread workers x 8 threads), all talking to one fake Khalti over
    HTTPS with an added latency: the testproject on Django's default database connections
-   (``CONN_MAX_AGE = 0``, no pool) and on Django's psycopg pool (``"pool": True``), a
-   naive baseline (bench/baseline.py) and the peer ``django-khalti`` 1.0 from PyPI in a
-   scratch shop written from its README (bench/peer/). Then a py-spy profile of the app
-   at 32 clients, in both configurations: where the time goes.
+   (``CONN_MAX_AGE = 0``, no pool) and on Django's psycopg pool (``"pool": True``), each
+   beside its limit (bench/limit.py: the least a correct view does, in the same project),
+   a naive baseline (bench/baseline.py) and the peer ``django-khalti`` 1.0 from PyPI in a
+   scratch shop written from its README (bench/peer/). The goals are issue 27's, app /
+   limit. Then what one verification costs (1c: CPU of gunicorn and PostgreSQL, WAL
+   flushes, and pg_stat_statements when PostgreSQL preloads it), and a py-spy profile of
+   the app at 32 clients, in both configurations: where the time goes.
 2. The app's overhead: its p50 at one client minus the fake's latency.
 3. Queries per verification and per idempotent resubmission (in process).
 4. The admin's changelist, search, status filter and overview over 100,000 payments,
@@ -20,6 +23,7 @@ postgres://root@127.0.0.1:5432/bench), dropped and created anew; SQLite in a tem
 directory when PostgreSQL cannot be reached. Sections 2-5 run on Django's defaults.
 
 Knobs (environment): BENCH_DELAY_MS (20), BENCH_REQUESTS per level and target (300),
+BENCH_COST_REQUESTS per target for 1c (600),
 BENCH_LEVELS ("1,8,32"), BENCH_WORKERS (4), BENCH_THREADS per worker (8),
 BENCH_PROFILE_REQUESTS (600; 0: no profile), BENCH_ADMIN_ROWS (100000),
 BENCH_RECONCILE_ROWS (10000). A short run: BENCH_REQUESTS=60 BENCH_PROFILE_REQUESTS=200
@@ -637,6 +641,161 @@ def report_verify(targets: list[Target], results: dict) -> None:
         ],
         rows,
     )
+
+
+# --- 1c. what a verification costs ------------------------------------------------------
+
+#: Section 1c: verifications per app and limit target, at COST_CLIENTS clients.
+COST_REQUESTS = int(os.environ.get("BENCH_COST_REQUESTS", "600"))
+COST_CLIENTS = 16
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (and the reaped children they waited for)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(n) for n in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
+def postgres_pids() -> list[int]:
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and (entry / "comm").exists()
+        and (entry / "comm").read_text().strip() == "postgres"
+    ]
+
+
+def pg_stat(cursor, sql: str) -> list[tuple]:
+    cursor.execute(sql)
+    return cursor.fetchall()
+
+
+def statements_loaded(cursor) -> bool:
+    """Whether pg_stat_statements collects (it must be in shared_preload_libraries)."""
+    if "pg_stat_statements" not in pg_stat(cursor, "SHOW shared_preload_libraries")[0][0]:
+        return False
+    cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    return True
+
+
+def bench_costs(targets: list[Target]) -> dict:
+    """Per app and limit target: CPU per verification of its gunicorn (master and
+    workers) and of PostgreSQL's processes, WAL flushes (pg_stat_wal), and with
+    pg_stat_statements loaded, each statement's calls and mean time."""
+    from django.db import connection
+
+    measured = [t for t in targets if t.name in CONFIGS or t.name in LIMITS.values()]
+    costs: dict = {}
+    if connection.vendor != "postgresql":
+        return costs
+    with connection.cursor() as cursor:
+        loaded = statements_loaded(cursor)
+        for target in measured:
+            orders = new_orders(COST_REQUESTS, f"C{target.name}")
+            if loaded:
+                cursor.execute("SELECT pg_stat_statements_reset()")
+            (wal_before,) = pg_stat(cursor, "SELECT wal_sync, wal_write FROM pg_stat_wal")
+            tree, pg = process_tree(target.process.pid), postgres_pids()
+            app_cpu, pg_cpu = cpu_seconds(tree), cpu_seconds(pg)
+            result = load(target, orders, COST_CLIENTS)
+            app_cpu, pg_cpu = cpu_seconds(tree) - app_cpu, cpu_seconds(pg) - pg_cpu
+            (wal_after,) = pg_stat(cursor, "SELECT wal_sync, wal_write FROM pg_stat_wal")
+            n = max(result["ok"], 1)
+            costs[target.name] = {
+                "app_ms": app_cpu / n * 1000,
+                "pg_ms": pg_cpu / n * 1000,
+                "syncs": (wal_after[0] - wal_before[0]) / n,
+                "writes": (wal_after[1] - wal_before[1]) / n,
+                "ok": result["ok"],
+                "statements": pg_stat(
+                    cursor,
+                    "SELECT calls, mean_exec_time, wal_records, left(regexp_replace(query, "
+                    "'\\s+', ' ', 'g'), 90) FROM pg_stat_statements WHERE dbid = (SELECT oid "
+                    "FROM pg_database WHERE datname = current_database()) AND calls >= "
+                    f"{COST_REQUESTS // 2} ORDER BY calls DESC, mean_exec_time DESC LIMIT 14",
+                )
+                if loaded
+                else None,
+            }
+    return costs
+
+
+def report_costs(targets: list[Target], costs: dict) -> None:
+    say(
+        f"## 1c. What one verification costs: CPU, WAL flushes and statements "
+        f"({COST_REQUESTS} verifications per target at {COST_CLIENTS} clients)"
+    )
+    say()
+    if not costs:
+        say("PostgreSQL unavailable: not measured.")
+        say()
+        return
+    rows = [
+        [
+            t.label,
+            f"{costs[t.name]['app_ms']:.1f}",
+            f"{costs[t.name]['pg_ms']:.1f}",
+            f"{costs[t.name]['syncs']:.2f}",
+            f"{costs[t.name]['writes']:.2f}",
+        ]
+        for t in targets
+        if t.name in costs
+    ]
+    table(
+        [
+            "target",
+            "gunicorn CPU ms",
+            "PostgreSQL CPU ms",
+            "WAL flushes (pg_stat_wal.wal_sync)",
+            "WAL writes",
+        ],
+        rows,
+    )
+    say(
+        "CPU: utime+stime per verification of the target's gunicorn (master and workers) and "
+        "of every PostgreSQL process on the machine (the bench runs nothing else on it), the "
+        "same order-creating load generator for every target. A flush is PostgreSQL waiting "
+        "for the disk; commits that arrive together share one (group commit)."
+    )
+    say()
+    for target in targets:
+        listed = costs.get(target.name, {}).get("statements")
+        if listed is None:
+            continue
+        say(f"<details><summary>pg_stat_statements, {target.label}</summary>")
+        say()
+        table(
+            ["calls per verification", "mean ms", "WAL records per call", "statement"],
+            [
+                [
+                    f"{calls / costs[target.name]['ok']:.2f}",
+                    f"{mean:.3f}",
+                    f"{wal / max(calls, 1):.1f}",
+                    f"`{text}`",
+                ]
+                for calls, mean, wal, text in listed
+            ],
+        )
+        say("</details>")
+        say()
+    if all(costs[t.name].get("statements") is None for t in targets if t.name in costs):
+        say(
+            "pg_stat_statements is not loaded here (add it to PostgreSQL's "
+            "`shared_preload_libraries` and restart it to see each statement's calls and time)."
+        )
+        say()
 
 
 # --- 1b. profile -------------------------------------------------------------------------
@@ -1344,6 +1503,8 @@ def main() -> None:
     profiles: dict[str, dict | str] = {}
     try:
         results = bench_verify(targets)
+        note("costs per verification")
+        costs = bench_costs(targets)
         clients = max(LEVELS)
         for target in targets:
             if target.name not in CONFIGS:
@@ -1362,6 +1523,7 @@ def main() -> None:
         for process in children[1:]:
             stop(process)
     report_verify(targets, results)
+    report_costs(targets, costs)
     report_profiles(profiles, max(LEVELS))
     say("## 2. Overhead")
     say()
