@@ -6,13 +6,16 @@
 3. Both hold every such file of ``django_khalti/`` (migrations, templates, static files,
    locale files, ``py.typed``), a compiled ``.mo`` beside each ``.po``, and nothing of
    ``tests/``, ``testproject/`` or ``bench/``.
-4. A fresh virtualenv gets the wheel with its ``test`` extra (and the database driver
-   DATABASE_URL needs); the suite, copied away from any source of the package, runs there, and
-   ``.ci/installed_wheel.py`` fails that run unless the ``django_khalti`` the tests
-   imported is the one installed in the virtualenv's site-packages.
+4. A fresh virtualenv of this interpreter gets the wheel with its ``test`` extra (and the
+   database driver DATABASE_URL needs), within the ``--pin`` requirements if any; the suite,
+   copied away from any source of the package, runs there, and ``.ci/installed_wheel.py``
+   fails that run unless the ``django_khalti`` the tests imported is the one installed in
+   the virtualenv's site-packages.
 
-Usage: python .ci/check_package.py [pytest arguments]
-(default: none, the whole suite: browser and reliability tests included)
+Usage: python .ci/check_package.py [--pin REQUIREMENT]... [pytest arguments]
+(``--pin "Django>=5.2,<5.3"``: the suite runs on a Django of that range; pytest's
+arguments default to none, the whole suite: browser and reliability tests included.
+tox.ini's ``package`` environment pins its oldest combination.)
 """
 
 import os
@@ -28,6 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "django_khalti"
 FORBIDDEN = {"tests", "testproject", "bench"}
 DEFAULT_PYTEST_ARGS: list[str] = []
+#: Printed by the virtualenv the suite runs in: what it runs on.
+VERSIONS = (
+    "import platform, django, rest_framework; "
+    "print('the suite runs on Python', platform.python_version(), "
+    "'Django', django.__version__, 'DRF', rest_framework.VERSION)"
+)
 
 
 def fail(message: str) -> None:
@@ -119,7 +128,9 @@ def sdist_files(sdist: Path) -> set[str]:
         return {m.name.split("/", 1)[1] for m in archive.getmembers() if m.isfile()}
 
 
-def test_installed_wheel(wheel: Path, source: Path, work: Path, pytest_args: list[str]) -> None:
+def test_installed_wheel(
+    wheel: Path, source: Path, work: Path, pins: list[str], pytest_args: list[str]
+) -> None:
     venv = work / "venv"
     run(sys.executable, "-m", "venv", venv)
     python = venv / "bin" / "python"
@@ -129,7 +140,8 @@ def test_installed_wheel(wheel: Path, source: Path, work: Path, pytest_args: lis
         extras.append("postgres")
     elif database.startswith("mysql"):
         extras.append("mysql")
-    run(python, "-m", "pip", "install", "--quiet", f"{wheel}[{','.join(extras)}]")
+    run(python, "-m", "pip", "install", "--quiet", f"{wheel}[{','.join(extras)}]", *pins)
+    run(python, "-c", VERSIONS)
 
     # The suite and its configuration, and nothing of the package: `import django_khalti`
     # can only find the installed wheel.
@@ -147,8 +159,19 @@ def test_installed_wheel(wheel: Path, source: Path, work: Path, pytest_args: lis
     run(python, "-m", "pytest", "-p", "installed_wheel", *pytest_args, cwd=suite)
 
 
+def parse(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The ``--pin`` requirements (leading), and pytest's arguments (the rest)."""
+    pins, rest = [], list(argv)
+    while rest[:1] == ["--pin"]:
+        if len(rest) < 2:
+            fail("--pin needs a requirement, as --pin 'Django>=5.2,<5.3'")
+        pins.append(rest[1])
+        rest = rest[2:]
+    return pins, rest or DEFAULT_PYTEST_ARGS
+
+
 def main() -> None:
-    pytest_args = sys.argv[1:] or DEFAULT_PYTEST_ARGS
+    pins, pytest_args = parse(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="dj-khalti-package-") as tmp:
         work = Path(tmp)
         dist, source = work / "dist", work / "source"
@@ -163,7 +186,7 @@ def main() -> None:
         expected = {name for name in files if name.startswith(PACKAGE + "/")}
         check_contents("wheel", wheel_files(wheels[0]), expected)
         check_contents("sdist", sdist_files(sdists[0]), expected)
-        test_installed_wheel(wheels[0], source, work, pytest_args)
+        test_installed_wheel(wheels[0], source, work, pins, pytest_args)
 
 
 if __name__ == "__main__":
