@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from django.db import connection, connections, transaction
 from django.db.models import Q
-from django.test.utils import override_settings
+from django.test.utils import CaptureQueriesContext, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
@@ -331,3 +331,19 @@ def test_a_plan_outlives_its_connection(payments):
     assert [row.token for row in query.rows(token="tok-a")] == ["tok-a"]
     connection.close()
     assert [row.token for row in query.rows(token="tok-c")] == ["tok-c"]
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_verifications_own_mark_still_does_not_wait_for_the_disk(client, expect_khalti, payload):
+    """What the fixes above keep: a verification's first signal, delivered by its own
+    worker after the commit (autocommit again), is marked without waiting for the disk,
+    and nothing more is written for it."""
+    expect_khalti.verify(payload["token"], 1000)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(VERIFY, json.dumps(payload), content_type="application/json")
+    assert response.status_code == 200, response.content
+    marks = [q["sql"] for q in queries if "synchronous_commit" in q["sql"]]
+    assert len(marks) == 1, marks
+    assert marks[0].startswith("UPDATE"), marks
+    assert not [q for q in queries if '"attempts" = "django_khalti_signaldelivery"' in q["sql"]]
