@@ -8,9 +8,9 @@ changes; each run binds the values in the placeholders' places, runs the same SQ
 makes the rows models as Django's own ``ModelIterable`` does (the database's converters
 applied, annotations set as attributes).
 
-Only for queries whose SQL does not depend on the values (exact lookups of values that
-are never None: ``IS NULL`` and ``IN (...)`` change the SQL with the value) and that
-select one model's own columns (no ``select_related``).
+Only for queries whose SQL does not depend on the values (exact lookups: ``IN (...)``
+changes the SQL with the value; so does None, ``IS NULL``, which is run as the ORM's
+query) and that select one model's own columns (no ``select_related``).
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ class Compiled(Generic[M]):
         """The query's rows for ``values`` (each named as in ``fields``), read where
         the router reads the model.
         """
+        if None in values.values():
+            # None changes the SQL (``IS NULL``), which the plan cannot: the ORM's query.
+            return list(self._build(**values))
         using = router.db_for_read(self._model)
         plan = self._plans.get(using) or self._compile(using)
         connection = connections[using]

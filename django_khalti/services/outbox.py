@@ -175,7 +175,7 @@ def _taken_first(delivery: SignalDelivery) -> bool:
         return True  # nothing was announced of the payment before
     try:
         if earlier_undelivered(delivery) is None:
-            return True
+            return _earlier_marks_on_disk(delivery)
         uncounted = delivery.attempts - 1
         waits = SignalDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts).update(
             attempts=uncounted,
@@ -192,6 +192,21 @@ def _taken_first(delivery: SignalDelivery) -> bool:
     except DatabaseError:
         logger.exception("Could not order the signals of payment %s.", delivery.payment_id)
         return False
+
+
+def _earlier_marks_on_disk(delivery: SignalDelivery) -> bool:
+    """Whether ``delivery``'s attempt is still this worker's, asked by a write whose
+    commit waits for the disk, before its receivers run: on PostgreSQL the delivered
+    marks of its payment's earlier signals may not be on disk yet (:func:`_unflushed`),
+    and a crash of the database that lost one would have that earlier signal heard
+    again after this later one. A commit that waits for the disk writes every commit
+    before it. Elsewhere every mark waits, and a taker's :func:`_take` waits too.
+    """
+    using = router.db_for_write(SignalDelivery)
+    if connections[using].vendor != "postgresql":
+        return True
+    rows = SignalDelivery.objects.using(using).filter(pk=delivery.pk, attempts=delivery.attempts)
+    return bool(rows.update(attempts=F("attempts")))
 
 
 _WAITING = "Waits for an earlier signal of this payment to be delivered first."
@@ -241,7 +256,9 @@ def _record_attempt(delivery: SignalDelivery, errors: list[str]) -> bool:
     )
     outcome["attempts_finished"] = delivery.attempts
     try:
-        using = router.db_for_write(SignalDelivery, instance=delivery)
+        # Where the router writes, as every other write of the outbox: not where the
+        # delivery was read (a replica, for a router with no opinion on writes).
+        using = router.db_for_write(SignalDelivery)
         rows = SignalDelivery.objects.using(using).filter(
             *_unflushed(using), pk=delivery.pk, attempts=delivery.attempts
         )
@@ -257,14 +274,16 @@ def _record_attempt(delivery: SignalDelivery, errors: list[str]) -> bool:
 
 
 def _unflushed(using: str) -> list[RawSQL]:
-    """On PostgreSQL, outside any transaction of the caller's: a condition that
+    """On PostgreSQL, in autocommit (no transaction of the caller's): a condition that
     makes the statement's own commit asynchronous (``synchronous_commit`` off
     for its transaction alone), so that it does not wait for the disk. Nothing
     elsewhere, and nothing inside a caller's transaction (its commit would not
     wait either, for writes that must).
     """
     connection = connections[using]
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    # Not in autocommit: in an atomic block, or the caller's own transaction
+    # (``set_autocommit(False)``), whose commit the setting would reach.
+    if connection.vendor != "postgresql" or not connection.get_autocommit():
         return []
     return [
         RawSQL(

@@ -34,12 +34,13 @@ def uses_of(token):
     rows = Payment.objects.filter(
         Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token)
     ).annotate(undelivered=_due_exists())
-    return {(row.pk, bool(row.undelivered)) for row in rows}
+    return {(row.pk, bool(row.undelivered)) for row in rows}  # type: ignore[attr-defined]
 
 
 def compiled_uses_of(token):
     return {
-        (row.pk, row.undelivered)  # a bool, as the ORM's (SQLite and MySQL send 0 or 1)
+        # a bool, as the ORM's (SQLite and MySQL send 0 or 1)
+        (row.pk, row.undelivered)  # type: ignore[attr-defined]
         for row in Compiled(
             lambda token: Payment.objects.filter(
                 Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token)
@@ -189,5 +190,5 @@ def test_the_marks_condition_turns_the_wait_off_for_its_statement_alone(some_pay
     rows = SignalDelivery.objects.filter(*outbox._unflushed("default")).annotate(
         setting=RawSQL("current_setting('synchronous_commit')", ())
     )
-    assert [row.setting for row in rows] == ["off"]
+    assert [row.setting for row in rows] == ["off"]  # type: ignore[attr-defined]
     assert synchronous_commit() == "on"
