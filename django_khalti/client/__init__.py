@@ -4,9 +4,10 @@ The client never touches the ORM, DRF or signals. Khalti's words are
 translated here, once, into :class:`KhaltiOutcome`: the services decide on
 that enum and never see Khalti's spelling. Every call has a wall-clock
 deadline of ``TIMEOUT`` seconds, from connecting to the last byte of the
-answer, goes through one pooled ``requests.Session`` per process, and turns
-every transport failure into a typed exception raised ``from`` its cause. The
-secret key travels only in the ``Authorization`` header of each request; it is
+answer, kept by one watchdog thread per process (no thread is started per
+call), goes through one pooled ``requests.Session`` per process, and turns
+every transport failure into a fresh typed exception, chained to none (requests'
+exceptions hold the request's headers). The secret key travels only in the ``Authorization`` header of each request; it is
 never stored on the session, logged or put in an exception.
 
 Its modules, each importable from here:
@@ -18,8 +19,10 @@ Its modules, each importable from here:
   Khalti's states into :class:`KhaltiOutcome` (:func:`outcome_of`);
 - ``parsing``: Khalti's bodies read and checked into those answers
   (:func:`error_message` for its refusals);
-- ``transport``: the pooled session (:func:`get_session`), the deadline, and
-  transport failures turned into typed exceptions.
+- ``transport``: the pooled session (:func:`get_session`), its connections
+  whose sockets a call's deadline can cut, and transport failures turned into
+  typed exceptions;
+- ``deadline``: each call's deadline, and the watchdog thread that keeps them.
 """
 
 from .answers import (

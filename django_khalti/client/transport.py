@@ -1,23 +1,42 @@
 """The transport: one pooled session, a wall-clock deadline on every call.
 
-:func:`send` runs each request in a thread of its own, so that the caller stops
-waiting at the deadline however slowly Khalti answers; the call's sockets are
-then cut, and the thread ends. Whatever the thread raised comes back as one of
-dj-khalti's typed exceptions, fresh, with no chained cause: requests'
-exceptions hold the request's headers, and the key is in them. While it
-waits, a pooled database connection goes back to its pool.
+:func:`send` makes each call in its caller's own thread, and starts no thread
+for it: the process's one watchdog (:mod:`.deadline`) keeps every call's
+deadline, and cuts the sockets of a call whose deadline passes, which wakes
+the read waiting on Khalti; the caller then raises
+:class:`~django_khalti.exceptions.KhaltiTimeout`. So the whole call is bounded,
+from connecting to the last byte of the answer, however slowly Khalti trickles
+it:
+
+- a new connection's host name is looked up, and its addresses tried, within
+  the time the call has left, which also bounds its TLS handshake;
+- nothing is sent once the deadline has passed (a socket the call takes up
+  then is cut at once), and an answer whose last bytes come after it is late;
+- an answer longer than :data:`MAX_BODY` is refused as it is read;
+- a connection is released from its call before it goes back to the pool, so
+  that a deadline passing later never cuts a socket another call uses by then.
+
+Limits. Only a new connection to a host name starts a thread: its lookup, in
+the system's resolver, where no cut reaches; one per name at a time, which a
+resolver that hangs holds until it gives up (the callers do not wait for it
+past their deadlines). Through a SOCKS proxy, whose sockets are its own, the
+deadline is only checked between reads of 1 KiB. And ``responses``, which
+answers without a socket, cannot be cut: the testing kit answers a slow choice
+in a thread of its own (:mod:`django_khalti.testing`).
+
+Whatever a call raised comes back as one of dj-khalti's typed exceptions,
+fresh, with no chained cause: requests' exceptions hold the request's headers,
+and the key is in them. While a call waits on Khalti, the caller's pooled
+database connections go back to their pool.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 import socket
-import threading
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 import urllib3.connection
@@ -25,6 +44,8 @@ import urllib3.connectionpool
 from django.db import connections
 from django.views.decorators.debug import sensitive_variables
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.ssl_ import is_ipaddress
 
 from .. import __version__
 from ..exceptions import (
@@ -34,6 +55,7 @@ from ..exceptions import (
     KhaltiTimeout,
     KhaltiUnavailable,
 )
+from . import deadline
 
 # The client's one logger, "django_khalti.client", whichever of its modules logs.
 logger = logging.getLogger(__package__)
@@ -63,77 +85,83 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-class _Late(Exception):
-    """The call's deadline passed before (or while) its answer arrived."""
-
-
 class _TooLong(Exception):
     """The answer is longer than any of Khalti's."""
 
 
-def _cut(sock: socket.socket) -> None:
-    """Shut a socket down, waking whatever thread is blocked reading it."""
-    # socket.socket's own shutdown, also for an SSLSocket: the TLS layer is left to
-    # the reading thread, which now gets an error instead of bytes.
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+if TYPE_CHECKING:  # pragma: no cover
+    _Connection = urllib3.connection.HTTPConnection
+else:
+    _Connection = object
 
 
-class _Call:
-    """One call to Khalti, shared by the caller and the thread that makes it: its
-    deadline, and the sockets to cut once the caller stops waiting, so that a slow
-    or trickling Khalti cannot keep the thread (or a pooled connection) busy.
-    """
+class _Watched(_Connection):
+    """A connection whose sockets the call it serves can cut (:mod:`.deadline`)."""
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self._abandoned = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
+    #: The call it serves, and the socket that call watches for it.
+    _serving: deadline.Call | None = None
+    _watched: socket.socket | None = None
 
-    @property
-    def over(self) -> bool:
-        """Whether the caller has stopped waiting, or would have by now."""
-        return self._abandoned or time.monotonic() >= self.deadline
-
-    def watch(self, sock: socket.socket) -> None:
-        """A socket the call uses; cut at once if the caller already gave up."""
-        with self._lock:
-            self._sockets.append(sock)
-            abandoned = self._abandoned
-        if abandoned:
-            _cut(sock)
-
-    def abandon(self) -> None:
-        """The caller stops waiting: cut every socket the call uses."""
-        with self._lock:
-            self._abandoned = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _cut(sock)
-
-
-#: The call the current thread is making (set in the threads :func:`_exchange` runs in).
-_current = threading.local()
-
-
-class _Watched:
-    """A connection that tells the call it serves which socket it reads."""
-
-    sock: socket.socket | None
+    def _new_conn(self) -> socket.socket:
+        """A new socket, connected within the time the call has left, its host's
+        name looked up within it too (:func:`~.deadline.look_up`). The socket's
+        timeout is that time, which also bounds a TLS handshake as a whole (Python's
+        ``ssl`` keeps a handshake's timeout as one deadline).
+        """
+        call = deadline.current()
+        if call is None:
+            return super()._new_conn()
+        name = self._dns_host
+        addresses: list[str] = [name]
+        if not is_ipaddress(name.strip("[]")):
+            try:
+                addresses = [info[4][0] for info in deadline.look_up(name, self.port, call)]
+            except OSError as exc:
+                raise NewConnectionError(self, f"Failed to resolve {name!r}: {exc}") from None
+        error: Exception | None = None
+        for address in dict.fromkeys(addresses):  # each once, in the resolver's order
+            self.timeout = call.left()  # never more than the connect timeout given
+            self._dns_host = address
+            try:
+                sock: socket.socket = super()._new_conn()
+            except (NewConnectionError, ConnectTimeoutError) as exc:
+                error = exc
+                continue
+            finally:
+                self._dns_host = name
+            self._watch(sock)  # a proxy's CONNECT answer is read from it, say
+            return sock
+        raise error or NewConnectionError(self, f"No address for {name!r}")
 
     def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
-        self._watch()
+        super().connect()
+        self._watch(self.sock)  # an SSLSocket, now
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
-        self._watch()  # a kept-alive connection: its socket is already open
-        return super().request(*args, **kwargs)  # type: ignore[misc]
+        self._watch(self.sock)  # a kept-alive connection: its socket is already open
+        return super().request(*args, **kwargs)
 
-    def _watch(self) -> None:
-        call = getattr(_current, "call", None)
-        if call is not None and self.sock is not None:
-            call.watch(self.sock)
+    def _watch(self, sock: socket.socket | None) -> None:
+        """The current call reads ``sock``: it cuts it at its deadline."""
+        call = deadline.current()
+        if call is None or sock is None or (call is self._serving and sock is self._watched):
+            return
+        self.release()
+        self._serving, self._watched = call, sock
+        call.watch(sock)
+
+    def release(self) -> None:
+        """The connection goes back to the pool: its socket is never cut for the
+        call it served.
+
+        A connection closed meanwhile stays watched until then, or until its call
+        finishes: an answer read to its end after a ``Connection: close`` is still
+        cut at the deadline.
+        """
+        call, sock = self._serving, self._watched
+        self._serving = self._watched = None
+        if call is not None and sock is not None:
+            call.unwatch(sock)
 
 
 class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
@@ -144,12 +172,24 @@ class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
     pass
 
 
-class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+class _Releasing:
+    """A pool that releases each connection from its call before taking it back."""
+
+    def _put_conn(self, conn: Any) -> None:
+        if isinstance(conn, _Watched):
+            conn.release()
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _HTTPPool(_Releasing, urllib3.connectionpool.HTTPConnectionPool):
     ConnectionCls = _HTTPConnection
 
 
-class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+class _HTTPSPool(_Releasing, urllib3.connectionpool.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 class _Adapter(HTTPAdapter):
@@ -157,58 +197,55 @@ class _Adapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # Through an HTTP(S) proxy too (HTTPS_PROXY in the environment). A SOCKS
+        # proxy's connections are its own: the deadline is then checked between
+        # reads only (see the module's docstring).
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
 
 
 # The key is in these frames' ``headers`` and in requests' frames below them: Django's
-# error reports hide every variable of them (they run in a thread of their own, out
-# of reach of the caller's decorator).
-@sensitive_variables()
-def _make_the_call(
-    call: _Call,
-    outcome: list[tuple[int, bytes] | BaseException],
-    done: threading.Event,
-    *args: Any,
-) -> None:
-    """The body of a call's thread: :func:`_exchange`, its answer or error kept for
-    the caller.
-    """
-    try:
-        outcome.append(_exchange(call, *args))
-    except BaseException as exc:  # handed to the caller, who raises it
-        outcome.append(exc)
-    finally:
-        done.set()
-
-
+# error reports hide every variable of them.
 @sensitive_variables()
 def _exchange(
-    call: _Call, method: str, url: str, headers: dict[str, str], timeout: float, kwargs: Any
+    call: deadline.Call,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    timeout: float,
+    kwargs: Any,
 ) -> tuple[int, bytes]:
-    """Send one request and read the whole answer, in a thread of its own.
+    """Send one request and read the whole answer, before ``call``'s deadline.
 
-    Never sends a request whose caller has already given up on it, and stops at
-    the first read after the caller gives up (its sockets are cut then, too).
+    Never sends a request once the deadline has passed, and stops at the first
+    read after it (the watchdog cuts the call's sockets then, which wakes it).
     """
-    _current.call = call
-    if call.over:
-        raise _Late()
-    with get_session().request(
-        method,
-        url,
-        headers=headers,
-        timeout=(timeout, timeout),
-        allow_redirects=False,
-        stream=True,
-        **kwargs,
-    ) as response:
-        body = bytearray()
-        for chunk in response.iter_content(1024):
-            if call.over:
-                raise _Late()
-            body += chunk
-            if len(body) > MAX_BODY:
-                raise _TooLong()
+    with deadline.making(call):
+        if call.over:
+            raise deadline.Late()
+        with get_session().request(
+            method,
+            url,
+            headers=headers,
+            timeout=(timeout, timeout),
+            allow_redirects=False,
+            stream=True,
+            **kwargs,
+        ) as response:
+            body = bytearray()
+            for chunk in response.iter_content(1024):
+                if call.over:
+                    raise deadline.Late()
+                body += chunk
+                if len(body) > MAX_BODY:
+                    raise _TooLong()
+        if call.over:
+            raise deadline.Late()  # its last bytes came too late
         return response.status_code, bytes(body)
 
 
@@ -224,23 +261,19 @@ def send(
     passes, and the typed exception of any other failure (:func:`_translated`).
     """
     _give_back_pooled_connections()
-    call = _Call(time.monotonic() + timeout)
-    outcome: list[tuple[int, bytes] | BaseException] = []
-    done = threading.Event()
-    threading.Thread(
-        target=_make_the_call,
-        args=(call, outcome, done, method, url, headers, timeout, kwargs),
-        name="dj-khalti call",
-        daemon=True,
-    ).start()
-    if not done.wait(max(call.deadline - time.monotonic(), 0)):
-        call.abandon()
-        raise KhaltiTimeout()
-    if isinstance(outcome[0], BaseException):
-        # Translated, never raised nor chained: requests' exceptions carry the
+    call = deadline.Call(timeout)
+    deadline.watchdog.keep(call)
+    try:
+        try:
+            return _exchange(call, method, url, headers, timeout, kwargs)
+        finally:
+            deadline.watchdog.forget(call)
+    except BaseException as exc:
+        # Only kept here: translated and raised below, out of this block, so that
+        # the error raised has no ``__context__``. requests' exceptions carry the
         # request, its headers (the key) and, for a bad header, its value.
-        raise _translated(outcome[0], method, path)
-    return outcome[0]
+        failure, late = exc, call.over
+    raise _translated(failure, late, method, path)
 
 
 def _give_back_pooled_connections() -> None:
@@ -255,12 +288,13 @@ def _give_back_pooled_connections() -> None:
             connection.close()
 
 
-def _translated(exc: BaseException, method: str, path: str) -> Exception:
-    """The error to raise for what a call's thread raised: a fresh one, with no
-    ``__cause__`` or ``__context__`` (requests' exceptions hold the request's
-    headers; an invalid header's message holds its value: the key).
+def _translated(exc: BaseException, late: bool, method: str, path: str) -> Exception:
+    """The error to raise for what a call raised: a fresh one, with no ``__cause__``
+    or ``__context__`` (requests' exceptions hold the request's headers; an invalid
+    header's message holds its value: the key). Whatever a call raised once its
+    deadline had passed (a cut socket's error, say) is a timeout.
     """
-    if isinstance(exc, (_Late, requests.Timeout)):
+    if isinstance(exc, (deadline.Late, requests.Timeout)) or (late and isinstance(exc, Exception)):
         return KhaltiTimeout()
     if isinstance(exc, (requests.exceptions.InvalidHeader, UnicodeError)):
         # Not logged here: whoever catches a configuration error logs it, once.

@@ -2,7 +2,10 @@
 
 Each request is matched to its endpoint at ``BASE_URL``, its key checked, an
 answer chosen ahead taken (:mod:`.calls`), and, failing one, Khalti's own
-answer given by its state (:mod:`.endpoints`); the call is then recorded.
+answer given by its state (:mod:`.endpoints`); the call is then recorded. A
+slow or computed answer (a ``delay``, a callback) is given in a thread of its
+own, which the call waits for until its deadline, as a real Khalti answers in
+its own time (:func:`_in_its_own_time`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import requests
 
+from ..client import deadline
 from ..conf import khalti_settings
 from ..rules.answers import authorize
 from .calls import (
@@ -68,27 +74,33 @@ class _Answering(_Endpoints):
             with self._lock:
                 received = self._receive(endpoint, path, request)
             choice = received.choice
-            chosen: Any = None
-            if choice is not None and choice.delay:
-                time.sleep(choice.delay)
-            if choice is not None and choice.callback is not None:
-                try:
-                    chosen = choice.callback(
-                        KhaltiRequest(
-                            endpoint=endpoint,
-                            method=request.method,
-                            url=request.url,
-                            params=received.params,
-                            headers=dict(request.headers),
-                            authorized=received.authorized,
-                        )
-                    )
-                except Exception as exc:
-                    chosen = exc
-            with self._lock:
-                return self._respond(received, chosen)
+            if choice is not None and (choice.delay or choice.callback is not None):
+                return _in_its_own_time(lambda: self._answer(received))
+            return self._answer(received)
 
         return callback
+
+    def _answer(self, received: _Received) -> _Answer:
+        choice, request = received.choice, received.request
+        chosen: Any = None
+        if choice is not None and choice.delay:
+            time.sleep(choice.delay)
+        if choice is not None and choice.callback is not None:
+            try:
+                chosen = choice.callback(
+                    KhaltiRequest(
+                        endpoint=received.endpoint,
+                        method=request.method,
+                        url=request.url,
+                        params=received.params,
+                        headers=dict(request.headers),
+                        authorized=received.authorized,
+                    )
+                )
+            except Exception as exc:
+                chosen = exc
+        with self._lock:
+            return self._respond(received, chosen)
 
     def _receive(self, endpoint: str, path: re.Pattern[str], request: _Request) -> _Received:
         url = urlsplit(request.url)
@@ -208,3 +220,30 @@ class _Answering(_Endpoints):
             if epayment is not None:
                 keys |= {epayment.pidx, epayment.transaction_id or epayment.pidx}
         return keys
+
+
+def _in_its_own_time(answer: Callable[[], _Answer]) -> _Answer:
+    """A slow or computed answer, given in a thread of its own, as a real Khalti
+    answers in its own time: the call waits for it until its deadline (a
+    ``ReadTimeout`` then), and Khalti goes on with it meanwhile, as it would.
+
+    ``responses`` answers in the calling thread, where no socket of the call's
+    can be cut at its deadline: without this, a ``delay`` past ``TIMEOUT``
+    would hold the call, and Khalti would act before the caller gave up.
+    """
+    call = deadline.current()
+    if call is None:  # not a call of dj-khalti's client: no deadline to keep
+        return answer()
+    given: Future[_Answer] = Future()
+
+    def give() -> None:
+        try:
+            given.set_result(answer())
+        except BaseException as exc:  # raised in the call, as responses would
+            given.set_exception(exc)
+
+    threading.Thread(target=give, name="fake Khalti answering", daemon=True).start()
+    try:
+        return given.result(max(call.deadline - time.monotonic(), 0))
+    except FutureTimeout:
+        raise requests.exceptions.ReadTimeout("Read timed out (fake Khalti).") from None

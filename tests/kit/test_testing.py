@@ -616,6 +616,26 @@ def test_a_delayed_answer_lets_other_calls_through_meanwhile(khalti):
     assert [c.params["token"] for c in khalti.calls] == [quick.token, slow.token]
 
 
+def test_an_answer_slower_than_the_timeout_ends_the_call_at_it_and_khalti_goes_on(khalti):
+    """As with a real Khalti: the call raises KhaltiTimeout at its deadline, while
+    Khalti still completes the verify it was asked for, a moment later."""
+    import time
+
+    paid = khalti.add_payment(amount=1000)
+    choice = khalti.on_next("verify", lambda request: None, delay=0.8)
+    client = KhaltiClient("test_secret_key_testproject", khalti.base_url, timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(KhaltiTimeout):
+        client.verify(paid.token, 1000)
+    assert time.monotonic() - started < 0.6
+    assert not khalti.payments[paid.token].verified  # Khalti is still at it
+    until = time.monotonic() + 5
+    while not choice.calls and time.monotonic() < until:
+        time.sleep(0.02)
+    assert khalti.payments[paid.token].verified
+    assert [call.status_code for call in choice.calls] == [200]
+
+
 def test_bad_choices_are_refused_at_once(khalti):
     with pytest.raises(ValueError, match="Unknown outcome"):
         khalti.fail_next("verify", "slow")
