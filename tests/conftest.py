@@ -16,6 +16,7 @@ from django_khalti.signals import (
     payment_refunded,
     payment_verified,
 )
+from shop import receivers
 from shop.models import Order
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -436,6 +437,17 @@ def payload(order):
 
 
 __all__ = ["Payment", "fixture", "race", "transaction_record"]
+
+
+@pytest.fixture
+def no_shop_receivers():
+    """The test project's own receivers off: what a test counts or hears is dj-khalti's
+    (or the receivers the test connects itself)."""
+    payment_verified.disconnect(receivers.mark_order_paid, sender=Payment)
+    payment_failed.disconnect(receivers.note_failed_payment, sender=Payment)
+    yield
+    payment_verified.connect(receivers.mark_order_paid, sender=Payment)
+    payment_failed.connect(receivers.note_failed_payment, sender=Payment)
 
 
 @pytest.fixture(autouse=True)

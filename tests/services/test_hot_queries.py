@@ -22,6 +22,7 @@ from django_khalti.models import Payment, SignalDelivery, snapshot_of
 from django_khalti.services import outbox
 from django_khalti.services.compiled import Compiled
 from django_khalti.services.outbox import _due_exists
+from django_khalti.services.widget import _TOKEN_USES
 
 pytestmark = pytest.mark.django_db
 
@@ -38,16 +39,9 @@ def uses_of(token):
 
 
 def compiled_uses_of(token):
-    return {
-        # a bool, as the ORM's (SQLite and MySQL send 0 or 1)
-        (row.pk, row.undelivered)  # type: ignore[attr-defined]
-        for row in Compiled(
-            lambda token: Payment.objects.filter(
-                Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token)
-            ).annotate(undelivered=_due_exists()),
-            token=TOKEN,
-        ).rows(token=token)
-    }
+    """The same, as the widget reads it: compiled once (a bool, as the ORM's, though
+    SQLite and MySQL send 0 or 1)."""
+    return {(row.pk, row.undelivered) for row in _TOKEN_USES.rows(token=token)}  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, connections, transaction
-from django.db.models import Q
 from django.test.utils import CaptureQueriesContext, override_settings
-from django.urls import reverse
 from django.utils import timezone
 
 from django_khalti import services
@@ -22,43 +20,13 @@ from django_khalti.exceptions import KhaltiTokenUsed
 from django_khalti.models import Payment, SignalDelivery, snapshot_of
 from django_khalti.services import outbox
 from django_khalti.services.compiled import Compiled
-from django_khalti.services.outbox import _due_exists
-from django_khalti.services.widget import _TOKEN_USES
-from django_khalti.signals import payment_failed, payment_refunded, payment_verified
-from shop import receivers
+from django_khalti.signals import payment_refunded, payment_verified
 
-VERIFY = reverse("django_khalti:verify")
-TOKEN = Payment._meta.get_field("token")
-
-postgresql_only = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="synchronous_commit is PostgreSQL's"
-)
-
-
-def uses_of(token):
-    """The widget's token lookup, as the ORM builds it."""
-    rows = Payment.objects.filter(
-        Q(token=token) | Q(idx=token) | Q(pidx=token) | Q(claimed_idx=token)
-    ).annotate(undelivered=_due_exists())
-    return {(row.pk, bool(row.undelivered)) for row in rows}  # type: ignore[attr-defined]
-
-
-def compiled_uses_of(token):
-    return {(row.pk, row.undelivered) for row in _TOKEN_USES.rows(token=token)}  # type: ignore[attr-defined]
+from .test_hot_queries import TOKEN, VERIFY, compiled_uses_of, postgresql_only, uses_of
 
 
 @pytest.fixture
-def shop_receivers_off():
-    """The test project's receivers off: each test hears for itself."""
-    payment_verified.disconnect(receivers.mark_order_paid, sender=Payment)
-    payment_failed.disconnect(receivers.note_failed_payment, sender=Payment)
-    yield
-    payment_verified.connect(receivers.mark_order_paid, sender=Payment)
-    payment_failed.connect(receivers.note_failed_payment, sender=Payment)
-
-
-@pytest.fixture
-def heard(shop_receivers_off):
+def heard(no_shop_receivers):
     """Every signal the shop hears, in order."""
     got: list[str] = []
 
@@ -235,7 +203,7 @@ def test_a_none_value_reads_what_the_orm_reads(payments):
 
 
 def test_a_token_of_none_from_the_shops_code_is_refused_as_before(
-    payments, order, shop_receivers_off, expect_khalti
+    payments, order, no_shop_receivers, expect_khalti
 ):
     """``services.verify_payment`` is public: a shop's bug passing ``token=None`` was
     refused (token_used: a payment's NULL idx "is" that token) before Khalti was called,

@@ -35,7 +35,6 @@ from django_khalti.signals import (
     payment_refunded,
     payment_verified,
 )
-from shop import receivers
 from shop.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,13 +49,8 @@ def due_at_once(settings):
 
 
 @pytest.fixture(autouse=True)
-def only_this_shops_receivers():
+def only_this_shops_receivers(no_shop_receivers):
     """The test project's own receivers off: the shop here is the one each test builds."""
-    payment_verified.disconnect(receivers.mark_order_paid, sender=Payment)
-    payment_failed.disconnect(receivers.note_failed_payment, sender=Payment)
-    yield
-    payment_verified.connect(receivers.mark_order_paid, sender=Payment)
-    payment_failed.connect(receivers.note_failed_payment, sender=Payment)
 
 
 @dataclass

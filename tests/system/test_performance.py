@@ -22,8 +22,6 @@ from django.utils import timezone
 from django_khalti import client as khalti_client
 from django_khalti.client import KhaltiClient, get_session
 from django_khalti.models import Payment, order_key
-from django_khalti.signals import payment_failed, payment_verified
-from shop import receivers
 
 from ..epayment.test_epayment import PIDX, come_back, started
 from ..fake_khalti import FakeKhalti
@@ -66,16 +64,6 @@ def kinds(sql_list):
         )
         out.append(f"{verb} {table.split()[0].strip(chr(34) + '`')}")
     return out
-
-
-@pytest.fixture
-def no_shop_receivers():
-    """The shop's receivers off: what is counted is dj-khalti's own work."""
-    payment_verified.disconnect(receivers.mark_order_paid, sender=Payment)
-    payment_failed.disconnect(receivers.note_failed_payment, sender=Payment)
-    yield
-    payment_verified.connect(receivers.mark_order_paid, sender=Payment)
-    payment_failed.connect(receivers.note_failed_payment, sender=Payment)
 
 
 def post(client, payload):
