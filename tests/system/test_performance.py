@@ -345,6 +345,24 @@ def test_the_changelists_search_and_status_filter_read_indexes(admin_client, man
         assert "Index" in plan, f"{sql}\n{plan}"
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="pattern-ops twins: PostgreSQL's")
+@pytest.mark.django_db
+def test_a_payments_write_keeps_only_the_indexes_its_reads_use():
+    """Django's ``varchar_pattern_ops`` twin of a text column serves ``LIKE 'x%'``
+    only: kept for the two columns the admin searches by prefix, dropped for the
+    others (migration 0015), which every insert and settlement would write for
+    nothing (issue 27)."""
+    with connection.cursor() as cursor:
+        indexes = connection.introspection.get_constraints(cursor, Payment._meta.db_table)
+    twins = {tuple(d["columns"]) for name, d in indexes.items() if name.endswith("_like")}
+    assert twins == {("order_reference",), ("product_identity",)}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = %s", [Payment._meta.db_table]
+        )
+        assert cursor.fetchone()[0] == 16  # 24 before
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_overview_reads_indexes_not_two_years_of_payments(admin_client, many_payments):
     """The overview asks about the last 30 days: on two years of payments each of its
