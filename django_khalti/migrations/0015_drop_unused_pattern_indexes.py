@@ -32,7 +32,7 @@ def _twins(
         constraints = connection.introspection.get_constraints(cursor, model._meta.db_table)
     columns = {field.column: field for field in model._meta.local_concrete_fields}
     for name, details in constraints.items():
-        (column, *others) = details["columns"] or [None]
+        (column, *others) = details["columns"] or [""]
         searched = column in SEARCHED_BY_PREFIX
         if name.endswith("_like") and not others and column in columns and not searched:
             yield name, columns[column]
@@ -52,7 +52,9 @@ def make_twins(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     model = apps.get_model("django_khalti", "Payment")
     present = {name for name, _field in _twins(schema_editor, model)}
     for field in model._meta.local_concrete_fields:
-        if field.column in SEARCHED_BY_PREFIX or not (field.db_index or field.unique):
+        if field.column in SEARCHED_BY_PREFIX or not (
+            getattr(field, "db_index", False) or field.unique
+        ):
             continue
         sql = schema_editor._create_like_index_sql(model, field)  # type: ignore[attr-defined]
         if sql is not None and str(sql.parts["name"]).strip('"') not in present:
