@@ -11,6 +11,8 @@ nothing: eight fewer index entries a write (issue 27). Nothing changes elsewhere
 only PostgreSQL makes these twins. Reversing makes them again, as Django did.
 """
 
+from __future__ import annotations
+
 from collections.abc import Iterator
 from typing import Any
 
