@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import socket
 import threading
@@ -30,17 +31,26 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from urllib3.util.connection import allowed_gai_family
+from urllib3.util.ssltransport import SSLTransport
+
+# The client's one logger, "django_khalti.client", whichever of its modules logs.
+logger = logging.getLogger(__package__)
 
 #: A host's addresses, as :func:`socket.getaddrinfo` gives them.
 Addresses = list[tuple[Any, ...]]
+#: What a call reads: a socket, or (TLS in TLS, through an HTTPS proxy) urllib3's
+#: SSLTransport, which is no socket but wraps one.
+Readable = socket.socket | SSLTransport
 
 
 class Late(Exception):
     """The call's deadline passed before (or while) its answer arrived."""
 
 
-def _cut(sock: socket.socket) -> None:
+def _cut(sock: Readable) -> None:
     """Shut a socket down, waking whatever thread is blocked reading it."""
+    while not isinstance(sock, socket.socket):  # an SSLTransport: the socket it wraps
+        sock = sock.socket
     # socket.socket's own shutdown, also for an SSLSocket: the TLS layer is left to
     # the reading thread, which now gets an error instead of bytes.
     with contextlib.suppress(OSError):
@@ -65,7 +75,7 @@ class Call:
         self.finished = False
         #: It is in the watchdog's heap.
         self.kept = False
-        self.sockets: list[socket.socket] = []
+        self.sockets: list[Readable] = []
 
     @property
     def over(self) -> bool:
@@ -79,7 +89,7 @@ class Call:
             raise Late()
         return left
 
-    def watch(self, sock: socket.socket) -> None:
+    def watch(self, sock: Readable) -> None:
         """A socket the call now uses: cut at once if its deadline has passed."""
         with watchdog.lock:
             if self.finished:
@@ -88,7 +98,7 @@ class Call:
             if self.over:
                 self.abandon()
 
-    def unwatch(self, sock: socket.socket) -> None:
+    def unwatch(self, sock: Readable) -> None:
         """A socket the call no longer uses (its connection goes back to the pool,
         or is closed): never cut for this call from now on.
         """
@@ -99,7 +109,10 @@ class Call:
         """Cut every socket the call uses (under the watchdog's lock)."""
         self.abandoned = True
         for sock in self.sockets:
-            _cut(sock)
+            try:
+                _cut(sock)
+            except Exception:  # the watchdog must outlive it: every other call's deadline
+                logger.exception("dj-khalti could not cut a socket of a late call.")
 
 
 class _Watchdog:
@@ -120,7 +133,9 @@ class _Watchdog:
         with self.lock:
             heapq.heappush(self._heap, (call.deadline, next(self._order), call))
             call.kept = True
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
+                # The first call, or a watchdog that died (whatever killed it):
+                # deadlines are kept again from this call on.
                 thread = threading.Thread(target=self._run, name="dj-khalti watchdog", daemon=True)
                 thread.start()
                 self._thread = thread

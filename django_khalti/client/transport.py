@@ -130,12 +130,25 @@ class _Watched(_Connection):
             finally:
                 self._dns_host = name
             self._watch(sock)  # a proxy's CONNECT answer is read from it, say
+            try:
+                _bound(sock, call)
+            except deadline.Late:
+                sock.close()  # connected as the deadline passed: nobody else closes it
+                raise
             return sock
         raise error or NewConnectionError(self, f"No address for {name!r}")
 
     def connect(self) -> None:
         super().connect()
         self._watch(self.sock)  # an SSLSocket, now
+
+    def _tunnel(self) -> None:
+        # The TLS handshake through the proxy's tunnel comes next, on the socket
+        # wrapped anew (the watched one is detached): its timeout is the time left.
+        super()._tunnel()
+        call = deadline.current()
+        if call is not None and self.sock is not None:
+            _bound(self.sock, call)
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         self._watch(self.sock)  # a kept-alive connection: its socket is already open
@@ -162,6 +175,15 @@ class _Watched(_Connection):
         self._serving = self._watched = None
         if call is not None and sock is not None:
             call.unwatch(sock)
+
+
+def _bound(sock: socket.socket, call: deadline.Call) -> None:
+    """``sock``'s timeout: the time ``call`` has left. A TLS handshake on it (one
+    deadline, in Python's ``ssl``) then ends by the call's, which no cut reaches
+    (wrapping the socket detaches the watched one); connecting, or a proxy's
+    tunnel, took part of the time the socket was given before.
+    """
+    sock.settimeout(call.left())
 
 
 class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):

@@ -376,3 +376,111 @@ def test_a_tls_handshake_trickled_byte_by_byte_ends_the_call_at_the_deadline(
     outcome, took = ask(trickled_handshake, 1.0)
     assert isinstance(outcome, KhaltiTimeout)
     assert took < 1.3
+
+
+@pytest.fixture
+def slow_tunnel(monkeypatch):
+    """An HTTP proxy that opens its tunnel after 0.6 s, then never answers the TLS
+    handshake sent through it; HTTPS_PROXY names it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def tunnel(conn):
+        with conn, contextlib.suppress(OSError):
+            conn.recv(4096)  # CONNECT khalti.test:443
+            time.sleep(0.6)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            conn.recv(4096)  # the ClientHello, never answered
+            time.sleep(5)
+
+    def serve():
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=tunnel, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    listener.close()
+
+
+def test_a_tls_handshake_stalled_after_a_slow_tunnel_ends_the_call_at_the_deadline(slow_tunnel):
+    # The tunnel takes most of the call's time; the handshake (on a socket wrapped
+    # anew, which no cut reaches) gets only what is left, not the whole timeout again.
+    outcome, took = ask("https://khalti.test/", 1.0)
+    assert isinstance(outcome, KhaltiTimeout)
+    assert took < 1.3
+
+
+def test_a_watchdog_that_raised_keeps_the_next_deadlines(trickling_khalti, quick, monkeypatch):
+    """A cut that raises (a socket of a kind the watchdog did not expect, say) neither
+    kills the watchdog for good nor leaves later calls without a deadline."""
+    cut = deadline._cut
+    raised = []
+
+    def cut_once_raising(sock):
+        if not raised:
+            raised.append(sock)
+            raise RuntimeError("an unexpected socket")
+        cut(sock)
+
+    monkeypatch.setattr(deadline, "_cut", cut_once_raising)
+    outcome, _ = ask(quick[0], 0.3, "wait-0.6")  # not cut: its answer comes, too late
+    assert raised
+    assert isinstance(outcome, KhaltiTimeout)
+    later = []
+    caller = threading.Thread(target=lambda: later.append(ask(trickling_khalti, 0.3)))
+    caller.start()
+    caller.join(3)
+    assert not caller.is_alive(), "the next call had no deadline"
+    assert isinstance(later[0][0], KhaltiTimeout)
+    assert later[0][1] < 0.6
+    assert [t.name for t in threading.enumerate()].count("dj-khalti watchdog") == 1
+
+
+def test_a_dead_watchdog_is_started_again_at_the_next_call(trickling_khalti, monkeypatch):
+    """Whatever ended the watchdog's thread, the next call starts another."""
+    run = deadline._Watchdog._run
+    died = threading.Event()
+
+    def run_then_die(watchdog):
+        if not died.is_set():
+            died.set()
+            return  # the thread ends, as if something had killed it
+        run(watchdog)
+
+    monkeypatch.setattr(deadline, "watchdog", deadline._Watchdog())
+    monkeypatch.setattr(deadline._Watchdog, "_run", run_then_die)
+    ask(trickling_khalti, 0.01)  # too short to read anything: it starts the watchdog
+    assert died.wait(2)
+    deadline.watchdog._thread.join(2)
+    later = []
+    caller = threading.Thread(target=lambda: later.append(ask(trickling_khalti, 0.3)))
+    caller.start()
+    caller.join(3)
+    assert not caller.is_alive(), "the next call had no deadline"
+    assert isinstance(later[0][0], KhaltiTimeout)
+
+
+def test_an_ssltransport_is_cut_through_the_socket_it_wraps():
+    """Through an HTTPS proxy (TLS in TLS), a call reads urllib3's SSLTransport, which
+    is no socket: the watchdog cuts the socket it wraps, and lives on."""
+    from urllib3.util.ssltransport import SSLTransport
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        transport = SSLTransport.__new__(SSLTransport)  # no handshake: only its socket
+        transport.socket = ours
+        call = deadline.Call(0.2)
+        deadline.watchdog.keep(call)
+        try:
+            call.watch(transport)
+            ours.settimeout(2)
+            assert ours.recv(1) == b""  # woken by the cut, not by the 2 s timeout
+        finally:
+            deadline.watchdog.forget(call)
+        assert deadline.watchdog._thread.is_alive()
