@@ -340,32 +340,46 @@ def test_an_answer_trickled_through_a_proxy_ends_the_call_at_the_deadline(
     assert took < 0.9
 
 
-@pytest.fixture
-def trickled_handshake():
-    """A TLS server whose first answer comes one byte at a time (for 5 s at most)."""
+@contextlib.contextmanager
+def raw_server(handle):
+    """A TCP server on 127.0.0.1 for the block, each connection given to ``handle``
+    in a thread of its own (an OSError there is the client giving up): its port."""
     listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
 
-    def trickle(conn):
+    def handled(conn):
         with conn, contextlib.suppress(OSError):
-            conn.recv(4096)  # the ClientHello
-            until = time.monotonic() + 5
-            for byte in b"\x16\x03\x03\x40\x00" + b"\x02" * 0x4000:  # a 16 KiB record
-                if stop.is_set() or time.monotonic() > until:
-                    return
-                conn.sendall(bytes([byte]))
-                time.sleep(0.05)
+            handle(conn)
 
     def serve():
         with contextlib.suppress(OSError):
             while True:
                 conn, _ = listener.accept()
-                threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+                threading.Thread(target=handled, args=(conn,), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
-    yield f"https://khalti.test:{listener.getsockname()[1]}/"
-    stop.set()
-    listener.close()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+@pytest.fixture
+def trickled_handshake():
+    """A TLS server whose first answer comes one byte at a time (for 5 s at most)."""
+    stop = threading.Event()
+
+    def trickle(conn):
+        conn.recv(4096)  # the ClientHello
+        until = time.monotonic() + 5
+        for byte in b"\x16\x03\x03\x40\x00" + b"\x02" * 0x4000:  # a 16 KiB record
+            if stop.is_set() or time.monotonic() > until:
+                return
+            conn.sendall(bytes([byte]))
+            time.sleep(0.05)
+
+    with raw_server(trickle) as port:
+        yield f"https://khalti.test:{port}/"
+        stop.set()
 
 
 def test_a_tls_handshake_trickled_byte_by_byte_ends_the_call_at_the_deadline(
@@ -382,30 +396,20 @@ def test_a_tls_handshake_trickled_byte_by_byte_ends_the_call_at_the_deadline(
 def slow_tunnel(monkeypatch):
     """An HTTP proxy that opens its tunnel after 0.6 s, then never answers the TLS
     handshake sent through it; HTTPS_PROXY names it."""
-    listener = socket.create_server(("127.0.0.1", 0))
 
     def tunnel(conn):
-        with conn, contextlib.suppress(OSError):
-            conn.recv(4096)  # CONNECT khalti.test:443
-            time.sleep(0.6)
-            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            conn.recv(4096)  # the ClientHello, never answered
-            time.sleep(5)
+        conn.recv(4096)  # CONNECT khalti.test:443
+        time.sleep(0.6)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        conn.recv(4096)  # the ClientHello, never answered
+        time.sleep(5)
 
-    def serve():
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = listener.accept()
-                threading.Thread(target=tunnel, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    proxy = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    for name in ("https_proxy", "HTTPS_PROXY"):
-        monkeypatch.setenv(name, proxy)
-    for name in ("no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    listener.close()
+    with raw_server(tunnel) as port:
+        for name in ("https_proxy", "HTTPS_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        yield
 
 
 def test_a_tls_handshake_stalled_after_a_slow_tunnel_ends_the_call_at_the_deadline(slow_tunnel):
@@ -432,14 +436,20 @@ def test_a_watchdog_that_raised_keeps_the_next_deadlines(trickling_khalti, quick
     outcome, _ = ask(quick[0], 0.3, "wait-0.6")  # not cut: its answer comes, too late
     assert raised
     assert isinstance(outcome, KhaltiTimeout)
+    assert the_next_call_keeps_its_deadline(trickling_khalti) < 0.6
+    assert [t.name for t in threading.enumerate()].count("dj-khalti watchdog") == 1
+
+
+def the_next_call_keeps_its_deadline(trickling_khalti):
+    """A call of 0.3 s to a trickling Khalti ends as a timeout, in a thread the test
+    can give up on (without a deadline it would trickle on): the seconds it took."""
     later = []
     caller = threading.Thread(target=lambda: later.append(ask(trickling_khalti, 0.3)))
     caller.start()
     caller.join(3)
     assert not caller.is_alive(), "the next call had no deadline"
     assert isinstance(later[0][0], KhaltiTimeout)
-    assert later[0][1] < 0.6
-    assert [t.name for t in threading.enumerate()].count("dj-khalti watchdog") == 1
+    return later[0][1]
 
 
 def test_a_dead_watchdog_is_started_again_at_the_next_call(trickling_khalti, monkeypatch):
@@ -458,12 +468,7 @@ def test_a_dead_watchdog_is_started_again_at_the_next_call(trickling_khalti, mon
     ask(trickling_khalti, 0.01)  # too short to read anything: it starts the watchdog
     assert died.wait(2)
     deadline.watchdog._thread.join(2)
-    later = []
-    caller = threading.Thread(target=lambda: later.append(ask(trickling_khalti, 0.3)))
-    caller.start()
-    caller.join(3)
-    assert not caller.is_alive(), "the next call had no deadline"
-    assert isinstance(later[0][0], KhaltiTimeout)
+    the_next_call_keeps_its_deadline(trickling_khalti)
 
 
 def test_an_ssltransport_is_cut_through_the_socket_it_wraps():
