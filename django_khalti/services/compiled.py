@@ -10,7 +10,9 @@ applied, annotations set as attributes).
 
 Only for queries whose SQL does not depend on the values (exact lookups: ``IN (...)``
 changes the SQL with the value; so does None, ``IS NULL``, which is run as the ORM's
-query) and that select one model's own columns (no ``select_related``).
+query), whose other parameters are constants (a ``timezone.now()`` would be frozen at
+the first run: use the database's clock, ``DbNow``), and that select one model's own
+columns (no ``select_related``).
 """
 
 from __future__ import annotations
