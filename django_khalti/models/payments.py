@@ -1,4 +1,4 @@
-"""The ``Payment`` record: one row per Khalti payment attempt.
+"""The ``Payment`` record (one row per Khalti payment attempt), its refunds and its signals.
 
 Status changes happen only in :mod:`django_khalti.services`. Nothing here
 calls Khalti.
@@ -20,9 +20,9 @@ from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-from .conf import khalti_settings
-from .deletion import PROTECT_UNDELIVERED, KeptModel, KeptQuerySet
-from .exceptions import KhaltiPaymentAsSent
+from ..conf import khalti_settings
+from ..deletion import PROTECT_UNDELIVERED, KeptModel, KeptQuerySet
+from ..exceptions import KhaltiPaymentAsSent
 
 
 class DbNow(Now):
@@ -374,9 +374,22 @@ class Refund(KeptModel):
         SUCCEEDED = "succeeded", _("Succeeded")
         FAILED = "failed", _("Failed")
 
+    class Origin(models.TextChoices):
+        """Who made the refund: this app (the admin, ``refund_payment``), or somebody at
+        Khalti, outside the app (its merchant dashboard), found by a ledger walk.
+        """
+
+        APP = "app", _("This app")
+        KHALTI = "khalti", _("Khalti, outside the app")
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     payment = models.ForeignKey(
         Payment, on_delete=models.PROTECT, related_name="refunds", verbose_name=_("payment")
+    )
+    #: :attr:`Origin.KHALTI` for a refund made outside the app (in Khalti's dashboard)
+    #: that a ledger walk found: recorded succeeded, with the ledger's record as its answer.
+    origin = models.CharField(
+        _("made by"), max_length=16, choices=Origin.choices, default=Origin.APP, db_default="app"
     )
     amount = models.PositiveBigIntegerField(_("amount (paisa)"))
     mobile = models.CharField(_("refund to Khalti id"), max_length=32, blank=True)
