@@ -32,7 +32,14 @@ from itertools import pairwise
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils.translation import gettext as _
 
-from ..client import KhaltiClient, KhaltiLedgerPage, KhaltiLedgerRecord
+from ..client import (
+    KhaltiClient,
+    KhaltiLedgerPage,
+    KhaltiLedgerRecord,
+    KhaltiOutcome,
+    KhaltiTransaction,
+    outcome_of,
+)
 from ..exceptions import KhaltiRejected, KhaltiUnavailable
 from ..models import DbNow, LedgerEntry, LedgerWalk, Payment
 from . import ledger_records as records
@@ -101,7 +108,7 @@ def walk_ledger(
             _read_pages(client, report, on_page)
         _find_missing(client, report)
     except KhaltiUnavailable as exc:
-        report.error = _("Khalti did not answer (%(error)s).") % {"error": exc}
+        report.error = _("Khalti did not answer (%(error)s).") % {"error": _failure(exc)}
         _stop(walk, report.error)
     except KhaltiRejected as exc:
         report.error = _("Khalti refused the list: %(error)s") % {"error": exc}
@@ -115,6 +122,12 @@ def walk_ledger(
         _finish(walk)
     walk.refresh_from_db()
     return report
+
+
+def _failure(exc: KhaltiUnavailable) -> str:
+    """What went wrong with a call, for people: its kind and Khalti's HTTP status."""
+    status = getattr(exc, "khalti_status", None)
+    return type(exc).__name__ + (f", HTTP {status}" if status else "")
 
 
 def _take(since: datetime, restart: bool) -> tuple[LedgerWalk, bool]:
@@ -320,7 +333,7 @@ def _look_up(client: KhaltiClient, report: LedgerReport, payment: Payment) -> st
             type="",
             amount=found.amount,
             fee_amount=found.fee_amount,
-            refunded_amount=None if found.refunded else 0,
+            refunded_amount=_refunded_by_record(found),
             created_on=None,
             raw=found.raw,
         )
@@ -328,6 +341,18 @@ def _look_up(client: KhaltiClient, report: LedgerReport, payment: Payment) -> st
     if verdict.change:
         _count_change(report, payment)
     return verdict.kind
+
+
+def _refunded_by_record(found: KhaltiTransaction) -> int | None:
+    """What a transaction's record says went back: all of it when its state says
+    refunded, none when completed and not marked refunded; else unknown.
+    """
+    outcome = outcome_of(found.state)
+    if outcome is KhaltiOutcome.REFUNDED:
+        return found.amount
+    if outcome is KhaltiOutcome.PAID and not found.refunded:
+        return 0
+    return None
 
 
 def _stop(walk: LedgerWalk, why: str) -> None:
