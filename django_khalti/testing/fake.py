@@ -34,7 +34,8 @@ Outcomes (:data:`OUTCOMES`), for :meth:`KhaltiFake.fail_next` and the
     ``{"state": "Error", "detail": "Transaction not found"}``; lookup and
     transaction HTTP 404 ``{"detail": "Not found."}``; refund HTTP 400
     ``{"detail": "Refund period expired."}``; initiate HTTP 400 with a
-    ``validation_error``. Nothing changes at Khalti.
+    ``validation_error``; the transaction list HTTP 404 ``{"detail": "Invalid
+    page."}``. Nothing changes at Khalti.
 ``"wrong_amount"``
     Khalti answers for another amount (Rs 1 more) than the one asked: verify
     HTTP 200 with a completed record for that amount, lookup ``Completed``
