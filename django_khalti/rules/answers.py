@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
@@ -24,10 +24,12 @@ from .shapes import (
     COMPLETE,
     CONFIRMED,
     EPAYMENT_400,
+    INVALID_PAGE,
     INVALID_TOKEN,
     LINK_SECONDS,
     MAX_AMOUNT,
     MAX_LENGTH,
+    MAX_PAGE_SIZE,
     MIN_AMOUNT,
     NOT_FOUND,
     NOT_REFUNDABLE,
@@ -43,6 +45,7 @@ from .shapes import (
     aware,
     integer,
     integer_field,
+    list_record,
     lookup_body,
     record,
     status_body,
@@ -84,6 +87,17 @@ class KhaltiLedger(Protocol):
 
     def expire(self, epayment: HeldEpayment) -> None:
         """Note that an ePayment's link ran out unpaid (a ledger may derive it instead)."""
+
+    def count_transactions(self) -> int:
+        """How many transactions the merchant's list holds: every one whose money reached
+        the merchant (a verified widget payment, a paid ePayment, a foreign one), refunded
+        or not; never an unverified, unconfirmed, pending or failed one.
+        """
+
+    def transactions_page(self, offset: int, limit: int) -> list[Held]:
+        """``limit`` of those transactions from ``offset``, newest first (``created_on``
+        descending, then ``idx``): a slice, so that a ledger need not load them all.
+        """
 
 
 # --- the merchant API --------------------------------------------------------------------
@@ -173,6 +187,60 @@ def refund(idx: str, params: Mapping[str, Any], ledger: KhaltiLedger) -> Answer:
         return Answer(400, {"detail": BANK_NEEDS_MOBILE}, "refund.bank-mobile")
     ledger.refund(held, remaining if wanted is None else wanted, mobile)
     return Answer(200, {"detail": REFUNDED_OK}, "refund.made")
+
+
+def transaction_list(
+    params: Mapping[str, Any], ledger: KhaltiLedger, url: str, page_size: int
+) -> Answer:
+    """``GET api/v2/merchant-transaction/?page=N`` (also ``api/merchant-transaction/``):
+    a page of the merchant's transactions, newest first; ``url`` is the request's
+    absolute URL (for ``next`` and ``previous``), ``page_size`` the door's own, which
+    ``?page_size=`` overrides from 1 to :data:`MAX_PAGE_SIZE`.
+    """
+    size, rule = _page_size(params.get("page_size"), page_size)
+    total = ledger.count_transactions()
+    pages = max(1, -(-total // size))
+    page = integer(params.get("page", 1))
+    if page is None or not 1 <= page <= pages:
+        return Answer(404, INVALID_PAGE, "transactions.invalid-page")
+    offset = (page - 1) * size
+    records = [list_record(held) for held in ledger.transactions_page(offset, size)]
+    body = {
+        "total_pages": pages,
+        "total_records": total,
+        "next": _page_url(url, page + 1) if page < pages else None,
+        "previous": _page_url(url, page - 1) if page > 1 else None,
+        "record_range": [offset + 1, offset + len(records)] if records else [0, 0],
+        "current_page": page,
+        "records": records,
+    }
+    return Answer(200, body, "transactions.empty" if not total else rule)
+
+
+def _page_size(asked: object, default: int) -> tuple[int, str]:
+    """The page size ``?page_size=`` asks (at most :data:`MAX_PAGE_SIZE`), as DRF's
+    pagination reads it: anything but a positive integer leaves ``default``.
+    """
+    if asked is None:
+        return default, "transactions.page"
+    try:
+        size = int(str(asked))
+    except ValueError:
+        return default, "transactions.page-size"
+    return (min(size, MAX_PAGE_SIZE) if size > 0 else default), "transactions.page-size"
+
+
+def _page_url(url: str, page: int) -> str:
+    """``url`` with ``?page=`` set to ``page`` (DRF's: page 1 without it), other
+    parameters kept in their order.
+    """
+    parts = urlsplit(url)
+    query = [(name, value) for name, value in parse_qsl(parts.query, True) if name != "page"]
+    if page > 1:
+        given = [name for name, _ in parse_qsl(parts.query, True)]
+        at = given.index("page") if "page" in given else len(query)
+        query.insert(at, ("page", str(page)))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _url(value: str) -> bool:

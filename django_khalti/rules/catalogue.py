@@ -55,6 +55,16 @@ RULES: dict[str, Rule] = {
     "lookup.expires": Rule("A link past its time is Expired: 400.", DOCUMENTED),
     "lookup.failed": Rule("Lookup of an Expired or User canceled ePayment: 400.", DOCUMENTED),
     "lookup.status": Rule("Lookup answers the ePayment's status: 200.", DOCUMENTED),
+    "transactions.page": Rule(
+        "The transaction list: a page of settled ones, newest first.", DOCUMENTED
+    ),
+    "transactions.page-size": Rule(
+        "?page_size= honoured from 1 to 100; else the default.", ASSUMED
+    ),
+    "transactions.empty": Rule("No transaction yet: page 1, no records, total_pages 1.", ASSUMED),
+    "transactions.invalid-page": Rule(
+        "A page past the end or not a positive integer: 404.", ASSUMED
+    ),
     "payment.minimum": Rule("No payment below Rs 10 exists.", DOCUMENTED),
     "payment.maximum": Rule("No payment above what a record holds (2**63 - 1) exists.", ASSUMED),
     "payment.funded-by": Rule("A payment is funded from a wallet or a bank.", DOCUMENTED),

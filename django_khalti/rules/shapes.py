@@ -38,8 +38,9 @@ MAX_LENGTH = 255
 #: Where a payment's money came from: the buyer's Khalti wallet, or a bank.
 WALLET, BANK = "wallet", "bank"
 FUNDED_BY = (WALLET, BANK)
-#: A transaction's flow.
-WIDGET, EPAYMENT = "widget", "epayment"
+#: A transaction's flow: a widget payment, an ePayment, or one made through another
+#: channel of the same merchant (Khalti's dashboard, a POS, another site on the key).
+WIDGET, EPAYMENT, FOREIGN = "widget", "epayment", "foreign"
 
 #: A transaction's state, in the status endpoint's words.
 INITIATED, CONFIRMED, COMPLETE = "Initiated", "Confirmed", "Complete"
@@ -48,6 +49,17 @@ FAILED, REFUNDED, PARTIALLY_REFUNDED = "Failed", "Refunded", "Partially refunded
 SETTLED = (COMPLETE, REFUNDED, PARTIALLY_REFUNDED)
 #: The states a refund may start from.
 REFUNDABLE = (COMPLETE, PARTIALLY_REFUNDED)
+#: A settled transaction's state, as the merchant's transaction list spells it.
+LIST_STATES = {
+    COMPLETE: "Completed",
+    REFUNDED: "Refunded",
+    PARTIALLY_REFUNDED: "Partially refunded",
+}
+#: The transaction list's page size, unless ``?page_size=`` asks another, and the most
+#: it gives (DRF's ``PageNumberPagination`` with ``max_page_size``).
+PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+#: What the list answers for a page it has not (DRF's words).
+INVALID_PAGE = {"detail": "Invalid page."}
 
 #: An ePayment's status, as lookup spells it.
 EPAYMENT_STATUSES = (
@@ -210,6 +222,26 @@ def record(held: Held, amount: int | None = None) -> dict[str, Any]:
             "idx": "UM75Gm2gWmZvA4TPwkwZye",
             "name": "Test Merchant",
             "mobile": "merchant@example.com",
+        },
+    }
+
+
+def list_record(held: Held) -> dict[str, Any]:
+    """A settled transaction as the merchant's transaction list gives it: flat, ``type``
+    and ``state`` by name, ``refunded_amount`` in paisa.
+    """
+    return {
+        "idx": held.idx,
+        "type": _TYPES[held.funded_by]["name"],
+        "state": LIST_STATES[held.state],
+        "amount": held.amount,
+        "fee_amount": fee(held.amount) if held.fee_amount is None else held.fee_amount,
+        "refunded_amount": held.refunded_amount,
+        "created_on": timestamp(held.created_on),
+        "source": {
+            "idx": "cCaPkRPQGn5D8StkiqqMJg",
+            "name": "Test User",
+            "mobile": mask_mobile(held.mobile),
         },
     }
 

@@ -69,6 +69,9 @@ class SandboxTransaction(models.Model):
 
         WIDGET = rules.WIDGET, "Widget (KPG-1)"
         EPAYMENT = rules.EPAYMENT, "ePayment (KPG-2)"
+        #: Made through another channel of the merchant (added in the admin): in the
+        #: transaction list, matching no payment of the shop's.
+        FOREIGN = rules.FOREIGN, "Another channel"
 
     class FundedBy(models.TextChoices):
         """Where the buyer's money came from: a Khalti wallet, or a bank (the widget's
@@ -106,6 +109,10 @@ class SandboxTransaction(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "sandbox transaction"
+        indexes = [
+            # The merchant's transaction list: settled ones, newest first, a page at a time.
+            models.Index(fields=["state", "-created_at", "idx"], name="khalti_sandbox_list"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.idx} · {self.amount} paisa · {self.khalti_state()}"

@@ -42,6 +42,16 @@ urlpatterns = [
     path("api/v2/payment/verify/", api(merchant.VerifyView), name="verify"),
     path("api/v2/payment/status/", api(merchant.StatusView), name="status"),
     path(
+        "api/v2/merchant-transaction/",
+        api(merchant.TransactionListView),
+        name="transactions",
+    ),
+    path(
+        "api/merchant-transaction/",
+        api(merchant.TransactionListView),
+        name="transactions-older",
+    ),
+    path(
         "api/v2/merchant-transaction/<str:idx>/",
         api(merchant.TransactionView),
         name="transaction",

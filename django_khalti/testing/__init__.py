@@ -1,7 +1,8 @@
 """A fake Khalti for your shop's tests: ``pip install "dj-khalti[testing]"``.
 
 :class:`KhaltiFake` answers every Khalti endpoint dj-khalti calls (verify,
-status, transaction, refund, ePayment initiate and lookup) at
+status, transaction, refund, ePayment initiate and lookup, and the merchant's
+transaction list) at
 ``KHALTI["BASE_URL"]``, checks the ``Authorization: Key <SECRET_KEY>`` header,
 and keeps state the way Khalti does. It is built on ``responses``: a call to
 any other URL raises ``requests.ConnectionError``, so no test ever reaches the
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
         KhaltiChoice,
         KhaltiFake,
         KhaltiFakeEpayment,
+        KhaltiFakeForeign,
         KhaltiFakePayment,
         KhaltiRefundCall,
         KhaltiRequest,
@@ -57,6 +59,7 @@ __all__ = [
     "KhaltiChoice",
     "KhaltiFake",
     "KhaltiFakeEpayment",
+    "KhaltiFakeForeign",
     "KhaltiFakePayment",
     "KhaltiRefundCall",
     "KhaltiRequest",

@@ -169,7 +169,11 @@ class _Answering(_Endpoints):
         elif outcome == "not_json":
             result = (200, {"Content-Type": "text/html; charset=utf-8"}, _HTML_200)
         else:
-            result = getattr(self, f"_{endpoint}")(params, outcome)
+            result = (
+                self._transactions(params, outcome, request.url)
+                if endpoint == "transactions"
+                else getattr(self, f"_{endpoint}")(params, outcome)
+            )
             if outcome == "timeout_after_processing":
                 result = requests.exceptions.ReadTimeout("Read timed out (fake Khalti).")
         call = KhaltiCall(

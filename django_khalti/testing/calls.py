@@ -26,6 +26,11 @@ ENDPOINTS: dict[str, tuple[str, re.Pattern[str]]] = {
     "refund": ("POST", re.compile(r"api/merchant-transaction/(?P<idx>[^/]+)/refund/")),
     "initiate": ("POST", re.compile(r"api/v2/epayment/initiate/")),
     "lookup": ("POST", re.compile(r"api/v2/epayment/lookup/")),
+    "transactions": ("GET", re.compile(r"api/v2/merchant-transaction/")),
+}
+#: Other paths at which Khalti answers an endpoint: its older page names.
+OLDER_PATHS: dict[str, tuple[str, re.Pattern[str]]] = {
+    "transactions": ("GET", re.compile(r"api/merchant-transaction/")),
 }
 
 #: The outcomes :meth:`KhaltiFake.fail_next` knows (see the module's docstring).
@@ -49,7 +54,8 @@ _TRANSPORT_OUTCOMES = frozenset({"timeout", "connection_error"})
 class _Asked:
     """What a request to the fake Khalti asked: the fields a call and a request share."""
 
-    #: One of ``verify``, ``status``, ``transaction``, ``refund``, ``initiate``, ``lookup``.
+    #: One of ``verify``, ``status``, ``transaction``, ``refund``, ``initiate``, ``lookup``,
+    #: ``transactions``.
     endpoint: str
     method: str
     url: str
@@ -200,7 +206,7 @@ class _Choosing:
         """Answer the next ``times`` calls to ``endpoint`` with ``outcome``.
 
         ``endpoint``: ``verify``, ``status``, ``transaction``, ``refund``,
-        ``initiate``, ``lookup``, or ``any``. ``outcome``: one of
+        ``initiate``, ``lookup``, ``transactions`` (the transaction list), or ``any``. ``outcome``: one of
         :data:`OUTCOMES` (see the module's docstring). ``key`` limits it to one
         payment: a token, idx, pidx, transaction id or (initiate) purchase
         order id. ``times=None``: every call from now on. The first choice
@@ -210,8 +216,11 @@ class _Choosing:
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"Unknown outcome {outcome!r}; one of {', '.join(sorted(OUTCOMES))}.")
-        if outcome == "wrong_amount" and endpoint in ("refund", "initiate"):
-            raise ValueError("wrong_amount is an answer of verify, status, transaction or lookup.")
+        if outcome == "wrong_amount" and endpoint in ("refund", "initiate", "transactions"):
+            raise ValueError(
+                "wrong_amount is an answer of verify, status, transaction or lookup "
+                "(for the transaction list, change Khalti's amount: khalti.set_amount(...))."
+            )
         return self._override(KhaltiChoice(endpoint, key, times, outcome=outcome, delay=delay))
 
     def answer_next(
@@ -273,6 +282,11 @@ class _Choosing:
         if override.endpoint != "any" and override.endpoint not in ENDPOINTS:
             raise ValueError(
                 f"Unknown endpoint {override.endpoint!r}; one of {', '.join(ENDPOINTS)} or 'any'."
+            )
+        if override.endpoint == "transactions" and override.key is not None:
+            raise ValueError(
+                "key= picks one payment's calls; a page of the transaction list is of no "
+                "one payment: leave key out."
             )
         if override.times is not None and override.times < 1:
             raise ValueError("times must be at least 1, or None for every call.")
@@ -341,6 +355,13 @@ class _CallRecords:
             KhaltiRefundCall(c.params["idx"], c.params.get("amount"), c.params.get("mobile"))
             for c in self._calls("refund")
         ]
+
+    @property
+    def transactions_calls(self) -> list[Any]:
+        """Every transaction-list call (either path): the page asked for, an int
+        (1 when the query names none; as sent when it is no integer).
+        """
+        return [_as_int(c.params.get("page", 1)) for c in self._calls("transactions")]
 
     @property
     def initiate_calls(self) -> list[dict[str, Any]]:

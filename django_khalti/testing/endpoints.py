@@ -1,6 +1,7 @@
 """Khalti's endpoints, answering by Khalti's state as Khalti does.
 
-Verify, status, transaction, refund, ePayment initiate and lookup: each reads
+Verify, status, transaction, refund, ePayment initiate and lookup, and the
+merchant's transaction list: each reads
 the request's parameters and the outcome chosen for it (``None``: Khalti's
 state decides) and returns the HTTP answer. What Khalti answers is decided by
 Khalti's rules (:mod:`django_khalti.rules`), the same the sandbox follows: here
@@ -19,7 +20,9 @@ from ..rules import answers as rules
 from ..rules.shapes import (
     CONFIRMED,
     EPAYMENT,
+    INVALID_PAGE,
     INVALID_TOKEN,
+    LIST_STATES,
     NOT_FOUND,
     Held,
     HeldEpayment,
@@ -28,7 +31,7 @@ from ..rules.shapes import (
     status_body,
 )
 from .calls import _Answer, _json
-from .records import KhaltiFakeEpayment, KhaltiFakePayment, khalti_id
+from .records import KhaltiFakeEpayment, KhaltiFakeForeign, KhaltiFakePayment, khalti_id
 
 #: A paid ePayment's transaction state, by its lookup status.
 _EPAYMENT_STATES = {
@@ -44,10 +47,12 @@ def _answer(answer: rules.Answer) -> _Answer:
 
 
 class _Endpoints:
-    """Khalti's six endpoints and its records' lookups (part of :class:`KhaltiFake`)."""
+    """Khalti's endpoints and its records' lookups (part of :class:`KhaltiFake`)."""
 
     payments: dict[str, KhaltiFakePayment]
     epayments: dict[str, KhaltiFakeEpayment]
+    foreign: dict[str, KhaltiFakeForeign]
+    ledger_page_size: int
     EPAYMENT_LINK_SECONDS: int
 
     if TYPE_CHECKING:  # pragma: no cover
@@ -70,6 +75,17 @@ class _Endpoints:
         return next(
             (e for e in self.epayments.values() if e.transaction_id == transaction_id), None
         )
+
+    def _listed(self) -> list[Held]:
+        """Every transaction in the merchant's list, newest first (then by idx)."""
+        ledger = _KitLedger(self)
+        held = [p.held() for p in self.payments.values()]
+        held += [ledger.epayment_transaction(e) for e in self.epayments.values()]
+        held += [f.held() for f in self.foreign.values()]
+        listed = [h for h in held if h is not None and h.state in LIST_STATES]
+        listed.sort(key=lambda h: h.idx)
+        listed.sort(key=lambda h: h.created_on, reverse=True)
+        return listed
 
     # --- the endpoints ---------------------------------------------------------------------
 
@@ -101,6 +117,11 @@ class _Endpoints:
         if outcome == "rejected":
             return _json(400, {"detail": "Refund period expired."})
         return _answer(rules.refund(params["idx"], params, _KitLedger(self)))
+
+    def _transactions(self, params: dict[str, Any], outcome: str | None, url: str) -> _Answer:
+        if outcome == "rejected":
+            return _json(404, INVALID_PAGE)
+        return _answer(rules.transaction_list(params, _KitLedger(self), url, self.ledger_page_size))
 
     def _initiate(self, params: dict[str, Any], outcome: str | None) -> _Answer:
         if outcome == "rejected":
@@ -140,11 +161,18 @@ class _KitLedger:
         payment = self.fake._payment(key)
         if payment is not None:
             return payment.held()
+        if key in self.fake.foreign:
+            return self.fake.foreign[key].held()
         epayment = self.fake._epayment_by_transaction(key)
-        if epayment is None or epayment.status not in _EPAYMENT_STATES:
+        return None if epayment is None else self.epayment_transaction(epayment)
+
+    @staticmethod
+    def epayment_transaction(epayment: KhaltiFakeEpayment) -> Held | None:
+        """The transaction of a paid (or pending) ePayment; None before the buyer paid."""
+        if epayment.transaction_id is None or epayment.status not in _EPAYMENT_STATES:
             return None
         return Held(
-            idx=key,
+            idx=epayment.transaction_id,
             amount=epayment.amount,
             state=_EPAYMENT_STATES[epayment.status],
             mobile=epayment.mobile,
@@ -154,6 +182,14 @@ class _KitLedger:
             refunded_amount=epayment.refunded_amount,
             funded_by=epayment.funded_by,
         )
+
+    def count_transactions(self) -> int:
+        """How many transactions the merchant's list holds."""
+        return len(self.fake._listed())
+
+    def transactions_page(self, offset: int, limit: int) -> list[Held]:
+        """A slice of the merchant's list (the fake's records are in memory anyway)."""
+        return self.fake._listed()[offset : offset + limit]
 
     def find_epayment(self, pidx: str) -> HeldEpayment | None:
         """The ePayment of ``pidx``."""
@@ -167,14 +203,15 @@ class _KitLedger:
 
     def refund(self, held: Held, amount: int, mobile: str | None) -> None:
         """Khalti refunds ``amount`` of this transaction."""
-        holder: KhaltiFakePayment | KhaltiFakeEpayment | None = self.fake._payment(held.idx)
+        holder: KhaltiFakePayment | KhaltiFakeEpayment | KhaltiFakeForeign | None
+        holder = self.fake._payment(held.idx) or self.fake.foreign.get(held.idx)
         if holder is None:
             holder = self.fake._epayment_by_transaction(held.idx)
         assert holder is not None
         holder.refunded_amount += amount
         holder.refunds.append((amount, mobile))
         state = after_refund(holder.amount, holder.refunded_amount)
-        if isinstance(holder, KhaltiFakePayment):
+        if isinstance(holder, (KhaltiFakePayment, KhaltiFakeForeign)):
             holder.state = state
         else:
             holder.status = epayment_status(state)

@@ -23,6 +23,9 @@ Quick reference (``khalti`` is a started :class:`KhaltiFake`)::
     choice = khalti.answer_next("lookup", json={...})      # each returns a KhaltiChoice:
     assert len(choice.calls) == 1                          # ... the calls it answered
 
+    khalti.refund_in_dashboard(payment.idx, 300)      # Khalti's books, outside the app:
+    khalti.add_foreign(5000)                          # ... see books.py
+
 Outcomes (:data:`OUTCOMES`), for :meth:`KhaltiFake.fail_next` and the
 ``outcome`` of :meth:`~KhaltiFake.add_payment` / :meth:`~KhaltiFake.add_epayment`:
 
@@ -31,7 +34,8 @@ Outcomes (:data:`OUTCOMES`), for :meth:`KhaltiFake.fail_next` and the
     ``{"state": "Error", "detail": "Transaction not found"}``; lookup and
     transaction HTTP 404 ``{"detail": "Not found."}``; refund HTTP 400
     ``{"detail": "Refund period expired."}``; initiate HTTP 400 with a
-    ``validation_error``. Nothing changes at Khalti.
+    ``validation_error``; the transaction list HTTP 404 ``{"detail": "Invalid
+    page."}``. Nothing changes at Khalti.
 ``"wrong_amount"``
     Khalti answers for another amount (Rs 1 more) than the one asked: verify
     HTTP 200 with a completed record for that amount, lookup ``Completed``
@@ -68,8 +72,8 @@ whose ``calls`` are the calls it answered.
 :class:`KhaltiFake` is here; its parts are beside it, and every name of theirs
 is importable from here too: ``records`` (what Khalti holds: payments and
 ePayments), ``calls`` (the calls recorded and the answers chosen ahead),
-``answering`` (a request in, an answer out) and ``endpoints`` (Khalti's answer
-by its state, per endpoint).
+``answering`` (a request in, an answer out), ``endpoints`` (Khalti's answer
+by its state, per endpoint) and ``books`` (Khalti's books changed outside the app).
 """
 
 from __future__ import annotations
@@ -86,10 +90,12 @@ from ..conf import khalti_settings
 from ..rules.shapes import FUNDED_BY, LINK_SECONDS, pay_refusal
 from ..rules.shapes import fee as khalti_fee
 from .answering import _Answering
+from .books import _Books
 
 # The parts' public names, importable from here as before the kit was split
 # (``X as X``: re-exported, for type checkers too).
 from .calls import ENDPOINTS as ENDPOINTS
+from .calls import OLDER_PATHS as OLDER_PATHS
 from .calls import OUTCOMES as OUTCOMES
 from .calls import CallbackResult as CallbackResult
 from .calls import KhaltiCall as KhaltiCall
@@ -105,6 +111,7 @@ from .records import MIN_AMOUNT as MIN_AMOUNT
 from .records import NPT as NPT
 from .records import WIDGET_STATES as WIDGET_STATES
 from .records import KhaltiFakeEpayment as KhaltiFakeEpayment
+from .records import KhaltiFakeForeign as KhaltiFakeForeign
 from .records import KhaltiFakePayment as KhaltiFakePayment
 from .records import _canonical, _now, _payable, _refunded
 from .records import khalti_id as khalti_id
@@ -113,7 +120,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .deliveries import KhaltiSignalSender
 
 
-class KhaltiFake(_Choosing, _CallRecords, _Answering):
+class KhaltiFake(_Choosing, _CallRecords, _Books, _Answering):
     """Khalti's merchant API, faked at the transport with ``responses``.
 
     ``base_url``: where the fake answers. By default ``KHALTI["BASE_URL"]``
@@ -146,12 +153,13 @@ class KhaltiFake(_Choosing, _CallRecords, _Answering):
         self.payments: dict[str, KhaltiFakePayment] = {}
         #: ePayments by pidx, in the order they were made.
         self.epayments: dict[str, KhaltiFakeEpayment] = {}
+        self.foreign: dict[str, KhaltiFakeForeign] = {}
         #: Every request made to the fake Khalti, in order.
         self.calls: list[KhaltiCall] = []
         self._overrides: list[KhaltiChoice] = []
         self._lock = threading.RLock()
         self.mock = responses.RequestsMock(assert_all_requests_are_fired=False)
-        for name, (method, path) in ENDPOINTS.items():
+        for name, (method, path) in [*ENDPOINTS.items(), *OLDER_PATHS.items()]:
             self.mock.add_callback(
                 method,
                 re.compile(r"https?://.*"),

@@ -18,6 +18,7 @@ from ..rules.shapes import (
     BANK_MIN_AMOUNT,
     EPAYMENT_400,
     EPAYMENT_STATUSES,
+    FOREIGN,
     MIN_AMOUNT,
     NPT,
     TOO_SMALL,
@@ -25,6 +26,7 @@ from ..rules.shapes import (
     WIDGET,
     Held,
     HeldEpayment,
+    list_record,
     lookup_body,
     payment_refusal,
     record,
@@ -39,10 +41,13 @@ __all__ = [
     "TOO_SMALL",
     "WIDGET_STATES",
     "KhaltiFakeEpayment",
+    "KhaltiFakeForeign",
     "KhaltiFakePayment",
     "khalti_id",
 ]
 
+#: A foreign transaction's state at Khalti (as the transaction list spells it).
+FOREIGN_STATES = ("Completed", "Refunded", "Partially refunded")
 #: A widget payment's state at Khalti (the status endpoint then says Confirmed
 #: for a Completed payment not yet verified, Complete once verified).
 WIDGET_STATES = ("Initiated", "Completed", "Failed", "Refunded", "Partially refunded")
@@ -245,3 +250,40 @@ class KhaltiFakeEpayment:
                 funded_by=self.funded_by,
             )
         )
+
+
+@dataclass
+class KhaltiFakeForeign:
+    """A transaction of the merchant's made through another channel (see
+    :meth:`KhaltiFake.add_foreign`): in Khalti's list, matching no payment of the app's.
+    """
+
+    idx: str
+    amount: int
+    #: One of :data:`FOREIGN_STATES`.
+    state: str
+    fee_amount: int
+    created_on: datetime
+    funded_by: str = WALLET
+    mobile: str = "9800000002"
+    refunded_amount: int = 0
+    #: Refunds Khalti made: ``(amount, mobile)``.
+    refunds: list[tuple[int, str | None]] = field(default_factory=list)
+
+    def held(self) -> Held:
+        """The transaction as Khalti's rules read it."""
+        return Held(
+            idx=self.idx,
+            amount=self.amount,
+            state="Complete" if self.state == "Completed" else self.state,
+            mobile=self.mobile,
+            created_on=self.created_on,
+            kind=FOREIGN,
+            fee_amount=self.fee_amount,
+            refunded_amount=self.refunded_amount,
+            funded_by=self.funded_by,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The transaction as Khalti's transaction list gives it."""
+        return list_record(self.held())

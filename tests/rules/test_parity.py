@@ -17,6 +17,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.response import Response
 
+from django_khalti.sandbox import books
 from django_khalti.sandbox.models import SandboxEpayment, SandboxTransaction
 from django_khalti.sandbox.views import merchant
 
@@ -66,6 +67,25 @@ class KitDoor:
 
     def run_out(self, pidx):
         self.khalti.epayment(pidx).expires_at = timezone.now() - timedelta(seconds=1)
+
+    @property
+    def base(self):
+        return self.khalti.base_url
+
+    def foreign(self, amount, *, minutes_ago, refunded_amount=0):
+        when = timezone.now() - timedelta(minutes=minutes_ago)
+        state = "Completed" if not refunded_amount else "Partially refunded"
+        kept = self.khalti.add_foreign(
+            amount, state=state, refunded_amount=refunded_amount, created_on=when
+        )
+        return kept.idx
+
+    def dashboard_refund(self, idx, amount=None, mobile=None):
+        try:
+            self.khalti.refund_in_dashboard(idx, amount, mobile=mobile)
+        except ValueError as refused:
+            return re.search(r"\(([a-z.-]+)\)", str(refused))[1]
+        return "refunded"
 
 
 class SandboxDoor:
@@ -147,6 +167,18 @@ class SandboxDoor:
             expires_at=timezone.now() - timedelta(seconds=1)
         )
 
+    base = "http://testserver/sandbox/"
+
+    def foreign(self, amount, *, minutes_ago, refunded_amount=0):
+        when = timezone.now() - timedelta(minutes=minutes_ago)
+        return books.add_foreign(
+            amount=amount, refunded_amount=refunded_amount, created_on=when
+        ).idx
+
+    def dashboard_refund(self, idx, amount=None, mobile=None):
+        answer = books.refund_in_dashboard(idx, amount, mobile or "")
+        return "refunded" if answer.status == 200 else answer.rule
+
 
 def returned(url):
     """Where Khalti sent the buyer back: the return URL's path and query."""
@@ -171,6 +203,8 @@ class Transcript:
             return {key: self.normal(item) for key, item in value.items()}
         if isinstance(value, list):
             return [self.normal(item) for item in value]
+        if isinstance(value, str) and value.startswith(self.door.base):
+            return "<base>/" + value[len(self.door.base) :]
         if isinstance(value, str) and _ID.match(value):
             return self.name(value)
         if isinstance(value, str) and _TIME.match(value):
@@ -322,7 +356,43 @@ def epayment_story(t):
     t.call("lookup, expired", "POST", lookup, json={"pidx": late["pidx"]})
 
 
-STORIES = [widget_story, bank_story, epayment_story]
+def ledger_story(t):
+    """The merchant's transaction list: what reached the merchant, paged, newest first."""
+    listed, older = "api/v2/merchant-transaction/", "api/merchant-transaction/"
+    t.call("list, nothing yet", "GET", listed)
+    t.call("list, page 2 of nothing", "GET", listed, query={"page": 2})
+    t.call("list, no key", "GET", listed, key="none")
+    t.call("list, public key", "GET", older, key="public")
+    token, idx = t.door.widget_payment(1000)
+    t.call("list, a payment not verified", "GET", listed)
+    t.call("verify", "POST", "api/v2/payment/verify/", json={"token": token, "amount": 1000})
+    _, unverified = t.door.widget_payment(2000)  # confirmed, never verified: never listed
+    t.note("a foreign one", t.door.foreign(5000, minutes_ago=30))
+    t.note(
+        "a foreign one refunded in part", t.door.foreign(7000, minutes_ago=20, refunded_amount=700)
+    )
+    t.note("dashboard refund 400", t.door.dashboard_refund(idx, 400))
+    for wrong in (601, 0):
+        t.note(f"dashboard refund {wrong}", t.door.dashboard_refund(idx, wrong))
+    t.note("dashboard refund, not verified", t.door.dashboard_refund(unverified))
+    paid = t.call("initiate", "POST", "api/v2/epayment/initiate/", json=started(amount=3000))
+    t.note("the buyer pays", t.door.pay(paid["pidx"]))
+    body = t.call("lookup", "POST", "api/v2/epayment/lookup/", json={"pidx": paid["pidx"]})
+    t.note("dashboard refund, all", t.door.dashboard_refund(body["transaction_id"]))
+    t.note("dashboard refund, again", t.door.dashboard_refund(body["transaction_id"]))
+    t.call("lookup, refunded", "POST", "api/v2/epayment/lookup/", json={"pidx": paid["pidx"]})
+    t.call("list", "GET", listed)
+    for page in (1, 2, 3):
+        t.call(f"list, page {page} of 2", "GET", listed, query={"page": page, "page_size": 2})
+    t.call("list, older path", "GET", older, query={"page_size": 3, "page": 2})
+    for page in (0, -1, "two", "", 99):
+        t.call(f"list, page {page!r}", "GET", listed, query={"page": page})
+    for size in (0, "many", 1000):
+        t.call(f"list, page_size {size!r}", "GET", listed, query={"page_size": size})
+
+
+# The ledger story first: it starts from an empty list (test_page runs them in turn).
+STORIES = [ledger_story, widget_story, bank_story, epayment_story]
 
 
 @pytest.mark.parametrize("story", STORIES)

@@ -17,10 +17,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
-from django.db.models import F, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
@@ -35,8 +33,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ...rules import answers as rules
-from ...rules.shapes import Held, HeldEpayment, pay_refusal
+from ...rules.shapes import PAGE_SIZE, pay_refusal
 from .. import serializers
+from ..ledger import SandboxLedger
 from ..models import TEST_MOBILES, TEST_MPIN, SandboxEpayment, SandboxTransaction
 
 
@@ -93,60 +92,6 @@ def answered(answer: rules.Answer) -> Response:
     return Response(answer.body, status=answer.status)
 
 
-class SandboxLedger:
-    """The sandbox's rows, as Khalti's rules read and change them (a ``KhaltiLedger``).
-
-    ``for_update``: rows are read locked (``select_for_update``), in the caller's
-    transaction, so that two refunds of one payment are taken one after the other.
-    """
-
-    def __init__(self, request: Request | None = None, *, for_update: bool = False) -> None:
-        self.request = request
-        self.for_update = for_update
-
-    def find_transaction(self, key: str) -> Held | None:
-        """The transaction whose token or idx is ``key``."""
-        rows = SandboxTransaction.objects.filter(Q(token=key) | Q(idx=key))
-        row = (rows.select_for_update() if self.for_update else rows).first()
-        return None if row is None else row.held()
-
-    def find_epayment(self, pidx: str) -> HeldEpayment | None:
-        """The ePayment of ``pidx``."""
-        row = SandboxEpayment.objects.select_related("transaction").filter(pidx=pidx).first()
-        return None if row is None else row.held()
-
-    def complete(self, held: Held) -> bool:
-        """The merchant verified this payment: one winner, from Confirmed only."""
-        return bool(
-            SandboxTransaction.objects.filter(
-                idx=held.idx, state=SandboxTransaction.State.CONFIRMED
-            ).update(state=SandboxTransaction.State.COMPLETED, completed_at=timezone.now())
-        )
-
-    def refund(self, held: Held, amount: int, mobile: str | None) -> None:
-        """Khalti refunds ``amount`` of this transaction (to ``mobile``, not kept)."""
-        SandboxTransaction.objects.filter(idx=held.idx).update(
-            refunded_amount=F("refunded_amount") + amount
-        )
-
-    def start(self, data: dict[str, Any]) -> tuple[HeldEpayment, str]:
-        """Keep a new ePayment; its payment URL is the sandbox's hosted page."""
-        epayment = SandboxEpayment.objects.create(
-            amount=data["amount"],
-            purchase_order_id=data["purchase_order_id"],
-            purchase_order_name=data["purchase_order_name"],
-            return_url=data["return_url"],
-            website_url=data["website_url"],
-            request=data,
-        )
-        assert self.request is not None
-        pay_url = self.request.build_absolute_uri(reverse("khalti_sandbox:pay"))
-        return epayment.held(), f"{pay_url}?pidx={epayment.pidx}"
-
-    def expire(self, epayment: HeldEpayment) -> None:
-        """Nothing to write: a row's lookup status derives Expired from ``expires_at``."""
-
-
 class VerifyView(SandboxAPIView):
     """``POST api/v2/payment/verify/``: completes a confirmed widget payment, once."""
 
@@ -169,6 +114,22 @@ class TransactionView(SandboxAPIView):
     def get(self, request: Request, idx: str) -> Response:
         """Khalti's record of ``idx``, or 404."""
         return answered(rules.transaction(idx, SandboxLedger()))
+
+
+class TransactionListView(SandboxAPIView):
+    """``GET api/v2/merchant-transaction/?page=N`` (and the older ``api/merchant-transaction/``):
+    the merchant's transactions, a page at a time, counted and sliced in SQL.
+    """
+
+    #: Transactions a page, unless ``?page_size=`` asks another (1 to 100).
+    page_size = PAGE_SIZE
+
+    def get(self, request: Request) -> Response:
+        """A page of the merchant's transactions, or 404 for a page it has not."""
+        url = request.build_absolute_uri()
+        ledger = SandboxLedger()
+        answer = rules.transaction_list(params(request.query_params), ledger, url, self.page_size)
+        return answered(answer)
 
 
 class RefundView(SandboxAPIView):
