@@ -231,7 +231,7 @@ def _read(report: LedgerReport, page: KhaltiLedgerPage) -> Counter[str]:
         verdict = records.judge(record, payment, payment is not None and payment.pk in in_flight)
         if verdict.change and payment is not None:
             verdict = records.record_with_change(walk, record, payment, page.number)
-            _count_change(report, payment)
+            _count_change(report, payment, verdict)
         else:
             quiet.append(records.entry(walk, record, payment, verdict, page.number))
         made[verdict.kind] += 1
@@ -275,11 +275,13 @@ def _differing(made: Counter[str]) -> int:
     return sum(n for kind, n in made.items() if kind != Kind.MATCHED)
 
 
-def _count_change(report: LedgerReport, payment: Payment) -> None:
-    """Count the status a change left ``payment`` in (read again: it may have lost)."""
-    status = Payment.objects.filter(pk=payment.pk).values_list("status", flat=True).first()
-    if status is not None and status != payment.status:
-        report.changed[status] += 1
+def _count_change(report: LedgerReport, payment: Payment, verdict: records.Verdict) -> None:
+    """Count the status ``payment`` was left in, when ``verdict`` (made under its row
+    lock) changed it.
+    """
+    if verdict.change:
+        status = Payment.objects.filter(pk=payment.pk).values_list("status", flat=True).first()
+        report.changed[status or ""] += 1
 
 
 def _keep_fees(fresh: list[KhaltiLedgerRecord], payments: dict[str | None, Payment]) -> None:
@@ -313,8 +315,8 @@ def _find_missing(client: KhaltiClient, report: LedgerReport) -> None:
         report.kinds[kind] += 1
         _held(
             walk,
-            records_read=F("records_read") + (kind != Kind.MISSING),
-            differences=F("differences") + (kind != Kind.MATCHED),
+            records_read=F("records_read") + int(kind != Kind.MISSING),
+            differences=F("differences") + int(kind != Kind.MATCHED),
         )
 
 
@@ -338,8 +340,7 @@ def _look_up(client: KhaltiClient, report: LedgerReport, payment: Payment) -> st
             raw=found.raw,
         )
         verdict = records.record_with_change(report.walk, record, payment, None)
-    if verdict.change:
-        _count_change(report, payment)
+    _count_change(report, payment, verdict)
     return verdict.kind
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
+from django.utils import timezone
 
 from django_khalti.models import LedgerEntry, LedgerWalk, Payment, Refund
 from shop.models import Order
@@ -173,7 +175,7 @@ def test_a_record_of_another_amount_sends_the_payment_to_review_with_khaltis_rec
     pay, walk, khalti, signals
 ):
     held, payment = pay("ORD-1")
-    khalti.payments[held.token].amount = 2000  # Khalti's books say Rs 20
+    khalti.set_amount(held.token, 2000)  # Khalti's books say Rs 20
 
     walk()
 
@@ -198,7 +200,7 @@ def test_a_payment_khalti_lacks_goes_to_review_after_khalti_is_asked_about_it(
     held, payment = pay("ORD-1")
     _kept, other = pay("ORD-2")
     Payment.objects.update(verified_at=payment.verified_at - timedelta(minutes=30))
-    del khalti.payments[held.token]  # Khalti's books lack it
+    khalti.remove_transaction(held.token)  # Khalti's books lack it
 
     walk()
 
@@ -213,7 +215,7 @@ def test_a_payment_khalti_lacks_goes_to_review_after_khalti_is_asked_about_it(
 
 def test_a_payment_verified_moments_ago_is_not_looked_for_yet(pay, walk, khalti):
     held, payment = pay("ORD-1")
-    del khalti.payments[held.token]
+    khalti.remove_transaction(held.token)
     walk()
     payment.refresh_from_db()
     assert payment.status == Status.VERIFIED
@@ -353,3 +355,61 @@ def test_a_since_that_is_no_day_is_refused(since):
 def test_the_ledger_walk_is_no_dry_run():
     with pytest.raises(CommandError, match="--ledger"):
         call_command("khalti_reconcile", "--ledger", "--dry-run", stdout=io.StringIO())
+
+
+def test_an_epayment_refunded_in_part_in_khaltis_dashboard(
+    client, khalti, walk, signals, django_capture_on_commit_callbacks
+):
+    Order.objects.create(reference="ORD-E", total=2000)
+    started = client.post(
+        reverse("django_khalti:epayment-initiate"),
+        {"product_identity": "ORD-E", "product_name": "Order E"},
+        content_type="application/json",
+    )
+    pidx = started.json()["pidx"]
+    with django_capture_on_commit_callbacks(execute=True):
+        client.get(khalti.pay(pidx))
+    payment = Payment.objects.get(pidx=pidx)
+    assert payment.status == Status.VERIFIED
+    khalti.refund_in_dashboard(pidx, amount=500)
+
+    walk()
+
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == (Status.PARTIALLY_REFUNDED, 500)
+    assert list(payment.refunds.values_list("origin", "amount")) == [("khalti", 500)]
+    assert told(signals) == [("verified", "ORD-E", None), ("refunded", "ORD-E", 500)]
+    assert not khalti.lookup_calls[1:]  # the walk asked lookup nothing
+
+
+# --- two walks at once ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.concurrency
+def test_two_walks_at_once_change_each_payment_once(pay, khalti, signals):
+    from django_khalti.services.ledger import walk_ledger
+
+    from ..conftest import race
+
+    paid = [pay(f"ORD-{n}") for n in range(8)]
+    for held, _payment in paid:
+        khalti.refund_in_dashboard(held.token, amount=100)
+    khalti.ledger_page_size = 3
+    # Each page takes a while, so the two walks read the same records at the same time.
+    khalti.on_next("transactions", lambda request: time.sleep(0.2), times=None)
+    since = timezone.now() - timedelta(days=1)
+
+    reports = race(lambda: walk_ledger(since), lambda: walk_ledger(since))
+
+    assert all(report.finished for report in reports)
+    assert sum(report.changed[Status.PARTIALLY_REFUNDED] for report in reports) == 8
+    assert Refund.objects.count() == 8
+    for payment in Payment.objects.all():
+        assert (payment.status, payment.refunded_amount) == (Status.PARTIALLY_REFUNDED, 100)
+    refunded = [s for s in told(signals) if s[0] == "refunded"]
+    assert sorted(refunded) == sorted(("refunded", f"ORD-{n}", 100) for n in range(8))
+    # Each walk entered every record once; what one changed, the other found matching.
+    for walk_row in LedgerWalk.objects.all():
+        assert walk_row.records_read == 8
+    assert LedgerEntry.objects.filter(kind=Kind.REFUNDED_AT_KHALTI).count() == 8
