@@ -7,7 +7,8 @@ exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
   a link, settle its return), :mod:`.refunds` (over :mod:`.refund_checks`,
   what Khalti's state says became of a refund, and :mod:`.refund_outcomes`,
   that recorded), :mod:`.reconciliation` (the one reconciliation path, for the
-  command and the admin);
+  command and the admin), :mod:`.ledger` (the walk of Khalti's transaction
+  list, over :mod:`.ledger_records`, what one record says and changes);
 - settling with Khalti: :mod:`.settle` (ask Khalti about a claimed payment in
   its flow; one live payment an order) and :mod:`.transactions` (the
   transaction id of money that moved, when unknown), over :mod:`.answers`
@@ -20,6 +21,7 @@ exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
 """
 
 from .epayment import settle_epayment_return, start_epayment
+from .ledger import LedgerReport, walk_ledger
 from .outbox import deliver, deliver_due, deliver_in_order, due_deliveries, earlier_undelivered
 from .reconciliation import (
     PERSON_SPACING,
@@ -37,6 +39,7 @@ __all__ = [
     "MAX_AMOUNT",
     "MIN_EPAYMENT_AMOUNT",
     "PERSON_SPACING",
+    "LedgerReport",
     "Reconciliation",
     "deliver",
     "deliver_due",
@@ -57,4 +60,5 @@ __all__ = [
     "settle_epayment_return",
     "start_epayment",
     "verify_payment",
+    "walk_ledger",
 ]

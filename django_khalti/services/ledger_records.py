@@ -82,6 +82,13 @@ def _refunds(record: KhaltiLedgerRecord, payment: Payment, in_flight: bool) -> V
     if khalti > here:
         if payment.status not in Payment.REFUNDABLE_STATUSES:
             return _another_state(payment, _refund_words(khalti, here))
+        if payment.status == Status.NEEDS_REVIEW and khalti < payment.paid_amount:
+            # Part of a payment in review went back: a person's review decides what
+            # stays; it is not cleared, nor the payment counted paid again, by a walk.
+            why = _("Rs %(amount)s refunded at Khalti while the payment awaits review.") % {
+                "amount": rupees(khalti - here)
+            }
+            return Verdict(Kind.STATE_DIFFERS, why)
         detail = _("Rs %(amount)s refunded at Khalti, outside the app.") % {
             "amount": rupees(khalti - here)
         }

@@ -33,16 +33,19 @@ def reconcile_options(argv):
     return vars(Command().create_parser("manage.py", "khalti_reconcile").parse_args(args))
 
 
-def crontab_entry():
-    """The crontab's one job line, its environment lines, and its shell command."""
+def crontab_entry(number=0):
+    """The crontab's job line ``number`` (0: reconcile's, 1: the ledger walk's), its
+    environment lines, and its shell command.
+    """
     lines = [
         line
         for line in (CODE / "khalti-reconcile.crontab").read_text().splitlines()
         if line and not line.startswith("#")
     ]
     environment = dict(line.split("=", 1) for line in lines if "=" in line.split()[0])
-    (job,) = [line for line in lines if "=" not in line.split()[0]]
-    fields = job.split(None, 5)
+    jobs = [line for line in lines if "=" not in line.split()[0]]
+    assert len(jobs) == 2
+    fields = jobs[number].split(None, 5)
     return fields[:5], environment, fields[5]
 
 
@@ -91,6 +94,18 @@ def test_the_crontab_line_runs_the_command_with_real_options_every_five_minutes(
     assert reconcile_options(argv)["limit"] == 500
     # Its output goes to the log; cron mails only what ``|| echo`` prints on a failure.
     assert ">> /var/log/shop/khalti-reconcile.log 2>&1 || echo" in command
+
+
+def test_the_crontab_walks_the_ledger_once_a_day_with_real_options_beside_reconcile():
+    schedule, environment, command = crontab_entry(1)
+    assert schedule == ["30", "0", "*", "*", "*"]
+    argv = shlex.split(command.split(">>")[0])
+    assert argv[3:7] == ["flock", "-n", "-E", "0"]
+    assert argv[7] != crontab_entry(0)[2].split()[7]  # a lock of its own
+    options = reconcile_options(argv)
+    assert options["ledger"] is True
+    assert options["since"] == "30d"
+    assert ">> /var/log/shop/khalti-ledger.log 2>&1 || echo" in command
 
 
 def test_the_systemd_service_is_a_oneshot_run_of_the_command_with_real_options():

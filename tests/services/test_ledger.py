@@ -413,3 +413,25 @@ def test_two_walks_at_once_change_each_payment_once(pay, khalti, signals):
     for walk_row in LedgerWalk.objects.all():
         assert walk_row.records_read == 8
     assert LedgerEntry.objects.filter(kind=Kind.REFUNDED_AT_KHALTI).count() == 8
+
+
+def test_a_payment_in_review_is_not_cleared_by_a_partial_refund_only_by_a_whole_one(
+    pay, walk, khalti, signals
+):
+    held, payment = pay("ORD-1")
+    Payment.objects.filter(pk=payment.pk).update(
+        status=Status.NEEDS_REVIEW, failure_reason="A person looks at it."
+    )
+    khalti.refund_in_dashboard(held.token, amount=300)
+    walk()
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == (Status.NEEDS_REVIEW, 0)
+    assert not payment.refunds.exists()
+    assert LedgerEntry.objects.get(idx=held.idx).kind == Kind.STATE_DIFFERS
+
+    khalti.refund_in_dashboard(held.token)  # the rest: all of it went back
+    walk()
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == (Status.REFUNDED, 1000)
+    assert list(payment.refunds.values_list("origin", "amount")) == [("khalti", 1000)]
+    assert told(signals)[-1] == ("refunded", "ORD-1", 1000)

@@ -16,13 +16,16 @@ fails.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
@@ -367,6 +370,35 @@ def _(world):
     payment = Payment.objects.get()
     services.refund_payment(payment)
     return payment
+
+
+def walk_the_ledger(world, change) -> Payment:
+    """A verified payment, ``change`` made to Khalti's books, and the ledger walk run."""
+    paid = world.widget()
+    assert world.post(world.payload(paid)).status_code == 200
+    payment = Payment.objects.get()
+    Payment.objects.filter(pk=payment.pk).update(
+        verified_at=payment.verified_at - timedelta(hours=1)
+    )
+    change(paid)
+    call_command("khalti_reconcile", "--ledger", "--since", "1d", stdout=io.StringIO())
+    return payment
+
+
+@scenario(
+    "verified → refunded",
+    "all of a verified payment refunded in Khalti's dashboard, found by the ledger walk",
+)
+def _(world):
+    return walk_the_ledger(world, lambda paid: world.khalti.refund_in_dashboard(paid.token))
+
+
+@scenario(
+    "verified → needs_review",
+    "the ledger walk finds Khalti's record of another amount or state, or none",
+)
+def _(world):
+    return walk_the_ledger(world, lambda paid: world.khalti.set_amount(paid.token, 1500))
 
 
 def test_the_table_is_found_and_says_kept_or_let_go():
