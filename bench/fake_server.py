@@ -9,7 +9,8 @@ generator's threads do not share a GIL with it.
 answer the shop never saw. Asked about it, the status endpoint answers ``Complete``
 and the transaction endpoint has its record under ``idx-<token>`` (the idx the buyer's
 page reported: the bench stores it as the payment's ``claimed_idx``), for the amount
-the status question names. Verify accepts any fresh token for any amount, after ``DELAY`` seconds, in a
+the status question names. ``/ledger-<N>-<YYYYMMDD>/...merchant-transaction/`` is the
+ledger walk's bench: a transaction list of N records (``bench/ledger.py``). Verify accepts any fresh token for any amount, after ``DELAY`` seconds, in a
 JSON body (dj-khalti, the naive baseline) or a form-encoded one (the peer
 ``django-khalti`` 1.0 posts ``requests.post(url, payload)``; Khalti takes both).
 """
@@ -26,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.ledger import LEDGER_PATH, ledger_page  # noqa: E402
 from tests.fake_khalti import FakeKhalti  # noqa: E402
 from tests.rig import _die_with_parent  # noqa: E402
 
@@ -39,6 +41,11 @@ def bench_handler(server) -> None:
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            listed = LEDGER_PATH.match(url.path)
+            if listed:
+                page = int(query["page"]) if query.get("page", "").isdigit() else 0
+                status, body = ledger_page(int(listed["n"]), listed["day"], page)
+                return self.server.fake._send(self, status, body)
             token = query.get("token", "")
             if "/merchant-transaction/" not in url.path and token.startswith("rec-"):
                 self.server.fake.verified.setdefault(token, int(query.get("amount") or 0))

@@ -1349,26 +1349,8 @@ def bench_reconcile(server_env: dict[str, str], n: int) -> None:
     pending = Payment.objects.pending().count()
     note(f"reconciling {pending} pending payments")
 
-    def run(*args: str) -> tuple[int, float, int, str]:
-        out = open(WORKDIR / "reconcile.out", "w+")  # noqa: SIM115 (the child process holds it)
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, str(TESTPROJECT / "manage.py"), *args],
-            env=server_env,
-            cwd=TESTPROJECT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        children.append(process)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        took = time.perf_counter() - started
-        out.seek(0)
-        return process.returncode, took, usage.ru_maxrss, out.read()
-
-    _, _, idle_rss, _ = run("check")
-    code, took, rss, output = run("khalti_reconcile", "--older-than", "0")
+    _, _, idle_rss, _ = run_command(server_env, "check")
+    code, took, rss, output = run_command(server_env, "khalti_reconcile", "--older-than", "0")
     settled = Payment.objects.filter(
         token__startswith="rec-", status=Payment.Status.VERIFIED
     ).count()
@@ -1412,6 +1394,127 @@ def bench_reconcile(server_env: dict[str, str], n: int) -> None:
     say(f"Command's summary: `{summary[-1] if summary else output[-300:]}`")
     for (status, reason), n in unsettled.most_common(5):
         say(f"- {n} left {status}: {reason[:200] or '(no reason stored)'}")
+    say()
+
+
+# --- 6. the ledger walk ----------------------------------------------------------------------
+
+#: The ledger walk's list sizes, each in days of its own (``bench/ledger.py``): memory
+#: must not grow with the records.
+LEDGER_SIZES = [int(n) for n in os.environ.get("BENCH_LEDGER_SIZES", "2500,5000,10000").split(",")]
+
+
+def run_command(server_env: dict[str, str], *args: str) -> tuple[int, float, int, str]:
+    """``manage.py *args`` in a process of its own: exit status, seconds, peak RSS (KiB),
+    output.
+    """
+    out = open(WORKDIR / "command.out", "w+")  # noqa: SIM115 (the child process holds it)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, str(TESTPROJECT / "manage.py"), *args],
+        env=server_env,
+        cwd=TESTPROJECT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    children.append(process)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    took = time.perf_counter() - started
+    out.seek(0)
+    return process.returncode, took, usage.ru_maxrss, out.read()
+
+
+def ledger_payments(n: int, day: str) -> None:
+    """The payments the list of ``n`` records newest on ``day`` is of, verified."""
+    from bench.ledger import bench_payment_fields
+    from django_khalti.models import Payment, order_key
+
+    rows = []
+    for i in range(n):
+        fields = bench_payment_fields(n, day, i)
+        if fields is None:
+            continue
+        reference = f"LED-{fields['idx']}"
+        rows.append(
+            Payment(
+                token=(token := f"tok-{fields['idx']}"),
+                token_claim=token,
+                product_identity=reference,
+                order_reference=reference,
+                order_claim=order_key(reference),
+                status=Payment.Status.VERIFIED,
+                received_amount=fields["amount"],
+                **fields,
+            )
+        )
+    Payment.objects.bulk_create(rows, batch_size=5000)
+
+
+def bench_ledger(server_env: dict[str, str], fake_url: str) -> None:
+    from django_khalti.models import LedgerEntry, LedgerWalk
+
+    _, _, idle_rss, _ = run_command(server_env, "check")
+    rows = []
+    for number, n in enumerate(LEDGER_SIZES):
+        day = (dt.date(2026, 6, 20) + dt.timedelta(days=30 * number)).strftime("%Y%m%d")
+        ledger_payments(n, day)
+        since = (dt.datetime.strptime(day, "%Y%m%d") - dt.timedelta(days=n // 1440 + 2)).date()
+        env = {**server_env, "KHALTI_BASE_URL": f"{fake_url.rstrip('/')}/ledger-{n}-{day}/"}
+        note(f"ledger walk over {n} records")
+        code, took, rss, output = run_command(
+            env, "khalti_reconcile", "--ledger", "--since", since.isoformat()
+        )
+        walk = LedgerWalk.objects.order_by("-started_at").first()
+        kinds = Counter(walk.entries.values_list("kind", flat=True)) if walk else Counter()
+        rows.append(
+            [
+                n,
+                code,
+                walk.records_read if walk else 0,
+                walk.pages_read if walk else 0,
+                kinds[LedgerEntry.Kind.REFUNDED_AT_KHALTI],
+                kinds[LedgerEntry.Kind.FOREIGN],
+                kinds[LedgerEntry.Kind.AMOUNT_DIFFERS],
+                kinds[LedgerEntry.Kind.MISSING],
+                f"{took:.1f}",
+                f"{n / took:.0f}",
+                f"{rss / 1024:.0f}",
+                f"{(rss - idle_rss) / 1024:.0f}",
+            ]
+        )
+        if code:
+            say(f"The walk over {n} records exited {code}: `{output[-400:]}`")
+    say(
+        "## 6. The ledger walk: `khalti_reconcile --ledger` over Khalti's transaction list "
+        "(pages of 50, each a minute apart)"
+    )
+    say()
+    say(
+        "Every 10th record was partly refunded in Khalti's dashboard, every 100th is "
+        "foreign, every 250th is for another amount (`bench/ledger.py`). One process, "
+        "Django's default connections; peak RSS from the kernel (`ru_maxrss`)."
+    )
+    say()
+    table(
+        [
+            "records",
+            "exit",
+            "read",
+            "pages",
+            "refunded at Khalti",
+            "foreign",
+            "other amount",
+            "missing",
+            "seconds",
+            "records/s",
+            "peak RSS MiB",
+            "above `manage.py check` MiB",
+        ],
+        rows,
+    )
+    say(f"Peak RSS of `manage.py check` (Django and the app loaded): {idle_rss / 1024:.0f} MiB.")
     say()
 
 
@@ -1546,10 +1649,13 @@ def main() -> None:
     bench_reconcile(env, RECONCILE_ROWS)
     note("admin")
     bench_admin(ADMIN_ROWS)
+    note("ledger walk")
+    bench_ledger(env, fake_url)
     say(
         f"Total bench runtime: {time.monotonic() - STARTED:.0f} s. Counts used: {REQUESTS} requests per "
         f"level and target at {LEVELS} clients, {PROFILE_REQUESTS} profiled per configuration, "
-        f"{ADMIN_ROWS:,} admin payments, {RECONCILE_ROWS:,} reconciled payments."
+        f"{ADMIN_ROWS:,} admin payments, {RECONCILE_ROWS:,} reconciled payments, "
+        f"ledger walks over {LEDGER_SIZES} records."
     )
     from django.db import connections
 

@@ -15,7 +15,8 @@ Its modules, each importable from here:
 - ``api``: :class:`KhaltiClient`, one method per endpoint, and the checks of its
   settings (:func:`key_is_clean`, :func:`timeout_is_sane`);
 - ``answers``: Khalti's answers (:class:`KhaltiTransaction`, :class:`KhaltiStatus`,
-  :class:`KhaltiInitiation`, :class:`KhaltiLookup`) and the one translation of
+  :class:`KhaltiInitiation`, :class:`KhaltiLookup`, the transaction list's
+  :class:`KhaltiLedgerPage`) and the one translation of
   Khalti's states into :class:`KhaltiOutcome` (:func:`outcome_of`);
 - ``parsing``: Khalti's bodies read and checked into those answers
   (:func:`error_message` for its refusals);
@@ -27,19 +28,24 @@ Its modules, each importable from here:
 
 from .answers import (
     KhaltiInitiation,
+    KhaltiLedgerPage,
+    KhaltiLedgerRecord,
     KhaltiLookup,
     KhaltiOutcome,
     KhaltiStatus,
     KhaltiTransaction,
+    KhaltiUnreadableRecord,
     outcome_of,
 )
 from .api import (
     INITIATE_PATH,
+    LEGACY_TRANSACTIONS_PATH,
     LOOKUP_PATH,
     MAX_TIMEOUT,
     REFUND_PATH,
     STATUS_PATH,
     TRANSACTION_PATH,
+    TRANSACTIONS_PATH,
     UNSETTLED_4XX,
     VERIFY_PATH,
     KhaltiClient,
@@ -51,6 +57,7 @@ from .transport import MAX_BODY, POOL_MAXSIZE, USER_AGENT, get_session
 
 __all__ = [
     "INITIATE_PATH",
+    "LEGACY_TRANSACTIONS_PATH",
     "LOOKUP_PATH",
     "MAX_BODY",
     "MAX_TIMEOUT",
@@ -58,16 +65,20 @@ __all__ = [
     "POOL_MAXSIZE",
     "REFUND_PATH",
     "STATUS_PATH",
+    "TRANSACTIONS_PATH",
     "TRANSACTION_PATH",
     "UNSETTLED_4XX",
     "USER_AGENT",
     "VERIFY_PATH",
     "KhaltiClient",
     "KhaltiInitiation",
+    "KhaltiLedgerPage",
+    "KhaltiLedgerRecord",
     "KhaltiLookup",
     "KhaltiOutcome",
     "KhaltiStatus",
     "KhaltiTransaction",
+    "KhaltiUnreadableRecord",
     "error_message",
     "get_session",
     "key_is_clean",

@@ -153,3 +153,53 @@ class KhaltiLookup:
         if outcome is KhaltiOutcome.PAID and self.refunded:
             return KhaltiOutcome.UNKNOWN
         return outcome
+
+
+@dataclass(frozen=True)
+class KhaltiLedgerRecord:
+    """One record of Khalti's merchant transaction list: money that reached the merchant.
+
+    ``refunded_amount`` is what the record says went back, in paisa: its own
+    ``refunded_amount`` when it gives one, all of it when it says refunded, none
+    when it says completed; None when it says partly refunded and not by how much.
+    """
+
+    idx: str
+    #: Khalti's words, for people; decide on :attr:`outcome`.
+    state: str
+    type: str
+    amount: int
+    fee_amount: int | None
+    refunded_amount: int | None
+    created_on: datetime | None
+    raw: dict[str, Any]
+
+    @property
+    def outcome(self) -> KhaltiOutcome:
+        """The record's state: paid, refunded, partly refunded (or what else Khalti says)."""
+        return outcome_of(self.state)
+
+
+@dataclass(frozen=True)
+class KhaltiUnreadableRecord:
+    """A record of Khalti's list that could not be read: reported, never guessed."""
+
+    #: Why it could not be read, for people.
+    why: str
+    raw: Any
+    #: Its ``idx``, when it names one.
+    idx: str | None = None
+
+
+@dataclass(frozen=True)
+class KhaltiLedgerPage:
+    """One page of Khalti's merchant transaction list."""
+
+    number: int
+    #: What the page says of the whole list (None when it does not say).
+    total_pages: int | None
+    total_records: int | None
+    #: Whether Khalti says a page follows this one.
+    has_next: bool
+    records: tuple[KhaltiLedgerRecord, ...]
+    unreadable: tuple[KhaltiUnreadableRecord, ...]

@@ -28,10 +28,17 @@ from ..exceptions import (
     KhaltiUnavailable,
 )
 from . import transport
-from .answers import KhaltiInitiation, KhaltiLookup, KhaltiStatus, KhaltiTransaction
+from .answers import (
+    KhaltiInitiation,
+    KhaltiLedgerPage,
+    KhaltiLookup,
+    KhaltiStatus,
+    KhaltiTransaction,
+)
 from .parsing import (
     error_message,
     parse_initiation,
+    parse_ledger_page,
     parse_lookup,
     parse_status,
     parse_transaction,
@@ -46,6 +53,10 @@ UNSETTLED_4XX = {408, 409, 425}
 VERIFY_PATH = "api/v2/payment/verify/"
 STATUS_PATH = "api/v2/payment/status/"
 TRANSACTION_PATH = "api/v2/merchant-transaction/{idx}/"
+#: The merchant's transaction list, paged with ``?page=N``; Khalti's older path
+#: (:data:`LEGACY_TRANSACTIONS_PATH`) is asked when this one is not found.
+TRANSACTIONS_PATH = "api/v2/merchant-transaction/"
+LEGACY_TRANSACTIONS_PATH = "api/merchant-transaction/"
 REFUND_PATH = "api/merchant-transaction/{idx}/refund/"
 INITIATE_PATH = "api/v2/epayment/initiate/"
 LOOKUP_PATH = "api/v2/epayment/lookup/"
@@ -166,6 +177,22 @@ class KhaltiClient:
             # A readable 404 is Khalti knowing no such transaction: a definitive answer.
             raise self._refusal(status, body, any_4xx=True)
         return parse_transaction(body, plain_state=True)
+
+    @_about("transactions")
+    def transactions(self, page: int = 1) -> KhaltiLedgerPage:
+        """Page ``page`` (from 1) of the merchant's transaction list. Read-only.
+
+        Raises :class:`KhaltiRejected` for a page Khalti says is not there (HTTP 404
+        with a readable body: past the list's end), :class:`KhaltiUnavailable` when
+        the outcome is unknown, :class:`KhaltiBadResponse` for a page without records.
+        """
+        status, body = self._request("GET", TRANSACTIONS_PATH, params={"page": page})
+        if status == 404 and page == 1:
+            # No list at the v2 path: Khalti's older one.
+            status, body = self._request("GET", LEGACY_TRANSACTIONS_PATH, params={"page": page})
+        if status != 200:
+            raise self._refusal(status, body, any_4xx=True)
+        return parse_ledger_page(body, page)
 
     @_about("refund")
     def refund(

@@ -16,7 +16,17 @@ from urllib.parse import urlsplit
 from django.utils.dateparse import parse_datetime
 
 from ..exceptions import KhaltiBadResponse
-from .answers import KhaltiInitiation, KhaltiLookup, KhaltiStatus, KhaltiTransaction
+from .answers import (
+    KhaltiInitiation,
+    KhaltiLedgerPage,
+    KhaltiLedgerRecord,
+    KhaltiLookup,
+    KhaltiOutcome,
+    KhaltiStatus,
+    KhaltiTransaction,
+    KhaltiUnreadableRecord,
+    outcome_of,
+)
 
 # The client's one logger, "django_khalti.client", whichever of its modules logs.
 logger = logging.getLogger(__package__)
@@ -199,3 +209,84 @@ def _plain_url(url: str) -> bool:
         and "\\" not in url
         and re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", urlsplit(url).netloc) is not None
     )
+
+
+def parse_ledger_page(body: Any, number: int) -> KhaltiLedgerPage:
+    """Page ``number`` of Khalti's merchant transaction list; :class:`KhaltiBadResponse`
+    for a body without its ``records`` list. Each record is read on its own: one of
+    an unknown shape is kept as :class:`KhaltiUnreadableRecord`, never guessed.
+    """
+    records = body.get("records") if isinstance(body, dict) else None
+    if not isinstance(records, list):
+        logger.warning("Khalti's transaction list page %s has no list of records.", number)
+        raise KhaltiBadResponse()
+    read = [_ledger_record(record) for record in records]
+    total_pages, total_records = body.get("total_pages"), body.get("total_records")
+    total_pages = total_pages if _is_int(total_pages) and total_pages >= 0 else None
+    has_next = body.get("next") not in (None, "") if "next" in body else None
+    if has_next is None:  # no ``next`` link: the page count tells
+        has_next = total_pages is not None and number < total_pages
+    return KhaltiLedgerPage(
+        number=number,
+        total_pages=total_pages,
+        total_records=total_records if _is_int(total_records) and total_records >= 0 else None,
+        has_next=has_next,
+        records=tuple(r for r in read if isinstance(r, KhaltiLedgerRecord)),
+        unreadable=tuple(r for r in read if isinstance(r, KhaltiUnreadableRecord)),
+    )
+
+
+def _name(value: object) -> str | None:
+    """A state's or type's word: a plain string, or the ``name`` of an object."""
+    if isinstance(value, dict):
+        value = value.get("name")
+    return value if isinstance(value, str) and len(value) <= 64 else None
+
+
+def _ledger_record(record: Any) -> KhaltiLedgerRecord | KhaltiUnreadableRecord:
+    """One record of the list, or why it cannot be read."""
+    idx = record.get("idx") if isinstance(record, dict) else None
+    idx = idx if isinstance(idx, str) and 0 < len(idx) <= 255 else None
+    if not isinstance(record, dict) or idx is None:
+        return KhaltiUnreadableRecord("no transaction id (idx)", record)
+    state, amount = _name(record.get("state")), record.get("amount")
+    if state is None or outcome_of(state) is KhaltiOutcome.UNKNOWN:
+        return KhaltiUnreadableRecord("no state it can be read by", record, idx)
+    if not (_is_int(amount) and amount >= 0):
+        return KhaltiUnreadableRecord("no amount in paisa", record, idx)
+    refunded = _refunded_amount(record, outcome_of(state), amount)
+    if refunded is False:
+        return KhaltiUnreadableRecord("a refunded amount it cannot hold", record, idx)
+    fee = record.get("fee_amount")
+    return KhaltiLedgerRecord(
+        idx=idx,
+        state=state,
+        type=_name(record.get("type")) or "",
+        amount=amount,
+        fee_amount=fee if _is_int(fee) and fee >= 0 else None,
+        refunded_amount=refunded,
+        created_on=_aware(record.get("created_on")),
+        raw=record,
+    )
+
+
+def _refunded_amount(
+    record: dict[str, Any], outcome: KhaltiOutcome, amount: int
+) -> int | bool | None:
+    """What the record says went back (see :class:`KhaltiLedgerRecord`); False when
+    its ``refunded_amount`` contradicts its state or amount.
+    """
+    given = record.get("refunded_amount")
+    if given is None:
+        known = {KhaltiOutcome.REFUNDED: amount, KhaltiOutcome.PAID: 0}
+        if outcome is KhaltiOutcome.PAID and record.get("refunded") is True:
+            return None  # completed, yet marked refunded: by how much is unknown
+        return known.get(outcome)
+    if not _is_int(given) or not 0 <= given <= amount:
+        return False
+    agrees = {
+        KhaltiOutcome.PAID: given == 0,
+        KhaltiOutcome.REFUNDED: given == amount,
+        KhaltiOutcome.PARTIALLY_REFUNDED: 0 < given < amount,
+    }
+    return given if agrees.get(outcome, True) else False

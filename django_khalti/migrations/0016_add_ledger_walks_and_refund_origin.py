@@ -59,6 +59,7 @@ class Migration(migrations.Migration):
                 ),
                 ("differences", models.PositiveIntegerField(default=0, verbose_name="differences")),
                 ("last_error", models.TextField(blank=True, verbose_name="last error")),
+                ("read_to_end", models.BooleanField(default=False, verbose_name="read to the end")),
                 ("resumed", models.PositiveIntegerField(default=0, verbose_name="times resumed")),
                 (
                     "started_at",
@@ -78,6 +79,7 @@ class Migration(migrations.Migration):
                         blank=True, editable=False, null=True, verbose_name="claimed"
                     ),
                 ),
+                ("holder", models.UUIDField(blank=True, editable=False, null=True)),
             ],
             options={
                 "verbose_name": "ledger walk",

@@ -58,6 +58,8 @@ class LedgerWalk(models.Model):
     differences = models.PositiveIntegerField(_("differences"), default=0)
     #: Why the walk stopped, when it did not finish (never Khalti's key or a payer's details).
     last_error = models.TextField(_("last error"), blank=True)
+    #: Whether every page was read: what is left is the check for payments the list lacked.
+    read_to_end = models.BooleanField(_("read to the end"), default=False)
     #: How many times the walk was taken up again after it stopped.
     resumed = models.PositiveIntegerField(_("times resumed"), default=0)
     started_at = models.DateTimeField(_("started"), db_default=DbNow(), db_index=True)
@@ -65,6 +67,8 @@ class LedgerWalk(models.Model):
     #: When the worker walking it last wrote a page, on the database's clock; NULL when
     #: nobody walks it. A walk whose holder fell silent may be taken over.
     claimed_at = models.DateTimeField(_("claimed"), null=True, blank=True, editable=False)
+    #: The claim of the worker walking it: one that finds another's here stops.
+    holder = models.UUIDField(null=True, blank=True, editable=False)
 
     objects = LedgerWalkQuerySet.as_manager()
 

@@ -8,6 +8,10 @@ re-checks, read-only, payments that failed recently, in case Khalti completed
 them after all, and delivers again the signals a receiver raised on (or a
 dying worker left undelivered), once their grace period is over; and refunds
 recorded failed, read-only as well, in case Khalti applied them late.
+
+With ``--ledger``, it walks Khalti's merchant transaction list instead (see
+:mod:`django_khalti.management.ledger`): the end-of-day check that every rupee
+Khalti took or gave back matches a payment here.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_khalti import services
 from django_khalti.exceptions import KhaltiConfigurationError
+from django_khalti.management.ledger import SINCE_HELP, LedgerRun
 from django_khalti.models import Payment, Refund
 from django_khalti.services.reconciliation import GIVE_UP_AFTER, Reconciliation
 
@@ -79,7 +84,8 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 class Command(BaseCommand):
     """``khalti_reconcile [--older-than S] [--failed-within DAYS] [--limit N] [--batch-size N]
-    [--dry-run] [--payment ID]``.
+    [--dry-run] [--payment ID]``, or ``khalti_reconcile --ledger [--since DATE] [--restart]
+    [--json]``.
 
     Prints a line per batch and a summary; exits with an error (status 1) when
     Khalti could not be reached for some payment or refund (which then stays
@@ -105,6 +111,22 @@ class Command(BaseCommand):
         parser.add_argument(
             "--payment", metavar="ID", help="Check this one payment, whatever its age."
         )
+        ledger = parser.add_argument_group("the ledger walk")
+        ledger.add_argument(
+            "--ledger",
+            action="store_true",
+            help="Instead: walk Khalti's merchant transaction list, page by page, and set it "
+            "beside the payments here (read-only toward Khalti; resumes a stopped walk).",
+        )
+        ledger.add_argument("--since", metavar="DATE", default="30d", help=SINCE_HELP)
+        ledger.add_argument(
+            "--restart",
+            action="store_true",
+            help="With --ledger: start a new walk, even if one for the same day stopped.",
+        )
+        ledger.add_argument(
+            "--json", action="store_true", help="With --ledger: print one JSON document."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Settle what is pending, oldest first, then refunds of unknown outcome
@@ -116,6 +138,8 @@ class Command(BaseCommand):
         when it could not be reached for some payment or refund, or when a signal
         could not be delivered again.
         """
+        if options["ledger"]:
+            return self._ledger(options)
         payments = None
         if options["payment"]:
             one = self._one(options["payment"])
@@ -139,6 +163,17 @@ class Command(BaseCommand):
 
         self._print(report)
         self._fail_if_unsettled(report)
+
+    def _ledger(self, options: dict[str, Any]) -> None:
+        """``--ledger``: the walk of Khalti's list, alone (no other option of reconcile's)."""
+        if options["payment"] or options["dry_run"]:
+            raise CommandError(
+                "--ledger walks Khalti's whole list: not with --payment or --dry-run."
+            )
+        try:
+            LedgerRun(self.stdout, self.stderr, as_json=options["json"])(options)
+        except KhaltiConfigurationError as exc:
+            raise CommandError(f"dj-khalti is misconfigured: {exc}") from None
 
     def _print(self, report: Reconciliation) -> None:
         """What became of each kind checked, and of the signals delivered again."""
