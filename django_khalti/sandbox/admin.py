@@ -135,7 +135,9 @@ class SandboxTransactionAdmin(ReadOnlyAdmin):
             else:
                 self.message_user(request, _refused_words(row, answer.body), messages.ERROR)
         if done:
-            self.message_user(request, f"Refunded in full: {done} transaction(s).")
+            self.message_user(
+                request, f"Refunded in full: {done} transaction(s).", messages.SUCCESS
+            )
 
     def refund_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """A refund in Khalti's dashboard: all that remains, or an amount."""
@@ -149,7 +151,9 @@ class SandboxTransactionAdmin(ReadOnlyAdmin):
             data = form.cleaned_data
             answer = books.refund_in_dashboard(row.idx, data["amount"], data["mobile"])
             if answer.status == 200:
-                self.message_user(request, f"Refunded in Khalti's dashboard: {row.idx}.")
+                self.message_user(
+                    request, f"Refunded in Khalti's dashboard: {row.idx}.", messages.SUCCESS
+                )
                 return HttpResponseRedirect(self._changelist())
             form.add_error(None, _refused_words(row, answer.body))
         row.refresh_from_db()
@@ -170,7 +174,9 @@ class SandboxTransactionAdmin(ReadOnlyAdmin):
             except ValueError as error:
                 form.add_error("amount", str(error))
             else:
-                self.message_user(request, f"Added a transaction of another channel: {row.idx}.")
+                self.message_user(
+                    request, f"Added a transaction of another channel: {row.idx}.", messages.SUCCESS
+                )
                 return HttpResponseRedirect(self._changelist())
         return self._form_page(request, form, "Add a transaction of another channel", None)
 

@@ -14,7 +14,7 @@ from typing import Any
 from django.db import transaction
 
 from ..rules import answers as rules
-from ..rules.shapes import payment_refusal
+from ..rules.shapes import fee, payment_refusal
 from .ledger import SandboxLedger
 from .models import SandboxTransaction
 
@@ -54,7 +54,7 @@ def add_foreign(
             kind=SandboxTransaction.Kind.FOREIGN,
             state=SandboxTransaction.State.COMPLETED,
             amount=amount,
-            fee_amount=fee_amount,
+            fee_amount=fee(amount) if fee_amount is None else fee_amount,
             refunded_amount=refunded_amount,
             mobile=mobile,
             funded_by=funded_by,

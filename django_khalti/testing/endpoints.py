@@ -79,7 +79,7 @@ class _Endpoints:
     def _listed(self) -> list[Held]:
         """Every transaction in the merchant's list, newest first (then by idx)."""
         ledger = _KitLedger(self)
-        held = [p.held() for p in self.payments.values()]
+        held: list[Held | None] = [p.held() for p in self.payments.values()]
         held += [ledger.epayment_transaction(e) for e in self.epayments.values()]
         held += [f.held() for f in self.foreign.values()]
         listed = [h for h in held if h is not None and h.state in LIST_STATES]

@@ -385,8 +385,8 @@ def ledger_story(t):
     for page in (1, 2, 3):
         t.call(f"list, page {page} of 2", "GET", listed, query={"page": page, "page_size": 2})
     t.call("list, older path", "GET", older, query={"page_size": 3, "page": 2})
-    for page in (0, -1, "two", "", 99):
-        t.call(f"list, page {page!r}", "GET", listed, query={"page": page})
+    for no_page in (0, -1, "two", "", 99):
+        t.call(f"list, page {no_page!r}", "GET", listed, query={"page": no_page})
     for size in (0, "many", 1000):
         t.call(f"list, page_size {size!r}", "GET", listed, query={"page_size": size})
 

@@ -26,6 +26,8 @@ KINDS = {
     "verify": "api",
     "status": "api",
     "transaction": "api",
+    "transactions": "api",
+    "transactions-older": "api",
     "refund": "api",
     "epayment-initiate": "api",
     "epayment-lookup": "api",
