@@ -187,9 +187,12 @@ class KhaltiClient:
         the outcome is unknown, :class:`KhaltiBadResponse` for a page without records.
         """
         status, body = self._request("GET", TRANSACTIONS_PATH, params={"page": page})
-        if status == 404 and page == 1:
-            # No list at the v2 path: Khalti's older one.
-            status, body = self._request("GET", LEGACY_TRANSACTIONS_PATH, params={"page": page})
+        if status == 404:
+            # No such page at the v2 path: Khalti's older path may be the one that has
+            # the list (asked for every page, so a walk never mixes the two's ends).
+            older = self._request("GET", LEGACY_TRANSACTIONS_PATH, params={"page": page})
+            if older[0] == 200:
+                status, body = older
         if status != 200:
             raise self._refusal(status, body, any_4xx=True)
         return parse_ledger_page(body, page)

@@ -221,19 +221,27 @@ def parse_ledger_page(body: Any, number: int) -> KhaltiLedgerPage:
         logger.warning("Khalti's transaction list page %s has no list of records.", number)
         raise KhaltiBadResponse()
     read = [_ledger_record(record) for record in records]
-    total_pages, total_records = body.get("total_pages"), body.get("total_records")
-    total_pages = total_pages if _is_int(total_pages) and total_pages >= 0 else None
+    total_pages, total_records = (
+        _count(body.get(name)) for name in ("total_pages", "total_records")
+    )
     has_next = body.get("next") not in (None, "") if "next" in body else None
     if has_next is None:  # no ``next`` link: the page count tells
         has_next = total_pages is not None and number < total_pages
     return KhaltiLedgerPage(
         number=number,
         total_pages=total_pages,
-        total_records=total_records if _is_int(total_records) and total_records >= 0 else None,
+        total_records=total_records,
         has_next=has_next,
         records=tuple(r for r in read if isinstance(r, KhaltiLedgerRecord)),
         unreadable=tuple(r for r in read if isinstance(r, KhaltiUnreadableRecord)),
     )
+
+
+def _count(value: object) -> int | None:
+    """A count of the list's envelope, or None: not an integer, or past what a count
+    can sensibly be (a 32-bit column holds it).
+    """
+    return value if _is_int(value) and 0 <= value < 2**31 else None
 
 
 def _name(value: object) -> str | None:

@@ -25,6 +25,8 @@ SINCE_HELP = (
     "time zone: YYYY-MM-DD, or a number of days back, e.g. 30d (today's midnight is 0d). "
     "Default: 30d."
 )
+#: The earliest ``--since``: before it, Khalti kept no merchant's records.
+EARLIEST = date(2010, 1, 1)
 #: The differences a JSON report lists at most (the rest are on the admin's ledger page).
 JSON_LIMIT = 1000
 
@@ -38,10 +40,15 @@ def since(value: str) -> datetime:
             if days
             else date.fromisoformat(value.strip())
         )
-    except ValueError:
+    except (ValueError, OverflowError):
         raise CommandError(
             f"--since {value!r}: give a date as YYYY-MM-DD, or days back as e.g. 30d."
         ) from None
+    if not EARLIEST <= day <= timezone.localdate():
+        raise CommandError(
+            f"--since {value!r}: a day from {EARLIEST:%Y-%m-%d} to today, when Khalti's "
+            "records can be."
+        )
     return timezone.make_aware(datetime.combine(day, time.min))
 
 

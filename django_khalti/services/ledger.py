@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
+from django.db import IntegrityError
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils.translation import gettext as _
 
@@ -36,9 +37,6 @@ from ..client import (
     KhaltiClient,
     KhaltiLedgerPage,
     KhaltiLedgerRecord,
-    KhaltiOutcome,
-    KhaltiTransaction,
-    outcome_of,
 )
 from ..exceptions import KhaltiRejected, KhaltiUnavailable
 from ..models import DbNow, LedgerEntry, LedgerWalk, Payment
@@ -51,6 +49,9 @@ Kind = LedgerEntry.Kind
 
 #: A walk whose worker wrote nothing for this long is taken over by the next walk.
 WALK_STALE_AFTER = timedelta(minutes=5)
+#: A stopped walk is resumed by the next for the same day only this soon after it
+#: began; a later one starts anew (from the list's head, where new records are).
+RESUME_WITHIN = timedelta(hours=12)
 #: A payment verified this shortly before the walk began may not be in Khalti's list
 #: yet: it is not looked for.
 MISSING_AFTER = timedelta(minutes=10)
@@ -131,12 +132,20 @@ def _failure(exc: KhaltiUnavailable) -> str:
 
 
 def _take(since: datetime, restart: bool) -> tuple[LedgerWalk, bool]:
-    """The stopped walk for ``since`` this worker wins (resumed), or a new one."""
+    """The stopped walk for ``since`` this worker wins (resumed), or a new one.
+
+    Only a walk started within :data:`RESUME_WITHIN` is resumed: an older one would
+    never read what came into the list since (at its head), and is left stopped.
+    """
     holder = uuid.uuid4()
+    silent = Q(claimed_at__isnull=True) | Q(claimed_at__lt=DbNow() - WALK_STALE_AFTER)
+    _abandon(silent)
     if not restart:
-        silent = Q(claimed_at__isnull=True) | Q(claimed_at__lt=DbNow() - WALK_STALE_AFTER)
-        stopped = LedgerWalk.objects.filter(silent, since=since).exclude(
-            status=LedgerWalk.Status.FINISHED
+        stopped = LedgerWalk.objects.filter(
+            silent,
+            since=since,
+            status=LedgerWalk.Status.INTERRUPTED,
+            started_at__gte=DbNow() - RESUME_WITHIN,
         )
         for walk in stopped.order_by("-started_at")[:3]:
             won = LedgerWalk.objects.filter(pk=walk.pk, holder=walk.holder).filter(silent)
@@ -146,10 +155,31 @@ def _take(since: datetime, restart: bool) -> tuple[LedgerWalk, bool]:
                 claimed_at=DbNow(),
                 resumed=F("resumed") + 1,
                 last_error="",
+                **_counted(walk),
             ):
                 walk.refresh_from_db()
                 return walk, True
     return LedgerWalk.objects.create(since=since, holder=holder, claimed_at=DbNow()), False
+
+
+def _abandon(silent: Q) -> None:
+    """Walks still marked running whose worker fell silent (it was killed): stopped."""
+    LedgerWalk.objects.filter(silent, status=LedgerWalk.Status.RUNNING).update(
+        status=LedgerWalk.Status.INTERRUPTED,
+        claimed_at=None,
+        last_error=_("Its worker stopped without a word (killed?)."),
+    )
+
+
+def _counted(walk: LedgerWalk) -> dict[str, int]:
+    """A walk's counts, from its entries: a worker killed between a page's entries and
+    its counts left them behind.
+    """
+    entries = walk.entries.all()
+    return {
+        "records_read": entries.exclude(kind=Kind.MISSING).count(),
+        "differences": entries.exclude(kind=Kind.MATCHED).count(),
+    }
 
 
 def _held(walk: LedgerWalk, **fields: object) -> None:
@@ -172,7 +202,7 @@ def _read_pages(client: KhaltiClient, report: LedgerReport, on_page: OnPage | No
         page = _page(client, number)
         if page is None:
             break
-        made = _read(report, page)
+        made = _read(client, report, page)
         report.kinds += made
         _held(
             walk,
@@ -185,11 +215,23 @@ def _read_pages(client: KhaltiClient, report: LedgerReport, on_page: OnPage | No
         )
         if on_page is not None:
             on_page(report, page)
-        if not page.has_next or _older(page, walk.since) or not (page.records or page.unreadable):
+        if _last(page, walk.since, made):
             break
         number += 1
     _held(walk, read_to_end=True)
     walk.read_to_end = True
+
+
+def _last(page: KhaltiLedgerPage, since: datetime, made: Counter[str]) -> bool:
+    """Whether ``page`` is the last to read: Khalti says no page follows, or its page
+    count ends here, or the rest is older than ``since``; or, when Khalti gives no
+    page count, the page brought nothing new (a ``next`` link that never ends).
+    """
+    if not page.has_next or _older(page, since):
+        return True
+    if page.total_pages is not None:
+        return page.number >= page.total_pages
+    return not made
 
 
 def _page(client: KhaltiClient, number: int) -> KhaltiLedgerPage | None:
@@ -213,7 +255,7 @@ def _older(page: KhaltiLedgerPage, since: datetime) -> bool:
     return newest_first and times[0] > times[-1] and times[0] < since
 
 
-def _read(report: LedgerReport, page: KhaltiLedgerPage) -> Counter[str]:
+def _read(client: KhaltiClient, report: LedgerReport, page: KhaltiLedgerPage) -> Counter[str]:
     """Enter the page's records not yet entered in this walk, and make their changes;
     the entries written, by kind.
     """
@@ -228,19 +270,51 @@ def _read(report: LedgerReport, page: KhaltiLedgerPage) -> Counter[str]:
             report.passed_over += 1
             continue
         payment = payments.get(record.idx)
-        verdict = records.judge(record, payment, payment is not None and payment.pk in in_flight)
+        verdict = records.judge(record, payment, in_flight.get(payment.pk) if payment else None)
         if verdict.change and payment is not None:
-            verdict = records.record_with_change(walk, record, payment, page.number)
-            _count_change(report, payment, verdict)
+            verdict = _changed(client, report, record, payment, page.number)
         else:
             quiet.append(records.entry(walk, record, payment, verdict, page.number))
         made[verdict.kind] += 1
-    unread = _unreadable(walk, page)
+    unread = _unreadable(walk, page, {record.idx for record in fresh})
     made[Kind.UNREADABLE] += len(unread)
-    quiet += unread
-    LedgerEntry.objects.bulk_create(quiet)
+    LedgerEntry.objects.bulk_create(quiet + unread, ignore_conflicts=True)
     _keep_fees(fresh, payments)
     return made
+
+
+def _changed(
+    client: KhaltiClient,
+    report: LedgerReport,
+    record: KhaltiLedgerRecord,
+    payment: Payment,
+    page: int | None,
+) -> records.Verdict:
+    """Make the change ``record`` calls for on ``payment``. One that would send it to
+    review is made only on Khalti's record of the transaction, asked again: a list
+    read a moment before a refund, or lagging behind it, is no proof.
+    """
+    if records.judge(record, payment, None).change == "review":
+        record = _asked_again(client, record)
+    try:
+        verdict = records.record_with_change(report.walk, record, payment, page)
+    except IntegrityError:
+        if not LedgerWalk.objects.filter(pk=report.walk.pk, holder=report.walk.holder).exists():
+            raise _TakenOver from None  # the worker that took the walk over entered it
+        raise
+    _count_change(report, payment, verdict)
+    return verdict
+
+
+def _asked_again(client: KhaltiClient, record: KhaltiLedgerRecord) -> KhaltiLedgerRecord:
+    """Khalti's record of ``record``'s transaction, asked now; ``record`` when Khalti
+    answers for no such transaction, or names another.
+    """
+    try:
+        found = client.transaction(record.idx)
+    except KhaltiRejected:
+        return record
+    return records.as_listed(found) if found.idx == record.idx else record
 
 
 def _not_entered(walk: LedgerWalk, page: KhaltiLedgerPage) -> list[KhaltiLedgerRecord]:
@@ -254,10 +328,12 @@ def _not_entered(walk: LedgerWalk, page: KhaltiLedgerPage) -> list[KhaltiLedgerR
     return list(fresh.values())
 
 
-def _unreadable(walk: LedgerWalk, page: KhaltiLedgerPage) -> list[LedgerEntry]:
-    """Entries for the page's records that could not be read (each idx once a walk)."""
+def _unreadable(walk: LedgerWalk, page: KhaltiLedgerPage, read: set[str]) -> list[LedgerEntry]:
+    """Entries for the page's records that could not be read: each idx once a walk, and
+    none for an idx the page also has a readable record of (``read``).
+    """
     named = {record.idx for record in page.unreadable if record.idx}
-    entered = set(walk.entries.filter(idx__in=named).values_list("idx", flat=True))
+    entered = set(walk.entries.filter(idx__in=named).values_list("idx", flat=True)) | read
     unread: dict[object, LedgerEntry] = {}
     for position, record in enumerate(page.unreadable):
         if record.idx not in entered:
@@ -329,31 +405,14 @@ def _look_up(client: KhaltiClient, report: LedgerReport, payment: Payment) -> st
     except KhaltiRejected as exc:
         verdict = records.missing_with_change(report.walk, payment, exc.body)
     else:
-        record = KhaltiLedgerRecord(
-            idx=found.idx,
-            state=found.state,
-            type="",
-            amount=found.amount,
-            fee_amount=found.fee_amount,
-            refunded_amount=_refunded_by_record(found),
-            created_on=None,
-            raw=found.raw,
-        )
-        verdict = records.record_with_change(report.walk, record, payment, None)
+        if found.idx != payment.idx:
+            verdict = records.misnamed(report.walk, payment, found.raw)
+        else:
+            verdict = records.record_with_change(
+                report.walk, records.as_listed(found), payment, None
+            )
     _count_change(report, payment, verdict)
     return verdict.kind
-
-
-def _refunded_by_record(found: KhaltiTransaction) -> int | None:
-    """What a transaction's record says went back: all of it when its state says
-    refunded, none when completed and not marked refunded; else unknown.
-    """
-    outcome = outcome_of(found.state)
-    if outcome is KhaltiOutcome.REFUNDED:
-        return found.amount
-    if outcome is KhaltiOutcome.PAID and not found.refunded:
-        return 0
-    return None
 
 
 def _stop(walk: LedgerWalk, why: str) -> None:

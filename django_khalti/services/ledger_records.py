@@ -18,7 +18,13 @@ from typing import Any
 from django.db import router, transaction
 from django.utils.translation import gettext as _
 
-from ..client import KhaltiLedgerRecord, KhaltiOutcome, KhaltiUnreadableRecord
+from ..client import (
+    KhaltiLedgerRecord,
+    KhaltiOutcome,
+    KhaltiTransaction,
+    KhaltiUnreadableRecord,
+    outcome_of,
+)
 from ..models import DbNow, LedgerEntry, LedgerWalk, Payment, Refund, rupees
 from .refund_outcomes import _refunded, _settle_refund
 from .writes import _transition
@@ -37,7 +43,8 @@ HELD_BY_SHOP = (Status.VERIFIED, Status.PARTIALLY_REFUNDED)
 @dataclass(frozen=True)
 class Verdict:
     """What a record says beside its payment: the entry's kind, why, and the change
-    to make (``"refund"`` of :attr:`refund` paisa, ``"review"``, or none).
+    to make (``"refund"`` of :attr:`refund` paisa made outside the app, ``"settle"``
+    the refund awaiting Khalti's answer as succeeded, ``"review"``, or none).
     """
 
     kind: str
@@ -46,9 +53,9 @@ class Verdict:
     refund: int = 0
 
 
-def judge(record: KhaltiLedgerRecord, payment: Payment | None, in_flight: bool) -> Verdict:
-    """What ``record`` says of ``payment`` (as read), one of whose refunds awaits
-    Khalti's answer when ``in_flight``.
+def judge(record: KhaltiLedgerRecord, payment: Payment | None, in_flight: int | None) -> Verdict:
+    """What ``record`` says of ``payment`` (as read); ``in_flight`` is the amount of
+    its refund that awaits Khalti's answer, if one does.
     """
     if payment is None:
         return Verdict(Kind.FOREIGN, _("No payment here has this transaction id."))
@@ -69,14 +76,23 @@ def judge(record: KhaltiLedgerRecord, payment: Payment | None, in_flight: bool) 
     return _refunds(record, payment, in_flight)
 
 
-def _refunds(record: KhaltiLedgerRecord, payment: Payment, in_flight: bool) -> Verdict:
+def _refunds(record: KhaltiLedgerRecord, payment: Payment, in_flight: int | None) -> Verdict:
     """What the record says went back, beside what was refunded here."""
     khalti, here = record.refunded_amount, payment.refunded_amount
-    if in_flight and khalti != here:
+    if in_flight is not None and khalti != here:
+        if khalti is not None and khalti == here + in_flight:
+            # Khalti's total is this refund's: it went through (proof by the amount).
+            why = _("The refund of Rs %(amount)s that awaited Khalti's answer went through.")
+            return Verdict(Kind.MATCHED, why % {"amount": rupees(in_flight)}, "settle")
         return Verdict(Kind.REFUND_IN_FLIGHT, _("A refund awaits Khalti's answer: next walk."))
     if khalti is None:
         if here:
-            return Verdict(Kind.MATCHED)
+            # Nothing to compare: reported, never taken for a match (nor a change).
+            why = _(
+                "Khalti shows it partly refunded without saying how much; Rs %(here)s is "
+                "recorded refunded here."
+            ) % {"here": rupees(here)}
+            return Verdict(Kind.STATE_DIFFERS, why)
         why = _("Khalti shows it partly refunded without saying how much; nothing was here.")
         return _another_state(payment, why)
     if khalti > here:
@@ -118,12 +134,51 @@ def _differs(payment: Payment, kind: str, why: str) -> Verdict:
     return Verdict(kind, why, "review" if payment.status in HELD_BY_SHOP else "")
 
 
+def as_listed(found: KhaltiTransaction) -> KhaltiLedgerRecord:
+    """Khalti's record of one transaction (its transaction endpoint's), as a record of
+    its list. What went back is all of it when its state says refunded, none when it
+    says completed and not refunded; else unknown (the record says no amount).
+    """
+    outcome = outcome_of(found.state)
+    refunded: int | None = None
+    if outcome is KhaltiOutcome.REFUNDED:
+        refunded = found.amount
+    elif outcome is KhaltiOutcome.PAID and not found.refunded:
+        refunded = 0
+    return KhaltiLedgerRecord(
+        idx=found.idx,
+        state=found.state,
+        type="",
+        amount=found.amount,
+        fee_amount=found.fee_amount,
+        refunded_amount=refunded,
+        created_on=None,
+        raw=found.raw,
+    )
+
+
 def missing(payment: Payment) -> Verdict:
     """A payment verified here that Khalti's list and its record of the transaction lack."""
     why = _("Khalti's list has no record of transaction %(idx)s, nor does Khalti know it.") % {
         "idx": payment.idx
     }
     return _differs(payment, Kind.MISSING, why)
+
+
+def misnamed(walk: LedgerWalk, payment: Payment, answer: Any) -> Verdict:
+    """Khalti, asked for ``payment``'s transaction, answered with another's record: an
+    answer that cannot be read as this payment's; entered, and nothing changed.
+    """
+    verdict = Verdict(Kind.UNREADABLE, _("Khalti answered with another transaction's record."))
+    LedgerEntry.objects.create(
+        walk=walk,
+        idx=payment.idx,
+        payment=payment,
+        kind=verdict.kind,
+        record=answer,
+        detail=verdict.detail,
+    )
+    return verdict
 
 
 def entry(
@@ -164,12 +219,14 @@ def unreadable(walk: LedgerWalk, record: KhaltiUnreadableRecord, page: int) -> L
     )
 
 
-def refunds_in_flight(payments: Iterable[Payment]) -> set[Any]:
-    """The pks of ``payments`` one of whose refunds awaits Khalti's answer."""
-    return set(
+def refunds_in_flight(payments: Iterable[Payment]) -> dict[Any, int]:
+    """The amount of the refund that awaits Khalti's answer, by payment pk, of
+    ``payments`` (a payment has at most one such refund).
+    """
+    return dict(
         Refund.objects.filter(
             payment__in=[p.pk for p in payments], status=Refund.Status.PENDING
-        ).values_list("payment_id", flat=True)
+        ).values_list("payment_id", "amount")
     )
 
 
@@ -188,7 +245,7 @@ def record_with_change(
     for, and write its entry, all in one transaction. Returns the verdict made.
     """
     with _locked(payment) as locked:
-        verdict = judge(record, locked, bool(refunds_in_flight([locked])))
+        verdict = judge(record, locked, refunds_in_flight([locked]).get(locked.pk))
         change(locked, verdict, record.raw)
         entry(walk, record, locked, verdict, page).save()
     return verdict
@@ -217,6 +274,9 @@ def change(payment: Payment, verdict: Verdict, raw: Any) -> None:
     """Make the change ``verdict`` calls for, on ``payment`` (locked by the caller)."""
     if verdict.change == "refund":
         _refunded_at_khalti(payment, verdict.refund, raw)
+    elif verdict.change == "settle":
+        pending = payment.refunds.get(status=Refund.Status.PENDING)
+        _settle_refund(pending, succeeded=True, raw=raw)
     elif verdict.change == "review":
         _to_review(payment, verdict.detail, raw)
 

@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _
 
 from ..client import KhaltiClient, KhaltiOutcome
 from ..exceptions import KhaltiRejected, KhaltiUnavailable
-from ..models import DbNow, Payment, Refund
+from ..models import DbNow, LedgerEntry, Payment, Refund
 from .refund_outcomes import _refund_history, _settle_refund
 from .state import _askable, stale_since, take_turn
 
@@ -114,8 +114,9 @@ def _refund_proof(
     refunded, ``(False, answer)`` not, None when it cannot tell. With
     ``partial_proves`` False, :attr:`KhaltiOutcome.PARTIALLY_REFUNDED` proves nothing;
     else only for a payment's one refund (another one, even recorded failed, may
-    be what Khalti applied). Raises :class:`KhaltiUnavailable` when Khalti could
-    not be asked.
+    be what Khalti applied), and only while no ledger walk since the refund was
+    asked for read another refunded total at Khalti (:func:`_ledger_disagrees`).
+    Raises :class:`KhaltiUnavailable` when Khalti could not be asked.
     """
     payment = Payment.objects.get(pk=refund.payment_id)
     state, outcome, raw = _khalti_state(client, payment)
@@ -128,6 +129,7 @@ def _refund_proof(
         and outcome is KhaltiOutcome.PARTIALLY_REFUNDED
         and alone
         and refund.amount < remaining
+        and not _ledger_disagrees(payment, refund)
     ):
         return True, raw
     if outcome is KhaltiOutcome.PAID and first:
@@ -144,6 +146,24 @@ def _refund_proof(
             state,
         )
     return None
+
+
+def _ledger_disagrees(payment: Payment, refund: Refund) -> bool:
+    """Whether Khalti's transaction list, read since ``refund`` was asked for, showed
+    another refunded total than this refund would make: then "partially refunded" is
+    somebody else's doing (a refund in Khalti's dashboard), not proof of this one.
+    """
+    read = (
+        LedgerEntry.objects.filter(
+            payment=payment,
+            refunded_amount__isnull=False,
+            walk__started_at__gte=refund.created_at,
+        )
+        .order_by("-id")
+        .values_list("refunded_amount", flat=True)
+        .first()
+    )
+    return read is not None and read != payment.refunded_amount + refund.amount
 
 
 def _khalti_state(client: KhaltiClient, payment: Payment) -> tuple[str, KhaltiOutcome, Any]:

@@ -533,7 +533,8 @@ def test_a_list_that_shrinks_mid_walk_sends_nobody_to_review(pay, walk, khalti, 
     paid = [pay(f"ORD-{n}") for n in range(5)]
     verified_long_ago(*(payment for _held, payment in paid))
     khalti.on_next("transactions", lambda request: None)
-    khalti.on_next("transactions", lambda request: (404, {"detail": "Invalid page."}))
+    # Page 2 is not there, at either path Khalti's list has.
+    khalti.on_next("transactions", lambda request: (404, {"detail": "Invalid page."}), times=2)
 
     walk()
 
@@ -607,7 +608,8 @@ def test_an_admin_refund_racing_the_walk_is_counted_once(pay, khalti, signals, a
     report, _refund = race(walk_it, refund_it)
 
     assert report.finished
-    assert LedgerEntry.objects.get(idx=held.idx).kind == Kind.REFUND_IN_FLIGHT
+    # Whichever came first, Khalti's total (Rs 3) proves the admin's refund, once.
+    assert LedgerEntry.objects.get(idx=held.idx).kind in (Kind.REFUND_IN_FLIGHT, Kind.MATCHED)
     payment.refresh_from_db()
     assert (payment.status, payment.refunded_amount) == (Status.PARTIALLY_REFUNDED, 300)
     assert list(Refund.objects.values_list("origin", "amount", "status")) == [
@@ -615,8 +617,8 @@ def test_an_admin_refund_racing_the_walk_is_counted_once(pay, khalti, signals, a
     ]
     assert [s for s in told(signals) if s[0] == "refunded"] == [("refunded", "ORD-1", 300)]
     # The next walk finds it matching.
-    walk_ledger(since, restart=True)
-    assert LedgerEntry.objects.filter(idx=held.idx, kind=Kind.MATCHED).count() == 1
+    again = walk_ledger(since, restart=True)
+    assert again.walk.entries.get(idx=held.idx).kind == Kind.MATCHED
 
 
 @pytest.mark.django_db(transaction=True)
