@@ -48,7 +48,7 @@ def download(client, start, end):
     response = client.get(EXPORT, {"start": start, "end": end})
     assert response.status_code == 200
     assert isinstance(response, StreamingHttpResponse)
-    content = b"".join(response.streaming_content).decode("utf-8")
+    content = response.getvalue().decode("utf-8")  # the streamed parts, joined
     assert content.startswith("\ufeff")  # read as UTF-8 by spreadsheet programs
     return list(csv.reader(io.StringIO(content[1:]))), response
 
