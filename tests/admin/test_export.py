@@ -182,3 +182,11 @@ def test_the_changelist_and_the_app_index_link_to_the_export(viewer_client):
     link = f'<a href="{EXPORT}" class="khalti-export-link">'
     assertContains(viewer_client.get(CHANGELIST), link)
     assertContains(viewer_client.get(reverse("admin:app_list", args=["django_khalti"])), link)
+
+
+def test_the_form_in_nepali(viewer_client):
+    response = viewer_client.get(EXPORT, headers={"Accept-Language": "ne"})
+    assertContains(response, "भुक्तानीहरू CSV मा निकाल्नुहोस्")  # the title
+    assertContains(response, 'value="CSV डाउनलोड गर्नुहोस्"')
+    # The file's header stays as programs read it.
+    assertContains(response, "date,order,amount,fee,refunded,net,status,khalti_idx")

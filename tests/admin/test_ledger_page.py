@@ -157,7 +157,7 @@ def test_the_walks_summary(viewer_client, walked):
     page = page_text(viewer_client.get(LEDGER))
     assert " Since Dec. 1, 2026, midnight (Asia/Kathmandu) " in page
     assert " Status Finished " in page
-    assert " Finished Dec. 8, 2026, 2:05 a.m. " in page
+    assert " Finished at Dec. 8, 2026, 2:05 a.m. " in page
     assert " Pages read 3 of 3 " in page
     assert " Records read 42 of 42 " in page
     assert " Matched 1 " in page
@@ -176,7 +176,7 @@ def test_an_interrupted_walk_says_so_and_how_to_resume_it(viewer_client):
     page = page_text(viewer_client.get(LEDGER))
     assert " Status Interrupted " in page
     assert " Pages read 2 of 9 " in page
-    assert " Finished - " in page
+    assert " Finished at - " in page
     assert "This walk was interrupted before the end of Khalti's list" in page
     assert "Why: Khalti did not answer page 3." in page
     assert "run: manage.py khalti_reconcile --ledger --since 2026-12-01 " in page
@@ -234,3 +234,10 @@ def test_the_last_walk_begun_is_shown_even_while_it_runs(viewer_client):
     response = viewer_client.get(LEDGER)
     assert response.context["ledger"].walk == newest
     assert "This walk is still running" in page_text(response)
+
+
+def test_the_ledger_in_nepali(viewer_client, walked):
+    page = page_text(viewer_client.get(LEDGER, headers={"Accept-Language": "ne"}))
+    for label in ["पछिल्लो जाँच", "4 वटा फरक", "यहाँको भुक्तानी", "3 मध्ये 3"]:
+        assert label in page, label
+    assert "The last walk" not in page
