@@ -9,6 +9,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connection
 from django.http import StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -190,3 +191,13 @@ def test_the_form_in_nepali(viewer_client):
     assertContains(response, 'value="CSV डाउनलोड गर्नुहोस्"')
     # The file's header stays as programs read it.
     assertContains(response, "date,order,amount,fee,refunded,net,status,khalti_idx")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_file_streams_in_a_project_with_atomic_requests(viewer_client, monkeypatch):
+    # The rows are read after the view returned, outside the request's transaction.
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    for n in range(3):
+        pay(f"A{n}", S.VERIFIED, 1000 + n, kathmandu(1, 9 + n))
+    rows, _response = download(viewer_client, "2026-12-01", "2026-12-01")
+    assert [row[1:3] for row in rows[1:]] == [["A0", "10.00"], ["A1", "10.01"], ["A2", "10.02"]]
