@@ -13,8 +13,13 @@ Imports point down, from the ModelAdmins to what they are built from:
 - :mod:`.deliveries`: the signal deliveries' changelist;
 - :mod:`.actions`: the actions of both;
 - :mod:`.views` and :mod:`.forms`: the refund and resolve-refund confirmation pages;
-- :mod:`.overview`: the overview page (today's, 7 and 30 days' figures, what is
-  stuck pending, what needs a person, the daily volume);
+- :mod:`.overview`: the overview page (today's, 7 and 30 days' figures and money,
+  what is stuck pending, what needs a person, the daily volume);
+- :mod:`.ledger`: the ledger page (the last walk of Khalti's transaction list, and
+  what it found different);
+- :mod:`.export`: the accountants' CSV of a period's payments;
+- :mod:`.money`: which payments the money figures count, and by which day;
+- :mod:`.pages`: the base of those pages (for users who may view payments);
 - :mod:`.permissions`: the two ModelAdmins' bases (who may do what), which the
   actions and pages are typed by;
 - :mod:`.deletion`: what a superuser may delete, and telling which rows were kept;
@@ -26,7 +31,9 @@ from django.contrib import admin
 from ..models import Payment, SignalDelivery
 from .actions import RECHECK_LIMIT
 from .deliveries import SignalDeliveryAdmin
-from .forms import RefundForm, ResolveRefundForm
+from .export import ExportView
+from .forms import ExportForm, RefundForm, ResolveRefundForm
+from .ledger import LedgerView, last_walk
 from .overview import OverviewView, payment_overview
 from .payments import STATUS_COLOURS, PaymentAdmin
 from .records import DeliveryInline, RefundInline, UndeliveredFilter, may_see_payments, pretty_json
@@ -36,6 +43,9 @@ __all__ = [
     "RECHECK_LIMIT",
     "STATUS_COLOURS",
     "DeliveryInline",
+    "ExportForm",
+    "ExportView",
+    "LedgerView",
     "OverviewView",
     "PaymentAdmin",
     "RefundForm",
@@ -45,6 +55,7 @@ __all__ = [
     "ResolveRefundView",
     "SignalDeliveryAdmin",
     "UndeliveredFilter",
+    "last_walk",
     "may_see_payments",
     "payment_overview",
     "pretty_json",

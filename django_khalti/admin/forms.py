@@ -1,7 +1,8 @@
-"""The forms of the refund and resolve-refund confirmation pages."""
+"""The forms of the refund and resolve-refund confirmation pages, and of the CSV export."""
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -93,3 +94,25 @@ class ResolveRefundForm(_ConfirmationForm):
         widget=forms.RadioSelect,
     )
     note = forms.CharField(label=_("Note"), max_length=500, required=False)
+
+
+#: A day, as the browser's date picker reads and writes it (ISO 8601).
+_DAY = forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
+
+
+class ExportForm(forms.Form):
+    """The CSV export's period: from one day to another, both included (days on the
+    shop's time zone).
+    """
+
+    start = forms.DateField(label=_("From"), widget=_DAY)
+    end = forms.DateField(label=_("To (included)"), widget=_DAY)
+
+    def clean(self) -> dict[str, Any]:
+        """Refused when the period ends before it starts."""
+        cleaned = super().clean() or {}
+        start: date | None = cleaned.get("start")
+        end: date | None = cleaned.get("end")
+        if start and end and end < start:
+            raise forms.ValidationError(_("The period ends before it starts."), code="backwards")
+        return cleaned

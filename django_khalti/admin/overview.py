@@ -1,6 +1,7 @@
 """The payments' overview: the first questions a support desk asks, on one admin page.
 
-How much came in today, in 7 and in 30 days; what is stuck pending and for how long;
+How much came in today, in 7 and in 30 days, and what of it stays once Khalti's fees
+and the refunds are taken off; what is stuck pending and for how long;
 what needs a person (payments in ``needs_review``, refunds of unknown outcome); and the
 amount verified each day of the last 30, as an inline SVG chart (no JavaScript).
 
@@ -13,36 +14,35 @@ may view payments.
 Days are calendar days on the current time zone (``TIME_ZONE``, or one activated for
 the request): "today" starts at its local midnight, "7 days" and "30 days" are today
 and the 6 or 29 days before it. A payment counts in a period by when it was created,
-and in "verified" and the chart by when Khalti confirmed it. Ages are measured from
-the instant the page is drawn.
+and in "verified" and the chart by when Khalti confirmed it. The money figures count
+the payments where money moved, by the day Khalti confirmed them (:mod:`.money`
+says which, and what "money in", "fees", "refunded" and "net" are). Ages are measured
+from the instant the page is drawn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from django.core.exceptions import PermissionDenied
 from django.db.models import Aggregate, Count, Q, Sum
 from django.db.models.functions import TruncDate
-from django.http import HttpRequest, HttpResponseBase
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
-from django.views.generic import TemplateView
 
 from .. import services
 from ..models import Payment, Refund, rupees
+from .money import DATED, MONEY_IN, Money, midnight, moved_between, signed_rupees
+from .pages import PaymentsPage
 
 if TYPE_CHECKING:
     from django.utils.functional import _StrOrPromise as StrOrPromise
-
-    from .permissions import PaymentAdminBase
 
 #: How many payments (and refunds) each list shows at most, oldest first.
 LIST_LIMIT = 20
@@ -86,6 +86,8 @@ class Period:
     by_status: dict[str, Figure]
     #: Payments Khalti confirmed in the period (by ``verified_at``) that paid their order.
     verified: Figure
+    #: The payments where money moved, counted in the period (:mod:`.money`).
+    money: Money
 
     @property
     def total(self) -> Figure:
@@ -96,11 +98,14 @@ class Period:
 
 @dataclass(frozen=True)
 class Day:
-    """One day of the chart: the payments Khalti confirmed that day that paid their order."""
+    """One day of the chart: the payments Khalti confirmed that day that paid their order;
+    and the money of the payments where money moved that count on that day.
+    """
 
     day: date
     count: int
     amount: int
+    money: Money = field(default_factory=Money)
 
     @property
     def rupees(self) -> str:
@@ -168,17 +173,23 @@ class Overview:
         return Figure(sum(f.count for f in figures), sum(f.amount for f in figures))
 
     @property
+    def money_rows(self) -> list[tuple[str, StrOrPromise, list[str]]]:
+        """The money as a table: (name, label, rupees per period)."""
+        periods = [period.money for period in self.periods]
+        return [
+            ("in", _("Money in"), [rupees(money.money_in) for money in periods]),
+            ("fees", _("Khalti's fees"), [rupees(money.fees) for money in periods]),
+            ("refunded", _("Refunded"), [rupees(money.refunded) for money in periods]),
+            ("net", _("Net"), [signed_rupees(money.net) for money in periods]),
+        ]
+
+    @property
     def status_rows(self) -> list[tuple[StrOrPromise, list[Figure]]]:
         """The figures as a table: (status label, one figure per period)."""
         return [
             (label, [period.by_status[status] for period in self.periods])
             for status, label in Payment.Status.choices
         ]
-
-
-def _midnight(day: date) -> datetime:
-    """The first instant of ``day`` on the current time zone."""
-    return timezone.make_aware(datetime.combine(day, time.min))
 
 
 def _figure(row: Mapping[str, Any], name: str) -> Figure:
@@ -188,7 +199,7 @@ def _figure(row: Mapping[str, Any], name: str) -> Figure:
 def payment_overview(now: datetime, limit: int = LIST_LIMIT) -> Overview:
     """The overview as of ``now``, in seven queries whatever the number of payments."""
     today = timezone.localdate(now)
-    starts = {name: _midnight(today - timedelta(days=back)) for name, _label, back in PERIODS}
+    starts = {name: midnight(today - timedelta(days=back)) for name, _label, back in PERIODS}
     first = min(starts.values())
 
     # 1. Count and sum by status for each period: one row per status.
@@ -204,20 +215,8 @@ def payment_overview(now: datetime, limit: int = LIST_LIMIT) -> Overview:
         .order_by()
     }
 
-    # 2. The chart: what was verified each day (on the current time zone).
-    verified_days = {
-        row["day"]: Day(row["day"], row["count"], row["amount"])
-        for row in Payment.objects.paid()
-        .filter(verified_at__gte=first)
-        .annotate(day=TruncDate("verified_at", tzinfo=timezone.get_current_timezone()))
-        .values("day")
-        .annotate(count=Count("pk"), amount=Sum("amount"))
-        .order_by("day")
-    }
-    days = [
-        verified_days.get(day, Day(day, 0, 0))
-        for day in (today - timedelta(days=back) for back in range(29, -1, -1))
-    ]
+    # 2. The chart and the money, day by day (on the current time zone).
+    days = _days(today, first)
 
     periods = []
     for name, label, back in PERIODS:
@@ -232,6 +231,7 @@ def payment_overview(now: datetime, limit: int = LIST_LIMIT) -> Overview:
                     for status in Payment.Status.values
                 },
                 Figure(sum(d.count for d in shown), sum(d.amount for d in shown)),
+                sum((day.money for day in shown), Money()),
             )
         )
 
@@ -263,6 +263,39 @@ def payment_overview(now: datetime, limit: int = LIST_LIMIT) -> Overview:
         unresolved_refund_count=refunds.count(),
         days=days,
     )
+
+
+def _days(today: date, first: datetime) -> list[Day]:
+    """The 30 days to ``today``, oldest first: what was verified each day that paid its
+    order (the chart), and the money of the payments where money moved (:mod:`.money`),
+    in one grouped query.
+    """
+    paid = Q(status__in=Payment.PAID_STATUSES, verified_at__isnull=False)
+    found = {
+        row["day"]: Day(
+            row["day"],
+            row["verified_count"],
+            row["verified_amount"] or 0,
+            Money(row["moved"], row["money_in"], row["fees"] or 0, row["refunded"], row["unknown"]),
+        )
+        for row in Payment.objects.filter(moved_between(first))
+        .annotate(day=TruncDate(DATED, tzinfo=timezone.get_current_timezone()))
+        .values("day")
+        .annotate(
+            verified_count=Count("pk", filter=paid),
+            verified_amount=Sum("amount", filter=paid),
+            moved=Count("pk"),
+            money_in=Sum(MONEY_IN),
+            fees=Sum("fee_amount"),
+            refunded=Sum("refunded_amount"),
+            unknown=Count("pk", filter=Q(fee_amount__isnull=True)),
+        )
+        .order_by("day")
+    }
+    return [
+        found.get(day, Day(day, 0, 0))
+        for day in (today - timedelta(days=back) for back in range(29, -1, -1))
+    ]
 
 
 # --- the chart ---------------------------------------------------------------------
@@ -342,25 +375,11 @@ def volume_chart(days: list[Day]) -> SafeString:
 # --- the page ----------------------------------------------------------------------
 
 
-class OverviewView(TemplateView):
+class OverviewView(PaymentsPage):
     """The overview page, for users who may view payments (others: 403)."""
 
     template_name = "admin/django_khalti/payment/overview.html"
-    #: The ``PaymentAdmin`` the view belongs to (``as_view(model_admin=...)``).
-    model_admin: PaymentAdminBase | None = None
     title = _("Payments overview")
-
-    @property
-    def admin(self) -> PaymentAdminBase:
-        """The view's ``PaymentAdmin``."""
-        assert self.model_admin is not None, "as_view(model_admin=...)"
-        return self.model_admin
-
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        """Refused (403) without the permission to view payments."""
-        if not self.admin.has_view_permission(request):
-            raise PermissionDenied
-        return super().dispatch(request, *args, **kwargs)
 
     def now(self) -> datetime:
         """The instant the page describes: now."""
@@ -370,9 +389,6 @@ class OverviewView(TemplateView):
         """The admin's context, the overview, its chart, and what the user may do."""
         overview = payment_overview(self.now())
         return super().get_context_data(
-            **self.admin.admin_site.each_context(self.request),
-            title=self.title,
-            opts=Payment._meta,
             overview=overview,
             time_zone=timezone.get_current_timezone_name(),
             chart=volume_chart(overview.days),

@@ -21,6 +21,8 @@ from .. import services
 from ..models import Payment, rupees
 from .actions import recheck, refund, resolve_refund
 from .deletion import delete_selected
+from .export import ExportView
+from .ledger import LedgerView
 from .overview import OverviewView
 from .permissions import PaymentAdminBase
 from .records import DeliveryInline, RefundInline, UndeliveredFilter, pretty_json
@@ -235,7 +237,8 @@ class PaymentAdmin(PaymentAdminBase):
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def get_urls(self) -> list[URLPattern]:
-        """The admin's URLs, the overview's (:mod:`.overview`), the confirmation
+        """The admin's URLs, the overview's (:mod:`.overview`), the ledger's
+        (:mod:`.ledger`), the CSV export's (:mod:`.export`), the confirmation
         pages' own (each outside ``ATOMIC_REQUESTS``, see :mod:`.views`), and where a
         payment's page posts its buttons (:meth:`page_action_view`).
         """
@@ -250,6 +253,16 @@ class PaymentAdmin(PaymentAdminBase):
                 "overview/",
                 self.admin_site.admin_view(OverviewView.as_view(model_admin=self)),
                 name="{}_{}_overview".format(*info),
+            ),
+            path(
+                "ledger/",
+                self.admin_site.admin_view(LedgerView.as_view(model_admin=self)),
+                name="{}_{}_ledger".format(*info),
+            ),
+            path(
+                "export/",
+                self.admin_site.admin_view(ExportView.as_view(model_admin=self)),
+                name="{}_{}_export".format(*info),
             ),
             path(
                 "refund/",

@@ -3,6 +3,7 @@ payments (days on the shop's time zone, Asia/Kathmandu), its chart, what it cost
 its Nepali.
 """
 
+import html
 import re
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -44,12 +45,12 @@ def local(day, hour, minute=0):
 
 def make(reference, status, amount, created, verified=None, **fields):
     live = status not in (Payment.Status.FAILED, Payment.Status.NEEDS_REVIEW)
+    fields.setdefault("idx", f"idx-{reference}" if verified else None)
     return Payment.objects.create(
         token=f"tok-{reference}",
         product_identity=reference,
         amount=amount,
         status=status,
-        idx=f"idx-{reference}" if verified else None,
         order_claim=order_key(reference) if live else None,
         created_at=created,
         verified_at=verified,
@@ -271,6 +272,74 @@ def test_an_empty_shop_shows_zeros(superuser_client, now):
     assert overview.pending == Figure()
     assert overview.days[-1] == Day(NOW.date(), 0, 0)
     assert text_of(response).count("None.") == 2
+
+
+# --- the money ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def money(now):
+    """Payments where money moved (and some where none did), with Khalti's fees."""
+    S = Payment.Status
+    # Verified today (created yesterday: counted by when Khalti confirmed it).
+    make("A", S.VERIFIED, 100000, local(1, 23, 50), local(0, 0, 10), fee_amount=3000)
+    make("C", S.VERIFIED, 20000, local(0, 9), local(0, 9, 1))  # Khalti's fee unknown
+    # Completed at Khalti for another amount, held for review; created at 05:00 in
+    # Kathmandu (14 June in UTC): money in is Khalti's amount.
+    make("D", S.NEEDS_REVIEW, 25000, local(0, 5), idx="idx-D", fee_amount=800)
+    Payment.objects.filter(product_identity="D").update(received_amount=30000)
+    make("E", S.NEEDS_REVIEW, 25000, local(0, 6))  # no Khalti id: nothing tied to it
+    make("B", S.PARTIALLY_REFUNDED, 50000, local(3, 8), local(3, 8), fee_amount=1500,
+         refunded_amount=20000)  # fmt: skip
+    make(
+        "I", S.VERIFIED, 10000, local(6, 0), local(6, 0), fee_amount=200
+    )  # the week's first instant
+    make("J", S.VERIFIED, 5000, local(7, 23, 59), local(7, 23, 59), fee_amount=100)
+    # Refunded at Khalti before it was verified here.
+    make("F", S.REFUNDED, 8000, local(10, 8), idx="idx-F", refunded_amount=8000)
+    make("G", S.FAILED, 7000, local(0, 7))
+    make("P", S.PENDING, 6000, local(0, 7))
+    make("H", S.VERIFIED, 90000, local(40, 8), local(40, 8), fee_amount=2000)  # too old
+
+
+def test_money_in_fees_refunded_and_net_for_each_period(superuser_client, money):
+    overview = superuser_client.get(OVERVIEW).context["overview"]
+    today, week, month = (period.money for period in overview.periods)
+    # Today: A, C (fee unknown) and D (Khalti's 300.00, not the order's 250.00).
+    assert (today.count, today.money_in, today.fees, today.refunded) == (3, 150000, 3800, 0)
+    assert (today.net, today.unknown_fees) == (146200, 1)
+    # 7 days: and B (refunded 200.00 of it) and I; not J, a minute before the week.
+    assert (week.count, week.money_in, week.fees, week.refunded) == (5, 210000, 5500, 20000)
+    assert (week.net, week.unknown_fees) == (184500, 1)
+    # 30 days: and J, and F (refunded at Khalti before it was verified here).
+    assert (month.count, month.money_in, month.fees, month.refunded) == (7, 223000, 5600, 28000)
+    assert (month.net, month.unknown_fees) == (189400, 2)
+
+
+def test_the_money_is_on_the_page_and_says_what_it_counts(superuser_client, money):
+    page = html.unescape(text_of(superuser_client.get(OVERVIEW)))
+    assert " Money in 1,500.00 2,100.00 2,230.00 " in page
+    assert " Khalti's fees 38.00 55.00 56.00 " in page
+    assert " Refunded 0.00 200.00 280.00 " in page
+    assert " Net 1,462.00 1,845.00 1,894.00 " in page
+    assert " Payments whose fee is unknown 1 1 2 " in page
+    assert "Each counts on the day Khalti confirmed it (else the day it was created)." in page
+    assert "a fee not known yet counts as 0." in page
+    assert "Net: money in, less the fees, less what was refunded." in page
+
+
+def test_a_net_loss_shows_its_minus(superuser_client, now):
+    # Refunded whole, and Khalti kept its fee.
+    make("L", Payment.Status.REFUNDED, 10000, local(0, 8), local(0, 8), fee_amount=300,
+         refunded_amount=10000)  # fmt: skip
+    page = text_of(superuser_client.get(OVERVIEW))
+    assert " Net -3.00 -3.00 -3.00 " in page
+
+
+def test_the_overview_links_to_the_ledger_and_the_export(viewer_client, now):
+    response = viewer_client.get(OVERVIEW)
+    assertContains(response, f'<a href="{reverse("admin:django_khalti_payment_export")}"', 1)
+    assertContains(response, f'<a href="{reverse("admin:django_khalti_payment_ledger")}"', 1)
 
 
 # --- the chart --------------------------------------------------------------------------
