@@ -20,7 +20,15 @@ from django.utils import timezone
 from django_khalti.conf import khalti_settings
 from django_khalti.deletion import PROTECT_UNDELIVERED
 from django_khalti.exceptions import KhaltiProtectedError
-from django_khalti.models import DbNow, Payment, Refund, SignalDelivery, order_key, snapshot_of
+from django_khalti.models import (
+    DbNow,
+    LedgerEntry,
+    Payment,
+    Refund,
+    SignalDelivery,
+    order_key,
+    snapshot_of,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -207,6 +215,9 @@ def test_every_relation_to_a_record_of_money_protects_it():
         [
             (Refund, "payment", models.PROTECT),
             (SignalDelivery, "payment", PROTECT_UNDELIVERED),
+            # A ledger walk's reading of Khalti's books, no record of money: it keeps
+            # Khalti's idx and record, and lets a deletable (failed) payment go.
+            (LedgerEntry, "payment", models.SET_NULL),
         ],
         key=str,
     )
