@@ -97,7 +97,7 @@ def test_the_crontab_line_runs_the_command_with_real_options_every_five_minutes(
 
 
 def test_the_crontab_walks_the_ledger_once_a_day_with_real_options_beside_reconcile():
-    schedule, environment, command = crontab_entry(1)
+    schedule, _environment, command = crontab_entry(1)
     assert schedule == ["30", "0", "*", "*", "*"]
     argv = shlex.split(command.split(">>")[0])
     assert argv[3:7] == ["flock", "-n", "-E", "0"]
