@@ -391,7 +391,7 @@ def test_a_dashboard_refund_is_heard_after_a_verified_signal_a_receiver_raised_o
 ):
     """The shop's verified receiver raised (its warehouse was down); the walk then finds
     a dashboard refund. The shop hears "refunded" only after "verified" got through."""
-    story = []
+    story: list[tuple[object, ...]] = []
     down = {"verified": 1}
 
     def on_verified(sender, payment, **kwargs):
