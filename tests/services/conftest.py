@@ -1,12 +1,16 @@
 """Fixtures and faults of the services' tests."""
 
+import io
 import re
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from django.db import OperationalError, connection
+from django.urls import reverse
 
-from django_khalti.models import SignalDelivery
+from django_khalti.models import Payment, SignalDelivery
+from shop.models import Order
 
 #: The states page, whose tables tests play row by row.
 STATES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "explanation" / "states.rst"
@@ -69,3 +73,58 @@ def outbox_refused():
     yield
     with connection.cursor() as cursor:
         cursor.execute(drop)
+
+
+# --- the ledger walk, from the shop's side ----------------------------------------------
+
+
+@pytest.fixture
+def pay(client, khalti, django_capture_on_commit_callbacks):
+    """Pay an order as a buyer does: Khalti's record, and the payment verified here
+    (``created_on``: when Khalti's record says it was made).
+    """
+
+    def pay(reference, amount=1000, created_on=None):
+        Order.objects.create(reference=reference, total=amount)
+        held = khalti.add_payment(amount=amount)
+        if created_on is not None:
+            held.created_on = created_on
+        with django_capture_on_commit_callbacks(execute=True):
+            answer = client.post(
+                reverse("django_khalti:verify"),
+                held.payload(reference),
+                content_type="application/json",
+            )
+        assert answer.status_code == 200, answer.json()
+        return held, Payment.objects.get(order_reference=reference)
+
+    return pay
+
+
+@pytest.fixture
+def walk(django_capture_on_commit_callbacks):
+    """Run ``khalti_reconcile --ledger`` as cron would; its output."""
+
+    def walk(*args, since="1d"):
+        out = io.StringIO()
+        with django_capture_on_commit_callbacks(execute=True):
+            call_command(
+                "khalti_reconcile",
+                "--ledger",
+                "--since",
+                since,
+                *args,
+                stdout=out,
+                stderr=io.StringIO(),
+            )
+        return out.getvalue()
+
+    return walk
+
+
+def told(signals):
+    """What the shop's receivers were told, in order: (signal, order, amount)."""
+    return [
+        (name, kwargs["payment"].order_reference, kwargs.get("amount"))
+        for name, _sender, kwargs in signals
+    ]

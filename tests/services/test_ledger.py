@@ -21,57 +21,13 @@ from django.utils import timezone
 from django_khalti.models import LedgerEntry, LedgerWalk, Payment, Refund
 from shop.models import Order
 
+from .conftest import told
+
 pytestmark = pytest.mark.django_db
 
 Status = Payment.Status
 Kind = LedgerEntry.Kind
 VERIFY_URL = reverse("django_khalti:verify")
-
-
-@pytest.fixture
-def pay(client, khalti, django_capture_on_commit_callbacks):
-    """Pay an order as a buyer does: Khalti's record, and the payment verified here."""
-
-    def pay(reference, amount=1000):
-        Order.objects.create(reference=reference, total=amount)
-        held = khalti.add_payment(amount=amount)
-        with django_capture_on_commit_callbacks(execute=True):
-            answer = client.post(
-                VERIFY_URL, held.payload(reference), content_type="application/json"
-            )
-        assert answer.status_code == 200, answer.json()
-        return held, Payment.objects.get(order_reference=reference)
-
-    return pay
-
-
-@pytest.fixture
-def walk(django_capture_on_commit_callbacks):
-    """Run ``khalti_reconcile --ledger`` as cron would; its output."""
-
-    def walk(*args, since="1d"):
-        out = io.StringIO()
-        with django_capture_on_commit_callbacks(execute=True):
-            call_command(
-                "khalti_reconcile",
-                "--ledger",
-                "--since",
-                since,
-                *args,
-                stdout=out,
-                stderr=io.StringIO(),
-            )
-        return out.getvalue()
-
-    return walk
-
-
-def told(signals):
-    """What the shop's receivers were told, in order: (signal, order, amount)."""
-    return [
-        (name, kwargs["payment"].order_reference, kwargs.get("amount"))
-        for name, _sender, kwargs in signals
-    ]
 
 
 def read_only(khalti):

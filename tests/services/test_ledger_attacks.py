@@ -27,9 +27,9 @@ from django_khalti.rules import answers as rules
 from django_khalti.rules.shapes import NPT
 from django_khalti.signals import payment_refunded, payment_verified
 from django_khalti.testing.endpoints import _KitLedger
-from shop.models import Order
 
 from ..conftest import SECRET, fixture, race
+from .conftest import told
 
 pytestmark = pytest.mark.django_db
 
@@ -39,54 +39,6 @@ VERIFY_URL = reverse("django_khalti:verify")
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pay(client, khalti, django_capture_on_commit_callbacks):
-    """Pay an order as a buyer does: Khalti's record, and the payment verified here."""
-
-    def pay(reference, amount=1000, created_on=None):
-        Order.objects.create(reference=reference, total=amount)
-        held = khalti.add_payment(amount=amount)
-        if created_on is not None:
-            held.created_on = created_on
-        with django_capture_on_commit_callbacks(execute=True):
-            answer = client.post(
-                VERIFY_URL, held.payload(reference), content_type="application/json"
-            )
-        assert answer.status_code == 200, answer.json()
-        return held, Payment.objects.get(order_reference=reference)
-
-    return pay
-
-
-@pytest.fixture
-def walk(django_capture_on_commit_callbacks):
-    """Run ``khalti_reconcile --ledger`` as cron would; its output."""
-
-    def walk(*args, since="1d"):
-        out = io.StringIO()
-        with django_capture_on_commit_callbacks(execute=True):
-            call_command(
-                "khalti_reconcile",
-                "--ledger",
-                "--since",
-                since,
-                *args,
-                stdout=out,
-                stderr=io.StringIO(),
-            )
-        return out.getvalue()
-
-    return walk
-
-
-def told(signals):
-    """What the shop's receivers were told, in order: (signal, order, amount)."""
-    return [
-        (name, kwargs["payment"].order_reference, kwargs.get("amount"))
-        for name, _sender, kwargs in signals
-    ]
 
 
 def page_body(khalti, number, *, size=None, url="https://khalti.test/api/v2/merchant-transaction/"):
