@@ -200,13 +200,30 @@ def payment_overview(now: datetime, limit: int = LIST_LIMIT) -> Overview:
     """The overview as of ``now``, in seven queries whatever the number of payments."""
     today = timezone.localdate(now)
     starts = {name: midnight(today - timedelta(days=back)) for name, _label, back in PERIODS}
-    first = min(starts.values())
+    days = _days(today, min(starts.values()))  # 2. the chart and the money, day by day
+    counts = _pending_counts(now)  # 3.
+    # 4-7. The lists, oldest first, and how many refunds await an outcome.
+    oldest_first = ("created_at", "pk")
+    refunds = services.refunds_awaiting_outcome().order_by(*oldest_first)
+    return Overview(
+        now=now,
+        periods=_periods(today, starts, _by_status(starts), days),  # 1.
+        pending_by_age=[(label, _figure(counts, f"age{i}")) for i, (label, *_) in enumerate(AGES)],
+        oldest_pending=_waiting(Payment.objects.pending().order_by(*oldest_first)[:limit], now),
+        needs_review=_waiting(Payment.objects.needs_review().order_by(*oldest_first)[:limit], now),
+        needs_review_count=counts["needs_review"],
+        unresolved_refunds=_waiting(refunds[:limit], now),
+        unresolved_refund_count=refunds.count(),
+        days=days,
+    )
 
-    # 1. Count and sum by status for each period: one row per status.
+
+def _by_status(starts: dict[str, datetime]) -> dict[str, Mapping[str, Any]]:
+    """Count and sum by status for each period (by when created): one row per status."""
     in_period = {name: Q(created_at__gte=since) for name, since in starts.items()}
-    by_status = {
+    return {
         row["status"]: row
-        for row in Payment.objects.filter(created_at__gte=first)
+        for row in Payment.objects.filter(created_at__gte=min(starts.values()))
         .values("status")
         .annotate(
             **{f"{name}_count": Count("pk", filter=q) for name, q in in_period.items()},
@@ -215,27 +232,29 @@ def payment_overview(now: datetime, limit: int = LIST_LIMIT) -> Overview:
         .order_by()
     }
 
-    # 2. The chart and the money, day by day (on the current time zone).
-    days = _days(today, first)
 
+def _periods(
+    today: date,
+    starts: dict[str, datetime],
+    by_status: dict[str, Mapping[str, Any]],
+    days: list[Day],
+) -> list[Period]:
+    """Each period's figures, from the rows by status and the days of the chart."""
     periods = []
     for name, label, back in PERIODS:
         shown = [day for day in days if day.day >= today - timedelta(days=back)]
-        periods.append(
-            Period(
-                name,
-                label,
-                starts[name],
-                {
-                    status: _figure(by_status[status], name) if status in by_status else Figure()
-                    for status in Payment.Status.values
-                },
-                Figure(sum(d.count for d in shown), sum(d.amount for d in shown)),
-                sum((day.money for day in shown), Money()),
-            )
-        )
+        statuses = {
+            status: _figure(by_status[status], name) if status in by_status else Figure()
+            for status in Payment.Status.values
+        }
+        verified = Figure(sum(d.count for d in shown), sum(d.amount for d in shown))
+        money = sum((day.money for day in shown), Money())
+        periods.append(Period(name, label, starts[name], statuses, verified, money))
+    return periods
 
-    # 3. Pending payments by age, and how many need review.
+
+def _pending_counts(now: datetime) -> dict[str, Any]:
+    """Pending payments by age (:data:`AGES`), and how many need review, in one query."""
     ages: dict[str, Aggregate] = {}
     for i, (_label, at_least, younger_than) in enumerate(AGES):
         q = Q(status=Payment.Status.PENDING)
@@ -245,24 +264,9 @@ def payment_overview(now: datetime, limit: int = LIST_LIMIT) -> Overview:
             q &= Q(created_at__gt=now - younger_than)
         ages[f"age{i}_count"] = Count("pk", filter=q)
         ages[f"age{i}_amount"] = Sum("amount", filter=q)
-    counts = Payment.objects.filter(
+    return Payment.objects.filter(
         status__in=[Payment.Status.PENDING, Payment.Status.NEEDS_REVIEW]
     ).aggregate(needs_review=Count("pk", filter=Q(status=Payment.Status.NEEDS_REVIEW)), **ages)
-
-    # 4-7. The lists, oldest first, and how many refunds await an outcome.
-    oldest_first = ("created_at", "pk")
-    refunds = services.refunds_awaiting_outcome().order_by(*oldest_first)
-    return Overview(
-        now=now,
-        periods=periods,
-        pending_by_age=[(label, _figure(counts, f"age{i}")) for i, (label, *_) in enumerate(AGES)],
-        oldest_pending=_waiting(Payment.objects.pending().order_by(*oldest_first)[:limit], now),
-        needs_review=_waiting(Payment.objects.needs_review().order_by(*oldest_first)[:limit], now),
-        needs_review_count=counts["needs_review"],
-        unresolved_refunds=_waiting(refunds[:limit], now),
-        unresolved_refund_count=refunds.count(),
-        days=days,
-    )
 
 
 def _days(today: date, first: datetime) -> list[Day]:
