@@ -100,6 +100,12 @@ class ResolveRefundForm(_ConfirmationForm):
 _DAY = forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
 
 
+#: The days the export can be asked for: no payment was made through Khalti before the
+#: first, and the calendar (and a day after it, where a period ends) holds the last.
+FIRST_DAY = date(2010, 1, 1)
+LAST_DAY = date(9000, 12, 31)
+
+
 class ExportForm(forms.Form):
     """The CSV export's period: from one day to another, both included (days on the
     shop's time zone).
@@ -109,10 +115,18 @@ class ExportForm(forms.Form):
     end = forms.DateField(label=_("To (included)"), widget=_DAY)
 
     def clean(self) -> dict[str, Any]:
-        """Refused when the period ends before it starts."""
+        """Refused when the period ends before it starts, or reaches past the days a
+        payment can be of (:data:`FIRST_DAY` to :data:`LAST_DAY`), before anything is sent.
+        """
         cleaned = super().clean() or {}
         start: date | None = cleaned.get("start")
         end: date | None = cleaned.get("end")
         if start and end and end < start:
             raise forms.ValidationError(_("The period ends before it starts."), code="backwards")
+        if any(day and not FIRST_DAY <= day <= LAST_DAY for day in (start, end)):
+            raise forms.ValidationError(
+                _("Choose days from %(first)s to %(last)s.")
+                % {"first": FIRST_DAY.isoformat(), "last": LAST_DAY.isoformat()},
+                code="out_of_range",
+            )
         return cleaned

@@ -109,7 +109,7 @@ def parse_transaction(body: Any, *, plain_state: bool = False) -> KhaltiTransact
     ):
         logger.warning("Khalti's transaction record lacks idx, state or amount.")
         raise KhaltiBadResponse()
-    fee = body.get("fee_amount")
+    fee = _fee(body.get("fee_amount"), body["amount"])
     user = body.get("user") or body.get("source") or {}
     mobile = user.get("mobile") if isinstance(user, dict) else None
     return KhaltiTransaction(
@@ -117,7 +117,7 @@ def parse_transaction(body: Any, *, plain_state: bool = False) -> KhaltiTransact
         state=state_name,
         amount=body["amount"],
         # Minor fields must never keep a paid transaction from being recorded.
-        fee_amount=fee if _is_int(fee) and fee >= 0 else None,
+        fee_amount=fee,
         mobile=mobile[:MOBILE_MAX_LENGTH] if isinstance(mobile, str) else "",
         refunded=body.get("refunded") is True,
         raw=body,
@@ -150,7 +150,7 @@ def parse_lookup(body: Any, pidx: str) -> KhaltiLookup | None:
         transaction_id=transaction_id
         if isinstance(transaction_id, str) and 0 < len(transaction_id) <= 255
         else None,
-        fee=fee if _is_int(fee) and fee >= 0 else None,
+        fee=_fee(fee, total if _is_int(total) else None),
         refunded=body.get("refunded") is True,
         raw=body,
     )
@@ -237,6 +237,15 @@ def parse_ledger_page(body: Any, number: int) -> KhaltiLedgerPage:
     )
 
 
+def _fee(value: object, amount: int | None) -> int | None:
+    """Khalti's fee on ``amount``, or None: not a whole number of paisa from 0 to the
+    amount (a fee above what was paid is none of this payment's).
+    """
+    if not _is_int(value) or value < 0:
+        return None
+    return value if amount is None or value <= amount else None
+
+
 def _count(value: object) -> int | None:
     """A count of the list's envelope, or None: not an integer, or past what a count
     can sensibly be (a 32-bit column holds it).
@@ -265,13 +274,15 @@ def _ledger_record(record: Any) -> KhaltiLedgerRecord | KhaltiUnreadableRecord:
     refunded = _refunded_amount(record, outcome_of(state), amount)
     if refunded is False:
         return KhaltiUnreadableRecord("a refunded amount it cannot hold", record, idx)
-    fee = record.get("fee_amount")
+    fee = _fee(record.get("fee_amount"), amount)
+    if fee is None and record.get("fee_amount") is not None:
+        return KhaltiUnreadableRecord("a fee that is no fee of its amount", record, idx)
     return KhaltiLedgerRecord(
         idx=idx,
         state=state,
         type=_name(record.get("type")) or "",
         amount=amount,
-        fee_amount=fee if _is_int(fee) and fee >= 0 else None,
+        fee_amount=fee,
         refunded_amount=refunded,
         created_on=_aware(record.get("created_on")),
         raw=record,

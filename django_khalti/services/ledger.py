@@ -299,10 +299,13 @@ def _changed(
     try:
         verdict = records.record_with_change(report.walk, record, payment, page)
     except IntegrityError:
-        if not LedgerWalk.objects.filter(pk=report.walk.pk, holder=report.walk.holder).exists():
-            raise _TakenOver from None  # the worker that took the walk over entered it
-        raise
+        # Entered meanwhile, with its change, by another worker on this walk (one that
+        # fell silent and was taken over, or took it over): handled, and not again.
+        _held(report.walk)
+        kind = report.walk.entries.filter(idx=record.idx).values_list("kind", flat=True)
+        return records.Verdict(kind.get())
     _count_change(report, payment, verdict)
+    _held(report.walk)  # alive: a page of changes, each asking Khalti, may take a while
     return verdict
 
 
@@ -334,10 +337,14 @@ def _unreadable(walk: LedgerWalk, page: KhaltiLedgerPage, read: set[str]) -> lis
     """
     named = {record.idx for record in page.unreadable if record.idx}
     entered = set(walk.entries.filter(idx__in=named).values_list("idx", flat=True)) | read
+    # A record without an idx cannot be told again: entered once a page number (a
+    # page read again, after its worker was killed, has its entries already).
+    seen_page = walk.entries.filter(page=page.number).exists()
     unread: dict[object, LedgerEntry] = {}
     for position, record in enumerate(page.unreadable):
-        if record.idx not in entered:
-            unread.setdefault(record.idx or position, records.unreadable(walk, record, page.number))
+        if record.idx in entered or (record.idx is None and seen_page):
+            continue
+        unread.setdefault(record.idx or position, records.unreadable(walk, record, page.number))
     if page.unreadable:
         logger.warning(
             "%s record(s) of Khalti's transaction list page %s could not be read.",

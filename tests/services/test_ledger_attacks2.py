@@ -25,14 +25,12 @@ from django_khalti.models import LedgerEntry, LedgerWalk, Payment, Refund
 from django_khalti.signals import payment_refunded, payment_verified
 
 from ..conftest import race
-from . import test_ledger_attacks as first
-from .test_ledger_attacks import page_body, told, verified_long_ago
+from .conftest import told
+from .test_ledger_attacks import page_body, verified_long_ago
 
 pytestmark = pytest.mark.django_db
 
 #: The first attack's fixtures: a buyer paying, and cron walking the ledger.
-pay = first.pay
-walk = first.walk
 
 Status = Payment.Status
 Kind = LedgerEntry.Kind
