@@ -87,7 +87,7 @@ class LedgerRun:
         state = "resumed and " if report.resumed else ""
         self.stdout.write(
             f"ledger walk {walk.pk} ({state}{walk.get_status_display().lower()}) since "
-            f"{walk.since:%Y-%m-%d %H:%M %Z}: {walk.pages_read} page(s), "
+            f"{timezone.localtime(walk.since):%Y-%m-%d %H:%M %Z}: {walk.pages_read} page(s), "
             f"{walk.records_read} record(s), {walk.differences} difference(s)"
         )
         if report.passed_over:
