@@ -391,3 +391,10 @@ def test_a_payment_in_review_is_not_cleared_by_a_partial_refund_only_by_a_whole_
     assert (payment.status, payment.refunded_amount) == (Status.REFUNDED, 1000)
     assert list(payment.refunds.values_list("origin", "amount")) == [("khalti", 1000)]
     assert told(signals)[-1] == ("refunded", "ORD-1", 1000)
+
+
+def test_the_summary_names_the_first_day_walked_on_the_shops_clock(walk, khalti, settings):
+    settings.TIME_ZONE = "Asia/Kathmandu"
+    output = walk(since="1d")
+    day = timezone.localdate() - timedelta(days=1)
+    assert f"since {day:%Y-%m-%d} 00:00" in output
