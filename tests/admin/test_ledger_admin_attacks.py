@@ -19,9 +19,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from django_khalti.models import LedgerEntry, LedgerWalk, Payment, order_key
+from django_khalti.models import LedgerEntry, LedgerWalk, Payment
 
 from .conftest import staff_client
+from .test_export import pay
 
 pytestmark = pytest.mark.django_db
 
@@ -30,23 +31,6 @@ EXPORT = reverse("admin:django_khalti_payment_export")
 OVERVIEW = reverse("admin:django_khalti_payment_overview")
 S = Payment.Status
 Kind = LedgerEntry.Kind
-
-
-def pay(reference, status, amount, at, *, verified=True, **fields):
-    """A payment created (and, when ``verified``, confirmed by Khalti) at ``at``."""
-    live = status not in (S.FAILED, S.NEEDS_REVIEW)
-    fields.setdefault("idx", f"idx-{reference}" if verified else None)
-    return Payment.objects.create(
-        token=f"tok-{reference}",
-        product_identity=reference,
-        order_reference=reference,
-        amount=amount,
-        status=status,
-        order_claim=order_key(reference) if live else None,
-        created_at=at,
-        verified_at=at if verified else None,
-        **fields,
-    )
 
 
 def csv_rows(client, start, end):

@@ -10,6 +10,7 @@ from django.db import OperationalError, connection
 from django.urls import reverse
 
 from django_khalti.models import Payment, SignalDelivery
+from django_khalti.signals import payment_refunded, payment_verified
 from shop.models import Order
 
 #: The states page, whose tables tests play row by row.
@@ -128,3 +129,28 @@ def told(signals):
         (name, kwargs["payment"].order_reference, kwargs.get("amount"))
         for name, _sender, kwargs in signals
     ]
+
+
+@pytest.fixture
+def warehouse_down_once(no_shop_receivers):
+    """The shop's receivers as the docs write them, told in order into the list this
+    yields: the ``payment_verified`` one raises the first time (its warehouse is down),
+    the ``payment_refunded`` one records the amount.
+    """
+    story: list[tuple[object, ...]] = []
+    down = {"verified": 1}
+
+    def on_verified(sender, payment, **kwargs):
+        if down["verified"]:
+            down["verified"] -= 1
+            raise ConnectionError("warehouse down")
+        story.append(("verified", payment.order_reference))
+
+    def on_refunded(sender, payment, amount, **kwargs):
+        story.append(("refunded", payment.order_reference, amount))
+
+    payment_verified.connect(on_verified, weak=False)
+    payment_refunded.connect(on_refunded, weak=False)
+    yield story
+    payment_verified.disconnect(on_verified)
+    payment_refunded.disconnect(on_refunded)

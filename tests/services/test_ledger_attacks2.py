@@ -22,7 +22,6 @@ from django.utils import timezone
 from django_khalti import services
 from django_khalti.exceptions import KhaltiUnavailable
 from django_khalti.models import LedgerEntry, LedgerWalk, Payment, Refund
-from django_khalti.signals import payment_refunded, payment_verified
 
 from ..conftest import race
 from .conftest import told
@@ -219,39 +218,23 @@ def grace_zero(settings):
 
 
 def test_a_pending_refund_the_walk_settles_is_heard_after_a_verified_signal_that_failed(
-    pay, walk, khalti, admin_user, grace_zero, no_shop_receivers, django_capture_on_commit_callbacks
-):
+    pay, walk, khalti, admin_user, grace_zero, warehouse_down_once,
+    django_capture_on_commit_callbacks,
+):  # fmt: skip
     """The verified receiver raised; the admin's refund of Rs 3 timed out after Khalti
     applied it (pending). The walk settles it by Khalti's total: the shop hears
     "refunded" Rs 3 once, and only after "verified"."""
-    story: list[tuple[object, ...]] = []
-    down = {"verified": 1}
-
-    def on_verified(sender, payment, **kwargs):
-        if down["verified"]:
-            down["verified"] -= 1
-            raise ConnectionError("warehouse down")
-        story.append(("verified", payment.order_reference))
-
-    def on_refunded(sender, payment, amount, **kwargs):
-        story.append(("refunded", payment.order_reference, amount))
-
-    payment_verified.connect(on_verified, weak=False)
-    payment_refunded.connect(on_refunded, weak=False)
-    try:
-        _held, payment = pay("ORD-1")
-        khalti.fail_next("refund", "timeout_after_processing")
-        with pytest.raises(KhaltiUnavailable):
-            services.refund_payment(payment, amount=300, by=admin_user)
-        walk()
-        assert LedgerEntry.objects.get().detail.startswith("The refund of Rs 3")
-        assert story == []  # refunded waits for verified
-        with django_capture_on_commit_callbacks(execute=True):
-            call_command("khalti_reconcile", stdout=io.StringIO(), stderr=io.StringIO())
-        walk()
-    finally:
-        payment_verified.disconnect(on_verified)
-        payment_refunded.disconnect(on_refunded)
+    story = warehouse_down_once
+    _held, payment = pay("ORD-1")
+    khalti.fail_next("refund", "timeout_after_processing")
+    with pytest.raises(KhaltiUnavailable):
+        services.refund_payment(payment, amount=300, by=admin_user)
+    walk()
+    assert LedgerEntry.objects.get().detail.startswith("The refund of Rs 3")
+    assert story == []  # refunded waits for verified
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("khalti_reconcile", stdout=io.StringIO(), stderr=io.StringIO())
+    walk()
     assert story == [("verified", "ORD-1"), ("refunded", "ORD-1", 300)]
     payment.refresh_from_db()
     assert (payment.status, payment.refunded_amount) == (Status.PARTIALLY_REFUNDED, 300)
