@@ -272,7 +272,7 @@ def _read(client: KhaltiClient, report: LedgerReport, page: KhaltiLedgerPage) ->
         payment = payments.get(record.idx)
         verdict = records.judge(record, payment, in_flight.get(payment.pk) if payment else None)
         if verdict.change and payment is not None:
-            verdict = _changed(client, report, record, payment, page.number)
+            verdict = _changed(client, report, record, payment, page.number, verdict)
         else:
             quiet.append(records.entry(walk, record, payment, verdict, page.number))
         made[verdict.kind] += 1
@@ -289,12 +289,14 @@ def _changed(
     record: KhaltiLedgerRecord,
     payment: Payment,
     page: int | None,
+    first: records.Verdict,
 ) -> records.Verdict:
-    """Make the change ``record`` calls for on ``payment``. One that would send it to
-    review is made only on Khalti's record of the transaction, asked again: a list
-    read a moment before a refund, or lagging behind it, is no proof.
+    """Make the change ``record`` calls for on ``payment`` (``first``: what it was
+    judged to call for, as read). One that would send it to review is made only on
+    Khalti's record of the transaction, asked again: a list read a moment before a
+    refund, or lagging behind it, is no proof.
     """
-    if records.judge(record, payment, None).change == "review":
+    if first.change == "review":
         record = _asked_again(client, record)
     try:
         verdict = records.record_with_change(report.walk, record, payment, page)
