@@ -63,7 +63,9 @@ class _RecordInline(_Inline):
 
 
 class RefundInline(_RecordInline):
-    """A payment's refunds, read-only, on its page: who asked, how much, what Khalti said."""
+    """A payment's refunds, read-only, on its page: who asked (or whether somebody
+    refunded it at Khalti, outside the app), how much, what Khalti said.
+    """
 
     model = Refund
     # A tuple of names: it types as both a field list and a read-only field list.
@@ -71,6 +73,7 @@ class RefundInline(_RecordInline):
         "created_at",
         "amount_display",
         "status",
+        "origin",
         "requested_by",
         "mobile",
         "settled_at",

@@ -99,6 +99,7 @@ def test_change_page_shows_the_refund_history(any_client, payments, django_user_
         ("10.00", "Succeeded", "desk"),
         ("5.00", "Failed", "desk"),
     ]
+    assert {r["origin"] for r in history} == {"This app"}
     assert history[1]["failure_reason"] == "Refund period expired."
     assert "Transaction refund successful." in history[0]["answer"]
     # History is read-only: no refund row can be added, changed or deleted from here,
@@ -155,3 +156,20 @@ def test_viewer_cannot_post_the_change_form(viewer_client, payments):
     assert response.status_code == 403
     assert fresh(payments.pending).status == Payment.Status.PENDING
     assert "admin/change_form.html" not in template_names(response)
+
+
+def test_a_refund_made_at_khalti_shows_so_in_the_refund_history(any_client, payments):
+    """A refund a ledger walk found (made in Khalti's dashboard): nobody here asked."""
+    payment = payments.partially_refunded
+    Refund.objects.create(
+        payment=payment,
+        amount=1000,
+        status=Refund.Status.SUCCEEDED,
+        origin=Refund.Origin.KHALTI,
+        settled_at=timezone.now(),
+        khalti_response={"idx": payment.idx, "state": "Partially refunded"},
+    )
+    (row,) = inline(any_client.get(change_url(payment)), Refund)
+    shown = {name: text(value) for name, value in readonly_fields(row).items()}
+    assert (shown["origin"], shown["amount_display"]) == ("Khalti, outside the app", "10.00")
+    assert shown["requested_by"] in ("-", "")
