@@ -31,6 +31,7 @@ from itertools import pairwise
 
 from django.db import IntegrityError
 from django.db.models import Exists, F, OuterRef, Q
+from django.db.models.expressions import CombinedExpression
 from django.utils.translation import gettext as _
 
 from ..client import (
@@ -81,7 +82,7 @@ class LedgerReport:
     @property
     def differences(self) -> int:
         """Entries of this run that are not a match."""
-        return sum(n for kind, n in self.kinds.items() if kind != Kind.MATCHED)
+        return _differing(self.kinds)
 
 
 class _TakenOver(Exception):
@@ -208,10 +209,9 @@ def _read_pages(client: KhaltiClient, report: LedgerReport, on_page: OnPage | No
             walk,
             next_page=number + 1,
             pages_read=F("pages_read") + 1,
-            records_read=F("records_read") + sum(made.values()),
-            differences=F("differences") + _differing(made),
             total_pages=page.total_pages,
             total_records=page.total_records,
+            **_counted_up(made),
         )
         if on_page is not None:
             on_page(report, page)
@@ -357,7 +357,18 @@ def _unreadable(walk: LedgerWalk, page: KhaltiLedgerPage, read: set[str]) -> lis
 
 
 def _differing(made: Counter[str]) -> int:
+    """How many of the entries ``made`` (by kind) are not a match."""
     return sum(n for kind, n in made.items() if kind != Kind.MATCHED)
+
+
+def _counted_up(made: Counter[str]) -> dict[str, CombinedExpression]:
+    """The walk's counts raised by the entries ``made``, by kind: every entry but a
+    payment missing at Khalti is a record read (as :func:`_counted` counts them).
+    """
+    return {
+        "records_read": F("records_read") + sum(n for k, n in made.items() if k != Kind.MISSING),
+        "differences": F("differences") + _differing(made),
+    }
 
 
 def _count_change(report: LedgerReport, payment: Payment, verdict: records.Verdict) -> None:
@@ -396,13 +407,9 @@ def _find_missing(client: KhaltiClient, report: LedgerReport) -> None:
         verified_at__lt=walk.started_at - MISSING_AFTER,
     ).order_by("verified_at", "pk")
     for payment in lacked.iterator(chunk_size=100):
-        kind = _look_up(client, report, payment)
-        report.kinds[kind] += 1
-        _held(
-            walk,
-            records_read=F("records_read") + int(kind != Kind.MISSING),
-            differences=F("differences") + int(kind != Kind.MATCHED),
-        )
+        made = Counter([_look_up(client, report, payment)])
+        report.kinds += made
+        _held(walk, **_counted_up(made))
 
 
 def _look_up(client: KhaltiClient, report: LedgerReport, payment: Payment) -> str:
