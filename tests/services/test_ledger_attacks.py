@@ -64,6 +64,31 @@ def verified_long_ago(*payments, minutes=30):
         )
 
 
+class Killed(BaseException):
+    """The worker dies (SIGKILL): nothing after it runs, no clean-up."""
+
+
+def killed_after_page_1(monkeypatch, walk):
+    """Run ``walk`` with its worker killed once page 1's entries and changes are
+    written but before its counts are; then let its claim age, as a dead worker's does.
+    """
+    from django_khalti.services import ledger
+
+    real_held = ledger._held
+
+    def held(walk_row, **fields):
+        if "next_page" in fields:
+            raise Killed
+        return real_held(walk_row, **fields)
+
+    monkeypatch.setattr(ledger, "_held", held)
+    monkeypatch.setattr(ledger, "_stop", lambda walk_row, why: None)  # no clean-up
+    with pytest.raises(Killed):
+        walk()
+    monkeypatch.undo()
+    LedgerWalk.objects.update(claimed_at=timezone.now() - timedelta(minutes=10))
+
+
 def runs_crashing(walk, runs):
     """Run the walk ``runs`` times, as cron would; the exceptions that were not a
     :class:`CommandError` (a walk that stopped cleanly, to be resumed)."""
@@ -213,29 +238,13 @@ def test_a_page_a_killed_worker_entered_is_counted_when_the_walk_resumes(
     """A worker is killed (SIGKILL: no clean-up) after page 1's changes were committed
     and before the walk's counters were written. The resumed walk must still say how
     many records it read and how many differ: the accountant reads those numbers."""
-    from django_khalti.services import ledger
 
     khalti.ledger_page_size = 2
     paid = [pay(f"ORD-{n}") for n in range(4)]
     newest_held, newest = paid[-1]  # page 1
     khalti.refund_in_dashboard(newest_held.token, amount=100)
 
-    class Killed(BaseException):
-        pass
-
-    real_held = ledger._held
-
-    def killed_after_page_1(walk_row, **fields):
-        if "next_page" in fields:
-            raise Killed
-        return real_held(walk_row, **fields)
-
-    monkeypatch.setattr(ledger, "_held", killed_after_page_1)
-    monkeypatch.setattr(ledger, "_stop", lambda walk_row, why: None)  # no clean-up
-    with pytest.raises(Killed):
-        walk()
-    monkeypatch.undo()
-    LedgerWalk.objects.update(claimed_at=timezone.now() - timedelta(minutes=10))
+    killed_after_page_1(monkeypatch, walk)
 
     walk()
 

@@ -25,7 +25,7 @@ from django_khalti.models import LedgerEntry, LedgerWalk, Payment, Refund
 
 from ..conftest import race
 from .conftest import told
-from .test_ledger_attacks import page_body, verified_long_ago
+from .test_ledger_attacks import killed_after_page_1, page_body, verified_long_ago
 
 pytestmark = pytest.mark.django_db
 
@@ -102,7 +102,6 @@ def test_a_record_without_an_idx_is_counted_once_when_a_killed_worker_s_page_is_
     page's entries were written, before its counters (the first attack's scenario).
     The resumed walk reads page 1 again: the record is still one record, one difference
     (the counters are recomputed from the entries, so an entry twice is counted twice)."""
-    from django_khalti.services import ledger
 
     pay("ORD-1")
 
@@ -113,22 +112,7 @@ def test_a_record_without_an_idx_is_counted_once_when_a_killed_worker_s_page_is_
 
     khalti.on_next("transactions", with_a_nameless_record, times=None)
 
-    class Killed(BaseException):
-        pass
-
-    real_held = ledger._held
-
-    def killed_after_page_1(walk_row, **fields):
-        if "next_page" in fields:
-            raise Killed
-        return real_held(walk_row, **fields)
-
-    monkeypatch.setattr(ledger, "_held", killed_after_page_1)
-    monkeypatch.setattr(ledger, "_stop", lambda walk_row, why: None)  # SIGKILL: no clean-up
-    with pytest.raises(Killed):
-        walk()
-    monkeypatch.undo()
-    LedgerWalk.objects.update(claimed_at=timezone.now() - timedelta(minutes=10))
+    killed_after_page_1(monkeypatch, walk)
 
     walk()
 
