@@ -1,32 +1,48 @@
-"""Hot reads compiled once: Django's SQL for a query of fixed shape, run with new values.
+"""Hot statements compiled once: Django's SQL for a query of fixed shape, run with new values.
 
 Building a query through the ORM (filters, expressions, the compiler) costs far more
 Python than sending it: of the widget's token lookup, about 3,200 of 3,700 function
-calls went to compiling its SQL, on every verification. A :class:`Compiled` query is
-built by the ORM once per database alias, with a placeholder for each value that
-changes; each run binds the values in the placeholders' places, runs the same SQL and
-makes the rows models as Django's own ``ModelIterable`` does (the database's converters
-applied, annotations set as attributes).
+calls went to compiling its SQL, on every verification. A statement is built by the
+ORM once per database alias, with a :class:`Slot` (an expression whose SQL is ``%s``
+and whose parameter is the slot itself) for each value that changes; each run binds
+the values in the slots' places and runs the same SQL. A :class:`Compiled` read then
+makes the rows models as Django's own ``ModelIterable`` does (the database's
+converters applied, annotations set as attributes); :mod:`.writes` composes a
+settlement's statement the same way.
 
-Only for queries whose SQL does not depend on the values (exact lookups: ``IN (...)``
-changes the SQL with the value; so does None, ``IS NULL``, which is run as the ORM's
-query), whose other parameters are constants (a ``timezone.now()`` would be frozen at
-the first run: use the database's clock, ``DbNow``), and that select one model's own
-columns (no ``select_related``).
+Only for statements whose SQL does not depend on the values (exact lookups: ``IN
+(...)`` changes the SQL with the value; so does None, ``IS NULL``, which is run as the
+ORM's query), whose other parameters are constants (a ``timezone.now()`` would be
+frozen at the first run: use the database's clock, ``DbNow``), and that select one
+model's own columns (no ``select_related``).
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from django.db import connections, router
-from django.db.models import Field, Model, QuerySet
+from django.db.models import Expression, Field, Model, QuerySet
 from django.db.models.sql.compiler import SQLCompiler
 
 M = TypeVar("M", bound=Model)
+
+
+class Slot(Expression):
+    """A value bound at each run of a compiled statement: its SQL is ``%s``, and its
+    parameter the slot itself, which the run replaces with the value. ``source``
+    says where a run takes it from (its caller's to read).
+    """
+
+    def __init__(self, name: str, field: Any = None, source: str = "") -> None:
+        super().__init__(output_field=field)
+        self.name, self.source = name, source
+
+    def as_sql(self, compiler: Any, connection: Any) -> Any:
+        """A placeholder, whose parameter is this slot (bound at each run)."""
+        return "%s", [self]
 
 
 @dataclass(frozen=True)
@@ -45,7 +61,7 @@ class _Plan:
 
 
 class Compiled(Generic[M]):
-    """A query built by ``build(**placeholders)``, compiled once per database.
+    """A query built by ``build(**slots)``, compiled once per database.
 
     ``fields`` names each value that changes and the field whose database form it
     takes (as the query's lookup would prepare it).
@@ -54,7 +70,7 @@ class Compiled(Generic[M]):
     def __init__(self, build: Callable[..., QuerySet[M]], **fields: Field[Any, Any]) -> None:
         self._build = build
         self._fields = fields
-        self._model: type[M] = build(**self._placeholders()).model
+        self._model: type[M] = build(**self._slots()).model
         self._plans: dict[str, _Plan] = {}
 
     def rows(self, **values: Any) -> list[M]:
@@ -88,24 +104,17 @@ class Compiled(Generic[M]):
             setattr(instance, name, row[position])
         return instance
 
-    def _placeholders(self) -> dict[str, Any]:
-        """A value of each field's type that no real value equals."""
-        return {name: _unequalled(field) for name, field in self._fields.items()}
+    def _slots(self) -> dict[str, Slot]:
+        """A slot for each value that changes."""
+        return {name: Slot(name, field) for name, field in self._fields.items()}
 
     def _compile(self, using: str) -> _Plan:
-        placeholders = self._placeholders()
-        connection = connections[using]
-        prepared = {
-            name: self._fields[name].get_db_prep_value(value, connection)
-            for name, value in placeholders.items()
-        }
-        compiler = self._build(**placeholders).using(using).query.get_compiler(using)
+        compiler = self._build(**self._slots()).using(using).query.get_compiler(using)
         sql, params = compiler.as_sql()
-        slots: list[tuple[str | None, Any]] = []
-        for param in params:
-            name = next((n for n, p in prepared.items() if p == param), None)
-            slots.append((name, None) if name is not None else (None, param))
-        missing = set(prepared) - {name for name, _ in slots}
+        slots: list[tuple[str | None, Any]] = [
+            (param.name, None) if isinstance(param, Slot) else (None, param) for param in params
+        ]
+        missing = set(self._fields) - {name for name, _ in slots}
         if missing:
             raise ValueError(f"The compiled query takes no value for {sorted(missing)}.")
         if compiler.klass_info.get("related_klass_infos"):
@@ -124,13 +133,3 @@ class Compiled(Generic[M]):
         )
         self._plans[using] = plan
         return plan
-
-
-def _unequalled(field: Field[Any, Any]) -> Any:
-    """A value of ``field``'s type (a foreign key's: its target's) that no real one equals."""
-    kind = getattr(field, "target_field", field).get_internal_type()
-    if kind == "UUIDField":
-        return uuid.uuid4()
-    if kind == "CharField":
-        return f"\0{uuid.uuid4()}"
-    raise TypeError(f"No placeholder for a {kind}.")

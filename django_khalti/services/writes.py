@@ -31,6 +31,7 @@ from django.db.models import DateTimeField, F, Q, QuerySet
 from django.db.models.sql import UpdateQuery
 
 from ..models import DbNow, Payment, SignalDelivery, snapshot_of
+from .compiled import Slot
 from .outbox import _retry_wait, deliver
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,16 @@ def _held(payment: Payment) -> Q:
     return Q(attempts=payment.attempts, claimed_at__isnull=False)
 
 
+def _guarded(rows: QuerySet[Payment], **guard: Any) -> QuerySet[Payment]:
+    """The payment's row (``pk``) while in ``status`` and, given ``attempts``, still
+    held by that claim (:func:`_held`).
+    """
+    rows = rows.filter(pk=guard["pk"], status=guard["status"])
+    if "attempts" in guard:
+        rows = rows.filter(attempts=guard["attempts"], claimed_at__isnull=False)
+    return rows
+
+
 def _read_later(payment: Payment, *names: str) -> None:
     """Forget fields the database just set from its own clock: read on next access."""
     for name in names:
@@ -152,13 +163,12 @@ def _transition(
     }
     values: dict[str, Any] = {"status": to, "claimed_at": None, **fields}
     using = router.db_for_write(Payment, instance=payment)
-    rows = Payment.objects.using(using).filter(pk=payment.pk, status=source)
-    if held:
-        rows = rows.filter(_held(payment))
+    guard = {"pk": payment.pk, "status": source, **({"attempts": payment.attempts} if held else {})}
     connection = connections[using]
     one_statement = connection.vendor == "postgresql"
     changing = _changed_in_one_statement if one_statement else _changed_in_transaction
-    change = _Change(rows, payment, values, stamps, (to, refund_amount) if notify else None)
+    announced = (to, refund_amount) if notify else None
+    change = _Change(using, guard, payment, values, stamps, announced)
 
     touched = (*values, *stamps)
 
@@ -205,8 +215,11 @@ def _transition(
 class _Change:
     """One status change as :func:`_transition` asks for it."""
 
-    #: The payment's row, guarded by its status (and the claim, if held).
-    rows: QuerySet[Payment]
+    #: The database the payment is written to.
+    using: str
+    #: Its row, guarded (:func:`_guarded`) by its ``pk``, ``status`` and, if held,
+    #: the claim's ``attempts``.
+    guard: dict[str, Any]
     #: The caller's object: changed only once everything is written.
     payment: Payment
     #: The fields to write, and those the database computes (its clock, the count
@@ -225,7 +238,8 @@ def _changed_in_transaction(change: _Change) -> tuple[bool, SignalDelivery | Non
     changed only once all of it is written.
     """
     payment, values, stamps = change.payment, change.values, change.stamps
-    if not change.rows.update(**values, **stamps):
+    rows = _guarded(Payment.objects.using(change.using), **change.guard)
+    if not rows.update(**values, **stamps):
         return False, None
     after = copy.copy(payment)
     for name, value in values.items():
@@ -252,61 +266,152 @@ def _changed_in_one_statement(change: _Change) -> tuple[bool, SignalDelivery | N
     """PostgreSQL: the guarded ``UPDATE``, returning the times the database's clock
     gave it, and (a data-modifying ``WITH``) the signal's outbox row, inserted
     only if the update changed the row, its snapshot completed in SQL with those
-    times. One statement, so atomic without a transaction: one round trip.
+    times. One statement, so atomic without a transaction: one round trip. Its
+    SQL is composed once per shape of change (:func:`_statement_for`), and run
+    with this change's values.
     """
-    rows, payment, values, stamps = change.rows, change.payment, change.values, change.stamps
-    connection = connections[rows.db]
-    quote = connection.ops.quote_name
-    query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
-    query.add_update_values({**values, **stamps})
-    update, update_params = query.get_compiler(rows.db).as_sql()
-    stamped = [quote(name) for name in stamps]  # each named as its column
-    sql, params = f"WITH changed AS ({update} RETURNING {', '.join(stamped)})", [*update_params]
-    delivery = None
+    payment, values, stamps = change.payment, change.values, change.stamps
+    connection = connections[change.using]
+    delivery, snapshot = None, None
     if change.announced is not None:
         after = copy.copy(payment)  # as the statement leaves it, but for the stamps
         for name, value in {**values, **dict.fromkeys(stamps)}.items():
             setattr(after, name, value)
         delivery = _signal_of(after, *change.announced)
-        # As Django would write them: aware (UTC), or without USE_TZ naive local times.
-        cast_to = "" if settings.USE_TZ else "::timestamp"
-        snapshot = "%s::jsonb"
-        for name, column in zip(stamps, stamped, strict=True):
-            is_time = isinstance(Payment._meta.get_field(name), DateTimeField)
-            stamp = f"to_jsonb(changed.{column}{cast_to if is_time else ''})"
-            snapshot = f"jsonb_set({snapshot}, '{{fields,{name}}}', {stamp})"
-        columns, selected = [], []
-        for field in SignalDelivery._meta.concrete_fields:
-            if field.name == "created_at":
-                continue  # the database's default
-            columns.append(quote(field.column or field.name))
-            if field.name == "snapshot":
-                selected.append(snapshot)
-                params.append(field.get_db_prep_save(snapshot_of(after), connection))
-            elif field.name == "sequence":
-                selected.append(f"changed.{quote('status_changes')}")
-            elif field.name == "next_attempt_at":
-                selected.append("STATEMENT_TIMESTAMP() + %s")
-                params.append(_retry_wait(1))
-            else:
-                selected.append("%s")
-                params.append(field.get_db_prep_save(field.pre_save(delivery, True), connection))
-        sql += (
-            f", announced AS (INSERT INTO {quote(SignalDelivery._meta.db_table)} "
-            f"({', '.join(columns)}) SELECT {', '.join(selected)} FROM changed)"
-        )
+        delivery.snapshot = snapshot = snapshot_of(after)
+    statement = _statement_for(change, connection.alias)
+    run = _Run(change, delivery, connection)
     with connection.cursor() as cursor:
-        cursor.execute(f"{sql} SELECT {', '.join(stamped)} FROM changed", params)
+        cursor.execute(statement.sql, [run.bind(param) for param in statement.params])
         row = cursor.fetchone()
     if row is None:
         return False, None
-    for name, value in [*values.items(), *zip(stamps, row, strict=True)]:
+    stamped = dict(zip(stamps, row, strict=True))
+    for name, value in {**values, **stamped}.items():
         setattr(payment, name, value)
-    if delivery is not None:
+    if delivery is not None and snapshot is not None:
         delivery.payment = payment
         delivery.sequence = payment.status_changes
-        delivery.snapshot = snapshot_of(payment)
+        # What snapshot_of(payment) gives now: the stamps, as the database set them.
+        delivery.snapshot = {**snapshot, "fields": {**snapshot["fields"], **stamped}}
     return True, delivery
+
+
+@dataclass(frozen=True)
+class _Statement:
+    """A change's statement: its SQL, and its parameters (constants, and slots)."""
+
+    sql: str
+    params: list[Any]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One run of a composed statement: where each :class:`~.compiled.Slot` takes its value."""
+
+    change: _Change
+    delivery: SignalDelivery | None
+    connection: Any
+
+    def bind(self, param: Any) -> Any:
+        """``param``'s value in this run, in its database form (a constant as it is)."""
+        if not isinstance(param, Slot):
+            return param
+        field = param.output_field
+        if param.source == "set":
+            return field.get_db_prep_save(self.change.values[param.name], self.connection)
+        if param.source == "where":
+            return field.get_db_prep_value(self.change.guard[param.name], self.connection)
+        if param.source == "delivery":
+            delivery = cast(SignalDelivery, self.delivery)
+            return field.get_db_prep_save(field.pre_save(delivery, True), self.connection)
+        return _retry_wait(1)
+
+
+#: Each shape of change's composed statement (:func:`_statement_for`).
+_STATEMENTS: dict[tuple[Any, ...], _Statement] = {}
+
+
+def _statement_for(change: _Change, using: str) -> _Statement:
+    """The statement for changes of this shape: the same database, fields written
+    (those written None are in its SQL), guard and signal or none.
+    """
+    key = (
+        using,
+        tuple(change.values),
+        frozenset(name for name, value in change.values.items() if value is None),
+        tuple(change.stamps),
+        tuple(change.guard),
+        change.announced is not None,
+        settings.USE_TZ,
+    )
+    statement = _STATEMENTS.get(key)
+    if statement is None:
+        statement = _STATEMENTS[key] = _composed(change, using)
+    return statement
+
+
+def _composed(change: _Change, using: str) -> _Statement:
+    """Compose the statement of :func:`_changed_in_one_statement` by Django's
+    compiler, with a :class:`~.compiled.Slot` for every value that changes from run to run.
+    """
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    field = Payment._meta.get_field
+    guard = {
+        name: Slot(name, Payment._meta.pk if name == "pk" else field(name), "where")
+        for name in change.guard
+    }
+    rows = _guarded(Payment.objects.using(using), **guard)
+    query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
+    written = {
+        name: None if value is None else Slot(name, field(name), "set")
+        for name, value in change.values.items()
+    }
+    query.add_update_values({**written, **change.stamps})
+    update, params = query.get_compiler(using).as_sql()
+    stamped = [quote(name) for name in change.stamps]  # each named as its column
+    sql, params = f"WITH changed AS ({update} RETURNING {', '.join(stamped)})", [*params]
+    if change.announced is not None:
+        announced, announced_params = _announced(change, quote)
+        sql, params = sql + announced, params + announced_params
+    return _Statement(f"{sql} SELECT {', '.join(stamped)} FROM changed", params)
+
+
+def _announced(change: _Change, quote: Callable[[str], str]) -> tuple[str, list[Any]]:
+    """The ``WITH``'s second part: the outbox row, inserted from what ``changed``
+    returned, its snapshot completed in SQL with the times the database stamped.
+    """
+    # As Django would write them: aware (UTC), or without USE_TZ naive local times.
+    cast_to = "" if settings.USE_TZ else "::timestamp"
+    snapshot = "%s::jsonb"
+    for name in change.stamps:
+        is_time = isinstance(Payment._meta.get_field(name), DateTimeField)
+        stamp = f"to_jsonb(changed.{quote(name)}{cast_to if is_time else ''})"
+        snapshot = f"jsonb_set({snapshot}, '{{fields,{name}}}', {stamp})"
+    columns, selected, params = [], [], []
+    for field in SignalDelivery._meta.concrete_fields:
+        if field.name == "created_at":
+            continue  # the database's default
+        columns.append(quote(field.column or field.name))
+        if field.name == "sequence":
+            selected.append(f"changed.{quote('status_changes')}")
+            continue
+        selected.append(
+            snapshot
+            if field.name == "snapshot"
+            else "STATEMENT_TIMESTAMP() + %s"
+            if field.name == "next_attempt_at"
+            else "%s"
+        )
+        params.append(
+            Slot(field.name, field, "wait" if field.name == "next_attempt_at" else "delivery")
+        )
+    return (
+        f", announced AS (INSERT INTO {quote(SignalDelivery._meta.db_table)} "
+        f"({', '.join(columns)}) SELECT {', '.join(selected)} FROM changed)",
+        params,
+    )
 
 
 def _signal_of(payment: Payment, status: str, refund_amount: int | None) -> SignalDelivery:
