@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
@@ -52,7 +52,32 @@ class VerifySerializer(serializers.Serializer[dict[str, Any]]):
         ref_name = "KhaltiVerify"
 
 
-class PaymentSerializer(serializers.Serializer[Payment]):
+class _Answer(serializers.Serializer[Any]):
+    """An answer's shape: read only, its fields bound once per class and shared by
+    every answer. DRF deep-copies a serializer's fields for each instance, which
+    costs an answer more than the rest of its serializing; a read-only field keeps
+    no state of what it serializes, so one bound copy serves all.
+    """
+
+    #: Each class's own fields, once bound (:meth:`_fields_once`).
+    _shared_fields: ClassVar[Any] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.__dict__["fields"] = type(self)._fields_once()  # DRF's cached ``fields``
+
+    @classmethod
+    def _fields_once(cls) -> Any:
+        """The class's fields, bound to an instance that serializes nothing."""
+        shared = cls.__dict__.get("_shared_fields")
+        if shared is None:
+            prototype = cls.__new__(cls)
+            serializers.Serializer.__init__(prototype)
+            shared = cls._shared_fields = prototype.fields
+        return shared
+
+
+class PaymentSerializer(_Answer):
     """What the buyer's page may see of a payment: nothing of the payer or Khalti's record.
 
     Fields are declared rather than derived from the model (``ModelSerializer``),
@@ -70,7 +95,7 @@ class PaymentSerializer(serializers.Serializer[Payment]):
         ref_name = "KhaltiPayment"
 
 
-class VerifiedSerializer(serializers.Serializer[dict[str, Any]]):
+class VerifiedSerializer(_Answer):
     """The payment, verified: the answer to a widget payment's verification."""
 
     status = serializers.ChoiceField(choices=["verified"])
@@ -102,7 +127,7 @@ class EpaymentInitiateSerializer(serializers.Serializer[dict[str, Any]]):
         ref_name = "KhaltiEpaymentInitiate"
 
 
-class EpaymentSerializer(serializers.Serializer[Payment]):
+class EpaymentSerializer(_Answer):
     """Where to send the buyer: Khalti's payment page for this payment."""
 
     payment = serializers.UUIDField(source="id")
