@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from rest_framework.fields import DateTimeField
 
 from django_khalti.models import Payment
-from django_khalti.serializers import EpaymentSerializer, VerifiedSerializer
+from django_khalti.serializers import EpaymentSerializer, PaymentSerializer, VerifiedSerializer
 
 START = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
@@ -86,3 +86,18 @@ def test_a_none_is_answered_as_null():
     payment.idx, payment.verified_at = None, None
     payment_answer = VerifiedSerializer({"status": "verified", "payment": payment}).data["payment"]
     assert (payment_answer["idx"], payment_answer["verified_at"]) == (None, None)
+
+
+def test_an_answer_that_drops_a_field_drops_it_from_that_answer_only():
+    """A shop's answer that trims its fields for one answer (DRF's documented way:
+    change ``self.fields`` after ``__init__``) must not trim every later answer."""
+
+    class Trimmed(PaymentSerializer):
+        def __init__(self, *args, hide_idx=False, **kwargs):
+            super().__init__(*args, **kwargs)
+            if hide_idx:
+                self.fields.pop("idx")
+
+    assert "idx" not in Trimmed(a_payment(3), hide_idx=True).data
+    assert Trimmed(a_payment(4)).data["idx"] == "idx-4"
+    assert PaymentSerializer(a_payment(5)).data["idx"] == "idx-5"
