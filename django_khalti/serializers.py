@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
+from rest_framework.utils.serializer_helpers import BindingDict
 
 from .models import Payment
 
@@ -56,7 +57,9 @@ class _Answer(serializers.Serializer[Any]):
     """An answer's shape: read only, its fields bound once per class and shared by
     every answer. DRF deep-copies a serializer's fields for each instance, which
     costs an answer more than the rest of its serializing; a read-only field keeps
-    no state of what it serializes, so one bound copy serves all.
+    no state of what it serializes, so one bound copy serves all. Each answer has
+    its own dict of them (``self.fields``); a shared field's ``context`` is not the
+    answer's (no field here reads it).
     """
 
     #: Each class's own fields, once bound (:meth:`_fields_once`).
@@ -64,7 +67,11 @@ class _Answer(serializers.Serializer[Any]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.__dict__["fields"] = type(self)._fields_once()  # DRF's cached ``fields``
+        # DRF's cached ``fields``: this answer's own dict of the shared bound fields,
+        # so that one answer dropping or adding a field (``self.fields``) changes no other.
+        fields = BindingDict(self)
+        fields.fields.update(type(self)._fields_once().fields)
+        self.__dict__["fields"] = fields
 
     @classmethod
     def _fields_once(cls) -> Any:
