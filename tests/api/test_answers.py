@@ -72,7 +72,9 @@ def test_an_answer_keeps_no_payment_once_given():
     answer = VerifiedSerializer({"status": "verified", "payment": payment})
     assert answer.data == expected(payment)
     # The shared fields serve every answer: none of them is bound to one that was given.
-    payment_fields = answer.fields["payment"].fields
+    nested = answer.fields["payment"]
+    assert isinstance(nested, PaymentSerializer)
+    payment_fields = nested.fields
     assert answer.fields["status"].root.instance is None
     assert payment_fields["idx"].root.instance is None
     assert EpaymentSerializer(payment).data["pidx"] == "pidx-1"
