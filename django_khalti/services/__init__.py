@@ -16,7 +16,8 @@ exports; the layers underneath (see ``ARCHITECTURE.rst``) import downwards only:
 - state: :mod:`.state` (claims, and which change an answer makes) over
   :mod:`.writes` (:func:`~.writes._transition`, the only place a status
   changes, and the claims' own commits) and :mod:`.outbox` (signals, delivered
-  at least once);
+  at least once, over :mod:`.marks`: a delivery's mark, and the look for its
+  payment's next signal);
 - :mod:`.shop`: the shop's resolver, the only source of an order's amount.
 """
 

@@ -14,7 +14,8 @@ Only for statements whose SQL does not depend on the values (exact lookups: ``IN
 (...)`` changes the SQL with the value; so does None, ``IS NULL``, which is run as the
 ORM's query), whose other parameters are constants (a ``timezone.now()`` would be
 frozen at the first run: use the database's clock, ``DbNow``), and that select one
-model's own columns (no ``select_related``).
+model's own columns (no ``select_related``). A :class:`CompiledUpdate` is the same for
+an ``UPDATE`` (its row count); either's :class:`Statement` can be a part of a larger one.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.db.models import Expression, Field, Model, QuerySet
+from django.db.models.sql import UpdateQuery
 from django.db.models.sql.compiler import SQLCompiler
 
 M = TypeVar("M", bound=Model)
@@ -46,13 +48,20 @@ class Slot(Expression):
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """A query compiled for one database: its SQL, where each parameter comes from
-    (a value's name, or a constant), and how a row becomes a model.
+class Statement:
+    """SQL compiled for one database, and where each of its parameters comes from: a
+    value's name, or a constant.
     """
 
     sql: str
     slots: list[tuple[str | None, Any]]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A query compiled for one database: its statement, and how a row becomes a model."""
+
+    statement: Statement
     query: Any  # the compiled sql.Query (for a converting compiler)
     columns: list[Any]  # the selected expressions, whose converters apply
     model_columns: slice
@@ -60,16 +69,65 @@ class _Plan:
     annotations: dict[str, int]
 
 
-class Compiled(Generic[M]):
-    """A query built by ``build(**slots)``, compiled once per database.
+class CompiledStatement:
+    """A statement built by ``build(**slots)`` (a queryset), compiled once per
+    database: its SQL, to run or to be a part of a larger statement.
 
     ``fields`` names each value that changes and the field whose database form it
     takes (as the query's lookup would prepare it).
     """
 
-    def __init__(self, build: Callable[..., QuerySet[M]], **fields: Field[Any, Any]) -> None:
+    def __init__(self, build: Callable[..., Any], **fields: Field[Any, Any]) -> None:
         self._build = build
         self._fields = fields
+        self._statements: dict[str, Statement] = {}
+
+    def statement(self, using: str) -> Statement:
+        """The statement compiled for the database ``using``: once."""
+        statement = self._statements.get(using)
+        if statement is None:
+            sql, params = self._sql(using, self._slots())
+            statement = self._statements[using] = self._slotted(sql, params)
+        return statement
+
+    def params(self, statement: Statement, using: str, values: dict[str, Any]) -> list[Any]:
+        """``statement``'s parameters for ``values`` (each named as in ``fields``)."""
+        connection = connections[using]
+        return [
+            self._fields[name].get_db_prep_value(values[name], connection)
+            if name is not None
+            else fixed
+            for name, fixed in statement.slots
+        ]
+
+    def _sql(self, using: str, slots: dict[str, Slot]) -> tuple[str, Any]:
+        return self._compiler(using, slots).as_sql()  # type: ignore[no-any-return]
+
+    def _compiler(self, using: str, slots: dict[str, Slot]) -> Any:
+        return self._build(**slots).using(using).query.get_compiler(using)
+
+    def _slots(self) -> dict[str, Slot]:
+        """A slot for each value that changes."""
+        return {name: Slot(name, field) for name, field in self._fields.items()}
+
+    def _slotted(self, sql: str, params: Any) -> Statement:
+        """The compiled ``sql``, each of its ``params`` a slot's name or a constant."""
+        slots: list[tuple[str | None, Any]] = [
+            (param.name, None) if isinstance(param, Slot) else (None, param) for param in params
+        ]
+        missing = set(self._fields) - {name for name, _ in slots}
+        if missing:
+            raise ValueError(f"The compiled query takes no value for {sorted(missing)}.")
+        return Statement(sql, slots)
+
+
+class Compiled(CompiledStatement, Generic[M]):
+    """A query built by ``build(**slots)``, compiled once per database, whose
+    rows are read as models.
+    """
+
+    def __init__(self, build: Callable[..., QuerySet[M]], **fields: Field[Any, Any]) -> None:
+        super().__init__(build, **fields)
         self._model: type[M] = build(**self._slots()).model
         self._plans: dict[str, _Plan] = {}
 
@@ -81,17 +139,22 @@ class Compiled(Generic[M]):
             # None changes the SQL (``IS NULL``), which the plan cannot: the ORM's query.
             return list(self._build(**values))
         using = router.db_for_read(self._model)
-        plan = self._plans.get(using) or self._compile(using)
+        plan = self.plan(using)
+        with connections[using].cursor() as cursor:
+            cursor.execute(plan.statement.sql, self.params(plan.statement, using, values))
+            return self.models(plan, using, cursor.fetchall())
+
+    def plan(self, using: str) -> _Plan:
+        """The query compiled for the database ``using``, and how its rows become
+        models: once.
+        """
+        return self._plans.get(using) or self._compile(using)
+
+    def models(self, plan: _Plan, using: str, fetched: list[Any]) -> list[M]:
+        """The rows ``fetched`` by ``plan``'s SQL (or with its columns in the same
+        places), as models: the database's converters applied, annotations set.
+        """
         connection = connections[using]
-        params = [
-            self._fields[name].get_db_prep_value(values[name], connection)
-            if name is not None
-            else fixed
-            for name, fixed in plan.slots
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(plan.sql, params)
-            fetched = cursor.fetchall()
         converting = SQLCompiler(plan.query, connection, using)
         converters = converting.get_converters(plan.columns)
         if converters:
@@ -104,27 +167,17 @@ class Compiled(Generic[M]):
             setattr(instance, name, row[position])
         return instance
 
-    def _slots(self) -> dict[str, Slot]:
-        """A slot for each value that changes."""
-        return {name: Slot(name, field) for name, field in self._fields.items()}
-
     def _compile(self, using: str) -> _Plan:
-        compiler = self._build(**self._slots()).using(using).query.get_compiler(using)
+        compiler = self._compiler(using, self._slots())
         sql, params = compiler.as_sql()
-        slots: list[tuple[str | None, Any]] = [
-            (param.name, None) if isinstance(param, Slot) else (None, param) for param in params
-        ]
-        missing = set(self._fields) - {name for name, _ in slots}
-        if missing:
-            raise ValueError(f"The compiled query takes no value for {sorted(missing)}.")
+        statement = self._statements[using] = self._slotted(sql, params)
         if compiler.klass_info.get("related_klass_infos"):
             raise ValueError("A compiled query reads one model's own columns only.")
         model_columns = compiler.klass_info["select_fields"]
         first, last = model_columns[0], model_columns[-1]
         selected = [column for column, _sql, _alias in compiler.select[: compiler.col_count]]
         plan = _Plan(
-            sql=sql,
-            slots=slots,
+            statement=statement,
             query=compiler.query,
             columns=selected,
             model_columns=slice(first, last + 1),
@@ -133,3 +186,28 @@ class Compiled(Generic[M]):
         )
         self._plans[using] = plan
         return plan
+
+
+class CompiledUpdate(CompiledStatement):
+    """An ``UPDATE`` compiled once per database: ``build(**slots)`` gives the
+    rows to update and the values to set (as ``QuerySet.update``'s keywords).
+    """
+
+    def run(self, using: str, **values: Any) -> int:
+        """Update the rows for ``values`` on the database ``using``: how many matched."""
+        if None in values.values():
+            rows, changes = self._build(**values)
+            return int(rows.using(using).update(**changes))
+        statement = self.statement(using)
+        connection = connections[using]
+        # Within an atomic block, an error marks it for rollback, as QuerySet.update does.
+        with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
+            cursor.execute(statement.sql, self.params(statement, using, values))
+            return int(cursor.rowcount)
+
+    def _sql(self, using: str, slots: dict[str, Slot]) -> tuple[str, Any]:
+        rows, changes = self._build(**slots)
+        query = rows.using(using).query.chain(UpdateQuery)
+        query.add_update_values(changes)
+        query.annotations = {}  # as QuerySet.update
+        return query.get_compiler(using).as_sql()  # type: ignore[no-any-return]

@@ -15,14 +15,16 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.db import DatabaseError, connections, router
-from django.db.models import BooleanField, Exists, F, OuterRef, Q, QuerySet
-from django.db.models.expressions import RawSQL
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.dispatch import Signal
 
 from ..conf import khalti_settings
 from ..models import DbNow, Payment, SignalDelivery
 from ..signals import payment_failed, payment_needs_review, payment_refunded, payment_verified
-from .compiled import Compiled
+from . import marks
+from .marks import FIRST_UNDELIVERED_BUT, IN_ORDER
+from .marks import undelivered_but as _undelivered_but
+from .marks import unflushed as _unflushed
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +88,12 @@ def deliver_in_order(
     """
     if not (_taken_first(delivery) if first else _taken(delivery, due=not now)):
         return []
-    run = [(delivery, _send(delivery))]
-    while run[-1][1]:
-        following = _next_undelivered(delivery)
-        if following is None or not _take(following, due=False):
-            break
-        run.append((following, _send(following)))
+    run: list[tuple[SignalDelivery, bool]] = []
+    sending: SignalDelivery | None = delivery
+    while sending is not None:
+        delivered, following = _send(sending)
+        run.append((sending, delivered))
+        sending = following if following is not None and _take(following, due=False) else None
     return run
 
 
@@ -113,7 +115,7 @@ def earlier_undelivered(delivery: SignalDelivery, *, later: bool = False) -> Sig
     (``later``: the first of all its undelivered ones), or None.
     """
     if later:
-        first = _FIRST_UNDELIVERED_BUT.rows(payment=delivery.payment_id, delivery=delivery.pk)
+        first = FIRST_UNDELIVERED_BUT.rows(payment=delivery.payment_id, delivery=delivery.pk)
         return first[0] if first else None
     return (
         _undelivered_but(delivery.payment_id, delivery.pk)
@@ -121,25 +123,6 @@ def earlier_undelivered(delivery: SignalDelivery, *, later: bool = False) -> Sig
         .order_by(*IN_ORDER)
         .first()
     )
-
-
-#: A payment's signals in the order they are delivered.
-IN_ORDER = ("sequence", "created_at", "pk")
-
-
-def _undelivered_but(payment: Any, delivery: Any) -> QuerySet[SignalDelivery]:
-    """The undelivered signals of ``payment``, but ``delivery``."""
-    return SignalDelivery.objects.filter(payment_id=payment, delivered_at__isnull=True).exclude(
-        pk=delivery
-    )
-
-
-#: The first of a payment's undelivered signals, but one: read after every delivery.
-_FIRST_UNDELIVERED_BUT = Compiled(
-    lambda payment, delivery: _undelivered_but(payment, delivery).order_by(*IN_ORDER)[:1],
-    payment=SignalDelivery._meta.get_field("payment"),
-    delivery=SignalDelivery._meta.pk,
-)
 
 
 def _before(sequence: Any, created_at: Any) -> Q:
@@ -212,9 +195,10 @@ def _earlier_marks_on_disk(delivery: SignalDelivery) -> bool:
 _WAITING = "Waits for an earlier signal of this payment to be delivered first."
 
 
-def _send(delivery: SignalDelivery) -> bool:
+def _send(delivery: SignalDelivery) -> tuple[bool, SignalDelivery | None]:
     """Run the receivers of ``delivery``'s signal, each with its own copy of the
-    payment as it was; record the attempt's end. True if it is marked delivered.
+    payment as it was; record the attempt's end (:func:`_ended`): whether it is
+    marked delivered, and then the payment's next undelivered signal.
     """
     errors = []
     responses = _send_each_a_copy(delivery)
@@ -225,7 +209,7 @@ def _send(delivery: SignalDelivery) -> bool:
             delivery.signal,
             delivery.payment_id,
         )
-        return False
+        return False, None
     for receiver, result in responses:
         if isinstance(result, Exception):
             name = getattr(receiver, "__qualname__", repr(receiver))
@@ -237,7 +221,38 @@ def _send(delivery: SignalDelivery) -> bool:
                 exc_info=result,
             )
             errors.append(f"{name}: {type(result).__name__}: {result}"[:1000])
-    return _record_attempt(delivery, errors) and not errors
+    return _ended(delivery, errors)
+
+
+def _ended(delivery: SignalDelivery, errors: list[str]) -> tuple[bool, SignalDelivery | None]:
+    """Record how the attempt at ``delivery`` ended (:func:`_record_attempt`): whether
+    it is marked delivered; if so, the payment's first undelivered signal, to go
+    on with (:func:`_next_undelivered`). On PostgreSQL in autocommit, a delivered
+    mark and that read are one statement (:func:`_marked_then_next`).
+    """
+    using = router.db_for_write(SignalDelivery)
+    if not errors and _unflushed(using):
+        return _marked_then_next(delivery, using)
+    delivered = _record_attempt(delivery, errors) and not errors
+    return delivered, (_next_undelivered(delivery) if delivered else None)
+
+
+def _marked_then_next(delivery: SignalDelivery, using: str) -> tuple[bool, SignalDelivery | None]:
+    """:func:`~.marks.marked_then_next`: ``delivery`` marked delivered (False: its
+    attempt was taken over), then its payment's next signal, read again on its own
+    if a status change of the payment committed meanwhile.
+
+    The mark and the read are one statement: if it fails, the mark was not made
+    either, and ``delivery`` is delivered again later, which receivers allow
+    for (at least once); its payment's later signals wait for it. Read where the
+    mark is written (the database the router writes to), not a replica.
+    """
+    try:
+        marked, following, read_again = marks.marked_then_next(delivery, using)
+    except DatabaseError:
+        _not_recorded(delivery)
+        return False, None
+    return marked, (_next_undelivered(delivery) if read_again else following)
 
 
 def _record_attempt(delivery: SignalDelivery, errors: list[str]) -> bool:
@@ -245,53 +260,28 @@ def _record_attempt(delivery: SignalDelivery, errors: list[str]) -> bool:
     errors. False if it could not be recorded, or the attempt was no longer
     this one's (another deliverer took it over).
 
-    Not flushed to disk on PostgreSQL (:func:`_unflushed`): a delivered mark
-    lost in a crash of the database only means one more delivery, which
-    receivers allow for.
+    Not flushed to disk on PostgreSQL (:func:`~.marks.unflushed`): a delivered
+    mark lost in a crash of the database only means one more delivery, which
+    receivers allow for. Compiled once (:func:`~.marks.mark`).
     """
-    outcome: dict[str, Any] = (
-        {"last_error": "\n".join(errors)}
-        if errors
-        else {"delivered_at": DbNow(), "next_attempt_at": None, "last_error": ""}
-    )
-    outcome["attempts_finished"] = delivery.attempts
     try:
         # Where the router writes, as every other write of the outbox: not where the
         # delivery was read (a replica, for a router with no opinion on writes).
-        using = router.db_for_write(SignalDelivery)
-        rows = SignalDelivery.objects.using(using).filter(
-            *_unflushed(using), pk=delivery.pk, attempts=delivery.attempts
-        )
-        return bool(rows.update(**outcome))
+        return marks.mark(delivery, errors, router.db_for_write(SignalDelivery))
     except DatabaseError:
-        # Not marked delivered: it is delivered again, which receivers allow for.
-        logger.exception(
-            "Could not record the delivery of %s for payment %s.",
-            delivery.signal,
-            delivery.payment_id,
-        )
+        _not_recorded(delivery)
         return False
 
 
-def _unflushed(using: str) -> list[RawSQL]:
-    """On PostgreSQL, in autocommit (no transaction of the caller's): a condition that
-    makes the statement's own commit asynchronous (``synchronous_commit`` off
-    for its transaction alone), so that it does not wait for the disk. Nothing
-    elsewhere, and nothing inside a caller's transaction (its commit would not
-    wait either, for writes that must).
+def _not_recorded(delivery: SignalDelivery) -> None:
+    """Log that the end of the attempt at ``delivery`` could not be written: not
+    marked delivered, it is delivered again, which receivers allow for.
     """
-    connection = connections[using]
-    # Not in autocommit: in an atomic block, or the caller's own transaction
-    # (``set_autocommit(False)``), whose commit the setting would reach.
-    if connection.vendor != "postgresql" or not connection.get_autocommit():
-        return []
-    return [
-        RawSQL(
-            "set_config('synchronous_commit', 'off', true) IS NOT NULL",
-            (),
-            output_field=BooleanField(),
-        )
-    ]
+    logger.exception(
+        "Could not record the delivery of %s for payment %s.",
+        delivery.signal,
+        delivery.payment_id,
+    )
 
 
 def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]] | None:

@@ -12,15 +12,15 @@ import pytest
 from django.db import connection, transaction
 from django.db.models import Q
 from django.db.models.expressions import RawSQL
-from django.db.models.sql.compiler import SQLCompiler
+from django.db.models.sql.compiler import SQLCompiler, SQLUpdateCompiler
 from django.urls import reverse
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from django_khalti.models import Payment, SignalDelivery, snapshot_of
-from django_khalti.services import outbox
-from django_khalti.services.compiled import Compiled
+from django_khalti.services import marks, outbox
+from django_khalti.services.compiled import Compiled, CompiledUpdate
 from django_khalti.services.outbox import _due_exists
 from django_khalti.services.widget import _TOKEN_USES
 
@@ -181,8 +181,53 @@ def test_inside_a_callers_transaction_the_mark_does_not_touch_its_commit(
 def test_the_marks_condition_turns_the_wait_off_for_its_statement_alone(some_payments):
     """Read from inside a statement carrying the mark's condition: synchronous_commit
     is off there, and on again once its transaction is over."""
-    rows = SignalDelivery.objects.filter(*outbox._unflushed("default")).annotate(
+    rows = SignalDelivery.objects.filter(*marks.unflushed("default")).annotate(
         setting=RawSQL("current_setting('synchronous_commit')", ())
     )
     assert [row.setting for row in rows] == ["off"]  # type: ignore[attr-defined]
     assert synchronous_commit() == "on"
+
+
+# --- the mark, compiled once ---------------------------------------------------------------
+
+
+def test_a_compiled_mark_writes_what_it_says_and_only_on_its_own_attempt(some_payments):
+    """The failed mark binds the receivers' errors as a value, whatever they say; a
+    mark of an attempt that is no longer the row's writes nothing."""
+    delivery = SignalDelivery.objects.get()
+    errors = ["notify: ValueError: it's 100%s'; DROP TABLE x; --", "ship: KeyError: '\\n'"]
+    assert marks.mark(delivery, errors, "default")
+    row = SignalDelivery.objects.get()
+    assert (row.last_error, row.delivered_at) == ("\n".join(errors), None)
+    delivery.attempts += 1  # taken over meanwhile
+    assert not marks.mark(delivery, [], "default")
+    delivery.attempts -= 1
+    assert marks.mark(delivery, [], "default")
+    row = SignalDelivery.objects.get()
+    assert (row.last_error, row.next_attempt_at) == ("", None)
+    assert row.delivered_at is not None
+
+
+def test_a_compiled_update_is_compiled_once(some_payments, monkeypatch):
+    compiles = []
+    plain = SQLUpdateCompiler.as_sql
+
+    def counted(self, *args, **kwargs):
+        compiles.append(self.query.model)
+        return plain(self, *args, **kwargs)
+
+    rename = CompiledUpdate(
+        lambda pk, token: (Payment.objects.filter(pk=pk), {"token": token}),
+        pk=Payment._meta.pk,
+        token=TOKEN,
+    )
+    monkeypatch.setattr(SQLUpdateCompiler, "as_sql", counted)
+    for n, payment in enumerate(some_payments):
+        assert rename.run("default", pk=payment.pk, token=f"new-{n}") == 1
+    assert len(compiles) == 1
+    assert sorted(Payment.objects.values_list("token", flat=True)) == [
+        "new-0",
+        "new-1",
+        "new-2",
+        "new-3",
+    ]
