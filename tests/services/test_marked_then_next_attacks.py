@@ -51,9 +51,8 @@ class Other:
             " status = 'refunded' WHERE id = %s",
             [payment.pk],
         )
-        columns = [
-            f.column for f in SignalDelivery._meta.concrete_fields if f.column not in ("id",)
-        ]
+        columns = [f.column for f in SignalDelivery._meta.concrete_fields if f.column]
+        columns.remove("id")
         values = {column: (quote(column), []) for column in columns}
         values["payment_id"] = "%s", [payment.pk]
         values["sequence"] = f"(SELECT status_changes FROM {payments} WHERE id = %s)", [payment.pk]
