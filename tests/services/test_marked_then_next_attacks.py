@@ -19,7 +19,7 @@ from django.db import connection, connections
 from django.test.utils import override_settings
 
 from django_khalti.models import Payment, SignalDelivery
-from django_khalti.services import outbox
+from django_khalti.services import marks, outbox
 
 from .test_hot_queries import postgresql_only
 from .test_hot_queries_attacks import READ_ONLY, ReadsFromTheReplica, heard, two_status_changes
@@ -195,3 +195,20 @@ def test_a_refund_committed_while_the_mark_waits_is_read_again_where_it_committe
     ]
     assert heard == ["verified", "refunded"]
     assert not SignalDelivery.objects.filter(payment=payment, delivered_at=None).exists()
+
+
+# --- a mark whose attempt was taken over --------------------------------------------------
+
+
+def test_a_mark_whose_attempt_was_taken_over_locks_nothing_more(other, shop_lock_timeout):
+    """payment_verified's receivers ran past its wait; another deliverer took it over,
+    delivered it and is marking the refund after it: its statement holds the refund's
+    row and then asks for the payment's. The first deliverer's mark, no longer its
+    attempt's, marks nothing: it must then lock neither the payment's row nor the
+    refund's, or the two statements lock them in opposite orders and deadlock (one in
+    five runs of the two at once did), costing the refund's deliverer its mark. Here
+    another session holds the payment's row: the stale mark must not wait for it."""
+    payment, first, _ = _a_verified_payment_and_a_refund_to_come("tok-over")
+    SignalDelivery.objects.filter(pk=first.pk).update(attempts=2)  # taken over
+    other.hold_the_payment(payment)
+    assert marks.marked_then_next(first, "default") == (False, None, False)
