@@ -131,14 +131,14 @@ class Compiled(CompiledStatement, Generic[M]):
         self._model: type[M] = build(**self._slots()).model
         self._plans: dict[str, _Plan] = {}
 
-    def rows(self, **values: Any) -> list[M]:
-        """The query's rows for ``values`` (each named as in ``fields``), read where
-        the router reads the model.
+    def rows(self, using: str | None = None, **values: Any) -> list[M]:
+        """The query's rows for ``values`` (each named as in ``fields``), read on
+        ``using`` (None: where the router reads the model).
         """
         if None in values.values():
             # None changes the SQL (``IS NULL``), which the plan cannot: the ORM's query.
-            return list(self._build(**values))
-        using = router.db_for_read(self._model)
+            return list(self._build(**values).using(using))
+        using = using or router.db_for_read(self._model)
         plan = self.plan(using)
         with connections[using].cursor() as cursor:
             cursor.execute(plan.statement.sql, self.params(plan.statement, using, values))

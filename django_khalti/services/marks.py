@@ -107,6 +107,27 @@ _STATUS_CHANGES = CompiledStatement(
     payment=Payment._meta.pk,
 )
 
+#: :func:`marked_then_next`'s condition on what it locks: the mark was made. A mark
+#: whose attempt was taken over locks nothing more: the deliverer that took it over
+#: may be marking the next signal, its row held, and asking for the payment's row.
+_IF_MARKED = RawSQL("EXISTS (SELECT 1 FROM marked)", (), output_field=BooleanField())
+
+_LOCKED_STATUS_CHANGES = CompiledStatement(
+    lambda payment: (
+        Payment.objects.filter(_IF_MARKED, pk=payment).order_by().values("status_changes")
+    ),
+    payment=Payment._meta.pk,
+)
+
+#: :data:`FIRST_UNDELIVERED_BUT`, locked if the mark was made: the same columns.
+_NEXT_IF_MARKED = Compiled(
+    lambda payment, delivery: (
+        undelivered_but(payment, delivery).filter(_IF_MARKED).order_by(*IN_ORDER)[:1]
+    ),
+    payment=SignalDelivery._meta.get_field("payment"),
+    delivery=SignalDelivery._meta.pk,
+)
+
 
 def marked_then_next(
     delivery: SignalDelivery, using: str
@@ -135,31 +156,33 @@ def marked_then_next(
         return False, None, False
     if columns[0] is None:  # no undelivered signal: the LEFT JOIN's NULLs
         return True, None, bool(changed)
-    plan = FIRST_UNDELIVERED_BUT.plan(using)
-    return True, FIRST_UNDELIVERED_BUT.models(plan, using, [columns])[0], bool(changed)
+    plan = _NEXT_IF_MARKED.plan(using)
+    return True, _NEXT_IF_MARKED.models(plan, using, [columns])[0], bool(changed)
 
 
-_MARKED_THEN_NEXT: dict[str, tuple[str, tuple[Statement, Statement, Statement]]] = {}
+_MARKED_THEN_NEXT: dict[str, tuple[str, tuple[Statement, ...]]] = {}
 
 
-def _marked_then_next_sql(using: str) -> tuple[str, tuple[Statement, Statement, Statement]]:
+def _marked_then_next_sql(using: str) -> tuple[str, tuple[Statement, ...]]:
     """:func:`marked_then_next`'s statement for the database ``using``, made of the
     ORM's own SQL for its parts (each compiled once), and those parts.
     """
     marking = _MARKS[True, True].statement(using)
     changes = _STATUS_CHANGES.statement(using)
-    following = FIRST_UNDELIVERED_BUT.plan(using).statement
+    locked = _LOCKED_STATUS_CHANGES.statement(using)
+    following = _NEXT_IF_MARKED.plan(using).statement
     lock = connections[using].ops.for_update_sql(no_key=True)
     # In this order: the mark, the payment's row, then the next signal, so that nothing
     # else is locked while the mark waits for its row (the left side of a join with no
-    # condition is read first; OFFSET 0 keeps it a side of its own).
+    # condition is read first; OFFSET 0 keeps it a side of its own). Both locks only if
+    # the mark was made (a condition of no column: checked before either row is read).
     sql = (
         f"WITH marked AS ({marking.sql} RETURNING 1) "
         f"SELECT checked.*, next_signal.* FROM (SELECT (SELECT COUNT(*) FROM marked) AS is_marked, "
-        f"({changes.sql}) IS DISTINCT FROM ({changes.sql} {lock}) AS changed OFFSET 0) AS checked "
+        f"({changes.sql}) IS DISTINCT FROM ({locked.sql} {lock}) AS changed OFFSET 0) AS checked "
         f"LEFT JOIN ({following.sql} {lock}) AS next_signal ON TRUE"
     )
-    _MARKED_THEN_NEXT[using] = sql, (marking, changes, following)
+    _MARKED_THEN_NEXT[using] = sql, (marking, changes, locked, following)
     return _MARKED_THEN_NEXT[using]
 
 
@@ -168,6 +191,7 @@ def _marked_then_next_params(
     using: str,
     marking: Statement,
     changes: Statement,
+    locked: Statement,
     following: Statement,
 ) -> list[Any]:
     """The parameters of :func:`marked_then_next`'s statement, in its parts' order."""
@@ -175,6 +199,7 @@ def _marked_then_next_params(
     payment = {"payment": delivery.payment_id}
     return [
         *_MARKS[True, True].params(marking, using, attempt),
-        *_STATUS_CHANGES.params(changes, using, payment) * 2,
-        *FIRST_UNDELIVERED_BUT.params(following, using, {**payment, "delivery": delivery.pk}),
+        *_STATUS_CHANGES.params(changes, using, payment),
+        *_LOCKED_STATUS_CHANGES.params(locked, using, payment),
+        *_NEXT_IF_MARKED.params(following, using, {**payment, "delivery": delivery.pk}),
     ]

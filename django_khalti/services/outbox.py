@@ -97,14 +97,19 @@ def deliver_in_order(
     return run
 
 
-def _next_undelivered(delivery: SignalDelivery) -> SignalDelivery | None:
+def _next_undelivered(delivery: SignalDelivery, using: str) -> SignalDelivery | None:
     """The first undelivered signal of ``delivery``'s payment, now that ``delivery``
     is delivered; None if there is none, or it could not be read (it is then due
     at the next run: the one just delivered stays delivered, and its caller, a
     buyer's request or a run of reconcile, goes on).
+
+    Read on ``using``, where the mark was written: a later signal's worker that found
+    ``delivery`` undelivered left its signal waiting there a moment ago, which a
+    replica may not have replayed yet (then nobody would go on with it).
     """
     try:
-        return earlier_undelivered(delivery, later=True)
+        first = FIRST_UNDELIVERED_BUT.rows(using, payment=delivery.payment_id, delivery=delivery.pk)
+        return first[0] if first else None
     except DatabaseError:
         logger.exception("Could not read what payment %s is told next.", delivery.payment_id)
         return None
@@ -234,7 +239,7 @@ def _ended(delivery: SignalDelivery, errors: list[str]) -> tuple[bool, SignalDel
     if not errors and _unflushed(using):
         return _marked_then_next(delivery, using)
     delivered = _record_attempt(delivery, errors) and not errors
-    return delivered, (_next_undelivered(delivery) if delivered else None)
+    return delivered, (_next_undelivered(delivery, using) if delivered else None)
 
 
 def _marked_then_next(delivery: SignalDelivery, using: str) -> tuple[bool, SignalDelivery | None]:
@@ -243,16 +248,27 @@ def _marked_then_next(delivery: SignalDelivery, using: str) -> tuple[bool, Signa
     if a status change of the payment committed meanwhile.
 
     The mark and the read are one statement: if it fails, the mark was not made
-    either, and ``delivery`` is delivered again later, which receivers allow
-    for (at least once); its payment's later signals wait for it. Read where the
-    mark is written (the database the router writes to), not a replica.
+    either. The statement waits for the payment's row, which the mark alone never
+    needed: a settlement holding it past the shop's ``lock_timeout`` (or a
+    ``statement_timeout``, a deadlock) must not cost a delivery its mark, nor leave
+    a later signal that waits for it to the next reconcile. So the mark and the
+    read are then made as elsewhere, two statements; if those fail too,
+    ``delivery`` is delivered again later, which receivers allow for (at least
+    once), and its payment's later signals wait for it. Read where the mark is
+    written (the database the router writes to), not a replica.
     """
     try:
         marked, following, read_again = marks.marked_then_next(delivery, using)
     except DatabaseError:
-        _not_recorded(delivery)
-        return False, None
-    return marked, (_next_undelivered(delivery) if read_again else following)
+        logger.warning(
+            "Could not mark %s of payment %s delivered in one statement: in two.",
+            delivery.signal,
+            delivery.payment_id,
+            exc_info=True,
+        )
+        marked = _record_attempt(delivery, [])
+        return marked, (_next_undelivered(delivery, using) if marked else None)
+    return marked, (_next_undelivered(delivery, using) if read_again else following)
 
 
 def _record_attempt(delivery: SignalDelivery, errors: list[str]) -> bool:
