@@ -4,6 +4,7 @@ mark that does not wait for the disk. Each test says what it holds the change to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -139,15 +140,20 @@ READ_ONLY = {
 }
 
 
-@pytest.fixture
-def read_only_replica(transactional_db):
-    """A ``replica`` alias: the test database, read-only (a hot standby). Made as
-    Django's connection handler makes one, for this thread only."""
-    options = {**connection.settings_dict.get("OPTIONS", {}), **READ_ONLY[connection.vendor]}
+@contextlib.contextmanager
+def a_replica(options, **settings):
+    """A ``replica`` alias: the test database, read-only (a hot standby), with these
+    ``OPTIONS`` and settings besides. Made as Django's connection handler makes one,
+    for this thread only."""
+    options = {
+        **connection.settings_dict.get("OPTIONS", {}),
+        **READ_ONLY[connection.vendor],
+        **options,
+    }
     if connection.vendor == "sqlite":
         options.pop("transaction_mode", None)
     replica = type(connections["default"])(
-        {**connection.settings_dict, "OPTIONS": options}, "replica"
+        {**connection.settings_dict, "OPTIONS": options, **settings}, "replica"
     )
     connections._connections.replica = replica  # type: ignore[attr-defined]
     try:
@@ -155,6 +161,13 @@ def read_only_replica(transactional_db):
     finally:
         replica.close()
         del connections._connections.replica  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def read_only_replica(transactional_db):
+    """A ``replica`` alias: the test database, read-only."""
+    with a_replica({}) as replica:
+        yield replica
 
 
 @pytest.mark.django_db(transaction=True)

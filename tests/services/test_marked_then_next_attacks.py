@@ -15,14 +15,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection, connections
+from django.db import connection
 from django.test.utils import override_settings
 
 from django_khalti.models import Payment, SignalDelivery
 from django_khalti.services import marks, outbox
 
 from .test_hot_queries import postgresql_only
-from .test_hot_queries_attacks import READ_ONLY, ReadsFromTheReplica, heard, two_status_changes
+from .test_hot_queries_attacks import ReadsFromTheReplica, a_replica, heard, two_status_changes
 
 __all__ = ["heard"]  # a fixture of the tests below
 
@@ -156,20 +156,9 @@ def lagging_replica(transactional_db) -> Iterator[Any]:
     """A ``replica`` alias behind the primary: a read-only session whose reads all see
     the database as it was at its first (one REPEATABLE READ transaction), as a hot
     standby that has not yet replayed what committed since."""
-    options = {
-        **connection.settings_dict.get("OPTIONS", {}),
-        **READ_ONLY["postgresql"],
-        "isolation_level": psycopg.IsolationLevel.REPEATABLE_READ,
-    }
-    replica = type(connections["default"])(
-        {**connection.settings_dict, "OPTIONS": options, "AUTOCOMMIT": False}, "replica"
-    )
-    connections._connections.replica = replica  # type: ignore[attr-defined]
-    try:
+    repeatable = {"isolation_level": psycopg.IsolationLevel.REPEATABLE_READ}
+    with a_replica(repeatable, AUTOCOMMIT=False) as replica:
         yield replica
-    finally:
-        replica.close()
-        del connections._connections.replica  # type: ignore[attr-defined]
 
 
 def test_a_refund_committed_while_the_mark_waits_is_read_again_where_it_committed(
