@@ -88,16 +88,22 @@ def test_any_token_is_bound_as_a_value_never_as_sql(some_payments, token):
     assert compiled_uses_of(token) == uses_of(token)
 
 
-def test_its_sql_is_compiled_once(some_payments, monkeypatch):
+def compiles_of(compiler, monkeypatch):
+    """The models whose SQL ``compiler`` builds from now on, one entry a build."""
     compiles = []
-    plain = SQLCompiler.as_sql
+    plain = compiler.as_sql
 
     def counted(self, *args, **kwargs):
         compiles.append(self.query.model)
         return plain(self, *args, **kwargs)
 
+    monkeypatch.setattr(compiler, "as_sql", counted)
+    return compiles
+
+
+def test_its_sql_is_compiled_once(some_payments, monkeypatch):
     query = Compiled(lambda token: Payment.objects.filter(token=token), token=TOKEN)
-    monkeypatch.setattr(SQLCompiler, "as_sql", counted)
+    compiles = compiles_of(SQLCompiler, monkeypatch)
     for token in ("tok-a", "tok-b", "tok-d", "tok-a"):
         assert [row.token for row in query.rows(token=token)] == [token]
     assert len(compiles) == 1
@@ -209,19 +215,12 @@ def test_a_compiled_mark_writes_what_it_says_and_only_on_its_own_attempt(some_pa
 
 
 def test_a_compiled_update_is_compiled_once(some_payments, monkeypatch):
-    compiles = []
-    plain = SQLUpdateCompiler.as_sql
-
-    def counted(self, *args, **kwargs):
-        compiles.append(self.query.model)
-        return plain(self, *args, **kwargs)
-
     rename = CompiledUpdate(
         lambda pk, token: (Payment.objects.filter(pk=pk), {"token": token}),
         pk=Payment._meta.pk,
         token=TOKEN,
     )
-    monkeypatch.setattr(SQLUpdateCompiler, "as_sql", counted)
+    compiles = compiles_of(SQLUpdateCompiler, monkeypatch)
     for n, payment in enumerate(some_payments):
         assert rename.run("default", pk=payment.pk, token=f"new-{n}") == 1
     assert len(compiles) == 1
