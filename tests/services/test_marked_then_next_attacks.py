@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from django.db import connection
 from django.test.utils import override_settings
@@ -25,6 +24,9 @@ from .test_hot_queries import postgresql_only
 from .test_hot_queries_attacks import ReadsFromTheReplica, a_replica, heard, two_status_changes
 
 __all__ = ["heard"]  # a fixture of the tests below
+
+# PostgreSQL's driver: not installed where the suite runs on SQLite alone.
+psycopg = pytest.importorskip("psycopg")
 
 pytestmark = [postgresql_only, pytest.mark.django_db(transaction=True)]
 
