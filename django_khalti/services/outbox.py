@@ -118,12 +118,17 @@ def _next_undelivered(delivery: SignalDelivery, using: str) -> SignalDelivery | 
 def earlier_undelivered(delivery: SignalDelivery, *, later: bool = False) -> SignalDelivery | None:
     """The first undelivered signal of ``delivery``'s payment that comes before it
     (``later``: the first of all its undelivered ones), or None.
+
+    Read where the outbox is written, never on a replica: a delivered mark it has
+    not replayed yet would leave a later signal waiting for a deliverer who is gone.
     """
+    using = router.db_for_write(SignalDelivery)
     if later:
-        first = FIRST_UNDELIVERED_BUT.rows(payment=delivery.payment_id, delivery=delivery.pk)
+        first = FIRST_UNDELIVERED_BUT.rows(using, payment=delivery.payment_id, delivery=delivery.pk)
         return first[0] if first else None
     return (
         _undelivered_but(delivery.payment_id, delivery.pk)
+        .using(using)
         .filter(_before(delivery.sequence, delivery.__dict__.get("created_at")))
         .order_by(*IN_ORDER)
         .first()

@@ -203,3 +203,28 @@ def test_a_mark_whose_attempt_was_taken_over_locks_nothing_more(other, shop_lock
     SignalDelivery.objects.filter(pk=first.pk).update(attempts=2)  # taken over
     other.hold_the_payment(payment)
     assert marks.marked_then_next(first, "default") == (False, None, False)
+
+
+def test_a_later_signals_own_worker_reads_where_the_earlier_one_was_marked(heard, lagging_replica):
+    """The router reads from a replica that has not yet replayed payment_verified's
+    delivered mark. The refund, committed after that delivery ended, is run by its own
+    worker, which asks whether an earlier signal is still undelivered: asked on the
+    replica, payment_verified looks undelivered, the refund is left waiting for its
+    deliverer, who has gone, and the shop hears of the refund only at the next
+    reconcile. Asked where the marks are written, it is run at once."""
+    payment = Payment.objects.create(
+        token="tok-worker", amount=1000, product_identity="A", status="verified"
+    )
+    first, second = two_status_changes(payment)
+    # The refund comes after payment_verified's delivery: written elsewhere until then.
+    elsewhere = Payment.objects.create(token="tok-worker-b", amount=1, product_identity="B")
+    SignalDelivery.objects.filter(pk=second.pk).update(payment=elsewhere)
+    with lagging_replica.cursor() as cursor:
+        cursor.execute("SELECT 1")  # the replica's point in time: before the mark
+    assert outbox.deliver(first, first=True)
+    SignalDelivery.objects.filter(pk=second.pk).update(payment=payment)
+    second.refresh_from_db()
+    with override_settings(DATABASE_ROUTERS=[ReadsFromTheReplica()]):
+        assert outbox.deliver(second, first=True)
+    assert heard == ["verified", "refunded"]
+    assert not SignalDelivery.objects.filter(payment=payment, delivered_at=None).exists()
