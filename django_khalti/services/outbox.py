@@ -97,19 +97,18 @@ def deliver_in_order(
     return run
 
 
-def _next_undelivered(delivery: SignalDelivery, using: str) -> SignalDelivery | None:
+def _next_undelivered(delivery: SignalDelivery) -> SignalDelivery | None:
     """The first undelivered signal of ``delivery``'s payment, now that ``delivery``
     is delivered; None if there is none, or it could not be read (it is then due
     at the next run: the one just delivered stays delivered, and its caller, a
     buyer's request or a run of reconcile, goes on).
 
-    Read on ``using``, where the mark was written: a later signal's worker that found
-    ``delivery`` undelivered left its signal waiting there a moment ago, which a
-    replica may not have replayed yet (then nobody would go on with it).
+    Read where the mark was written (:func:`earlier_undelivered`): a later signal's
+    worker that found ``delivery`` undelivered left its signal waiting there a
+    moment ago, which a replica may not have replayed yet.
     """
     try:
-        first = FIRST_UNDELIVERED_BUT.rows(using, payment=delivery.payment_id, delivery=delivery.pk)
-        return first[0] if first else None
+        return earlier_undelivered(delivery, later=True)
     except DatabaseError:
         logger.exception("Could not read what payment %s is told next.", delivery.payment_id)
         return None
@@ -244,7 +243,7 @@ def _ended(delivery: SignalDelivery, errors: list[str]) -> tuple[bool, SignalDel
     if not errors and _unflushed(using):
         return _marked_then_next(delivery, using)
     delivered = _record_attempt(delivery, errors) and not errors
-    return delivered, (_next_undelivered(delivery, using) if delivered else None)
+    return delivered, (_next_undelivered(delivery) if delivered else None)
 
 
 def _marked_then_next(delivery: SignalDelivery, using: str) -> tuple[bool, SignalDelivery | None]:
@@ -272,8 +271,8 @@ def _marked_then_next(delivery: SignalDelivery, using: str) -> tuple[bool, Signa
             exc_info=True,
         )
         marked = _record_attempt(delivery, [])
-        return marked, (_next_undelivered(delivery, using) if marked else None)
-    return marked, (_next_undelivered(delivery, using) if read_again else following)
+        return marked, (_next_undelivered(delivery) if marked else None)
+    return marked, (_next_undelivered(delivery) if read_again else following)
 
 
 def _record_attempt(delivery: SignalDelivery, errors: list[str]) -> bool:
@@ -290,19 +289,13 @@ def _record_attempt(delivery: SignalDelivery, errors: list[str]) -> bool:
         # delivery was read (a replica, for a router with no opinion on writes).
         return marks.mark(delivery, errors, router.db_for_write(SignalDelivery))
     except DatabaseError:
-        _not_recorded(delivery)
+        # Not marked delivered: it is delivered again, which receivers allow for.
+        logger.exception(
+            "Could not record the delivery of %s for payment %s.",
+            delivery.signal,
+            delivery.payment_id,
+        )
         return False
-
-
-def _not_recorded(delivery: SignalDelivery) -> None:
-    """Log that the end of the attempt at ``delivery`` could not be written: not
-    marked delivered, it is delivered again, which receivers allow for.
-    """
-    logger.exception(
-        "Could not record the delivery of %s for payment %s.",
-        delivery.signal,
-        delivery.payment_id,
-    )
 
 
 def _send_each_a_copy(delivery: SignalDelivery) -> list[tuple[Any, Any]] | None:
