@@ -132,7 +132,7 @@ def _hand_over(payment: Payment, started: KhaltiInitiation) -> Payment:
     Payment.objects.filter(pk=payment.pk).update(updated_at=DbNow(), **fields)
     # ...but the link goes to the buyer only if the row is still ours and pending.
     still_ours = Payment.objects.filter(
-        _held(payment), pk=payment.pk, status=Status.PENDING
+        _held(payment.attempts), pk=payment.pk, status=Status.PENDING
     ).update(claimed_at=None)
     if not still_ours:
         payment.refresh_from_db()

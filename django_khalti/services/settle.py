@@ -206,7 +206,9 @@ def _take_order(client: KhaltiClient, payment: Payment) -> bool:
     def take() -> bool:
         with transaction.atomic():
             took = (
-                Payment.objects.filter(_held(payment), pk=payment.pk, status=Status.PENDING)
+                Payment.objects.filter(
+                    _held(payment.attempts), pk=payment.pk, status=Status.PENDING
+                )
                 .filter(order_claim__isnull=True)
                 .update(order_claim=key, updated_at=DbNow())
             )

@@ -132,7 +132,7 @@ def _askable(spacing: timedelta | None = None) -> Q:
 def _release(payment: Payment, status: str = Status.PENDING) -> None:
     """Let go of a claim after an unknown outcome, so a retry need not wait."""
     try:
-        Payment.objects.filter(_held(payment), pk=payment.pk, status=status).update(
+        Payment.objects.filter(_held(payment.attempts), pk=payment.pk, status=status).update(
             claimed_at=None, updated_at=DbNow()
         )
     except DatabaseError:

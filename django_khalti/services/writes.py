@@ -100,11 +100,11 @@ def _again_after_deadlock(write: Callable[[], T], using: str, what: str) -> T:
     raise AssertionError("unreachable")
 
 
-def _held(payment: Payment) -> Q:
+def _held(attempts: Any) -> Q:
     """The row still carries this worker's claim: the claim it won (its generation,
-    ``attempts``), not released, not taken over.
+    ``attempts``, the payment's as the claim left it), not released, not taken over.
     """
-    return Q(attempts=payment.attempts, claimed_at__isnull=False)
+    return Q(attempts=attempts, claimed_at__isnull=False)
 
 
 def _guarded(rows: QuerySet[Payment], **guard: Any) -> QuerySet[Payment]:
@@ -113,7 +113,7 @@ def _guarded(rows: QuerySet[Payment], **guard: Any) -> QuerySet[Payment]:
     """
     rows = rows.filter(pk=guard["pk"], status=guard["status"])
     if "attempts" in guard:
-        rows = rows.filter(attempts=guard["attempts"], claimed_at__isnull=False)
+        rows = rows.filter(_held(guard["attempts"]))
     return rows
 
 
