@@ -6,6 +6,7 @@ calls Khalti.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import uuid
 from collections.abc import Iterable
@@ -515,9 +516,11 @@ class SignalDelivery(KeptModel):
     @property
     def payment_as_it_was(self) -> Payment:
         """A fresh :class:`Payment` built from :attr:`snapshot`, each time it is read:
-        one receiver's own copy. It refuses ``save()`` and ``delete()``.
+        one receiver's own copy, down to the record of Khalti's answer (a receiver
+        that changes ``payment.khalti_response`` in place changes no one else's).
+        It refuses ``save()`` and ``delete()``.
         """
-        (item,) = serializers.deserialize("python", [self.snapshot])
+        (item,) = serializers.deserialize("python", [copy.deepcopy(self.snapshot)])
         payment = cast(Payment, item.object)
         payment._state.adding = False
         payment._state.db = self._state.db

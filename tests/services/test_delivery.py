@@ -849,3 +849,38 @@ def test_killed_attempt_resend_waits_then_runs(
     assert services.deliver(delivery, now=True) is None
     past_grace()
     assert services.deliver(SignalDelivery.objects.get(), now=True) is True
+
+
+def test_a_receiver_that_changes_khalti_s_record_on_its_payment_changes_no_other_receivers(
+    client, expect_khalti, payload, django_capture_on_commit_callbacks
+):
+    """Each receiver holds its own payment, down to the record of Khalti's answer: one
+    that annotates ``payment.khalti_response`` in place (a nested dict) leaves the
+    next receiver's, and a later delivery's, as Khalti gave it."""
+    seen = []
+
+    def annotate(sender, payment, **kwargs):
+        payment.khalti_response["shop_note"] = "packed"
+        payment.khalti_response["user"].clear()
+
+    def fulfil(sender, payment, **kwargs):
+        seen.append(payment.khalti_response)
+
+    expect_khalti.verify(payload["token"], 1000)
+    with Flaky() as flaky:
+        payment_verified.connect(annotate, sender=Payment, weak=False)
+        payment_verified.connect(fulfil, sender=Payment, weak=False)
+        try:
+            with django_capture_on_commit_callbacks(execute=True):
+                post(client, payload)  # Flaky raises: the first delivery is not marked
+            past_grace()
+            reconcile()  # delivered again, from the outbox row
+        finally:
+            payment_verified.disconnect(annotate, sender=Payment)
+            payment_verified.disconnect(fulfil, sender=Payment)
+        [again] = flaky.seen
+    recorded = Payment.objects.get().khalti_response
+    assert "shop_note" not in recorded and recorded["user"]
+    assert len(seen) == 2
+    for response in [*seen, again.khalti_response]:
+        assert response == recorded
