@@ -150,57 +150,82 @@ def _transition(
     ``notify`` is False), delivered after the commit. The others see the row as
     the winner left it, and a loser that wanted another status logs it at
     WARNING. With ``held``, the row must also still carry this worker's claim.
+    ``fields`` are values to write as they are (the database computes only the
+    stamps: its clock, the count of status changes).
 
     On PostgreSQL the change and its outbox row are one statement
     (:func:`_changed_in_one_statement`): one round trip, no transaction to open.
     Elsewhere they are a transaction of their own (:func:`_changed_in_transaction`).
     """
-    # What the database computes (its clock, the count of status changes): read back.
-    stamps = {
+    guard = {"pk": payment.pk, "status": source, **({"attempts": payment.attempts} if held else {})}
+    change = _Change(
+        using=router.db_for_write(Payment, instance=payment),
+        guard=guard,
+        payment=payment,
+        values={"status": to, "claimed_at": None, **fields},
+        stamps=_stamps(to),
+        announced=(to, refund_amount) if notify else None,
+    )
+    # Two settlements of one row at MariaDB's REPEATABLE READ can deadlock; run
+    # again, the victim's guarded UPDATE then sees the winner's row.
+    changed = _again_after_deadlock(
+        partial(_written, change), change.using, f"Payment {payment.pk}'s settlement"
+    )
+    if not changed:
+        _lost(payment, source, to)
+    return changed
+
+
+def _stamps(to: str) -> dict[str, Any]:
+    """What the database computes for a change to ``to``: its clock's times and the
+    count of status changes (read back).
+    """
+    return {
         "updated_at": DbNow(),
         "status_changes": F("status_changes") + 1,
         **({"verified_at": DbNow()} if to == Status.VERIFIED else {}),
     }
-    values: dict[str, Any] = {"status": to, "claimed_at": None, **fields}
-    using = router.db_for_write(Payment, instance=payment)
-    guard = {"pk": payment.pk, "status": source, **({"attempts": payment.attempts} if held else {})}
+
+
+def _written(change: _Change) -> bool:
+    """Write ``change`` once: whether it changed the row. Its signal, if any, is
+    delivered after the commit.
+
+    The caller's ``payment`` is changed before the COMMIT (or a savepoint's
+    release): if that fails, it is put back as the row still is, for the caller
+    and for the snapshot a run again announces.
+    """
+    payment, using = change.payment, change.using
     connection = connections[using]
     one_statement = connection.vendor == "postgresql"
-    changing = _changed_in_one_statement if one_statement else _changed_in_transaction
-    announced = (to, refund_amount) if notify else None
-    change = _Change(using, guard, payment, values, stamps, announced)
+    touched = (*change.values, *change.stamps)
+    before = {name: payment.__dict__[name] for name in touched if name in payment.__dict__}
+    try:
+        # In a caller's transaction, a savepoint: a unique ``idx`` refused then
+        # leaves that transaction usable.
+        with (
+            transaction.atomic(using=using)
+            if connection.in_atomic_block or not one_statement
+            else nullcontext()
+        ):
+            changing = _changed_in_one_statement if one_statement else _changed_in_transaction
+            changed, delivery = changing(change)
+            if delivery is not None:
+                transaction.on_commit(partial(deliver, delivery, first=True), using=using)
+    except BaseException:
+        for name in touched:
+            payment.__dict__.pop(name, None)
+        payment.__dict__.update(before)
+        raise
+    return changed
 
-    touched = (*values, *stamps)
 
-    def write() -> bool:
-        # ``payment`` is changed before the COMMIT (or a savepoint's release): if
-        # that fails, it is put back as the row still is, for the caller and for
-        # the snapshot a run again announces.
-        before = {name: payment.__dict__[name] for name in touched if name in payment.__dict__}
-        try:
-            # In a caller's transaction, a savepoint: a unique ``idx`` refused then
-            # leaves that transaction usable.
-            with (
-                transaction.atomic(using=using)
-                if connection.in_atomic_block or not one_statement
-                else nullcontext()
-            ):
-                changed, delivery = changing(change)
-                if delivery is not None:
-                    transaction.on_commit(partial(deliver, delivery, first=True), using=using)
-        except BaseException:
-            for name in touched:
-                payment.__dict__.pop(name, None)
-            payment.__dict__.update(before)
-            raise
-        return changed
-
-    # Two settlements of one row at MariaDB's REPEATABLE READ can deadlock; run
-    # again, the victim's guarded UPDATE then sees the winner's row.
-    changed = _again_after_deadlock(write, using, f"Payment {payment.pk}'s settlement")
-    if not changed:
-        payment.refresh_from_db()
-    if not changed and payment.status != to:
+def _lost(payment: Payment, source: str, to: str) -> None:
+    """A change another caller beat this one to: ``payment`` read as the winner left
+    it, and logged if it is not what this one wanted.
+    """
+    payment.refresh_from_db()
+    if payment.status != to:
         logger.warning(
             "Payment %s was not moved from %s to %s: it is %s (settled meanwhile).",
             payment.pk,
@@ -208,7 +233,6 @@ def _transition(
             to,
             payment.status,
         )
-    return changed
 
 
 @dataclass(frozen=True)
