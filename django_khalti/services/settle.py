@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 from django.db import IntegrityError, transaction
@@ -68,29 +69,8 @@ def _claim_order(
     whether it was created.
     """
     token = fields.get("token_claim")
-
-    def insert() -> tuple[Payment, bool]:
-        payment = insert_claiming(
-            product_identity=product_identity,
-            order_reference=order.reference,
-            amount=order.amount,
-            order_claim=order_key(order.reference),
-            claimed_at=DbNow(),
-            attempts=1,
-            **fields,
-        )
-        _read_later(payment, "claimed_at")
-        return payment, True
-
-    def when_held(holder: Payment | None) -> tuple[Payment, bool] | None:
-        # The same token inserted concurrently: that row is the answer.
-        raced = Payment.objects.filter(token_claim=token).first() if token else None
-        if raced is not None:
-            return raced, False
-        if holder is not None and reuse is not None and reuse(holder):
-            return holder, False
-        return None
-
+    insert = partial(_inserted, product_identity, order, fields)
+    when_held = partial(_raced_or_reused, token, reuse)
     try:
         return _take_when_free(
             client, order.reference, insert, attempts=3, settle_widget=True, when_held=when_held
@@ -102,6 +82,40 @@ def _claim_order(
     raise KhaltiInProgress(
         _("Another payment for this order is being confirmed. Try again shortly.")
     )
+
+
+def _inserted(
+    product_identity: str, order: KhaltiOrder, fields: dict[str, Any]
+) -> tuple[Payment, bool]:
+    """A new payment for ``order``, inserted claimed (by this worker, and the order);
+    :class:`IntegrityError` if the order or the token is taken.
+    """
+    payment = insert_claiming(
+        product_identity=product_identity,
+        order_reference=order.reference,
+        amount=order.amount,
+        order_claim=order_key(order.reference),
+        claimed_at=DbNow(),
+        attempts=1,
+        **fields,
+    )
+    _read_later(payment, "claimed_at")
+    return payment, True
+
+
+def _raced_or_reused(
+    token: str | None, reuse: Callable[[Payment], bool] | None, holder: Payment | None
+) -> tuple[Payment, bool] | None:
+    """The answer of an insert that found the order (or the token) taken: the row the
+    same token was inserted as concurrently, or the holder if ``reuse`` accepts it;
+    None to go on (the holder is asked about).
+    """
+    raced = Payment.objects.filter(token_claim=token).first() if token else None
+    if raced is not None:
+        return raced, False
+    if holder is not None and reuse is not None and reuse(holder):
+        return holder, False
+    return None
 
 
 class _OrderHeld(Exception):
