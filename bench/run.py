@@ -12,6 +12,8 @@
    the app at 32 clients, in both configurations: where the time goes.
 2. The app's overhead: its p50 at one client minus the fake's latency.
 3. Queries per verification and per idempotent resubmission (in process).
+   Then PostgreSQL's CPU per statement of one verification, the app's and the limit's,
+   on a new connection and on a kept one.
 4. The admin's changelist, search, status filter and overview over 100,000 payments,
    with EXPLAIN.
 5. ``khalti_reconcile`` over 10,000 pending payments: settled per second, peak memory.
@@ -1142,6 +1144,152 @@ def report_queries(rows: list, first: list[str], again: list[str]) -> None:
         say()
 
 
+# --- 3c. PostgreSQL's CPU per statement ---------------------------------------------------
+
+#: Section 3c: replays of one verification's statements per target and kind of connection.
+REPLAYS = 40
+
+
+def sent_by(urlconf: str) -> tuple[list[str], str]:
+    """The statements one verification of a fresh order sends through ``urlconf``
+    (the app's or bench/limit.py's), each with its parameters in place; and the
+    order's reference. What it wrote is taken back (:func:`undo_verification`).
+    """
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import override_settings
+    from django.urls import clear_url_caches
+
+    sent: list[str] = []
+
+    def keep(execute, sql, params, many, context):
+        sent.append(connection.connection.cursor().mogrify(sql, params) if params else sql)
+        return execute(sql, params, many, context)
+
+    ((reference, total),) = new_orders(1, "S")
+    payload = {"token": f"tok-s-{uuid.uuid4().hex}", "amount": total}
+    payload["product_identity"] = reference
+    settings_module = os.environ["DJANGO_SETTINGS_MODULE"]  # bench/limit.py sets its own
+    try:
+        with override_settings(ROOT_URLCONF=urlconf):
+            clear_url_caches()
+            with connection.execute_wrapper(keep):
+                response = Client().post(
+                    "/khalti/verify/", payload, content_type="application/json"
+                )
+    finally:
+        clear_url_caches()
+        os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+    assert response.status_code == 200, response.content
+    undo_verification(reference)
+    return sent, reference
+
+
+def undo_verification(reference: str) -> None:
+    """Take back what a verification of the order ``reference`` wrote (the app's rows
+    or the limit's, the shop's), so that its statements can be run again."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM django_khalti_signaldelivery WHERE payment_id IN"
+            " (SELECT id FROM django_khalti_payment WHERE order_reference = %s)",
+            [reference],
+        )
+        cursor.execute("DELETE FROM django_khalti_payment WHERE order_reference = %s", [reference])
+        cursor.execute("DELETE FROM bench_limit_payment WHERE reference = %s", [reference])
+        cursor.execute("DELETE FROM shop_orderevent WHERE order_reference = %s", [reference])
+        cursor.execute(
+            "UPDATE shop_order SET paid = false, paid_at = NULL WHERE reference = %s", [reference]
+        )
+
+
+def backend_cpu_ms(pid: int) -> float:
+    """CPU time a PostgreSQL backend has used, in ms (Linux; the server on this machine)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e6
+
+
+def replayed(statements: list[str], url: str, fresh: bool) -> tuple[float, list[float]]:
+    """Each statement's CPU in the PostgreSQL backend (median of REPLAYS runs, in one
+    transaction rolled back), on a new connection each run or on one kept; and the
+    median CPU of opening a connection (0 when kept)."""
+    import psycopg
+
+    starts, costs = [], [[] for _ in statements]
+    kept = None
+    for _run in range(REPLAYS):
+        conn = kept or psycopg.connect(url)
+        pid = conn.info.backend_pid
+        starts.append(0.0 if kept else backend_cpu_ms(pid))
+        conn.execute("SELECT set_config('TimeZone', 'UTC', false)")  # as Django's session
+        for statement, cost in zip(statements, costs, strict=True):
+            before = backend_cpu_ms(pid)
+            conn.execute(statement)
+            cost.append(backend_cpu_ms(pid) - before)
+        conn.rollback()
+        if fresh:
+            conn.close()
+        else:
+            kept = conn
+    if kept is not None:
+        kept.close()
+    return statistics.median(starts), [statistics.median(cost) for cost in costs]
+
+
+def bench_statement_cpu(database_url: str) -> dict | None:
+    """Section 3c: the app's and the limit's statements of one verification, replayed
+    on new and kept connections; None where the backends' CPU cannot be read."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    if not Path(f"/proc/{pid}/schedstat").is_file():
+        return None
+    measured = {}
+    for name, urlconf in (("app", "testproject.urls"), ("limit", "limit")):
+        statements, _reference = sent_by(urlconf)
+        measured[name] = {
+            "statements": statements,
+            "new": replayed(statements, database_url, fresh=True),
+            "kept": replayed(statements, database_url, fresh=False),
+        }
+    return measured
+
+
+def report_statement_cpu(measured: dict | None) -> None:
+    say(
+        "## 3c. PostgreSQL's CPU per statement of one verification (the app's and the "
+        f"limit's statements replayed, median of {REPLAYS} runs each)"
+    )
+    say()
+    if measured is None:
+        say("Not measured: PostgreSQL is not on this machine (its backends' CPU is read in /proc).")
+        say()
+        return
+    rows = []
+    for name, label in (("app", "app"), ("limit", "limit")):
+        part = measured[name]
+        (start, new), (_kept_start, kept) = part["new"], part["kept"]
+        for statement, on_new, on_kept in zip(part["statements"], new, kept, strict=True):
+            text = re.sub(r"\s+", " ", statement)[:80]
+            rows.append([label, f"`{text}`", f"{on_new:.2f}", f"{on_kept:.2f}"])
+        rows.append([label, "**all statements**", f"**{sum(new):.2f}**", f"**{sum(kept):.2f}**"])
+        rows.append([label, "opening the connection", f"{start:.2f}", "-"])
+    table(["target", "statement", "new connection ms", "kept connection ms"], rows)
+    say(
+        "CPU of the PostgreSQL backend (/proc/<pid>/schedstat) around each statement, the "
+        "statements of one verification run again in a transaction rolled back: on a new "
+        "connection each run (Django's defaults: a new connection per request) and on one "
+        "kept (the pool). On a new connection the first statement to touch a table pays for "
+        "reading its definition, indexes and constraints into the backend's caches; "
+        "pg_stat_statements (section 1c) counts only planning and execution, not that."
+    )
+    say()
+
+
 # --- 4. admin ----------------------------------------------------------------------------
 
 
@@ -1678,6 +1826,8 @@ def main() -> None:
     report_queries(*bench_queries())
     note("breakdown")
     report_breakdown(bench_breakdown())
+    note("PostgreSQL's CPU per statement")
+    report_statement_cpu(bench_statement_cpu(database_url))
     note("reconcile")
     bench_reconcile(env, RECONCILE_ROWS)
     note("admin")
