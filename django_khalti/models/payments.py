@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -528,10 +529,24 @@ class SignalDelivery(KeptModel):
         return payment
 
 
+class _SnapshotEncoder(DjangoJSONEncoder):
+    """Django's encoder, but a time keeps its microseconds (Django's cuts them to
+    milliseconds): a delivery again reads the times the row had, as the first did.
+    """
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, datetime):
+            return o.isoformat()
+        return super().default(o)
+
+
 def snapshot_of(payment: Payment) -> dict[str, Any]:
-    """``payment`` in the form :attr:`SignalDelivery.snapshot` stores."""
+    """``payment`` in the form :attr:`SignalDelivery.snapshot` stores, as it reads back:
+    the first delivery (handed this) and every later one (handed the row's) hand over
+    one payment, and this shares nothing (Khalti's record) with ``payment``.
+    """
     (data,) = serializers.serialize("python", [payment])
-    return dict(data)
+    return cast(dict[str, Any], json.loads(json.dumps(data, cls=_SnapshotEncoder)))
 
 
 def _read_db_default(instance: models.Model) -> None:

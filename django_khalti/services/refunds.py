@@ -83,8 +83,8 @@ def refund_payment(
     is recorded succeeded, logged at WARNING; :class:`KhaltiRefundConflict`
     when that cannot be (the payment then needs review).
 
-    ``payment`` is left as it is (it may be a receiver's copy, which other
-    receivers share); the returned refund's ``payment`` is the payment as it
+    ``payment`` is left as it is (it may be a receiver's copy of the payment as
+    it was); the returned refund's ``payment`` is the payment as it
     stands afterwards.
     """
     if by is not None and not by.has_perm("django_khalti.refund_payment"):
