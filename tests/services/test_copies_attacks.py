@@ -66,3 +66,29 @@ def test_a_delivery_again_hands_over_the_payment_the_first_delivery_did_to_the_m
     assert row.expires_at.microsecond  # Khalti's time, to the microsecond
     times = ["created_at", "updated_at", "verified_at", "expires_at"]
     assert {name: first[name] for name in times} == {name: getattr(row, name) for name in times}
+
+
+def test_every_delivery_hands_over_a_payment_of_the_database_it_is_written_to(
+    client, expect_khalti, payload, django_capture_on_commit_callbacks
+):
+    """A receiver's copy says which database it came from (``_state.db``, what its
+    ``refresh_from_db()`` reads): the same on the first delivery and on a delivery
+    again, on every database."""
+    expect_khalti.verify(payload["token"], 1000)
+    seen = []
+
+    def note(sender, payment, **kwargs):
+        seen.append(payment._state.db)
+
+    with Flaky():
+        payment_verified.connect(note, sender=Payment, weak=False)
+        try:
+            with django_capture_on_commit_callbacks(execute=True):
+                client.post(
+                    reverse("django_khalti:verify"), payload, content_type="application/json"
+                )
+            past_grace()
+            reconcile()
+        finally:
+            payment_verified.disconnect(note, sender=Payment)
+    assert seen == ["default", "default"]
