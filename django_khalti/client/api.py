@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -306,7 +307,9 @@ class KhaltiClient:
         if status == 429 or status >= 500:
             raise KhaltiUnavailable(khalti_status=status)
         try:
-            body = _storable(json.loads(content, parse_constant=_no_constant))
+            body = _storable(
+                json.loads(content, parse_constant=_no_constant, parse_float=_finite_or_none)
+            )
         except (ValueError, RecursionError):
             logger.warning("Khalti %s %s answered with a body that is not JSON.", method, path)
             raise KhaltiBadResponse(khalti_status=status) from None
@@ -344,6 +347,15 @@ def _no_constant(name: str) -> None:
     a JSON column refuses): read as null, so an answer carrying one can be stored.
     """
     return None
+
+
+def _finite_or_none(text: str) -> float | None:
+    """A JSON number as Python reads it, but one too large for a float (``1e400``,
+    which Python reads as infinity and a JSON column refuses) read as null, as
+    :func:`_no_constant` reads ``Infinity``.
+    """
+    number = float(text)
+    return number if math.isfinite(number) else None
 
 
 def _storable(value: Any) -> Any:
