@@ -19,7 +19,8 @@ from django.core import serializers
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
-from django.db.models.functions import Now
+from django.db.models.functions import Coalesce, Now
+from django.db.models.lookups import GreaterThan
 from django.utils.translation import gettext_lazy as _
 
 from ..conf import khalti_settings
@@ -46,6 +47,19 @@ class DbNow(Now):
         return self.as_sql(compiler, connection, template=template, **extra_context)
 
 
+#: How long after its link expired a Khalti answer of "not found" or "initiated"
+#: means the buyer can no longer pay: no money can move on a dead link.
+LINK_EXPIRY_MARGIN = timedelta(minutes=15)
+
+
+def link_dead() -> Q:
+    """An ePayment's link expired (its ``expires_at``, else Khalti's documented hour
+    from its creation) more than :data:`LINK_EXPIRY_MARGIN` ago, on the database's clock.
+    """
+    expiry = Coalesce("expires_at", F("created_at") + timedelta(minutes=60))
+    return Q(GreaterThan(DbNow() - LINK_EXPIRY_MARGIN, expiry))
+
+
 class PaymentQuerySet(KeptQuerySet["Payment"]):
     """``Payment.objects``: payments by status and by order; what may be deleted."""
 
@@ -57,12 +71,15 @@ class PaymentQuerySet(KeptQuerySet["Payment"]):
     reasons = {
         "undelivered": _("a signal to the shop is not delivered yet"),
         "claimed": _("Khalti is being asked about it right now"),
+        "link_open": _("its Khalti payment link can still be paid"),
     }
 
     def kept_because(self) -> Case:
         """Why a payment must not be deleted: it is not failed (it holds its order and
         token, or money moved or may still), a signal of it has not reached the shop,
-        or a re-check is asking Khalti about it right now.
+        a re-check is asking Khalti about it right now, or it is an ePayment whose link
+        the buyer can still pay (superseded or cancelled, the link stays open at
+        Khalti: a buyer who pays it comes back to a payment the app must still hold).
         """
         undelivered = SignalDelivery.objects.filter(
             payment=OuterRef("pk"), delivered_at__isnull=True
@@ -72,6 +89,7 @@ class PaymentQuerySet(KeptQuerySet["Payment"]):
             When(~Q(status=Payment.Status.FAILED), then=F("status")),
             When(Exists(undelivered), then=Value("undelivered")),
             When(claimed, then=Value("claimed")),
+            When(Q(pidx__isnull=False) & ~link_dead(), then=Value("link_open")),
             default=Value(""),
             output_field=models.CharField(),
         )

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
-from django.db.models import F
-from django.db.models.functions import Coalesce
 from django.utils.translation import gettext as _
 
 from ..client import KhaltiClient, KhaltiLookup, KhaltiOutcome
@@ -16,7 +13,8 @@ from ..exceptions import (
     KhaltiRejected,
     KhaltiUnavailable,
 )
-from ..models import DbNow, Payment
+from ..models import Payment
+from ..models.payments import LINK_EXPIRY_MARGIN, link_dead
 from .state import _fail, _needs_review, _refunded_before_verified, _release, _verified
 
 logger = logging.getLogger(__name__)
@@ -25,19 +23,14 @@ Status = Payment.Status
 
 
 #: How long after its link expired a Khalti answer of "not found" or OPEN
-#: means the buyer can no longer pay: no money can move on a dead link.
-EXPIRY_MARGIN = timedelta(minutes=15)
+#: means the buyer can no longer pay (defined beside the deletion rule that keeps
+#: a payment whose link is still open).
+EXPIRY_MARGIN = LINK_EXPIRY_MARGIN
 
 
 def _link_dead(payment: Payment) -> bool:
     """Whether the payment's link expired (past :data:`EXPIRY_MARGIN`), on the database's clock."""
-    expiry = Coalesce("expires_at", F("created_at") + timedelta(minutes=60))
-    return (
-        Payment.objects.filter(pk=payment.pk)
-        .annotate(expiry=expiry)
-        .filter(expiry__lt=DbNow() - EXPIRY_MARGIN)
-        .exists()
-    )
+    return Payment.objects.filter(link_dead(), pk=payment.pk).exists()
 
 
 def _looked_up(client: KhaltiClient, payment: Payment) -> KhaltiLookup:

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.db import connection
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -245,3 +246,56 @@ def test_an_undelivered_signal_offers_no_delete_on_the_deliveries_page(superuser
         ("success", "Successfully deleted 1 signal delivery."),
     ]
     assert list(SignalDelivery.objects.all()) == [undelivered]
+
+
+def test_a_superseded_epayment_whose_link_can_still_be_paid_is_not_deleted(
+    superuser_client, khalti_fake, order, signals, django_capture_on_commit_callbacks
+):
+    # Buyer 1 presses Pay, then buyer 2 does: buyer 1's link, unpaid so far, is
+    # superseded (failed, no signal). At Khalti that link is still open.
+    start = reverse("django_khalti:epayment-start", args=[order.reference])
+    first_buyer, second_buyer = Client(), Client()
+    assert first_buyer.post(start).status_code == 302
+    first_link = khalti_fake.last_epayment
+    assert second_buyer.post(start).status_code == 302
+    superseded = Payment.objects.get(pidx=first_link.pidx)
+    assert superseded.status == Payment.Status.FAILED
+    assert not superseded.signal_deliveries.exists()
+
+    # A superuser tidying up failed payments: neither offered nor done.
+    assert not offers_delete(superuser_client, superseded)
+    response = superuser_client.post(delete_url(superseded), {"post": "yes"}, follow=True)
+    assert messages_of(response) == [
+        (
+            "error",
+            f"Not deleted: {superseded} (its Khalti payment link can still be paid). {RULE}",
+        )
+    ]
+    response = run_action(superuser_client, "delete_selected", [superseded], post="yes")
+    assert Payment.objects.filter(pk=superseded.pk).exists()
+
+    # Buyer 1 pays the link after all, and comes back: the app still knows the payment
+    # (a minute later, past the spacing of calls about it), and the shop hears of it.
+    Payment.objects.filter(pk=superseded.pk).update(
+        last_asked_at=timezone.now() - timedelta(minutes=5)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        back = first_buyer.get(khalti_fake.pay(first_link))
+    assert (back.status_code, back.context["state"]) == (200, "verified")  # not "unknown"
+    superseded.refresh_from_db()
+    assert superseded.status == Payment.Status.VERIFIED
+    assert [(name, kwargs["payment"].pk) for name, _, kwargs in signals] == [
+        ("verified", superseded.pk)
+    ]
+
+
+def test_a_failed_epayment_whose_link_is_dead_may_be_deleted(superuser_client):
+    row = payment(1, pidx="pidx-1", flow=Payment.Flow.EPAYMENT)
+    gone = timezone.now() - timedelta(hours=2)
+    Payment.objects.filter(pk=row.pk).update(expires_at=gone)
+    assert offers_delete(superuser_client, row)
+    # Without a stored expiry: Khalti's documented hour from its creation.
+    other = payment(2, pidx="pidx-2", flow=Payment.Flow.EPAYMENT)
+    assert not offers_delete(superuser_client, other)
+    Payment.objects.filter(pk=other.pk).update(created_at=gone)
+    assert offers_delete(superuser_client, other)
