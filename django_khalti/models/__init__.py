@@ -6,6 +6,7 @@ Status changes happen only in :mod:`django_khalti.services`. Nothing here calls 
 
 from .ledger import LedgerEntry, LedgerWalk, LedgerWalkQuerySet
 from .payments import (
+    LINK_EXPIRY_MARGIN,
     DbNow,
     Payment,
     PaymentQuerySet,
@@ -13,12 +14,14 @@ from .payments import (
     RefundQuerySet,
     SignalDelivery,
     SignalDeliveryQuerySet,
+    link_dead,
     order_key,
     rupees,
     snapshot_of,
 )
 
 __all__ = [
+    "LINK_EXPIRY_MARGIN",
     "DbNow",
     "LedgerEntry",
     "LedgerWalk",
@@ -29,6 +32,7 @@ __all__ = [
     "RefundQuerySet",
     "SignalDelivery",
     "SignalDeliveryQuerySet",
+    "link_dead",
     "order_key",
     "rupees",
     "snapshot_of",

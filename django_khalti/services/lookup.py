@@ -13,8 +13,7 @@ from ..exceptions import (
     KhaltiRejected,
     KhaltiUnavailable,
 )
-from ..models import Payment
-from ..models.payments import LINK_EXPIRY_MARGIN, link_dead
+from ..models import Payment, link_dead
 from .state import _fail, _needs_review, _refunded_before_verified, _release, _verified
 
 logger = logging.getLogger(__name__)
@@ -22,14 +21,11 @@ logger = logging.getLogger(__name__)
 Status = Payment.Status
 
 
-#: How long after its link expired a Khalti answer of "not found" or OPEN
-#: means the buyer can no longer pay (defined beside the deletion rule that keeps
-#: a payment whose link is still open).
-EXPIRY_MARGIN = LINK_EXPIRY_MARGIN
-
-
 def _link_dead(payment: Payment) -> bool:
-    """Whether the payment's link expired (past :data:`EXPIRY_MARGIN`), on the database's clock."""
+    """Whether the payment's link expired (past
+    :data:`~django_khalti.models.LINK_EXPIRY_MARGIN`), on the database's clock: a
+    Khalti answer of "not found" or OPEN then means the buyer can no longer pay.
+    """
     return Payment.objects.filter(link_dead(), pk=payment.pk).exists()
 
 
