@@ -162,8 +162,14 @@ def _taken_first(delivery: SignalDelivery) -> bool:
     every earlier one is delivered. Otherwise it waits, due at once, uncounted,
     for the deliverer of the earlier one to go on with it, unless that one was
     delivered meanwhile: then whoever takes it first runs it.
+
+    The first signal is the one of the payment's first change (``sequence`` 1)
+    out of pending (``left_pending``, set by :mod:`.writes`). A ``sequence`` 1
+    from another status follows changes the count never saw: a worker of the
+    release before signals were numbered (a rolling deploy) wrote their signals
+    with ``sequence`` 0, which may be undelivered yet.
     """
-    if delivery.sequence == 1:
+    if delivery.sequence == 1 and getattr(delivery, "left_pending", False):
         return True  # nothing was announced of the payment before
     try:
         if earlier_undelivered(delivery) is None:

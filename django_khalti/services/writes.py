@@ -211,6 +211,9 @@ def _written(change: _Change) -> bool:
             changing = _changed_in_one_statement if one_statement else _changed_in_transaction
             changed, delivery = changing(change)
             if delivery is not None:
+                # Its payment's first signal only if this change left pending (see
+                # outbox._taken_first): a row of the release before may come first.
+                delivery.left_pending = change.guard["status"] == Status.PENDING  # type: ignore[attr-defined]
                 transaction.on_commit(partial(deliver, delivery, first=True), using=using)
     except BaseException:
         for name in touched:
