@@ -518,6 +518,10 @@ class SignalDelivery(KeptModel):
     #: a payment's signals are delivered in this order, each only once every
     #: earlier one was (0: written before dj-khalti counted, ordered by ``created_at``).
     sequence = models.PositiveIntegerField(_("sequence"), default=0, db_default=0)
+    #: Not stored: whether the change this announces left ``pending``, set by the
+    #: change's own worker (``services.writes``). With ``sequence`` 1, that makes it
+    #: the payment's first signal (``services.outbox``).
+    left_pending = False
 
     objects = SignalDeliveryQuerySet.as_manager()
 

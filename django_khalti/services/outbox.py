@@ -169,7 +169,7 @@ def _taken_first(delivery: SignalDelivery) -> bool:
     release before signals were numbered (a rolling deploy) wrote their signals
     with ``sequence`` 0, which may be undelivered yet.
     """
-    if delivery.sequence == 1 and getattr(delivery, "left_pending", False):
+    if delivery.sequence == 1 and delivery.left_pending:
         return True  # nothing was announced of the payment before
     try:
         if earlier_undelivered(delivery) is None:

@@ -213,7 +213,7 @@ def _written(change: _Change) -> bool:
             if delivery is not None:
                 # Its payment's first signal only if this change left pending (see
                 # outbox._taken_first): a row of the release before may come first.
-                delivery.left_pending = change.guard["status"] == Status.PENDING  # type: ignore[attr-defined]
+                delivery.left_pending = change.guard["status"] == Status.PENDING
                 transaction.on_commit(partial(deliver, delivery, first=True), using=using)
     except BaseException:
         for name in touched:
