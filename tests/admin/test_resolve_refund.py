@@ -1,10 +1,13 @@
 """Resolve an unknown refund by hand…: a person records what Khalti's dashboard shows
 of a refund whose outcome Khalti's API cannot tell."""
 
+from datetime import timedelta
+
 import pytest
 from django.utils import timezone
 from pytest_django.asserts import assertContains
 
+from django_khalti.conf import khalti_settings
 from django_khalti.models import Payment, Refund
 
 from .conftest import (
@@ -92,6 +95,22 @@ def test_resolve_refund_leaves_a_refund_that_may_still_be_in_flight(
         messages_of(response)
     )
     assert Refund.objects.get().status == Refund.Status.PENDING
+
+
+def test_the_resolve_page_shows_what_left_each_refund_unknown(refunding_client, expect_khalti):
+    """The person decides on what Khalti said of the refund, not on its amount alone:
+    a refund Khalti answered with a gateway error shows that answer's words."""
+    payment = verified_payment("A", amount=1000)
+    mock_refund(expect_khalti, payment.idx, {"amount": 400}, status=502, json={})
+    confirm_refund(refunding_client, [payment], amount="4")
+    refund = Refund.objects.get()
+    assert refund.status == Refund.Status.PENDING
+    assert refund.failure_reason
+    stale = timezone.now() - timedelta(seconds=khalti_settings.stale_after + 60)
+    Refund.objects.filter(pk=refund.pk).update(created_at=stale)
+    page = run_action(refunding_client, "resolve_refund", [payment], follow=False)
+    assertContains(page, "<th>Why it is unknown</th>", html=True)
+    assertContains(page, f"<td>{refund.failure_reason}</td>", html=True)
 
 
 @pytest.mark.parametrize(
