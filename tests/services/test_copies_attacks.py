@@ -13,7 +13,7 @@ from django.urls import reverse
 from django_khalti.models import Payment, SignalDelivery
 from django_khalti.signals import payment_verified
 
-from .test_delivery import Flaky, past_grace, reconcile, short_grace
+from .test_delivery import Flaky, past_grace, post, reconcile, short_grace
 
 __all__ = ["short_grace"]  # a fixture of the tests below
 
@@ -84,9 +84,7 @@ def test_every_delivery_hands_over_a_payment_of_the_database_it_is_written_to(
         payment_verified.connect(note, sender=Payment, weak=False)
         try:
             with django_capture_on_commit_callbacks(execute=True):
-                client.post(
-                    reverse("django_khalti:verify"), payload, content_type="application/json"
-                )
+                post(client, payload)
             past_grace()
             reconcile()
         finally:
